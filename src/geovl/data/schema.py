@@ -1,0 +1,177 @@
+"""The one sample schema used from the first adapter to the last report.
+
+A sample is a plain ``dict``:
+
+``id``        string, unique within a dataset file
+``messages``  list of ``{"role": "system"|"user"|"assistant", "content": [part, ...]}``;
+              a part is ``{"type": "image"}`` or ``{"type": "text", "text": str}``
+``images``    list of encoded image bytes (PNG/JPEG), in the order of the image parts
+``qtype``     one of :data:`QTYPES`
+``answer``    reference answer of the last assistant turn (string)
+``source``    where the record came from: ``"<file>#<record id>"``
+``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...
+
+:func:`validate_sample` is the single gate every writer goes through; it raises
+:class:`SampleError` with a short machine-readable ``reason``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured")
+ROLES = ("system", "user", "assistant")
+COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
+
+
+class SampleError(ValueError):
+    """A record that cannot become a valid sample; ``reason`` is a short slug for rejects files."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def image_part() -> dict:
+    return {"type": "image"}
+
+
+def user_turn(text: str, n_images: int = 0, images_first: bool = True) -> dict:
+    """A user message with ``n_images`` image parts before (default) or after the text."""
+    imgs = [image_part() for _ in range(n_images)]
+    parts = imgs + [text_part(text)] if images_first else [text_part(text)] + imgs
+    return {"role": "user", "content": parts}
+
+
+def assistant_turn(text: str) -> dict:
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+def make_sample(
+    id: str,
+    question: str,
+    answer: str,
+    images: Sequence[bytes] = (),
+    qtype: str = "open",
+    source: str = "",
+    meta: dict | None = None,
+    system: str | None = None,
+) -> dict:
+    """Build and validate a single-turn sample (images before the question, as Qwen does)."""
+    messages = []
+    if system:
+        messages.append({"role": "system", "content": [text_part(system)]})
+    messages += [user_turn(question, len(images)), assistant_turn(answer)]
+    sample = {
+        "id": str(id),
+        "messages": messages,
+        "images": list(images),
+        "qtype": qtype,
+        "answer": answer,
+        "source": source,
+        "meta": dict(meta or {}),
+    }
+    validate_sample(sample)
+    return sample
+
+
+def message_text(message: dict) -> str:
+    """Concatenated text parts of one message."""
+    return "".join(p.get("text") or "" for p in message["content"] if p.get("type") == "text")
+
+
+def count_image_parts(messages: Iterable[dict]) -> int:
+    return sum(1 for m in messages for p in m["content"] if p.get("type") == "image")
+
+
+def last_assistant_text(messages: Sequence[dict]) -> str | None:
+    for m in reversed(messages):
+        if m["role"] == "assistant":
+            return message_text(m)
+    return None
+
+
+def validate_sample(s: Any) -> None:
+    """Raise :class:`SampleError` if ``s`` is not a valid sample. Returns ``None`` when valid."""
+    if not isinstance(s, dict):
+        raise SampleError("bad_schema", f"sample must be a dict, got {type(s).__name__}")
+    missing = [c for c in COLUMNS if c not in s and c != "meta"]
+    if missing:
+        raise SampleError("bad_schema", f"missing fields {missing}")
+    if not isinstance(s["id"], str) or not s["id"]:
+        raise SampleError("bad_schema", "id must be a non-empty string")
+    msgs = s["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise SampleError("bad_schema", "messages must be a non-empty list")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise SampleError("bad_schema", f"message {i}: role must be one of {ROLES}")
+        content = m.get("content")
+        if not isinstance(content, list) or not content:
+            raise SampleError("bad_schema", f"message {i}: content must be a non-empty list of parts")
+        for p in content:
+            if not isinstance(p, dict) or p.get("type") not in ("image", "text"):
+                raise SampleError("bad_schema", f"message {i}: part type must be 'image' or 'text'")
+            if p["type"] == "text" and not isinstance(p.get("text"), str):
+                raise SampleError("bad_schema", f"message {i}: text part without a string 'text'")
+            if p["type"] == "image" and m["role"] != "user":
+                raise SampleError("bad_schema", f"message {i}: images are only allowed in user turns")
+    roles = [m["role"] for m in msgs]
+    if "user" not in roles:
+        raise SampleError("empty_question", "no user turn")
+    for m in msgs:
+        if m["role"] == "user" and not message_text(m).strip() and count_image_parts([m]) == 0:
+            raise SampleError("empty_question", "a user turn has neither text nor image")
+        if m["role"] == "assistant" and not message_text(m).strip():
+            raise SampleError("empty_answer", "an assistant turn is empty")
+    images = s["images"]
+    if not isinstance(images, list) or any(not isinstance(b, (bytes, bytearray)) or not b for b in images):
+        raise SampleError("bad_schema", "images must be a list of non-empty encoded image bytes")
+    n_parts = count_image_parts(msgs)
+    if n_parts != len(images):
+        raise SampleError("image_count_mismatch", f"{n_parts} image parts but {len(images)} images")
+    if s["qtype"] not in QTYPES:
+        raise SampleError("bad_qtype", f"qtype {s['qtype']!r} not in {QTYPES}")
+    if not isinstance(s["answer"], str):
+        raise SampleError("bad_schema", "answer must be a string")
+    if not isinstance(s["source"], str):
+        raise SampleError("bad_schema", "source must be a string")
+    if "meta" in s and not isinstance(s["meta"], dict):
+        raise SampleError("bad_schema", "meta must be a dict")
+
+
+@dataclass
+class Counts:
+    """Conversion bookkeeping: every input record is written or rejected, nothing else."""
+
+    read: int = 0
+    written: int = 0
+
+    def __post_init__(self):
+        self.rejected: dict[str, int] = {}
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def conserved(self) -> bool:
+        return self.read == self.written + self.n_rejected
+
+    def as_dict(self) -> dict:
+        return {
+            "read": self.read,
+            "written": self.written,
+            "rejected": self.n_rejected,
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "conserved": self.conserved,
+        }
