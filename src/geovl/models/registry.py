@@ -1,0 +1,227 @@
+"""The one model registry: a declarative table per Qwen-VL family.
+
+Everything that needs to know a family's layout reads it from here: freezing, LoRA targets,
+token budgets, the spectral projector. A family is chosen from ``config.model_type`` — never
+from a path or a model name. A new family is one new :class:`Family` row in :data:`FAMILIES`.
+
+Module-name patterns are regular expressions over ``model.named_modules()`` names of the
+``*ForConditionalGeneration`` class in transformers 5.x (``model.visual``,
+``model.language_model``, ``lm_head``). They are anchored with :func:`re.fullmatch`; match a
+layer's sub-module by passing the pattern to peft as ``target_modules`` (a string is a regex
+there too).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_N = r"\d+"
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # registry key, also config.model_type
+    cli_name: str  # what users type: qwen2.5-vl
+    display: str
+    model_type: str
+    patch_size: int
+    merge_size: int  # spatial_merge_size
+    temporal_patch_size: int
+    # module-name regexes
+    llm_layers: str
+    llm_attn: tuple[str, ...]
+    llm_mlp: tuple[str, ...]
+    vision_blocks: str
+    vision_attn: tuple[str, ...]
+    vision_mlp: tuple[str, ...]
+    merger: str  # every module that maps vision features into the LLM (incl. deepstack mergers)
+    vision_embed: str
+    embed_tokens: str
+    lm_head: str
+    vision_prefix: str = "model.visual"
+    llm_prefix: str = "model.language_model"
+    default_min_pixels: int = 0
+    default_max_pixels: int = 0
+    notes: str = ""
+    hf_examples: tuple[str, ...] = field(default_factory=tuple)
+
+    # ---- image-token maths -------------------------------------------------------------------
+    @property
+    def factor(self) -> int:
+        """Pixels per merged visual token along one side (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
+        return self.patch_size * self.merge_size
+
+    def resized_size(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int]:
+        """(height, width) the processor resizes to: Qwen's ``smart_resize``."""
+        return smart_resize(
+            height,
+            width,
+            self.factor,
+            self.default_min_pixels if min_pixels is None else min_pixels,
+            self.default_max_pixels if max_pixels is None else max_pixels,
+        )
+
+    def image_tokens(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> int:
+        """Number of ``<|image_pad|>`` tokens one image of this size becomes."""
+        h, w = self.resized_size(height, width, min_pixels, max_pixels)
+        return (h // self.patch_size) * (w // self.patch_size) // (self.merge_size**2)
+
+    def grid_thw(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int, int]:
+        h, w = self.resized_size(height, width, min_pixels, max_pixels)
+        return (1, h // self.patch_size, w // self.patch_size)
+
+    # ---- module selection ----------------------------------------------------------------------
+    def lora_targets(self, parts: tuple[str, ...] = ("llm",)) -> str:
+        """One peft ``target_modules`` regex for the linear layers of the requested parts.
+
+        ``parts`` ⊆ {"llm", "vision", "merger"}. Bare names such as ``q_proj`` would miss the vision
+        tower or hit the wrong one; these regexes are anchored to each tower."""
+        alts = []
+        if "llm" in parts:
+            alts += [rf"{self.llm_layers}\." + re.escape(m) for m in self.llm_attn + self.llm_mlp]
+        if "vision" in parts:
+            alts += [rf"{self.vision_blocks}\." + re.escape(m) for m in self.vision_attn + self.vision_mlp]
+        if "merger" in parts:
+            alts.append(rf"{self.merger}\..*")
+        unknown = set(parts) - {"llm", "vision", "merger"}
+        if unknown:
+            raise ValueError(f"unknown model part(s) {sorted(unknown)}; use llm, vision, merger")
+        return "(" + "|".join(alts) + ")"
+
+    def part_of(self, param_or_module_name: str) -> str:
+        """Which part a parameter/module belongs to: vision, merger, llm, embed, lm_head or other."""
+        n = param_or_module_name.replace("base_model.model.", "", 1)
+        if re.match(self.merger + r"(\.|$)", n):
+            return "merger"
+        if n.startswith(self.vision_prefix + "."):
+            return "vision"
+        if re.match(self.embed_tokens + r"(\.|$)", n):
+            return "embed"
+        if n.startswith(self.llm_prefix + "."):
+            return "llm"
+        if re.match(self.lm_head + r"(\.|$)", n):
+            return "lm_head"
+        return "other"
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen-VL's resize rule: both sides multiples of ``factor``, area within [min, max], aspect kept."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio must be below 200, got {max(height, width) / min(height, width):.1f}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if max_pixels and h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels or h_bar == 0 or w_bar == 0:
+        beta = math.sqrt(max(min_pixels, factor * factor) / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+_LLM = rf"model\.language_model\.layers\.{_N}"
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+FAMILIES: dict[str, Family] = {
+    f.key: f
+    for f in [
+        Family(
+            key="qwen2_vl",
+            cli_name="qwen2-vl",
+            display="Qwen2-VL",
+            model_type="qwen2_vl",
+            patch_size=14,
+            merge_size=2,
+            temporal_patch_size=2,
+            llm_layers=_LLM,
+            llm_attn=_ATTN,
+            llm_mlp=_MLP,
+            vision_blocks=rf"model\.visual\.blocks\.{_N}",
+            vision_attn=("attn.qkv", "attn.proj"),
+            vision_mlp=("mlp.fc1", "mlp.fc2"),
+            merger=r"model\.visual\.merger",
+            vision_embed=r"model\.visual\.patch_embed",
+            embed_tokens=r"model\.language_model\.embed_tokens",
+            lm_head=r"lm_head",
+            default_min_pixels=56 * 56,
+            default_max_pixels=28 * 28 * 1280,
+            hf_examples=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+        ),
+        Family(
+            key="qwen2_5_vl",
+            cli_name="qwen2.5-vl",
+            display="Qwen2.5-VL",
+            model_type="qwen2_5_vl",
+            patch_size=14,
+            merge_size=2,
+            temporal_patch_size=2,
+            llm_layers=_LLM,
+            llm_attn=_ATTN,
+            llm_mlp=_MLP,
+            vision_blocks=rf"model\.visual\.blocks\.{_N}",
+            vision_attn=("attn.qkv", "attn.proj"),
+            vision_mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+            merger=r"model\.visual\.merger",
+            vision_embed=r"model\.visual\.patch_embed",
+            embed_tokens=r"model\.language_model\.embed_tokens",
+            lm_head=r"lm_head",
+            default_min_pixels=56 * 56,
+            default_max_pixels=28 * 28 * 1280,
+            hf_examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+        ),
+        Family(
+            key="qwen3_vl",
+            cli_name="qwen3-vl",
+            display="Qwen3-VL",
+            model_type="qwen3_vl",
+            patch_size=16,
+            merge_size=2,
+            temporal_patch_size=2,
+            llm_layers=_LLM,
+            llm_attn=_ATTN,
+            llm_mlp=_MLP,
+            vision_blocks=rf"model\.visual\.blocks\.{_N}",
+            vision_attn=("attn.qkv", "attn.proj"),
+            vision_mlp=("mlp.linear_fc1", "mlp.linear_fc2"),
+            # the deepstack mergers feed vision features into early LLM layers: they are mergers too
+            merger=r"model\.visual\.(merger|deepstack_merger_list\.\d+)",
+            vision_embed=r"model\.visual\.(patch_embed|pos_embed)",
+            embed_tokens=r"model\.language_model\.embed_tokens",
+            lm_head=r"lm_head",
+            default_min_pixels=64 * 64,
+            default_max_pixels=32 * 32 * 1280,
+            notes="deepstack mergers are frozen/trained together with the main merger",
+            hf_examples=("Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"),
+        ),
+    ]
+}
+
+CLI_NAMES = {f.cli_name: f.key for f in FAMILIES.values()}
+
+
+class UnknownModelType(ValueError):
+    pass
+
+
+def get_family(config_or_type: Any) -> Family:
+    """Family for a transformers config, a model, a ``model_type`` string or a CLI name."""
+    if isinstance(config_or_type, str):
+        mt = config_or_type
+    else:
+        cfg = getattr(config_or_type, "config", config_or_type)
+        mt = getattr(cfg, "model_type", None)
+        if mt is None and isinstance(cfg, dict):
+            mt = cfg.get("model_type")
+    key = CLI_NAMES.get(mt, mt)
+    if key not in FAMILIES:
+        supported = ", ".join(f"{f.model_type} ({f.display})" for f in FAMILIES.values())
+        raise UnknownModelType(f"unsupported model_type {mt!r}; geovl supports: {supported}")
+    return FAMILIES[key]
