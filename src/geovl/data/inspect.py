@@ -1,0 +1,233 @@
+"""Pre-flight statistics for a dataset file: what the model will see, before any training.
+
+Counts per source and qtype, images per sample, image sizes, visual tokens per image under the
+family's pixel bounds (registry token maths, no decoding: sizes come from image headers),
+sequence lengths (exact with a model's tokenizer + chat template, else visual tokens plus an
+approximate text count), samples over a token budget, answer lengths, and a preview.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from .io import count_samples, read_samples
+from .schema import message_text
+
+
+class InspectError(ValueError):
+    pass
+
+
+def _pct(values: list[int], qs=(0, 50, 90, 99, 100)) -> dict:
+    if not values:
+        return {}
+    v = sorted(values)
+    out = {}
+    for q in qs:
+        idx = min(len(v) - 1, max(0, round(q / 100 * (len(v) - 1))))
+        out[f"p{q}"] = v[idx]
+    out["mean"] = round(sum(v) / len(v), 2)
+    return out
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+class _TextCounter:
+    """Exact token counts with a model folder's tokenizer and chat template."""
+
+    def __init__(self, model_dir: str):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        if not self.tok.chat_template:
+            raise InspectError(f"{model_dir}: the tokenizer has no chat template; give a Qwen-VL model folder")
+
+    def count(self, messages: list[dict]) -> int:
+        ids = self.tok.apply_chat_template(messages, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return len(ids)
+
+
+def inspect_dataset(
+    path: str,
+    family: str | None = None,
+    model: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    budget: int | None = None,
+    preview: int = 0,
+    progress: bool = True,
+) -> dict:
+    from ..models.registry import get_family
+
+    fam_name = family
+    if model and not fam_name:
+        cfg_path = Path(model) / "config.json"
+        if not cfg_path.is_file():
+            raise InspectError(f"{model}: not a model folder (no config.json)")
+        fam_name = json.loads(cfg_path.read_text()).get("model_type")
+    fam = get_family(fam_name or "qwen2_5_vl")
+    counter = _TextCounter(model) if model else None
+
+    n_total = count_samples(path)
+    by_source: Counter = Counter()
+    by_qtype: Counter = Counter()
+    imgs_per_sample: Counter = Counter()
+    turns: Counter = Counter()
+    widths, heights, vis_tokens, seq_lens, ans_chars = [], [], [], [], []
+    over_budget: list[str] = []
+    previews: list[dict] = []
+    bad_images = 0
+
+    it = read_samples(path)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=n_total, desc="inspect", unit="sample", file=sys.stderr, leave=False)
+    for s in it:
+        by_source[s["source"].split("#", 1)[0] or "(none)"] += 1
+        by_qtype[s["qtype"]] += 1
+        imgs_per_sample[len(s["images"])] += 1
+        turns[sum(1 for m in s["messages"] if m["role"] == "assistant")] += 1
+        ans_chars.append(len(s["answer"]))
+        sample_vis = 0
+        summaries = []
+        for b in s["images"]:
+            try:
+                w, h = image_size(b)
+            except Exception:  # noqa: BLE001
+                bad_images += 1
+                summaries.append("undecodable")
+                continue
+            t = fam.image_tokens(h, w, min_pixels, max_pixels)
+            widths.append(w)
+            heights.append(h)
+            vis_tokens.append(t)
+            sample_vis += t
+            summaries.append(f"{w}x{h} px → {t} visual tokens")
+        if counter:
+            # the template renders one <|image_pad|> per image; the processor expands it to t tokens
+            seq = counter.count(s["messages"]) + sample_vis - len(s["images"])
+        else:
+            text = "".join(message_text(m) for m in s["messages"])
+            seq = sample_vis + len(text.encode("utf-8")) // 3 + 10 * len(s["messages"])  # rough text estimate
+        seq_lens.append(seq)
+        if budget is not None and seq > budget:
+            over_budget.append(s["id"])
+        if len(previews) < preview:
+            previews.append(
+                {
+                    "id": s["id"],
+                    "qtype": s["qtype"],
+                    "source": s["source"],
+                    "images": summaries,
+                    "messages": [
+                        {
+                            "role": m["role"],
+                            "content": "".join(
+                                "<image>" if p["type"] == "image" else p["text"] for p in m["content"]
+                            ),
+                        }
+                        for m in s["messages"]
+                    ],
+                    "answer": s["answer"],
+                }
+            )
+
+    report = {
+        "file": str(path),
+        "samples": n_total,
+        "family": fam.key,
+        "pixel_bounds": {
+            "min_pixels": fam.default_min_pixels if min_pixels is None else min_pixels,
+            "max_pixels": fam.default_max_pixels if max_pixels is None else max_pixels,
+        },
+        "by_source": dict(by_source.most_common()),
+        "by_qtype": dict(sorted(by_qtype.items())),
+        "images_per_sample": {str(k): v for k, v in sorted(imgs_per_sample.items())},
+        "assistant_turns_per_sample": {str(k): v for k, v in sorted(turns.items())},
+        "image_width": _pct(widths),
+        "image_height": _pct(heights),
+        "visual_tokens_per_image": _pct(vis_tokens),
+        "sequence_length": _pct(seq_lens),
+        "sequence_length_exact": counter is not None,
+        "answer_chars": _pct(ans_chars),
+        "undecodable_images": bad_images,
+    }
+    if budget is not None:
+        report["token_budget"] = budget
+        report["over_budget"] = len(over_budget)
+        report["over_budget_ids"] = over_budget[:20]
+    if preview:
+        report["preview"] = previews
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['file']}: {r['samples']} samples  (family {r['family']}, pixels {r['pixel_bounds']['min_pixels']}–{r['pixel_bounds']['max_pixels']})"]
+
+    def table(title: str, d: dict) -> None:
+        if not d:
+            return
+        lines.append(f"\n{title}")
+        width = max(len(str(k)) for k in d)
+        for k, v in d.items():
+            lines.append(f"  {str(k):<{width}}  {v}")
+
+    table("by source", r["by_source"])
+    table("by qtype", r["by_qtype"])
+    table("images per sample", r["images_per_sample"])
+    table("assistant turns per sample", r["assistant_turns_per_sample"])
+    lines.append("\ndistributions (p0 / p50 / p90 / p99 / p100, mean)")
+    for key, label in [
+        ("image_width", "image width px"),
+        ("image_height", "image height px"),
+        ("visual_tokens_per_image", "visual tokens/image"),
+        ("sequence_length", "sequence tokens" + ("" if r["sequence_length_exact"] else " (≈, give --model for exact)")),
+        ("answer_chars", "answer chars"),
+    ]:
+        d = r[key]
+        if d:
+            lines.append(f"  {label:<40} {d['p0']} / {d['p50']} / {d['p90']} / {d['p99']} / {d['p100']}   mean {d['mean']}")
+    if r.get("undecodable_images"):
+        lines.append(f"\n  undecodable images: {r['undecodable_images']}")
+    if "token_budget" in r:
+        lines.append(f"\nover the {r['token_budget']}-token budget: {r['over_budget']} samples (they would be dropped whole, never truncated)")
+        if r["over_budget_ids"]:
+            lines.append("  e.g. " + ", ".join(r["over_budget_ids"][:5]))
+    for p in r.get("preview", []):
+        lines.append(f"\n--- {p['id']}  [{p['qtype']}]  {p['source']}")
+        for i, s in enumerate(p["images"], 1):
+            lines.append(f"  image {i}: {s}")
+        for m in p["messages"]:
+            lines.append(f"  {m['role']}: {m['content']}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    report = inspect_dataset(
+        args.file,
+        family=args.family,
+        model=args.model,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        budget=args.max_tokens,
+        preview=args.preview,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    return 0

@@ -1,0 +1,62 @@
+"""The one preprocessing config: written by training, read by every inference path.
+
+It records how images become model input — pixel bounds, how multi-band rasters are rendered —
+so that training, evaluation, the API and the web app resize and render identically. It lives
+next to the weights as ``geovl_preprocess.json`` (in a run's checkpoints, its ``final`` folder,
+and merged exports).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FILENAME = "geovl_preprocess.json"
+
+
+@dataclass
+class PreprocessConfig:
+    min_pixels: int | None = None  # None: the processor's own default
+    max_pixels: int | None = None
+    # how a multi-band raster becomes RGB: band indices (0-based) and percentile stretch
+    rgb_bands: list[int] | None = None
+    stretch: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    family: str | None = None  # registry key, recorded for checks
+
+    def save(self, folder: str | Path) -> Path:
+        p = Path(folder) / FILENAME
+        p.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PreprocessConfig | None":
+        p = Path(folder) / FILENAME
+        if not p.is_file():
+            return None
+        data = json.loads(p.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"{p}: unknown preprocessing keys {sorted(unknown)} (written by a newer geovl?)")
+        return cls(**known)
+
+    def apply(self, processor) -> None:
+        """Set the pixel bounds on a Qwen-VL processor's image processor (in place)."""
+        ip = processor.image_processor
+        size = dict(getattr(ip, "size", None) or {})
+        if self.min_pixels is not None:
+            size["shortest_edge"] = int(self.min_pixels)
+        if self.max_pixels is not None:
+            size["longest_edge"] = int(self.max_pixels)
+        if self.min_pixels is not None or self.max_pixels is not None:
+            ip.size = size
+            for attr, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)):
+                if v is not None and hasattr(ip, attr):
+                    setattr(ip, attr, int(v))
+
+    @staticmethod
+    def bounds_of(processor) -> tuple[int, int]:
+        size = processor.image_processor.size
+        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+        return int(get("shortest_edge")), int(get("longest_edge"))

@@ -1,0 +1,201 @@
+"""``geovl train sft RECIPE.yaml [key=value ...]``: supervised fine-tuning.
+
+parse recipe → load model + processor (registry family from config.model_type) → apply the
+preprocessing config → measure and filter samples → decide what trains → Trainer → ``OUT/final``
+(adapter or full weights, processor, preprocessing config, resolved recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .recipe import RecipeError, SFTRecipe, load_recipe, save_recipe
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _log(msg: str) -> None:
+    if _is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(output_dir)
+    if not d.is_dir():
+        return None
+    ck = get_last_checkpoint(str(d))
+    return Path(ck) if ck else None
+
+
+def check_report_to(report_to: list[str]) -> list[str]:
+    import importlib.util
+
+    pkgs = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}
+    out = []
+    for r in report_to:
+        if r == "none":
+            continue
+        mod = pkgs.get(r, r)
+        if importlib.util.find_spec(mod) is None:
+            raise RecipeError(f"report_to={r}: the {mod} package is not installed (pip install {mod}), or remove it from report_to")
+        out.append(r)
+    return out
+
+
+def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
+    import torch
+    from transformers import TrainingArguments
+
+    if recipe.use_liger:
+        if not torch.cuda.is_available():
+            raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise RecipeError("use_liger=true needs the liger-kernel package: pip install liger-kernel")
+    use_cpu = not torch.cuda.is_available()
+    # TensorBoard event files go to OUT/tensorboard (transformers 5 reads this variable)
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(recipe.output_dir) / "tensorboard"))
+    kw = dict(
+        output_dir=recipe.output_dir,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_steps=recipe.warmup_ratio,
+        logging_steps=recipe.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        dataloader_num_workers=recipe.num_workers,
+        remove_unused_columns=False,
+        report_to=check_report_to(recipe.report_to),
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
+        use_cpu=use_cpu,
+        bf16=str(dtype) == "torch.bfloat16" and not use_cpu,
+        fp16=recipe.precision == "fp16",
+        disable_tqdm=not recipe.progress_bar,
+        use_liger_kernel=recipe.use_liger,
+        deepspeed=recipe.deepspeed,
+        ddp_find_unused_parameters=False,
+    )
+    if has_eval:
+        kw.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps)
+    return TrainingArguments(**kw)
+
+
+def train_sft(recipe: SFTRecipe) -> Path:
+    import torch
+    from transformers import set_seed
+
+    from ..models.preprocess import PreprocessConfig
+    from .data import SFTCollator, SFTDataset
+    from .model_setup import format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table
+    from .trainer import GeoVLTrainer, ProgressFileCallback, SaveExtrasCallback
+
+    out = Path(recipe.output_dir)
+    resume_from = None
+    if recipe.resume:
+        resume_from = last_checkpoint(out)
+        if resume_from is None:
+            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from")
+        _log(f"resuming from {resume_from}")
+    elif (out / "final").exists():
+        raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+    if _is_main():
+        save_recipe(recipe, out)
+
+    t0 = time.time()
+    model, processor, family = load_model_and_processor(
+        recipe.model, precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization
+    )
+    pre = PreprocessConfig(min_pixels=recipe.min_pixels, max_pixels=recipe.max_pixels, family=family.key)
+    pre.apply(processor)
+    pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
+    _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
+
+    train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=_is_main())
+    if len(train_ds) == 0:
+        raise RecipeError(f"no trainable samples left in {recipe.train_data}: {train_ds.summary()}")
+    eval_ds = None
+    if recipe.eval_data:
+        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=False)
+    if _is_main():
+        train_ds.write_dropped(out / "dropped.jsonl")
+        s = train_ds.summary()
+        _log(f"train samples: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}")
+
+    if recipe.gradient_checkpointing:
+        model.config.use_cache = False
+    model, modules_to_save = setup_trainable(model, family, recipe)
+    if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    table = trainable_table(model, family)
+    _log(format_trainable(table))
+
+    args = build_training_args(recipe, eval_ds is not None, resolve_dtype(recipe.precision))
+    trainer = GeoVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=SFTCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        param_groups_fn=lambda m: param_groups(m, family, recipe),
+        lengths=train_ds.lengths,
+    )
+    progress = ProgressFileCallback(out / "progress.jsonl", trainer)
+    trainer.add_callback(progress)
+    trainer.add_callback(SaveExtrasCallback(processor, pre))
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(final)
+        pre.save(final)
+        save_recipe(recipe, final)
+        summary = {
+            "family": family.key,
+            "steps": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "samples": train_ds.summary(),
+            "trainable": {k: {"trainable": t, "total": a} for k, (t, a) in table.items()},
+            "modules_to_save": modules_to_save,
+            "real_tokens": trainer.real_tokens,
+            "padded_tokens": trainer.padded_tokens,
+            "padding_fraction": round(1 - trainer.real_tokens / max(trainer.padded_tokens, 1), 4),
+            "wall_s": round(time.time() - t0, 1),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _log(f"done: {trainer.state.global_step} steps, final weights in {final}")
+    return final
+
+
+def run(args) -> int:
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append("resume=true")
+    recipe = load_recipe(args.recipe, overrides, SFTRecipe)
+    train_sft(recipe)
+    return 0
