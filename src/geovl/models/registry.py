@@ -108,21 +108,27 @@ class Family:
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen-VL's resize rule: both sides multiples of ``factor``, area within [min, max], aspect kept."""
+    """Qwen-VL's resize rule: both sides multiples of ``factor``, area within [min, max], aspect kept.
+
+    Mirrors ``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`` step for step
+    (so token counts match the real processor for every size and bound); where that rule would
+    produce an empty side (only possible with ``min_pixels`` < 1) it raises instead."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio must be below 200, got {max(height, width) / min(height, width):.1f}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
-    if max_pixels and h_bar * w_bar > max_pixels:
+    if max_pixels and h_bar * w_bar > max_pixels:  # max_pixels 0 = no upper bound
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels or h_bar == 0 or w_bar == 0:
-        beta = math.sqrt(max(min_pixels, factor * factor) / (height * width))
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+    if h_bar == 0 or w_bar == 0:
+        raise ValueError(f"a {height}x{width} image resizes to nothing with min_pixels={min_pixels}; use min_pixels >= {factor * factor}")
     return h_bar, w_bar
 
 
@@ -222,6 +228,6 @@ def get_family(config_or_type: Any) -> Family:
             mt = cfg.get("model_type")
     key = CLI_NAMES.get(mt, mt)
     if key not in FAMILIES:
-        supported = ", ".join(f"{f.model_type} ({f.display})" for f in FAMILIES.values())
-        raise UnknownModelType(f"unsupported model_type {mt!r}; geovl supports: {supported}")
+        supported = ", ".join(f"{f.cli_name} (model_type {f.model_type})" for f in FAMILIES.values())
+        raise UnknownModelType(f"unsupported model family / model_type {mt!r}; geovl supports: {supported}")
     return FAMILIES[key]

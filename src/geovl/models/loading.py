@@ -1,0 +1,77 @@
+"""Load a model folder (tiny, downloaded, or exported) with the stock transformers classes.
+
+``read_family(path)`` only reads ``config.json`` (no torch import) and tells which registry family
+the folder is. ``load_model_folder(path)`` returns ``(model, processor, family)`` and refuses
+folders that stock tools could not use either: a missing/garbled ``config.json``, an unsupported
+``model_type``, or a processor that ``AutoProcessor`` can only load as a bare tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .registry import Family, get_family
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used (named in the message with what is wrong)."""
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The parsed ``config.json`` of a model folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: model folder not found / 模型目录不存在")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelFolderError(f"{folder}: no config.json — not a Hugging Face model folder / 缺少 config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ModelFolderError(f"{cfg_path}: expected a JSON object")
+    return cfg
+
+
+def read_family(path: str | os.PathLike) -> Family:
+    """The registry family of a model folder, from ``config.json``'s ``model_type``."""
+    cfg = read_config(path)
+    if "model_type" not in cfg:
+        raise ModelFolderError(f"{Path(path) / 'config.json'}: no model_type")
+    try:
+        return get_family(cfg["model_type"])
+    except ValueError as e:
+        raise ModelFolderError(f"{path}: {e}") from e
+
+
+def load_processor(path: str | os.PathLike):
+    """``AutoProcessor.from_pretrained`` that insists on a real multimodal processor."""
+    from transformers import AutoProcessor, ProcessorMixin
+
+    read_family(path)
+    try:
+        proc = AutoProcessor.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFolderError(f"{path}: cannot load the processor / 无法加载处理器: {first}") from e
+    if not isinstance(proc, ProcessorMixin) or getattr(proc, "image_processor", None) is None:
+        raise ModelFolderError(
+            f"{path}: AutoProcessor loaded only {type(proc).__name__}, not an image-text processor; "
+            "the folder needs processor_config.json (or preprocessor_config.json) naming a stock processor class"
+        )
+    return proc
+
+
+def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
+    """``(model, processor, family)`` from a folder, with the stock Auto classes; model in eval mode."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    family = read_family(path)
+    processor = load_processor(path)
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype or torch.float32)
+    model.to(device).eval()
+    return model, processor, family
