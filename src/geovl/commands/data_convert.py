@@ -1,0 +1,55 @@
+"""``geovl data convert``: published dataset formats -> the geovl sample schema."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import run_lazy
+
+EPILOG = """\
+examples / 示例:
+  geovl data convert --from rsvqa --input RSVQA_LR --split-prefix LR_split_test --output lr_test.parquet
+  geovl data convert --from rsvqa --input HR --split-prefix USGS_split_test_phili --bin-counts --output hr2.parquet
+  geovl data convert --from llava --input mmdu45k.json --images-root images --output mmdu.parquet \\
+      --split train=0.95,test=0.05 --seed 0
+  geovl data convert --from csv --preset building-defect --input defects.csv --output defects.parquet
+  geovl data convert --from csv --mapping my_table.yaml --input table.csv --output table.jsonl
+  geovl data convert --from messages --input samples.jsonl --output samples.parquet
+
+Every input record is written or listed in OUT.rejects.jsonl with its reason; the counts are
+printed and saved to OUT.summary.json. 每条输入记录要么写出，要么连同原因记入 OUT.rejects.jsonl。
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert RSVQA / LLaVA / CSV / messages-JSONL into one dataset file (Parquet or JSONL)",
+        description="Convert a published dataset format into the geovl sample schema. "
+        "将公开数据集格式转换为 geovl 统一样本格式。",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--from", dest="from_", required=True, choices=["rsvqa", "llava", "csv", "messages"],
+                   help="input format")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="rsvqa: folder with the split JSONs; llava: .json/.jsonl; csv: table; messages: .jsonl")
+    p.add_argument("--output", required=True, metavar="OUT",
+                   help="OUT.parquet (canonical) or OUT.jsonl")
+    p.add_argument("--split-prefix", metavar="P",
+                   help="rsvqa: split file prefix, e.g. LR_split_test, USGS_split_test_phili (auto if only one)")
+    p.add_argument("--images-root", metavar="DIR",
+                   help="folder image paths are relative to (default: the input's folder)")
+    p.add_argument("--split", metavar="SPEC",
+                   help="split by image into OUT.<name>.<ext>, e.g. train=0.9,test=0.1")
+    p.add_argument("--seed", type=int, default=0, help="seed for --split (default 0)")
+    p.add_argument("--preset", metavar="NAME", help="csv: building-defect | image-question-answer")
+    p.add_argument("--mapping", metavar="FILE.yaml", help="csv: your own column mapping (see the presets)")
+    p.add_argument("--bin-counts", action="store_true",
+                   help="rsvqa: map counts/areas to bins '0', 'between 1 and 10', ... 'more than 1000'")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="reject images with more pixels than N (checked before decoding; default 64e6)")
+    p.add_argument("--question", metavar="TEXT", help="csv: fixed question text (replaces the mapping's)")
+    p.add_argument("--limit", type=int, metavar="N", help="convert only the first N input records")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_lazy("geovl.data.convert:run"))

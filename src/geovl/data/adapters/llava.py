@@ -1,0 +1,218 @@
+"""LLaVA / ShareGPT conversations (e.g. MMDU-45k) -> samples.
+
+Input: a JSON list (streamed element by element, never loaded whole) or JSONL. Each record::
+
+    {"id": "...", "image": "a.jpg" | ["a.jpg", "b.jpg"],
+     "conversations": [{"from": "human", "value": "<image>\\n<image>\\nCompare ..."},
+                       {"from": "gpt", "value": "..."}, ...]}
+
+- roles ``human``/``user`` -> user, ``gpt``/``assistant`` -> assistant, ``system`` (first
+  only); turns must alternate user/assistant and end with assistant (else ``bad_roles``);
+- ``<image>`` tags may stand anywhere in user turns: the text is split at the tags and the
+  image parts are placed exactly there (the newline right after a tag is dropped); the number
+  of tags must equal the number of images (else ``tag_count_mismatch``); a tag in an
+  assistant/system turn is rejected (``image_in_assistant_turn``);
+- records without images are valid text-only samples;
+- image paths are relative to ``--images-root`` (default: the input file's folder);
+- qtype ``open`` unless the record has a valid ``qtype``; answer = last assistant turn.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from ...imagery.decode import ImageError, resolve_image_path
+from ..convert import ConvertError, ConvertOptions, ImageCache
+from ..schema import SampleError, image_part, text_part
+
+TAG = "<image>"
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_CHUNK = 1 << 20
+
+
+def iter_json_array(path: Path) -> Iterator[object]:
+    """Stream the elements of a top-level JSON array with bounded memory (stdlib only)."""
+    dec = json.JSONDecoder()
+    n = 0
+    with open(path, encoding="utf-8-sig") as f:
+        buf, pos, eof = "", 0, False
+
+        def fill() -> bool:
+            # read at least as much as is pending: a record larger than the buffer is read in
+            # O(log size) steps, while the buffer stays ~2 chunks for ordinary records
+            nonlocal buf, pos, eof
+            if eof:
+                return False
+            more = f.read(max(_CHUNK, len(buf) - pos))
+            if not more:
+                eof = True
+                return False
+            buf = buf[pos:] + more
+            pos = 0
+            return True
+
+        def skip_ws() -> str:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf):
+                    return buf[pos]
+                if not fill():
+                    return ""
+
+        if skip_ws() != "[":
+            raise ConvertError(f"{path}: not a JSON list")
+        pos += 1
+        first = True
+        while True:
+            c = skip_ws()
+            if c == "]":
+                pos += 1
+                if skip_ws():
+                    raise ConvertError(f"{path}: unexpected data after the closing ']' of the JSON list")
+                return
+            if not c:
+                raise ConvertError(f"{path}: truncated JSON list (no closing ']') after {n} records")
+            if not first:
+                if c != ",":
+                    raise ConvertError(f"{path}: expected ',' between records after record {n}")
+                pos += 1
+                skip_ws()
+            while True:
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                    if end < len(buf) or eof:
+                        break
+                except json.JSONDecodeError as e:
+                    if eof:
+                        raise ConvertError(f"{path}: not valid JSON in record {n + 1} ({e.msg})") from None
+                fill()  # need more text (at EOF the next attempt breaks or raises)
+            pos = end
+            n += 1
+            first = False
+            yield obj
+
+
+def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
+    """(position label, parsed record or SampleError) for a JSON list or a JSONL file."""
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith("["):
+        for i, obj in enumerate(iter_json_array(path)):
+            yield f"{path.name}#{i}", obj
+        return
+    with open(path, encoding="utf-8-sig") as f:
+        seen_ok = False
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                seen_ok = True
+            except json.JSONDecodeError as e:
+                if not seen_ok and n == 1:
+                    raise ConvertError(f"{path}: neither a JSON list nor JSONL (line 1: {e.msg})") from None
+                obj = SampleError("bad_json", f"line {n}: {e.msg}")
+            yield f"{path.name}#L{n}", obj
+
+
+def split_at_tags(text: str) -> list[dict]:
+    """Text with ``<image>`` tags -> content parts, images exactly where the tags were."""
+    parts: list[dict] = []
+    for i, piece in enumerate(text.split(TAG)):
+        if i > 0:
+            parts.append(image_part())
+            if piece.startswith("\r\n"):
+                piece = piece[2:]
+            elif piece.startswith("\n"):
+                piece = piece[1:]
+        if piece.strip():
+            parts.append(text_part(piece))
+    return parts
+
+
+def build_messages(conv) -> list[dict]:
+    if not isinstance(conv, list) or not conv:
+        raise SampleError("bad_roles", "no conversation turns")
+    msgs = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise SampleError("bad_record", f"turn {i} is not an object")
+        raw_role = turn.get("from", turn.get("role"))
+        role = ROLE_MAP.get(str(raw_role).lower())
+        if role is None:
+            raise SampleError("bad_roles", f"turn {i}: unknown role {raw_role!r}")
+        text = turn.get("value", turn.get("content"))
+        if not isinstance(text, str):
+            raise SampleError("bad_record", f"turn {i}: text must be a string")
+        if role == "user":
+            content = split_at_tags(text)
+        else:
+            if TAG in text:
+                raise SampleError("image_in_assistant_turn", f"turn {i} ({role}) contains {TAG}")
+            content = [text_part(text)]
+        msgs.append({"role": role, "content": content or [text_part("")]})
+    roles = [m["role"] for m in msgs]
+    body = roles[1:] if roles[0] == "system" else roles
+    expect = ["user", "assistant"] * (len(body) // 2 + 1)
+    if not body or body != expect[: len(body)] or body[-1] != "assistant" or "system" in body:
+        raise SampleError("bad_roles", f"roles {roles} must alternate user/assistant and end with assistant")
+    return msgs
+
+
+def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
+    path = o.input
+    if not path.is_file():
+        raise ConvertError(f"{path}: --from llava expects a .json (list) or .jsonl file")
+    root = o.images_root or path.parent
+    cache = ImageCache(o.pixel_limit, size=16)
+    for source, rec in iter_json_records(path):
+        if isinstance(rec, dict) and rec.get("id") is not None:
+            source = f"{path.name}#{rec['id']}"
+        if isinstance(rec, SampleError):
+            yield source, rec
+            continue
+        try:
+            item = _build(rec, source, root, cache, path)
+        except (SampleError, ImageError) as e:
+            item = e
+        yield source, item
+
+
+def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
+    if not isinstance(rec, dict):
+        raise SampleError("bad_record", f"record is a {type(rec).__name__}, not an object")
+    rid = rec.get("id")
+    sid = str(rid) if rid is not None and str(rid).strip() else source.replace("#", "-")
+    refs = rec.get("image", rec.get("images"))
+    if refs is None:
+        refs = []
+    elif isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise SampleError("bad_record", "'image' must be a path or a list of paths")
+    msgs = build_messages(rec.get("conversations", rec.get("messages")))
+    n_tags = sum(1 for m in msgs for p in m["content"] if p["type"] == "image")
+    if n_tags != len(refs):
+        raise SampleError("tag_count_mismatch", f"{n_tags} {TAG} tags but {len(refs)} images")
+    datas, img_meta = [], []
+    for ref in refs:
+        loaded = cache.load(resolve_image_path(root, ref))
+        datas.append(loaded.data)
+        img_meta.append(loaded.meta)
+    answer = "".join(p.get("text", "") for p in msgs[-1]["content"])
+    qtype = rec.get("qtype", "open")
+    meta = {
+        "dataset": "llava",
+        "n_turns": sum(1 for m in msgs if m["role"] == "assistant"),
+        "image_paths": refs,
+    }
+    if any(img_meta):
+        meta["images_meta"] = img_meta
+    for k in ("source", "meta"):
+        if k in rec and isinstance(rec[k], (str, dict)):
+            meta[f"orig_{k}"] = rec[k]
+    return {"id": sid, "messages": msgs, "images": datas, "qtype": qtype, "answer": answer, "source": source, "meta": meta}

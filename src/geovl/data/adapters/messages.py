@@ -1,0 +1,107 @@
+"""JSONL already in the sample schema -> validated samples (Parquet or JSONL).
+
+Each line: ``{"id", "messages", "images", "qtype", "answer", "source"?, "meta"?}`` where an
+image entry is a path relative to the file (or to ``--images-root``), a ``data:image/...;
+base64,`` URI, or raw base64. Every line is one input record: a line that is not JSON is
+rejected (``bad_json``, with the line number), a line that breaks the schema is rejected
+with the validation reason, images go through the same safe loader as every adapter
+(``path_escape``, ``missing_image``, ``undecodable_image``, ``image_too_large``; EXIF
+orientation applied). A missing ``source`` becomes ``<file>#L<line>``; ``meta`` defaults
+to ``{}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from ...imagery.decode import ImageError, load_image_bytes, resolve_image_path
+from ..convert import ConvertError, ConvertOptions, ImageCache
+from ..schema import SampleError
+
+_B64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"RIFF", b"GIF8", b"BM")
+REQUIRED = ("id", "messages", "images", "qtype", "answer")
+
+
+def _b64(s: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(s, validate=False)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError("undecodable_image", f"{what}: bad base64 ({e})") from None
+
+
+def load_ref(ref, root: Path, cache: ImageCache, max_pixels: int) -> tuple[bytes, dict]:
+    """(encoded bytes, georef meta) for one image entry of a messages record."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ImageError("missing_image", f"image entry {ref!r} is not a path or base64 string")
+    if ref.startswith("data:"):
+        head, _, payload = ref.partition(",")
+        if ";base64" not in head or not payload:
+            raise ImageError("undecodable_image", f"data URI {head[:40]!r} is not base64")
+        img = load_image_bytes(_b64(payload, "data URI"), max_pixels, name="data URI")
+        return img.data, img.meta
+    if len(ref) >= 64 and _B64.match(ref):  # raw base64 (JPEG base64 starts with "/9j/": not a path)
+        data = _b64(ref, "base64 image")
+        if data.startswith(_MAGIC):
+            img = load_image_bytes(data, max_pixels, name="base64 image")
+            return img.data, img.meta
+    img = cache.load(resolve_image_path(root, ref))
+    return img.data, img.meta
+
+
+def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
+    path = o.input
+    if not path.is_file():
+        raise ConvertError(f"{path}: --from messages expects a .jsonl file")
+    root = o.images_root or path.parent
+    cache = ImageCache(o.pixel_limit, size=16)
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                source = f"{path.name}#L{n}"
+                try:
+                    item = _build(line, n, source, root, cache, o.pixel_limit)
+                except (SampleError, ImageError) as e:
+                    item = e
+                yield source, item
+        except UnicodeDecodeError as e:
+            raise ConvertError(f"{path}: not UTF-8 text ({e.reason})") from None
+
+
+def _build(line: str, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SampleError("bad_json", f"line {n}: {e.msg} (column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise SampleError("bad_schema", f"line {n}: a record must be a JSON object")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise SampleError("bad_schema", f"line {n}: missing field(s) {missing}")
+    if not isinstance(rec["images"], list):
+        raise SampleError("bad_schema", f"line {n}: 'images' must be a list")
+    images, img_meta = [], []
+    for ref in rec["images"]:
+        data, meta = load_ref(ref, root, cache, max_pixels)
+        images.append(data)
+        img_meta.append(meta)
+    meta = rec.get("meta") if rec.get("meta") is not None else {}
+    if isinstance(meta, dict) and any(img_meta) and "images_meta" not in meta:
+        meta = {**meta, "images_meta": img_meta}
+    sample = {
+        "id": rec["id"] if not isinstance(rec["id"], int) else str(rec["id"]),
+        "messages": rec["messages"],
+        "images": images,
+        "qtype": rec["qtype"],
+        "answer": rec["answer"],
+        "source": rec.get("source") or source,
+        "meta": meta,
+    }
+    return sample  # validated (and duplicate-checked) by the writer

@@ -1,0 +1,286 @@
+"""``geovl data convert``: published dataset formats -> the one sample schema (Parquet/JSONL).
+
+The driver is format-agnostic. An adapter (:mod:`geovl.data.adapters`) is a module with a
+generator ``iter_records(opts) -> Iterator[(source, sample_or_error)]`` that yields ONE item
+per INPUT record: a sample dict, or an exception carrying ``reason``/``detail``
+(:class:`SampleError`, :class:`ImageError`). The driver counts every item (``read_one``) and
+writes or rejects it, so ``written + rejected == read`` always holds. Fatal problems with a
+whole file raise :class:`ConvertError` naming the file.
+
+Outputs: ``OUT`` (or ``OUT.<split>.<ext>`` with ``--split``), ``OUT.rejects.jsonl`` (one line
+per rejected record: source, reason, detail) and ``OUT.summary.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ADAPTERS = {
+    "rsvqa": "geovl.data.adapters.rsvqa",
+    "llava": "geovl.data.adapters.llava",
+    "csv": "geovl.data.adapters.csv_table",
+    "messages": "geovl.data.adapters.messages",
+}
+
+
+class ConvertError(Exception):
+    """A fatal conversion problem (bad file, bad option). The message names the file."""
+
+
+@dataclass
+class ConvertOptions:
+    """Everything an adapter may read. Built from CLI args by :func:`options_from_args`."""
+
+    fmt: str
+    input: Path
+    output: Path
+    split_prefix: str | None = None
+    images_root: Path | None = None
+    split: str | None = None
+    seed: int = 0
+    preset: str | None = None
+    mapping: Path | None = None
+    bin_counts: bool = False
+    max_pixels: int | None = None
+    question: str | None = None
+    limit: int | None = None
+    progress: bool = True
+
+    @property
+    def pixel_limit(self) -> int:
+        from ..imagery.decode import DEFAULT_MAX_PIXELS
+
+        return int(self.max_pixels) if self.max_pixels else DEFAULT_MAX_PIXELS
+
+
+def options_from_args(args: Any) -> ConvertOptions:
+    g = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return ConvertOptions(
+        fmt=g("from_") or g("fmt"),
+        input=Path(g("input")),
+        output=Path(g("output")),
+        split_prefix=g("split_prefix"),
+        images_root=Path(g("images_root")) if g("images_root") else None,
+        split=g("split"),
+        seed=int(g("seed", 0) or 0),
+        preset=g("preset"),
+        mapping=Path(g("mapping")) if g("mapping") else None,
+        bin_counts=bool(g("bin_counts", False)),
+        max_pixels=g("max_pixels"),
+        question=g("question"),
+        limit=g("limit"),
+        progress=not g("no_progress", False),
+    )
+
+
+class ImageCache:
+    """Decode each image file once; keep the last ``size`` results (bytes or the error).
+
+    Adapters whose records share images (RSVQA: ~100 questions per image, grouped) decode an
+    image once and reuse its bytes while memory stays bounded by ``size`` images.
+    """
+
+    def __init__(self, max_pixels: int, size: int = 8):
+        from collections import OrderedDict
+
+        self.max_pixels = max_pixels
+        self.size = size
+        self._d: "OrderedDict[str, Any]" = OrderedDict()
+        self.decoded = 0  # number of actual decodes (for tests and stats)
+
+    def load(self, path: str | Path):
+        """``LoadedImage`` for ``path``; raises the (cached) ``ImageError`` if it cannot be used."""
+        from ..imagery.decode import ImageError, load_image
+
+        key = str(path)
+        hit = self._d.get(key)
+        if hit is None:
+            try:
+                hit = load_image(path, self.max_pixels)
+            except ImageError as e:
+                hit = e
+            self.decoded += 1
+            self._d[key] = hit
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(key)
+        if isinstance(hit, ImageError):
+            raise ImageError(hit.reason, hit.detail)  # a fresh exception: no traceback build-up
+        return hit
+
+
+def summary_path_for(out: Path) -> Path:
+    stem = out.name.rsplit(".", 1)[0]
+    return out.with_name(stem + ".summary.json")
+
+
+def check_options(o: ConvertOptions) -> None:
+    if o.fmt not in ADAPTERS:
+        raise ConvertError(f"unknown --from {o.fmt!r}; choose one of {sorted(ADAPTERS)}")
+    if not o.input.exists():
+        raise ConvertError(f"{o.input}: input does not exist")
+    if o.output.suffix not in (".parquet", ".jsonl"):
+        raise ConvertError(f"{o.output}: output must end in .parquet (canonical) or .jsonl")
+    if o.output.resolve() == o.input.resolve():
+        raise ConvertError(f"{o.output}: output would overwrite the input")
+    if o.images_root is not None and not o.images_root.is_dir():
+        raise ConvertError(f"{o.images_root}: --images-root is not a folder")
+    if o.max_pixels is not None and int(o.max_pixels) <= 0:
+        raise ConvertError(f"--max-pixels must be positive, got {o.max_pixels}")
+    if o.limit is not None and int(o.limit) < 0:
+        raise ConvertError(f"--limit must be >= 0, got {o.limit}")
+    if o.fmt != "csv" and (o.preset or o.mapping):
+        raise ConvertError("--preset/--mapping apply only to --from csv")
+    if o.fmt != "csv" and o.question:
+        raise ConvertError("--question applies only to --from csv (it replaces the preset's fixed question)")
+    if o.fmt != "rsvqa" and (o.split_prefix or o.bin_counts):
+        raise ConvertError("--split-prefix/--bin-counts apply only to --from rsvqa")
+    if o.preset and o.mapping:
+        raise ConvertError("give either --preset or --mapping, not both")
+
+
+def _make_sink(o: ConvertOptions):
+    from .io import DatasetWriter
+    from .split import SplitWriter, parse_split_spec
+
+    if o.split:
+        try:
+            spec = parse_split_spec(o.split)
+        except ValueError as e:
+            raise ConvertError(f"--split {o.split!r}: {e}") from None
+        return SplitWriter(o.output, spec, o.seed)
+    return DatasetWriter(o.output)
+
+
+def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> dict:
+    """Run one conversion; returns the summary dict (also written to ``OUT.summary.json``)."""
+    check_options(opts)
+    adapter = importlib.import_module(ADAPTERS[opts.fmt])
+    gen: Iterator = adapter.iter_records(opts)
+    try:
+        return _convert(opts, gen, log)
+    finally:
+        gen.close()  # release the adapter's open files, also after an error
+
+
+def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
+    records: Iterator = gen
+    t0 = time.perf_counter()
+    limit = int(opts.limit) if opts.limit is not None else None
+    # Start the adapter before creating any output: file-level problems (missing split file,
+    # missing column, unknown preset) surface here, before OUT.*.partial files exist.
+    first = next(records, None) if limit != 0 else None
+    if first is not None:
+        records = itertools.chain([first], records)
+    else:
+        records = iter(())
+    sink = _make_sink(opts)
+    try:
+        _pump(sink, records, limit, opts)
+    except ConvertError:
+        _remove_partials(sink)
+        raise
+    seconds = time.perf_counter() - t0
+    counts = sink.counts
+    summary = {
+        "from": opts.fmt,
+        "input": str(opts.input),
+        **counts.as_dict(),
+        "outputs": _outputs(sink, opts),
+        "rejects": str(sink.rejects_path),
+        "seconds": round(seconds, 3),
+        "records_per_second": round(counts.read / seconds, 1) if seconds > 0 else None,
+    }
+    if opts.split:
+        summary["split"] = {"spec": opts.split, "seed": opts.seed, "by": "image"}
+    spath = summary_path_for(opts.output)
+    spath.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    summary["summary"] = str(spath)
+    if log:
+        log(format_summary(summary))
+    return summary
+
+
+def _pump(sink, records, limit, opts: ConvertOptions) -> None:
+    from tqdm import tqdm
+
+    with sink:
+        bar = tqdm(total=limit, unit="rec", desc=f"convert {opts.fmt}", file=sys.stderr,
+                   disable=not opts.progress, dynamic_ncols=True)
+        try:
+            for source, item in itertools.islice(records, limit):
+                sink.read_one()
+                if isinstance(item, dict):
+                    sink.write(item)
+                else:
+                    sink.reject(source, getattr(item, "reason", "bad_record"), getattr(item, "detail", "") or str(item))
+                bar.update(1)
+        finally:
+            bar.close()
+
+
+def _remove_partials(sink) -> None:
+    """After a fatal error: drop the half-written ``*.partial`` files (nothing was published)."""
+    writers = list(getattr(sink, "writers", {}).values()) or [sink]
+    paths = [getattr(sink, "_rej_tmp", None)]
+    for w in writers:
+        paths += [w._tmp, w.rejects_path.with_name(w.rejects_path.name + ".partial")]
+    for p in paths:
+        if p is not None and Path(p).exists():
+            Path(p).unlink()
+
+
+def _outputs(sink, opts: ConvertOptions) -> dict:
+    if opts.split:
+        return {name: {"path": str(sink.paths[name]), "written": sink.written_by_split[name]} for name in sink.paths}
+    return {"all": {"path": str(opts.output), "written": sink.counts.written}}
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"geovl data convert --from {s['from']}: {s['input']}"]
+    lines.append(f"  read      读取   {s['read']:>9}")
+    lines.append(f"  written   写入   {s['written']:>9}")
+    for name, o in s["outputs"].items():
+        label = "" if name == "all" else f" [{name}]"
+        lines.append(f"    {o['written']:>9}{label} -> {o['path']}")
+    lines.append(f"  rejected  拒绝   {s['rejected']:>9}" + (f" -> {s['rejects']}" if s["rejected"] else ""))
+    for reason, n in s["rejected_by_reason"].items():
+        lines.append(f"    {reason:<22}{n:>9}")
+    ok = s["conserved"]
+    lines.append(f"  conserved: {'yes' if ok else 'NO'}   守恒：{'是' if ok else '否'}   (written + rejected = read)")
+    rate = s.get("records_per_second")
+    lines.append(f"  time {s['seconds']:.1f} s" + (f", {rate:g} records/s" if rate else ""))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """CLI entry point (``geovl data convert``)."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    opts = options_from_args(args)
+    with warnings.catch_warnings():
+        # RSVQA and many plain TIFFs carry no geotransform: expected, not worth a warning per run.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        summary = convert(opts, log=print)
+    if not summary["conserved"]:  # pragma: no cover - a bug, never expected
+        print("geovl: error: counts do not conserve (written + rejected != read)", file=sys.stderr)
+        return 1
+    if summary["read"] > 0 and summary["written"] == 0:
+        top = max(summary["rejected_by_reason"].items(), key=lambda kv: kv[1])[0]
+        print(
+            f"geovl: error: no record was written (all {summary['read']} rejected, mostly {top!r}); "
+            f"see {summary['rejects']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
