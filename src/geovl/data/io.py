@@ -288,6 +288,8 @@ def read_samples(path: str | os.PathLike, columns: list[str] | None = None, batc
 
 def count_samples(path: str | os.PathLike) -> int:
     path = Path(path)
+    if not path.exists():
+        raise DatasetFileError(f"{path}: no such dataset file")
     if _fmt(path) == "parquet":
         return pq.ParquetFile(path).metadata.num_rows
     return sum(1 for _ in iter_jsonl_records(path))
