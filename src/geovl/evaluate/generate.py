@@ -1,0 +1,210 @@
+"""The evaluation driver: a dataset file → one prediction record per sample, through an engine.
+
+For each sample the prompt is the conversation up to (excluding) the last assistant turn and the
+reference is that turn's text (``sample["answer"]``). Records are written as JSONL in dataset
+order::
+
+    {"id", "qtype", "question", "reference", "prediction", "source", "lang", "meta"}
+
+(+ ``"correct"`` with ``compare_gt``). Samples go to the engine in chunks (so it can sort them by
+length into batches) and each chunk is flushed, so ``resume=True`` continues an interrupted run
+by skipping the ids already in the output. A sample that cannot be prompted goes to
+``<out stem>.rejects.jsonl`` with a reason; read = predicted + rejected (+ skipped on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..data.io import count_samples, read_samples, rejects_path_for
+from ..data.schema import SampleError, count_image_parts, message_text, validate_sample
+from ..imagery.decode import ImageError
+from ..serve.engine import ChatRequest, GenerationParams
+
+
+def split_prompt(sample: dict) -> tuple[ChatRequest, str]:
+    """(prompt request, reference text) of a sample; raises :class:`SampleError` when unusable."""
+    validate_sample(sample)
+    msgs = sample["messages"]
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        prompt, reference = list(msgs), sample["answer"]
+    else:
+        prompt, reference = list(msgs[:last]), message_text(msgs[last])
+    if not any(m["role"] == "user" for m in prompt):
+        raise SampleError("empty_question", "no user turn before the last assistant turn")
+    n = count_image_parts(prompt)
+    return ChatRequest(prompt, list(sample["images"][:n])), reference
+
+
+def question_of(request: ChatRequest) -> str:
+    users = [m for m in request.messages if m["role"] == "user"]
+    return message_text(users[-1]) if users else ""
+
+
+def correctness_fn():
+    """``record → bool``: :func:`geovl.evaluate.score.score_record` (the rules ``geovl score`` uses)
+    when present, else a normalised exact match (case, surrounding whitespace, final punctuation)."""
+    try:
+        from .score import score_record
+    except ImportError:
+        score_record = None
+    if score_record is not None:
+        return lambda rec: bool(score_record(rec)["correct"])
+
+    def exact(rec: dict) -> bool:
+        norm = lambda s: (s or "").strip().strip("。.!！?？").strip().lower()  # noqa: E731
+        return norm(rec["prediction"]) == norm(rec["reference"])
+
+    return exact
+
+
+def _existing_ids(out: Path) -> list[str]:
+    """Ids already predicted in ``out``; a torn last line (crash mid-write) is dropped from the file."""
+    if not out.exists():
+        return []
+    good, ids = [], []
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ids.append(str(rec["id"]))
+                good.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(good), encoding="utf-8")
+    os.replace(tmp, out)
+    return ids
+
+
+def _generate_or_isolate(engine, requests: list[ChatRequest], params: GenerationParams) -> list:
+    """``engine.generate``; if an image in the chunk cannot be decoded, retry one by one so only
+    the bad samples fail (their entries are the :class:`ImageError`)."""
+    try:
+        return engine.generate(requests, params)
+    except ImageError:
+        out = []
+        for r in requests:
+            try:
+                out.append(engine.generate([r], params)[0])
+            except ImageError as e:
+                out.append(e)
+        return out
+
+
+def record_for(sample: dict, request: ChatRequest, reference: str, prediction: str) -> dict:
+    meta = sample.get("meta") or {}
+    return {
+        "id": sample["id"],
+        "qtype": sample["qtype"],
+        "question": question_of(request),
+        "reference": reference,
+        "prediction": prediction,
+        "source": sample["source"],
+        "lang": meta.get("lang", meta.get("language")),
+        "meta": meta,
+    }
+
+
+def run_predictions(
+    engine,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    params: GenerationParams | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    compare_gt: bool = False,
+    progress: bool = True,
+    chunk_size: int | None = None,
+) -> dict:
+    """Predict every sample of ``data`` (the first ``limit``) into ``out``; returns the counts."""
+    params = params or GenerationParams()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set(_existing_ids(out)) if resume else set()
+    total = count_samples(data)
+    if limit is not None:
+        total = min(total, int(limit))
+    chunk_size = chunk_size or 4 * int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
+    check = correctness_fn() if compare_gt else None
+    counts = {"read": 0, "predicted": 0, "skipped": 0, "rejected": 0, "correct": 0 if compare_gt else None}
+    by_qtype: Counter = Counter()
+    rejects_path = rejects_path_for(out)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"predict ({engine.name})", unit="sample", file=sys.stderr, dynamic_ncols=True)
+    pending: list[tuple[dict, ChatRequest, str]] = []
+    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
+
+        def flush():
+            if not pending:
+                return
+            preds = _generate_or_isolate(engine, [p[1] for p in pending], params)
+            for (sample, req, ref), pred in zip(pending, preds):
+                if isinstance(pred, ImageError):
+                    counts["rejected"] += 1
+                    frej.write(json.dumps({"source": sample["source"], "id": sample["id"], "reason": pred.reason, "detail": pred.detail}, ensure_ascii=False) + "\n")
+                    continue
+                rec = record_for(sample, req, ref, pred)
+                if check is not None:
+                    rec["correct"] = check(rec)
+                    counts["correct"] += int(rec["correct"])
+                fout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                by_qtype[sample["qtype"]] += 1
+            fout.flush()
+            counts["predicted"] += sum(1 for x in preds if not isinstance(x, ImageError))
+            if bar is not None:
+                bar.update(len(pending))
+            pending.clear()
+
+        for sample in read_samples(data):
+            if limit is not None and counts["read"] >= limit:
+                break
+            counts["read"] += 1
+            if sample.get("id") in done:
+                counts["skipped"] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                req, ref = split_prompt(sample)
+            except SampleError as e:
+                counts["rejected"] += 1
+                frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            pending.append((sample, req, ref))
+            if len(pending) >= chunk_size:
+                flush()
+        flush()
+    if bar is not None:
+        bar.close()
+    if counts["rejected"] == 0 and not resume:
+        rejects_path.unlink(missing_ok=True)
+    counts["by_qtype"] = dict(sorted(by_qtype.items()))
+    counts["out"] = str(out)
+    counts["engine"] = engine.stats.as_dict()
+    return counts
+
+
+def print_scores(predictions: str | os.PathLike) -> bool:
+    """Print the score table of a predictions file with :mod:`geovl.evaluate.score` (the same
+    rules as ``geovl score``); returns whether a table was printed."""
+    try:
+        from .score import format_metrics, score_file
+    except ImportError:
+        return False
+    _, metrics = score_file(predictions)
+    if not metrics.get("n"):
+        return False
+    print(format_metrics(metrics))
+    return True

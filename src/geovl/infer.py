@@ -1,0 +1,158 @@
+"""``geovl infer``: ask a model about images.
+
+- ``--image A.png [--image B.tif ...] --question Q``: one request with all images; the answer is
+  streamed to stdout as it is generated.
+- ``--images LIST.txt --question Q --out results.jsonl``: one request per listed image (a path per
+  line; relative paths are tried from the current folder, then from the list's folder), batched;
+  records ``{"image", "question", "prediction"}`` in list order. An unreadable image goes to
+  ``<out stem>.rejects.jsonl`` with its reason; read = written + rejected.
+- ``--data FILE --out results.jsonl [--compare-gt]``: the eval driver, plus ``correct`` per record.
+
+Images are read with :func:`geovl.imagery.decode.load_image` (GeoTIFFs rendered to RGB); when the
+model's preprocessing config chooses its own raster bands/stretch, the raw TIFF goes to the engine,
+which renders it that way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from .data.schema import user_turn
+from .imagery.decode import ImageError, load_image
+from .serve.engine import TIFF_MAGICS, ChatRequest, GenerationParams, custom_rendering
+
+
+def image_bytes(path: str | os.PathLike, preprocess=None) -> bytes:
+    """Encoded bytes of an image file for a request (validated; TIFF rendered unless the
+    preprocessing config renders rasters its own way)."""
+    loaded = load_image(path)
+    if custom_rendering(preprocess):
+        with open(path, "rb") as f:
+            if f.read(4) in TIFF_MAGICS:
+                return Path(path).read_bytes()
+    return loaded.data
+
+
+def build_request(images: list[bytes], question: str) -> ChatRequest:
+    return ChatRequest([user_turn(question, len(images))], list(images))
+
+
+def stream_answer(engine, request: ChatRequest, params: GenerationParams, out: TextIO | None = None) -> str:
+    """Write the answer to ``out`` (stdout) as it arrives; returns the whole answer."""
+    out = out or sys.stdout
+    pieces = []
+    for delta in engine.stream(request, params):
+        out.write(delta)
+        out.flush()
+        pieces.append(delta)
+    out.write("\n")
+    out.flush()
+    return "".join(pieces)
+
+
+def read_image_list(list_file: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(path as written, resolved path) per non-blank, non-``#`` line."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise ImageError("missing_image", f"image list {list_file} does not exist")
+    out = []
+    for line in list_file.read_text(encoding="utf-8-sig").splitlines():
+        ref = line.strip()
+        if not ref or ref.startswith("#"):
+            continue
+        p = Path(ref).expanduser()
+        if not p.is_absolute() and not p.exists():
+            p = list_file.parent / ref
+        out.append((ref, p))
+    return out
+
+
+def infer_list(engine, list_file, question: str, out, params: GenerationParams, progress: bool = True) -> dict:
+    """Answer ``question`` for every image of ``list_file``; results JSONL + rejects (see module doc)."""
+    from .data.io import rejects_path_for
+
+    entries = read_image_list(list_file)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rej_path = rejects_path_for(out)
+    chunk = 4 * int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
+    counts = {"read": 0, "written": 0, "rejected": 0, "out": str(out)}
+    pre = getattr(engine, "preprocess", None)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(entries), desc=f"infer ({engine.name})", unit="image", file=sys.stderr, dynamic_ncols=True)
+    with open(out, "w", encoding="utf-8") as fout, open(rej_path, "w", encoding="utf-8") as frej:
+        for s in range(0, len(entries), chunk):
+            batch = []
+            for ref, p in entries[s : s + chunk]:
+                counts["read"] += 1
+                try:
+                    batch.append((ref, build_request([image_bytes(p, pre)], question)))
+                except ImageError as e:
+                    counts["rejected"] += 1
+                    frej.write(json.dumps({"source": ref, "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")
+            preds = engine.generate([r for _, r in batch], params) if batch else []
+            for (ref, _), pred in zip(batch, preds):
+                fout.write(json.dumps({"image": ref, "question": question, "prediction": pred}, ensure_ascii=False) + "\n")
+            counts["written"] += len(batch)
+            fout.flush()
+            if bar is not None:
+                bar.update(min(chunk, len(entries) - s))
+    if bar is not None:
+        bar.close()
+    if counts["rejected"] == 0:
+        rej_path.unlink(missing_ok=True)
+    return counts
+
+
+def run(args) -> int:
+    from .cli import CLIError
+    from .commands.eval import open_engine_from_args, params_from_args, print_summary
+    from .serve import EngineError
+
+    if args.images is None and args.data is None and not args.image:
+        raise CLIError("give --image PATH (repeatable), --images LIST.txt or --data FILE")
+    if (args.image or args.images) and not args.question:
+        raise CLIError("--question is required with --image / --images")
+    if (args.images or args.data) and not args.out:
+        raise CLIError("--out results.jsonl is required with --images / --data")
+    if args.compare_gt and not args.data:
+        raise CLIError("--compare-gt needs --data (a dataset with reference answers)")
+    quant = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else "none"
+    if quant != "none" and args.api:
+        raise CLIError("--load-in-4bit/--load-in-8bit apply to local models, not --api")
+    params = params_from_args(args)
+    if args.image:  # read the images before loading the model: a typo fails fast
+        images = [image_bytes(p) for p in args.image]
+    engine = open_engine_from_args(args, quantization=quant)
+    try:
+        if args.image:
+            pre = getattr(engine, "preprocess", None)
+            if custom_rendering(pre):  # the engine renders raw TIFFs with the model's bands/stretch
+                images = [image_bytes(p, pre) for p in args.image]
+            request = build_request(images, args.question)
+            answer = stream_answer(engine, request, params)
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                rec = {"images": list(args.image), "question": args.question, "prediction": answer}
+                Path(args.out).write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+        elif args.images:
+            c = infer_list(engine, args.images, args.question, args.out, params, progress=not args.no_progress)
+            msg = f"answered {c['written']} of {c['read']} images → {c['out']}"
+            if c["rejected"]:
+                msg += f"; {c['rejected']} unreadable (see the .rejects.jsonl)"
+            print(msg + " / 已完成推理")
+        else:
+            from .evaluate.generate import run_predictions
+
+            counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, compare_gt=args.compare_gt, progress=not args.no_progress)
+            print_summary(counts)
+    except EngineError as e:
+        raise CLIError(str(e)) from e
+    return 0

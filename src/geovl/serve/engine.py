@@ -1,0 +1,325 @@
+"""The inference engine interface and :class:`LocalEngine` (a model folder on this machine).
+
+A :class:`ChatRequest` holds geovl-schema messages (content parts ``{"type": "image"}`` /
+``{"type": "text", "text": ...}``, any number of turns and images) plus the encoded image bytes in
+image-part order. ``generate`` answers a list of requests (order kept); ``stream`` yields the
+text deltas of one answer as they are produced.
+
+LocalEngine loads with the stock Auto classes, attaches an optional peft adapter, applies the
+preprocessing config written by training (adapter folder first, else model folder) so pixel
+bounds and raster rendering match training, and generates in left-padded batches of requests
+sorted by length (mixed text-only and image requests are fine). LLM forward calls are counted
+with a forward hook on the language model (``engine.stats``).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Protocol, runtime_checkable
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class EngineError(RuntimeError):
+    """A user-facing inference problem (bad request, unreachable server, bad option)."""
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 → greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if int(self.max_new_tokens) < 1:
+            raise EngineError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise EngineError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    images: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self):
+        n_parts = sum(1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image")
+        if n_parts != len(self.images):
+            raise EngineError(f"request has {n_parts} image parts but {len(self.images)} images")
+
+
+@dataclass
+class EngineStats:
+    forward_calls: int = 0  # LLM forward passes (prefill + one per decoding step); 0 for remote engines
+    generated_tokens: int = 0  # new tokens per sample, through the end-of-turn token
+    samples: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def reset(self) -> None:
+        self.forward_calls = self.generated_tokens = self.samples = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    stats: EngineStats
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[str]: ...
+
+    def stream(self, request: ChatRequest, params: GenerationParams) -> Iterator[str]: ...
+
+
+def custom_rendering(preprocess) -> bool:
+    """Whether a preprocessing config renders rasters differently from the default (bands 1-3, 2–98 %)."""
+    return preprocess is not None and bool(preprocess.rgb_bands or list(preprocess.stretch) != [2.0, 98.0])
+
+
+def decode_image(data: bytes, preprocess=None):
+    """Encoded bytes → RGB PIL image. TIFFs are rendered to RGB with the preprocessing config's bands
+    and stretch (defaults: first three bands, 2–98 % stretch)."""
+    from PIL import Image
+
+    from ..imagery.decode import ImageError, load_image_bytes
+
+    if bytes(data[:4]) in TIFF_MAGICS:
+        if custom_rendering(preprocess):
+            from rasterio.io import MemoryFile
+
+            from ..imagery.geotiff import read_raster, render_rgb
+
+            try:
+                with MemoryFile(bytes(data)) as mf:
+                    r = read_raster(mf.name)
+                bands = tuple(preprocess.rgb_bands) if preprocess.rgb_bands else None
+                return Image.fromarray(render_rgb(r, bands, *preprocess.stretch), mode="RGB")
+            except Exception as e:  # noqa: BLE001 - unreadable raster, band index out of range
+                raise ImageError("undecodable_image", f"GeoTIFF with rgb_bands={preprocess.rgb_bands}: {e}") from None
+        data = load_image_bytes(bytes(data), name="<tiff>").data
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError("undecodable_image", str(e)) from None
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device={device} but this machine has no CUDA device; use --device cpu")
+    return device
+
+
+def _pick_dtype(dtype, device: str):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, str):
+        table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        if dtype not in table:
+            raise EngineError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+        return table[dtype]
+    return dtype
+
+
+def quantization_config(quantization: str):
+    """bitsandbytes config for ``4bit``/``8bit`` (CUDA only), ``None`` for ``none``."""
+    import torch
+
+    if quantization in (None, "none"):
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise EngineError(f"unknown quantization {quantization!r}; use none, 4bit or 8bit")
+    if not torch.cuda.is_available():
+        raise EngineError(
+            f"--load-in-{quantization} needs a CUDA GPU and bitsandbytes; this machine has no CUDA device. "
+            "Load the model without quantization here / 量化加载需要 CUDA GPU"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise EngineError(f"--load-in-{quantization} needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+class LocalEngine:
+    """A model folder (+ optional peft adapter) generating with transformers on this machine."""
+
+    def __init__(self, model: str, adapter: str | None = None, device: str = "auto", dtype=None, batch_size: int = 8, quantization: str = "none"):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from ..models.loading import ModelFolderError, load_processor, read_family
+        from .adapter import attach_adapter, has_processor, preprocess_for, resolve_folders
+
+        if batch_size < 1:
+            raise EngineError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        model_dir, adapter_dir = resolve_folders(model, adapter)
+        self.family = read_family(model_dir)
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        qcfg = quantization_config(quantization)  # clear error without CUDA
+        kw = {"dtype": self.dtype}
+        if qcfg is not None:
+            kw.update(quantization_config=qcfg, device_map="auto")
+        net = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kw)
+        if qcfg is None:
+            net.to(self.device)
+        if adapter_dir is not None:
+            net = attach_adapter(net, model_dir, adapter_dir, self.family)
+        self.model = net.eval()
+        if adapter_dir is not None and has_processor(adapter_dir):  # saved by training next to the adapter
+            self.processor = AutoProcessor.from_pretrained(str(adapter_dir))
+            if getattr(self.processor, "image_processor", None) is None:
+                raise ModelFolderError(f"{adapter_dir}: its processor files load no image processor; remove them to use {model_dir}'s")
+        else:
+            self.processor = load_processor(model_dir)
+        self.preprocess = preprocess_for(model_dir, adapter_dir)
+        if self.preprocess is not None:
+            self.preprocess.apply(self.processor)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
+        gc = self.model.generation_config
+        eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
+        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self._pad = gc.pad_token_id if gc.pad_token_id is not None else self.tokenizer.pad_token_id
+        self.model_dir, self.adapter_dir = model_dir, adapter_dir
+        self.name = model_dir.resolve().name
+        if adapter_dir is not None:
+            a = adapter_dir.resolve()
+            self.name += f"+{a.parent.name}/{a.name}"
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._torch = torch
+        self._hook = self._language_model().register_forward_hook(self._count_forward)
+
+    # -- instrumentation ---------------------------------------------------------------------
+    def _language_model(self):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        modules = dict(base.named_modules())
+        if self.family.llm_prefix not in modules:
+            raise EngineError(f"{self.model_dir}: no {self.family.llm_prefix} module to instrument")
+        return modules[self.family.llm_prefix]
+
+    def _count_forward(self, module, args, output) -> None:
+        self.stats.forward_calls += 1
+
+    def close(self) -> None:
+        self._hook.remove()
+
+    # -- encoding ------------------------------------------------------------------------------
+    def prompt_text(self, request: ChatRequest) -> str:
+        return self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+
+    def estimate_length(self, request: ChatRequest) -> int:
+        """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
+        from ..models.preprocess import PreprocessConfig
+
+        n = len(self.tokenizer(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        lo, hi = PreprocessConfig.bounds_of(self.processor)
+        for b in request.images:
+            if bytes(b[:4]) in TIFF_MAGICS:
+                n += 1024  # rendered on decode; a fixed weight is enough for sorting
+                continue
+            from ..data.inspect import image_size
+            from ..imagery.decode import ImageError
+
+            try:
+                w, h = image_size(bytes(b))
+            except Exception as e:  # noqa: BLE001 - a corrupt header
+                raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+            n += self.family.image_tokens(h, w, lo, hi) - 1
+        return n
+
+    def encode(self, requests: list[ChatRequest]):
+        """Left-padded model inputs for a batch (images flattened in request order)."""
+        texts = [self.prompt_text(r) for r in requests]
+        images = [decode_image(b, self.preprocess) for r in requests for b in r.images]
+        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+        enc = enc.to(self.model.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+        return enc
+
+    def _gen_kwargs(self, params: GenerationParams) -> dict:
+        kw = {"max_new_tokens": int(params.max_new_tokens), "pad_token_id": self._pad}
+        if params.temperature > 0:
+            # top_k=0: only temperature/top_p shape sampling (Qwen's generation_config ships top_k=1)
+            kw.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
+        else:
+            kw.update(do_sample=False)
+        return kw
+
+    def _finish(self, new_tokens) -> list[str]:
+        texts = []
+        for row in new_tokens.tolist():
+            n = next((i + 1 for i, t in enumerate(row) if t in self._eos), len(row))
+            self.stats.generated_tokens += n
+            texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True))
+        self.stats.samples += len(texts)
+        return texts
+
+    # -- the interface -----------------------------------------------------------------------------
+    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None) -> list[str]:
+        params = params or GenerationParams()
+        requests = list(requests)
+        if not requests:
+            return []
+        lengths = [self.estimate_length(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])
+        out: list[str | None] = [None] * len(requests)
+        with self._lock, self._torch.inference_mode():
+            if params.seed is not None:
+                self._torch.manual_seed(params.seed)
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                enc = self.encode([requests[i] for i in idx])
+                seq = self.model.generate(**enc, **self._gen_kwargs(params))
+                for i, text in zip(idx, self._finish(seq[:, enc["input_ids"].shape[1] :])):
+                    out[i] = text
+        return out  # type: ignore[return-value]
+
+    def stream(self, request: ChatRequest, params: GenerationParams | None = None) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        params = params or GenerationParams()
+        enc = self.encode([request])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with self._lock, self._torch.inference_mode():
+                    if params.seed is not None:
+                        self._torch.manual_seed(params.seed)
+                    seq = self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer)
+                    self._finish(seq[:, enc["input_ids"].shape[1] :])
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                errors.append(e)
+                streamer.end()
+
+        t = threading.Thread(target=work, name="geovl-stream", daemon=True)
+        t.start()
+        for delta in streamer:
+            if delta:
+                yield delta
+        t.join()
+        if errors:
+            raise errors[0]
