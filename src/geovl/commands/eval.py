@@ -37,6 +37,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="predictions file (.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--resume", action="store_true", help="keep the records already in --out and skip their ids")
+    p.add_argument(
+        "--forced-choice",
+        action="store_true",
+        help="answer yes/no and choice questions by the candidate with the highest log-probability (local models); "
+        "shows what an untrained model prefers (its free generation is junk, scoring 0 %% rather than chance)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.eval:run"))
 
@@ -107,7 +113,7 @@ def run(args) -> int:
     params = params_from_args(args)
     engine = open_engine_from_args(args)
     try:
-        counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress)
+        counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress, forced_choice=args.forced_choice)
     except EngineError as e:
         raise CLIError(str(e)) from e
     print_summary(counts)

@@ -82,6 +82,73 @@ def _existing_ids(out: Path) -> list[str]:
     return ids
 
 
+YES_NO_PAIRS = [("yes", "no"), ("Yes", "No"), ("YES", "NO"), ("是", "否"), ("有", "没有"), ("对", "错"), ("true", "false")]
+FORCED_QTYPES = ("yes_no", "choice")
+MAX_CHOICES = 50
+
+
+def choice_candidates(data: str | os.PathLike, limit: int | None = None) -> dict[str, list[str]]:
+    """For forced-choice scoring: the distinct reference answers of ``choice`` samples per language."""
+    by_lang: dict[str, set] = {}
+    for n, s in enumerate(read_samples(data, columns=["qtype", "answer", "meta"])):
+        if limit is not None and n >= limit:
+            break
+        if s["qtype"] == "choice" and s["answer"].strip():
+            lang = (s.get("meta") or {}).get("lang") or ""
+            by_lang.setdefault(lang, set()).add(s["answer"].strip())
+    return {k: sorted(v)[:MAX_CHOICES] for k, v in by_lang.items()}
+
+
+def candidates_for(sample: dict, reference: str, choices: dict[str, list[str]]) -> list[str] | None:
+    """The closed answer set a forced choice picks from, or None (then the model generates)."""
+    ref = reference.strip()
+    if sample["qtype"] == "yes_no":
+        for pair in YES_NO_PAIRS:
+            if ref in pair:
+                return list(pair)
+        return None
+    if sample["qtype"] == "choice":
+        cands = choices.get((sample.get("meta") or {}).get("lang") or "", [])
+        return cands if len(cands) >= 2 and ref in cands else None
+    return None
+
+
+def _forced_or_generate(engine, pending: list, params: GenerationParams) -> list:
+    """Predictions for a chunk: forced choice where ``pending`` carries candidates, else generation."""
+    forced = [k for k, p in enumerate(pending) if p[3]]
+    free = [k for k, p in enumerate(pending) if not p[3]]
+    preds: list = [None] * len(pending)
+    if free:
+        for k, pred in zip(free, _generate_or_isolate(engine, [pending[k][1] for k in free], params)):
+            preds[k] = pred
+    if forced:
+        try:
+            lps = engine.choice_logprobs([pending[k][1] for k in forced], [pending[k][3] for k in forced])
+        except ImageError:
+            lps = []
+            for k in forced:
+                try:
+                    lps.append(engine.choice_logprobs([pending[k][1]], [pending[k][3]])[0])
+                except ImageError as e:
+                    lps.append(e)
+        for k, lp in zip(forced, lps):
+            if isinstance(lp, ImageError):
+                preds[k] = lp
+            else:
+                cands = pending[k][3]
+                preds[k] = ForcedChoice(cands[max(range(len(cands)), key=lambda j: lp[j])], dict(zip(cands, lp)))
+    return preds
+
+
+class ForcedChoice(str):
+    """A prediction chosen among candidates by log-probability (a ``str`` with the scores attached)."""
+
+    def __new__(cls, text: str, scores: dict):
+        obj = super().__new__(cls, text)
+        obj.scores = scores
+        return obj
+
+
 def _generate_or_isolate(engine, requests: list[ChatRequest], params: GenerationParams) -> list:
     """``engine.generate``; if an image in the chunk cannot be decoded, retry one by one so only
     the bad samples fail (their entries are the :class:`ImageError`)."""
@@ -121,8 +188,17 @@ def run_predictions(
     compare_gt: bool = False,
     progress: bool = True,
     chunk_size: int | None = None,
+    forced_choice: bool = False,
 ) -> dict:
-    """Predict every sample of ``data`` (the first ``limit``) into ``out``; returns the counts."""
+    """Predict every sample of ``data`` (the first ``limit``) into ``out``; returns the counts.
+
+    ``forced_choice``: yes/no and choice questions are answered by picking the candidate answer
+    with the highest log-probability (local engines only) instead of free generation."""
+    if forced_choice and not hasattr(engine, "choice_logprobs"):
+        from ..serve.engine import EngineError
+
+        raise EngineError("--forced-choice needs a local model (answer log-probabilities); the remote engine cannot provide them")
+    choices = choice_candidates(data, limit) if forced_choice else {}
     params = params or GenerationParams()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,19 +217,21 @@ def run_predictions(
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=f"predict ({engine.name})", unit="sample", file=sys.stderr, dynamic_ncols=True)
-    pending: list[tuple[dict, ChatRequest, str]] = []
+    pending: list[tuple[dict, ChatRequest, str, list[str] | None]] = []
     with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
 
         def flush():
             if not pending:
                 return
-            preds = _generate_or_isolate(engine, [p[1] for p in pending], params)
-            for (sample, req, ref), pred in zip(pending, preds):
+            preds = _forced_or_generate(engine, pending, params)
+            for (sample, req, ref, _), pred in zip(pending, preds):
                 if isinstance(pred, ImageError):
                     counts["rejected"] += 1
                     frej.write(json.dumps({"source": sample["source"], "id": sample["id"], "reason": pred.reason, "detail": pred.detail}, ensure_ascii=False) + "\n")
                     continue
-                rec = record_for(sample, req, ref, pred)
+                rec = record_for(sample, req, ref, str(pred))
+                if isinstance(pred, ForcedChoice):
+                    rec["forced_choice"] = {c: round(v, 4) for c, v in pred.scores.items()}
                 if check is not None:
                     rec["correct"] = check(rec)
                     counts["correct"] += int(rec["correct"])
@@ -182,7 +260,7 @@ def run_predictions(
                 if bar is not None:
                     bar.update(1)
                 continue
-            pending.append((sample, req, ref))
+            pending.append((sample, req, ref, candidates_for(sample, ref, choices) if forced_choice else None))
             if len(pending) >= chunk_size:
                 flush()
         flush()

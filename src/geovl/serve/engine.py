@@ -296,6 +296,33 @@ class LocalEngine:
                     out[i] = text
         return out  # type: ignore[return-value]
 
+    def choice_logprobs(self, requests: list[ChatRequest], candidates: list[list[str]]) -> list[list[float]]:
+        """Log-probability of each candidate answer (its tokens + ``<|im_end|>``) after each prompt.
+
+        Forced-choice scoring for closed questions: it measures what the model prefers even before
+        it has learned to emit well-formed answers (an untrained model's free generation scores 0 %,
+        not chance). One teacher-forced forward pass per (request, candidate) pair, batched."""
+        pairs = [(i, c) for i, cands in enumerate(candidates) for c in cands]
+        end = "<|im_end|>"
+        scores: dict[tuple[int, str], float] = {}
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(pairs), self.batch_size):
+                chunk = pairs[s : s + self.batch_size]
+                texts = [self.prompt_text(requests[i]) + c + end for i, c in chunk]
+                n_tok = [len(self.tokenizer(c + end, add_special_tokens=False)["input_ids"]) for _, c in chunk]
+                images = [decode_image(b, self.preprocess) for i, _ in chunk for b in requests[i].images]
+                enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True).to(self.model.device)
+                if "pixel_values" in enc:
+                    enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+                logits = self.model(**enc).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1)
+                ids = enc["input_ids"][:, 1:]
+                tok_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # left padded: answers end every row
+                for row, ((i, c), n) in enumerate(zip(chunk, n_tok)):
+                    scores[(i, c)] = float(tok_lp[row, -n:].sum())
+        return [[scores[(i, c)] for c in cands] for i, cands in enumerate(candidates)]
+
     def stream(self, request: ChatRequest, params: GenerationParams | None = None) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
