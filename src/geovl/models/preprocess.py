@@ -23,6 +23,8 @@ class PreprocessConfig:
     rgb_bands: list[int] | None = None
     stretch: list[float] = field(default_factory=lambda: [2.0, 98.0])
     family: str | None = None  # registry key, recorded for checks
+    # how a hyperspectral cube becomes the image: a geovl.spectral.render spec dict (None: not spectral)
+    rendering: dict | None = None
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME
