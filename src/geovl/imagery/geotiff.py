@@ -120,3 +120,48 @@ def render_rgb(raster: Raster, bands: tuple[int, int, int] | None = None, lo_pct
         else:
             chans.append(stretch_to_uint8(arr, lo_pct, hi_pct, raster.nodata))
     return np.ascontiguousarray(np.stack(chans, axis=-1))
+
+
+# Band roles for composites: recognised in band descriptions ("B4 red", "NIR", "B08"), else the
+# default order blue, green, red, nir[, swir] (Sentinel-2 10 m stacks, geovl synth GeoTIFFs).
+DEFAULT_BAND_ORDER = ("blue", "green", "red", "nir", "swir")
+_ROLE_WORDS = {
+    "blue": ("blue", "b2", "b02"),
+    "green": ("green", "b3", "b03"),
+    "red": ("red", "b4", "b04"),
+    "nir": ("nir", "near infrared", "near-infrared", "b8", "b08"),
+    "swir": ("swir", "swir1", "b11"),
+}
+COMPOSITES = {"true": ("red", "green", "blue"), "false-nir": ("nir", "red", "green")}
+
+
+def band_roles(raster: Raster, order: tuple[str, ...] | None = None) -> dict[str, int]:
+    """{role: 0-based band index}. ``order`` (e.g. ("blue", "green", "red", "nir")) names the bands
+    in file order; without it roles come from the band descriptions, then :data:`DEFAULT_BAND_ORDER`."""
+    if order:
+        return {name: i for i, name in enumerate(order) if i < raster.count and name in _ROLE_WORDS}
+    roles: dict[str, int] = {}
+    for i, desc in enumerate(raster.band_names):
+        words = desc.lower().replace("_", " ").split()
+        if "edge" in words:  # red-edge bands are not "red"
+            continue
+        for role, keys in _ROLE_WORDS.items():
+            if role not in roles and any(k in words or k == desc.lower().strip() for k in keys):
+                roles[role] = i
+                break
+    if not roles:
+        roles = {name: i for i, name in enumerate(DEFAULT_BAND_ORDER) if i < raster.count}
+    return roles
+
+
+def render_composite(raster: Raster, composite: str = "true", order: tuple[str, ...] | None = None,
+                     lo_pct: float = 2.0, hi_pct: float = 98.0) -> np.ndarray:
+    """(H, W, 3) uint8 of a named composite with a per-band percentile stretch: ``true`` (red,
+    green, blue) or ``false-nir`` (NIR, red, green: vegetation shows red)."""
+    if composite not in COMPOSITES:
+        raise ValueError(f"unknown composite {composite!r}; choose from {', '.join(COMPOSITES)}")
+    roles = band_roles(raster, order)
+    missing = [r for r in COMPOSITES[composite] if r not in roles]
+    if missing:
+        raise ValueError(f"{composite} composite needs band(s) {', '.join(missing)}; the raster has {raster.count} band(s)")
+    return render_rgb(raster, tuple(roles[r] for r in COMPOSITES[composite]), lo_pct, hi_pct)

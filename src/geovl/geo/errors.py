@@ -1,0 +1,5 @@
+"""The one exception of :mod:`geovl.geo`: bad input, reported to the user without a traceback."""
+
+
+class MeasureError(ValueError):
+    """A user-facing measurement error; the message names the file and what is wrong."""
