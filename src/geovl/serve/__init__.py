@@ -31,6 +31,7 @@ def open_engine(
     batch_size: int = 8,
     device: str = "auto",
     quantization: str = "none",
+    attn_implementation: str | None = None,
 ) -> Engine:
     """The engine the CLI options describe: ``--api URL`` → RemoteEngine (``model`` names the served
     model, optional); otherwise LocalEngine on the model folder (+ adapter)."""
@@ -44,4 +45,4 @@ def open_engine(
         raise EngineError("give --model FOLDER (a local model or adapter folder) or --api URL")
     from .engine import LocalEngine
 
-    return LocalEngine(model, adapter=adapter, device=device, batch_size=batch_size, quantization=quantization)
+    return LocalEngine(model, adapter=adapter, device=device, batch_size=batch_size, quantization=quantization, attn_implementation=attn_implementation)

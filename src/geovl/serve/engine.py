@@ -161,7 +161,16 @@ def quantization_config(quantization: str):
 class LocalEngine:
     """A model folder (+ optional peft adapter) generating with transformers on this machine."""
 
-    def __init__(self, model: str, adapter: str | None = None, device: str = "auto", dtype=None, batch_size: int = 8, quantization: str = "none"):
+    def __init__(
+        self,
+        model: str,
+        adapter: str | None = None,
+        device: str = "auto",
+        dtype=None,
+        batch_size: int = 8,
+        quantization: str = "none",
+        attn_implementation: str | None = None,
+    ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -179,7 +188,18 @@ class LocalEngine:
         kw = {"dtype": self.dtype}
         if qcfg is not None:
             kw.update(quantization_config=qcfg, device_map="auto")
-        net = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kw)
+        if attn_implementation:
+            kw["attn_implementation"] = attn_implementation
+        try:
+            net = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kw)
+        except (ImportError, ValueError) as e:
+            msg = str(e).lower()
+            if not attn_implementation or ("attn" not in msg and "attention" not in msg):
+                raise
+            raise EngineError(
+                f"attn_implementation={attn_implementation!r} is not available here: {str(e).splitlines()[0][:300]} "
+                "(eager and sdpa work everywhere; flash_attention_2 needs a CUDA GPU and the flash-attn package) / 注意力实现不可用"
+            ) from None
         if qcfg is None:
             net.to(self.device)
         if adapter_dir is not None:
@@ -267,17 +287,25 @@ class LocalEngine:
             kw.update(do_sample=False)
         return kw
 
-    def _finish(self, new_tokens) -> list[str]:
+    def _finish(self, new_tokens, usage: list | None = None) -> list[str]:
+        """Decoded answers; ``usage`` (optional) receives ``{"completion_tokens", "finish_reason"}`` per row."""
         texts = []
         for row in new_tokens.tolist():
-            n = next((i + 1 for i, t in enumerate(row) if t in self._eos), len(row))
+            n = next((i + 1 for i, t in enumerate(row) if t in self._eos), None)
+            stopped = n is not None
+            n = n if stopped else len(row)
             self.stats.generated_tokens += n
             texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True))
+            if usage is not None:
+                usage.append({"completion_tokens": n, "finish_reason": "stop" if stopped else "length"})
         self.stats.samples += len(texts)
         return texts
 
     # -- the interface -----------------------------------------------------------------------------
-    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None) -> list[str]:
+    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None, usage: list | None = None) -> list[str]:
+        """Answers in request order. ``usage`` (optional, a list to fill) receives one dict per request:
+        ``prompt_tokens`` (after image-pad expansion), ``completion_tokens`` (through the end-of-turn
+        token), ``finish_reason`` ("stop" or "length")."""
         params = params or GenerationParams()
         requests = list(requests)
         if not requests:
@@ -285,6 +313,7 @@ class LocalEngine:
         lengths = [self.estimate_length(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])
         out: list[str | None] = [None] * len(requests)
+        rows: list[dict | None] = [None] * len(requests)
         with self._lock, self._torch.inference_mode():
             if params.seed is not None:
                 self._torch.manual_seed(params.seed)
@@ -292,8 +321,11 @@ class LocalEngine:
                 idx = order[s : s + self.batch_size]
                 enc = self.encode([requests[i] for i in idx])
                 seq = self.model.generate(**enc, **self._gen_kwargs(params))
-                for i, text in zip(idx, self._finish(seq[:, enc["input_ids"].shape[1] :])):
-                    out[i] = text
+                counts: list[dict] = []
+                for i, text, c in zip(idx, self._finish(seq[:, enc["input_ids"].shape[1] :], counts), counts):
+                    out[i], rows[i] = text, {"prompt_tokens": lengths[i], **c}
+        if usage is not None:
+            usage.extend(rows)
         return out  # type: ignore[return-value]
 
     def choice_logprobs(self, requests: list[ChatRequest], candidates: list[list[str]]) -> list[list[float]]:
@@ -323,10 +355,13 @@ class LocalEngine:
                     scores[(i, c)] = float(tok_lp[row, -n:].sum())
         return [[scores[(i, c)] for c in cands] for i, cands in enumerate(candidates)]
 
-    def stream(self, request: ChatRequest, params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(self, request: ChatRequest, params: GenerationParams | None = None, usage: dict | None = None) -> Iterator[str]:
+        """Text deltas of one answer. ``usage`` (optional, a dict to fill) receives ``prompt_tokens``,
+        ``completion_tokens`` and ``finish_reason`` once the answer is complete."""
         from transformers import TextIteratorStreamer
 
         params = params or GenerationParams()
+        prompt_tokens = self.estimate_length(request) if usage is not None else 0
         enc = self.encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
@@ -337,7 +372,10 @@ class LocalEngine:
                     if params.seed is not None:
                         self._torch.manual_seed(params.seed)
                     seq = self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer)
-                    self._finish(seq[:, enc["input_ids"].shape[1] :])
+                    counts: list[dict] = []
+                    self._finish(seq[:, enc["input_ids"].shape[1] :], counts)
+                    if usage is not None:
+                        usage.update(prompt_tokens=prompt_tokens, **counts[0])
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 errors.append(e)
                 streamer.end()

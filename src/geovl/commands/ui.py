@@ -1,0 +1,32 @@
+"""``geovl ui``: the bilingual web app (Gradio) for county land-use Q&A."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import run_lazy
+from .serve import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ui",
+        help="web app for image Q&A (Chinese/English) / 启动网页问答界面",
+        description=(
+            "A Gradio web app: upload images, ask questions (quick-question buttons), streamed answers, multi-turn "
+            "chat that remembers earlier images. Runs a local model (--model) or talks to an OpenAI-compatible "
+            "server (--api). Binds 127.0.0.1; --share is off unless asked. 县域国土空间智能问答网页。"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_args(p, required=False)
+    p.add_argument("--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1")
+    p.add_argument("--api-key", help="API key for --api (default: $OPENAI_API_KEY)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--lang", choices=["zh", "en"], default="zh", help="initial language (switchable in the page)")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs internet; off by default)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the answer-length slider")
+    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024, help="per uploaded image")
+    p.add_argument("--max-images", type=int, default=8, help="images per conversation")
+    p.set_defaults(func=run_lazy("geovl.serve.webapp:run"))

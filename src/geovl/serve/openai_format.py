@@ -1,0 +1,191 @@
+"""OpenAI chat-completions format ↔ the engine's :class:`ChatRequest` / answers.
+
+Requests: ``messages`` with roles ``system`` (or ``developer``), ``user`` and ``assistant``; content
+is a string or a list of parts ``{"type": "text", "text"}`` / ``{"type": "image_url", "image_url":
+{"url"}}`` (images only in user turns, any turn of the history). The geovl messages keep every part
+in place (an image part where the client put it), so the prompt is exactly what a local engine
+would build from the same conversation — ``RemoteEngine`` sends plain strings for system/assistant
+turns and parts for user turns, which map back one-to-one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import ChatRequest, GenerationParams
+
+
+class APIError(Exception):
+    """An error answered in the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy"}
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"), "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionBody(BaseModel):
+    """The fields we read; unknown fields are ignored (clients send many)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[dict] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts) + " / 请求格式错误"
+
+
+def parse_body(obj) -> CompletionBody:
+    if not isinstance(obj, dict):
+        raise APIError(422, "the request body must be a JSON object / 请求体须为 JSON 对象", "invalid_schema")
+    try:
+        body = CompletionBody.model_validate(obj)
+    except ValidationError as e:
+        raise APIError(422, validation_message(e), "invalid_schema") from None
+    if (body.n or 1) != 1:
+        raise APIError(400, "n > 1 is not supported; send separate requests / 不支持 n > 1", "unsupported_parameter", "n")
+    if body.stop:
+        raise APIError(400, "stop sequences are not supported by this server / 不支持 stop 参数", "unsupported_parameter", "stop")
+    return body
+
+
+@dataclass
+class ParsedMessages:
+    messages: list[dict]  # geovl schema, image parts in place
+    image_refs: list[str]  # image_url.url of each image part, in order
+
+
+ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _text_of(content, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError(422, f"{where}: content must be a string or a list of parts / content 格式错误", "invalid_schema", where)
+    out = []
+    for j, p in enumerate(content):
+        if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+            raise APIError(400, f"{where}.content[{j}]: only text parts are allowed in system and assistant messages / 系统与助手消息只能包含文本", "invalid_content", where)
+        out.append(p["text"])
+    return "".join(out)
+
+
+def convert_messages(raw: list[dict]) -> ParsedMessages:
+    msgs, refs = [], []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise APIError(422, f"{where} must be an object with role and content / 消息格式错误", "invalid_schema", where)
+        role = ROLE_MAP.get(m.get("role"))
+        if role is None:
+            raise APIError(400, f"{where}: role {m.get('role')!r} is not supported (system, user, assistant) / 不支持的角色", "invalid_role", where)
+        content = m.get("content")
+        if role != "user":
+            msgs.append({"role": role, "content": [{"type": "text", "text": _text_of(content, where)}]})
+            continue
+        if isinstance(content, str):
+            msgs.append({"role": "user", "content": [{"type": "text", "text": content}]})
+            continue
+        if not isinstance(content, list) or not content:
+            raise APIError(422, f"{where}: user content must be a string or a non-empty list of parts / 用户消息内容为空或格式错误", "invalid_schema", where)
+        parts = []
+        for j, p in enumerate(content):
+            kind = p.get("type") if isinstance(p, dict) else None
+            if kind == "text" and isinstance(p.get("text"), str):
+                parts.append({"type": "text", "text": p["text"]})
+            elif kind == "image_url":
+                iu = p.get("image_url")
+                url = iu.get("url") if isinstance(iu, dict) else iu
+                if not isinstance(url, str) or not url.strip():
+                    raise APIError(422, f"{where}.content[{j}]: image_url.url must be a non-empty string / 图像地址为空", "invalid_schema", where)
+                parts.append({"type": "image"})
+                refs.append(url)
+            else:
+                raise APIError(400, f"{where}.content[{j}]: part type {kind!r} is not supported (text, image_url) / 不支持的内容类型", "invalid_content", where)
+        msgs.append({"role": "user", "content": parts})
+    if not any(m["role"] == "user" for m in msgs):
+        raise APIError(400, "messages need at least one user message / 至少需要一条用户消息", "invalid_messages", "messages")
+    return ParsedMessages(msgs, refs)
+
+
+def generation_params(body: CompletionBody, max_tokens_limit: int, default_max_tokens: int) -> GenerationParams:
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None and asked > max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens={asked} is over this server's limit of {max_tokens_limit} (--max-tokens-limit) / max_tokens 超过上限",
+            "max_tokens_too_large",
+            "max_tokens",
+        )
+    return GenerationParams(
+        max_new_tokens=asked or min(default_max_tokens, max_tokens_limit),
+        temperature=0.0 if body.temperature is None else float(body.temperature),
+        top_p=1.0 if body.top_p is None else float(body.top_p),
+        seed=body.seed,
+    )
+
+
+# -- responses --------------------------------------------------------------------------------------
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def usage_dict(u: dict | None) -> dict:
+    p = int((u or {}).get("prompt_tokens") or 0)
+    c = int((u or {}).get("completion_tokens") or 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def completion(cid: str, model: str, text: str, usage: dict | None) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": (usage or {}).get("finish_reason", "stop"), "logprobs": None}],
+        "usage": usage_dict(usage),
+    }
+
+
+def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | None = None) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+
+
+def build_request(parsed: ParsedMessages, images: list[bytes]) -> ChatRequest:
+    return ChatRequest(parsed.messages, images)

@@ -1,0 +1,349 @@
+"""The web app (Gradio 6): county land-use Q&A over remote-sensing images, Chinese by default.
+
+Layout: a chat column (chatbot, a message box that takes text + several images, quick-question
+buttons, retry/clear) and a side column (the "测量与地图 / Measurements & maps" panel, generation
+settings, cards saying what the system does and its limits). A language switch relabels everything.
+
+The conversation lives in a ``gr.State`` as geovl-schema messages + image bytes (``Conversation``):
+every turn's images stay in place, so a follow-up question is answered with the earlier images in
+the prompt. Answers stream from ``engine.stream`` (any engine: local model or an OpenAI-compatible
+server). The measurement panel is filled by an optional ``panel_hook(PanelContext) -> PanelResult``
+called after every answer — the place where measurements and maps plug in later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.schema import assistant_turn, user_turn
+from .engine import ChatRequest, EngineError, GenerationParams, custom_rendering
+from .i18n import LANGS, quick_questions, t
+from .images import ImageLimits, ImageRefError, check_image, image_format
+
+log = logging.getLogger("geovl.ui")
+
+
+@dataclass
+class PanelContext:
+    """What a panel hook sees after an answer."""
+
+    images: list[bytes]  # every image of the conversation, in order
+    messages: list[dict]  # geovl-schema conversation including the new answer
+    question: str
+    answer: str
+    lang: str
+
+
+@dataclass
+class PanelResult:
+    markdown: str = ""
+    image: Any = None  # PIL image, numpy array or file path (a map); None hides the map
+
+
+PanelHook = Callable[[PanelContext], "PanelResult | None"]
+
+
+@dataclass
+class Conversation:
+    messages: list[dict] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+
+    def request(self) -> ChatRequest:
+        return ChatRequest(list(self.messages), list(self.images))
+
+
+class ChatApp:
+    def __init__(
+        self,
+        engine,
+        lang: str = "zh",
+        panel_hook: PanelHook | None = None,
+        max_upload_bytes: int = 20 * 1024 * 1024,
+        max_images: int = 8,
+        max_new_tokens: int = 256,
+        where: str | None = None,
+    ):
+        self.engine = engine
+        self.lang = lang if lang in LANGS else "zh"
+        self.panel_hook = panel_hook
+        self.limits = ImageLimits(max_image_bytes=max_upload_bytes, max_images=max_images)
+        self.max_new_tokens = int(max_new_tokens)
+        self.where = where  # None: local model
+        self.preview_dir = Path(tempfile.mkdtemp(prefix="geovl-ui-"))
+
+    # -- texts -------------------------------------------------------------------------------
+    def limits_card(self, lang: str) -> str:
+        where = t("where_local", lang) if self.where is None else t("where_remote", lang, url=self.where)
+        return t("limits_card", lang, where=where, max_mb=f"{self.limits.max_image_bytes / 1024 / 1024:.0f}", max_images=self.limits.max_images)
+
+    # -- images ------------------------------------------------------------------------------
+    def load_image(self, path: str, lang: str) -> tuple[bytes, str]:
+        """(bytes for the engine, a browser-viewable path for the chat) of an uploaded file."""
+        from ..imagery.decode import ImageError, encode_png, load_image_bytes
+
+        name = Path(path).name
+        try:
+            size = os.path.getsize(path)
+            if size > self.limits.max_image_bytes:
+                raise ImageRefError(f"{size} bytes > {self.limits.max_image_bytes}", "image_too_large")
+            with open(path, "rb") as f:
+                raw = f.read()
+            check_image(raw, self.limits)
+            if image_format(raw) == "TIFF" and custom_rendering(getattr(self.engine, "preprocess", None)):
+                data = raw  # the engine renders it with the trained bands/stretch
+                shown = load_image_bytes(raw, self.limits.max_pixels, name=name).data
+            else:
+                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name).data  # EXIF-upright, TIFF → PNG
+        except ImageRefError as e:
+            raise _user_error(t("err_bad_image", lang, name=name, why=e.message)) from None
+        except (ImageError, OSError) as e:
+            raise _user_error(t("err_bad_image", lang, name=name, why=str(e))) from None
+        if shown is raw or image_format(raw) in ("PNG", "JPEG", "GIF", "WEBP"):
+            return data, path
+        preview = self.preview_dir / f"{len(os.listdir(self.preview_dir))}.png"
+        preview.write_bytes(shown if shown[:4] == b"\x89PNG" else encode_png(_open(shown)))
+        return data, str(preview)
+
+    # -- chat ----------------------------------------------------------------------------------
+    def _params(self, temperature, max_new) -> GenerationParams:
+        return GenerationParams(max_new_tokens=int(max_new or self.max_new_tokens), temperature=float(temperature or 0.0))
+
+    def _stream(self, history: list, conv: Conversation, lang: str, params: GenerationParams, question: str, clear_box: bool = True):
+        """Append the answer to ``history`` as it streams; yields the handler outputs."""
+        import gradio as gr
+
+        history.append({"role": "assistant", "content": ""})
+        yield gr.MultimodalTextbox(value=None) if clear_box else gr.skip(), history, conv, gr.skip(), gr.skip()
+        answer = ""
+        try:
+            for delta in self.engine.stream(conv.request(), params):
+                answer += delta
+                history[-1] = {"role": "assistant", "content": answer}
+                yield gr.skip(), history, conv, gr.skip(), gr.skip()
+        except Exception as e:  # noqa: BLE001 - engine or server failure: shown in the chat, turn kept for retry
+            log.warning("generation failed: %s", e)
+            history[-1] = {"role": "assistant", "content": t("error_prefix", lang) + str(e)[:500]}
+            yield gr.skip(), history, conv, gr.skip(), gr.skip()
+            return
+        conv.messages.append(assistant_turn(answer))
+        if not answer.strip():
+            history[-1] = {"role": "assistant", "content": t("empty_answer", lang)}
+        panel_md, panel_img = self._panel(conv, question, answer, lang)
+        yield gr.skip(), history, conv, panel_md, panel_img
+
+    def _panel(self, conv: Conversation, question: str, answer: str, lang: str):
+        import gradio as gr
+
+        if self.panel_hook is None:
+            return gr.skip(), gr.skip()
+        try:
+            res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang))
+        except Exception as e:  # noqa: BLE001 - a failing hook must not break the chat
+            log.exception("panel hook failed")
+            return t("error_prefix", lang) + str(e)[:300], gr.Image(value=None, visible=False)
+        if res is None:
+            return gr.skip(), gr.skip()
+        return res.markdown, gr.Image(value=res.image, visible=res.image is not None)
+
+    def respond(self, message, history, conv, lang, temperature, max_new):
+        """Send the message box (text + attached images)."""
+        message = message or {}
+        text = (message.get("text") or "").strip()
+        files = [f if isinstance(f, str) else f.get("path") for f in message.get("files") or []]
+        history = list(history or [])
+        conv = conv if isinstance(conv, Conversation) else Conversation()
+        if not text and not files:
+            raise _user_error(t("err_no_input", lang))
+        if len(conv.images) + len(files) > self.limits.max_images:
+            raise _user_error(t("err_too_many", lang, n=len(conv.images), max=self.limits.max_images))
+        loaded = [self.load_image(p, lang) for p in files]
+        params = self._params(temperature, max_new)
+        if conv.messages and conv.messages[-1]["role"] == "user":  # an earlier turn failed: replace it
+            conv = Conversation(conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])])
+        conv = Conversation(conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded])
+        content = [{"path": shown} for _, shown in loaded] + ([text] if text else [])
+        history.append({"role": "user", "content": content})
+        yield from self._stream(history, conv, lang, params, text)
+
+    def quick(self, question, message, history, conv, lang, temperature, max_new):
+        """A quick-question button: its text plus the images attached in the message box."""
+        files = (message or {}).get("files") or []
+        yield from self.respond({"text": question, "files": files}, history, conv, lang, temperature, max_new)
+
+    def retry(self, history, conv, lang, temperature, max_new):
+        conv = conv if isinstance(conv, Conversation) else Conversation()
+        history = list(history or [])
+        if not any(m["role"] == "user" for m in conv.messages):
+            raise _user_error(t("err_nothing_to_retry", lang))
+        msgs = list(conv.messages)
+        if msgs[-1]["role"] == "assistant":
+            msgs.pop()
+        conv = Conversation(msgs, list(conv.images))
+        while history and history[-1]["role"] == "assistant":
+            history.pop()
+        question = "".join(p.get("text") or "" for p in msgs[-1]["content"] if p.get("type") == "text")
+        yield from self._stream(history, conv, lang, self._params(temperature, max_new), question, clear_box=False)
+
+    def clear(self, lang):
+        import gradio as gr
+
+        return gr.MultimodalTextbox(value=None), [], Conversation(), t("panel_empty", lang), gr.Image(value=None, visible=False)
+
+    # -- the page --------------------------------------------------------------------------------
+    def build(self):
+        import gradio as gr
+
+        lang = self.lang
+        qs = quick_questions(lang)
+        with gr.Blocks(title=f"{t('page_title', 'zh')} · {t('page_title', 'en')}", analytics_enabled=False) as demo:
+            conv = gr.State(Conversation())
+            with gr.Row(equal_height=False):
+                title = gr.Markdown(t("title", lang), elem_id="title")
+                lang_switch = gr.Radio([("中文", "zh"), ("English", "en")], value=lang, label=t("lang_label", lang), elem_id="lang-switch", scale=0, min_width=220)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label=t("chat_label", lang), placeholder=t("chat_placeholder", lang), elem_id="chatbot", height=520, buttons=["copy"])
+                    msg = gr.MultimodalTextbox(
+                        placeholder=t("input_placeholder", lang),
+                        file_count="multiple",
+                        file_types=["image", ".tif", ".tiff"],
+                        show_label=False,
+                        elem_id="msg-input",
+                    )
+                    quick_heading = gr.Markdown(t("quick_heading", lang), elem_id="quick-heading")
+                    with gr.Row():
+                        quick = [gr.Button(q, size="sm", elem_id=f"quick-{i}") for i, q in enumerate(qs)]
+                    with gr.Row():
+                        retry = gr.Button(t("retry", lang), elem_id="retry-btn", size="sm")
+                        clear = gr.Button(t("clear", lang), elem_id="clear-btn", size="sm", variant="stop")
+                with gr.Column(scale=2):
+                    with gr.Group(elem_id="panel"):
+                        panel_heading = gr.Markdown(t("panel_heading", lang), elem_id="panel-heading")
+                        panel_content = gr.Markdown(t("panel_empty", lang), elem_id="panel-content")
+                        panel_map = gr.Image(visible=False, interactive=False, show_label=False, elem_id="panel-map")
+                    with gr.Accordion(t("settings", lang), open=False, elem_id="settings") as settings:
+                        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label=t("temperature", lang), elem_id="temperature")
+                        max_new = gr.Slider(8, 2048, value=self.max_new_tokens, step=8, label=t("max_new_tokens", lang), elem_id="max-new-tokens")
+                    about = gr.Markdown(t("about_card", lang), elem_id="about-card")
+                    limits = gr.Markdown(self.limits_card(lang), elem_id="limits-card")
+                    model_line = gr.Markdown(t("model_line", lang, name=getattr(self.engine, "name", "?")), elem_id="model-line")
+
+            outs = [msg, chatbot, conv, panel_content, panel_map]
+            settings_in = [lang_switch, temperature, max_new]
+            run = dict(concurrency_limit=1, concurrency_id="engine")  # one generation at a time: the engine is not re-entrant
+            msg.submit(self.respond, [msg, chatbot, conv, *settings_in], outs, **run)
+            for b in quick:
+                b.click(self.quick, [b, msg, chatbot, conv, *settings_in], outs, **run)
+            retry.click(self.retry, [chatbot, conv, *settings_in], outs, **run)
+            clear.click(self.clear, [lang_switch], outs)
+            chatbot.clear(self.clear, [lang_switch], outs)  # the chatbot's own trash button resets the conversation too
+
+            def switch(new_lang, panel_text):
+                other = [t("panel_empty", x) for x in LANGS]
+                return (
+                    t("title", new_lang),
+                    gr.Radio(label=t("lang_label", new_lang)),
+                    gr.Chatbot(label=t("chat_label", new_lang), placeholder=t("chat_placeholder", new_lang)),
+                    gr.MultimodalTextbox(placeholder=t("input_placeholder", new_lang)),
+                    t("quick_heading", new_lang),
+                    *[gr.Button(q) for q in quick_questions(new_lang)],
+                    gr.Button(t("retry", new_lang)),
+                    gr.Button(t("clear", new_lang)),
+                    t("panel_heading", new_lang),
+                    t("panel_empty", new_lang) if panel_text in other else gr.skip(),
+                    gr.Accordion(label=t("settings", new_lang)),
+                    gr.Slider(label=t("temperature", new_lang)),
+                    gr.Slider(label=t("max_new_tokens", new_lang)),
+                    t("about_card", new_lang),
+                    self.limits_card(new_lang),
+                    t("model_line", new_lang, name=getattr(self.engine, "name", "?")),
+                )
+
+            lang_switch.change(
+                switch,
+                [lang_switch, panel_content],
+                [title, lang_switch, chatbot, msg, quick_heading, *quick, retry, clear, panel_heading, panel_content, settings, temperature, max_new, about, limits, model_line],
+            )
+        self.demo = demo
+        return demo
+
+
+def _n_images(message: dict) -> int:
+    return sum(1 for p in message["content"] if p.get("type") == "image")
+
+
+def _open(data: bytes):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def _user_error(msg: str):
+    import gradio as gr
+
+    return gr.Error(msg)
+
+
+CSS = """
+#panel { min-height: 240px; border: 1px dashed var(--border-color-primary); padding: 8px 12px; }
+#panel-heading h3 { margin-top: 0; }
+"""
+THEME_FONTS = ["system-ui", "WenQuanYi Micro Hei", "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "sans-serif"]
+
+
+def launch(app: ChatApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
+    import gradio as gr
+
+    demo = app.build()
+    demo.queue(default_concurrency_limit=1)
+    theme = gr.themes.Soft(primary_hue="green", font=THEME_FONTS, font_mono=["ui-monospace", "monospace"])  # no web fonts (offline)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        theme=theme,
+        css=CSS,
+        max_file_size=app.limits.max_image_bytes,
+        allowed_paths=[str(app.preview_dir)],
+        prevent_thread_lock=not block,
+        quiet=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        footer_links=[],
+    )
+
+
+def run(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from geovl.cli import CLIError
+
+    if bool(args.api) == bool(args.model):
+        raise CLIError("give either --model FOLDER (a local model) or --api URL (an OpenAI-compatible server)")
+    for name in ("max_new_tokens", "max_upload_bytes", "max_images"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.api:
+        if args.adapter:
+            raise CLIError("--adapter cannot be used with --api (the server decides which weights it serves)")
+        from geovl.serve import open_engine
+
+        try:
+            engine = open_engine(api=args.api, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"))
+        except EngineError as e:
+            raise CLIError(str(e)) from e
+        where = engine.base_url
+    else:
+        from geovl.commands.serve import open_local_engine
+
+        engine, where = open_local_engine(args), None
+    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens, where=where)
+    launch(app, host=args.host, port=args.port, share=args.share)
+    return 0
