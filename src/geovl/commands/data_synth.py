@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--split", default="train=0.8,test=0.2", help="scene split NAME=FRACTION,... (default train=0.8,test=0.2)")
     p.add_argument("--max-buildings", type=int, default=6, metavar="N", help="most buildings in one image (default 6)")
     p.add_argument("--tasks", default="all", help="question tasks, comma-separated (default all): presence, count, area, compare, "
-                   "rural_urban, change_count, change_increase, change_area")
+                   "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt)")
     p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet",
                    help="dataset file format (jsonl: images as files beside it; convert later with `geovl data convert --from messages`)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)")

@@ -10,6 +10,9 @@ Tasks (``task`` -> ``qtype``), single-image ones asked on the "before" or the "a
   (built-up land + buildings) is at least :data:`~.classes.URBAN_THRESHOLD`
 - two images (before, then after) in one user turn: ``change_count`` (count, new buildings),
   ``change_increase`` (yes_no, has cropland grown), ``change_area`` (area, new cropland)
+- grounded (:data:`GROUNDED_TASKS`, not in the default ``all``; questions in :mod:`.grounded`):
+  ``grounded_area`` / ``grounded_change`` (area) — the measured figures in the prompt, as
+  ``geovl ask`` gives them, and the measured number quoted in the answer
 
 Areas are computed exactly (pixel count x pixel area, with fractions) and then rounded
 **half up** to a fixed number of decimals per unit (:data:`UNITS`): km² (平方公里) 3 decimals,
@@ -38,6 +41,9 @@ QTYPE = {
     "change_increase": "yes_no",
     "change_area": "area",
 }
+GROUNDED_TASKS = ("grounded_area", "grounded_change")
+ALL_TASKS = TASKS + GROUNDED_TASKS
+QTYPE |= {"grounded_area": "area", "grounded_change": "area"}
 DATES = ("before", "after")
 LANGS = ("zh", "en")
 
@@ -105,6 +111,8 @@ class Question:
     answer: str
     gt: dict
     choices: list[str] = field(default_factory=list)
+    question: str | None = None  # grounded tasks: the bare question (``text`` is the whole prompt)
+    images: list[bytes] | None = None  # grounded tasks: the rendered GeoTIFFs (else the scene PNGs)
 
     @property
     def qtype(self) -> str:
@@ -122,6 +130,8 @@ def _name(key: str, lang: str) -> str:
 
 def candidates(truth: dict) -> dict[str, list[tuple]]:
     """All distinct question specs of a scene, per task. ``truth[date]["class_pixels"]`` etc."""
+    from .grounded import candidates as grounded_candidates
+
     out: dict[str, list[tuple]] = {t: [] for t in TASKS}
     for d in DATES:
         px = truth[d]["class_pixels"]
@@ -135,7 +145,7 @@ def candidates(truth: dict) -> dict[str, list[tuple]]:
     out["change_count"].append(())
     out["change_increase"].append(())
     out["change_area"].append(())
-    return out
+    return out | grounded_candidates(truth)
 
 
 def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS) -> list[tuple[str, tuple]]:
@@ -146,7 +156,8 @@ def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TAS
     more distinct questions (more than 20 per scene and language).
     """
     pool = candidates(truth)
-    order = [TASKS[(offset + i) % len(TASKS)] for i in range(len(TASKS))]
+    base = ALL_TASKS if any(t in GROUNDED_TASKS for t in tasks) else TASKS  # same rotation as before without them
+    order = [base[(offset + i) % len(base)] for i in range(len(base))]
     order = [t for t in order if t in tasks]
     chosen: list[tuple[str, tuple]] = []
     i = 0

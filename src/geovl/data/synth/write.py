@@ -43,6 +43,7 @@ from .classes import (
     URBAN_THRESHOLD,
     class_table,
 )
+from .grounded import GroundedScene, ask_grounded
 from .render import MATERIALS, png_bytes
 from .scene import Scene, make_scene
 
@@ -167,6 +168,7 @@ def _write_scene_files(out: Path, sc: Scene, crs: str, transform: tuple) -> tupl
 
 
 def _sample(sc: Scene, q: qa.Question, j: int, lang: str, pngs: dict, paths: dict, common: dict) -> dict:
+    grounded = q.images is not None
     meta = dict(common) | {
         "lang": lang,
         "scene": sc.id,
@@ -175,15 +177,17 @@ def _sample(sc: Scene, q: qa.Question, j: int, lang: str, pngs: dict, paths: dic
         "task": q.task,
         "geotiff": [paths["geotiffs"][d] for d in q.dates],
         "class_map": [paths["class_maps"][d] for d in q.dates],
-        "image_files": [paths["images"][d] for d in q.dates],
+        "image_files": [paths["geotiffs" if grounded else "images"][d] for d in q.dates],
         "gt": q.gt,
     }
     if q.choices:
         meta["choices"] = list(q.choices)
+    if q.question is not None:
+        meta["question"] = q.question
     return {
         "id": f"{sc.id}-{lang}-{j:02d}",
         "messages": [user_turn(q.text, len(q.dates)), assistant_turn(q.answer)],
-        "images": [pngs[d] for d in q.dates],
+        "images": list(q.images) if grounded else [pngs[d] for d in q.dates],
         "qtype": q.qtype,
         "answer": q.answer,
         "source": f"synth-seed{common['seed']}#{sc.id}/{lang}/{j}",
@@ -229,14 +233,17 @@ def _classes_doc(size: int, pixel_size: float, crs: str) -> dict:
 
 
 def parse_tasks(tasks) -> tuple[str, ...]:
-    """None/"all" → every task; else a comma-separated string or a list of task names."""
+    """None/"all" → the eight default tasks; else a comma-separated string or a list of task names,
+    where ``all`` stands for the default tasks and ``grounded`` for :data:`qa.GROUNDED_TASKS`."""
     if tasks is None or tasks == "all":
         return qa.TASKS
     items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    bad = [t for t in items if t not in qa.TASKS]
+    groups = {"all": qa.TASKS, "grounded": qa.GROUNDED_TASKS}
+    items = [x for t in items for x in groups.get(t, (t,))]
+    bad = [t for t in items if t not in qa.ALL_TASKS]
     if bad or not items:
-        raise SynthError(f"unknown task(s) {bad or tasks!r}; choose from {', '.join(qa.TASKS)}")
-    return tuple(items)
+        raise SynthError(f"unknown task(s) {bad or tasks!r}; choose from all, grounded, {', '.join(qa.ALL_TASKS)}")
+    return tuple(dict.fromkeys(items))
 
 
 def synthesize(
@@ -292,10 +299,14 @@ def synthesize(
                        "transform": list(transform), **paths, **sc.truth}
                 index_file.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
                 w = writers[name]
+                gs = GroundedScene(out, paths)  # measures / renders only if a grounded task is asked
                 for lang in langs:
                     rng = np.random.default_rng([seed, i, 1, qa.LANGS.index(lang) + 1])
                     for j, (task, spec) in enumerate(qa.select(rng, sc.truth, questions_per_scene, i, tasks)):
-                        q = qa.ask(rng, task, spec, sc.truth, lang, pixel_size)
+                        if task in qa.GROUNDED_TASKS:
+                            q = ask_grounded(rng, task, spec, sc.truth, lang, gs)
+                        else:
+                            q = qa.ask(rng, task, spec, sc.truth, lang, pixel_size)
                         w.read_one()
                         if w.write(_sample(sc, q, j, lang, pngs, paths, common)):
                             counts["qtype"][q.qtype] += 1

@@ -1,0 +1,101 @@
+"""``geovl ask``: a model's answer grounded in figures measured on the rasters (geovl.geo.ask)."""
+
+from __future__ import annotations
+
+import argparse
+
+from geovl.cli import run_lazy
+
+DESCRIPTION = """\
+Measure land-cover areas (and two-date change) on georeferenced rasters with `geovl measure`, put
+the measured figures into the model's context in a fixed form, and ask the question. Prints the
+measurement table and streams the answer (--json: {answer, measurement, context, prompt}).
+
+The prompt is one user turn: the images (before first), then
+  测量结果（来自地理配准影像，非模型估计）：<measurement context>\\n问题：<question>
+(English: "Measurements (from the georeferenced rasters, not model estimates):" … "Question: …").
+`geovl data synth --tasks grounded` writes training data in exactly this form.
+
+先在地理配准影像上量算各地类面积（及两期变化），再把量算结果以固定格式放进模型上下文中提问；
+输出量算表并流式输出回答。
+
+examples:
+  geovl ask --image after.tif --classes after_classes.tif --question "耕地面积约为多少公顷？" --model out/final
+  geovl ask --image after.tif --before before.tif --classes after_classes.tif --before-classes before_classes.tif \\
+      --question "How much new cropland is there?" --api http://localhost:8000/v1 --json
+"""
+
+
+def register(sub) -> None:
+    from .eval import add_engine_args
+
+    p = sub.add_parser(
+        "ask",
+        help="answer a question with measured areas in the model's context (量算结果支撑的问答)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--image", required=True, metavar="NEW.tif", help="the (later) image shown to the model and measured")
+    p.add_argument("--before", metavar="OLD.tif", help="the earlier image of the same area (two dates: change figures)")
+    p.add_argument("--classes", metavar="C.tif", help="land-cover class raster of --image's date (else classes are "
+                   "derived from spectral indices)")
+    p.add_argument("--before-classes", metavar="OC.tif", help="class raster of the earlier date")
+    p.add_argument("--class-table", metavar="TABLE", help="worldcover, dynamicworld, synth or a JSON class table (default: auto)")
+    p.add_argument("--aoi", metavar="AOI.geojson", help="measure inside this Polygon/MultiPolygon only")
+    p.add_argument("--aoi-crs", metavar="CRS", help="CRS of the AOI coordinates (default: as `geovl measure`)")
+    p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres for rasters without a CRS")
+    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes)")
+    p.add_argument("--question", "-q", required=True, help="the question (its language picks the context language)")
+    p.add_argument("--lang", choices=["zh", "en"], help="context language (default: zh when the question has CJK characters)")
+    p.add_argument("--json", action="store_true", help="print {answer, measurement, context, prompt} as JSON (no streaming)")
+    p.add_argument("--show-prompt", action="store_true", help="also print the exact prompt text given to the model")
+    add_engine_args(p)
+    p.set_defaults(max_new_tokens=256)
+    p.set_defaults(func=run_lazy("geovl.commands.ask:run"))
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from geovl.cli import CLIError
+    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs
+    from geovl.geo.errors import MeasureError
+    from geovl.serve import EngineError
+
+    from .eval import open_engine_from_args, params_from_args
+
+    params = params_from_args(args)
+    if not args.question.strip():
+        raise CLIError("--question is empty")
+    lang = args.lang or detect_lang(args.question)
+    try:  # measure first: bad rasters fail before a model is loaded
+        m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
+                           args.aoi_crs, args.pixel_size, bands=args.bands)
+    except MeasureError as e:
+        raise CLIError(str(e)) from e
+    engine = open_engine_from_args(args)
+    try:
+        gp = build_grounded(args.image, args.question, before_path=args.before, bands=args.bands, lang=lang,
+                            preprocess=getattr(engine, "preprocess", None), measurement=m)
+        if args.json:
+            answer = engine.generate([gp.request()], params)[0].strip()
+            doc = {"answer": answer, "measurement": m.to_json(), "context": gp.context, "prompt": gp.prompt,
+                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "engine": engine.name}
+            print(json.dumps(doc, ensure_ascii=False, indent=2))
+            return 0
+        print(m.text())
+        if args.show_prompt:
+            print("\n[提示词 prompt]\n" + gp.prompt)
+        print("\n[回答 answer] " if lang == "zh" else "\n[answer 回答] ", end="", flush=True)
+        for delta in engine.stream(gp.request(), params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        print()
+    except (MeasureError, EngineError) as e:
+        raise CLIError(str(e)) from e
+    finally:
+        close = getattr(engine, "close", None)
+        if close:
+            close()
+    return 0
