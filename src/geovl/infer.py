@@ -6,7 +6,8 @@
   line; relative paths are tried from the current folder, then from the list's folder), batched;
   records ``{"image", "question", "prediction"}`` in list order. An unreadable image goes to
   ``<out stem>.rejects.jsonl`` with its reason; read = written + rejected.
-- ``--data FILE --out results.jsonl [--compare-gt]``: the eval driver, plus ``correct`` per record.
+- ``--data FILE --out results.jsonl [--compare-gt]``: the eval driver, plus ``correct`` per record
+  (and, for structured answers, ``structured``: parsed fields and per-field scores).
 
 Images are read with :func:`geovl.imagery.decode.load_image` (GeoTIFFs rendered to RGB); when the
 model's preprocessing config chooses its own raster bands/stretch, the raw TIFF goes to the engine,
@@ -152,6 +153,10 @@ def run(args) -> int:
             from .evaluate.generate import run_predictions
 
             counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, compare_gt=args.compare_gt, progress=not args.no_progress)
+            if args.compare_gt:  # structured answers: parsed fields and per-field scores per record
+                from .evaluate.structured import annotate_predictions
+
+                annotate_predictions(args.out)
             print_summary(counts)
     except EngineError as e:
         raise CLIError(str(e)) from e

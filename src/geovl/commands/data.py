@@ -12,10 +12,4 @@ def register(sub) -> None:
     p.set_defaults(_group_parser=p)
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     for name in SUBCOMMANDS:
-        try:  # TEMPORARY during parallel development; removed before landing
-            mod = importlib.import_module(f"geovl.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"geovl.commands.{name}":
-                raise
-            continue
-        mod.register(data_sub)
+        importlib.import_module(f"geovl.commands.{name}").register(data_sub)

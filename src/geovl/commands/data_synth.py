@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--max-buildings", type=int, default=6, metavar="N", help="most buildings in one image (default 6)")
     p.add_argument("--tasks", default="all", help="question tasks, comma-separated (default all): presence, count, area, compare, "
                    "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt)")
+    p.add_argument("--presence-classes", default=None, metavar="LIST",
+                   help="classes asked about in presence questions (default: cropland,forest,water,bare,road)")
     p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet",
                    help="dataset file format (jsonl: images as files beside it; convert later with `geovl data convert --from messages`)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)")
@@ -70,6 +72,7 @@ def run(args) -> int:
             progress=not args.no_progress,
             tasks=args.tasks,
             fmt=args.format,
+            presence_classes=args.presence_classes,
         )
     except SynthError as e:
         raise CLIError(str(e)) from e

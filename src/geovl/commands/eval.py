@@ -43,6 +43,13 @@ def register(sub) -> None:
         help="answer yes/no and choice questions by the candidate with the highest log-probability (local models); "
         "shows what an untrained model prefers (its free generation is junk, scoring 0 %% rather than chance)",
     )
+    p.add_argument(
+        "--dialogue",
+        action="store_true",
+        help="multi-turn mode (MMDU-style): answer every turn of each dialogue with the model's own earlier answers in "
+        "the history; one record per dialogue {id, source, turns: [{question, reference, prediction, n_images}], meta} "
+        "for `geovl judge` / 多轮对话评测",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.eval:run"))
 
@@ -111,10 +118,29 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 0:
         raise CLIError(f"--limit must be >= 0, got {args.limit}")
     params = params_from_args(args)
+    if getattr(args, "dialogue", False):
+        return run_dialogue_mode(args, params)
     engine = open_engine_from_args(args)
     try:
         counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress, forced_choice=args.forced_choice)
     except EngineError as e:
         raise CLIError(str(e)) from e
     print_summary(counts)
+    return 0
+
+
+def run_dialogue_mode(args, params) -> int:
+    """``geovl eval --dialogue``: :func:`geovl.evaluate.dialogue.run_dialogues`."""
+    from geovl.cli import CLIError
+    from geovl.evaluate.dialogue import print_dialogue_summary, run_dialogues
+    from geovl.serve import EngineError
+
+    if args.forced_choice:
+        raise CLIError("--forced-choice and --dialogue cannot be combined (dialogue answers are free text)")
+    engine = open_engine_from_args(args)
+    try:
+        counts = run_dialogues(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress)
+    except EngineError as e:
+        raise CLIError(str(e)) from e
+    print_dialogue_summary(counts)
     return 0

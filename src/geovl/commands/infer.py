@@ -27,7 +27,7 @@ def register(sub) -> None:
     src.add_argument("--data", metavar="FILE", help="dataset file (.parquet/.jsonl) (needs --out)")
     p.add_argument("--question", "-q", help="the question (with --image / --images)")
     p.add_argument("--out", help="results file (.jsonl)")
-    p.add_argument("--compare-gt", action="store_true", help="with --data: add the reference answer and a correct flag")
+    p.add_argument("--compare-gt", action="store_true", help="with --data: add the reference answer and a correct flag (structured answers: parsed fields and per-field scores)")
     p.add_argument("--limit", type=int, default=None, help="with --data: only the first N samples")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (bitsandbytes; CUDA only)")

@@ -24,7 +24,8 @@ def register(sub) -> None:
         help="serve a model over an OpenAI-compatible HTTP API / 启动 OpenAI 兼容接口",
         description=(
             "Serve a local model (+ adapter) at /v1/chat/completions (OpenAI format, streaming with stream=true), "
-            "/v1/models and /health. Binds 127.0.0.1 unless --host says otherwise. Images come as data: URIs; "
+            "/v1/models and /health; GeoTIFF measurement and grounded answers at /v1/geo/measure, /v1/geo/ask and "
+            "with the request extension \"geovl\": {\"grounded\": true} (docs/serving.md). Binds 127.0.0.1 unless --host says otherwise. Images come as data: URIs; "
             "http(s) URLs only with --allow-http-images, local paths/file:// only inside --allowed-image-dir. "
             "以 OpenAI 兼容接口提供模型服务。"
         ),

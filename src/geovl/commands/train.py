@@ -19,3 +19,14 @@ def register(sub) -> None:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     s.set_defaults(func=run_lazy("geovl.train.sft:run"))
+    g = tsub.add_parser(
+        "grpo",
+        help="GRPO with rule-based rewards (yes/no, count, area, open; plugins) / 强化学习对齐",
+        description="GRPO on TRL's GRPOTrainer with the rewards of `geovl rewards score`. Start from a base model, "
+        "a full fine-tuned folder or an SFT LoRA adapter (final/). Recipe keys can be overridden as key=value, e.g. "
+        "model=DIR train_data=FILE output_dir=OUT max_steps=100 num_generations=4 reward_file=my_rewards.py",
+    )
+    g.add_argument("recipe", help="YAML recipe (see recipes/grpo-*.yaml)")
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    g.set_defaults(func=run_lazy("geovl.train.grpo:run"))

@@ -14,8 +14,10 @@ def register(sub) -> None:
         help="web app for image Q&A (Chinese/English) / 启动网页问答界面",
         description=(
             "A Gradio web app: upload images, ask questions (quick-question buttons), streamed answers, multi-turn "
-            "chat that remembers earlier images. Runs a local model (--model) or talks to an OpenAI-compatible "
-            "server (--api). Binds 127.0.0.1; --share is off unless asked. 县域国土空间智能问答网页。"
+            "chat that remembers earlier images. GeoTIFFs (one date, or before/after) are measured (areas per class in "
+            "m², km², 公顷, 亩, change matrix) and answered with the measured figures in the prompt; a button maps "
+            "flagged tiles. Runs a local model (--model) or talks to an OpenAI-compatible server (--api). Binds "
+            "127.0.0.1; --share is off unless asked. 县域国土空间智能问答网页。"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -29,4 +31,6 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the answer-length slider")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024, help="per uploaded image")
     p.add_argument("--max-images", type=int, default=8, help="images per conversation")
+    p.add_argument("--no-geo", action="store_true",
+                   help="plain chat only: no GeoTIFF measurement, grounded answers or flags maps in the side panel")
     p.set_defaults(func=run_lazy("geovl.serve.webapp:run"))

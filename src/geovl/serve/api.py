@@ -11,6 +11,8 @@
   open so load balancers can probe it.
 - Images: :mod:`geovl.serve.images` (data URIs; http(s) only when allowed; local files only inside
   the allowed folder).
+- Georeferenced measurement and grounded answers: ``POST /v1/geo/measure``, ``POST /v1/geo/ask`` and
+  the ``"geovl": {"grounded": true}`` extension of chat completions (:mod:`geovl.serve.geo_api`).
 """
 
 from __future__ import annotations
@@ -158,10 +160,16 @@ def create_app(engine, config: ServerConfig):
                 images.append(await run_in_threadpool(fetch_image, ref, config.limits))
             except ImageRefError as e:
                 raise _image_error(e, i) from None
-        req = build_request(parsed, images)
+        geo = None
+        if obj.get("geovl") is not None:  # request extension: a grounded answer about GeoTIFFs (geo_api)
+            from .geo_api import ground_chat
+
+            req, geo = await ground_chat(obj["geovl"], parsed, images, engine, config)
+        if geo is None:
+            req = build_request(parsed, images)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(req, params, include_usage), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(_sse(req, params, include_usage, geo), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             fut = batcher.submit(req, params)
         except QueueFull as e:
@@ -174,9 +182,10 @@ def create_app(engine, config: ServerConfig):
             if type(e).__name__ == "ImageError":
                 raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
             raise
-        return completion(new_id(), config.served_model_name, text, usage)
+        out = completion(new_id(), config.served_model_name, text, usage)
+        return out | {"geovl": geo} if geo is not None else out
 
-    async def _sse(req, params, include_usage: bool):
+    async def _sse(req, params, include_usage: bool, geo: dict | None = None):
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -202,7 +211,8 @@ def create_app(engine, config: ServerConfig):
                 put(("error", e))
 
         cid, created, model = new_id(), int(time.time()), config.served_model_name
-        yield _event(chunk(cid, model, created, {"role": "assistant", "content": ""}))
+        first = chunk(cid, model, created, {"role": "assistant", "content": ""})
+        yield _event(first | {"geovl": geo} if geo is not None else first)
         threading.Thread(target=work, name="geovl-sse", daemon=True).start()
         try:
             while True:
@@ -223,6 +233,9 @@ def create_app(engine, config: ServerConfig):
         finally:
             cancelled.set()  # client gone: the worker stops at the next delta
 
+    from .geo_api import add_geo_routes
+
+    add_geo_routes(app, engine, config, batcher, check_key)
     return app
 
 

@@ -8,7 +8,23 @@ The conversation lives in a ``gr.State`` as geovl-schema messages + image bytes 
 every turn's images stay in place, so a follow-up question is answered with the earlier images in
 the prompt. Answers stream from ``engine.stream`` (any engine: local model or an OpenAI-compatible
 server). The measurement panel is filled by an optional ``panel_hook(PanelContext) -> PanelResult``
-called after every answer — the place where measurements and maps plug in later.
+called after every answer.
+
+An optional ``extension`` (``ChatApp(engine, extension=ext)``; :class:`geovl.serve.geo_panel.GeoPanel`
+is the one geovl ships) adds controls to the panel and may take over a turn:
+
+- ``ext.build(app, lang)`` — called inside the panel group: create components;
+- ``ext.inputs`` — components whose values are passed to ``ext.route`` (appended to the inputs of
+  the send / quick-question / retry events);
+- ``ext.wire(app, parts)`` — attach the extension's own events; ``parts`` names the page's components
+  (``msg``, ``chatbot``, ``conv``, ``panel_content``, ``panel_map``, ``lang_switch``) and ``run``
+  (the keyword arguments that serialise engine use);
+- ``ext.route(TurnContext) -> Route | None`` — called before generation: ``Route.deltas`` replaces
+  ``engine.stream(conversation)`` as the answer's text deltas (``None`` keeps the plain path) and
+  ``Route.panel`` is shown before generation starts;
+- ``ext.panel_hook`` — used as the panel hook when none is given.
+
+Per-conversation data of an extension lives in ``Conversation.extras`` (cleared with the chat).
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ class PanelContext:
     question: str
     answer: str
     lang: str
+    extras: dict = field(default_factory=dict)  # Conversation.extras (extension data of this conversation)
 
 
 @dataclass
@@ -52,9 +69,28 @@ PanelHook = Callable[[PanelContext], "PanelResult | None"]
 class Conversation:
     messages: list[dict] = field(default_factory=list)
     images: list[bytes] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # per-conversation data of an extension
 
     def request(self) -> ChatRequest:
         return ChatRequest(list(self.messages), list(self.images))
+
+
+@dataclass
+class TurnContext:
+    """What an extension's ``route`` sees before an answer is generated."""
+
+    files: list[str]  # files uploaded with this turn (empty for follow-ups and retries)
+    question: str
+    conv: Conversation  # including the new user turn
+    lang: str
+    params: GenerationParams
+    extra: tuple = ()  # values of ``extension.inputs``
+
+
+@dataclass
+class Route:
+    deltas: Any = None  # iterable of the answer's text deltas; None: engine.stream(conversation)
+    panel: PanelResult | None = None  # shown before generation starts
 
 
 class ChatApp:
@@ -67,10 +103,12 @@ class ChatApp:
         max_images: int = 8,
         max_new_tokens: int = 256,
         where: str | None = None,
+        extension=None,
     ):
         self.engine = engine
         self.lang = lang if lang in LANGS else "zh"
-        self.panel_hook = panel_hook
+        self.extension = extension
+        self.panel_hook = panel_hook if panel_hook is not None else getattr(extension, "panel_hook", None)
         self.limits = ImageLimits(max_image_bytes=max_upload_bytes, max_images=max_images)
         self.max_new_tokens = int(max_new_tokens)
         self.where = where  # None: local model
@@ -113,15 +151,25 @@ class ChatApp:
     def _params(self, temperature, max_new) -> GenerationParams:
         return GenerationParams(max_new_tokens=int(max_new or self.max_new_tokens), temperature=float(temperature or 0.0))
 
-    def _stream(self, history: list, conv: Conversation, lang: str, params: GenerationParams, question: str, clear_box: bool = True):
+    def _route(self, files: list[str], question: str, conv: Conversation, lang: str, params: GenerationParams, extra: tuple):
+        if self.extension is None:
+            return None
+        return self.extension.route(TurnContext(list(files), question, conv, lang, params, tuple(extra)))
+
+    def _stream(self, history: list, conv: Conversation, lang: str, params: GenerationParams, question: str, clear_box: bool = True,
+                route: Route | None = None):
         """Append the answer to ``history`` as it streams; yields the handler outputs."""
         import gradio as gr
 
         history.append({"role": "assistant", "content": ""})
-        yield gr.MultimodalTextbox(value=None) if clear_box else gr.skip(), history, conv, gr.skip(), gr.skip()
+        panel = (gr.skip(), gr.skip())
+        if route is not None and route.panel is not None:
+            panel = (route.panel.markdown, gr.Image(value=route.panel.image, visible=route.panel.image is not None))
+        yield gr.MultimodalTextbox(value=None) if clear_box else gr.skip(), history, conv, *panel
         answer = ""
         try:
-            for delta in self.engine.stream(conv.request(), params):
+            deltas = route.deltas if route is not None and route.deltas is not None else self.engine.stream(conv.request(), params)
+            for delta in deltas:
                 answer += delta
                 history[-1] = {"role": "assistant", "content": answer}
                 yield gr.skip(), history, conv, gr.skip(), gr.skip()
@@ -142,7 +190,7 @@ class ChatApp:
         if self.panel_hook is None:
             return gr.skip(), gr.skip()
         try:
-            res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang))
+            res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang, conv.extras))
         except Exception as e:  # noqa: BLE001 - a failing hook must not break the chat
             log.exception("panel hook failed")
             return t("error_prefix", lang) + str(e)[:300], gr.Image(value=None, visible=False)
@@ -150,8 +198,8 @@ class ChatApp:
             return gr.skip(), gr.skip()
         return res.markdown, gr.Image(value=res.image, visible=res.image is not None)
 
-    def respond(self, message, history, conv, lang, temperature, max_new):
-        """Send the message box (text + attached images)."""
+    def respond(self, message, history, conv, lang, temperature, max_new, *extra):
+        """Send the message box (text + attached images); ``extra``: values of ``extension.inputs``."""
         message = message or {}
         text = (message.get("text") or "").strip()
         files = [f if isinstance(f, str) else f.get("path") for f in message.get("files") or []]
@@ -164,18 +212,19 @@ class ChatApp:
         loaded = [self.load_image(p, lang) for p in files]
         params = self._params(temperature, max_new)
         if conv.messages and conv.messages[-1]["role"] == "user":  # an earlier turn failed: replace it
-            conv = Conversation(conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])])
-        conv = Conversation(conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded])
+            conv = Conversation(conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])], conv.extras)
+        conv = Conversation(conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded], conv.extras)
         content = [{"path": shown} for _, shown in loaded] + ([text] if text else [])
         history.append({"role": "user", "content": content})
-        yield from self._stream(history, conv, lang, params, text)
+        route = self._route(files, text, conv, lang, params, extra)
+        yield from self._stream(history, conv, lang, params, text, route=route)
 
-    def quick(self, question, message, history, conv, lang, temperature, max_new):
+    def quick(self, question, message, history, conv, lang, temperature, max_new, *extra):
         """A quick-question button: its text plus the images attached in the message box."""
         files = (message or {}).get("files") or []
-        yield from self.respond({"text": question, "files": files}, history, conv, lang, temperature, max_new)
+        yield from self.respond({"text": question, "files": files}, history, conv, lang, temperature, max_new, *extra)
 
-    def retry(self, history, conv, lang, temperature, max_new):
+    def retry(self, history, conv, lang, temperature, max_new, *extra):
         conv = conv if isinstance(conv, Conversation) else Conversation()
         history = list(history or [])
         if not any(m["role"] == "user" for m in conv.messages):
@@ -183,11 +232,13 @@ class ChatApp:
         msgs = list(conv.messages)
         if msgs[-1]["role"] == "assistant":
             msgs.pop()
-        conv = Conversation(msgs, list(conv.images))
+        conv = Conversation(msgs, list(conv.images), conv.extras)
         while history and history[-1]["role"] == "assistant":
             history.pop()
         question = "".join(p.get("text") or "" for p in msgs[-1]["content"] if p.get("type") == "text")
-        yield from self._stream(history, conv, lang, self._params(temperature, max_new), question, clear_box=False)
+        params = self._params(temperature, max_new)
+        route = self._route([], question, conv, lang, params, extra)
+        yield from self._stream(history, conv, lang, params, question, clear_box=False, route=route)
 
     def clear(self, lang):
         import gradio as gr
@@ -226,6 +277,8 @@ class ChatApp:
                         panel_heading = gr.Markdown(t("panel_heading", lang), elem_id="panel-heading")
                         panel_content = gr.Markdown(t("panel_empty", lang), elem_id="panel-content")
                         panel_map = gr.Image(visible=False, interactive=False, show_label=False, elem_id="panel-map")
+                        if self.extension is not None:
+                            self.extension.build(self, lang)
                     with gr.Accordion(t("settings", lang), open=False, elem_id="settings") as settings:
                         temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label=t("temperature", lang), elem_id="temperature")
                         max_new = gr.Slider(8, 2048, value=self.max_new_tokens, step=8, label=t("max_new_tokens", lang), elem_id="max-new-tokens")
@@ -234,7 +287,7 @@ class ChatApp:
                     model_line = gr.Markdown(t("model_line", lang, name=getattr(self.engine, "name", "?")), elem_id="model-line")
 
             outs = [msg, chatbot, conv, panel_content, panel_map]
-            settings_in = [lang_switch, temperature, max_new]
+            settings_in = [lang_switch, temperature, max_new, *(self.extension.inputs if self.extension is not None else [])]
             run = dict(concurrency_limit=1, concurrency_id="engine")  # one generation at a time: the engine is not re-entrant
             msg.submit(self.respond, [msg, chatbot, conv, *settings_in], outs, **run)
             for b in quick:
@@ -269,6 +322,9 @@ class ChatApp:
                 [lang_switch, panel_content],
                 [title, lang_switch, chatbot, msg, quick_heading, *quick, retry, clear, panel_heading, panel_content, settings, temperature, max_new, about, limits, model_line],
             )
+            if self.extension is not None:
+                parts = dict(msg=msg, chatbot=chatbot, conv=conv, panel_content=panel_content, panel_map=panel_map, lang_switch=lang_switch)
+                self.extension.wire(self, parts | {"run": run})
         self.demo = demo
         return demo
 
@@ -294,6 +350,8 @@ def _user_error(msg: str):
 CSS = """
 #panel { min-height: 240px; border: 1px dashed var(--border-color-primary); padding: 8px 12px; }
 #panel-heading h3 { margin-top: 0; }
+#panel-content table { font-size: 0.85em; display: block; overflow-x: auto; max-width: 100%; }
+#panel-content th, #panel-content td { white-space: nowrap; padding: 2px 6px; }
 """
 THEME_FONTS = ["system-ui", "WenQuanYi Micro Hei", "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "sans-serif"]
 
@@ -344,6 +402,12 @@ def run(args) -> int:
         from geovl.commands.serve import open_local_engine
 
         engine, where = open_local_engine(args), None
-    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens, where=where)
+    extension = None
+    if not getattr(args, "no_geo", False):
+        from .geo_panel import GeoPanel
+
+        extension = GeoPanel(engine)
+    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
+                  where=where, extension=extension)
     launch(app, host=args.host, port=args.port, share=args.share)
     return 0

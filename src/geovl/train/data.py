@@ -1,6 +1,7 @@
 """Training data: dataset files → processed model inputs with assistant-only labels.
 
-- Samples are read from Parquet memory-mapped (images are paged in when used) or JSONL.
+- Samples are read from Parquet one row group at a time (bounded memory, see :class:`ParquetRows`)
+  or from JSONL (loaded whole: JSONL is for small sets).
 - A pre-pass computes each sample's exact sequence length (chat template + tokenizer for the
   text, registry token maths for the images, from image headers only). A sample over the
   per-sample visual-token budget or the sequence budget is dropped whole and recorded — never
@@ -17,7 +18,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,39 +32,87 @@ from ..data.schema import COLUMNS
 IGNORE = -100
 
 
-def _open_table(path: Path) -> pa.Table | list[dict]:
-    if not path.exists():
-        raise DatasetFileError(f"{path}: no such dataset file")
-    if path.suffix == ".parquet":
+class ParquetRows:
+    """Random access to the rows of a geovl Parquet file with bounded memory.
+
+    Rows are read one row group at a time (the writer makes groups of 64) and the last few groups
+    are kept decoded, so memory stays at a few row groups however large the file is — a whole-file
+    ``read_table`` would hold every (decompressed) image in RAM. Each process (DataLoader worker)
+    opens its own file handle."""
+
+    CACHE = 4
+
+    def __init__(self, path: Path):
+        self.path = path
         try:
-            table = pq.read_table(path, memory_map=True)
-        except Exception as e:  # noqa: BLE001
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise DatasetFileError(f"{path}: not a readable Parquet file ({e})") from e
-        missing = [c for c in COLUMNS if c != "meta" and c not in table.column_names]
+        names = pf.schema_arrow.names
+        missing = [c for c in COLUMNS if c != "meta" and c not in names]
         if missing:
             raise DatasetFileError(
                 f"{path}: missing column(s) {missing}; expected a geovl dataset with columns {list(COLUMNS)} "
                 "(convert your data with `geovl data convert`)"
             )
-        return table
+        self.columns = [c for c in COLUMNS if c in names]
+        self.starts = [0]
+        for g in range(pf.metadata.num_row_groups):
+            self.starts.append(self.starts[-1] + pf.metadata.row_group(g).num_rows)
+        self._pf, self._pid = None, None
+        self._cache: dict[int, pa.Table] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getstate__(self):  # file handles and decoded groups are per process
+        return {**self.__dict__, "_pf": None, "_pid": None, "_cache": {}}
+
+    def __getitem__(self, i: int) -> dict:
+        import bisect
+        import os
+
+        if self._pid != os.getpid():
+            self._pf, self._pid, self._cache = pq.ParquetFile(self.path), os.getpid(), {}
+        g = bisect.bisect_right(self.starts, i) - 1
+        table = self._cache.pop(g, None)
+        if table is None:
+            table = self._pf.read_row_group(g, columns=self.columns)
+            while len(self._cache) >= self.CACHE:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[g] = table  # most recently used last
+        return row_to_sample(table.slice(i - self.starts[g], 1).to_pylist()[0])
+
+
+def _open_table(path: Path) -> ParquetRows | list[dict]:
+    if not path.exists():
+        raise DatasetFileError(f"{path}: no such dataset file")
+    if path.suffix == ".parquet":
+        return ParquetRows(path)
     return list(read_samples(path))
 
 
 def _row(table, i: int) -> dict:
-    if isinstance(table, list):
-        return table[i]
-    return row_to_sample(table.slice(i, 1).to_pylist()[0])
+    return table[i]
 
 
-def assistant_label_mask(input_ids: Sequence[int], start_marker: Sequence[int], end_id: int) -> list[bool]:
-    """True for tokens of every assistant answer (after the start marker, through ``end_id``)."""
+def assistant_label_mask(
+    input_ids: Sequence[int], start_marker: Sequence[int], end_id: int, newline_led: Collection[int] = ()
+) -> list[bool]:
+    """True for tokens of every assistant answer (after the start marker, through ``end_id``).
+
+    ``start_marker`` is the token ids of ``<|im_start|>assistant\\n``. An answer that itself begins
+    with a newline merges with the marker's ``\\n`` into one token (``\\n\\n``); ``newline_led`` (ids of
+    tokens that start with a newline) lets such a turn still be found: its labels start after that
+    merged token."""
     ids = list(input_ids)
     m = list(start_marker)
+    head = m[:-1]
     mask = [False] * len(ids)
     i = 0
     n = len(m)
-    while i <= len(ids) - n:
-        if ids[i : i + n] == m:
+    while i <= len(ids) - len(head) - 1:
+        if ids[i : i + n] == m or (newline_led and ids[i : i + n - 1] == head and ids[i + n - 1] in newline_led):
             j = i + n
             while j < len(ids):
                 mask[j] = True
@@ -76,14 +125,27 @@ def assistant_label_mask(input_ids: Sequence[int], start_marker: Sequence[int], 
     return mask
 
 
+def newline_led_ids(tokenizer) -> frozenset[int]:
+    """Ids of tokens whose text starts with a newline (byte-level BPE shows ``\\n`` as ``Ċ``)."""
+    return frozenset(i for t, i in tokenizer.get_vocab().items() if t.startswith(("Ċ", "\n")) and len(t) > 1)
+
+
 @dataclass
 class Dropped:
     id: str
     reason: str
     detail: str
+    file: str = ""
 
 
 class SFTDataset(torch.utils.data.Dataset):
+    """Samples of one or more dataset files that fit the budgets, with their exact lengths.
+
+    ``lengths[i]`` is the number of LLM input tokens sample ``i`` becomes (text + image tokens);
+    ``dropped`` lists every sample left out whole, with the reason (``bad_schema``, ``bad_image``,
+    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``). Counts conserve:
+    ``read == kept + dropped``."""
+
     def __init__(
         self,
         paths: Sequence[str | Path],
@@ -95,55 +157,73 @@ class SFTDataset(torch.utils.data.Dataset):
         max_pixels: int | None = None,
         progress: bool = True,
     ):
-        from ..data.inspect import image_size
-
         self.processor = processor
         self.tok = processor.tokenizer
         self.family = family
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.max_visual_tokens = max_visual_tokens
+        self.max_length = max_length
         self.start_marker = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
-        self.tables = [_open_table(Path(p)) for p in paths]
+        self.newline_led = newline_led_ids(self.tok)
+        self.paths = [Path(p) for p in paths]
+        self.tables = [_open_table(p) for p in self.paths]
         self.index: list[tuple[int, int]] = []
         self.lengths: list[int] = []
         self.ids: list[str] = []
         self.dropped: list[Dropped] = []
         self.n_read = 0
-        total = sum(len(t) if isinstance(t, list) else t.num_rows for t in self.tables)
-        it = ((ti, ri) for ti, t in enumerate(self.tables) for ri in range(len(t) if isinstance(t, list) else t.num_rows))
+        total = sum(len(t) for t in self.tables)
+        it = ((ti, ri) for ti, t in enumerate(self.tables) for ri in range(len(t)))
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(it, total=total, desc="measure samples", unit="sample", leave=False)
+            it = tqdm(it, total=total, desc="measure samples / 统计样本", unit="sample", leave=False)
         for ti, ri in it:
             s = _row(self.tables[ti], ri)
             self.n_read += 1
-            vis = 0
-            for b in s["images"]:
-                w, h = image_size(b)
-                vis += family.image_tokens(h, w, min_pixels, max_pixels)
-            text = processor.apply_chat_template(s["messages"], tokenize=False)
-            text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
-            n_text = len(text_ids)
-            length = n_text + vis - len(s["images"])
-            if max_visual_tokens is not None and vis > max_visual_tokens:
-                self.dropped.append(Dropped(s["id"], "over_visual_token_budget", f"{vis} > {max_visual_tokens}"))
-                continue
-            if max_length is not None and length > max_length:
-                self.dropped.append(Dropped(s["id"], "over_max_length", f"{length} > {max_length}"))
-                continue
-            if not any(assistant_label_mask(text_ids, self.start_marker, self.end_id)):
-                self.dropped.append(Dropped(s["id"], "no_assistant_tokens", "nothing to learn in this sample"))
+            try:
+                length = self._measure(s)
+            except _Drop as d:
+                self.dropped.append(Dropped(str(s.get("id", f"row{ri}")), d.reason, d.detail, str(self.paths[ti])))
                 continue
             self.index.append((ti, ri))
             self.lengths.append(length)
             self.ids.append(s["id"])
 
+    def _measure(self, s: dict) -> int:
+        """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
+        from ..data.inspect import image_size
+        from ..data.schema import SampleError, validate_sample
+
+        try:
+            validate_sample(s)
+        except SampleError as e:
+            raise _Drop(e.reason, e.detail) from None
+        vis = 0
+        for k, b in enumerate(s["images"]):
+            try:
+                w, h = image_size(b)
+                vis += self.family.image_tokens(h, w, self.min_pixels, self.max_pixels)
+            except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
+                raise _Drop("bad_image", f"image {k}: {e}") from None
+        text = self.processor.apply_chat_template(s["messages"], tokenize=False)
+        text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
+        if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
+            raise _Drop("over_visual_token_budget", f"{vis} visual tokens > max_visual_tokens={self.max_visual_tokens}")
+        if self.max_length is not None and length > self.max_length:
+            raise _Drop("over_max_length", f"{length} tokens > max_length={self.max_length}")
+        if not any(assistant_label_mask(text_ids, self.start_marker, self.end_id, self.newline_led)):
+            raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
+        return length
+
     def __len__(self) -> int:
         return len(self.index)
 
     def write_dropped(self, path: str | Path) -> None:
+        """One JSON line per dropped sample: id, reason, detail, file."""
         with open(path, "w", encoding="utf-8") as f:
             for d in self.dropped:
                 f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
@@ -160,15 +240,24 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
-        return encode_sample(self.processor, s, self.start_marker, self.end_id)
+        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
 
 
-def encode_sample(processor, s: dict, start_marker, end_id) -> dict:
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = ()) -> dict:
+    """Process one sample: ``input_ids`` with image pads expanded, ``labels`` = ids on assistant tokens
+    of every assistant turn and -100 elsewhere, image patches and grids."""
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]
     text = processor.apply_chat_template(s["messages"], tokenize=False)
     enc = processor(text=[text], images=images or None, return_tensors="pt")
     ids = enc["input_ids"][0]
-    mask = torch.tensor(assistant_label_mask(ids.tolist(), start_marker, end_id), dtype=torch.bool)
+    mask = torch.tensor(assistant_label_mask(ids.tolist(), start_marker, end_id, newline_led), dtype=torch.bool)
     labels = torch.where(mask, ids, torch.full_like(ids, IGNORE))
     out = {
         "input_ids": ids,
@@ -196,14 +285,14 @@ class SFTCollator:
         input_ids = torch.full((b, n), self.pad, dtype=torch.long)
         attention = torch.zeros((b, n), dtype=torch.long)
         labels = torch.full((b, n), IGNORE, dtype=torch.long)
-        has_mm = "mm_token_type_ids" in features[0]
+        has_mm = any("mm_token_type_ids" in f for f in features)
         mm = torch.zeros((b, n), dtype=torch.long) if has_mm else None
         for i, f in enumerate(features):
             L = f["input_ids"].shape[0]
             input_ids[i, :L] = f["input_ids"]
             attention[i, :L] = f["attention_mask"]
             labels[i, :L] = f["labels"]
-            if has_mm:
+            if has_mm and "mm_token_type_ids" in f:
                 mm[i, :L] = f["mm_token_type_ids"]
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if has_mm:

@@ -21,9 +21,10 @@ class ModelSetupError(ValueError):
     pass
 
 
-def _check_quantization(quantization: str):
+def check_quantization(quantization: str) -> None:
+    """Refuse 4bit/8bit (QLoRA) where it cannot run: no CUDA device or no bitsandbytes."""
     if quantization == "none":
-        return None
+        return
     if not torch.cuda.is_available():
         raise ModelSetupError(
             f"quantization={quantization} (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device. "
@@ -33,6 +34,12 @@ def _check_quantization(quantization: str):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ModelSetupError("quantization needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def _quantization_config(quantization: str):
+    check_quantization(quantization)
+    if quantization == "none":
+        return None
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
@@ -54,6 +61,21 @@ def top_level_matches(model, pattern: str) -> list[str]:
     """Names of modules fully matching ``pattern`` (not their children)."""
     rx = re.compile(pattern)
     return [n for n, _ in model.named_modules() if rx.fullmatch(n)]
+
+
+def llm_body_modules(model, family: Family) -> list[str]:
+    """The LLM's decoder layers and final norm (not the embeddings: those follow ``tune_embeddings``),
+    as module names — what ``tune_llm=full`` trains, with or without LoRA elsewhere."""
+    names = top_level_matches(model, family.llm_layers)
+    prefix = family.llm_prefix + "."
+    emb = re.compile(family.embed_tokens)
+    for n, mod in model.named_modules():
+        if not n.startswith(prefix) or n.count(".") != family.llm_prefix.count(".") + 1:
+            continue
+        if n.rsplit(".", 1)[1] == "layers" or emb.fullmatch(n) or not any(True for _ in mod.parameters()):
+            continue
+        names.append(n)
+    return names
 
 
 def setup_trainable(model, family: Family, recipe) -> tuple[torch.nn.Module, list[str]]:
@@ -82,7 +104,7 @@ def setup_trainable(model, family: Family, recipe) -> tuple[torch.nn.Module, lis
     if "embed" in full_parts:
         modules_to_save += top_level_matches(model, family.embed_tokens) + top_level_matches(model, family.lm_head)
     if "llm" in full_parts:
-        modules_to_save.append(family.llm_prefix)
+        modules_to_save += llm_body_modules(model, family)
     if "vision" in full_parts:
         modules_to_save += top_level_matches(model, family.vision_blocks) + top_level_matches(model, family.vision_embed)
     cfg = LoraConfig(
@@ -93,9 +115,16 @@ def setup_trainable(model, family: Family, recipe) -> tuple[torch.nn.Module, lis
         target_modules=family.lora_targets(lora_parts),
         modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
+        # a tied-embedding base (Qwen2.5-VL-3B): train embed_tokens and lm_head as one matrix, as the base has
+        ensure_weight_tying="embed" in full_parts and _ties_embeddings(model),
     )
     model = get_peft_model(model, cfg)
     return model, modules_to_save
+
+
+def _ties_embeddings(model) -> bool:
+    cfgs = [model.config, getattr(model.config, "text_config", None)]
+    return any(getattr(c, "tie_word_embeddings", False) for c in cfgs if c is not None)
 
 
 def part_of_param(family: Family, name: str) -> str:
@@ -170,10 +199,18 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
     kw = {"dtype": resolve_dtype(precision)}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    q = _check_quantization(quantization)
+    q = _quantization_config(quantization)
     if q is not None:
         kw["quantization_config"] = q
-    processor = load_processor(folder)
+    try:
+        processor = load_processor(folder)
+    except (OSError, ValueError) as e:
+        raise ModelSetupError(
+            f"{folder}: no usable image-text processor in this model folder ({str(e).splitlines()[0]}).\n"
+            "  Fix: a model folder needs the processor files (preprocessor_config.json or processor_config.json, tokenizer files, "
+            "chat template) next to config.json: copy them from the base model, or save them with "
+            "AutoProcessor.from_pretrained(BASE).save_pretrained(FOLDER)."
+        ) from e
     model = AutoModelForImageTextToText.from_pretrained(str(folder), **kw)
     if get_family(model.config).key != family.key:  # pragma: no cover - defensive
         raise ModelSetupError(f"{folder}: config says {family.key} but the loaded model is {model.config.model_type}")

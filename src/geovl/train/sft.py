@@ -3,6 +3,14 @@
 parse recipe → load model + processor (registry family from config.model_type) → apply the
 preprocessing config → measure and filter samples → decide what trains → Trainer → ``OUT/final``
 (adapter or full weights, processor, preprocessing config, resolved recipe).
+
+Options that cannot work on this machine (quantization / Liger / fp16 without CUDA, DeepSpeed
+without the package, a missing DeepSpeed config) are refused before anything is loaded or written.
+
+Distributed runs: start with ``torchrun --nproc_per_node N -m geovl train sft ...`` (or
+``accelerate launch``); rank 0 writes the files. With the environment variable
+``GEOVL_RANK_STATE=1`` every rank also writes ``OUT/rank{N}.json`` (a fingerprint of its trained
+weights and the sample ids it saw; see :class:`geovl.train.trainer.RankStateCallback`).
 """
 
 from __future__ import annotations
@@ -50,20 +58,51 @@ def check_report_to(report_to: list[str]) -> list[str]:
     return out
 
 
+def preflight(recipe) -> None:
+    """Refuse options this machine cannot run, before anything is loaded or written.
+
+    Works on any recipe dataclass (SFT, GRPO): a key the recipe does not have is not checked."""
+    import importlib.util
+
+    import torch
+
+    from .model_setup import check_quantization
+
+    get = lambda k, d=None: getattr(recipe, k, d)  # noqa: E731
+    cuda = torch.cuda.is_available()
+    check_quantization(get("quantization", "none"))
+    if get("use_liger", False):
+        if not cuda:
+            raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise RecipeError("use_liger=true needs the liger-kernel package: pip install liger-kernel")
+    if get("precision") == "fp16" and not cuda:
+        raise RecipeError("precision=fp16 needs a CUDA GPU; use precision=auto (fp32 here, bf16 on a bf16 GPU)")
+    if not 0.0 <= get("warmup_ratio", 0.0) < 1.0:
+        raise RecipeError(f"warmup_ratio must be in [0, 1) (a share of all steps), got {get('warmup_ratio')}")
+    if get("batch_size", 1) < 1 or get("grad_accum", 1) < 1:
+        raise RecipeError("batch_size and grad_accum must be at least 1")
+    if get("deepspeed"):
+        ds = Path(get("deepspeed"))
+        if not ds.is_file():
+            raise RecipeError(f"deepspeed={ds}: config file not found (ready ones: recipes/deepspeed/zero2.json, zero3.json, zero3_offload.json)")
+        try:
+            json.loads(ds.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{ds}: not valid JSON ({e})") from e
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RecipeError(
+                f"deepspeed={ds}: the deepspeed package is not installed (pip install deepspeed; it needs CUDA GPUs). "
+                "Remove the deepspeed key to train with plain DDP / a single device."
+            )
+    check_report_to(get("report_to", []))
+
+
 def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
     import torch
     from transformers import TrainingArguments
 
-    if recipe.use_liger:
-        if not torch.cuda.is_available():
-            raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
-        import importlib.util
-
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise RecipeError("use_liger=true needs the liger-kernel package: pip install liger-kernel")
     use_cpu = not torch.cuda.is_available()
-    # TensorBoard event files go to OUT/tensorboard (transformers 5 reads this variable)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(recipe.output_dir) / "tensorboard"))
     kw = dict(
         output_dir=recipe.output_dir,
         per_device_train_batch_size=recipe.batch_size,
@@ -74,7 +113,7 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
         lr_scheduler_type=recipe.lr_scheduler,
-        warmup_steps=recipe.warmup_ratio,
+        warmup_steps=recipe.warmup_ratio,  # a float < 1 is a share of all steps in transformers 5
         logging_steps=recipe.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -83,10 +122,11 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
         seed=recipe.seed,
         data_seed=recipe.seed,
         dataloader_num_workers=recipe.num_workers,
+        dataloader_persistent_workers=recipe.num_workers > 0,  # no worker start-up cost every epoch
         remove_unused_columns=False,
         report_to=check_report_to(recipe.report_to),
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        activation_checkpointing=recipe.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         use_cpu=use_cpu,
         bf16=str(dtype) == "torch.bfloat16" and not use_cpu,
@@ -94,7 +134,8 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
         disable_tqdm=not recipe.progress_bar,
         use_liger_kernel=recipe.use_liger,
         deepspeed=recipe.deepspeed,
-        ddp_find_unused_parameters=False,
+        # a text-only batch leaves the vision tower / merger without gradients on that rank: DDP must know
+        ddp_find_unused_parameters=True,
     )
     if has_eval:
         kw.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps)
@@ -108,8 +149,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
     from ..models.preprocess import PreprocessConfig
     from .data import SFTCollator, SFTDataset
     from .model_setup import format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table
-    from .trainer import GeoVLTrainer, ProgressFileCallback, SaveExtrasCallback
+    from .trainer import GeoVLTrainer, ProgressFileCallback, RankStateCallback, SaveExtrasCallback, shutdown_dataloader_workers
 
+    preflight(recipe)
     out = Path(recipe.output_dir)
     resume_from = None
     if recipe.resume:
@@ -119,6 +161,11 @@ def train_sft(recipe: SFTRecipe) -> Path:
         _log(f"resuming from {resume_from}")
     elif (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")
+    elif last_checkpoint(out) is not None:
+        raise RecipeError(
+            f"{out} holds checkpoints of an unfinished run ({last_checkpoint(out).name}); pass --resume (resume=true) "
+            "to continue it, or choose another output_dir"
+        )
     out.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
     if _is_main():
@@ -134,15 +181,22 @@ def train_sft(recipe: SFTRecipe) -> Path:
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
 
     train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=_is_main())
-    if len(train_ds) == 0:
-        raise RecipeError(f"no trainable samples left in {recipe.train_data}: {train_ds.summary()}")
-    eval_ds = None
-    if recipe.eval_data:
-        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=False)
     if _is_main():
         train_ds.write_dropped(out / "dropped.jsonl")
         s = train_ds.summary()
         _log(f"train samples: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}")
+    if len(train_ds) == 0:
+        raise RecipeError(
+            f"no trainable samples left in {', '.join(map(str, recipe.train_data))}: {train_ds.summary()}; "
+            f"see {out / 'dropped.jsonl'} for each sample's reason (raise max_visual_tokens / max_length, or lower max_pixels)"
+        )
+    eval_ds = None
+    if recipe.eval_data:
+        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=False)
+        e = eval_ds.summary()
+        _log(f"eval samples: {e['kept']} kept of {e['read']} ({e['dropped']} over the budgets or invalid, not evaluated)")
+        if len(eval_ds) == 0:
+            raise RecipeError(f"eval_data {recipe.eval_data}: no usable samples ({e}); fix the file or remove eval_data")
 
     if recipe.gradient_checkpointing:
         model.config.use_cache = False
@@ -163,10 +217,15 @@ def train_sft(recipe: SFTRecipe) -> Path:
         param_groups_fn=lambda m: param_groups(m, family, recipe),
         lengths=train_ds.lengths,
     )
+    _tensorboard_into(trainer, out / "tensorboard")
     progress = ProgressFileCallback(out / "progress.jsonl", trainer)
     trainer.add_callback(progress)
     trainer.add_callback(SaveExtrasCallback(processor, pre))
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.add_callback(RankStateCallback(trainer))
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        shutdown_dataloader_workers(trainer)
 
     final = out / "final"
     trainer.save_model(str(final))
@@ -177,6 +236,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
         summary = {
             "family": family.key,
             "steps": trainer.state.global_step,
+            "resumed_from": str(resume_from) if resume_from else None,  # token counts below cover this process's part
+            "world_size": args.world_size,
+            "train_runtime_s": result.metrics.get("train_runtime"),
             "train_loss": result.training_loss,
             "samples": train_ds.summary(),
             "trainable": {k: {"trainable": t, "total": a} for k, (t, a) in table.items()},
@@ -190,6 +252,15 @@ def train_sft(recipe: SFTRecipe) -> Path:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(f"done: {trainer.state.global_step} steps, final weights in {final}")
     return final
+
+
+def _tensorboard_into(trainer, folder: Path) -> None:
+    """TensorBoard event files go to OUT/tensorboard (unless TENSORBOARD_LOGGING_DIR says otherwise)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(folder)
 
 
 def run(args) -> int:

@@ -2,26 +2,103 @@
 
 What it adds:
 - optimizer parameter groups per model part (own learning rates for vision / merger / LLM);
-- length-grouped batches from lengths measured in the dataset pre-pass (no re-processing);
+- length-grouped batches from lengths measured in the dataset pre-pass (no re-processing), in a
+  shuffled batch order that is re-seeded per epoch (so a resumed run sees the same batches);
 - a stop on NaN/inf loss that names the step and the sample ids of the batch;
 - a JSONL progress file (step, loss, lr, real tokens/s, % done, ETA) that a UI can tail;
-- the processor and the preprocessing config saved into every checkpoint.
+- the processor and the preprocessing config saved into every checkpoint;
+- optionally (``GEOVL_RANK_STATE=1``) a per-rank fingerprint of the trained weights, to check that
+  distributed ranks stayed in sync.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
+
+
+RANK_STATE_ENV = "GEOVL_RANK_STATE"  # =1: each rank writes OUT/rank{N}.json at the end (see RankStateCallback)
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class LengthGroupedOrder(torch.utils.data.Sampler):
+    """Sample order in which every run of ``batch_size`` consecutive indices has similar lengths.
+
+    A seeded permutation is cut into mega-batches of ``mega_batch_mult`` batches; each is sorted by
+    length and cut into batches; the batch order is shuffled, the longest batch goes first (an
+    out-of-memory shows at step 1, not hours in) and the one short batch (if any) goes last. The
+    order depends only on (seed, epoch): :meth:`set_epoch` is called by the Trainer each epoch, so
+    a resumed run replays exactly the batches of an uninterrupted one."""
+
+    def __init__(self, lengths, batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
+        self.lengths = [int(x) for x in lengths]
+        self.batch_size = max(1, int(batch_size))
+        self.seed = int(seed)
+        self.mega = self.batch_size * max(1, int(mega_batch_mult))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        n = len(self.lengths)
+        perm = torch.randperm(n, generator=g).tolist()
+        full, tail = [], []
+        for k in range(0, n, self.mega):
+            chunk = sorted(perm[k : k + self.mega], key=lambda i: -self.lengths[i])
+            for j in range(0, len(chunk), self.batch_size):
+                b = chunk[j : j + self.batch_size]
+                (full if len(b) == self.batch_size else tail).append(b)
+        order = torch.randperm(len(full), generator=g).tolist()
+        full = [full[o] for o in order]
+        if full:
+            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
+            full.insert(0, full.pop(longest))
+        return full + tail  # at most one short batch, always last
+
+    def __iter__(self):
+        return iter([i for b in self.batches() for i in b])
+
+
+def shutdown_dataloader_workers(trainer) -> None:
+    """Stop the (persistent) DataLoader worker processes now.
+
+    Left to the garbage collector, the workers' queues can be finalised before the iterator, so the
+    stop message never reaches them and each worker costs a 5 s join timeout — in the next run of the
+    same process (tests, notebooks, a UI). Shutting them down explicitly is instant."""
+    for dl in getattr(trainer.accelerator, "_dataloaders", []):
+        it = getattr(dl, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+            dl._iterator = None
+
+
+def deepspeed_offloads_optimizer(config: dict) -> bool:
+    """True when a DeepSpeed config offloads the optimizer state to the CPU (ZeRO-Offload)."""
+    off = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return str(off.get("device", "none")).lower() in ("cpu", "nvme")
+
+
+def padding_fraction(lengths, batches) -> float:
+    """Share of padding tokens when ``batches`` (lists of indices) are right-padded to their longest."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - real / max(padded, 1)
 
 
 class GeoVLTrainer(Trainer):
@@ -31,6 +108,8 @@ class GeoVLTrainer(Trainer):
         self._lengths = lengths
         self.real_tokens = 0  # non-padding tokens seen by this process
         self.padded_tokens = 0  # tokens including padding
+        self.seen_ids: list[str] = []  # sample ids trained on by this process (kept with GEOVL_RANK_STATE=1)
+        self._keep_ids = os.environ.get(RANK_STATE_ENV, "") in ("1", "true", "yes")
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self._param_groups_fn is not None:
@@ -39,6 +118,13 @@ class GeoVLTrainer(Trainer):
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             kwargs.pop("params", None)
             kwargs.pop("lr", None)  # each group has its own lr
+            ds_cfg = getattr(getattr(self.args, "hf_deepspeed_config", None), "config", None)
+            if ds_cfg and deepspeed_offloads_optimizer(ds_cfg):
+                # ZeRO-Offload refuses a torch optimizer; its CPU Adam keeps our per-part groups
+                from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+                cls = DeepSpeedCPUAdam
+                kwargs = {k: v for k, v in kwargs.items() if k in ("betas", "eps")} | {"adamw_mode": True}
             for g in groups:
                 g.pop("name", None)
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
@@ -48,20 +134,24 @@ class GeoVLTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None and len(self._lengths) == len(ds):
-            g = torch.Generator()
-            g.manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                lengths=list(self._lengths),
-                generator=g,
-            )
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedOrder(self._lengths, self.args.per_device_train_batch_size, seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        lengths = getattr(eval_dataset, "lengths", None)
+        if lengths is not None and len(lengths) == len(eval_dataset):
+            # evaluation order does not matter: longest first, so batches hold similar lengths (little padding)
+            return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        return super()._get_eval_sampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", None)
         if model.training:
             self.real_tokens += int(inputs["attention_mask"].sum())
             self.padded_tokens += int(inputs["attention_mask"].numel())
+            if self._keep_ids:
+                self.seen_ids.extend(sample_ids or [])
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
         if not torch.isfinite(loss.detach()).all():
@@ -78,7 +168,12 @@ class GeoVLTrainer(Trainer):
 
 
 class ProgressFileCallback(TrainerCallback):
-    """Appends one JSON line per log event to ``progress.jsonl`` (main process only)."""
+    """Appends one JSON line per log event to ``progress.jsonl`` (main process only).
+
+    Subclasses may list extra log keys to copy through, by prefix, in ``FORWARD_PREFIXES``
+    (GRPO forwards ``rewards/<name>/mean``, ``reward``, ...)."""
+
+    FORWARD_PREFIXES: tuple[str, ...] = ()
 
     def __init__(self, path: str | Path, trainer_ref=None):
         self.path = Path(path)
@@ -116,6 +211,10 @@ class ProgressFileCallback(TrainerCallback):
         for k in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
             if k in logs and logs[k] is not None and not (isinstance(logs[k], float) and math.isnan(logs[k])):
                 rec["lr" if k == "learning_rate" else k] = logs[k]
+        if self.FORWARD_PREFIXES:
+            for k, v in logs.items():
+                if k.startswith(self.FORWARD_PREFIXES) and isinstance(v, (int, float)) and math.isfinite(v):
+                    rec[k] = v
         self._last_t, self._last_tok = now, tok
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
@@ -135,3 +234,49 @@ class SaveExtrasCallback(TrainerCallback):
         if ckpt.is_dir():
             self.processor.save_pretrained(ckpt)
             self.preprocess.save(ckpt)
+
+
+
+def trainable_fingerprint(model) -> tuple[str, int]:
+    """(sha256 over the names and exact float32 bytes of all trainable parameters, their count)."""
+    h = hashlib.sha256()
+    n = 0
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if not p.requires_grad:
+            continue
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        n += p.numel()
+    return h.hexdigest(), n
+
+
+class RankStateCallback(TrainerCallback):
+    """With ``GEOVL_RANK_STATE=1`` each process writes ``OUT/rank{N}.json`` at the end of training:
+    rank, world size, steps, a fingerprint of its trainable weights and the sample ids it trained on.
+    Identical fingerprints on all ranks prove the replicas stayed in sync (DDP); disjoint sample ids
+    prove the data was sharded. Off by default (hashing every weight is wasted work in normal runs)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        if os.environ.get(RANK_STATE_ENV, "") not in ("1", "true", "yes"):
+            return
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        m = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        digest, n = trainable_fingerprint(m)
+        rec = {
+            "rank": rank,
+            "world_size": world,
+            "args_world_size": args.world_size,
+            "global_step": state.global_step,
+            "trainable_params": n,
+            "sha256": digest,
+            "samples_seen": len(self.trainer.seen_ids),
+            "sample_ids": self.trainer.seen_ids,
+        }
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / f"rank{rank}.json").write_text(json.dumps(rec, indent=1) + "\n")

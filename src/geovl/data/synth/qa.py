@@ -128,14 +128,14 @@ def _name(key: str, lang: str) -> str:
     return c.zh if lang == "zh" else c.en
 
 
-def candidates(truth: dict) -> dict[str, list[tuple]]:
+def candidates(truth: dict, presence_keys=PRESENCE_KEYS) -> dict[str, list[tuple]]:
     """All distinct question specs of a scene, per task. ``truth[date]["class_pixels"]`` etc."""
     from .grounded import candidates as grounded_candidates
 
     out: dict[str, list[tuple]] = {t: [] for t in TASKS}
     for d in DATES:
         px = truth[d]["class_pixels"]
-        out["presence"] += [(d, k) for k in PRESENCE_KEYS]
+        out["presence"] += [(d, k) for k in presence_keys]
         out["count"].append((d,))
         out["area"] += [(d, k) for k in AREA_KEYS if px[k] > 0]
         out["compare"] += [
@@ -148,14 +148,14 @@ def candidates(truth: dict) -> dict[str, list[tuple]]:
     return out | grounded_candidates(truth)
 
 
-def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS) -> list[tuple[str, tuple]]:
+def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS, presence_keys=PRESENCE_KEYS) -> list[tuple[str, tuple]]:
     """``k`` distinct (task, spec) pairs: tasks round-robin starting at ``offset``, specs at random.
 
     With ``k = len(TASKS)`` every task is asked once; a larger ``k`` asks the single-image tasks
     again (other classes / the other date). Fewer than ``k`` come back only when the scene has no
     more distinct questions (more than 20 per scene and language).
     """
-    pool = candidates(truth)
+    pool = candidates(truth, presence_keys)
     base = ALL_TASKS if any(t in GROUNDED_TASKS for t in tasks) else TASKS  # same rotation as before without them
     order = [base[(offset + i) % len(base)] for i in range(len(base))]
     order = [t for t in order if t in tasks]

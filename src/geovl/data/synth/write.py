@@ -262,6 +262,7 @@ def synthesize(
     progress: bool = True,
     tasks=None,
     fmt: str = "parquet",
+    presence_classes=None,
 ) -> dict:
     """Generate ``scenes`` synthetic county scenes (two dates each) and their Q/A into ``out_dir``.
 
@@ -272,6 +273,12 @@ def synthesize(
 
     _check_args(scenes, seed, size, pixel_size, questions_per_scene, max_buildings)
     tasks = parse_tasks(tasks)
+    presence_keys = PRESENCE_KEYS
+    if presence_classes:
+        presence_keys = tuple(c.strip() for c in (presence_classes.split(",") if isinstance(presence_classes, str) else presence_classes) if c.strip())
+        bad = [c for c in presence_keys if c not in PRESENCE_KEYS]
+        if bad or not presence_keys:
+            raise SynthError(f"unknown presence class(es) {bad or presence_classes!r}; choose from {', '.join(PRESENCE_KEYS)}")
     if fmt not in ("parquet", "jsonl"):
         raise SynthError(f"format must be parquet or jsonl, got {fmt!r}")
     langs = parse_langs(langs)
@@ -302,7 +309,7 @@ def synthesize(
                 gs = GroundedScene(out, paths)  # measures / renders only if a grounded task is asked
                 for lang in langs:
                     rng = np.random.default_rng([seed, i, 1, qa.LANGS.index(lang) + 1])
-                    for j, (task, spec) in enumerate(qa.select(rng, sc.truth, questions_per_scene, i, tasks)):
+                    for j, (task, spec) in enumerate(qa.select(rng, sc.truth, questions_per_scene, i, tasks, presence_keys)):
                         if task in qa.GROUNDED_TASKS:
                             q = ask_grounded(rng, task, spec, sc.truth, lang, gs)
                         else:
@@ -320,7 +327,7 @@ def synthesize(
         "generator": GENERATOR,
         "args": {"scenes": scenes, "seed": seed, "size": size, "langs": list(langs), "pixel_size_m": pixel_size,
                  "questions_per_scene": questions_per_scene, "split": dict(splits), "max_buildings": max_buildings,
-                 "crs": crs, "origin": list(origin), "tasks": list(tasks), "format": fmt},
+                 "crs": crs, "origin": list(origin), "tasks": list(tasks), "format": fmt, "presence_classes": list(presence_keys)},
         "splits": {name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits},
         "samples": sum(w.counts.written for w in writers.values()),
         "by_qtype": dict(sorted(counts["qtype"].items())),

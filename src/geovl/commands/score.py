@@ -1,0 +1,23 @@
+"""``geovl score PREDS.jsonl``: metrics from a predictions file without regenerating."""
+
+from __future__ import annotations
+
+from ..cli import run_lazy
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a predictions file (from `geovl eval`) without regenerating / 对预测结果重新计分",
+        description="Score a predictions JSONL file (id, qtype, question, reference, prediction, ...) with "
+        "per-qtype rules: yes/no and counts exact after parsing (English/Chinese), areas and numbers within a "
+        "relative tolerance after unit conversion, choices after synonym mapping, open answers exact + "
+        "character similarity. Prints a table and writes the metrics as JSON.",
+    )
+    p.add_argument("preds", help="predictions file (.jsonl) written by `geovl eval`")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("--out", metavar="FILE", help="metrics JSON to write (default: PREDS stem + .metrics.json)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.02, help="relative tolerance for area/number answers (default 0.02)"
+    )
+    p.set_defaults(func=run_lazy("geovl.evaluate.score:run"))

@@ -1,0 +1,222 @@
+"""Multi-turn generation over a benchmark file (``geovl eval --dialogue``), the MMDU way.
+
+A dialogue sample (e.g. converted from MMDU / MMDU-45k by ``geovl data convert --from llava``)
+has several user/assistant turns with images placed where the ``<image>`` tags were. The model
+answers turn by turn; the history it sees holds its OWN earlier answers (the reference assistant
+turns are replaced by the model's answers), with every image in place. Turn ``k``'s request is::
+
+    [system] user_1 model_answer_1 user_2 model_answer_2 ... user_k      (+ images of user_1..k)
+
+One JSONL record per dialogue, in dataset order::
+
+    {"id", "source", "qtype", "lang", "meta",
+     "turns": [{"question", "reference", "prediction", "n_images"}, ...]}
+
+``n_images`` counts the images of that turn's user message(s). A turn is every assistant
+message (its question: the user message(s) since the previous assistant message); user
+messages after the last assistant message form a last turn with ``reference: null``.
+
+Dialogues are processed in chunks; within a chunk all first turns are generated in one
+``engine.generate`` call, then all second turns, ... (batched across dialogues per turn index).
+A dialogue is written when all its turns are answered, so ``resume=True`` skips the ids already
+in the output and redoes only unfinished dialogues. Unusable samples (schema errors, undecodable
+images) go to ``<out stem>.rejects.jsonl``: read = written + rejected (+ skipped on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.io import count_samples, read_samples, rejects_path_for
+from ..data.schema import SampleError, assistant_turn, count_image_parts, message_text, validate_sample
+from ..imagery.decode import ImageError
+from ..serve.engine import ChatRequest, GenerationParams
+from .generate import _existing_ids, _generate_or_isolate
+
+
+@dataclass
+class Turn:
+    messages: list[dict]  # the user message(s) of this turn
+    reference: str | None
+    n_images: int
+
+    @property
+    def question(self) -> str:
+        return "\n".join(t for t in (message_text(m) for m in self.messages) if t)
+
+
+@dataclass
+class Dialogue:
+    sample: dict
+    system: list[dict]
+    turns: list[Turn]
+    predictions: list[str] = field(default_factory=list)
+    error: ImageError | None = None
+
+    def request(self, k: int) -> ChatRequest:
+        """Turn ``k``'s prompt: the model's own answers to turns < k in the history."""
+        msgs = list(self.system)
+        for j in range(k):
+            msgs += self.turns[j].messages
+            msgs.append(assistant_turn(self.predictions[j]))  # an empty answer stays empty
+        msgs += self.turns[k].messages
+        n = count_image_parts(msgs)
+        return ChatRequest(msgs, list(self.sample["images"][:n]))
+
+    def record(self) -> dict:
+        s = self.sample
+        meta = s.get("meta") or {}
+        return {
+            "id": s["id"],
+            "source": s["source"],
+            "qtype": s["qtype"],
+            "lang": meta.get("lang", meta.get("language")),
+            "turns": [
+                {"question": t.question, "reference": t.reference, "prediction": p, "n_images": t.n_images}
+                for t, p in zip(self.turns, self.predictions)
+            ],
+            "meta": meta,
+        }
+
+
+def split_dialogue(sample: dict) -> Dialogue:
+    """The turns of a sample; raises :class:`SampleError` when it has no user turn to answer."""
+    validate_sample(sample)
+    msgs = sample["messages"]
+    system = [m for m in msgs[:1] if m["role"] == "system"]
+    turns: list[Turn] = []
+    pending: list[dict] = []
+    for i, m in enumerate(msgs):
+        if m["role"] == "system":
+            if i > 0:
+                raise SampleError("bad_roles", f"system message at position {i} (only the first message may be a system message)")
+            continue
+        if m["role"] == "user":
+            pending.append(m)
+        else:
+            if not pending:
+                raise SampleError("bad_roles", f"assistant message {i} does not follow a user message")
+            turns.append(Turn(pending, message_text(m), count_image_parts(pending)))
+            pending = []
+    if pending:
+        turns.append(Turn(pending, None, count_image_parts(pending)))
+    if not turns:
+        raise SampleError("empty_question", "no user turn")
+    return Dialogue(sample, system, turns)
+
+
+def _reject(frej, sample: dict, reason: str, detail: str) -> None:
+    frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
+
+
+def answer_chunk(engine, dialogues: list[Dialogue], params: GenerationParams) -> None:
+    """Fill ``predictions`` of every dialogue, one ``generate`` call per turn index (a dialogue
+    whose images cannot be decoded gets ``error`` and drops out)."""
+    for d in dialogues:
+        d.predictions = []
+    max_turns = max((len(d.turns) for d in dialogues), default=0)
+    for k in range(max_turns):
+        active = [d for d in dialogues if d.error is None and k < len(d.turns)]
+        if not active:
+            break
+        preds = _generate_or_isolate(engine, [d.request(k) for d in active], params)
+        for d, p in zip(active, preds):
+            if isinstance(p, ImageError):
+                d.error = p
+            else:
+                d.predictions.append(str(p))
+
+
+def run_dialogues(
+    engine,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    params: GenerationParams | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    chunk_size: int | None = None,
+) -> dict:
+    """Answer every dialogue of ``data`` (the first ``limit``) into ``out``; returns the counts
+    ``{read, predicted, turns, skipped, rejected, out, engine}``."""
+    params = params or GenerationParams()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set(_existing_ids(out)) if resume else set()
+    total = count_samples(data)
+    if limit is not None:
+        total = min(total, int(limit))
+    chunk_size = chunk_size or int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
+    counts = {"read": 0, "predicted": 0, "turns": 0, "skipped": 0, "rejected": 0}
+    rejects_path = rejects_path_for(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"dialogues ({engine.name})", unit="dialogue", file=sys.stderr, dynamic_ncols=True)
+    pending: list[Dialogue] = []
+    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
+
+        def flush():
+            if not pending:
+                return
+            answer_chunk(engine, pending, params)
+            for d in pending:
+                if d.error is not None:
+                    counts["rejected"] += 1
+                    _reject(frej, d.sample, d.error.reason, d.error.detail)
+                    continue
+                fout.write(json.dumps(d.record(), ensure_ascii=False) + "\n")
+                counts["predicted"] += 1
+                counts["turns"] += len(d.turns)
+            fout.flush()
+            frej.flush()
+            if bar is not None:
+                bar.update(len(pending))
+            pending.clear()
+
+        for sample in read_samples(data):
+            if limit is not None and counts["read"] >= limit:
+                break
+            counts["read"] += 1
+            if sample.get("id") in done:
+                counts["skipped"] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                pending.append(split_dialogue(sample))
+            except SampleError as e:
+                counts["rejected"] += 1
+                _reject(frej, sample, e.reason, e.detail)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if len(pending) >= chunk_size:
+                flush()
+        flush()
+    if bar is not None:
+        bar.close()
+    if counts["rejected"] == 0 and not resume:
+        rejects_path.unlink(missing_ok=True)
+    counts["out"] = str(out)
+    counts["engine"] = engine.stats.as_dict()
+    return counts
+
+
+def print_dialogue_summary(counts: dict) -> None:
+    line = (
+        f"answered {counts['predicted']} of {counts['read']} dialogues ({counts['turns']} turns)"
+        + (f", skipped {counts['skipped']} already in {counts['out']}" if counts["skipped"] else "")
+        + (f", rejected {counts['rejected']} (see the .rejects.jsonl)" if counts["rejected"] else "")
+        + f" → {counts['out']} / 多轮对话已生成"
+    )
+    print(line)
+    eng = counts["engine"]
+    if eng.get("forward_calls") and eng.get("samples"):
+        print(f"LLM forward calls: {eng['forward_calls']}, generated tokens: {eng['generated_tokens']} over {eng['samples']} answers")
+    print(f"next: geovl judge --answers {counts['out']} --model JUDGE --out DIR / 下一步：用评审模型打分")

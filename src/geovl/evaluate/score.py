@@ -1,0 +1,238 @@
+"""``geovl score PREDS.jsonl``: metrics from a predictions file, without regenerating anything.
+
+A predictions file (written by ``geovl eval``) is JSONL, one object per sample::
+
+    {"id", "qtype", "question", "reference", "prediction", "source", "lang"?, "meta"?, ...}
+
+``id``, ``qtype``, ``question``, ``reference`` and ``prediction`` are required (a ``null``
+prediction counts as an empty, wrong answer); ``lang`` falls back to ``meta["lang"]`` /
+``meta["language"]``; ``meta["choices"]`` (list of options) is used for ``choice`` questions.
+
+Metrics (see :func:`summarize`): per qtype ``n``, ``correct``, ``accuracy``, ``unparsed``; for
+area/number also mean/median relative error and the share within 10 %; for count the share
+within ±1 and the mean absolute error; for open/structured the mean character similarity.
+``overall`` is micro-averaged, ``macro_accuracy`` is the mean over qtypes; ``by_lang`` repeats
+all of it per language when the file has languages.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .rules import score_sample
+from .table import format_table, num, pct
+
+REQUIRED = ("id", "qtype", "question", "reference", "prediction")
+QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured")
+
+
+class PredictionsFileError(ValueError):
+    """A predictions file that cannot be scored; the message names the file (and line)."""
+
+
+def _text(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float, bool)):
+        return json.dumps(v)
+    return json.dumps(v, ensure_ascii=False)  # structured answers given as objects
+
+
+def read_predictions(path) -> list[dict]:
+    """Records of a predictions file, validated; each gets ``_line`` (1-based line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsFileError(f"{path}: no such predictions file")
+    records: list[dict] = []
+    seen: dict[str, int] = {}
+    try:
+        fh = path.open(encoding="utf-8")
+        lines = list(fh)
+        fh.close()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PredictionsFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PredictionsFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise PredictionsFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        missing = [f for f in REQUIRED if f not in rec]
+        if missing:
+            raise PredictionsFileError(f"{where}: missing required field(s) {', '.join(missing)}")
+        if not isinstance(rec["id"], (str, int)) or rec["id"] == "":
+            raise PredictionsFileError(f"{where}: 'id' must be a non-empty string")
+        if not isinstance(rec["qtype"], str) or not rec["qtype"]:
+            raise PredictionsFileError(f"{where}: 'qtype' must be a non-empty string")
+        if rec.get("meta") is not None and not isinstance(rec["meta"], dict):
+            raise PredictionsFileError(f"{where}: 'meta' must be an object")
+        rid = str(rec["id"])
+        if rid in seen:
+            raise PredictionsFileError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
+        seen[rid] = lineno
+        rec = dict(rec, id=rid, _line=lineno, meta=rec.get("meta") or {})
+        for f in ("question", "reference", "prediction"):
+            rec[f] = _text(rec[f])
+        records.append(rec)
+    if not records:
+        raise PredictionsFileError(f"{path}: no predictions in the file")
+    return records
+
+
+def record_lang(rec: dict) -> str | None:
+    lang = rec.get("lang") or rec["meta"].get("lang") or rec["meta"].get("language")
+    return str(lang) if lang else None
+
+
+def record_choices(rec: dict) -> list[str] | None:
+    choices = rec["meta"].get("choices") or rec.get("choices")
+    if isinstance(choices, list) and choices:
+        return [_text(c) for c in choices]
+    return None
+
+
+def score_record(rec: dict, tolerance: float = 0.02) -> dict:
+    """:func:`score_sample` of one record, plus its ``id`` and ``lang``."""
+    res = score_sample(rec["qtype"], rec["prediction"], rec["reference"], tolerance, record_choices(rec))
+    res["id"] = rec["id"]
+    res["lang"] = record_lang(rec)
+    return res
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(results: list[dict]) -> dict:
+    """Metrics of one group of results (one qtype, or all of them)."""
+    n = len(results)
+    correct = sum(1 for r in results if r["correct"])
+    out = {"n": n, "correct": correct, "accuracy": correct / n if n else None}
+    out["unparsed"] = sum(1 for r in results if not r.get("parsed"))
+    if any("rel_err" in r for r in results):
+        errs = [r["rel_err"] for r in results if r.get("rel_err") is not None]
+        out["n_rel_err"] = len(errs)
+        out["mean_rel_err"] = _mean(errs)
+        out["median_rel_err"] = statistics.median(errs) if errs else None
+        out["within_10pct"] = sum(1 for r in results if r.get("within_10pct")) / n
+    if any("within_1" in r for r in results):
+        out["within_1"] = sum(1 for r in results if r.get("within_1")) / n
+        out["mean_abs_err"] = _mean([r["abs_err"] for r in results if r.get("abs_err") is not None])
+    if any("char_sim" in r for r in results):
+        out["mean_char_sim"] = sum(r.get("char_sim", 0.0) for r in results) / n
+    return out
+
+
+def _order(qtypes) -> list[str]:
+    known = [q for q in QTYPE_ORDER if q in qtypes]
+    return known + sorted(q for q in qtypes if q not in QTYPE_ORDER)
+
+
+def group_metrics(results: list[dict]) -> dict:
+    """``{"overall": {...micro..., "macro_accuracy"}, "by_qtype": {qtype: summary}}``."""
+    by_qtype = {q: summarize([r for r in results if r["qtype"] == q]) for q in _order({r["qtype"] for r in results})}
+    overall = summarize(results)
+    overall = {k: overall[k] for k in ("n", "correct", "accuracy", "unparsed")}
+    overall["macro_accuracy"] = _mean([m["accuracy"] for m in by_qtype.values()])
+    overall["n_qtypes"] = len(by_qtype)
+    return {"overall": overall, "by_qtype": by_qtype}
+
+
+def compute_metrics(results: list[dict]) -> dict:
+    """Overall + per-qtype metrics, and the same per language when any result has one."""
+    out = {"n": len(results), **group_metrics(results), "by_lang": {}}
+    langs = {r.get("lang") for r in results}
+    if langs - {None}:
+        for lang in sorted(langs, key=lambda x: (x is None, x or "")):
+            out["by_lang"][lang or "unknown"] = group_metrics([r for r in results if r.get("lang") == lang])
+    return out
+
+
+def score_file(path, tolerance: float = 0.02) -> tuple[list[dict], dict]:
+    """(per-sample results, metrics) of a predictions file."""
+    records = read_predictions(path)
+    results = [score_record(r, tolerance) for r in records]
+    metrics = {"file": str(path), "tolerance": tolerance, **compute_metrics(results)}
+    # structured answers (qtype=structured): per-field scores, see geovl.evaluate.structured
+    from .structured import add_to_scores
+
+    add_to_scores(records, results, metrics)
+    return results, metrics
+
+
+def _details(m: dict) -> str:
+    parts = []
+    if "mean_rel_err" in m:
+        parts.append(f"rel.err mean {num(m['mean_rel_err'])} median {num(m['median_rel_err'])}")
+        parts.append(f"≤10%: {pct(m['within_10pct'])}")
+    if "within_1" in m:
+        parts.append(f"±1: {pct(m['within_1'])}, mean |err| {num(m['mean_abs_err'], 2)}")
+    if "mean_char_sim" in m:
+        parts.append(f"char sim {num(m['mean_char_sim'])}")
+    return "; ".join(parts)
+
+
+HEADERS = ("type/类型", "n/数量", "correct/正确", "acc/准确率", "unparsed/未解析", "details/详情")
+
+
+def format_metrics(metrics: dict) -> str:
+    """The metrics as aligned text tables (per qtype, then per language)."""
+    rows = [[q, m["n"], m["correct"], pct(m["accuracy"]), m["unparsed"], _details(m)] for q, m in metrics["by_qtype"].items()]
+    o = metrics["overall"]
+    rows.append(["overall/总体 (micro)", o["n"], o["correct"], pct(o["accuracy"]), o["unparsed"], ""])
+    rows.append(["macro/宏平均", "", "", pct(o["macro_accuracy"]), "", f"mean of {o['n_qtypes']} qtypes"])
+    text = format_table(HEADERS, rows, right=[False, True, True, True, True, False])
+    if metrics.get("by_lang"):
+        lrows = []
+        for lang, g in metrics["by_lang"].items():
+            lo = g["overall"]
+            per = ", ".join(f"{q} {pct(m['accuracy'])}" for q, m in g["by_qtype"].items())
+            lrows.append([lang, lo["n"], lo["correct"], pct(lo["accuracy"]), pct(lo["macro_accuracy"]), per])
+        lheaders = ("lang/语言", "n/数量", "correct/正确", "acc/准确率", "macro/宏平均", "by type/各类型")
+        text += "\n\n" + format_table(lheaders, lrows, right=[False, True, True, True, True, False])
+    if metrics.get("structured"):  # per-field tables of structured answers (geovl.evaluate.structured)
+        from .structured import format_structured
+
+        text += "\n\n" + format_structured(metrics["structured"])
+    return text
+
+
+def write_json(obj, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def default_metrics_path(preds) -> Path:
+    p = Path(preds)
+    return p.with_name(p.stem + ".metrics.json")
+
+
+def run(args) -> int:
+    from ..cli import CLIError
+
+    if args.tolerance < 0:
+        raise CLIError(f"--tolerance must be >= 0, got {args.tolerance}")
+    try:
+        _, metrics = score_file(args.preds, args.tolerance)
+    except PredictionsFileError as e:
+        raise CLIError(str(e)) from e
+    out = Path(args.out) if args.out else default_metrics_path(args.preds)
+    write_json(metrics, out)
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    else:
+        print(f"{args.preds}: {metrics['n']} samples, tolerance {args.tolerance:g}")
+        print(format_metrics(metrics))
+        print(f"\nmetrics → {out}")
+    return 0
