@@ -3,33 +3,18 @@ preprocessing config applied (trained pixel bounds), peft adapters and mismatch 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import assistant_turn, make_sample, text_part, user_turn
 from geovl.serve import ChatRequest, Engine, EngineError, GenerationParams, LocalEngine
+from serve_util import jpeg, png
 
 MAX_NEW = 6
-
-
-def png(seed: int, w: int = 112, h: int = 84) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg(seed: int, w: int = 64, h: int = 96) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def mixed_requests() -> list[ChatRequest]:

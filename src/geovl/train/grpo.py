@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..rewards.funcs import DEFAULT_REWARDS
 from .recipe import RecipeError, load_recipe, save_recipe
-from .sft import _is_main, _log, _tensorboard_into, check_report_to, last_checkpoint, preflight
+from .sft import _is_main, _log, _tensorboard_into, common_trainer_kwargs, last_checkpoint, preflight
 
 
 @dataclass
@@ -182,40 +182,12 @@ def load_policy(recipe: GRPORecipe):
 
 
 def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[float]):
-    import torch
     from trl import GRPOConfig
 
-    use_cpu = not torch.cuda.is_available()
-    kw = dict(
-        output_dir=recipe.output_dir,
-        per_device_train_batch_size=recipe.batch_size,
-        per_device_eval_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
-        learning_rate=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        num_train_epochs=recipe.epochs,
-        max_steps=recipe.max_steps,
-        lr_scheduler_type=recipe.lr_scheduler,
-        warmup_steps=recipe.warmup_ratio,
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=recipe.save_total_limit,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        dataloader_num_workers=recipe.num_workers,
-        remove_unused_columns=False,
-        report_to=check_report_to(recipe.report_to) or "none",
-        activation_checkpointing=recipe.gradient_checkpointing,  # TRL turns it on by default; tiny models do not need it
-        use_cpu=use_cpu,
-        bf16=str(dtype) == "torch.bfloat16" and not use_cpu,
-        fp16=recipe.precision == "fp16",
-        disable_tqdm=not recipe.progress_bar,
-        use_liger_kernel=recipe.use_liger,
-        deepspeed=recipe.deepspeed,
-        ddp_find_unused_parameters=True,
-        # GRPO
+    kw = common_trainer_kwargs(recipe, has_eval, dtype)
+    # TRL turns gradient checkpointing on by default; the common mapping passes the recipe's choice
+    kw["report_to"] = kw["report_to"] or "none"
+    kw.update(
         num_generations=recipe.num_generations,
         max_completion_length=recipe.max_completion_length,
         temperature=recipe.temperature,
@@ -229,8 +201,6 @@ def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[f
         vllm_mode=recipe.vllm_mode,
         log_completions=recipe.log_completions,
     )
-    if has_eval:
-        kw.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps)
     return GRPOConfig(**kw)
 
 

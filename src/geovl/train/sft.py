@@ -98,9 +98,9 @@ def preflight(recipe) -> None:
     check_report_to(get("report_to", []))
 
 
-def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
+def common_trainer_kwargs(recipe, has_eval: bool, dtype) -> dict:
+    """Trainer arguments every geovl recipe (SFT, GRPO) maps the same way."""
     import torch
-    from transformers import TrainingArguments
 
     use_cpu = not torch.cuda.is_available()
     kw = dict(
@@ -122,12 +122,9 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
         seed=recipe.seed,
         data_seed=recipe.seed,
         dataloader_num_workers=recipe.num_workers,
-        dataloader_persistent_workers=recipe.num_workers > 0,  # no worker start-up cost every epoch
         remove_unused_columns=False,
         report_to=check_report_to(recipe.report_to),
         activation_checkpointing=recipe.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
-        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         use_cpu=use_cpu,
         bf16=str(dtype) == "torch.bfloat16" and not use_cpu,
         fp16=recipe.precision == "fp16",
@@ -139,6 +136,18 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
     )
     if has_eval:
         kw.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps)
+    return kw
+
+
+def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
+    from transformers import TrainingArguments
+
+    kw = common_trainer_kwargs(recipe, has_eval, dtype)
+    kw.update(
+        dataloader_persistent_workers=recipe.num_workers > 0,  # no worker start-up cost every epoch
+        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
+    )
     return TrainingArguments(**kw)
 
 
