@@ -104,6 +104,10 @@ def progress(out: Path) -> list[dict]:
 
 
 def sft_recipes() -> list[Path]:
-    """The shipped SFT recipes: recipes/*.yaml except the GRPO ones (``grpo-*.yaml``, for `geovl train grpo`)."""
+    """The shipped SFT recipes on RGB data: recipes/*.yaml except the GRPO ones (``grpo-*.yaml``, for `geovl train
+    grpo`) and the hyperspectral ones (``spectral: true``, tested on cubes in tests/test_spectral_training.py)."""
+    import yaml
+
     root = Path(__file__).resolve().parents[1] / "recipes"
-    return sorted(p for p in root.glob("*.yaml") if not p.stem.startswith("grpo"))
+    return sorted(p for p in root.glob("*.yaml")
+                  if not p.stem.startswith("grpo") and not (yaml.safe_load(p.read_text()) or {}).get("spectral"))

@@ -13,7 +13,8 @@
 The output folder holds safetensors weights, ``config.json``, ``generation_config.json``, the
 processor (tokenizer, image/video processor, chat template) and ``geovl_preprocess.json`` — what stock
 ``AutoModelForImageTextToText`` / ``AutoProcessor`` and vLLM load — plus ``geovl_merge.json`` (what
-was merged). It is written to a temporary sibling and moved into place, so a failure leaves nothing
+was merged). A spectral run's projector (``spectral_projector.*``) is kept beside the weights; how a
+merged model takes N-band input is in docs/spectral.md. It is written to a temporary sibling and moved into place, so a failure leaves nothing
 half-written.
 """
 
@@ -196,7 +197,7 @@ def _check_saved(folder: Path, model) -> None:
     from safetensors import safe_open
 
     saved: Counter = Counter()
-    for f in folder.glob("*.safetensors"):
+    for f in folder.glob("model*.safetensors"):  # not spectral_projector.safetensors
         with safe_open(str(f), "pt") as sf:
             for k in sf.keys():
                 saved[tuple(sf.get_slice(k).get_shape())] += 1
@@ -299,8 +300,9 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
         processor.save_pretrained(tmp)
         if not (tmp / "chat_template.jinja").is_file() and not (tmp / "chat_template.json").is_file():  # pragma: no cover
             raise MergeError(f"{proc_src}: the processor has no chat template; vLLM and AutoProcessor need one")
-        pre.save(tmp)
         _check_saved(tmp, model)
+        spectral = _copy_projector(tmp, pre, adapter, base)
+        pre.save(tmp)
         info = {
             "base": str(base.resolve()),
             "adapter": str(adapter.resolve()),
@@ -309,6 +311,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
             "dtype": str(torch_dtype).replace("torch.", ""),
             "processor_from": str(proc_src),
             **report,
+            "spectral_projector": spectral,
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
@@ -318,6 +321,29 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _copy_projector(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
+    """A spectral run's projector goes into the merged folder beside the weights (validated by loading it);
+    the preprocessing config records its bands so every geovl inference path feeds cubes (docs/spectral.md)."""
+    from .spectral import SpectralError
+    from .spectral.projector import SpectralProjector
+    from .spectral.vision_input import has_projector, preprocess_entry
+
+    src = adapter if has_projector(adapter) else base if has_projector(base) else None
+    if src is None:
+        if pre.spectral:
+            raise MergeError(f"{adapter}: its preprocessing config says the model reads {pre.spectral.get('n_bands')}-band cubes, "
+                             "but spectral_projector.json/.safetensors are missing")
+        return None
+    try:
+        projector = SpectralProjector.load(src)
+    except SpectralError as e:
+        raise MergeError(str(e)) from None
+    projector.save(tmp)
+    pre.spectral = preprocess_entry(projector)
+    _log(f"spectral projector from {src}: {projector.n_bands} bands → RGB, kept beside the weights")
+    return {"from": str(src.resolve()), "n_bands": projector.n_bands}
 
 
 def run(args) -> int:

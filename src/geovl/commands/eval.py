@@ -50,6 +50,8 @@ def register(sub) -> None:
         "the history; one record per dialogue {id, source, turns: [{question, reference, prediction, n_images}], meta} "
         "for `geovl judge` / 多轮对话评测",
     )
+    p.add_argument("--spectral-root", metavar="DIR", help="models with a spectral projector: folder the samples' meta.cube paths "
+                   "are relative to (default: the dataset file's folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.eval:run"))
 
@@ -122,7 +124,8 @@ def run(args) -> int:
         return run_dialogue_mode(args, params)
     engine = open_engine_from_args(args)
     try:
-        counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress, forced_choice=args.forced_choice)
+        counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress, forced_choice=args.forced_choice,
+                                 spectral_root=args.spectral_root)
     except EngineError as e:
         raise CLIError(str(e)) from e
     print_summary(counts)

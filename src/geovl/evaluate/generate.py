@@ -164,6 +164,21 @@ def _generate_or_isolate(engine, requests: list[ChatRequest], params: Generation
         return out
 
 
+def cube_inputs(sample: dict, root: Path) -> list[Path]:
+    """The cube files standing in for a sample's images (a :class:`SampleError` ``no_cube`` if there are none)."""
+    from ..spectral import SpectralError
+    from ..spectral.vision_input import sample_cube_paths
+
+    try:
+        paths = sample_cube_paths(sample, root)
+    except SpectralError as e:
+        raise SampleError("no_cube", f"the model reads hyperspectral cubes: {e}") from None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SampleError("no_cube", f"cube file not found: {missing[0]} (set the cube folder with --spectral-root)")
+    return paths
+
+
 def record_for(sample: dict, request: ChatRequest, reference: str, prediction: str) -> dict:
     meta = sample.get("meta") or {}
     return {
@@ -189,11 +204,16 @@ def run_predictions(
     progress: bool = True,
     chunk_size: int | None = None,
     forced_choice: bool = False,
+    spectral_root: str | os.PathLike | None = None,
 ) -> dict:
     """Predict every sample of ``data`` (the first ``limit``) into ``out``; returns the counts.
 
     ``forced_choice``: yes/no and choice questions are answered by picking the candidate answer
-    with the highest log-probability (local engines only) instead of free generation."""
+    with the highest log-probability (local engines only) instead of free generation.
+
+    A model with a spectral projector (``engine.spectral``) is given each sample's hyperspectral cube
+    (``meta.cube``, relative to ``spectral_root``, default the folder of ``data``) instead of its image;
+    a sample without a readable cube goes to the rejects file."""
     if forced_choice and not hasattr(engine, "choice_logprobs"):
         from ..serve.engine import EngineError
 
@@ -211,6 +231,8 @@ def run_predictions(
     counts = {"read": 0, "predicted": 0, "skipped": 0, "rejected": 0, "correct": 0 if compare_gt else None}
     by_qtype: Counter = Counter()
     rejects_path = rejects_path_for(out)
+    cube_root = Path(spectral_root) if spectral_root else Path(data).parent
+    spectral = getattr(engine, "spectral", None) is not None
 
     bar = None
     if progress:
@@ -254,6 +276,8 @@ def run_predictions(
                 continue
             try:
                 req, ref = split_prompt(sample)
+                if spectral:
+                    req.images = cube_inputs(sample, cube_root)
             except SampleError as e:
                 counts["rejected"] += 1
                 frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")

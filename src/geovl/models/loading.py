@@ -1,7 +1,8 @@
 """Load a model folder (tiny, downloaded, or exported) with the stock transformers classes.
 
 ``read_family(path)`` only reads ``config.json`` (no torch import) and tells which registry family
-the folder is. ``load_model_folder(path)`` returns ``(model, processor, family)`` and refuses
+the folder is. ``load_model_folder(path)`` returns ``(model, processor, family)`` (with a spectral projector attached
+when the folder has one) and refuses
 folders that stock tools could not use either: a missing/garbled ``config.json``, an unsupported
 ``model_type``, or a processor that ``AutoProcessor`` can only load as a bare tokenizer.
 """
@@ -74,4 +75,7 @@ def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
     processor = load_processor(path)
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype or torch.float32)
     model.to(device).eval()
+    from ..spectral.vision_input import load_into
+
+    load_into(model, family, processor, path)  # a spectral model's projector, saved beside the weights
     return model, processor, family

@@ -25,6 +25,9 @@ class PreprocessConfig:
     family: str | None = None  # registry key, recorded for checks
     # how a hyperspectral cube becomes the image: a geovl.spectral.render spec dict (None: not spectral)
     rendering: dict | None = None
+    # a model with a spectral projector reads cubes with these bands: {"n_bands", "wavelengths", "weights", "config"}
+    # (the projector files sit next to this config; see geovl.spectral.vision_input)
+    spectral: dict | None = None
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME

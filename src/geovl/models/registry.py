@@ -42,6 +42,7 @@ class Family:
     embed_tokens: str
     lm_head: str
     vision_prefix: str = "model.visual"
+    patch_embed: str = "model.visual.patch_embed"  # takes the flattened patch rows (where a spectral projector goes)
     llm_prefix: str = "model.language_model"
     default_min_pixels: int = 0
     default_max_pixels: int = 0
@@ -92,8 +93,10 @@ class Family:
         return "(" + "|".join(alts) + ")"
 
     def part_of(self, param_or_module_name: str) -> str:
-        """Which part a parameter/module belongs to: vision, merger, llm, embed, lm_head or other."""
+        """Which part a parameter/module belongs to: vision, merger, llm, embed, lm_head, spectral or other."""
         n = param_or_module_name.replace("base_model.model.", "", 1)
+        if n.startswith("spectral_input."):  # geovl.spectral.vision_input.ATTR: the N-band → RGB projector
+            return "spectral"
         if re.match(self.merger + r"(\.|$)", n):
             return "merger"
         if n.startswith(self.vision_prefix + "."):

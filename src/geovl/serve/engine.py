@@ -45,7 +45,7 @@ class GenerationParams:
 @dataclass
 class ChatRequest:
     messages: list[dict]
-    images: list[bytes] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)  # encoded images; for a spectral model: cubes (arrays, paths, .npy/GeoTIFF bytes)
 
     def __post_init__(self):
         n_parts = sum(1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image")
@@ -214,6 +214,14 @@ class LocalEngine:
         self.preprocess = preprocess_for(model_dir, adapter_dir)
         if self.preprocess is not None:
             self.preprocess.apply(self.processor)
+        from ..spectral.vision_input import load_into
+
+        # a model trained with a spectral projector reads hyperspectral cubes (its files sit beside the weights)
+        self.spectral = load_into(self.model, self.family, self.processor, adapter_dir, model_dir)
+        if self.spectral is None and self.preprocess is not None and self.preprocess.spectral:
+            where = adapter_dir or model_dir
+            raise ModelFolderError(f"{where}: the preprocessing config says the model reads {self.preprocess.spectral.get('n_bands')}-band cubes "
+                                   "but spectral_projector.json/.safetensors are missing beside the weights")
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
         gc = self.model.generation_config
@@ -254,6 +262,9 @@ class LocalEngine:
 
         n = len(self.tokenizer(self.prompt_text(request), add_special_tokens=False)["input_ids"])
         lo, hi = PreprocessConfig.bounds_of(self.processor)
+        if self.spectral is not None:  # cubes: arrays know their size; paths/bytes get a fixed weight (for sorting only)
+            return n + sum(self.family.image_tokens(c.shape[1], c.shape[2], lo, hi) - 1 if hasattr(c, "shape") else 1024
+                           for c in request.images)
         for b in request.images:
             if bytes(b[:4]) in TIFF_MAGICS:
                 n += 1024  # rendered on decode; a fixed weight is enough for sorting
@@ -268,15 +279,35 @@ class LocalEngine:
             n += self.family.image_tokens(h, w, lo, hi) - 1
         return n
 
-    def encode(self, requests: list[ChatRequest]):
-        """Left-padded model inputs for a batch (images flattened in request order)."""
-        texts = [self.prompt_text(r) for r in requests]
-        images = [decode_image(b, self.preprocess) for r in requests for b in r.images]
-        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
+        """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
+        the prompts (e.g. prompt + a candidate answer)."""
+        texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
+        kw = {}
+        if self.spectral is not None:
+            from ..spectral.vision_input import PROCESSOR_KWARGS
+
+            images = [self.cube(b) for r in requests for b in r.images]
+            kw = PROCESSOR_KWARGS
+        else:
+            images = [decode_image(b, self.preprocess) for r in requests for b in r.images]
+        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kw)
         enc = enc.to(self.model.device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
         return enc
+
+    def cube(self, item):
+        """A request image as the spectral model's input (N, H, W): an array, a cube path, or .npy / multi-band
+        GeoTIFF bytes; a wrong band count or wavelength is an :class:`ImageError` (``bad_cube``)."""
+        from ..imagery.decode import ImageError
+        from ..spectral import SpectralError
+        from ..spectral.vision_input import cube_tensor
+
+        try:
+            return cube_tensor(item, self.spectral.projector)
+        except (SpectralError, OSError) as e:
+            raise ImageError("bad_cube", str(e)) from None
 
     def _gen_kwargs(self, params: GenerationParams) -> dict:
         kw = {"max_new_tokens": int(params.max_new_tokens), "pad_token_id": self._pad}
@@ -343,10 +374,7 @@ class LocalEngine:
                 chunk = pairs[s : s + self.batch_size]
                 texts = [self.prompt_text(requests[i]) + c + end for i, c in chunk]
                 n_tok = [len(self.tokenizer(c + end, add_special_tokens=False)["input_ids"]) for _, c in chunk]
-                images = [decode_image(b, self.preprocess) for i, _ in chunk for b in requests[i].images]
-                enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True).to(self.model.device)
-                if "pixel_values" in enc:
-                    enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+                enc = self.encode([requests[i] for i, _ in chunk], texts)
                 logits = self.model(**enc).logits.float()
                 logp = torch.log_softmax(logits[:, :-1], dim=-1)
                 ids = enc["input_ids"][:, 1:]

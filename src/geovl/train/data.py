@@ -143,7 +143,8 @@ class SFTDataset(torch.utils.data.Dataset):
 
     ``lengths[i]`` is the number of LLM input tokens sample ``i`` becomes (text + image tokens);
     ``dropped`` lists every sample left out whole, with the reason (``bad_schema``, ``bad_image``,
-    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``). Counts conserve:
+    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``; spectral runs also
+    ``no_cube``, ``bad_cube``). Counts conserve:
     ``read == kept + dropped``."""
 
     def __init__(
@@ -156,8 +157,17 @@ class SFTDataset(torch.utils.data.Dataset):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         progress: bool = True,
+        spectral: bool = False,
+        spectral_root: str | Path | None = None,
     ):
         self.processor = processor
+        # spectral: each image is the hyperspectral cube named by meta.cube (relative to spectral_root,
+        # default the dataset file's folder), fed through the model's spectral projector (see
+        # geovl.spectral.vision_input); set .projector before reading items
+        self.spectral = bool(spectral)
+        self.spectral_root = Path(spectral_root) if spectral_root else None
+        self.projector = None
+        self.cubes: dict[tuple[int, int], list[Path]] = {}
         self.tok = processor.tokenizer
         self.family = family
         self.min_pixels = min_pixels
@@ -184,7 +194,7 @@ class SFTDataset(torch.utils.data.Dataset):
             s = _row(self.tables[ti], ri)
             self.n_read += 1
             try:
-                length = self._measure(s)
+                length = self._measure(s, ti, ri)
             except _Drop as d:
                 self.dropped.append(Dropped(str(s.get("id", f"row{ri}")), d.reason, d.detail, str(self.paths[ti])))
                 continue
@@ -192,7 +202,7 @@ class SFTDataset(torch.utils.data.Dataset):
             self.lengths.append(length)
             self.ids.append(s["id"])
 
-    def _measure(self, s: dict) -> int:
+    def _measure(self, s: dict, ti: int = 0, ri: int = 0) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
         from ..data.inspect import image_size
         from ..data.schema import SampleError, validate_sample
@@ -202,9 +212,10 @@ class SFTDataset(torch.utils.data.Dataset):
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
         vis = 0
+        sizes = self._cube_sizes(s, ti, ri) if self.spectral else None
         for k, b in enumerate(s["images"]):
             try:
-                w, h = image_size(b)
+                w, h = sizes[k] if sizes else image_size(b)
                 vis += self.family.image_tokens(h, w, self.min_pixels, self.max_pixels)
             except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
                 raise _Drop("bad_image", f"image {k}: {e}") from None
@@ -218,6 +229,31 @@ class SFTDataset(torch.utils.data.Dataset):
         if not any(assistant_label_mask(text_ids, self.start_marker, self.end_id, self.newline_led)):
             raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
         return length
+
+    def _cube_sizes(self, s: dict, ti: int, ri: int) -> list[tuple[int, int]]:
+        """(width, height) of each image's cube (headers only); remembers the cube paths."""
+        from ..spectral import SpectralError
+        from ..spectral.readers import open_cube
+        from ..spectral.vision_input import sample_cube_paths
+
+        root = self.spectral_root or self.paths[ti].parent
+        try:
+            paths = sample_cube_paths(s, root)
+        except SpectralError as e:
+            raise _Drop("no_cube", str(e)) from None
+        sizes = []
+        for p in paths:
+            try:
+                with open_cube(p) as c:
+                    sizes.append((c.cols, c.rows))
+            except (SpectralError, OSError) as e:
+                raise _Drop("bad_cube", str(e)) from None
+        self.cubes[(ti, ri)] = paths
+        return sizes
+
+    def cube_files(self) -> list[Path]:
+        """Every cube of the kept samples, once, in dataset order."""
+        return list(dict.fromkeys(p for key in self.index for p in self.cubes.get(key, ())))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -240,7 +276,14 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
-        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
+        if not self.spectral:
+            return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
+        from ..spectral.vision_input import PROCESSOR_KWARGS, cube_tensor
+
+        if self.projector is None:
+            raise RuntimeError("spectral dataset: set .projector (the model's SpectralProjector) before reading samples")
+        cubes = [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
+        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led, cubes, PROCESSOR_KWARGS)
 
 
 class _Drop(Exception):
@@ -250,12 +293,15 @@ class _Drop(Exception):
         self.detail = detail
 
 
-def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = ()) -> dict:
+def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = (), images=None,
+                  image_kwargs: dict | None = None) -> dict:
     """Process one sample: ``input_ids`` with image pads expanded, ``labels`` = ids on assistant tokens
-    of every assistant turn and -100 elsewhere, image patches and grids."""
-    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]
+    of every assistant turn and -100 elsewhere, image patches and grids. ``images`` replaces the
+    sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the processor)."""
+    if images is None:
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]
     text = processor.apply_chat_template(s["messages"], tokenize=False)
-    enc = processor(text=[text], images=images or None, return_tensors="pt")
+    enc = processor(text=[text], images=images or None, return_tensors="pt", **(image_kwargs or {}))
     ids = enc["input_ids"][0]
     mask = torch.tensor(assistant_label_mask(ids.tolist(), start_marker, end_id, newline_led), dtype=torch.bool)
     labels = torch.where(mask, ids, torch.full_like(ids, IGNORE))

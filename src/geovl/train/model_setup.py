@@ -134,7 +134,7 @@ def part_of_param(family: Family, name: str) -> str:
 
 def trainable_table(model, family: Family) -> "OrderedDict[str, tuple[int, int]]":
     """part → (trainable params, total params)."""
-    out: OrderedDict[str, list[int]] = OrderedDict((k, [0, 0]) for k in ("vision", "merger", "llm", "embed", "lm_head", "other"))
+    out: OrderedDict[str, list[int]] = OrderedDict((k, [0, 0]) for k in ("spectral", "vision", "merger", "llm", "embed", "lm_head", "other"))
     seen = set()
     for n, p in model.named_parameters():
         if id(p) in seen or ".original_module." in n:  # peft keeps a frozen copy of modules_to_save
@@ -164,13 +164,14 @@ def param_groups(model, family: Family, recipe) -> list[dict]:
         "vision": recipe.lr_vision if recipe.lr_vision is not None else recipe.lr,
         "merger": recipe.lr_merger if recipe.lr_merger is not None else recipe.lr,
         "llm": recipe.lr_llm if recipe.lr_llm is not None else recipe.lr,
+        "spectral": getattr(recipe, "lr_spectral", None) or recipe.lr,
     }
     groups: dict[tuple[str, bool], list] = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
         part = part_of_param(family, n)
-        key = part if part in ("vision", "merger") else "llm"
+        key = part if part in ("vision", "merger", "spectral") else "llm"
         no_decay = p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias")
         groups.setdefault((key, no_decay), []).append(p)
     out = []

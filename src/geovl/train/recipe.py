@@ -44,11 +44,16 @@ class SFTRecipe:
     lora_dropout: float = 0.05
     use_dora: bool = False
     quantization: str = "none"  # none | 4bit | 8bit (QLoRA; needs CUDA + bitsandbytes)
+    # -- hyperspectral input (geovl.spectral.vision_input) ---------------------------------------
+    spectral: bool = False  # images are the cubes in meta.cube, through a trained N-band → RGB projector
+    spectral_rgb: list[float] = field(default_factory=lambda: [1650.0, 2200.0, 2330.0])  # projector init bands (nm)
+    spectral_root: str | None = None  # folder meta.cube paths are relative to (default: each dataset file's folder)
     # -- optimisation -------------------------------------------------------------------------
     lr: float = 1e-4
     lr_llm: float | None = None  # default: lr
     lr_vision: float | None = None  # default: lr
     lr_merger: float | None = None  # default: lr
+    lr_spectral: float = 1e-4  # the spectral projector's own lr (with spectral=true)
     weight_decay: float = 0.0
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs

@@ -158,6 +158,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
     from ..models.preprocess import PreprocessConfig
     from .data import SFTCollator, SFTDataset
     from .model_setup import format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table
+    from ..spectral.vision_input import preprocess_entry
     from .trainer import GeoVLTrainer, ProgressFileCallback, RankStateCallback, SaveExtrasCallback, shutdown_dataloader_workers
 
     preflight(recipe)
@@ -189,7 +190,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
 
-    train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=_is_main())
+    spectral = dict(spectral=recipe.spectral, spectral_root=recipe.spectral_root)
+    train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
+                          pre.max_pixels, progress=_is_main(), **spectral)
     if _is_main():
         train_ds.write_dropped(out / "dropped.jsonl")
         s = train_ds.summary()
@@ -201,15 +204,24 @@ def train_sft(recipe: SFTRecipe) -> Path:
         )
     eval_ds = None
     if recipe.eval_data:
-        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels, pre.max_pixels, progress=False)
+        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
+                             pre.max_pixels, progress=False, **spectral)
         e = eval_ds.summary()
         _log(f"eval samples: {e['kept']} kept of {e['read']} ({e['dropped']} over the budgets or invalid, not evaluated)")
         if len(eval_ds) == 0:
             raise RecipeError(f"eval_data {recipe.eval_data}: no usable samples ({e}); fix the file or remove eval_data")
 
+    si = attach_spectral(model, family, processor, recipe, train_ds)
+    if si is not None:
+        pre.spectral = preprocess_entry(si.projector)
+        for ds in (train_ds, eval_ds):
+            if ds is not None:
+                ds.projector = si.projector
     if recipe.gradient_checkpointing:
         model.config.use_cache = False
     model, modules_to_save = setup_trainable(model, family, recipe)
+    if si is not None:
+        si.projector.conv.requires_grad_(True)  # trained with its own lr (lr_spectral); the band statistics stay fixed
     if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
@@ -261,6 +273,30 @@ def train_sft(recipe: SFTRecipe) -> Path:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(f"done: {trainer.state.global_step} steps, final weights in {final}")
     return final
+
+
+def attach_spectral(model, family, processor, recipe, train_ds):
+    """With ``spectral=true``: the projector of the starting model folder (a spectral run's output), or a new one
+    initialised to the ``spectral_rgb`` false-colour bands with band statistics of the training cubes."""
+    from ..spectral.projector import SpectralProjector
+    from ..spectral.vision_input import attach, cube_stats, has_projector
+
+    folder = Path(recipe.model)
+    if not recipe.spectral:
+        if has_projector(folder):
+            raise RecipeError(f"{folder} has a spectral projector (it reads hyperspectral cubes): set spectral=true to train it")
+        return None
+    if has_projector(folder):
+        projector = SpectralProjector.load(folder)
+        how = f"continued from {folder}"
+    else:
+        mean, std, wl, good = cube_stats(train_ds.cube_files())
+        projector = SpectralProjector(wl, recipe.spectral_rgb, good, mean, std)
+        how = f"new, initialised on bands near {', '.join(f'{w:g}' for w in recipe.spectral_rgb)} nm"
+    si = attach(model, family, projector, processor)
+    wl = projector.wavelengths
+    _log(f"spectral projector: {projector.n_bands} bands ({wl[0]:g}–{wl[-1]:g} nm) → RGB, {how}; lr {recipe.lr_spectral:g}")
+    return si
 
 
 def _tensorboard_into(trainer, folder: Path) -> None:

@@ -7,6 +7,7 @@ What it adds:
 - a stop on NaN/inf loss that names the step and the sample ids of the batch;
 - a JSONL progress file (step, loss, lr, real tokens/s, % done, ETA) that a UI can tail;
 - the processor and the preprocessing config saved into every checkpoint;
+- a spectral projector (if attached) saved beside the weights in every checkpoint and restored on resume;
 - optionally (``GEOVL_RANK_STATE=1``) a per-rank fingerprint of the trained weights, to check that
   distributed ranks stayed in sync.
 """
@@ -130,6 +131,33 @@ class GeoVLTrainer(Trainer):
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
             return self.optimizer
         return super().create_optimizer(model)
+
+    # -- a spectral projector is saved in its own files, next to the weights (never inside them) -----
+    def _spectral_input(self):
+        from ..spectral.vision_input import find
+
+        return find(self.accelerator.unwrap_model(self.model))
+
+    def _save(self, output_dir=None, state_dict=None):
+        si = self._spectral_input()
+        if si is None:
+            return super()._save(output_dir, state_dict)
+        from ..spectral.vision_input import save, strip_state_dict
+
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        super()._save(output_dir, strip_state_dict(state_dict))
+        if self.args.should_save:
+            save(si, output_dir if output_dir is not None else self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        si = self._spectral_input()
+        if si is not None:
+            from ..spectral.projector import SpectralProjector
+
+            saved = SpectralProjector.load(resume_from_checkpoint)  # strict: a checkpoint without it is an error
+            si.projector.load_state_dict(saved.state_dict(), strict=True)
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
