@@ -4,13 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geovl-installed
 DEMO   ?= demo_out
+SPECTRAL_DEMO ?= spectral_out
 
-.PHONY: install test demo bench clean help browser-deps
+.PHONY: install test demo spectral-demo bench clean help browser-deps
 
 help:
 	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
 	@echo "make test     - install, then run the whole test suite"
 	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
+	@echo "make spectral-demo - install, then the hyperspectral pipeline offline into $(SPECTRAL_DEMO)/"
 	@echo "make bench    - run the benchmarks in bench/ (results in bench/results/)"
 
 install: $(STAMP)
@@ -42,8 +44,11 @@ browser-deps:
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)
 
+spectral-demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_spectral.sh $(SPECTRAL_DEMO)
+
 bench: install
 	$(BIN)/python bench/bench_convert.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) $(SPECTRAL_DEMO) .pytest_cache

@@ -219,3 +219,34 @@ def test_shipped_hyperspectral_recipe_runs(hs, tiny_model_dir, tmp_path, capsys)
 
     with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:  # full fine-tuning: still not in the weights
         assert not [k for k in f.keys() if "spectral" in k]
+
+
+def test_api_answers_a_geotiff_cube_like_the_local_engine(hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
+    """`geovl serve` on a spectral run: the cube travels as a multi-band GeoTIFF data URI (official openai client)."""
+    import base64
+
+    import openai
+    from serve_util import Server, free_port, running
+
+    from geovl.data.schema import user_turn
+    from geovl.serve.engine import ChatRequest, GenerationParams, LocalEngine
+
+    out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
+    s = next(iter(read_samples(hs / "test.parquet")))
+    tif = (hs / s["meta"]["cube_geotiff"]).read_bytes()
+    q = "Is there alteration in this image? Answer yes or no."
+    want = LocalEngine(str(out / "final"), device="cpu").generate([ChatRequest([user_turn(q, 1)], [tif])], GenerationParams(max_new_tokens=6))[0]
+    server = Server(["serve", "--model", str(out / "final"), "--served-model-name", "hs", "--log-level", "warning",
+                     "--port", str(p := free_port())], tmp_path / "serve.log", p)
+    with running(server):
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=120)
+        uri = "data:image/tiff;base64," + base64.b64encode(tif).decode()
+        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": q}]}]
+        got = c.chat.completions.create(model="hs", messages=msg, max_tokens=6, temperature=0)
+        assert got.choices[0].message.content == want
+        # an RGB PNG is not a cube: a clear 4xx naming the problem, not a crash
+        png = (hs / s["meta"]["image"]).read_bytes()
+        bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
+                                            {"type": "text", "text": q}]}]
+        with pytest.raises(openai.BadRequestError, match="330-band cubes"):
+            c.chat.completions.create(model="hs", messages=bad, max_tokens=6)

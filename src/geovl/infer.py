@@ -38,6 +38,18 @@ def image_bytes(path: str | os.PathLike, preprocess=None) -> bytes:
     return loaded.data
 
 
+CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral model reads them
+
+
+def request_image(path: str | os.PathLike, engine):
+    """What a request carries for an image file: encoded bytes, or for a model with a spectral projector the
+    cube path (checked now: bands and wavelengths must match the projector)."""
+    if getattr(engine, "spectral", None) is not None:
+        engine.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
+        return Path(path)
+    return image_bytes(path, getattr(engine, "preprocess", None))
+
+
 def build_request(images: list[bytes], question: str) -> ChatRequest:
     return ChatRequest([user_turn(question, len(images))], list(images))
 
@@ -82,7 +94,6 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
     rej_path = rejects_path_for(out)
     chunk = 4 * int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
     counts = {"read": 0, "written": 0, "rejected": 0, "out": str(out)}
-    pre = getattr(engine, "preprocess", None)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -94,7 +105,7 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
             for ref, p in entries[s : s + chunk]:
                 counts["read"] += 1
                 try:
-                    batch.append((ref, build_request([image_bytes(p, pre)], question)))
+                    batch.append((ref, build_request([request_image(p, engine)], question)))
                 except ImageError as e:
                     counts["rejected"] += 1
                     frej.write(json.dumps({"source": ref, "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")
@@ -129,14 +140,18 @@ def run(args) -> int:
     if quant != "none" and args.api:
         raise CLIError("--load-in-4bit/--load-in-8bit apply to local models, not --api")
     params = params_from_args(args)
-    if args.image:  # read the images before loading the model: a typo fails fast
-        images = [image_bytes(p) for p in args.image]
+    if args.image:  # read the images before loading the model: a typo fails fast (cubes: checked once the model is known)
+        for p in args.image:
+            if Path(p).suffix.lower() in CUBE_SUFFIXES:
+                if not Path(p).is_file():
+                    raise CLIError(f"{p}: no such file / 文件不存在")
+            else:
+                image_bytes(p)
     engine = open_engine_from_args(args, quantization=quant)
     try:
         if args.image:
-            pre = getattr(engine, "preprocess", None)
-            if custom_rendering(pre):  # the engine renders raw TIFFs with the model's bands/stretch
-                images = [image_bytes(p, pre) for p in args.image]
+            # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
+            images = [request_image(p, engine) for p in args.image]
             request = build_request(images, args.question)
             answer = stream_answer(engine, request, params)
             if args.out:

@@ -307,7 +307,7 @@ class LocalEngine:
         try:
             return cube_tensor(item, self.spectral.projector)
         except (SpectralError, OSError) as e:
-            raise ImageError("bad_cube", str(e)) from None
+            raise ImageError("bad_cube", f"{e} (this model reads {self.spectral.n_bands}-band cubes / 此模型读取高光谱数据立方体)") from None
 
     def _gen_kwargs(self, params: GenerationParams) -> dict:
         kw = {"max_new_tokens": int(params.max_new_tokens), "pad_token_id": self._pad}

@@ -154,13 +154,13 @@ def _check_bands(n: int, wavelengths, projector: SpectralProjector, where: str) 
 
 
 def _fill(arr: np.ndarray, projector: SpectralProjector) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    bad = ~torch.isfinite(x)
+    x = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(x)
     if bad.any():
         if bad.all():
             raise SpectralError("the cube window is all no-data / 窗口全部为无效值")
-        x = torch.where(bad, projector.mean.to(x.dtype)[:, None, None].expand_as(x), x)
-    return x
+        x = np.where(bad, projector.mean.numpy().astype(np.float32)[:, None, None], x)
+    return torch.from_numpy(x)
 
 
 def cube_from_bytes(data: bytes, where: str = "<bytes>"):
