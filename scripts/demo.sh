@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, offline on a CPU: synthetic county scenes → dataset → tiny Qwen2.5-VL →
-# eval before → supervised fine-tuning → eval after → before/after report.
+# eval before → supervised fine-tuning → eval after → before/after report → stage 2: GRPO with rule
+# rewards on count + area questions → the stage-2 table (scripts/demo_grpo.sh).
 # Usage: bash scripts/demo.sh [OUT_DIR]   (make demo runs it with the venv on PATH)
 set -euo pipefail
 D="${1:-demo_out}"
@@ -38,5 +39,14 @@ geovl eval --model "$D/run/final" --data "$D/data/test.parquet" --out "$D/after.
 
 step "8/8 before/after comparison / 前后对比"
 geovl compare "$D/before.jsonl" "$D/after.jsonl" --names before,after --out "$D/report"
+echo "stage 1 (SFT) finished in $(( $(date +%s) - start ))s; report: $D/report/report.html (also report.md)"
+
+# stage 2: GRPO with rule rewards on count + area questions; prints the stage-2 table (per-type accuracy and
+# mean reward before/after GRPO) and fails if presence (yes/no) accuracy dropped. GEOVL_DEMO_GRPO=0 skips it.
+if [ "${GEOVL_DEMO_GRPO:-1}" != "0" ]; then
+  echo
+  echo "== [$(( $(date +%s) - start ))s] stage 2: GRPO / 第二阶段：强化学习"
+  bash "$(dirname "${BASH_SOURCE[0]}")/demo_grpo.sh" "$D"
+fi
 echo
-echo "demo finished in $(( $(date +%s) - start ))s; report: $D/report/report.html (also report.md)"
+echo "demo finished in $(( $(date +%s) - start ))s; reports: $D/report/report.html (SFT), $D/grpo/report_count_area/report.html (GRPO)"

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Demo stage 2: GRPO with rule rewards on the demo's SFT model, offline on a CPU.
-#   new county scenes → count + area questions → eval the SFT model → `geovl train grpo` (count reward
-#   with partial credit, area reward on value + unit against the measured area) → eval again →
+#   new county scenes → count + area questions (+ presence as rehearsal) → eval the SFT model → `geovl train grpo`
+#   (count reward with partial credit, area reward on value + unit against the measured area, exact yes/no) → eval again →
 #   per-type accuracy, mean reward before/after, and a check that presence (yes/no) did not drop.
 # Usage: bash scripts/demo_grpo.sh [OUT_DIR]   (OUT_DIR of scripts/demo.sh: uses $D/run/final, $D/data/test.parquet
 #        and, when present, $D/after.jsonl — stage 1's SFT predictions on that test set, made with the same settings)
-# Settings: GEOVL_GRPO_STEPS (100), GEOVL_GRPO_SCENES (120), GEOVL_GRPO_PRESENCE (480 test samples for the presence check),
+# Settings: GEOVL_GRPO_STEPS (300), GEOVL_GRPO_SCENES (120), GEOVL_GRPO_PRESENCE (480 test samples for the presence check),
 #           GEOVL_GRPO_LR (recipe default).
 set -euo pipefail
 D="${1:-demo_out}"
 G="$D/grpo"
-STEPS="${GEOVL_GRPO_STEPS:-100}"
+STEPS="${GEOVL_GRPO_STEPS:-300}"
 SCENES="${GEOVL_GRPO_SCENES:-120}"
 PRESENCE_N="${GEOVL_GRPO_PRESENCE:-480}"
+# presence questions ride along as rehearsal (yes/no reward): GRPO on count + area alone let presence drift
+# (measured at 300 steps: 86.9 % → 86.6 %); with them in the mix: 86.9 % → 87.2 %, 1 fixed, 0 broken
+TASKS="${GEOVL_GRPO_TASKS:-count,area,presence}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPE="$HERE/recipes/grpo-demo-tiny.yaml"
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -25,8 +28,8 @@ step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 EVAL=(--forced-choice --batch-size 32 --no-progress)   # the settings of stage 1's evaluation
 
 step "G1/6 synthesise new scenes: count + area questions (zh + en) / 合成计数与面积问题"
-geovl data synth --out "$G/county" --scenes "$SCENES" --size 112 --seed 7 --tasks count,area \
-  --questions-per-scene 4 --split train=0.8,test=0.2 --no-progress >/dev/null
+geovl data synth --out "$G/county" --scenes "$SCENES" --size 224 --seed 7 --tasks "$TASKS" \
+  --presence-classes water,forest,cropland,bare --questions-per-scene 6 --split train=0.8,test=0.2 --no-progress >/dev/null
 
 step "G2/6 evaluate the SFT model (count + area test; presence subset) / 强化学习前评估"
 geovl eval --model "$D/run/final" --data "$G/county/test.parquet" --out "$G/sft_count_area.jsonl" "${EVAL[@]}" >/dev/null
