@@ -1,4 +1,5 @@
-"""``geovl spectral ...``: hyperspectral cubes — info, render, depth, index, synth, map (SAM), evaluate-sam.
+"""``geovl spectral ...``: hyperspectral cubes — info, render, depth, index, synth, map (SAM), evaluate-sam,
+vlm-map (tiled probability map from a spectral VLM), compare (the VLM vs SAM on held-out scenes).
 
 Registration imports only argparse; the ``run_*`` functions import numpy/rasterio when called.
 """
@@ -101,6 +102,42 @@ def register(sub) -> None:
     q.add_argument("--min-pixels", type=int, default=10, help="fewer mineral pixels → answer none")
     q.add_argument("--out", help="write the evaluation JSON here")
     q.set_defaults(func=run_lazy("geovl.commands.spectral:run_evaluate_sam"))
+
+    q = s.add_parser("vlm-map", help="mineralisation-probability map from a spectral VLM, window by window → float32 GeoTIFF + PNG",
+                     description="Ask a model trained on cubes (spectral projector) the mineralisation-probability question "
+                     "about every window of a cube and blend the answers into a per-pixel map. "
+                     "用光谱投影器模型逐窗口回答成矿概率，融合为逐像元概率图。",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _cube_args(q)
+    q.add_argument("--model", required=True, help="model folder with a spectral projector (or a LoRA run's final/)")
+    q.add_argument("--adapter", help="peft adapter folder (e.g. OUT/final of `geovl train sft`)")
+    q.add_argument("--out", required=True, metavar="PROB.tif", help="float32 probability GeoTIFF (CRS/transform of the cube, "
+                   "nodata NaN); the summary goes to PROB.json")
+    q.add_argument("--png", metavar="PROB.png", help="PNG preview (default: PROB.png beside --out)")
+    q.add_argument("--tile", type=int, default=64, metavar="PX", help="window side in pixels")
+    q.add_argument("--overlap", type=int, default=16, metavar="PX", help="overlap between neighbouring windows")
+    q.add_argument("--blend", choices=["taper", "mean"], default="taper",
+                   help="overlap blending: tapered weights (smooth seams) or the plain mean")
+    q.add_argument("--lang", choices=["en", "zh"], default="en", help="language of the question")
+    q.add_argument("--batch-size", type=int, default=8, help="windows per generate call")
+    q.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit in tokens")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=run_lazy("geovl.commands.spectral:run_vlm_map"))
+
+    q = s.add_parser("compare", help="VLM vs SAM vs ground truth on held-out synthetic scenes (table)",
+                     description="Alteration, main mineral and probability: answers of `geovl eval` on SYNTH_DIR/<split>.parquet "
+                     "vs the spectral angle mapper vs scenes.jsonl. 光谱大模型与光谱角制图在留出合成场景上的对比。",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("dir", metavar="SYNTH_DIR", help="folder written by `geovl spectral synth`")
+    q.add_argument("--predictions", required=True, metavar="PRED.jsonl", help="predictions file of `geovl eval`")
+    q.add_argument("--split", default="test", help="split to compare (all = every scene)")
+    q.add_argument("--library", default="minerals+background", help="SAM library")
+    q.add_argument("--max-angle", type=float, default=0.05, help="SAM: radians; worse matches are unclassified")
+    q.add_argument("--min-pixels", type=int, default=10, help="SAM: fewer mineral pixels → answer none")
+    q.add_argument("--out", metavar="TABLE.json", help="write the comparison JSON here")
+    q.add_argument("--md", metavar="TABLE.md", help="write the table as Markdown here")
+    q.set_defaults(func=run_lazy("geovl.commands.spectral:run_compare"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,4 +352,49 @@ def run_evaluate_sam(args) -> int:
     print(format_evaluation(ev))
     if args.out:
         _write_json(args.out, ev)
+    return 0
+
+
+@_errors
+def run_vlm_map(args) -> int:
+    from geovl.cli import CLIError
+    from geovl.imagery.decode import ImageError
+    from geovl.serve.engine import EngineError, LocalEngine
+    from geovl.spectral.vlm_map import (check_grid_options, output_paths, probability_question, require_matching_bands,
+                                        saved_projector, vlm_map)
+
+    check_grid_options(args.tile, args.overlap)  # option, model and cube errors before the model is loaded
+    output_paths(args.out, args.png)
+    probability_question(args.lang)
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise CLIError("--batch-size and --max-new-tokens must be >= 1")
+    with _open(args) as cube:
+        require_matching_bands(saved_projector(args.model, args.adapter), cube)
+        try:
+            engine = LocalEngine(args.model, adapter=args.adapter, device=args.device, batch_size=args.batch_size)
+        except EngineError as e:
+            raise CLIError(str(e)) from e
+        try:
+            summary = vlm_map(cube, engine, args.out, png=args.png, tile=args.tile, overlap=args.overlap, lang=args.lang,
+                              blend=args.blend, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                              meta={"model": args.model, "adapter": args.adapter})
+        except (EngineError, ImageError) as e:
+            raise CLIError(f"{args.cube}: {e}") from e
+        finally:
+            engine.close()
+    _print_json(summary)
+    return 0
+
+
+@_errors
+def run_compare(args) -> int:
+    from geovl.spectral.compare import compare, format_table, markdown_table, write_text
+
+    result = compare(args.dir, args.predictions, split=args.split, library=args.library, max_angle=args.max_angle,
+                     min_pixels=args.min_pixels)
+    print(format_table(result))
+    if args.out:
+        _write_json(args.out, result)
+    if args.md:
+        write_text(args.md, markdown_table(result))
     return 0
