@@ -32,7 +32,7 @@ import numpy as np
 from .errors import MeasureError
 
 MAX_RENDER_PIXELS = 4096 * 4096  # whole-image renderings (geovl ask) are decimated beyond this
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+from ..imagery.decode import TIFF_MAGICS
 
 
 @dataclass(frozen=True)

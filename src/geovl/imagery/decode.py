@@ -26,6 +26,9 @@ DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger images are rejected, not d
 Image.MAX_IMAGE_PIXELS = None
 
 
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
 class ImageError(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -75,7 +78,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageError("missing_image", f"{path} does not exist")
     with open(path, "rb") as f:
         head = f.read(4)
-    if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head in TIFF_MAGICS:
         return _load_tiff(path, max_pixels)
     data = path.read_bytes()
     return load_image_bytes(data, max_pixels, name=str(path))
@@ -83,7 +86,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 def load_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> LoadedImage:
     """Validate encoded bytes; apply EXIF orientation; TIFF bytes are rendered to PNG."""
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if data[:4] in TIFF_MAGICS:
         from rasterio.io import MemoryFile
 
         with MemoryFile(data) as mf:

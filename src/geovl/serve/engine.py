@@ -19,7 +19,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+from ..imagery.decode import TIFF_MAGICS
 
 
 class EngineError(RuntimeError):

@@ -44,7 +44,7 @@ from .webapp import PanelResult, Route
 ORDERS = ("auto", "upload", "reversed")
 TABLES = ("auto", "synth", "worldcover", "dynamicworld")
 TABLE_NAMES = {"synth": "geovl synth", "worldcover": "ESA WorldCover", "dynamicworld": "Dynamic World"}
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+from ..imagery.decode import TIFF_MAGICS
 
 
 def session(conv) -> dict:

@@ -36,7 +36,7 @@ ATTR = "spectral_input"
 PROCESSOR_KWARGS = {"do_rescale": False, "do_normalize": False, "input_data_format": "channels_first"}
 WAVELENGTH_TOLERANCE_NM = 1.0
 NPY_MAGIC = b"\x93NUMPY"
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+from ..imagery.decode import TIFF_MAGICS
 
 
 class SpectralInput(nn.Module):
