@@ -250,3 +250,13 @@ def test_api_answers_a_geotiff_cube_like_the_local_engine(hs, tiny_model_dir, tm
                                             {"type": "text", "text": q}]}]
         with pytest.raises(openai.BadRequestError, match="330-band cubes"):
             c.chat.completions.create(model="hs", messages=bad, max_tokens=6)
+
+
+def test_grpo_refuses_a_spectral_model_up_front(hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
+    from sft_util import run_cli
+
+    out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
+    rc, err = run_cli(capsys, "train", "grpo", ROOT / "recipes" / "grpo-demo-tiny.yaml", f"model={out / 'final'}",
+                      f"train_data={hs / 'train.parquet'}", f"output_dir={tmp_path / 'g'}", "max_steps=1")
+    assert rc != 0 and "GRPO with cube input is not supported" in err
+    assert not (tmp_path / "g" / "final").exists()

@@ -152,6 +152,13 @@ def load_policy(recipe: GRPORecipe):
     from .model_setup import load_model_and_processor, setup_trainable
 
     src = Path(recipe.model)
+    from ..spectral.vision_input import has_projector
+
+    if has_projector(src) or (src.is_dir() and is_adapter_folder(src) and has_projector(resolve_folders(src, None)[0])):
+        # TRL's GRPOTrainer builds the image inputs itself from RGB pictures: the cubes would never reach the projector
+        raise RecipeError(f"{src} reads hyperspectral cubes through a spectral projector; GRPO with cube input is not supported "
+                          "yet (train the probability task with `geovl train sft`, or GRPO a model trained on the rendering) / "
+                          "高光谱投影模型暂不支持 GRPO")
     kw = dict(precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization)
     if src.is_dir() and is_adapter_folder(src) and not (src / "config.json").is_file():
         base_dir, adapter_dir = resolve_folders(src, None)
