@@ -4,6 +4,8 @@
   (``family``: "qwen2-vl" / "qwen2.5-vl" / "qwen3-vl" or a model_type). Treat it as read-only:
   copy it (``shutil.copytree``) before writing into it.
 - ``qwen_tiktoken`` → Path of the real Qwen vocabulary file; skips the test if it is not installed.
+- ``spectral_scenes`` → folder of 6 tiny synthetic GF-5B scenes (330 bands, 32 px; train/test 50/50) from
+  ``geovl spectral synth``, built once per session (tests may add dataset files next to its parquet files).
 - ``TINY_FAMILIES`` — the three CLI family names, for ``pytest.mark.parametrize``.
 """
 
@@ -55,3 +57,12 @@ def tiny_model_dir(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def spectral_scenes(tmp_path_factory):
+    from geovl.spectral.synth_write import synthesize
+
+    d = tmp_path_factory.mktemp("spectral-scenes") / "data"
+    synthesize(d, 6, sensor="gf5b", size=32, seed=1, split="train=0.5,test=0.5", progress=False)
+    return d

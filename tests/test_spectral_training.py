@@ -23,12 +23,8 @@ SPECTRAL = ["spectral=true", "lr_spectral=0.05", "tune_llm=lora", "max_steps=3",
 
 
 @pytest.fixture(scope="module")
-def hs(tmp_path_factory):
-    from geovl.spectral.synth_write import synthesize
-
-    d = tmp_path_factory.mktemp("hs") / "data"
-    synthesize(d, 6, sensor="gf5b", size=32, seed=1, split="train=0.5,test=0.5", progress=False)
-    return d
+def hs(spectral_scenes):
+    return spectral_scenes
 
 
 @pytest.fixture(scope="module")

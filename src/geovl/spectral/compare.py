@@ -28,7 +28,6 @@ within ±0.1 of the truth; the ``n`` columns give the answers (VLM) and scenes (
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from pathlib import Path
@@ -49,18 +48,6 @@ EPS = 1e-9
 
 
 # -- ground truth and SAM ------------------------------------------------------------------------
-
-
-def load_scenes(synth_dir, split: str = "test") -> list[dict]:
-    d = Path(synth_dir)
-    index = d / "scenes.jsonl"
-    if not index.is_file():
-        raise SpectralError(f"{d}: no scenes.jsonl (not a `geovl spectral synth` folder) / 不是合成场景目录")
-    scenes = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
-    scenes = [s for s in scenes if split in ("all", s["split"])]
-    if not scenes:
-        raise SpectralError(f"{index}: no scenes in split {split!r} / 该划分没有场景")
-    return scenes
 
 
 def sam_probability(cls: np.ndarray, names: list[str]) -> float | None:
@@ -235,6 +222,8 @@ def compare(synth_dir, predictions, split: str = "test", library: str | None = N
 
     library = library or DEFAULT_LIBRARY
     max_angle = DEFAULT_MAX_ANGLE if max_angle is None else max_angle
+    from .synth_write import load_scenes
+
     scenes = load_scenes(synth_dir, split)
     answers, counts = vlm_answers(predictions, [s["id"] for s in scenes])
     langs = sorted({lg for _, _, lg in answers})

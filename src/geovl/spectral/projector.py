@@ -48,6 +48,28 @@ def nearest_bands(wavelengths, targets, good=None) -> list[int]:
     return out
 
 
+class BandStats:
+    """Running per-band mean and std over blocks ``(bands, ...)`` (NaN = no data, skipped); a band with
+    no spread gets std 1 so normalising by it is harmless."""
+
+    def __init__(self, bands: int):
+        self.s, self.s2, self.n = np.zeros(bands), np.zeros(bands), np.zeros(bands)
+
+    def add(self, block: np.ndarray) -> None:
+        x = np.asarray(block, np.float64).reshape(self.s.size, -1)
+        ok = np.isfinite(x)
+        x = np.where(ok, x, 0.0)
+        self.s += x.sum(1)
+        self.s2 += (x * x).sum(1)
+        self.n += ok.sum(1)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        n = np.maximum(self.n, 1)
+        mean = self.s / n
+        std = np.sqrt(np.maximum(self.s2 / n - mean**2, 0.0))
+        return mean, np.where(std > 1e-6, std, 1.0)
+
+
 class SpectralProjector(nn.Module):
     def __init__(self, wavelengths, rgb_wavelengths=DEFAULT_RGB, good_bands=None, mean=None, std=None,
                  activation: str = "sigmoid"):
@@ -97,20 +119,10 @@ class SpectralProjector(nn.Module):
         """Per-band mean and std (NaN/no-data skipped) of a :class:`~geovl.spectral.cube.Cube`, in windows."""
         from .cube import iter_windows
 
-        s = np.zeros(cube.bands)
-        s2 = np.zeros(cube.bands)
-        n = np.zeros(cube.bands)
+        stats = BandStats(cube.bands)
         for w in iter_windows(cube, rows=rows):
-            x = cube.read_float(window=w).reshape(cube.bands, -1).astype(np.float64)
-            ok = np.isfinite(x)
-            x = np.where(ok, x, 0.0)
-            s += x.sum(1)
-            s2 += (x * x).sum(1)
-            n += ok.sum(1)
-        n = np.maximum(n, 1)
-        mean = s / n
-        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        return mean, np.where(std > 1e-6, std, 1.0)
+            stats.add(cube.read_float(window=w))
+        return stats.result()
 
     @classmethod
     def from_cube(cls, cube, rgb_wavelengths=DEFAULT_RGB, activation: str = "sigmoid") -> "SpectralProjector":

@@ -148,14 +148,10 @@ def evaluate_sam(synth_dir, split: str = "test", library: str = DEFAULT_LIBRARY,
     """SAM's per-scene main alteration mineral vs the ground truth of a ``geovl spectral synth`` folder."""
     from .readers import open_cube
 
+    from .synth_write import load_scenes
+
     d = Path(synth_dir)
-    index = d / "scenes.jsonl"
-    if not index.is_file():
-        raise SpectralError(f"{d}: no scenes.jsonl (not a `geovl spectral synth` folder)")
-    scenes = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
-    scenes = [s for s in scenes if split in ("all", s["split"])]
-    if not scenes:
-        raise SpectralError(f"{index}: no scenes in split {split!r}")
+    scenes = load_scenes(d, split)
     lib = named_library(library)
     rows = []
     for s in scenes:

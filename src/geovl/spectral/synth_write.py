@@ -238,3 +238,16 @@ def _classes_doc(sens, size: int) -> dict:
         "reflectance_scale": REFLECTANCE_SCALE,
         "spectra": CITATION,
     }
+
+
+def load_scenes(synth_dir, split: str = "test") -> list[dict]:
+    """The scenes of one split (``all``: every scene) from a synth folder's ``scenes.jsonl``."""
+    d = Path(synth_dir)
+    index = d / "scenes.jsonl"
+    if not index.is_file():
+        raise SpectralError(f"{d}: no scenes.jsonl (not a `geovl spectral synth` folder) / 不是合成场景目录")
+    scenes = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scenes = [s for s in scenes if split in ("all", s["split"])]
+    if not scenes:
+        raise SpectralError(f"{index}: no scenes in split {split!r} / 该划分没有场景")
+    return scenes

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import SpectralError
-from .projector import CONFIG, WEIGHTS, SpectralProjector
+from .projector import CONFIG, WEIGHTS, BandStats, SpectralProjector
 
 ATTR = "spectral_input"
 # the stock Qwen-VL image processor, told that the input is already float and channels-first
@@ -233,23 +233,13 @@ def cube_stats(paths, max_cubes: int = 64) -> tuple[np.ndarray, np.ndarray, list
     paths = list(dict.fromkeys(Path(p) for p in paths))[:max_cubes]
     if not paths:
         raise SpectralError("no cubes to compute the projector's band statistics from")
-    s = s2 = n = None
-    wl = good = None
+    stats = wl = good = None
     for p in paths:
         with open_cube(p) as c:
             if wl is None:
-                wl, good = c.require_wavelengths(), c.good_bands
+                wl, good, stats = c.require_wavelengths(), c.good_bands, BandStats(c.bands)
             elif c.bands != len(wl) or np.abs(c.require_wavelengths() - wl).max() > WAVELENGTH_TOLERANCE_NM:
                 raise SpectralError(f"{p}: its bands differ from {paths[0]}'s; one spectral projector needs one sensor")
-            x = c.read_float().reshape(c.bands, -1).astype(np.float64)
-        ok = np.isfinite(x)
-        x = np.where(ok, x, 0.0)
-        if s is None:
-            s, s2, n = np.zeros(len(wl)), np.zeros(len(wl)), np.zeros(len(wl))
-        s += x.sum(1)
-        s2 += (x * x).sum(1)
-        n += ok.sum(1)
-    n = np.maximum(n, 1)
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-    return mean, np.where(std > 1e-6, std, 1.0), [float(w) for w in wl], [bool(g) for g in good]
+            stats.add(c.read_float())
+    mean, std = stats.result()
+    return mean, std, [float(w) for w in wl], [bool(g) for g in good]
