@@ -256,3 +256,20 @@ def test_grpo_refuses_a_spectral_model_up_front(hs, tiny_model_dir, tmp_path_fac
                       f"train_data={hs / 'train.parquet'}", f"output_dir={tmp_path / 'g'}", "max_steps=1")
     assert rc != 0 and "GRPO with cube input is not supported" in err
     assert not (tmp_path / "g" / "final").exists()
+
+
+def test_web_app_takes_a_cube_upload_and_refuses_a_picture(hs, tiny_model_dir, tmp_path_factory, capsys, runs):
+    import gradio as gr
+
+    from geovl.serve.engine import LocalEngine
+    from geovl.serve.webapp import ChatApp
+
+    out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
+    app = ChatApp(LocalEngine(str(out / "final"), device="cpu"), lang="en")
+    s = next(iter(read_samples(hs / "test.parquet")))
+    cube = hs / s["meta"]["cube_geotiff"]
+    data, shown = app.load_image(str(cube), "en")
+    assert data == cube.read_bytes()  # the engine gets the cube itself
+    assert Path(shown).suffix == ".png" and Path(shown).is_file()  # the chat shows a rendering
+    with pytest.raises(gr.Error, match="330-band GeoTIFF cubes"):
+        app.load_image(str(hs / s["meta"]["image"]), "en")

@@ -132,7 +132,14 @@ class ChatApp:
             with open(path, "rb") as f:
                 raw = f.read()
             check_image(raw, self.limits)
-            if image_format(raw) == "TIFF" and custom_rendering(getattr(self.engine, "preprocess", None)):
+            spectral = getattr(self.engine, "spectral", None)
+            if spectral is not None:  # the model reads the cube itself (a multi-band GeoTIFF); the chat shows bands 1-3
+                if image_format(raw) != "TIFF":
+                    raise ImageError("bad_cube", f"this model reads {spectral.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
+                                                 f"/ 此模型读取 {spectral.n_bands} 波段 GeoTIFF 高光谱数据")
+                self.engine.cube(raw)  # band count and wavelengths checked now, named in the error
+                data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name).data
+            elif image_format(raw) == "TIFF" and custom_rendering(getattr(self.engine, "preprocess", None)):
                 data = raw  # the engine renders it with the trained bands/stretch
                 shown = load_image_bytes(raw, self.limits.max_pixels, name=name).data
             else:
