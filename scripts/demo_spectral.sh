@@ -2,14 +2,14 @@
 # Hyperspectral prospecting end to end, offline on a CPU (make spectral-demo):
 #   synthetic GF-5B scenes (330 bands, mixed from real USGS splib07 spectra) → zh/en Q/A (alteration yes/no,
 #   main alteration mineral, mineralisation probability) → tiny Qwen3-VL → eval before (RGB rendering) →
-#   SFT with a trained spectral projector (N bands → RGB in front of the frozen vision tower) → eval after
+#   SFT with a trained spectral projector (N bands → RGB in front of the vision tower) → eval after
 #   (cubes through the projector) → before/after report → VLM vs SAM on the held-out scenes → a large scene:
 #   tiled VLM mineralisation-probability GeoTIFF + PNG, and the SAM mineral map of the same cube.
 # Usage: bash scripts/demo_spectral.sh [OUT_DIR]
-# Settings: GEOVL_HS_SCENES (150), GEOVL_HS_STEPS (600), GEOVL_HS_MAP_SIZE (256 px).
+# Settings: GEOVL_HS_SCENES (300), GEOVL_HS_STEPS (600), GEOVL_HS_MAP_SIZE (256 px).
 set -euo pipefail
 D="${1:-spectral_out}"
-SCENES="${GEOVL_HS_SCENES:-150}"
+SCENES="${GEOVL_HS_SCENES:-300}"
 STEPS="${GEOVL_HS_STEPS:-600}"
 MAP_SIZE="${GEOVL_HS_MAP_SIZE:-256}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +38,17 @@ geovl eval --model "$D/run/final" --data "$D/data/test.parquet" --out "$D/after.
 
 step "6/8 before/after comparison / 前后对比"
 geovl compare "$D/before.jsonl" "$D/after.jsonl" --names before,after --out "$D/report"
+for f in before after; do geovl rewards score --predictions "$D/$f.jsonl" --compact > "$D/$f.rewards.json"; done
+python - "$D" <<'PY'
+import json, sys
+from pathlib import Path
+
+d = Path(sys.argv[1])
+b, a = (json.loads((d / f"{k}.rewards.json").read_text())["by_qtype"] for k in ("before", "after"))
+print("mean rule reward (the GRPO rewards: exact yes/no, choice, number within 2 % else exp(-5·rel. error)) / 平均规则奖励:")
+for q in sorted(a):
+    print(f"  {q:<8} before {b.get(q, {}).get('mean_rs_reward', 0):.3f} → after {a[q]['mean_rs_reward']:.3f}")
+PY
 
 step "7/8 the fine-tuned model vs the spectral angle mapper on the held-out scenes / 与光谱角制图对比"
 geovl spectral compare "$D/data" --predictions "$D/after.jsonl" --out "$D/vlm_vs_sam.json" --md "$D/vlm_vs_sam.md"
