@@ -147,7 +147,6 @@ def evaluate_sam(synth_dir, split: str = "test", library: str = DEFAULT_LIBRARY,
                  max_angle: float = DEFAULT_MAX_ANGLE, min_pixels: int = 10) -> dict:
     """SAM's per-scene main alteration mineral vs the ground truth of a ``geovl spectral synth`` folder."""
     from .readers import open_cube
-
     from .synth_write import load_scenes
 
     d = Path(synth_dir)
