@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..imagery.decode import TIFF_MAGICS
 from .errors import MeasureError
 
 MAX_RENDER_PIXELS = 4096 * 4096  # whole-image renderings (geovl ask) are decimated beyond this
-from ..imagery.decode import TIFF_MAGICS
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..geo.errors import MeasureError
+from ..imagery.decode import TIFF_MAGICS
 from .i18n import t
 from .webapp import PanelResult, Route
 
 ORDERS = ("auto", "upload", "reversed")
 TABLES = ("auto", "synth", "worldcover", "dynamicworld")
 TABLE_NAMES = {"synth": "geovl synth", "worldcover": "ESA WorldCover", "dynamicworld": "Dynamic World"}
-from ..imagery.decode import TIFF_MAGICS
 
 
 def session(conv) -> dict:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..imagery.decode import TIFF_MAGICS
 from ..imagery.decode import Image  # noqa: F401 - sets PIL's MAX_IMAGE_PIXELS=None: we check pixels ourselves
 
-from ..imagery.decode import TIFF_MAGICS  # noqa: F401 - re-exported
 FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.IGNORECASE)
 

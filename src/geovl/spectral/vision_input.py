@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..imagery.decode import TIFF_MAGICS
 from . import SpectralError
 from .projector import CONFIG, WEIGHTS, BandStats, SpectralProjector
 
@@ -36,7 +37,6 @@ ATTR = "spectral_input"
 PROCESSOR_KWARGS = {"do_rescale": False, "do_normalize": False, "input_data_format": "channels_first"}
 WAVELENGTH_TOLERANCE_NM = 1.0
 NPY_MAGIC = b"\x93NUMPY"
-from ..imagery.decode import TIFF_MAGICS
 
 
 class SpectralInput(nn.Module):
