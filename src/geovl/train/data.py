@@ -92,10 +92,6 @@ def _open_table(path: Path) -> ParquetRows | list[dict]:
     return list(read_samples(path))
 
 
-def _row(table, i: int) -> dict:
-    return table[i]
-
-
 def assistant_label_mask(
     input_ids: Sequence[int], start_marker: Sequence[int], end_id: int, newline_led: Collection[int] = ()
 ) -> list[bool]:
@@ -138,7 +134,78 @@ class Dropped:
     file: str = ""
 
 
-class SFTDataset(torch.utils.data.Dataset):
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MeasuredSamples:
+    """The samples of one or more dataset files that a subclass's ``_measure`` accepts, with their exact lengths.
+
+    One pre-pass reads every row once: ``_measure(sample, ti, ri)`` returns the length or raises
+    :class:`_Drop` with the reason; kept rows are indexed (``index``, ``lengths``, ``ids``, and
+    ``_keep`` for more), dropped ones recorded whole in ``dropped``. Samples are read again from the
+    files when used (Parquet one row group at a time), so memory stays bounded. Counts conserve:
+    ``read == kept + dropped``."""
+
+    measure_desc = "measure samples / 统计样本"
+
+    def _scan(self, paths: Sequence[str | Path], progress: bool) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.tables = [_open_table(p) for p in self.paths]
+        self.index: list[tuple[int, int]] = []
+        self.lengths: list[int] = []
+        self.ids: list[str] = []
+        self.dropped: list[Dropped] = []
+        self.n_read = 0
+        it = ((ti, ri) for ti, t in enumerate(self.tables) for ri in range(len(t)))
+        if progress:
+            from tqdm import tqdm
+
+            total = sum(len(t) for t in self.tables)
+            it = tqdm(it, total=total, desc=self.measure_desc, unit="sample", leave=False)
+        for ti, ri in it:
+            s = self.tables[ti][ri]
+            self.n_read += 1
+            try:
+                length = self._measure(s, ti, ri)
+            except _Drop as d:
+                self.dropped.append(Dropped(str(s.get("id", f"row{ri}")), d.reason, d.detail, str(self.paths[ti])))
+                continue
+            self.index.append((ti, ri))
+            self.lengths.append(length)
+            self.ids.append(s["id"])
+            self._keep(s)
+
+    def _measure(self, s: dict, ti: int, ri: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _keep(self, s: dict) -> None:
+        """Called for every kept sample, in order (subclasses record more per-sample columns)."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sample(self, i: int) -> dict:
+        ti, ri = self.index[i]
+        return self.tables[ti][ri]
+
+    def write_dropped(self, path: str | Path) -> None:
+        """One JSON line per dropped sample: id, reason, detail, file."""
+        with open(path, "w", encoding="utf-8") as f:
+            for d in self.dropped:
+                f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
+
+    def summary(self) -> dict:
+        reasons: dict[str, int] = {}
+        for d in self.dropped:
+            reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        return {"read": self.n_read, "kept": len(self), "dropped": len(self.dropped), "dropped_by_reason": reasons}
+
+
+class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
     """Samples of one or more dataset files that fit the budgets, with their exact lengths.
 
     ``lengths[i]`` is the number of LLM input tokens sample ``i`` becomes (text + image tokens);
@@ -177,32 +244,9 @@ class SFTDataset(torch.utils.data.Dataset):
         self.start_marker = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.newline_led = newline_led_ids(self.tok)
-        self.paths = [Path(p) for p in paths]
-        self.tables = [_open_table(p) for p in self.paths]
-        self.index: list[tuple[int, int]] = []
-        self.lengths: list[int] = []
-        self.ids: list[str] = []
-        self.dropped: list[Dropped] = []
-        self.n_read = 0
-        total = sum(len(t) for t in self.tables)
-        it = ((ti, ri) for ti, t in enumerate(self.tables) for ri in range(len(t)))
-        if progress:
-            from tqdm import tqdm
+        self._scan(paths, progress)
 
-            it = tqdm(it, total=total, desc="measure samples / 统计样本", unit="sample", leave=False)
-        for ti, ri in it:
-            s = _row(self.tables[ti], ri)
-            self.n_read += 1
-            try:
-                length = self._measure(s, ti, ri)
-            except _Drop as d:
-                self.dropped.append(Dropped(str(s.get("id", f"row{ri}")), d.reason, d.detail, str(self.paths[ti])))
-                continue
-            self.index.append((ti, ri))
-            self.lengths.append(length)
-            self.ids.append(s["id"])
-
-    def _measure(self, s: dict, ti: int = 0, ri: int = 0) -> int:
+    def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
         from ..data.inspect import image_size
         from ..data.schema import SampleError, validate_sample
@@ -255,25 +299,6 @@ class SFTDataset(torch.utils.data.Dataset):
         """Every cube of the kept samples, once, in dataset order."""
         return list(dict.fromkeys(p for key in self.index for p in self.cubes.get(key, ())))
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def write_dropped(self, path: str | Path) -> None:
-        """One JSON line per dropped sample: id, reason, detail, file."""
-        with open(path, "w", encoding="utf-8") as f:
-            for d in self.dropped:
-                f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
-
-    def summary(self) -> dict:
-        reasons: dict[str, int] = {}
-        for d in self.dropped:
-            reasons[d.reason] = reasons.get(d.reason, 0) + 1
-        return {"read": self.n_read, "kept": len(self), "dropped": len(self.dropped), "dropped_by_reason": reasons}
-
-    def sample(self, i: int) -> dict:
-        ti, ri = self.index[i]
-        return _row(self.tables[ti], ri)
-
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
         if not self.spectral:
@@ -284,13 +309,6 @@ class SFTDataset(torch.utils.data.Dataset):
             raise RuntimeError("spectral dataset: set .projector (the model's SpectralProjector) before reading samples")
         cubes = [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
         return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led, cubes, PROCESSOR_KWARGS)
-
-
-class _Drop(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = (), images=None,

@@ -18,29 +18,10 @@ row, so memory stays bounded for large files.
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..data.io import DatasetFileError, read_samples
-from .data import ParquetRows
-
-
-@dataclass
-class Dropped:
-    id: str
-    reason: str
-    detail: str
-    file: str = ""
-
-
-def _open(path: Path):
-    if not path.exists():
-        raise DatasetFileError(f"{path}: no such dataset file")
-    if path.suffix == ".parquet":
-        return ParquetRows(path)
-    return list(read_samples(path))
+from .data import MeasuredSamples, _Drop
 
 
 def _prompt_row(sample: dict) -> dict:
@@ -60,8 +41,10 @@ def _prompt_row(sample: dict) -> dict:
     }
 
 
-class GRPOPrompts:
+class GRPOPrompts(MeasuredSamples):
     """The usable prompts of one or more dataset files, with their exact prompt lengths."""
+
+    measure_desc = "measure prompts / 统计提示"
 
     def __init__(
         self,
@@ -79,34 +62,13 @@ class GRPOPrompts:
         self.max_prompt_length = max_prompt_length
         self.max_visual_tokens = max_visual_tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        self.paths = [Path(p) for p in paths]
-        self.tables = [_open(p) for p in self.paths]
-        self.index: list[tuple[int, int]] = []
-        self.lengths: list[int] = []
-        self.ids: list[str] = []
         self.qtypes: list[str] = []
-        self.dropped: list[Dropped] = []
-        self.n_read = 0
-        it = ((ti, ri) for ti, t in enumerate(self.tables) for ri in range(len(t)))
-        if progress:
-            from tqdm import tqdm
+        self._scan(paths, progress)
 
-            total = sum(len(t) for t in self.tables)
-            it = tqdm(it, total=total, desc="measure prompts / 统计提示", unit="sample", leave=False)
-        for ti, ri in it:
-            s = self.tables[ti][ri]
-            self.n_read += 1
-            try:
-                length = self._measure(s)
-            except _Drop as d:
-                self.dropped.append(Dropped(str(s.get("id", f"row{ri}")), d.reason, d.detail, str(self.paths[ti])))
-                continue
-            self.index.append((ti, ri))
-            self.lengths.append(length)
-            self.ids.append(s["id"])
-            self.qtypes.append(s["qtype"])
+    def _keep(self, s: dict) -> None:
+        self.qtypes.append(s["qtype"])
 
-    def _measure(self, s: dict) -> int:
+    def _measure(self, s: dict, ti: int, ri: int) -> int:
         from ..data.inspect import image_size
         from ..data.schema import SampleError
 
@@ -132,13 +94,6 @@ class GRPOPrompts:
             raise _Drop("over_max_prompt_length", f"prompt of {length} tokens > max_prompt_length={self.max_prompt_length}")
         return length
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def sample(self, i: int) -> dict:
-        ti, ri = self.index[i]
-        return self.tables[ti][ri]
-
     def row(self, i: int) -> dict:
         """The decoded GRPO row ``i`` (PIL images)."""
         from PIL import Image
@@ -155,24 +110,10 @@ class GRPOPrompts:
         return ds.with_transform(_RowTransform(self))
 
     def summary(self) -> dict:
-        reasons: dict[str, int] = {}
-        for d in self.dropped:
-            reasons[d.reason] = reasons.get(d.reason, 0) + 1
         by_qtype: dict[str, int] = {}
         for q in self.qtypes:
             by_qtype[q] = by_qtype.get(q, 0) + 1
-        return {
-            "read": self.n_read,
-            "kept": len(self),
-            "dropped": len(self.dropped),
-            "dropped_by_reason": reasons,
-            "kept_by_qtype": by_qtype,
-        }
-
-    def write_dropped(self, path: str | Path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            for d in self.dropped:
-                f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
+        return {**super().summary(), "kept_by_qtype": by_qtype}
 
 
 class _RowTransform:
@@ -186,10 +127,3 @@ class _RowTransform:
     def __call__(self, batch: dict) -> dict:
         rows = [self.prompts.row(int(i)) for i in batch["row"]]
         return {k: [r[k] for r in rows] for k in self.KEYS}
-
-
-class _Drop(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
