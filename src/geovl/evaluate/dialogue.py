@@ -25,17 +25,13 @@ images) go to ``<out stem>.rejects.jsonl``: read = written + rejected (+ skipped
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..data.io import count_samples, read_samples, rejects_path_for
 from ..data.schema import SampleError, assistant_turn, count_image_parts, message_text, validate_sample
 from ..imagery.decode import ImageError
 from ..serve.engine import ChatRequest, GenerationParams
-from .generate import _existing_ids, _generate_or_isolate
+from .generate import _generate_or_isolate, run_chunked
 
 
 @dataclass
@@ -109,10 +105,6 @@ def split_dialogue(sample: dict) -> Dialogue:
     return Dialogue(sample, system, turns)
 
 
-def _reject(frej, sample: dict, reason: str, detail: str) -> None:
-    frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
-
-
 def answer_chunk(engine, dialogues: list[Dialogue], params: GenerationParams) -> None:
     """Fill ``predictions`` of every dialogue, one ``generate`` call per turn index (a dialogue
     whose images cannot be decoded gets ``error`` and drops out)."""
@@ -144,66 +136,18 @@ def run_dialogues(
     """Answer every dialogue of ``data`` (the first ``limit``) into ``out``; returns the counts
     ``{read, predicted, turns, skipped, rejected, out, engine}``."""
     params = params or GenerationParams()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set(_existing_ids(out)) if resume else set()
-    total = count_samples(data)
-    if limit is not None:
-        total = min(total, int(limit))
     chunk_size = chunk_size or int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
-    counts = {"read": 0, "predicted": 0, "turns": 0, "skipped": 0, "rejected": 0}
-    rejects_path = rejects_path_for(out)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    turns = 0
 
-        bar = tqdm(total=total, desc=f"dialogues ({engine.name})", unit="dialogue", file=sys.stderr, dynamic_ncols=True)
-    pending: list[Dialogue] = []
-    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
+    def answer(dialogues: list[Dialogue]) -> list:
+        nonlocal turns
+        answer_chunk(engine, dialogues, params)
+        turns += sum(len(d.turns) for d in dialogues if d.error is None)
+        return [d.error if d.error is not None else d.record() for d in dialogues]
 
-        def flush():
-            if not pending:
-                return
-            answer_chunk(engine, pending, params)
-            for d in pending:
-                if d.error is not None:
-                    counts["rejected"] += 1
-                    _reject(frej, d.sample, d.error.reason, d.error.detail)
-                    continue
-                fout.write(json.dumps(d.record(), ensure_ascii=False) + "\n")
-                counts["predicted"] += 1
-                counts["turns"] += len(d.turns)
-            fout.flush()
-            frej.flush()
-            if bar is not None:
-                bar.update(len(pending))
-            pending.clear()
-
-        for sample in read_samples(data):
-            if limit is not None and counts["read"] >= limit:
-                break
-            counts["read"] += 1
-            if sample.get("id") in done:
-                counts["skipped"] += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            try:
-                pending.append(split_dialogue(sample))
-            except SampleError as e:
-                counts["rejected"] += 1
-                _reject(frej, sample, e.reason, e.detail)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if len(pending) >= chunk_size:
-                flush()
-        flush()
-    if bar is not None:
-        bar.close()
-    if counts["rejected"] == 0 and not resume:
-        rejects_path.unlink(missing_ok=True)
-    counts["out"] = str(out)
+    counts = run_chunked(data, out, split_dialogue, answer, limit=limit, resume=resume, progress=progress, chunk_size=chunk_size,
+                         desc=f"dialogues ({engine.name})", unit="dialogue")
+    counts["turns"] = turns
     counts["engine"] = engine.stats.as_dict()
     return counts
 

@@ -193,6 +193,78 @@ def record_for(sample: dict, request: ChatRequest, reference: str, prediction: s
     }
 
 
+def run_chunked(data, out, prepare, answer, limit: int | None = None, resume: bool = False, progress: bool = True,
+                chunk_size: int = 8, desc: str = "predict", unit: str = "sample") -> dict:
+    """The loop of ``geovl eval`` (single answers and dialogues): read the samples of ``data`` (the first
+    ``limit``), ``prepare(sample)`` each into an item (a :class:`SampleError` rejects the sample), and
+    ``answer(items)`` them ``chunk_size`` at a time — one result per item: the record to write to ``out``,
+    or an error with ``reason``/``detail`` (e.g. :class:`ImageError`) that rejects the sample.
+
+    ``resume`` skips the ids already in ``out`` and appends; rejected samples go to the rejects file
+    beside ``out`` (removed when a fresh run rejects none). Returns ``{read, predicted, skipped,
+    rejected, out}``; ``read == predicted + skipped + rejected``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set(_existing_ids(out)) if resume else set()
+    total = count_samples(data)
+    if limit is not None:
+        total = min(total, int(limit))
+    counts = {"read": 0, "predicted": 0, "skipped": 0, "rejected": 0}
+    rejects_path = rejects_path_for(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    pending: list = []  # (sample, item)
+    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
+
+        def reject(sample: dict, reason: str, detail: str) -> None:
+            counts["rejected"] += 1
+            frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": reason, "detail": detail},
+                                  ensure_ascii=False) + "\n")
+
+        def flush() -> None:
+            if not pending:
+                return
+            for (sample, _), result in zip(pending, answer([item for _, item in pending])):
+                if isinstance(result, dict):
+                    fout.write(json.dumps(result, ensure_ascii=False) + "\n")
+                    counts["predicted"] += 1
+                else:
+                    reject(sample, result.reason, result.detail)
+            fout.flush()
+            frej.flush()
+            if bar is not None:
+                bar.update(len(pending))
+            pending.clear()
+
+        for sample in read_samples(data):
+            if limit is not None and counts["read"] >= limit:
+                break
+            counts["read"] += 1
+            if sample.get("id") in done:
+                counts["skipped"] += 1
+            else:
+                try:
+                    pending.append((sample, prepare(sample)))
+                except SampleError as e:
+                    reject(sample, e.reason, e.detail)
+                else:
+                    if len(pending) >= chunk_size:
+                        flush()
+                    continue  # the bar moves when its chunk is answered
+            if bar is not None:
+                bar.update(1)
+        flush()
+    if bar is not None:
+        bar.close()
+    if counts["rejected"] == 0 and not resume:
+        rejects_path.unlink(missing_ok=True)
+    counts["out"] = str(out)
+    return counts
+
+
 def run_predictions(
     engine,
     data: str | os.PathLike,
@@ -220,80 +292,40 @@ def run_predictions(
         raise EngineError("--forced-choice needs a local model (answer log-probabilities); the remote engine cannot provide them")
     choices = choice_candidates(data, limit) if forced_choice else {}
     params = params or GenerationParams()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set(_existing_ids(out)) if resume else set()
-    total = count_samples(data)
-    if limit is not None:
-        total = min(total, int(limit))
     chunk_size = chunk_size or 4 * int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
     check = correctness_fn() if compare_gt else None
-    counts = {"read": 0, "predicted": 0, "skipped": 0, "rejected": 0, "correct": 0 if compare_gt else None}
+    correct = 0
     by_qtype: Counter = Counter()
-    rejects_path = rejects_path_for(out)
     cube_root = Path(spectral_root) if spectral_root else Path(data).parent
     spectral = getattr(engine, "spectral", None) is not None
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    def prepare(sample):
+        req, ref = split_prompt(sample)
+        if spectral:
+            req.images = cube_inputs(sample, cube_root)
+        return sample, req, ref, candidates_for(sample, ref, choices) if forced_choice else None
 
-        bar = tqdm(total=total, desc=f"predict ({engine.name})", unit="sample", file=sys.stderr, dynamic_ncols=True)
-    pending: list[tuple[dict, ChatRequest, str, list[str] | None]] = []
-    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
-
-        def flush():
-            if not pending:
-                return
-            preds = _forced_or_generate(engine, pending, params)
-            for (sample, req, ref, _), pred in zip(pending, preds):
-                if isinstance(pred, ImageError):
-                    counts["rejected"] += 1
-                    frej.write(json.dumps({"source": sample["source"], "id": sample["id"], "reason": pred.reason, "detail": pred.detail}, ensure_ascii=False) + "\n")
-                    continue
-                rec = record_for(sample, req, ref, str(pred))
-                if isinstance(pred, ForcedChoice):
-                    rec["forced_choice"] = {c: round(v, 4) for c, v in pred.scores.items()}
-                if check is not None:
-                    rec["correct"] = check(rec)
-                    counts["correct"] += int(rec["correct"])
-                fout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                by_qtype[sample["qtype"]] += 1
-            fout.flush()
-            counts["predicted"] += sum(1 for x in preds if not isinstance(x, ImageError))
-            if bar is not None:
-                bar.update(len(pending))
-            pending.clear()
-
-        for sample in read_samples(data):
-            if limit is not None and counts["read"] >= limit:
-                break
-            counts["read"] += 1
-            if sample.get("id") in done:
-                counts["skipped"] += 1
-                if bar is not None:
-                    bar.update(1)
+    def answer(pending):
+        nonlocal correct
+        results = []
+        for (sample, req, ref, _), pred in zip(pending, _forced_or_generate(engine, pending, params)):
+            if isinstance(pred, ImageError):
+                results.append(pred)
                 continue
-            try:
-                req, ref = split_prompt(sample)
-                if spectral:
-                    req.images = cube_inputs(sample, cube_root)
-            except SampleError as e:
-                counts["rejected"] += 1
-                frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            pending.append((sample, req, ref, candidates_for(sample, ref, choices) if forced_choice else None))
-            if len(pending) >= chunk_size:
-                flush()
-        flush()
-    if bar is not None:
-        bar.close()
-    if counts["rejected"] == 0 and not resume:
-        rejects_path.unlink(missing_ok=True)
+            rec = record_for(sample, req, ref, str(pred))
+            if isinstance(pred, ForcedChoice):
+                rec["forced_choice"] = {c: round(v, 4) for c, v in pred.scores.items()}
+            if check is not None:
+                rec["correct"] = check(rec)
+                correct += int(rec["correct"])
+            by_qtype[sample["qtype"]] += 1
+            results.append(rec)
+        return results
+
+    counts = run_chunked(data, out, prepare, answer, limit=limit, resume=resume, progress=progress, chunk_size=chunk_size,
+                         desc=f"predict ({engine.name})", unit="sample")
+    counts["correct"] = correct if compare_gt else None
     counts["by_qtype"] = dict(sorted(by_qtype.items()))
-    counts["out"] = str(out)
     counts["engine"] = engine.stats.as_dict()
     return counts
 
