@@ -24,16 +24,14 @@ columns of one run, and the shares, not runs.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from abtest import parse_args, peak_rss_mb, run_worker, serve_worker  # bench/abtest.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 N_SAMPLES = 192
@@ -81,10 +79,6 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
     return model, data
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def _reward_means(log_history) -> dict:
     means = [r["reward"] for r in log_history if "reward" in r and r["reward"] is not None]
     lengths = [r["completions/mean_length"] for r in log_history if "completions/mean_length" in r]
@@ -114,7 +108,7 @@ def worker_geovl(model: Path, data: Path, out: Path) -> dict:
     return {
         "steps": s["steps"], "completions": t["generations"], "train_runtime_s": s["train_runtime_s"],
         "generate_s": t["generate_s"], "loss_forward_s": t["loss_forward_s"], "backward_s": round(t["train_step_s"] - t["loss_forward_s"], 3),
-        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": _peak_rss_mb(), **_progress_rewards(out),
+        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_progress_rewards(out),
     }  # fmt: skip
 
 
@@ -185,18 +179,8 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
         "train_runtime_s": round(result.metrics["train_runtime"], 3), "generate_s": round(timings["generate_s"], 3),
         "loss_forward_s": round(timings["loss_forward_s"], 3),
         "backward_s": round(timings["train_step_s"] - timings["loss_forward_s"], 3),
-        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": _peak_rss_mb(), **_reward_means(trainer.state.log_history),
+        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_reward_means(trainer.state.log_history),
     }  # fmt: skip
-
-
-def _run_worker(which: str, model: Path, data: Path, out: Path) -> dict:
-    res = out.with_suffix(".json")
-    cmd = [sys.executable, __file__, "--worker", which, "--model", str(model), "--data", str(data), "--out", str(out), "--result", str(res)]
-    p = subprocess.run(cmd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"), capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr[-4000:])
-        raise SystemExit(f"{which} worker failed ({p.returncode})")
-    return json.loads(res.read_text())
 
 
 def _derive(r: dict) -> dict:
@@ -210,17 +194,9 @@ def _derive(r: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "grpo.json", help="result JSON (default bench/results/grpo.json)")
-    ap.add_argument("--worker", choices=["geovl", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = parse_args(__doc__.split("\n")[0], HERE / "results" / "grpo.json")
     if a.worker:
-        fn = worker_geovl if a.worker == "geovl" else worker_trl
-        a.result.write_text(json.dumps(fn(a.model, a.data, a.out), indent=2))
-        return 0
+        return serve_worker(a, {"geovl": worker_geovl, "trl": worker_trl})
 
     import torch
     import transformers
@@ -229,8 +205,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         root = Path(tmp)
         model, data = build_inputs(root)
-        ours = _derive(_run_worker("geovl", model, data, root / "geovl"))
-        peer = _derive(_run_worker("trl", model, data, root / "trl"))
+        ours = _derive(run_worker(__file__, "geovl", model, data, root / "geovl"))
+        peer = _derive(run_worker(__file__, "trl", model, data, root / "trl"))
     result = {
         "what": "where a GRPO step spends its time: geovl train grpo vs a plain TRL GRPOTrainer, same tiny model / data / "
                 "reward / settings, each in a subprocess, one run",

@@ -19,16 +19,14 @@ Wall time varies a lot on shared machines (NOTES §6): compare the two columns o
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from abtest import parse_args, peak_rss_mb, run_worker, serve_worker  # bench/abtest.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 N_SAMPLES = 64
@@ -79,10 +77,6 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
 # -- the two workers (each runs in its own subprocess) -----------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
 def worker_geovl(model: Path, data: Path, out: Path) -> dict:
     from geovl.cli import main
 
@@ -106,7 +100,7 @@ def worker_geovl(model: Path, data: Path, out: Path) -> dict:
         "train_runtime_s": s["train_runtime_s"],
         "wall_s": round(time.time() - t0, 2),
         "train_loss": s["train_loss"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -163,23 +157,12 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
         "train_runtime_s": round(result.metrics["train_runtime"], 3),
         "wall_s": round(time.time() - t0, 2),
         "train_loss": result.training_loss,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "packing_refused": refused,
     }
 
 
 # -- driver ---------------------------------------------------------------------------------------
-
-
-def _run_worker(which: str, model: Path, data: Path, out: Path) -> dict:
-    res = out.with_suffix(".json")
-    cmd = [sys.executable, __file__, "--worker", which, "--model", str(model), "--data", str(data), "--out", str(out), "--result", str(res)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr[-4000:])
-        raise SystemExit(f"{which} worker failed ({p.returncode})")
-    return json.loads(res.read_text())
 
 
 def _derive(r: dict) -> dict:
@@ -189,17 +172,9 @@ def _derive(r: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "sft.json", help="result JSON (default bench/results/sft.json)")
-    ap.add_argument("--worker", choices=["geovl", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = parse_args(__doc__.split("\n")[0], HERE / "results" / "sft.json")
     if a.worker:
-        fn = worker_geovl if a.worker == "geovl" else worker_trl
-        a.result.write_text(json.dumps(fn(a.model, a.data, a.out), indent=2))
-        return 0
+        return serve_worker(a, {"geovl": worker_geovl, "trl": worker_trl})
 
     import torch
     import transformers
@@ -208,8 +183,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         root = Path(tmp)
         model, data = build_inputs(root)
-        ours = _derive(_run_worker("geovl", model, data, root / "geovl"))
-        peer = _derive(_run_worker("trl", model, data, root / "trl"))
+        ours = _derive(run_worker(__file__, "geovl", model, data, root / "geovl"))
+        peer = _derive(run_worker(__file__, "trl", model, data, root / "trl"))
     result = {
         "what": "geovl SFT (group_by_length) vs TRL SFTTrainer, same tiny Qwen2.5-VL / data / LoRA / steps, each in a subprocess",
         "setup": {
