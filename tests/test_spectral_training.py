@@ -6,6 +6,7 @@ it with identical logits; wrong cubes are clear errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -248,14 +249,73 @@ def test_api_answers_a_geotiff_cube_like_the_local_engine(hs, tiny_model_dir, tm
             c.chat.completions.create(model="hs", messages=bad, max_tokens=6)
 
 
-def test_grpo_refuses_a_spectral_model_up_front(hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
-    from sft_util import run_cli
+# a reward with signal on a barely trained model (sampled completions differ in length), as in test_grpo.py
+LENGTH_PLUGIN = """
+def length_reward(completions, **kwargs):
+    return [min(1.0, len(c[0]["content"]) / 24) for c in completions]
+"""
 
-    out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
-    rc, err = run_cli(capsys, "train", "grpo", ROOT / "recipes" / "grpo-demo-tiny.yaml", f"model={out / 'final'}",
-                      f"train_data={hs / 'train.parquet'}", f"output_dir={tmp_path / 'g'}", "max_steps=1")
-    assert rc != 0 and "GRPO with cube input is not supported" in err
-    assert not (tmp_path / "g" / "final").exists()
+
+def _spectral_grpo(capsys, start, hs, out, plugin, *extra, resume=False):
+    from sft_util import FAST, run_cli
+
+    args = ["train", "grpo", ROOT / "recipes" / "grpo-demo-tiny.yaml", f"model={start}", f"train_data={hs / 'train.parquet'}",
+            f"output_dir={out}", f"reward_file={plugin}", "reward_funcs=[number_reward]", *FAST, "num_generations=2",
+            "max_completion_length=4", "save_steps=1", "max_steps=2", "lr=1e-3", "lr_spectral=0.05", *extra]
+    return run_cli(capsys, *args, *(["--resume"] if resume else []))
+
+
+@pytest.mark.parametrize("start", ["lora-adapter", "full-ft-beta"])
+def test_grpo_trains_a_spectral_model_on_cubes(start, hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
+    from geovl.serve import GenerationParams, LocalEngine
+
+    plugin = tmp_path / "len_rewards.py"
+    plugin.write_text(LENGTH_PLUGIN)
+    extra = []
+    if start == "lora-adapter":  # an SFT LoRA run's final/: the adapter and the projector beside it train on
+        sft, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
+    else:  # a full fine-tune with a KL term: TRL's reference model (loaded from the folder) gets a frozen projector copy
+        sft = tmp_path / "sft"
+        rc, err = train(capsys, tiny_model_dir("qwen3-vl"), hs / "train.parquet", sft, *SPECTRAL, "tune_llm=full", "tune_merger=full")
+        assert rc == 0, err[-2000:]
+        extra = ["tune_llm=full", "beta=0.1"]
+    sft_proj = SpectralProjector.load(sft / "final")
+    out = tmp_path / "grpo"
+    rc, err = _spectral_grpo(capsys, sft / "final", hs, out, plugin, *extra)
+    assert rc == 0, err[-3000:]
+    assert "spectral projector: 330 bands → RGB" in err
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["trainable"]["spectral"]["trainable"] > 0
+
+    # every checkpoint and final/ hold the projector beside the weights, never inside them; it moved
+    for folder in (out / "checkpoint-1", out / "final"):
+        assert (folder / "spectral_projector.safetensors").is_file()
+        assert json.loads((folder / "geovl_preprocess.json").read_text())["spectral"]["n_bands"] == 330
+        # the saved processor is the model's own, not the cube-taking copy TRL was given
+        ip = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+        assert ip.get("do_rescale", True) is True and ip.get("do_normalize", True) is True
+    grpo_proj = SpectralProjector.load(out / "final")
+    assert (grpo_proj.conv.weight - sft_proj.conv.weight).abs().max() > 1e-6  # GRPO's gradients reached it
+    from safetensors import safe_open
+
+    weights = next(f for f in ("adapter_model.safetensors", "model.safetensors") if (out / "final" / f).is_file())
+    with safe_open(str(out / "final" / weights), "pt") as f:
+        assert not [k for k in f.keys() if "spectral" in k]
+
+    if start == "lora-adapter":  # interrupted after checkpoint-1 and resumed: the same projector as uninterrupted
+        shutil.rmtree(out / "checkpoint-2")
+        shutil.rmtree(out / "final")
+        rc, err = _spectral_grpo(capsys, sft / "final", hs, out, plugin, *extra, resume=True)
+        assert rc == 0, err[-3000:]
+        resumed = SpectralProjector.load(out / "final")
+        assert torch.allclose(resumed.conv.weight, grpo_proj.conv.weight, atol=1e-6)
+
+    # the result reads cubes in the engine (eval / serve / web app)
+    engine = LocalEngine(str(out / "final"))
+    assert engine.spectral is not None and engine.spectral.n_bands == 330
+    answers = engine.generate(_requests(hs, 2), GenerationParams(max_new_tokens=4))
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    engine.close()
 
 
 def test_web_app_takes_a_cube_upload_and_refuses_a_picture(hs, tiny_model_dir, tmp_path_factory, capsys, runs):

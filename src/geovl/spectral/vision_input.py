@@ -128,6 +128,26 @@ def strip_state_dict(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if not (k.startswith(pre) or f".{pre}" in k)}
 
 
+def cube_processor(processor):
+    """A copy of ``processor`` whose image processor takes cubes by default (:data:`PROCESSOR_KWARGS` set as
+    its attributes), for code that calls the processor itself — TRL's ``GRPOTrainer``. The original is left
+    as it is (it is the one saved with the model)."""
+    import copy
+
+    p = copy.deepcopy(processor)
+    for k, v in PROCESSOR_KWARGS.items():
+        setattr(p.image_processor, k, v)
+    return p
+
+
+def frozen_copy(si: SpectralInput, model, family, processor) -> SpectralInput:
+    """Attach a frozen copy of ``si``'s projector to another model (e.g. a GRPO reference model)."""
+    import copy
+
+    projector = copy.deepcopy(si.projector).requires_grad_(False)
+    return attach(model, family, projector, processor)
+
+
 def preprocess_entry(projector: SpectralProjector) -> dict:
     """What the preprocessing config records: inference paths must feed cubes with these bands."""
     return {"n_bands": projector.n_bands, "wavelengths": projector.wavelengths, "weights": WEIGHTS, "config": CONFIG}

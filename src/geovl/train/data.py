@@ -151,6 +151,16 @@ class MeasuredSamples:
     ``read == kept + dropped``."""
 
     measure_desc = "measure samples / 统计样本"
+    spectral = False  # see _init_spectral
+
+    def _init_spectral(self, spectral: bool, spectral_root) -> None:
+        """spectral: each image is the hyperspectral cube named by ``meta.cube`` (relative to
+        ``spectral_root``, default the dataset file's folder), fed through the model's spectral projector
+        (see :mod:`geovl.spectral.vision_input`); set ``.projector`` before reading samples."""
+        self.spectral = bool(spectral)
+        self.spectral_root = Path(spectral_root) if spectral_root else None
+        self.projector = None
+        self.cubes: dict[tuple[int, int], list[Path]] = {}
 
     def _scan(self, paths: Sequence[str | Path], progress: bool) -> None:
         self.paths = [Path(p) for p in paths]
@@ -184,6 +194,63 @@ class MeasuredSamples:
 
     def _keep(self, s: dict) -> None:
         """Called for every kept sample, in order (subclasses record more per-sample columns)."""
+
+    def _image_sizes(self, images: list[bytes], s: dict, ti: int, ri: int) -> list[tuple[int, int]]:
+        """(width, height) of each image (from its header), or in a spectral run of its cube; :class:`_Drop` if unreadable."""
+        if self.spectral:
+            return self._cube_sizes(s, ti, ri)
+        from ..data.inspect import image_size
+
+        sizes = []
+        for k, b in enumerate(images):
+            try:
+                sizes.append(image_size(b))
+            except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
+                raise _Drop("bad_image", f"image {k}: {e}") from None
+        return sizes
+
+    def _visual_tokens(self, sizes: list[tuple[int, int]]) -> int:
+        vis = 0
+        for k, (w, h) in enumerate(sizes):
+            try:
+                vis += self.family.image_tokens(h, w, self.min_pixels, self.max_pixels)
+            except Exception as e:  # noqa: BLE001 - absurd size
+                raise _Drop("bad_image", f"image {k}: {e}") from None
+        return vis
+
+    def _cube_sizes(self, s: dict, ti: int, ri: int) -> list[tuple[int, int]]:
+        """(width, height) of each image's cube (headers only); remembers the cube paths."""
+        from ..spectral import SpectralError
+        from ..spectral.readers import open_cube
+        from ..spectral.vision_input import sample_cube_paths
+
+        root = self.spectral_root or self.paths[ti].parent
+        try:
+            paths = sample_cube_paths(s, root)
+        except SpectralError as e:
+            raise _Drop("no_cube", str(e)) from None
+        sizes = []
+        for p in paths:
+            try:
+                with open_cube(p) as c:
+                    sizes.append((c.cols, c.rows))
+            except (SpectralError, OSError) as e:
+                raise _Drop("bad_cube", str(e)) from None
+        self.cubes[(ti, ri)] = paths
+        return sizes
+
+    def cube_files(self) -> list[Path]:
+        """Every cube of the kept samples, once, in dataset order."""
+        return list(dict.fromkeys(p for key in self.index for p in self.cubes.get(key, ())))
+
+    def cube_tensors(self, i: int) -> list:
+        """The model input (bands, rows, cols) of each image of kept sample ``i`` of a spectral run."""
+        from ..spectral.vision_input import cube_tensor
+
+        if self.projector is None:
+            raise RuntimeError("spectral samples: set .projector (the model's SpectralProjector) before reading samples")
+        return [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
+
 
     def __len__(self) -> int:
         return len(self.index)
@@ -228,13 +295,7 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         spectral_root: str | Path | None = None,
     ):
         self.processor = processor
-        # spectral: each image is the hyperspectral cube named by meta.cube (relative to spectral_root,
-        # default the dataset file's folder), fed through the model's spectral projector (see
-        # geovl.spectral.vision_input); set .projector before reading items
-        self.spectral = bool(spectral)
-        self.spectral_root = Path(spectral_root) if spectral_root else None
-        self.projector = None
-        self.cubes: dict[tuple[int, int], list[Path]] = {}
+        self._init_spectral(spectral, spectral_root)
         self.tok = processor.tokenizer
         self.family = family
         self.min_pixels = min_pixels
@@ -248,21 +309,13 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
-        from ..data.inspect import image_size
         from ..data.schema import SampleError, validate_sample
 
         try:
             validate_sample(s)
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
-        vis = 0
-        sizes = self._cube_sizes(s, ti, ri) if self.spectral else None
-        for k, b in enumerate(s["images"]):
-            try:
-                w, h = sizes[k] if sizes else image_size(b)
-                vis += self.family.image_tokens(h, w, self.min_pixels, self.max_pixels)
-            except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
-                raise _Drop("bad_image", f"image {k}: {e}") from None
+        vis = self._visual_tokens(self._image_sizes(s["images"], s, ti, ri))
         text = self.processor.apply_chat_template(s["messages"], tokenize=False)
         text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
         length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
@@ -274,41 +327,13 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
             raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
         return length
 
-    def _cube_sizes(self, s: dict, ti: int, ri: int) -> list[tuple[int, int]]:
-        """(width, height) of each image's cube (headers only); remembers the cube paths."""
-        from ..spectral import SpectralError
-        from ..spectral.readers import open_cube
-        from ..spectral.vision_input import sample_cube_paths
-
-        root = self.spectral_root or self.paths[ti].parent
-        try:
-            paths = sample_cube_paths(s, root)
-        except SpectralError as e:
-            raise _Drop("no_cube", str(e)) from None
-        sizes = []
-        for p in paths:
-            try:
-                with open_cube(p) as c:
-                    sizes.append((c.cols, c.rows))
-            except (SpectralError, OSError) as e:
-                raise _Drop("bad_cube", str(e)) from None
-        self.cubes[(ti, ri)] = paths
-        return sizes
-
-    def cube_files(self) -> list[Path]:
-        """Every cube of the kept samples, once, in dataset order."""
-        return list(dict.fromkeys(p for key in self.index for p in self.cubes.get(key, ())))
-
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
         if not self.spectral:
             return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
-        from ..spectral.vision_input import PROCESSOR_KWARGS, cube_tensor
+        from ..spectral.vision_input import PROCESSOR_KWARGS
 
-        if self.projector is None:
-            raise RuntimeError("spectral dataset: set .projector (the model's SpectralProjector) before reading samples")
-        cubes = [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
-        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led, cubes, PROCESSOR_KWARGS)
+        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led, self.cube_tensors(i), PROCESSOR_KWARGS)
 
 
 def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = (), images=None,

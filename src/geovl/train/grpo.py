@@ -44,6 +44,7 @@ class GRPORecipe:
     # -- images and lengths ---------------------------------------------------------------------
     min_pixels: int | None = None  # None: the model folder's preprocessing config / processor default
     max_pixels: int | None = None
+    spectral_root: str | None = None  # a spectral policy: folder meta.cube paths are relative to (default: each dataset file's)
     max_visual_tokens: int | None = None  # per-sample budget: over it → dropped whole
     max_prompt_length: int | None = None  # prompt tokens incl. image tokens: over it → dropped whole, counted
     max_completion_length: int = 32  # generated tokens per completion
@@ -76,6 +77,7 @@ class GRPORecipe:
     lr_llm: float | None = None
     lr_vision: float | None = None
     lr_merger: float | None = None
+    lr_spectral: float = 1e-4  # a spectral policy's projector (see spectral_root)
     weight_decay: float = 0.0
     epochs: float = 1.0
     max_steps: int = -1
@@ -144,21 +146,17 @@ def resolve_run_rewards(recipe: GRPORecipe):
 
 
 def load_policy(recipe: GRPORecipe):
-    """(model, processor, family, preprocess config, modules_to_save, adapter folder or None)."""
+    """(model, processor, family, preprocess config, modules_to_save, adapter folder or None, the attached
+    :class:`~geovl.spectral.vision_input.SpectralInput` or None)."""
     from peft import PeftModel
 
     from ..models.preprocess import PreprocessConfig
     from ..serve.adapter import has_processor, is_adapter_folder, resolve_folders
     from .model_setup import load_model_and_processor, setup_trainable
 
-    src = Path(recipe.model)
-    from ..spectral.vision_input import has_projector
+    from ..spectral.vision_input import load_into
 
-    if has_projector(src) or (src.is_dir() and is_adapter_folder(src) and has_projector(resolve_folders(src, None)[0])):
-        # TRL's GRPOTrainer builds the image inputs itself from RGB pictures: the cubes would never reach the projector
-        raise RecipeError(f"{src} reads hyperspectral cubes through a spectral projector; GRPO with cube input is not supported "
-                          "yet (train the probability task with `geovl train sft`, or GRPO a model trained on the rendering) / "
-                          "高光谱投影模型暂不支持 GRPO")
+    src = Path(recipe.model)
     kw = dict(precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization)
     if src.is_dir() and is_adapter_folder(src) and not (src / "config.json").is_file():
         base_dir, adapter_dir = resolve_folders(src, None)
@@ -175,7 +173,16 @@ def load_policy(recipe: GRPORecipe):
         model, processor, family = load_model_and_processor(recipe.model, **kw)
         saved = PreprocessConfig.load(src) if src.is_dir() else None
         model, modules_to_save = setup_trainable(model, family, recipe)
-        adapter_dir = None
+        base_dir, adapter_dir = src, None
+    # a model trained with a spectral projector (`geovl train sft` with spectral=true) reads cubes: the projector
+    # goes in front of the vision tower again and trains on with its own lr
+    si = load_into(model, family, processor, adapter_dir, base_dir)
+    if si is not None:
+        si.projector.conv.requires_grad_(True)
+        _log(f"spectral projector: {si.n_bands} bands → RGB, from {adapter_dir or base_dir}; lr {recipe.lr_spectral:g}")
+    elif saved is not None and saved.spectral:
+        raise RecipeError(f"{adapter_dir or base_dir}: the preprocessing config says the model reads {saved.spectral.get('n_bands')}-band "
+                          "cubes but spectral_projector.json/.safetensors are missing")
     pre = saved or PreprocessConfig()
     pre.family = family.key
     if recipe.min_pixels is not None:
@@ -185,7 +192,7 @@ def load_policy(recipe: GRPORecipe):
     pre.apply(processor)
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
     processor.tokenizer.padding_side = "left"  # TRL pads prompts on the left (generation continues from the end)
-    return model, processor, family, pre, modules_to_save, adapter_dir
+    return model, processor, family, pre, modules_to_save, adapter_dir, si
 
 
 def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[float]):
@@ -247,11 +254,13 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         save_recipe(recipe, out)
 
     t0 = time.time()
-    model, processor, family, pre, modules_to_save, adapter_dir = load_policy(recipe)
+    model, processor, family, pre, modules_to_save, adapter_dir, si = load_policy(recipe)
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
     _log(f"rewards: {', '.join(f'{n}×{w:g}' for n, w in zip(names, weights))}")
 
-    prompts = GRPOPrompts(recipe.train_data, processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels, pre.max_pixels, progress=_is_main() and recipe.progress_bar)
+    spectral = dict(spectral=si is not None, spectral_root=recipe.spectral_root)
+    prompts = GRPOPrompts(recipe.train_data, processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
+                          pre.max_pixels, progress=_is_main() and recipe.progress_bar, **spectral)
     if _is_main():
         prompts.write_dropped(out / "dropped.jsonl")
         s = prompts.summary()
@@ -263,10 +272,17 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         )
     eval_prompts = None
     if recipe.eval_data:
-        eval_prompts = GRPOPrompts([recipe.eval_data], processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels, pre.max_pixels, progress=False)
+        eval_prompts = GRPOPrompts([recipe.eval_data], processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
+                                   pre.max_pixels, progress=False, **spectral)
         if len(eval_prompts) == 0:
             raise RecipeError(f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data")
 
+    if si is not None:
+        from ..spectral.vision_input import cube_processor
+
+        for p in (prompts, eval_prompts):
+            if p is not None:
+                p.projector = si.projector
     if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
@@ -279,8 +295,10 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         args=args,
         train_dataset=prompts.to_dataset(),
         eval_dataset=eval_prompts.to_dataset() if eval_prompts is not None else None,
-        processing_class=processor,
+        # TRL calls the processor itself: a spectral policy gets a copy that takes cubes by default
+        processing_class=cube_processor(processor) if si is not None else processor,
         param_groups_fn=lambda m: param_groups(m, family, recipe),
+        family=family,
     )
     _tensorboard_into(trainer, out / "tensorboard")
     trainer.add_callback(GRPOProgressCallback(out / "progress.jsonl", trainer))

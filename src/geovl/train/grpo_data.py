@@ -3,7 +3,8 @@
 Each sample becomes a prompt — its conversation up to (excluding) the last assistant turn, split
 exactly as ``geovl eval`` does (:func:`geovl.evaluate.generate.split_prompt`) — plus the columns the
 reward functions read: ``answer`` (that turn's text), ``qtype``, ``question`` (the last user turn),
-``meta`` and ``id``; and ``images`` (PIL images, decoded on access).
+``meta`` and ``id``; and ``images`` (PIL images, decoded on access; for a policy with a spectral
+projector the samples' hyperspectral cubes, ``meta.cube``, as (bands, rows, cols) tensors).
 
 A pre-pass measures each prompt's exact length (chat template with the generation prompt +
 registry image-token maths from image headers, under the run's pixel bounds). Prompts over
@@ -56,8 +57,11 @@ class GRPOPrompts(MeasuredSamples):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         progress: bool = True,
+        spectral: bool = False,
+        spectral_root: str | Path | None = None,
     ):
         self.processor = processor
+        self._init_spectral(spectral, spectral_root)  # a spectral policy: the images are the samples' cubes
         self.family = family
         self.max_prompt_length = max_prompt_length
         self.max_visual_tokens = max_visual_tokens
@@ -69,7 +73,6 @@ class GRPOPrompts(MeasuredSamples):
         self.qtypes.append(s["qtype"])
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
-        from ..data.inspect import image_size
         from ..data.schema import SampleError
 
         try:
@@ -78,13 +81,7 @@ class GRPOPrompts(MeasuredSamples):
             raise _Drop(e.reason, e.detail) from None
         if not row["answer"].strip():
             raise _Drop("empty_answer", "no reference answer to reward against")
-        vis = 0
-        for k, b in enumerate(row["images"]):
-            try:
-                w, h = image_size(b)
-                vis += self.family.image_tokens(h, w, self.min_pixels, self.max_pixels)
-            except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
-                raise _Drop("bad_image", f"image {k}: {e}") from None
+        vis = self._visual_tokens(self._image_sizes(row["images"], s, ti, ri))
         text = self.processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         n_text = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         length = n_text + vis - len(row["images"])  # each <|image_pad|> placeholder becomes its visual tokens
@@ -95,11 +92,14 @@ class GRPOPrompts(MeasuredSamples):
         return length
 
     def row(self, i: int) -> dict:
-        """The decoded GRPO row ``i`` (PIL images)."""
+        """The decoded GRPO row ``i`` (PIL images; in a spectral run the cubes as (bands, rows, cols) tensors)."""
         from PIL import Image
 
         row = _prompt_row(self.sample(i))
-        row["images"] = [Image.open(io.BytesIO(b)).convert("RGB") for b in row["images"]]
+        if self.spectral:
+            row["images"] = self.cube_tensors(i)
+        else:
+            row["images"] = [Image.open(io.BytesIO(b)).convert("RGB") for b in row["images"]]
         return row
 
     def to_dataset(self):

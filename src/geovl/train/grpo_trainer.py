@@ -1,7 +1,8 @@
 """A thin subclass of ``trl.GRPOTrainer`` (no fork, no monkey patches) and its progress callback.
 
 What it adds to TRL's trainer:
-- optimizer parameter groups per model part (own learning rates for vision / merger / LLM), as SFT;
+- as SFT (:class:`geovl.train.trainer.PartsAndProjectorMixin`): optimizer parameter groups per model
+  part, and a spectral projector saved beside the weights and restored on resume;
 - a stop on NaN/inf loss naming the step (:class:`geovl.train.trainer.NonFiniteLoss`);
 - ``real_tokens`` (prompt + completion tokens seen, from TRL's counter) for the progress file;
 - timers (``timings``, also in ``train_summary.json``): seconds spent generating
@@ -17,7 +18,7 @@ import time
 import torch
 from trl import GRPOTrainer
 
-from .trainer import NonFiniteLoss, ProgressFileCallback
+from .trainer import NonFiniteLoss, PartsAndProjectorMixin, ProgressFileCallback
 
 
 class GRPOProgressCallback(ProgressFileCallback):
@@ -31,29 +32,23 @@ class GRPOProgressCallback(ProgressFileCallback):
     )  # fmt: skip
 
 
-class GeoVLGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args, param_groups_fn=None, **kwargs):
+class GeoVLGRPOTrainer(PartsAndProjectorMixin, GRPOTrainer):
+    def __init__(self, *args, param_groups_fn=None, family=None, **kwargs):
         self._param_groups_fn = param_groups_fn
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
         super().__init__(*args, **kwargs)
+        si = self._spectral_input()
+        if si is not None and self.ref_model is not None:
+            # TRL loads a full fine-tune's reference model from its folder without our projector: give it a frozen
+            # copy of the starting one, so the KL term compares the policy with the model it started as
+            from ..spectral.vision_input import frozen_copy
+
+            frozen_copy(si, self.accelerator.unwrap_model(self.ref_model), family, self.processing_class)
 
     @property
     def real_tokens(self) -> int:
         return int(getattr(self.state, "num_input_tokens_seen", 0) or 0)
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is None and self._param_groups_fn is not None:
-            opt_model = self.model if model is None else model
-            groups = self._param_groups_fn(opt_model)
-            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            kwargs.pop("params", None)
-            kwargs.pop("lr", None)  # each group has its own lr
-            for g in groups:
-                g.pop("name", None)
-            self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
-            return self.optimizer
-        return super().create_optimizer(model)
 
     def _generate_and_score_completions(self, inputs):
         t0 = time.perf_counter()

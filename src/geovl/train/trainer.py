@@ -102,15 +102,15 @@ def padding_fraction(lengths, batches) -> float:
     return 1 - real / max(padded, 1)
 
 
-class GeoVLTrainer(Trainer):
-    def __init__(self, *args, param_groups_fn=None, lengths=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._param_groups_fn = param_groups_fn
-        self._lengths = lengths
-        self.real_tokens = 0  # non-padding tokens seen by this process
-        self.padded_tokens = 0  # tokens including padding
-        self.seen_ids: list[str] = []  # sample ids trained on by this process (kept with GEOVL_RANK_STATE=1)
-        self._keep_ids = os.environ.get(RANK_STATE_ENV, "") in ("1", "true", "yes")
+class PartsAndProjectorMixin:
+    """What geovl's SFT trainer and its GRPO trainer (a ``trl.GRPOTrainer``) add alike to a transformers ``Trainer``:
+
+    - optimizer parameter groups per model part (``param_groups_fn``: own learning rates for vision /
+      merger / LLM / spectral projector);
+    - a spectral projector (if attached) saved in its own files beside the weights of every checkpoint
+      and ``final/`` (never inside them), and restored on resume."""
+
+    _param_groups_fn = None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self._param_groups_fn is not None:
@@ -132,7 +132,6 @@ class GeoVLTrainer(Trainer):
             return self.optimizer
         return super().create_optimizer(model)
 
-    # -- a spectral projector is saved in its own files, next to the weights (never inside them) -----
     def _spectral_input(self):
         from ..spectral.vision_input import find
 
@@ -158,6 +157,17 @@ class GeoVLTrainer(Trainer):
 
             saved = SpectralProjector.load(resume_from_checkpoint)  # strict: a checkpoint without it is an error
             si.projector.load_state_dict(saved.state_dict(), strict=True)
+
+
+class GeoVLTrainer(PartsAndProjectorMixin, Trainer):
+    def __init__(self, *args, param_groups_fn=None, lengths=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._param_groups_fn = param_groups_fn
+        self._lengths = lengths
+        self.real_tokens = 0  # non-padding tokens seen by this process
+        self.padded_tokens = 0  # tokens including padding
+        self.seen_ids: list[str] = []  # sample ids trained on by this process (kept with GEOVL_RANK_STATE=1)
+        self._keep_ids = os.environ.get(RANK_STATE_ENV, "") in ("1", "true", "yes")
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
