@@ -251,7 +251,6 @@ class MeasuredSamples:
             raise RuntimeError("spectral samples: set .projector (the model's SpectralProjector) before reading samples")
         return [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
 
-
     def __len__(self) -> int:
         return len(self.index)
 

@@ -17,6 +17,10 @@ keys are ignored (the adapter decides what trains, including its ``modules_to_sa
 merger). From a model folder (base or full fine-tune) ``tune_llm`` / ``tune_vision`` /
 ``tune_merger`` apply as in SFT (LoRA by default, merger trainable).
 
+A starting folder with a spectral projector (``geovl train sft`` with ``spectral=true``) makes the run
+spectral: prompts carry the samples' cubes and the projector trains on with ``lr_spectral``
+(docs/spectral.md, "GRPO on cubes").
+
 ``use_vllm=true`` passes through to TRL (``vllm_mode`` colocate/server) for GPU machines with vLLM.
 """
 
@@ -152,9 +156,8 @@ def load_policy(recipe: GRPORecipe):
 
     from ..models.preprocess import PreprocessConfig
     from ..serve.adapter import has_processor, is_adapter_folder, resolve_folders
-    from .model_setup import load_model_and_processor, setup_trainable
-
     from ..spectral.vision_input import load_into
+    from .model_setup import load_model_and_processor, setup_trainable
 
     src = Path(recipe.model)
     kw = dict(precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization)
@@ -237,6 +240,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     import torch
     from transformers import set_seed
 
+    from ..spectral.vision_input import cube_processor
     from .grpo_data import GRPOPrompts
     from .grpo_trainer import GeoVLGRPOTrainer, GRPOProgressCallback
     from .model_setup import format_trainable, param_groups, resolve_dtype, trainable_table
@@ -278,8 +282,6 @@ def train_grpo(recipe: GRPORecipe) -> Path:
             raise RecipeError(f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data")
 
     if si is not None:
-        from ..spectral.vision_input import cube_processor
-
         for p in (prompts, eval_prompts):
             if p is not None:
                 p.projector = si.projector

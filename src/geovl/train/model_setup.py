@@ -164,7 +164,7 @@ def param_groups(model, family: Family, recipe) -> list[dict]:
         "vision": recipe.lr_vision if recipe.lr_vision is not None else recipe.lr,
         "merger": recipe.lr_merger if recipe.lr_merger is not None else recipe.lr,
         "llm": recipe.lr_llm if recipe.lr_llm is not None else recipe.lr,
-        "spectral": getattr(recipe, "lr_spectral", None) or recipe.lr,
+        "spectral": recipe.lr_spectral if getattr(recipe, "lr_spectral", None) is not None else recipe.lr,
     }
     groups: dict[tuple[str, bool], list] = {}
     for n, p in model.named_parameters():
