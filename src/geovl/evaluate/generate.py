@@ -227,7 +227,7 @@ def run_chunked(data, out, prepare, answer, limit: int | None = None, resume: bo
         def flush() -> None:
             if not pending:
                 return
-            for (sample, _), result in zip(pending, answer([item for _, item in pending])):
+            for (sample, _), result in zip(pending, answer([item for _, item in pending]), strict=True):  # one result each
                 if isinstance(result, dict):
                     fout.write(json.dumps(result, ensure_ascii=False) + "\n")
                     counts["predicted"] += 1
