@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..rewards.funcs import DEFAULT_REWARDS
 from .recipe import RecipeError, load_recipe, save_recipe
-from .sft import _is_main, _log, _tensorboard_into, common_trainer_kwargs, last_checkpoint, preflight
+from .sft import _is_main, _log, _tensorboard_into, common_trainer_kwargs, end_distributed, last_checkpoint, preflight
 
 
 @dataclass
@@ -351,4 +351,5 @@ def run(args) -> int:
         overrides.append("resume=true")
     recipe = load_recipe(args.recipe, overrides, GRPORecipe)
     train_grpo(recipe)
+    end_distributed()
     return 0

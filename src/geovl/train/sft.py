@@ -314,4 +314,16 @@ def run(args) -> int:
         overrides.append("resume=true")
     recipe = load_recipe(args.recipe, overrides, SFTRecipe)
     train_sft(recipe)
+    end_distributed()
     return 0
+
+
+def end_distributed() -> None:
+    """Under torchrun: wait for every rank (rank 0 writes ``final/`` last), then close the process group. A rank
+    that exits with the group still open can abort in its communication threads ("terminate called without an
+    active exception") and fail the whole launch although training finished. No-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
