@@ -228,6 +228,7 @@ def auto_class_table(class_paths: list[str]):
 def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     """(Measurement, paths) of the checked rasters with the request's options (runs in a worker thread)."""
     from ..geo.ask import measure_inputs
+    from ..geo.crs import CRSInputError
     from ..geo.errors import MeasureError
 
     if "image" not in blobs and "classes" not in blobs:
@@ -253,6 +254,8 @@ def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     try:
         m = measure_inputs(path.get("image"), path.get("before"), path.get("classes"), path.get("before_classes"),
                            class_table=spec, aoi=aoi, aoi_crs=opts.aoi_crs, bands=opts.bands)
+    except CRSInputError as e:
+        raise APIError(400, _strip(str(e), tmp), "invalid_crs", "aoi_crs") from None
     except MeasureError as e:
         raise APIError(400, _strip(str(e), tmp), "measure_error") from None
     return m, path
