@@ -89,7 +89,7 @@ def make_client(engine, tree, **limits):
     kw = dict(max_image_bytes=MAX_IMAGE_BYTES, max_pixels=4_000_000, max_images=3, allowed_dir=str(tree["allowed"]))
     kw.update(limits)
     app = create_app(engine, ServerConfig(served_model_name="tiny", limits=ImageLimits(**kw), max_tokens_limit=64, default_max_tokens=6))
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def read_header(source, name: str | None = None) -> ImageHeader:
                 return _tiff_header(read, name)
         opener = lambda: open(path, "rb")  # noqa: E731
     try:
-        with opener() as fh, Image.open(fh) as img:  # reads the header only
+        with opener() as fh, _open_header(fh, name) as img:  # reads the header only
             w, h = img.size
             bands = len(img.getbands())
             per = _PIL_SAMPLE_BYTES.get(img.mode, 1)
@@ -201,6 +201,23 @@ def read_header(source, name: str | None = None) -> ImageHeader:
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad headers
         raise ImageError("undecodable_image", f"{name}: {e}") from None
     return ImageHeader(fmt, w, h, bands, per, w * h * bands * per)
+
+
+def _open_header(fh, name: str):
+    """The PIL image object of a file's header, like ``Image.open`` but without PIL's decompression
+    bomb guard, so that :func:`check_size` can name the declared size (nothing is decoded here)."""
+    Image.init()
+    prefix = fh.read(16)
+    for fid in Image.ID:
+        factory, accept = Image.OPEN[fid]
+        if accept is not None and not accept(prefix):
+            continue
+        fh.seek(0)
+        try:
+            return factory(fh, "")
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError, EOFError):
+            continue
+    raise ImageError("undecodable_image", f"{name}: not an image PIL can read")
 
 
 def _tiff_header(read, name: str) -> ImageHeader:

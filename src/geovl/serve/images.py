@@ -4,7 +4,7 @@ An image reference is one of:
 
 - ``data:<mime>;base64,<data>`` — always accepted; the encoded length is checked before decoding;
 - ``http://`` / ``https://`` — only when :attr:`ImageLimits.allow_http` is set; fetched with a
-  time limit, a byte limit (``Content-Length`` and the bytes actually read) and a redirect limit;
+  total time limit per download (not per read), a byte limit (``Content-Length`` and the bytes actually read) and a redirect limit;
 - ``file://`` URLs and plain paths — only when :attr:`ImageLimits.allowed_dir` is set. Paths with a
   ``..`` component are refused outright; the path is resolved (following symlinks) and must stay
   inside the allowed folder; the file is opened with ``O_NOFOLLOW`` and the opened descriptor is
@@ -55,7 +55,7 @@ class ImageLimits:
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES  # per image, all bands/pages/overviews, from the header
     allow_http: bool = False
     allowed_dir: str | None = None
-    http_timeout: float = 10.0
+    http_timeout: float = 10.0  # seconds per http(s) download in all (not per read)
     max_redirects: int = 3
     _given_dir: str | None = field(default=None, init=False, repr=False)
 
@@ -101,6 +101,10 @@ def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
 
 
 def fetch_http(url: str, limits: ImageLimits) -> bytes:
+    """Download an http(s) image within ``limits.http_timeout`` seconds *in all* (connecting,
+    redirects and every byte): a sender that trickles bytes cannot hold a worker past the deadline."""
+    import asyncio
+
     import httpx
 
     if not limits.allow_http:
@@ -109,22 +113,26 @@ def fetch_http(url: str, limits: ImageLimits) -> bytes:
             "data: URI instead / 服务器未开启网络图像下载，请使用 data: URI",
             "http_images_disabled",
         )
-    try:
-        with httpx.Client(timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects) as client:
-            with client.stream("GET", url) as r:
+
+    async def download() -> bytes:
+        async with httpx.AsyncClient(timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects) as client:
+            async with client.stream("GET", url) as r:
                 if r.status_code != 200:
                     raise ImageRefError(f"fetching {url} answered HTTP {r.status_code} / 图像下载失败", "image_fetch_failed")
                 declared = r.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limits.max_image_bytes:
                     raise _too_big(int(declared), limits, f"{url}")
                 buf = bytearray()
-                for chunk in r.iter_bytes():
+                async for chunk in r.aiter_bytes():
                     buf += chunk
                     if len(buf) > limits.max_image_bytes:
                         raise _too_big(len(buf), limits, f"{url} (read so far)")
                 return bytes(buf)
-    except httpx.TimeoutException:
-        raise ImageRefError(f"fetching {url} took longer than {limits.http_timeout} s / 图像下载超时", "image_fetch_timeout") from None
+
+    try:
+        return asyncio.run(asyncio.wait_for(download(), limits.http_timeout))  # runs in a worker thread
+    except (httpx.TimeoutException, asyncio.TimeoutError):
+        raise ImageRefError(f"fetching {url} took longer than {limits.http_timeout:g} s in all / 图像下载超时", "image_fetch_timeout") from None
     except httpx.HTTPError as e:
         raise ImageRefError(f"cannot fetch {url}: {type(e).__name__}: {e} / 图像下载失败", "image_fetch_failed") from None
 
