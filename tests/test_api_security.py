@@ -697,3 +697,88 @@ def test_host_allow_list_json_only_bodies_and_no_redirects(engine, tree):
     with TestClient(app, base_url="http://gpu1.lan.example") as c:
         assert c.get("/v1/models").status_code == 200
         error(c.get("/v1/models", headers={"host": "127.0.0.1"}), 400, "host_not_allowed")
+
+
+def _health(server) -> dict:
+    return httpx.get(server.url + "/health", timeout=10).json()
+
+
+def _until(pred, what: str, tries: int = 1200):
+    for _ in range(tries):
+        if pred():
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tmp_path):
+    """Against a real `geovl serve`: (fault 4) a client that drops its stream stops its generation —
+    the engine generates a handful of tokens, not the 1,500 asked for; (fault 14) a client that sends
+    its body too slowly gets a JSON 408; (fault 10) SIGTERM ends a running stream with an error event
+    and ``[DONE]`` and answers a queued request with a JSON 503, and the server exits by itself."""
+    import json
+    import signal
+    import socket
+
+    port = free_port()
+    argv = ["serve", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--served-model-name", "tiny",
+            "--max-tokens-limit", "2000", "--body-timeout", "1", "--shutdown-grace", "30", "--log-level", "warning"]
+    server = Server(argv, tmp_path / "server.log", port)
+    long = dict(model="tiny", max_tokens=1500, temperature=0, messages=[{"role": "user", "content": "Describe the county in detail."}])
+    with running(server):
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        # fault 4: three streams dropped after their first words
+        for _ in range(3):
+            s = c.chat.completions.create(stream=True, **long)
+            for ch in s:
+                if ch.choices and ch.choices[0].delta.content:
+                    break
+            s.close()
+        _until(lambda: (h := _health(server))["running"] == 0 and h["queued"] == 0, "the dropped streams stopped")
+        dropped = _health(server)["generated_tokens"]
+        assert dropped < 3 * 1500 // 3, f"{dropped} tokens generated for three dropped streams (1,500 each asked)"
+        # a full answer shows the model would really have gone on for 1,500 tokens
+        full = c.chat.completions.create(max_tokens=300, **{k: v for k, v in long.items() if k != "max_tokens"})
+        assert full.usage.completion_tokens == 300 and full.choices[0].finish_reason == "length"
+
+        # fault 14: a body sent too slowly
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\"")
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                part = sock.recv(4096)
+                if not part:
+                    break
+                reply += part
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+
+        # fault 10: SIGTERM with a stream running and a plain request queued
+        events: list[str] = []
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=long | {"stream": True}, timeout=120) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data: {") and (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content"):
+                    break
+            queued: list = []
+
+            def plain():
+                try:
+                    queued.append(c.chat.completions.create(max_tokens=4, model="tiny", messages=[{"role": "user", "content": "hi"}]))
+                except openai.APIStatusError as e:
+                    queued.append((e.status_code, e.body))
+
+            t = threading.Thread(target=plain)
+            t.start()
+            _until(lambda: _health(server)["queued"] == 1, "the plain request is queued")
+            server.proc.send_signal(signal.SIGTERM)
+            events = [line for line in lines if line.startswith("data: ")]
+            t.join(120)
+        assert events[-1] == "data: [DONE]", events[-3:]
+        err = json.loads(events[-2][6:])
+        assert err["error"]["code"] == "server_shutting_down", err
+        assert queued and queued[0][0] == 503 and queued[0][1]["code"] == "server_shutting_down", queued
+        # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is -SIGTERM
+        assert server.proc.wait(60) in (0, -signal.SIGTERM), server.log()
+        assert "Traceback" not in server.log() and "signal 15: finishing in-flight requests" in server.log()
