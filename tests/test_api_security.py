@@ -399,6 +399,7 @@ def test_tiff_band_bomb_refused_from_the_header_on_every_path(client, tmp_path, 
 
     bomb = band_bomb_tif(tmp_path / "bomb.tif")
     assert len(bomb) < 20_000
+    band_bomb_tif(tmp_path / "huge.tif", bands=2500)  # 5 GB decoded: over geovl measure's whole-raster limit
     pages = many_pages_tif(300, 1000, 1000)  # 300 × 1 MB
     opened = []
 
@@ -422,6 +423,11 @@ def test_tiff_band_bomb_refused_from_the_header_on_every_path(client, tmp_path, 
     with pytest.raises(decode.ImageError) as e:  # the CLI / data pipeline loader
         decode.load_image(tmp_path / "bomb.tif")
     assert e.value.reason == "image_too_large" and e.value.limit == "decoded_bytes"
+    from geovl.geo.errors import MeasureError
+    from geovl.geo.landcover import read_grid
+
+    with pytest.raises(MeasureError, match="2500 band"):
+        read_grid(tmp_path / "huge.tif")
     assert opened == [], "GDAL opened an image that the header check should have refused"
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
 

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger images are rejected, not decoded
 DEFAULT_MAX_DECODED_BYTES = 512 * 1024 * 1024  # bands x pixels x bytes per sample, all images of a file
+WHOLE_RASTER_MAX_DECODED_BYTES = 4 * 1024**3  # readers that load a whole raster for measuring (geovl measure)
 MAX_TIFF_IMAGES = 1024  # IFDs (pages, overviews, masks) read from one TIFF header
 
 # Our own checks (with clear reasons) run first; PIL's guard stays as a backstop, never None.
