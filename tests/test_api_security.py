@@ -788,3 +788,28 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
         # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is -SIGTERM
         assert server.proc.wait(60) in (0, -signal.SIGTERM), server.log()
         assert "Traceback" not in server.log() and "signal 15: finishing in-flight requests" in server.log()
+
+
+def test_request_bodies_in_flight_share_one_memory_cap(engine, tree):
+    """Fault 6 (memory): bodies held by requests in flight count against one server-wide cap; a body
+    that would go over it is a 503 while another request holds its bytes, and the bytes come back
+    when that request is answered."""
+    app = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=8, default_max_tokens=2, max_inflight_body_bytes=3000))
+    text = "field " * 300  # a ~1.9 KB body
+    budget = app.state.body_budget
+    with TestClient(app, base_url="http://127.0.0.1") as tc:
+        c = oai(tc)
+        first: list = []
+        with app.state.batcher.engine_lock:
+            t = threading.Thread(target=lambda: first.append(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}])))
+            t.start()
+            _until(lambda: app.state.batcher.running() == 1, "the first request holds its body and waits for the engine")
+            assert budget.used > 1500
+            with pytest.raises(openai.APIStatusError) as e:
+                c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}])
+            assert e.value.status_code == 503 and e.value.body["code"] == "server_busy" and "in flight" in e.value.body["message"]
+        t.join(120)
+        assert first and first[0].choices[0].message.content is not None
+        assert budget.used == 0
+        assert c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}]).choices
+        assert budget.used == 0

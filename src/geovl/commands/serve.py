@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--allowed-hosts", default=None, metavar="H1,H2",
                    help="Host header values accepted besides localhost/127.0.0.1/::1 and the --host address ('.example.com' = "
                         "any subdomain, '*' = any; DNS-rebinding protection)")
+    p.add_argument("--max-inflight-body-bytes", type=int, default=None,
+                   help="request body bytes held by all requests in flight together (503 over it; default: twice the per-request body limit)")
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client may take to send a request body (408 after)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="on SIGTERM, seconds a running batch may take to finish (queued requests get 503 at once, streams end with an error event)")
@@ -112,6 +114,8 @@ def run(args) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"geovl serve: warning: binding {args.host} without an API key: anyone on the network can use the model / 警告：未设置 API 密钥", file=sys.stderr)
 
+    if args.max_inflight_body_bytes is not None and args.max_inflight_body_bytes < 1:
+        raise CLIError(f"--max-inflight-body-bytes must be >= 1, got {args.max_inflight_body_bytes}")
     for name in ("body_timeout", "shutdown_grace"):
         if not getattr(args, name) > 0:
             raise CLIError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
@@ -135,6 +139,7 @@ def run(args) -> int:
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch_size,
         max_prompt_tokens=args.max_prompt_tokens,
+        max_inflight_body_bytes=args.max_inflight_body_bytes,
         allowed_hosts=tuple(hosts),
         body_timeout=args.body_timeout,
         shutdown_grace=args.shutdown_grace,

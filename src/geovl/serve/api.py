@@ -64,6 +64,7 @@ class ServerConfig:
     max_batch: int = 8
     max_queue: int = 256
     max_prompt_tokens: int = 32768  # also bounded by the model's context
+    max_inflight_body_bytes: int | None = None  # request bodies held at once, server-wide (None: 2 x max_body_bytes)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*" = any)
     body_timeout: float = 60.0  # seconds a client may take to send its request body
     shutdown_grace: float = 10.0  # seconds a running batch may take to finish after SIGTERM
@@ -98,14 +99,55 @@ def check_content_type(request, multipart: bool = False) -> str:
                    "unsupported_media_type")
 
 
+class BodyBudget:
+    """Bytes of request bodies held by requests in flight, server-wide: a body that would take the
+    total over ``limit`` is refused with 503 ``server_busy`` (the default limit, twice the per-request
+    body limit, always lets one request through). :class:`BodyBudgetRelease` returns a request's
+    bytes when its response is complete (a stream's when the stream ends)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+        self._lock = threading.Lock()
+
+    def take(self, scope: dict, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise APIError(503, f"the server holds {self.used} bytes of request bodies in flight; this body would take it over "
+                                    f"{self.limit} (--max-inflight-body-bytes); try again later / 服务器繁忙", "server_busy")
+            self.used += n
+            scope["geovl.body_bytes"] = scope.get("geovl.body_bytes", 0) + n
+
+    def release(self, scope: dict) -> None:
+        n = scope.pop("geovl.body_bytes", 0)
+        if n:
+            with self._lock:
+                self.used -= n
+
+
+class BodyBudgetRelease:
+    """ASGI middleware: give a request's body bytes back to the :class:`BodyBudget` when it is done."""
+
+    def __init__(self, app, budget: BodyBudget):
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.budget.release(scope)
+
+
 async def _read_body(request, limit: int, timeout: float = 60.0) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body is {declared} bytes, over the limit of {limit} bytes / 请求体过大", "request_too_large")
+    budget = getattr(request.app.state, "body_budget", None)
     buf = bytearray()
 
     async def read():
         async for part in request.stream():
+            if budget is not None and part:
+                budget.take(request.scope, len(part))
             buf.extend(part)
             if len(buf) > limit:
                 raise APIError(413, f"request body is over the limit of {limit} bytes / 请求体过大", "request_too_large")
@@ -177,6 +219,8 @@ def create_app(engine, config: ServerConfig):
 
     app = FastAPI(title="geovl OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.router.redirect_slashes = False  # a redirect would echo the Host header back
+    app.state.body_budget = BodyBudget(config.max_inflight_body_bytes or 2 * config.max_body_bytes())
+    app.add_middleware(BodyBudgetRelease, budget=app.state.body_budget)
     app.add_middleware(HostAllowList, allowed=config.allowed_hosts)
     app.state.engine, app.state.batcher, app.state.config = engine, batcher, config
 
