@@ -245,6 +245,7 @@ class LocalEngine:
             self.name += f"+{a.parent.name}/{a.name}"
         self.stats = EngineStats()
         self._lock = threading.Lock()
+        self._count_lock, self._count_tokenizer = threading.Lock(), None
         self._torch = torch
         self._hook = self._language_model().register_forward_hook(self._count_forward)
 
@@ -285,11 +286,11 @@ class LocalEngine:
                     raise EngineError(f"messages[{i}] contains the control token {hit.group(0)!r}; special tokens are not allowed "
                                       "in message text / 消息文本不能包含特殊控制符")
 
-    def estimate_length(self, request: ChatRequest) -> int:
+    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
         """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
         from ..models.preprocess import PreprocessConfig
 
-        n = len(self.tokenizer(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        n = len((tokenizer or self.tokenizer)(self.prompt_text(request), add_special_tokens=False)["input_ids"])
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         if self.spectral is not None:  # cubes: arrays know their size; paths/bytes get a fixed weight (for sorting only)
             return n + sum(self.family.image_tokens(c.shape[1], c.shape[2], lo, hi) - 1 if hasattr(c, "shape") else 1024
@@ -319,8 +320,15 @@ class LocalEngine:
         return int(n) if n else None
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
-        """Exact prompt tokens of a request (image pads expanded) — what ``usage.prompt_tokens`` reports."""
-        return self.estimate_length(request)
+        """Exact prompt tokens of a request (image pads expanded) — what ``usage.prompt_tokens`` reports.
+        Safe to call while the engine generates: it uses its own copy of the tokenizer (a fast
+        tokenizer's padding state must not change under a running encode)."""
+        import copy
+
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = copy.deepcopy(self.tokenizer)
+            return self.estimate_length(request, self._count_tokenizer)
 
     def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
