@@ -9,6 +9,13 @@ in the OpenAI error shape with a clear message. A Python audit hook records ever
 opens, proving no file outside the allowed folder is ever opened (we run as root, so a mode-000
 canary file would prove nothing). Then the same against a real `geovl serve` subprocess whose
 audit hook logs every opened path to a file.
+
+Issue 21 (an adversarial probe): TIFF band bombs refused from the header on every path, CRS inputs
+that never reach the network or files (a loopback listener must receive nothing), streams in the
+one queue, prompt limits counted before generation, one cap on bodies in flight, a total download
+deadline, hostile JSON and control tokens as 4xx, real ``usage.prompt_tokens`` for TIFFs, the Host
+allow-list and JSON-only bodies, and against a real server: dropped streams stop generating, slow
+bodies time out, SIGTERM ends streams with an error event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -571,6 +578,8 @@ def test_prompt_tokens_are_counted_and_refused_before_generation(engine, tree, m
         with pytest.raises(openai.BadRequestError) as e:  # 211 KB of text: refused without tokenizing
             c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x" * 211_000}])
         assert e.value.body["code"] == "context_length_exceeded" and counted == [1]
+        r = tc.post("/v1/geo/ask", json={"question": "x" * 211_000, "image": data_uri(png(1))})
+        assert error(r, 400, "context_length_exceeded") and counted == [1]
         assert c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "field"}]).choices[0].finish_reason
 
 

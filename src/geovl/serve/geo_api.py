@@ -306,7 +306,7 @@ async def ground_chat(geo_obj, parsed, images: list[bytes], engine, config):
 
 # ------------------------------------------------------------------------------------------------ routes
 def add_geo_routes(app, engine, config, batcher, check_key) -> None:
-    from .api import answer, check_prompt
+    from .api import answer, check_prompt, check_text_size
 
     @app.post("/v1/geo/measure")
     async def geo_measure(request: Request):
@@ -336,6 +336,7 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
             params = generation_params(body, config.max_tokens_limit, config.default_max_tokens)
         except EngineError as e:
             raise APIError(400, str(e), "invalid_parameter") from None
+        check_text_size([{"content": [{"text": body.question}]}], config)  # before any raster is read or text tokenized
         blobs = await load_files(files, config.limits)
         gp, member = await run_in_threadpool(_grounded, engine, body, body.question, blobs)
         req = gp.request()
