@@ -728,7 +728,8 @@ def _until(pred, what: str, tries: int = 1200):
 
 def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tmp_path):
     """Against a real `geovl serve`: (fault 4) a client that drops its stream stops its generation —
-    the engine generates a handful of tokens, not the 1,500 asked for; (fault 14) a client that sends
+    the engine generates a handful of tokens, not the 1,500 asked for — and a plain request whose
+    client leaves while it is queued is never generated; (fault 14) a client that sends
     its body too slowly gets a JSON 408; (fault 10) SIGTERM ends a running stream with an error event
     and ``[DONE]`` and answers a queued request with a JSON 503, and the server exits by itself."""
     import json
@@ -752,6 +753,19 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
         _until(lambda: (h := _health(server))["running"] == 0 and h["queued"] == 0, "the dropped streams stopped")
         dropped = _health(server)["generated_tokens"]
         assert dropped < 3 * 1500 // 3, f"{dropped} tokens generated for three dropped streams (1,500 each asked)"
+        # a plain request whose client leaves while it waits behind a stream is dropped from the queue
+        calls = _health(server)["engine_calls"]
+        s = c.chat.completions.create(stream=True, **long)
+        next(ch for ch in s if ch.choices and ch.choices[0].delta.content)
+        payload = json.dumps({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            _until(lambda: _health(server)["queued"] == 1, "the plain request waits behind the stream")
+        _until(lambda: _health(server)["queued"] == 0, "the server noticed the client left")
+        s.close()
+        _until(lambda: (h := _health(server))["running"] == 0 and h["queued"] == 0, "the engine is idle")
+        assert _health(server)["engine_calls"] == calls, "the abandoned request was generated"
         # a full answer shows the model would really have gone on for 1,500 tokens
         full = c.chat.completions.create(max_tokens=300, **{k: v for k, v in long.items() if k != "max_tokens"})
         assert full.usage.completion_tokens == 300 and full.choices[0].finish_reason == "length"

@@ -309,7 +309,7 @@ def create_app(engine, config: ServerConfig):
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return start_stream(batcher, req, params, include_usage, config.served_model_name, geo)
-        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage))
+        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
         return out | {"geovl": geo} if geo is not None else out
 
     from .geo_api import add_geo_routes
@@ -359,14 +359,30 @@ async def check_prompt(engine, req, params, config: ServerConfig, explicit_max_t
     return params
 
 
-async def answer(batcher: MicroBatcher, req, params, build):
-    """Queue a non-streaming request and build its response from (text, usage)."""
+async def _disconnected(request) -> None:
+    """Returns when the client has closed the connection (the body was read before)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def answer(batcher: MicroBatcher, req, params, build, request=None):
+    """Queue a non-streaming request and build its response from (text, usage). A request whose
+    client disconnects while it waits in the queue is dropped from it (never generated)."""
     try:
         fut = batcher.submit(req, params)
     except QueueFull as e:
         raise APIError(503, str(e), "server_busy") from None
+    waiter = asyncio.wrap_future(fut)
+    watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
     try:
-        text, usage = await asyncio.wrap_future(fut)
+        if watch is not None:
+            await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                fut.cancel()  # still queued: the worker skips it; already running: its batch finishes
+                raise APIError(499, "the client closed the connection / 客户端已断开", "client_closed")
+        text, usage = await waiter
     except EngineError as e:
         raise APIError(400, str(e), "engine_error") from None
     except ShuttingDown:
@@ -375,6 +391,9 @@ async def answer(batcher: MicroBatcher, req, params, build):
         if type(e).__name__ == "ImageError":
             raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
         raise
+    finally:
+        if watch is not None:
+            watch.cancel()
     return build(text, usage)
 
 

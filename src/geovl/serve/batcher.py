@@ -80,8 +80,9 @@ class MicroBatcher:
     def _put(self, item: _Item) -> Future:
         if self.draining:
             raise ShuttingDown("the server is shutting down; try again later / 服务器正在关闭")
-        if self._q.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._q.qsize()} requests are waiting; try again later / 服务器繁忙")
+        waiting = self.queued()
+        if waiting >= self.max_queue:
+            raise QueueFull(f"{waiting} requests are waiting; try again later / 服务器繁忙")
         self._q.put(item)
         return item.future
 
@@ -97,7 +98,9 @@ class MicroBatcher:
         return self._put(_Item(request, params, on_delta=on_delta, cancel=cancel))
 
     def queued(self) -> int:
-        return self._q.qsize()
+        """Requests waiting (not counting those whose client left; the worker skips them)."""
+        with self._q.mutex:
+            return sum(1 for it in self._q.queue if it is not None and not it.future.cancelled())
 
     def running(self) -> int:
         return len(self._running)

@@ -344,4 +344,4 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
         return await answer(batcher, req, params, lambda text, usage: {
             "id": "geoask-" + uuid.uuid4().hex[:24], "object": "geovl.grounded_answer", "created": int(time.time()),
             "model": config.served_model_name, "answer": text.strip(), **{k: v for k, v in member.items() if k != "grounded"},
-            "usage": usage_dict(usage), "finish_reason": (usage or {}).get("finish_reason", "stop")})
+            "usage": usage_dict(usage), "finish_reason": (usage or {}).get("finish_reason", "stop")}, request)
