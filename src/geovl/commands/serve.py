@@ -40,9 +40,21 @@ def register(sub) -> None:
     p.add_argument("--allowed-image-dir", default=None, metavar="DIR", help="allow local paths / file:// URLs inside DIR only")
     p.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024, help="per image")
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="per image, read from the header before decoding")
+    p.add_argument("--max-decoded-bytes", type=int, default=256 * 1024 * 1024,
+                   help="per image: bands x pixels x bytes per sample over every TIFF page/overview, read from the header before decoding")
     p.add_argument("--max-images", type=int, default=8, help="per request (all turns)")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
+    p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none (lowered to fit the context)")
+    p.add_argument("--max-prompt-tokens", type=int, default=32768,
+                   help="largest prompt (text + image tokens), counted before generation; the model's context also applies")
+    p.add_argument("--allowed-hosts", default=None, metavar="H1,H2",
+                   help="Host header values accepted besides localhost/127.0.0.1/::1 and the --host address ('.example.com' = "
+                        "any subdomain, '*' = any; DNS-rebinding protection)")
+    p.add_argument("--max-inflight-body-bytes", type=int, default=None,
+                   help="request body bytes held by all requests in flight together (503 over it; default: twice the per-request body limit)")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client may take to send a request body (408 after)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="on SIGTERM, seconds a running batch may take to finish (queued requests get 503 at once, streams end with an error event)")
     p.add_argument("--batch-window-ms", type=float, default=10.0, help="group requests arriving within this window (0 = no micro-batching)")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests per generate call")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -81,7 +93,8 @@ def run(args) -> int:
     from geovl.cli import CLIError
     from geovl.serve.images import ImageLimits
 
-    for name in ("max_image_bytes", "max_pixels", "max_images", "max_tokens_limit", "default_max_tokens", "max_batch_size"):
+    for name in ("max_image_bytes", "max_pixels", "max_decoded_bytes", "max_images", "max_tokens_limit", "default_max_tokens", "max_batch_size",
+                 "max_prompt_tokens"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -90,6 +103,7 @@ def run(args) -> int:
         limits = ImageLimits(
             max_image_bytes=args.max_image_bytes,
             max_pixels=args.max_pixels,
+            max_decoded_bytes=args.max_decoded_bytes,
             max_images=args.max_images,
             allow_http=args.allow_http_images,
             allowed_dir=args.allowed_image_dir,
@@ -100,9 +114,20 @@ def run(args) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"geovl serve: warning: binding {args.host} without an API key: anyone on the network can use the model / 警告：未设置 API 密钥", file=sys.stderr)
 
-    import uvicorn
+    if args.max_inflight_body_bytes is not None and args.max_inflight_body_bytes < 1:
+        raise CLIError(f"--max-inflight-body-bytes must be >= 1, got {args.max_inflight_body_bytes}")
+    for name in ("body_timeout", "shutdown_grace"):
+        if not getattr(args, name) > 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    from geovl.serve.api import LOOPBACK_HOSTS, ServerConfig, create_app, serve
 
-    from geovl.serve.api import ServerConfig, create_app
+    hosts = list(LOOPBACK_HOSTS)
+    if args.host not in ("0.0.0.0", "::", ""):
+        hosts.append(args.host)
+    hosts += [h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip()]
+    if args.allowed_hosts is None and not is_loopback(args.host):
+        print(f"geovl serve: note: only Host headers {', '.join(hosts)} are answered; add the names clients use with "
+              "--allowed-hosts / 仅接受上述主机名", file=sys.stderr)
 
     engine = open_local_engine(args, batch_size=args.max_batch_size)
     config = ServerConfig(
@@ -113,6 +138,11 @@ def run(args) -> int:
         default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch_size,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_inflight_body_bytes=args.max_inflight_body_bytes,
+        allowed_hosts=tuple(hosts),
+        body_timeout=args.body_timeout,
+        shutdown_grace=args.shutdown_grace,
     )
     app = create_app(engine, config)
     print(
@@ -122,5 +152,5 @@ def run(args) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    serve(app, args.host, args.port, args.log_level)
     return 0

@@ -2,7 +2,8 @@
 turned into a pixel mask of the raster grid.
 
 The AOI's CRS is, in order: ``aoi_crs`` (``--aoi-crs``); the file's ``crs`` member (old-style
-GeoJSON as written by QGIS, e.g. ``urn:ogc:def:crs:EPSG::32650``); EPSG:4326 when every coordinate
+GeoJSON as written by QGIS, e.g. ``urn:ogc:def:crs:EPSG::32650``) — both only as authority codes,
+WKT or PROJ strings (:mod:`geovl.geo.crs`: URLs, ``/vsi*`` paths and files are never read); EPSG:4326 when every coordinate
 is a plausible longitude/latitude and the raster CRS is projected (RFC 7946 GeoJSON is always
 WGS 84); else the raster's CRS. A different CRS is reprojected with
 ``rasterio.warp.transform_geom``. A pixel is inside when its centre is inside the polygon
@@ -82,10 +83,10 @@ def _crs_member(doc):
 
 
 def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, raster_name: str = "raster") -> AOI:
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
     from rasterio.features import geometry_mask
     from rasterio.warp import transform_geom
+
+    from .crs import CRSInputError, no_network, parse_user_crs
 
     p = Path(path)
     try:
@@ -113,14 +114,15 @@ def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, ras
     src_crs = None
     if name is not None:
         try:
-            src_crs = CRS.from_user_input(name)
-        except CRSError as e:
-            raise MeasureError(f"{p}: unknown AOI CRS {name!r} ({e})") from None
+            src_crs = parse_user_crs(name, "AOI CRS" if how == "argument" else "the AOI's crs member")
+        except CRSInputError as e:  # a URL, path or unknown code: refused before GDAL reads anything
+            raise CRSInputError(f"{p}: {e}") from None
     if src_crs is not None and src_crs != raster_crs:
         if raster_crs is None:
             raise MeasureError(f"{p}: the AOI is in {name} but {raster_name} has no CRS to reproject it to")
         try:
-            geoms = [transform_geom(src_crs, raster_crs, g) for g in geoms]
+            with no_network():
+                geoms = [transform_geom(src_crs, raster_crs, g) for g in geoms]
         except Exception as e:  # noqa: BLE001 — PROJ errors
             raise MeasureError(f"{p}: cannot reproject the AOI from {name} to the raster CRS ({e})") from None
     crs_text = (src_crs.to_string() if src_crs is not None else (raster_crs.to_string() if raster_crs else "raster grid"))

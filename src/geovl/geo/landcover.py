@@ -74,6 +74,15 @@ def read_grid(src, name: str | None = None) -> Grid:
     path = os.fspath(src)
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
+    from ..imagery.decode import TIFF_MAGICS, WHOLE_RASTER_MAX_DECODED_BYTES, ImageError, check_size, read_header
+
+    with open(path, "rb") as f:
+        tiff = f.read(4) in TIFF_MAGICS
+    if tiff:  # every band (and page/overview) is read below: refuse band bombs from the header first
+        try:
+            check_size(read_header(path), 2**62, WHOLE_RASTER_MAX_DECODED_BYTES, path)
+        except ImageError as e:
+            raise MeasureError(e.detail) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

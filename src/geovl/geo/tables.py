@@ -64,6 +64,8 @@ def _table(name, kind, rows, nodata=()):
     return ClassTable(name, {r[0]: ClassInfo(*r) for r in rows}, tuple(nodata), kind)
 
 
+CODE_RANGE = (-(2**31), 2**32 - 1)  # int32 and uint32 class rasters
+
 WORLDCOVER = [  # ESA WorldCover v100/v200 "Map" codes
     (10, "tree", "Tree cover", "林地", "trees"),
     (20, "shrub", "Shrubland", "灌木地", "shrub"),
@@ -132,14 +134,17 @@ def load_table(spec: str | Path) -> ClassTable:
         code = r.get("code", r.get("id")) if isinstance(r, dict) else None
         if isinstance(code, bool) or not isinstance(code, int):
             raise MeasureError(f"{path}: classes[{i}] needs an integer \"code\" (or \"id\")")
+        if not CODE_RANGE[0] <= code <= CODE_RANGE[1]:
+            raise MeasureError(f"{path}: classes[{i}] code {str(code)[:24]}{'…' if len(str(code)) > 24 else ''} is outside "
+                               f"{CODE_RANGE[0]}..{CODE_RANGE[1]} (class raster values are at most 32-bit integers)")
         if code in classes:
             raise MeasureError(f"{path}: class code {code} appears twice")
         key = str(r.get("key") or r.get("en") or f"class_{code}")
         classes[code] = ClassInfo(code, key, str(r.get("en") or key), str(r.get("zh") or r.get("en") or key), r.get("accuracy_key"))
     nodata = doc.get("nodata", [])
     nodata = [nodata] if isinstance(nodata, int) else nodata
-    if not isinstance(nodata, list) or not all(isinstance(v, int) for v in nodata):
-        raise MeasureError(f"{path}: \"nodata\" must be an integer or a list of integers")
+    if not isinstance(nodata, list) or not all(isinstance(v, int) and CODE_RANGE[0] <= v <= CODE_RANGE[1] for v in nodata):
+        raise MeasureError(f"{path}: \"nodata\" must be an integer or a list of integers in {CODE_RANGE[0]}..{CODE_RANGE[1]}")
     kind = "truth" if doc.get("generator") == "geovl.data.synth" else str(doc.get("kind", "custom"))
     name = "synth" if kind == "truth" else str(doc.get("name") or path.stem)
     return ClassTable(name, classes, tuple(nodata), kind, str(path))

@@ -1,12 +1,20 @@
 """The OpenAI-compatible HTTP API (FastAPI): ``POST /v1/chat/completions`` (plain and SSE streaming),
 ``GET /v1/models``, ``GET /health``.
 
-- Every inference goes through the engine interface: non-streaming requests through the
-  :class:`~geovl.serve.batcher.MicroBatcher` (grouped into shared ``generate`` calls), streaming
-  requests through ``engine.stream``; one lock keeps the engine single-threaded.
-- Limits, each a clear 4xx in the OpenAI error shape: request body bytes, images per request,
-  image bytes, pixels (read from the header before decoding), ``max_tokens``; the waiting queue
-  (503 when full).
+- Every inference goes through the engine interface and the one queue of the
+  :class:`~geovl.serve.batcher.MicroBatcher`: non-streaming requests are grouped into shared
+  ``generate`` calls, streaming requests run alone on the same worker; one lock keeps the engine
+  single-threaded. A stream whose client goes away stops at the next token.
+- Limits, each a clear 4xx in the OpenAI error shape: request body bytes (and the time to send
+  it), JSON nesting depth, images per request, image bytes, pixels and decoded bytes (read from
+  the header before decoding), prompt tokens (the model's context and ``max_prompt_tokens``,
+  counted before generation), ``max_tokens``; the waiting queue (503 when full, streams included).
+- Hardening: a ``Host`` allow-list (loopback names by default; DNS rebinding), JSON-only request
+  bodies on the API (415 otherwise; the geo routes also take ``multipart/form-data``), no slash
+  redirects (no ``Host`` reflected), message text with control tokens refused.
+- Graceful shutdown (:func:`serve`): on SIGTERM waiting requests get a JSON 503, running streams
+  end with an error event and ``[DONE]``, a running batch finishes (or is stopped after the grace
+  period and answered with a JSON 503).
 - ``Authorization: Bearer KEY`` on ``/v1/*`` when an API key is set (401 otherwise); ``/health`` is
   open so load balancers can probe it.
 - Images: :mod:`geovl.serve.images` (data URIs; http(s) only when allowed; local files only inside
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -31,12 +40,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batcher import MicroBatcher, QueueFull, supports_usage
+from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .engine import EngineError
 from .images import ImageLimits, ImageRefError, fetch_image
-from .openai_format import APIError, build_request, chunk, completion, convert_messages, generation_params, new_id, parse_body, usage_dict
+from .openai_format import (APIError, build_request, check_json, chunk, completion, convert_messages, generation_params, new_id, parse_body,
+                            parse_json, usage_dict)
 
 log = logging.getLogger("geovl.serve")
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+JSON_TYPES = ("application/json",)
 
 
 @dataclass
@@ -49,10 +63,19 @@ class ServerConfig:
     batch_window_ms: float = 10.0
     max_batch: int = 8
     max_queue: int = 256
+    max_prompt_tokens: int = 32768  # also bounded by the model's context
+    max_inflight_body_bytes: int | None = None  # request bodies held at once, server-wide (None: 2 x max_body_bytes)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*" = any)
+    body_timeout: float = 60.0  # seconds a client may take to send its request body
+    shutdown_grace: float = 10.0  # seconds a running batch may take to finish after SIGTERM
 
     def max_body_bytes(self) -> int:
         # every image as base64 plus 1 MiB of text
         return self.limits.max_images * ((self.limits.max_image_bytes + 2) // 3 * 4 + 64) + (1 << 20)
+
+    def max_text_chars(self) -> int:
+        # refused without tokenizing: no token of these tokenizers spans more than 16 characters on average
+        return 16 * self.max_prompt_tokens
 
 
 def _error_response(err: APIError):
@@ -60,16 +83,123 @@ def _error_response(err: APIError):
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-async def _read_body(request, limit: int) -> bytes:
+def _media_type(request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def check_content_type(request, multipart: bool = False) -> str:
+    """The media type of a request body: JSON (``application/json`` or ``*+json``), or
+    ``multipart/form-data`` where allowed; 415 otherwise. ``text/plain`` and form posts are the
+    bodies a web page can send cross-site without a preflight, so the API never parses them."""
+    mt = _media_type(request)
+    if mt in JSON_TYPES or mt.endswith("+json") or (multipart and mt == "multipart/form-data"):
+        return mt
+    allowed = "application/json" + (" or multipart/form-data" if multipart else "")
+    raise APIError(415, f"Content-Type {mt or '(none)'!r} is not accepted; send {allowed} / 请求体类型须为 {allowed}",
+                   "unsupported_media_type")
+
+
+class BodyBudget:
+    """Bytes of request bodies held by requests in flight, server-wide: a body that would take the
+    total over ``limit`` is refused with 503 ``server_busy`` (the default limit, twice the per-request
+    body limit, always lets one request through). :class:`BodyBudgetRelease` returns a request's
+    bytes when its response is complete (a stream's when the stream ends)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+        self._lock = threading.Lock()
+
+    def take(self, scope: dict, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise APIError(503, f"the server holds {self.used} bytes of request bodies in flight; this body would take it over "
+                                    f"{self.limit} (--max-inflight-body-bytes); try again later / 服务器繁忙", "server_busy")
+            self.used += n
+            scope["geovl.body_bytes"] = scope.get("geovl.body_bytes", 0) + n
+
+    def release(self, scope: dict) -> None:
+        n = scope.pop("geovl.body_bytes", 0)
+        if n:
+            with self._lock:
+                self.used -= n
+
+
+class BodyBudgetRelease:
+    """ASGI middleware: give a request's body bytes back to the :class:`BodyBudget` when it is done."""
+
+    def __init__(self, app, budget: BodyBudget):
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.budget.release(scope)
+
+
+async def _read_body(request, limit: int, timeout: float = 60.0) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body is {declared} bytes, over the limit of {limit} bytes / 请求体过大", "request_too_large")
+    budget = getattr(request.app.state, "body_budget", None)
     buf = bytearray()
-    async for part in request.stream():
-        buf += part
-        if len(buf) > limit:
-            raise APIError(413, f"request body is over the limit of {limit} bytes / 请求体过大", "request_too_large")
+
+    async def read():
+        async for part in request.stream():
+            if budget is not None and part:
+                budget.take(request.scope, len(part))
+            buf.extend(part)
+            if len(buf) > limit:
+                raise APIError(413, f"request body is over the limit of {limit} bytes / 请求体过大", "request_too_large")
+
+    try:
+        await asyncio.wait_for(read(), timeout)  # a total deadline: slow senders do not hold a worker
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body was not received within {timeout:g} s / 请求体发送超时", "request_timeout") from None
     return bytes(buf)
+
+
+async def read_json(request, config) -> object:
+    """The checked JSON document of a request (content type, size, time, depth, text)."""
+    check_content_type(request)
+    return check_json(parse_json(await _read_body(request, config.max_body_bytes(), config.body_timeout)))
+
+
+def _host_of(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def host_allowed(host: str, allowed) -> bool:
+    if "*" in allowed:
+        return True
+    h = _host_of(host)
+    return any(h == a.lower() or (a.startswith(".") and h.endswith(a.lower())) for a in allowed)
+
+
+class HostAllowList:
+    """ASGI middleware: requests whose ``Host`` header is not allowed get a JSON 400 (a web page on
+    another site cannot reach a loopback server through DNS rebinding)."""
+
+    def __init__(self, app, allowed):
+        self.app, self.allowed = app, tuple(allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"host"), "")
+            if not host_allowed(host, self.allowed):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = json.dumps(APIError(400, "this server does not answer for that Host header (start it with --allowed-hosts to add "
+                                                "names) / 主机名不在允许列表中", "host_not_allowed").body()).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def _image_error(e: ImageRefError, index: int) -> APIError:
@@ -81,7 +211,6 @@ def create_app(engine, config: ServerConfig):
 
     engine_lock = threading.Lock()
     batcher = MicroBatcher(engine, engine_lock, window_ms=config.batch_window_ms, max_batch=config.max_batch, max_queue=config.max_queue)
-    stream_usage = supports_usage(engine.stream)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -89,6 +218,10 @@ def create_app(engine, config: ServerConfig):
         batcher.close()
 
     app = FastAPI(title="geovl OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.router.redirect_slashes = False  # a redirect would echo the Host header back
+    app.state.body_budget = BodyBudget(config.max_inflight_body_bytes or 2 * config.max_body_bytes())
+    app.add_middleware(BodyBudgetRelease, budget=app.state.body_budget)
+    app.add_middleware(HostAllowList, allowed=config.allowed_hosts)
     app.state.engine, app.state.batcher, app.state.config = engine, batcher, config
 
     @app.exception_handler(APIError)
@@ -99,6 +232,10 @@ def create_app(engine, config: ServerConfig):
     async def _http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code))
+
+    @app.exception_handler(ShuttingDown)
+    async def _stopping(request, exc):
+        return _error_response(APIError(503, f"{exc} / 服务器正在关闭", "server_shutting_down"))
 
     @app.exception_handler(Exception)
     async def _internal(request, exc):  # pragma: no cover - a bug, logged with its traceback
@@ -118,12 +255,15 @@ def create_app(engine, config: ServerConfig):
     @app.get("/health")
     async def health():
         # counters let operators (and bench/bench_api.py) see how well requests are grouped
+        stats = getattr(engine, "stats", None)
         return {
-            "status": "ok",
+            "status": "draining" if batcher.draining else "ok",
             "model": config.served_model_name,
             "queued": batcher.queued(),
+            "running": batcher.running(),
             "engine_calls": batcher.calls,
             "batched_requests": batcher.batched,
+            "generated_tokens": getattr(stats, "generated_tokens", None),
         }
 
     @app.get("/v1/models")
@@ -134,11 +274,7 @@ def create_app(engine, config: ServerConfig):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_key(request)
-        raw = await _read_body(request, config.max_body_bytes())
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e} / 请求体不是合法 JSON", "invalid_json") from None
+        obj = await read_json(request, config)
         body = parse_body(obj)
         if body.model and body.model != config.served_model_name:
             raise APIError(404, f"model {body.model!r} is not served here; this server serves {config.served_model_name!r} / 模型不存在", "model_not_found", "model")
@@ -154,6 +290,7 @@ def create_app(engine, config: ServerConfig):
             params = generation_params(body, config.max_tokens_limit, config.default_max_tokens)
         except EngineError as e:
             raise APIError(400, str(e), "invalid_parameter") from None
+        check_text_size(parsed.messages, config)
         images = []
         for i, ref in enumerate(parsed.image_refs):
             try:
@@ -167,71 +304,13 @@ def create_app(engine, config: ServerConfig):
             req, geo = await ground_chat(obj["geovl"], parsed, images, engine, config)
         if geo is None:
             req = build_request(parsed, images)
+        explicit = (body.max_completion_tokens or body.max_tokens) is not None
+        params = await check_prompt(engine, req, params, config, explicit)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(req, params, include_usage, geo), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            fut = batcher.submit(req, params)
-        except QueueFull as e:
-            raise APIError(503, str(e), "server_busy") from None
-        try:
-            text, usage = await asyncio.wrap_future(fut)
-        except EngineError as e:
-            raise APIError(400, str(e), "engine_error") from None
-        except Exception as e:  # noqa: BLE001 - undecodable image in the processor, ...
-            if type(e).__name__ == "ImageError":
-                raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
-            raise
-        out = completion(new_id(), config.served_model_name, text, usage)
+            return start_stream(batcher, req, params, include_usage, config.served_model_name, geo)
+        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
         return out | {"geovl": geo} if geo is not None else out
-
-    async def _sse(req, params, include_usage: bool, geo: dict | None = None):
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        usage: dict = {}
-
-        def put(item) -> None:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (server shutting down)
-                cancelled.set()
-
-        def work():
-            try:
-                with engine_lock:
-                    gen = engine.stream(req, params, usage=usage) if stream_usage else engine.stream(req, params)
-                    for delta in gen:
-                        if cancelled.is_set():
-                            gen.close()
-                            break
-                        put(("delta", delta))
-                put(("done", None))
-            except BaseException as e:  # noqa: BLE001 - reported in the stream
-                put(("error", e))
-
-        cid, created, model = new_id(), int(time.time()), config.served_model_name
-        first = chunk(cid, model, created, {"role": "assistant", "content": ""})
-        yield _event(first | {"geovl": geo} if geo is not None else first)
-        threading.Thread(target=work, name="geovl-sse", daemon=True).start()
-        try:
-            while True:
-                kind, val = await q.get()
-                if kind == "delta":
-                    yield _event(chunk(cid, model, created, {"content": val}))
-                elif kind == "done":
-                    yield _event(chunk(cid, model, created, {}, usage.get("finish_reason", "stop")))
-                    if include_usage:
-                        yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_dict(usage)})
-                    break
-                else:
-                    log.warning("stream failed: %s", val)
-                    err = APIError(400 if isinstance(val, EngineError) else 500, f"generation failed: {type(val).__name__}: {val}", "stream_error")
-                    yield _event(err.body())
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            cancelled.set()  # client gone: the worker stops at the next delta
 
     from .geo_api import add_geo_routes
 
@@ -239,5 +318,159 @@ def create_app(engine, config: ServerConfig):
     return app
 
 
+def check_text_size(messages: list[dict], config: ServerConfig) -> None:
+    """Refuse text far too long for the prompt limit before the tokenizer sees it."""
+    n = sum(len(p.get("text") or "") for m in messages for p in m.get("content") or [] if isinstance(p, dict))
+    if n > config.max_text_chars():
+        raise APIError(400, f"the messages hold {n} characters of text, far over the prompt limit of {config.max_prompt_tokens} tokens "
+                            "(--max-prompt-tokens) / 文本过长", "context_length_exceeded", "messages")
+
+
+async def check_prompt(engine, req, params, config: ServerConfig, explicit_max_tokens: bool):
+    """Count the prompt's tokens before generation; refuse it over ``max_prompt_tokens`` or the model's
+    context (a 400 ``context_length_exceeded``). When ``max_tokens`` was not given, it is lowered to fit
+    the context; when it was, prompt + max_tokens must fit. Engines that cannot count (remote ones)
+    are left to their server."""
+    count = getattr(engine, "count_prompt_tokens", None)
+    if count is None:
+        return params
+    try:
+        n = await run_in_threadpool(count, req)
+    except EngineError as e:  # e.g. control tokens in the text
+        raise APIError(400, str(e), "invalid_text", "messages") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt image header
+        if type(e).__name__ == "ImageError":
+            raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
+        raise
+    context = getattr(engine, "context_length", None)
+    if n > config.max_prompt_tokens:
+        raise APIError(400, f"the prompt is {n} tokens, over this server's limit of {config.max_prompt_tokens} (--max-prompt-tokens) / 提示过长",
+                       "context_length_exceeded", "messages")
+    if context:
+        room = context - n
+        if room < 1:
+            raise APIError(400, f"the prompt is {n} tokens; this model's context is {context} tokens / 提示超过模型上下文长度",
+                           "context_length_exceeded", "messages")
+        if params.max_new_tokens > room:
+            if explicit_max_tokens:
+                raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({params.max_new_tokens}) is over this model's context of "
+                                    f"{context} tokens / 提示与 max_tokens 之和超过上下文长度", "context_length_exceeded", "max_tokens")
+            params = dataclasses.replace(params, max_new_tokens=room)
+    return params
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client has closed the connection (the body was read before)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def answer(batcher: MicroBatcher, req, params, build, request=None):
+    """Queue a non-streaming request and build its response from (text, usage). A request whose
+    client disconnects while it waits in the queue is dropped from it (never generated)."""
+    try:
+        fut = batcher.submit(req, params)
+    except QueueFull as e:
+        raise APIError(503, str(e), "server_busy") from None
+    waiter = asyncio.wrap_future(fut)
+    watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+    try:
+        if watch is not None:
+            await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                fut.cancel()  # still queued: the worker skips it; already running: its batch finishes
+                raise APIError(499, "the client closed the connection / 客户端已断开", "client_closed")
+        text, usage = await waiter
+    except EngineError as e:
+        raise APIError(400, str(e), "engine_error") from None
+    except ShuttingDown:
+        raise
+    except Exception as e:  # noqa: BLE001 - undecodable image in the processor, ...
+        if type(e).__name__ == "ImageError":
+            raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
+        raise
+    finally:
+        if watch is not None:
+            watch.cancel()
+    return build(text, usage)
+
+
+def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model: str, geo: dict | None = None):
+    """Queue a streaming request (503 at once when the queue is full) and answer with its SSE stream."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server stopped)
+            cancel.set()
+
+    try:
+        fut = batcher.submit_stream(req, params, lambda d: put(("delta", d)), cancel)
+    except QueueFull as e:
+        raise APIError(503, str(e), "server_busy") from None
+    fut.add_done_callback(lambda f: put(("end", f)))
+    return StreamingResponse(_sse(q, fut, cancel, include_usage, model, geo), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bool, model: str, geo: dict | None):
+    cid, created = new_id(), int(time.time())
+    first = chunk(cid, model, created, {"role": "assistant", "content": ""})
+    try:
+        yield _event(first | {"geovl": geo} if geo is not None else first)
+        while True:
+            kind, val = await q.get()
+            if kind == "delta":
+                yield _event(chunk(cid, model, created, {"content": val}))
+                continue
+            err = val.exception()
+            if err is None:
+                usage = val.result() or {}
+                yield _event(chunk(cid, model, created, {}, usage.get("finish_reason", "stop")))
+                if include_usage:
+                    yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_dict(usage)})
+            else:
+                if isinstance(err, ShuttingDown):
+                    e = APIError(503, f"{err}", "server_shutting_down")
+                else:
+                    log.warning("stream failed: %s", err)
+                    bad = isinstance(err, EngineError) or type(err).__name__ == "ImageError"
+                    e = APIError(400 if bad else 500, f"generation failed: {type(err).__name__}: {err}", "stream_error")
+                yield _event(e.body())
+            break
+        yield "data: [DONE]\n\n"
+    finally:
+        cancel.set()  # the client went away (or the stream ended): stop generating at the next token
+        fut.cancel()  # still queued: never started
+
+
 def _event(obj: dict) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
+
+
+def serve(app, host: str, port: int, log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn and a graceful SIGTERM/SIGINT: the batcher drains at once (waiting
+    requests get a JSON 503, running streams end with an error event and ``[DONE]``), a running batch
+    has ``config.shutdown_grace`` seconds to finish before it is stopped and answered with a JSON 503;
+    uvicorn waits for those answers to be sent before it exits."""
+    import uvicorn
+
+    batcher, grace = app.state.batcher, float(app.state.config.shutdown_grace)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not batcher.draining:
+                log.warning("geovl serve: signal %s: finishing in-flight requests (up to %g s) / 正在关闭", sig, grace)
+                batcher.drain()
+                timer = threading.Timer(grace, batcher.abort)
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace + 5, timeout_keep_alive=5)
+    _Server(config).run()

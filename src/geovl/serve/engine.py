@@ -26,20 +26,30 @@ class EngineError(RuntimeError):
     """A user-facing inference problem (bad request, unreachable server, bad option)."""
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-5  # below it logits / temperature overflow; sampling is greedy in the limit anyway
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed and every generator here accept
+
+
 @dataclass
 class GenerationParams:
     max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 → greedy
+    temperature: float = 0.0  # 0 → greedy; 0 < t < MIN_SAMPLING_TEMPERATURE is treated as 0
     top_p: float = 1.0
     seed: int | None = None
 
     def __post_init__(self):
+        import math
+
         if int(self.max_new_tokens) < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise EngineError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.temperature < MIN_SAMPLING_TEMPERATURE:
+            self.temperature = 0.0
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not SEED_RANGE[0] <= int(self.seed) <= SEED_RANGE[1]):
+            raise EngineError(f"seed must be an integer in [-2^63, 2^63 - 1], got {self.seed}")
 
 
 @dataclass
@@ -235,6 +245,7 @@ class LocalEngine:
             self.name += f"+{a.parent.name}/{a.name}"
         self.stats = EngineStats()
         self._lock = threading.Lock()
+        self._count_lock, self._count_tokenizer = threading.Lock(), None
         self._torch = torch
         self._hook = self._language_model().register_forward_hook(self._count_forward)
 
@@ -254,30 +265,70 @@ class LocalEngine:
 
     # -- encoding ------------------------------------------------------------------------------
     def prompt_text(self, request: ChatRequest) -> str:
+        self.check_text(request)
         return self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
 
-    def estimate_length(self, request: ChatRequest) -> int:
+    def check_text(self, request: ChatRequest) -> None:
+        """Refuse message text that contains a control token (``<|im_start|>``, ``<|image_pad|>``, …):
+        the chat template pastes text verbatim and the tokenizer would turn it into the real token —
+        a forged turn or image placeholder. :class:`EngineError` names the token."""
+        if getattr(self, "_control", None) is None:
+            import re
+
+            toks = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content}, key=len, reverse=True)
+            self._control = re.compile("|".join(map(re.escape, toks))) if toks else None
+        if self._control is None:
+            return
+        for i, m in enumerate(request.messages):
+            for p in m.get("content") or []:
+                text = p.get("text") if isinstance(p, dict) else None
+                if isinstance(text, str) and (hit := self._control.search(text)):
+                    raise EngineError(f"messages[{i}] contains the control token {hit.group(0)!r}; special tokens are not allowed "
+                                      "in message text / 消息文本不能包含特殊控制符")
+
+    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
         """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
         from ..models.preprocess import PreprocessConfig
 
-        n = len(self.tokenizer(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        n = len((tokenizer or self.tokenizer)(self.prompt_text(request), add_special_tokens=False)["input_ids"])
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         if self.spectral is not None:  # cubes: arrays know their size; paths/bytes get a fixed weight (for sorting only)
             return n + sum(self.family.image_tokens(c.shape[1], c.shape[2], lo, hi) - 1 if hasattr(c, "shape") else 1024
                            for c in request.images)
-        for b in request.images:
-            if bytes(b[:4]) in TIFF_MAGICS:
-                n += 1024  # rendered on decode; a fixed weight is enough for sorting
-                continue
-            from ..data.inspect import image_size
-            from ..imagery.decode import ImageError
+        from ..imagery.decode import ImageError, read_header
 
-            try:
-                w, h = image_size(bytes(b))
-            except Exception as e:  # noqa: BLE001 - a corrupt header
-                raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+        for b in request.images:
+            if bytes(b[:4]) in TIFF_MAGICS:  # rendered on decode at its full size (first image of the file)
+                hdr = read_header(bytes(b), "<tiff>")
+                w, h = hdr.width, hdr.height
+            else:
+                from ..data.inspect import image_size
+
+                try:
+                    w, h = image_size(bytes(b))
+                except Exception as e:  # noqa: BLE001 - a corrupt header
+                    raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
             n += self.family.image_tokens(h, w, lo, hi) - 1
         return n
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the language model supports (``max_position_embeddings``), if the config says."""
+        cfg = self.model.config
+        text = getattr(cfg, "text_config", None) or cfg
+        n = getattr(text, "max_position_embeddings", None) or getattr(cfg, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """Exact prompt tokens of a request (image pads expanded) — what ``usage.prompt_tokens`` reports.
+        Safe to call while the engine generates: it uses its own copy of the tokenizer (a fast
+        tokenizer's padding state must not change under a running encode)."""
+        import copy
+
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = copy.deepcopy(self.tokenizer)
+            return self.estimate_length(request, self._count_tokenizer)
 
     def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
@@ -333,10 +384,26 @@ class LocalEngine:
         return texts
 
     # -- the interface -----------------------------------------------------------------------------
-    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None, usage: list | None = None) -> list[str]:
+    def _stopper(self, cancel: threading.Event | None):
+        """``stopping_criteria`` that end generation at the next token once ``cancel`` is set."""
+        if cancel is None:
+            return {}
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        torch = self._torch
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        return {"stopping_criteria": StoppingCriteriaList([_Stop()])}
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None, usage: list | None = None,
+                 cancel: threading.Event | None = None) -> list[str]:
         """Answers in request order. ``usage`` (optional, a list to fill) receives one dict per request:
-        ``prompt_tokens`` (after image-pad expansion), ``completion_tokens`` (through the end-of-turn
-        token), ``finish_reason`` ("stop" or "length")."""
+        ``prompt_tokens`` (the real count, image pads expanded), ``completion_tokens`` (through the
+        end-of-turn token), ``finish_reason`` ("stop" or "length"). Setting ``cancel`` stops every row
+        at its next token (answers are then cut short)."""
         params = params or GenerationParams()
         requests = list(requests)
         if not requests:
@@ -351,10 +418,11 @@ class LocalEngine:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
                 enc = self.encode([requests[i] for i in idx])
-                seq = self.model.generate(**enc, **self._gen_kwargs(params))
+                seq = self.model.generate(**enc, **self._gen_kwargs(params), **self._stopper(cancel))
                 counts: list[dict] = []
-                for i, text, c in zip(idx, self._finish(seq[:, enc["input_ids"].shape[1] :], counts), counts):
-                    out[i], rows[i] = text, {"prompt_tokens": lengths[i], **c}
+                real = enc["attention_mask"].sum(dim=1).tolist()  # prompt tokens as the model saw them
+                for i, text, c, n in zip(idx, self._finish(seq[:, enc["input_ids"].shape[1] :], counts), counts, real):
+                    out[i], rows[i] = text, {"prompt_tokens": int(n), **c}
         if usage is not None:
             usage.extend(rows)
         return out  # type: ignore[return-value]
@@ -383,36 +451,50 @@ class LocalEngine:
                     scores[(i, c)] = float(tok_lp[row, -n:].sum())
         return [[scores[(i, c)] for c in cands] for i, cands in enumerate(candidates)]
 
-    def stream(self, request: ChatRequest, params: GenerationParams | None = None, usage: dict | None = None) -> Iterator[str]:
+    def stream(self, request: ChatRequest, params: GenerationParams | None = None, usage: dict | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
         """Text deltas of one answer. ``usage`` (optional, a dict to fill) receives ``prompt_tokens``,
-        ``completion_tokens`` and ``finish_reason`` once the answer is complete."""
+        ``completion_tokens`` and ``finish_reason`` once the answer is complete.
+
+        Generation stops at the next token when ``cancel`` is set or when the consumer closes the
+        generator (a dropped client): a stopping criterion checks it after every token, so nothing is
+        generated for nobody. A cancelled answer ends with ``finish_reason`` ``"cancelled"``."""
         from transformers import TextIteratorStreamer
 
         params = params or GenerationParams()
-        prompt_tokens = self.estimate_length(request) if usage is not None else 0
+        stop = cancel if cancel is not None else threading.Event()
         enc = self.encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
+        torch = self._torch
 
         def work():
             try:
-                with self._lock, self._torch.inference_mode():
+                with self._lock, torch.inference_mode():
                     if params.seed is not None:
-                        self._torch.manual_seed(params.seed)
-                    seq = self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer)
+                        torch.manual_seed(params.seed)
+                    seq = self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer, **self._stopper(stop))
                     counts: list[dict] = []
                     self._finish(seq[:, enc["input_ids"].shape[1] :], counts)
+                    if stop.is_set():
+                        counts[0]["finish_reason"] = "cancelled"
                     if usage is not None:
-                        usage.update(prompt_tokens=prompt_tokens, **counts[0])
+                        usage.update(prompt_tokens=int(enc["attention_mask"][0].sum()), **counts[0])
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 errors.append(e)
                 streamer.end()
 
         t = threading.Thread(target=work, name="geovl-stream", daemon=True)
         t.start()
-        for delta in streamer:
-            if delta:
-                yield delta
-        t.join()
+        finished = False
+        try:
+            for delta in streamer:
+                if delta:
+                    yield delta
+            finished = True
+        finally:
+            if not finished:  # closed early (a dropped client): stop at the next token
+                stop.set()
+            t.join()
         if errors:
             raise errors[0]

@@ -26,7 +26,6 @@ with the message of :class:`~geovl.geo.errors.MeasureError` (file names are the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import tempfile
@@ -41,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .engine import EngineError
 from .images import ImageRefError, check_image, fetch_image, image_format
-from .openai_format import APIError, generation_params, usage_dict, validation_message
+from .openai_format import APIError, check_json, generation_params, parse_json, usage_dict, validation_message
 
 FIELDS = ("image", "before", "classes", "before_classes")
 BUILTIN_TABLES = ("worldcover", "dynamicworld", "synth", "derived")
@@ -124,16 +123,14 @@ async def _multipart(raw: bytes, headers, limit: int) -> dict:
 
 async def read_request(request, config, cls):
     """(validated body, {field: file bytes}) of a JSON or multipart geo request."""
-    from .api import _read_body
+    from .api import _read_body, check_content_type
 
-    raw = await _read_body(request, config.max_body_bytes())
-    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        obj = await _multipart(raw, request.headers, config.max_body_bytes())
+    kind = check_content_type(request, multipart=True)  # 415 for text/plain, forms, ...
+    raw = await _read_body(request, config.max_body_bytes(), config.body_timeout)
+    if kind == "multipart/form-data":
+        obj = check_json(await _multipart(raw, request.headers, config.max_body_bytes()))
     else:
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON (or multipart/form-data): {e} / 请求体无效", "invalid_json") from None
+        obj = check_json(parse_json(raw))
     if not isinstance(obj, dict):
         raise APIError(422, "the request body must be a JSON object / 请求体须为 JSON 对象", "invalid_schema")
     files = {k: obj.pop(k) for k in FIELDS if isinstance(obj.get(k), bytes)}
@@ -228,6 +225,7 @@ def auto_class_table(class_paths: list[str]):
 def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     """(Measurement, paths) of the checked rasters with the request's options (runs in a worker thread)."""
     from ..geo.ask import measure_inputs
+    from ..geo.crs import CRSInputError
     from ..geo.errors import MeasureError
 
     if "image" not in blobs and "classes" not in blobs:
@@ -253,6 +251,8 @@ def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     try:
         m = measure_inputs(path.get("image"), path.get("before"), path.get("classes"), path.get("before_classes"),
                            class_table=spec, aoi=aoi, aoi_crs=opts.aoi_crs, bands=opts.bands)
+    except CRSInputError as e:
+        raise APIError(400, _strip(str(e), tmp), "invalid_crs", "aoi_crs") from None
     except MeasureError as e:
         raise APIError(400, _strip(str(e), tmp), "measure_error") from None
     return m, path
@@ -306,7 +306,7 @@ async def ground_chat(geo_obj, parsed, images: list[bytes], engine, config):
 
 # ------------------------------------------------------------------------------------------------ routes
 def add_geo_routes(app, engine, config, batcher, check_key) -> None:
-    from .batcher import QueueFull
+    from .api import answer, check_prompt, check_text_size
 
     @app.post("/v1/geo/measure")
     async def geo_measure(request: Request):
@@ -336,16 +336,12 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
             params = generation_params(body, config.max_tokens_limit, config.default_max_tokens)
         except EngineError as e:
             raise APIError(400, str(e), "invalid_parameter") from None
+        check_text_size([{"content": [{"text": body.question}]}], config)  # before any raster is read or text tokenized
         blobs = await load_files(files, config.limits)
         gp, member = await run_in_threadpool(_grounded, engine, body, body.question, blobs)
-        try:
-            fut = batcher.submit(gp.request(), params)
-        except QueueFull as e:
-            raise APIError(503, str(e), "server_busy") from None
-        try:
-            text, usage = await asyncio.wrap_future(fut)
-        except EngineError as e:
-            raise APIError(400, str(e), "engine_error") from None
-        return {"id": "geoask-" + uuid.uuid4().hex[:24], "object": "geovl.grounded_answer", "created": int(time.time()),
-                "model": config.served_model_name, "answer": text.strip(), **{k: v for k, v in member.items() if k != "grounded"},
-                "usage": usage_dict(usage), "finish_reason": (usage or {}).get("finish_reason", "stop")}
+        req = gp.request()
+        params = await check_prompt(engine, req, params, config, (body.max_completion_tokens or body.max_tokens) is not None)
+        return await answer(batcher, req, params, lambda text, usage: {
+            "id": "geoask-" + uuid.uuid4().hex[:24], "object": "geovl.grounded_answer", "created": int(time.time()),
+            "model": config.served_model_name, "answer": text.strip(), **{k: v for k, v in member.items() if k != "grounded"},
+            "usage": usage_dict(usage), "finish_reason": (usage or {}).get("finish_reason", "stop")}, request)

@@ -4,15 +4,17 @@ An image reference is one of:
 
 - ``data:<mime>;base64,<data>`` — always accepted; the encoded length is checked before decoding;
 - ``http://`` / ``https://`` — only when :attr:`ImageLimits.allow_http` is set; fetched with a
-  time limit, a byte limit (``Content-Length`` and the bytes actually read) and a redirect limit;
+  total time limit per download (not per read), a byte limit (``Content-Length`` and the bytes actually read) and a redirect limit;
 - ``file://`` URLs and plain paths — only when :attr:`ImageLimits.allowed_dir` is set. Paths with a
   ``..`` component are refused outright; the path is resolved (following symlinks) and must stay
   inside the allowed folder; the file is opened with ``O_NOFOLLOW`` and the opened descriptor is
   checked again (``/proc/self/fd``) so a symlink swapped in between cannot lead outside. Nothing
   outside the folder is ever opened.
 
-Every image is then checked by :func:`check_image`: byte size, a known format, the pixel count
-read from the header *before* any decoding (decompression bombs), then one full decode (corrupt or
+Every image is then checked by :func:`check_image`: byte size, a known format, then the size
+checks of the one image-safety module, :func:`geovl.imagery.decode.check_size` — pixel count and
+decoded bytes (bands × pixels × bytes per sample over every TIFF page/overview), read from the
+header *before* any decoding (decompression and band bombs) — then one full decode (corrupt or
 truncated data). The bytes reach the engine unchanged, so the API does not alter what a local
 engine would see. Problems raise :class:`ImageRefError` (HTTP status, code, bilingual message).
 """
@@ -29,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..imagery.decode import TIFF_MAGICS
-from ..imagery.decode import Image  # noqa: F401 - sets PIL's MAX_IMAGE_PIXELS=None: we check pixels ourselves
+from ..imagery.decode import TIFF_MAGICS, ImageError, ImageTooLarge, check_size, read_header
+
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # per image on the server (bands x pixels x bytes per sample)
 
 FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.IGNORECASE)
@@ -49,14 +52,15 @@ class ImageLimits:
     max_image_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 25_000_000  # 5000x5000; checked from the header before decoding
     max_images: int = 8  # per request (all turns)
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES  # per image, all bands/pages/overviews, from the header
     allow_http: bool = False
     allowed_dir: str | None = None
-    http_timeout: float = 10.0
+    http_timeout: float = 10.0  # seconds per http(s) download in all (not per read)
     max_redirects: int = 3
     _given_dir: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        for name in ("max_image_bytes", "max_pixels", "max_images"):
+        for name in ("max_image_bytes", "max_pixels", "max_images", "max_decoded_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.allowed_dir is not None:
@@ -97,6 +101,10 @@ def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
 
 
 def fetch_http(url: str, limits: ImageLimits) -> bytes:
+    """Download an http(s) image within ``limits.http_timeout`` seconds *in all* (connecting,
+    redirects and every byte): a sender that trickles bytes cannot hold a worker past the deadline."""
+    import asyncio
+
     import httpx
 
     if not limits.allow_http:
@@ -105,22 +113,26 @@ def fetch_http(url: str, limits: ImageLimits) -> bytes:
             "data: URI instead / 服务器未开启网络图像下载，请使用 data: URI",
             "http_images_disabled",
         )
-    try:
-        with httpx.Client(timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects) as client:
-            with client.stream("GET", url) as r:
+
+    async def download() -> bytes:
+        async with httpx.AsyncClient(timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects) as client:
+            async with client.stream("GET", url) as r:
                 if r.status_code != 200:
                     raise ImageRefError(f"fetching {url} answered HTTP {r.status_code} / 图像下载失败", "image_fetch_failed")
                 declared = r.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limits.max_image_bytes:
                     raise _too_big(int(declared), limits, f"{url}")
                 buf = bytearray()
-                for chunk in r.iter_bytes():
+                async for chunk in r.aiter_bytes():
                     buf += chunk
                     if len(buf) > limits.max_image_bytes:
                         raise _too_big(len(buf), limits, f"{url} (read so far)")
                 return bytes(buf)
-    except httpx.TimeoutException:
-        raise ImageRefError(f"fetching {url} took longer than {limits.http_timeout} s / 图像下载超时", "image_fetch_timeout") from None
+
+    try:
+        return asyncio.run(asyncio.wait_for(download(), limits.http_timeout))  # runs in a worker thread
+    except (httpx.TimeoutException, asyncio.TimeoutError):
+        raise ImageRefError(f"fetching {url} took longer than {limits.http_timeout:g} s in all / 图像下载超时", "image_fetch_timeout") from None
     except httpx.HTTPError as e:
         raise ImageRefError(f"cannot fetch {url}: {type(e).__name__}: {e} / 图像下载失败", "image_fetch_failed") from None
 
@@ -218,12 +230,34 @@ def image_format(data: bytes) -> str | None:
     return next((fmt for magic, fmt in FORMATS.items() if data.startswith(magic)), None)
 
 
-def _bomb(w: int, h: int, limits: ImageLimits) -> ImageRefError:
+def _too_large(e: ImageTooLarge) -> ImageRefError:
+    h = e.header
+    if e.limit == "pixels":
+        return ImageRefError(
+            f"image is {h.width}x{h.height} = {h.pixels} pixels, over the limit of {e.maximum} pixels (checked before decoding) / 图像像素数超限",
+            "image_too_many_pixels",
+            413,
+        )
+    what = f"{h.bands} band(s) × {h.width}x{h.height} pixels × {h.bytes_per_sample} byte(s)"
+    if h.images > 1:
+        what += f", {h.images} images (pages/overviews) in all"
     return ImageRefError(
-        f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels} pixels (checked before decoding) / 图像像素数超限",
-        "image_too_many_pixels",
+        f"image decodes to {h.decoded_bytes} bytes ({what}), over the limit of {e.maximum} bytes ({_mb(e.maximum)}, "
+        "--max-decoded-bytes; checked before decoding) / 图像解码后体积超限（波段数 × 像素 × 字节）",
+        "image_too_large_decoded",
         413,
     )
+
+
+def check_header(data: bytes, limits: ImageLimits):
+    """The image's :class:`~geovl.imagery.decode.ImageHeader` if its declared sizes are within the
+    limits (pixels, decoded bytes); raises :class:`ImageRefError` otherwise. Decodes nothing."""
+    try:
+        return check_size(read_header(data, "image"), limits.max_pixels, limits.max_decoded_bytes, "image")
+    except ImageTooLarge as e:
+        raise _too_large(e) from None
+    except ImageError as e:
+        raise ImageRefError(f"cannot read the image header: {e.detail[:200]} / 图像头无法解析", "invalid_image") from None
 
 
 def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
@@ -237,14 +271,16 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
     fmt = image_format(data)
     if fmt is None:
         raise ImageRefError("the data is not a PNG, JPEG, WebP, GIF, BMP or TIFF image / 不是受支持的图像格式", "invalid_image")
+    header = check_header(data, limits)  # pixels and decoded bytes, before GDAL or PIL decode anything
     if fmt == "TIFF":
         from rasterio.io import MemoryFile
 
         try:
             with MemoryFile(bytes(data)) as mf, mf.open() as src:
                 w, h = src.width, src.height
-                if w * h > limits.max_pixels:
-                    raise _bomb(w, h, limits)
+                if w * h * src.count > header.pixels * header.bands:  # GDAL may never see more than was checked
+                    raise ImageRefError(f"TIFF header says {header.width}x{header.height}x{header.bands} but GDAL reads "
+                                        f"{w}x{h}x{src.count} / TIFF 头信息不一致", "invalid_image")
                 src.read(1, window=((0, min(h, 1)), (0, min(w, 1))))
         except ImageRefError:
             raise
@@ -256,10 +292,6 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
         w, h = im.size
     except Exception as e:  # noqa: BLE001
         raise ImageRefError(f"cannot read the {fmt} header: {str(e)[:200]} / 图像头无法解析", "invalid_image") from None
-    if w <= 0 or h <= 0:
-        raise ImageRefError(f"{fmt} image with zero size / 图像尺寸为零", "invalid_image")
-    if w * h > limits.max_pixels:
-        raise _bomb(w, h, limits)
     try:
         im.load()
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data

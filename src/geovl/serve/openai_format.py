@@ -10,13 +10,16 @@ turns and parts for user turns, which map back one-to-one.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import ChatRequest, GenerationParams
+from .engine import SEED_RANGE, ChatRequest, GenerationParams
+
+MAX_JSON_DEPTH = 64  # nesting of objects/arrays in a request body
 
 
 class APIError(Exception):
@@ -47,11 +50,49 @@ class CompletionBody(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
+
+
+def parse_json(raw: bytes):
+    """A request body as JSON; every way it can be bad is a 400 ``invalid_json`` (bad UTF-8, syntax,
+    integers over Python's 4,300-digit limit, nesting deep enough to exhaust the parser's stack)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise APIError(400, f"request body is nested too deeply (limit {MAX_JSON_DEPTH} levels) / JSON 嵌套过深", "invalid_json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e} / 请求体不是合法 JSON", "invalid_json") from None
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise APIError(400, f"request body is not usable JSON: {str(e)[:200]} / 请求体包含无法处理的数值", "invalid_json") from None
+
+
+def check_json(obj, max_depth: int = MAX_JSON_DEPTH):
+    """``obj`` if no container is nested deeper than ``max_depth`` and every string is valid Unicode
+    (a lone surrogate such as ``"\\ud800"`` cannot be encoded or tokenized); 400 otherwise."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, str):
+            try:
+                o.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "request text contains a lone surrogate (\\ud800-\\udfff), which is not a character / 文本包含无效的 Unicode 代理字符",
+                               "invalid_text") from None
+            continue
+        if isinstance(o, dict):
+            items = list(o.keys()) + list(o.values())
+        elif isinstance(o, list):
+            items = o
+        else:
+            continue
+        if d > max_depth:
+            raise APIError(400, f"request body is nested more than {max_depth} levels deep / JSON 嵌套过深", "invalid_json")
+        stack.extend((v, d + 1) for v in items)
+    return obj
 
 
 def validation_message(e: ValidationError) -> str:

@@ -138,12 +138,12 @@ class ChatApp:
                     raise ImageError("bad_cube", f"this model reads {spectral.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
                                                  f"/ 此模型读取 {spectral.n_bands} 波段 GeoTIFF 高光谱数据")
                 self.engine.cube(raw)  # band count and wavelengths checked now, named in the error
-                data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name).data
+                data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
             elif image_format(raw) == "TIFF" and custom_rendering(getattr(self.engine, "preprocess", None)):
                 data = raw  # the engine renders it with the trained bands/stretch
-                shown = load_image_bytes(raw, self.limits.max_pixels, name=name).data
+                shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
             else:
-                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name).data  # EXIF-upright, TIFF → PNG
+                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data  # EXIF-upright, TIFF → PNG
         except ImageRefError as e:
             raise _user_error(t("err_bad_image", lang, name=name, why=e.message)) from None
         except (ImageError, OSError) as e:
