@@ -730,7 +730,7 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
     """Against a real `geovl serve`: (fault 4) a client that drops its stream stops its generation —
     the engine generates a handful of tokens, not the 1,500 asked for — and a plain request whose
     client leaves while it is queued is never generated; (fault 14) a client that sends
-    its body too slowly gets a JSON 408; (fault 10) SIGTERM ends a running stream with an error event
+    its body or its headers too slowly gets a JSON 408; (fault 10) SIGTERM ends a running stream with an error event
     and ``[DONE]`` and answers a queued request with a JSON 503, and the server exits by itself."""
     import json
     import signal
@@ -738,7 +738,7 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
 
     port = free_port()
     argv = ["serve", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--served-model-name", "tiny",
-            "--max-tokens-limit", "2000", "--body-timeout", "1", "--shutdown-grace", "30", "--log-level", "warning"]
+            "--max-tokens-limit", "2000", "--body-timeout", "1", "--header-timeout", "1", "--shutdown-grace", "30", "--log-level", "warning"]
     server = Server(argv, tmp_path / "server.log", port)
     long = dict(model="tiny", max_tokens=1500, temperature=0, messages=[{"role": "user", "content": "Describe the county in detail."}])
     with running(server):
@@ -779,6 +779,15 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
                 part = sock.recv(4096)
                 if not part:
                     break
+                reply += part
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+
+        # fault 14: headers trickled on a new connection: a JSON 408, then the server closes it
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            reply = b""
+            while part := sock.recv(4096):  # b"" once the server has closed the connection
                 reply += part
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"

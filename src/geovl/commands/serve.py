@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--max-inflight-body-bytes", type=int, default=None,
                    help="request body bytes held by all requests in flight together (503 over it; default: twice the per-request body limit)")
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client may take to send a request body (408 after)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a new connection may take to send its request line and headers (JSON 408 and closed after)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="on SIGTERM, seconds a running batch may take to finish (queued requests get 503 at once, streams end with an error event)")
     p.add_argument("--batch-window-ms", type=float, default=10.0, help="group requests arriving within this window (0 = no micro-batching)")
@@ -116,7 +118,7 @@ def run(args) -> int:
 
     if args.max_inflight_body_bytes is not None and args.max_inflight_body_bytes < 1:
         raise CLIError(f"--max-inflight-body-bytes must be >= 1, got {args.max_inflight_body_bytes}")
-    for name in ("body_timeout", "shutdown_grace"):
+    for name in ("body_timeout", "header_timeout", "shutdown_grace"):
         if not getattr(args, name) > 0:
             raise CLIError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     from geovl.serve.api import LOOPBACK_HOSTS, ServerConfig, create_app, serve
@@ -142,6 +144,7 @@ def run(args) -> int:
         max_inflight_body_bytes=args.max_inflight_body_bytes,
         allowed_hosts=tuple(hosts),
         body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
         shutdown_grace=args.shutdown_grace,
     )
     app = create_app(engine, config)

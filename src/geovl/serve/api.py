@@ -67,6 +67,7 @@ class ServerConfig:
     max_inflight_body_bytes: int | None = None  # request bodies held at once, server-wide (None: 2 x max_body_bytes)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*" = any)
     body_timeout: float = 60.0  # seconds a client may take to send its request body
+    header_timeout: float = 10.0  # seconds a new connection may take to send its request line and headers
     shutdown_grace: float = 10.0  # seconds a running batch may take to finish after SIGTERM
 
     def max_body_bytes(self) -> int:
@@ -472,5 +473,69 @@ def serve(app, host: str, port: int, log_level: str = "info") -> None:
                 timer.start()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace + 5, timeout_keep_alive=5)
+    protocol = header_deadline_protocol(float(app.state.config.header_timeout))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                            timeout_graceful_shutdown=grace + 5, timeout_keep_alive=5)
     _Server(config).run()
+
+
+def header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for the request line and headers of a new connection.
+
+    uvicorn times out idle keep-alive connections (``timeout_keep_alive``, armed after each response
+    and disarmed when the next request's headers are complete) but arms nothing for the *first*
+    request, so a client that trickles its headers holds a connection for ever. This subclass arms
+    the same timer when the connection opens; a client that has not sent complete headers by then
+    gets a JSON 408 and the connection is closed. (The body has its own deadline: ``body_timeout``.)"""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = json.dumps(APIError(408, f"request headers were not received within {seconds:g} s / 请求头发送超时",
+                               "request_timeout").body()).encode()
+    reply = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer = None
+        _got_bytes = False
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._got_bytes = False
+            self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._got_bytes = self._got_bytes or bool(data)
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # the request line and headers are complete
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # the next request on this keep-alive connection
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                if self._got_bytes:  # part of a request arrived: say why it is closed
+                    self.transport.write(reply)
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
