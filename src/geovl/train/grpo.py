@@ -224,9 +224,9 @@ def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[f
 def _check_output_dir(recipe: GRPORecipe) -> Path | None:
     out = Path(recipe.output_dir)
     if recipe.resume:
-        ck = last_checkpoint(out)
+        ck = last_checkpoint(out, complete=True)
         if ck is None:
-            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from")
+            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)")
         return ck
     if (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")
