@@ -59,7 +59,10 @@ def test_full_fine_tune_killed_and_resumed_equals_uninterrupted(family, tiny_mod
     whole = _weights(tmp_path / "whole" / "final")
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    import geovl
+
+    src = str(Path(geovl.__file__).parents[1])  # the geovl this test imports
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-c", KILLER, *_args(model, data, out)], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == -9, p.stderr[-2000:]
     assert (out / "checkpoint-4" / "model.safetensors").is_file() and not (out / "checkpoint-4" / "trainer_state.json").exists()

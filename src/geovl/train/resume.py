@@ -66,7 +66,11 @@ def restore_full_weights(model, folder: str | Path) -> int:
 
     folder = Path(folder)
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), folder)
-    check_safetensors(folder)
+    from ..models.loading import damaged_file
+
+    damaged = damaged_file(folder)
+    if damaged:
+        raise ResumeError(damaged)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     from transformers.utils import logging as hf_logging
 
@@ -145,19 +149,6 @@ def read_safetensors(path: str | Path) -> dict:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise ResumeError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
-
-
-def check_safetensors(folder: str | Path) -> None:
-    """Every ``*.safetensors`` weight file of ``folder`` has a readable header and the size it declares."""
-    from safetensors import safe_open
-
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():
-                    sf.get_slice(k)
-        except Exception as e:  # noqa: BLE001
-            raise ResumeError(f"{f}: not a readable safetensors file ({_first_line(e)})") from e
 
 
 def check_state_files(folder: str | Path, names: tuple[str, ...] = STATE_FILES) -> None:
