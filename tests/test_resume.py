@@ -165,3 +165,26 @@ def test_lora_adapter_checkpoint_must_hold_every_adapter_tensor(tiny_model_dir, 
     assert rc == 0, err[-3000:]
     resumed = adapter(out / "final")
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_spectral_full_fine_tune_resume_restores_weights_and_projector(tiny_model_dir, spectral_scenes, tmp_path, capsys):
+    import shutil
+
+    from geovl.cli import main
+    from geovl.spectral.projector import SpectralProjector
+
+    model = tiny_model_dir("qwen2.5-vl")
+    extra = ["spectral=true", "lr_spectral=0.05", "min_pixels=1024", "max_pixels=1024"]
+    data = spectral_scenes / "train.parquet"
+    assert main(_args(model, data, tmp_path / "whole", *extra)) == 0
+    out = tmp_path / "part"
+    assert main(_args(model, data, out, *extra)) == 0
+    shutil.rmtree(out / "checkpoint-4")
+    shutil.rmtree(out / "final")
+    assert main(_args(model, data, out, *extra, "--resume")) == 0
+    a, b = _weights(tmp_path / "whole" / "final"), _weights(out / "final")
+    assert a.keys() == b.keys() and not any(k.startswith("spectral") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = SpectralProjector.load(tmp_path / "whole" / "final"), SpectralProjector.load(out / "final")
+    assert torch.equal(pa.conv.weight, pb.conv.weight) and torch.equal(pa.conv.bias, pb.conv.bias)
+    assert not torch.equal(pa.conv.weight, SpectralProjector.load(out / "checkpoint-2").conv.weight)
