@@ -134,8 +134,14 @@ def test_damaged_or_foreign_full_checkpoints_are_refused_naming_file_and_tensors
     assert str(opt) in resume()
     opt.write_bytes(opt_good)
     state = ck / "trainer_state.json"
-    state.write_text(state.read_text()[:50])
+    good_state = state.read_text()
+    state.write_text(good_state[:50])
     assert str(state) in resume()
+    state.write_text(good_state)
+
+    # a full-weights checkpoint resumed with a LoRA recipe
+    rc, err = run_cli(capsys, *_args(tiny_model_dir("qwen2.5-vl"), data, out, "tune_llm=lora", "--resume"))
+    assert rc == 2 and "holds full weights, but the recipe trains a LoRA adapter" in err and str(ck) in err, err[-2000:]
 
 
 def test_lora_adapter_checkpoint_must_hold_every_adapter_tensor(tiny_model_dir, data, tmp_path, capsys):

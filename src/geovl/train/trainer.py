@@ -156,25 +156,28 @@ class PartsAndProjectorMixin:
         (the Trainer's own load of full weights ignores the checkpoint key layout; see :mod:`geovl.train.resume`)."""
         from peft import PeftModel
 
-        from .resume import check_adapter_restored, check_state_files, has_full_weights, restore_full_weights
+        from .resume import ADAPTER_FILE, ResumeError, check_adapter_restored, check_state_files, has_full_weights, restore_full_weights
 
         check_state_files(resume_from_checkpoint, names=("trainer_state.json",))  # read by Trainer.train right after
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if self.is_fsdp_enabled:  # pragma: no cover - FSDP checkpoints have their own loader (not used by geovl)
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        elif not isinstance(target, PeftModel) and has_full_weights(resume_from_checkpoint):
-            restore_full_weights(target, resume_from_checkpoint)
-        else:
+        elif isinstance(target, PeftModel):
+            if not (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
+                held = "full weights" if has_full_weights(resume_from_checkpoint) else f"no {ADAPTER_FILE}"
+                raise ResumeError(f"{resume_from_checkpoint}: holds {held}, but the recipe trains a LoRA adapter")
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-            if isinstance(target, PeftModel):
-                check_adapter_restored(target, resume_from_checkpoint)
+            check_adapter_restored(target, resume_from_checkpoint)
+        elif (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
+            raise ResumeError(f"{Path(resume_from_checkpoint) / ADAPTER_FILE}: a LoRA adapter checkpoint, but the recipe trains full weights")
+        else:
+            restore_full_weights(target, resume_from_checkpoint)
         si = self._spectral_input()
         if si is not None:
             from ..spectral.projector import SpectralProjector
 
             saved = SpectralProjector.load(resume_from_checkpoint)  # strict: a checkpoint without it is an error
             si.projector.load_state_dict(saved.state_dict(), strict=True)
-
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         try:
