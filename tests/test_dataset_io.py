@@ -119,13 +119,23 @@ def test_jsonl_base64_mode_and_reader_refs(tmp_path):
     assert a["images"] == b["images"] == [_png(7)]
 
 
-def test_crash_leaves_partial_not_output(tmp_path):
-    out = tmp_path / "d.parquet"
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_crash_publishes_nothing_and_removes_its_partial_files(tmp_path, ext):
+    out = tmp_path / f"d.{ext}"
     with pytest.raises(RuntimeError):
         with DatasetWriter(out) as w:
             w.write(_samples(1)[0])
             raise RuntimeError("boom")
-    assert not out.exists() and (tmp_path / "d.parquet.partial").exists()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    # an earlier complete output is left as it was
+    with DatasetWriter(out) as w:
+        w.write(_samples(1)[0])
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(out) as w:
+            w.write(_samples(2)[1])
+            raise RuntimeError("boom")
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_reader_errors_name_the_file(tmp_path):

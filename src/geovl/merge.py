@@ -14,8 +14,11 @@ The output folder holds safetensors weights, ``config.json``, ``generation_confi
 processor (tokenizer, image/video processor, chat template) and ``geovl_preprocess.json`` — what stock
 ``AutoModelForImageTextToText`` / ``AutoProcessor`` and vLLM load — plus ``geovl_merge.json`` (what
 was merged). A spectral run's projector (``spectral_projector.*``) is kept beside the weights; how a
-merged model takes N-band input is in docs/spectral.md. It is written to a temporary sibling and moved into place, so a failure leaves nothing
-half-written.
+merged model takes N-band input is in docs/spectral.md. It is written to a temporary sibling
+(``.OUT.geovl-merge-XXXX``, locked while the merge runs) and moved into place, so a failure leaves nothing
+half-written: an error, Ctrl-C or SIGTERM removes the folder, and the temporary folders of earlier merges into
+the same ``OUT`` that were killed outright (kill -9) are removed by the next merge. Damaged files (weights,
+adapter, configs) and a full disk are one-line errors naming the file.
 """
 
 from __future__ import annotations
@@ -98,7 +101,10 @@ def read_adapter_tensors(folder: Path) -> dict:
             return load_file(str(st))
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
             raise MergeError(f"{st}: not a readable safetensors file ({e})") from e
-    return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    try:
+        return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged zip / pickle
+        raise MergeError(f"{folder / 'adapter_model.bin'}: not a readable adapter file ({str(e).strip().splitlines()[0][:300]})") from e
 
 
 def _resolve_dtype(dtype: str, base: Path):
@@ -118,6 +124,10 @@ def merge_lora(base_model, adapter: Path):
     from peft.utils import get_peft_model_state_dict
 
     file_sd = read_adapter_tensors(adapter)
+    try:
+        json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MergeError(f"{adapter / ADAPTER_CONFIG}: not valid JSON ({e})") from e
     try:
         peft_model = PeftModel.from_pretrained(base_model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
@@ -154,8 +164,10 @@ def load_full(weights: Path, base: Path, dtype):
     """Full fine-tuned weights, checked tensor by tensor against the base architecture."""
     from transformers import AutoModelForImageTextToText
 
+    from .models.loading import load_weights
+
     try:
-        model, info = AutoModelForImageTextToText.from_pretrained(str(weights), dtype=dtype, output_loading_info=True)
+        model, info = load_weights(weights, AutoModelForImageTextToText, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise MergeError(f"{weights}: cannot load the weights ({str(e).splitlines()[0][:500]})") from e
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -250,7 +262,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from .models.loading import load_processor, read_family
+    from .models.loading import load_processor, load_weights, read_family
     from .models.preprocess import PreprocessConfig
 
     base, adapter, out = Path(base), Path(adapter), Path(out)
@@ -273,7 +285,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
     if kind == "lora":
         _log(f"loading base {base} ({family.display}, {str(torch_dtype).replace('torch.', '')}) …")
         try:
-            base_model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch_dtype)
+            base_model = load_weights(base, AutoModelForImageTextToText, dtype=torch_dtype)
         except (OSError, ValueError) as e:
             raise MergeError(f"{base}: cannot load the base model ({str(e).splitlines()[0][:500]})") from e
         _log(f"applying adapter {adapter} …")
@@ -294,7 +306,10 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
     pre.apply(processor)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    for stale in remove_stale_temps(out):
+        _log(f"removed {stale}: the temporary folder of an earlier merge that was killed")
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
+    lock = _hold_lock(tmp)
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -314,13 +329,80 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
             "spectral_projector": spectral,
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        _release_lock(tmp, lock)
+        lock = None
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except BaseException:
+    except OSError as e:  # a full disk, a read-only folder: one line naming the file; nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MergeError(f"{e.filename or tmp}: {e.strerror or str(e).strip().splitlines()[0]}; nothing was written to {out}") from e
+    except BaseException:  # also KeyboardInterrupt and SIGTERM (see run)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return info
+
+
+TMP_TAG = ".geovl-merge-"
+LOCK_FILE = ".geovl-merge.lock"
+
+
+def _tmp_prefix(out: Path) -> str:
+    """Temporary folders of a merge into ``out``: hidden siblings ``.NAME.geovl-merge-XXXX``."""
+    return f".{out.name}{TMP_TAG}"
+
+
+def _hold_lock(tmp: Path) -> int:
+    """An exclusive ``flock`` on ``tmp/.geovl-merge.lock`` for as long as this merge runs; the kernel releases it
+    when the process ends in any way (kill -9 too), which is how a later merge tells a stale folder from a live one."""
+    import fcntl
+
+    fd = os.open(tmp / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _release_lock(tmp: Path, fd: int) -> None:
+    (tmp / LOCK_FILE).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def remove_stale_temps(out: Path, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporary folders of earlier merges into ``out`` whose process is gone (killed, machine lost):
+    their lock is free. A folder whose merge still runs is left alone; so is one younger than ``min_age_s`` that
+    has no lock file yet (a merge that is just starting). Returns the removed folders."""
+    import fcntl
+    import time
+
+    prefix = _tmp_prefix(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for d in out.parent.iterdir():
+        if not d.name.startswith(prefix) or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            fd = os.open(d / LOCK_FILE, os.O_RDWR)
+        except FileNotFoundError:
+            if time.time() - d.stat().st_mtime < min_age_s:
+                continue
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a merge in progress
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        removed.append(d)
+    return removed
 
 
 def _copy_projector(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
@@ -347,7 +429,18 @@ def _copy_projector(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
 
 
 def run(args) -> int:
-    info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
+    import signal
+    import threading
+
+    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: merge() removes its temporary folder
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    try:
+        info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     what = (
         f"{info['lora_tensors']} LoRA + {info['modules_to_save_tensors']} fully trained tensors merged"
         if info["kind"] == "lora"

@@ -172,6 +172,8 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] | None = None) -> d
 
 
 def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
+    from .io import write_text_atomic
+
     records: Iterator = gen
     t0 = time.perf_counter()
     limit = int(opts.limit) if opts.limit is not None else None
@@ -182,27 +184,29 @@ def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
         records = itertools.chain([first], records)
     else:
         records = iter(())
-    sink = _make_sink(opts)
     try:
-        _pump(sink, records, limit, opts)
-    except ConvertError:
-        _remove_partials(sink)
-        raise
-    seconds = time.perf_counter() - t0
-    counts = sink.counts
-    summary = {
-        "from": opts.fmt,
-        "input": str(opts.input),
-        **counts.as_dict(),
-        "outputs": _outputs(sink, opts),
-        "rejects": str(sink.rejects_path),
-        "seconds": round(seconds, 3),
-        "records_per_second": round(counts.read / seconds, 1) if seconds > 0 else None,
-    }
+        sink = _make_sink(opts)
+        _pump(sink, records, limit, opts)  # on any error the sink removes its partial files
+        seconds = time.perf_counter() - t0
+        counts = sink.counts
+        summary = {
+            "from": opts.fmt,
+            "input": str(opts.input),
+            **counts.as_dict(),
+            "outputs": _outputs(sink, opts),
+            "rejects": str(sink.rejects_path),
+            "seconds": round(seconds, 3),
+            "records_per_second": round(counts.read / seconds, 1) if seconds > 0 else None,
+        }
+    except OSError as e:  # a full disk, a read-only or missing folder: one line naming the file, no traceback
+        raise ConvertError(os_error_message(e, opts.output) + "; nothing was written (partial files removed)") from None
     if opts.split:
         summary["split"] = {"spec": opts.split, "seed": opts.seed, "by": "image"}
     spath = summary_path_for(opts.output)
-    spath.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    try:
+        write_text_atomic(spath, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    except OSError as e:
+        raise ConvertError(os_error_message(e, spath) + f"; the {counts.written} samples were written, only the summary is missing") from None
     summary["summary"] = str(spath)
     if log:
         log(format_summary(summary))
@@ -227,15 +231,20 @@ def _pump(sink, records, limit, opts: ConvertOptions) -> None:
             bar.close()
 
 
-def _remove_partials(sink) -> None:
-    """After a fatal error: drop the half-written ``*.partial`` files (nothing was published)."""
-    writers = list(getattr(sink, "writers", {}).values()) or [sink]
-    paths = [getattr(sink, "_rej_tmp", None)]
-    for w in writers:
-        paths += [w._tmp, w.rejects_path.with_name(w.rejects_path.name + ".partial")]
-    for p in paths:
-        if p is not None and Path(p).exists():
-            Path(p).unlink()
+def os_error_message(e: OSError, default: Path) -> str:
+    """``FILE: what went wrong`` for an operating-system error while converting (the file it names, else ``default``)."""
+    import errno as errno_
+
+    name = e.filename or default
+    what = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    code = e.errno if e.errno is not None else errno_.ENOSPC if "No space left" in str(e) else None  # pyarrow's errors
+    hint = {
+        errno_.ENOSPC: "the disk is full; free space and run again",
+        errno_.EROFS: "the folder is on a read-only file system; choose another --output",
+        errno_.EACCES: "no permission to write there; choose another --output",
+        errno_.ENAMETOOLONG: "a file name is too long",
+    }.get(code)
+    return f"{name}: {what}" + (f" ({hint})" if hint else "")
 
 
 def _outputs(sink, opts: ConvertOptions) -> dict:

@@ -6,9 +6,16 @@ column (not the ``datasets`` Image feature, which is ~17x slower to read); ``met
 string so that sources with different metadata share one Arrow schema.
 
 JSONL: one sample per line. On write, images go to files in ``<stem>_images/`` next to the
-output and are referenced by relative path (or inlined as ``data:`` URIs with
-``images="base64"``). On read, an image entry may be a path relative to the JSONL file, a
-``data:image/...;base64,`` URI, or raw base64.
+output, named by a hash of their bytes (``<sha256[:32]>.png``: two records never share a file name
+unless they share the image, whatever their ids), and are referenced by relative path (or inlined
+as ``data:`` URIs with ``images="base64"``). On read, an image entry may be a path relative to the
+JSONL file, a ``data:image/...;base64,`` URI, or raw base64. :func:`iter_jsonl_lines` is the one
+JSONL line reader (each line decoded on its own: a non-UTF-8 or non-JSON line is an error for that
+line, with its number, not for the file).
+
+Outputs are published only when complete: everything is written to ``*.partial`` names (the image
+folder too) and moved into place at the end; after an error (full disk, read-only folder, a bad
+file) the partial files are removed.
 
 Writers and readers stream: memory does not grow with the number of records.
 """
@@ -16,8 +23,10 @@ Writers and readers stream: memory does not grow with the number of records.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import Counts, SampleError, validate_sample
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 PART = pa.struct([("type", pa.string()), ("text", pa.string())])
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.list_(PART))])
@@ -124,39 +135,81 @@ class DatasetWriter:
         self._jsonl = None
         self._rej = None
         self._ids: set[str] = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".partial")
+        self._rej_tmp = self.rejects_path.with_name(self.rejects_path.name + ".partial")
         self._img_dir = self.path.with_name(self.path.stem + "_images")
+        self._img_tmp = self._img_dir.with_name(self._img_dir.name + ".partial")
+        self._img_names: set[str] = set()
 
     # -- context manager -------------------------------------------------
     def __enter__(self) -> "DatasetWriter":
-        self._rej = open(self.rejects_path.with_name(self.rejects_path.name + ".partial"), "w", encoding="utf-8")
-        if self.fmt == "parquet":
-            self._pq = pq.ParquetWriter(self._tmp, ARROW_SCHEMA, compression="zstd")
-        else:
-            self._jsonl = open(self._tmp, "w", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._img_tmp.is_dir():  # left by a run that was killed
+                shutil.rmtree(self._img_tmp)
+            self._rej = open(self._rej_tmp, "w", encoding="utf-8")
+            if self.fmt == "parquet":
+                self._pq = pq.ParquetWriter(self._tmp, ARROW_SCHEMA, compression="zstd")
+            else:
+                self._jsonl = open(self._tmp, "w", encoding="utf-8")
+        except BaseException:
+            self.close(ok=False)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(ok=exc_type is None)
 
     def close(self, ok: bool = True) -> None:
-        if self._pq is not None:
+        """``ok``: publish the outputs (replace ``path``, the rejects file and the image folder). Otherwise,
+        or when publishing fails (a full disk), remove every partial file: nothing half-written stays."""
+        try:
+            if self._pq is not None:
+                pw, self._pq = self._pq, None
+                try:
+                    if ok:
+                        self._flush(pw)
+                finally:
+                    pw.close()
+            for attr in ("_jsonl", "_rej"):
+                f = getattr(self, attr)
+                if f is not None:
+                    setattr(self, attr, None)
+                    f.close()
             if ok:
-                self._flush()
-            self._pq.close()
-            self._pq = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._rej is not None:
-            self._rej.close()
-            self._rej = None
-        rej_tmp = self.rejects_path.with_name(self.rejects_path.name + ".partial")
-        if ok:
-            # Only a complete conversion replaces the outputs; a crash leaves *.partial behind.
-            os.replace(self._tmp, self.path)
-            os.replace(rej_tmp, self.rejects_path)
+                self._publish()
+        except BaseException:
+            self._discard()
+            raise
+        if not ok:
+            self._discard()
+
+    def _publish(self) -> None:
+        if self.fmt == "jsonl" and self.images_mode == "files" and (self._img_tmp.is_dir() or self._img_dir.is_dir()):
+            old = self._img_dir.with_name(self._img_dir.name + ".old.partial")
+            shutil.rmtree(old, ignore_errors=True)
+            if self._img_dir.is_dir():
+                os.replace(self._img_dir, old)  # the images of an earlier conversion to the same name
+            if self._img_tmp.is_dir():
+                os.replace(self._img_tmp, self._img_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(self._tmp, self.path)
+        os.replace(self._rej_tmp, self.rejects_path)
+
+    def _discard(self) -> None:
+        for f in (self._pq, self._jsonl, self._rej):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:  # noqa: BLE001 - closing a file on a full disk may fail again
+                pass
+        self._pq = self._jsonl = self._rej = None
+        for p in (self._tmp, self._rej_tmp):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+        shutil.rmtree(self._img_tmp, ignore_errors=True)
 
     # -- writing ---------------------------------------------------------
     def read_one(self) -> None:
@@ -184,19 +237,18 @@ class DatasetWriter:
 
     def reject(self, source: str, reason: str, detail: str = "") -> None:
         self.counts.reject(reason)
-        rec = {"source": source, "reason": reason, "detail": detail}
-        self._rej.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._rej.write(rejects_line(source, reason, detail))
 
-    def _flush(self) -> None:
+    def _flush(self, writer=None) -> None:
         if self._buf:
-            self._pq.write_table(pa.Table.from_pylist(self._buf, schema=ARROW_SCHEMA))
+            (writer or self._pq).write_table(pa.Table.from_pylist(self._buf, schema=ARROW_SCHEMA))
             self._buf = []
 
     def _jsonl_record(self, s: dict) -> dict:
         rec = {k: s[k] for k in ("id", "messages", "qtype", "answer", "source")}
         rec["meta"] = s.get("meta") or {}
         imgs = []
-        for i, b in enumerate(s["images"]):
+        for b in s["images"]:
             ext = _sniff_ext(b)
             if self.images_mode == "base64":
                 mime = {"png": "image/png", "jpg": "image/jpeg", "tif": "image/tiff", "webp": "image/webp"}.get(
@@ -204,13 +256,43 @@ class DatasetWriter:
                 )
                 imgs.append(f"data:{mime};base64," + base64.b64encode(b).decode())
             else:
-                self._img_dir.mkdir(parents=True, exist_ok=True)
-                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in s["id"])
-                name = f"{safe}_{i}.{ext}"
-                (self._img_dir / name).write_bytes(b)
+                name = image_file_name(b, ext)
+                if name not in self._img_names:  # the same bytes are one file (RSVQA: ~100 questions per image)
+                    self._img_tmp.mkdir(exist_ok=True)
+                    (self._img_tmp / name).write_bytes(b)
+                    self._img_names.add(name)
                 imgs.append(f"{self._img_dir.name}/{name}")
         rec["images"] = imgs
         return rec
+
+
+def rejects_line(source: str, reason: str, detail: str = "") -> str:
+    """One line of a rejects file (readable UTF-8; \\u escapes only for text that UTF-8 cannot carry)."""
+    rec = {"source": source, "reason": reason, "detail": detail}
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec)
+    return line + "\n"
+
+
+def image_file_name(data: bytes, ext: str) -> str:
+    """The file name of an image in a JSONL output's image folder: a hash of its bytes (collision-free in
+    practice, independent of record ids, which may map to the same safe name or be too long for one)."""
+    return f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``path`` whole or not at all (a ``.partial`` sibling moved into place; removed on failure)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def rejects_path_for(path: str | os.PathLike) -> Path:
@@ -233,17 +315,39 @@ def _decode_image_ref(ref: str, base: Path, path: Path, line: int) -> bytes:
         raise DatasetFileError(f"{path}:{line}: image {ref!r} is neither a file nor base64") from None
 
 
-def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, parsed object) for each non-blank line; a bad line is a fatal error."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value — or a :class:`SampleError` for that line) for each non-blank line.
+
+    The one JSONL line reader: each line is decoded on its own, so a line that is not UTF-8
+    (``bad_encoding``) or not JSON (``bad_json``) is an error for that line only, with its number, and the
+    lines after it are still read. A UTF-8 byte-order mark on the first line is skipped."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, SampleError("bad_encoding", f"line {n}: not UTF-8 (byte {e.start + 1}: {e.reason})")
+                continue
             if not line.strip():
                 continue
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetFileError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+                yield n, SampleError("bad_json", f"line {n}: {e.msg} (column {e.colno})")
+            except RecursionError:
+                yield n, SampleError("bad_json", f"line {n}: nested too deeply")
+
+
+def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, parsed object) for each non-blank line; a bad line is a fatal error naming it."""
+    path = Path(path)
+    for n, obj in iter_jsonl_lines(path):
+        if isinstance(obj, SampleError):
+            raise DatasetFileError(f"{path}:{n}: " + ("not valid JSON" if obj.reason == "bad_json" else "not UTF-8 text")
+                                   + f" ({obj.detail.split(': ', 1)[-1]})")
+        yield n, obj
 
 
 def read_samples(path: str | os.PathLike, columns: list[str] | None = None, batch_size: int = ROW_GROUP) -> Iterator[dict]:

@@ -2,7 +2,8 @@
 
 A sample is a plain ``dict``:
 
-``id``        string, unique within a dataset file
+``id``        string, unique within a dataset file; 1–:data:`MAX_ID_CHARS` characters, no control
+              characters (an unusable id rejects its record as ``bad_id``)
 ``messages``  list of ``{"role": "system"|"user"|"assistant", "content": [part, ...]}``;
               a part is ``{"type": "image"}`` or ``{"type": "text", "text": str}``
 ``images``    list of encoded image bytes (PNG/JPEG), in the order of the image parts
@@ -23,6 +24,7 @@ from typing import Any, Iterable, Sequence
 QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
+MAX_ID_CHARS = 256  # an id is a key in rejects, predictions and reports; a longer one is a broken record
 
 
 class SampleError(ValueError):
@@ -106,6 +108,7 @@ def validate_sample(s: Any) -> None:
         raise SampleError("bad_schema", f"missing fields {missing}")
     if not isinstance(s["id"], str) or not s["id"]:
         raise SampleError("bad_schema", "id must be a non-empty string")
+    check_id(s["id"])
     msgs = s["messages"]
     if not isinstance(msgs, list) or not msgs:
         raise SampleError("bad_schema", "messages must be a non-empty list")
@@ -144,6 +147,36 @@ def validate_sample(s: Any) -> None:
         raise SampleError("bad_schema", "source must be a string")
     if "meta" in s and not isinstance(s["meta"], dict):
         raise SampleError("bad_schema", "meta must be a dict")
+    texts = [p["text"] for m in msgs for p in m["content"] if p["type"] == "text"] + [s["answer"], s["source"]]
+    if not all(_utf8(t) for t in texts):
+        raise SampleError("bad_text", "text with a lone surrogate (e.g. a \\ud800 escape): not encodable as UTF-8")
+    if s.get("meta"):
+        import json
+
+        try:
+            json.dumps(s["meta"], ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
+            raise SampleError("bad_schema", f"meta is not JSON-serialisable UTF-8 ({type(e).__name__})") from None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def check_id(rid: str) -> None:
+    """:class:`SampleError` ``bad_id`` for an id no output can carry: too long, control characters, not UTF-8."""
+    if len(rid) > MAX_ID_CHARS:
+        raise SampleError("bad_id", f"id of {len(rid)} characters (at most {MAX_ID_CHARS}): {rid[:40]!r}…")
+    if not rid.strip():
+        raise SampleError("bad_id", "id is only white space")
+    if any(ord(c) < 32 or ord(c) == 127 for c in rid):
+        raise SampleError("bad_id", f"id with a control character: {rid[:60]!r}")
+    if not _utf8(rid):
+        raise SampleError("bad_id", f"id with a lone surrogate (not encodable as UTF-8): {rid[:60]!r}")
 
 
 @dataclass

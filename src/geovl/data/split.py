@@ -25,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from .io import DatasetWriter, rejects_path_for
+from .io import DatasetWriter, rejects_line, rejects_path_for
 from .schema import Counts, SampleError, validate_sample
 
 
@@ -129,10 +129,14 @@ class SplitWriter:
         self._rej_tmp = self.rejects_path.with_name(self.rejects_path.name + ".partial")
 
     def __enter__(self) -> "SplitWriter":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._rej = open(self._rej_tmp, "w", encoding="utf-8")
-        for w in self.writers.values():
-            w.__enter__()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._rej = open(self._rej_tmp, "w", encoding="utf-8")
+            for w in self.writers.values():
+                w.__enter__()
+        except BaseException:
+            self.close(ok=False)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -159,19 +163,35 @@ class SplitWriter:
 
     def reject(self, source: str, reason: str, detail: str = "") -> None:
         self.counts.reject(reason)
-        self._rej.write(json.dumps({"source": source, "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
+        self._rej.write(rejects_line(source, reason, detail))
 
     def close(self, ok: bool = True) -> None:
-        for w in self.writers.values():
-            w.close(ok=ok)
-            # Each split writer has its own (empty: we validate first) rejects file; fold it into ours.
-            if ok and w.rejects_path.exists():
-                extra = w.rejects_path.read_text(encoding="utf-8")
-                if extra and self._rej is not None:
-                    self._rej.write(extra)
-                w.rejects_path.unlink()
-        if self._rej is not None:
-            self._rej.close()
-            self._rej = None
-            if ok:
-                os.replace(self._rej_tmp, self.rejects_path)
+        """Publish every split and the rejects file (``ok``), else — or when that fails — remove the partial files."""
+        try:
+            for w in self.writers.values():
+                w.close(ok=ok)
+                # Each split writer has its own (empty: we validate first) rejects file; fold it into ours.
+                if ok and w.rejects_path.exists():
+                    extra = w.rejects_path.read_text(encoding="utf-8")
+                    if extra and self._rej is not None:
+                        self._rej.write(extra)
+                    w.rejects_path.unlink()
+            if self._rej is not None:
+                rej, self._rej = self._rej, None
+                rej.close()
+                if ok:
+                    os.replace(self._rej_tmp, self.rejects_path)
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if not ok:
+                for w in self.writers.values():
+                    w.close(ok=False)
+                if self._rej is not None:
+                    try:
+                        self._rej.close()
+                    except OSError:
+                        pass
+                    self._rej = None
+                self._rej_tmp.unlink(missing_ok=True)

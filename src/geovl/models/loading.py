@@ -66,6 +66,42 @@ def load_processor(path: str | os.PathLike):
     return proc
 
 
+def damaged_file(path: str | os.PathLike) -> str | None:
+    """``"FILE: what is wrong"`` for the first unreadable weights file of a model folder (a truncated or
+    garbled safetensors file, a broken index), or None when they all read."""
+    folder = Path(path)
+    for f in sorted(folder.glob("*.index.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"{f}: not a readable index ({e})"
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as sf:
+                for k in sf.keys():
+                    sf.get_slice(k)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            return f"{f}: not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    return None
+
+
+def load_weights(path: str | os.PathLike, cls=None, **kwargs):
+    """``cls.from_pretrained(path, **kwargs)`` (default ``AutoModelForImageTextToText``); a folder whose weights
+    cannot be loaded is a one-line :class:`ModelFolderError` naming the damaged file (or the folder and the reason)."""
+    if cls is None:
+        from transformers import AutoModelForImageTextToText as cls
+    try:
+        return cls.from_pretrained(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers / safetensors / torch raise many types for a damaged folder
+        where = damaged_file(path)
+        if where is None:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            where = f"{path}: cannot load the model weights / 无法加载模型权重 ({first})"
+        raise ModelFolderError(where) from e
+
+
 def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
     """``(model, processor, family)`` from a folder, with the stock Auto classes; model in eval mode."""
     import torch
@@ -73,7 +109,7 @@ def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
 
     family = read_family(path)
     processor = load_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype or torch.float32)
+    model = load_weights(path, AutoModelForImageTextToText, dtype=dtype or torch.float32)
     model.to(device).eval()
     from ..spectral.vision_input import load_into
 

@@ -168,7 +168,11 @@ def load_policy(recipe: GRPORecipe):
             from transformers import AutoProcessor
 
             processor = AutoProcessor.from_pretrained(str(adapter_dir))
+        from .resume import ADAPTER_FILE, check_adapter_restored, read_safetensors
+
+        read_safetensors(adapter_dir / ADAPTER_FILE)  # a damaged file: a ResumeError naming it
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        check_adapter_restored(model, adapter_dir)  # peft loads leniently: every tensor of the file, with its value
         saved = PreprocessConfig.load(adapter_dir) or PreprocessConfig.load(base_dir)
         modules_to_save = sorted(getattr(model.peft_config["default"], "modules_to_save", None) or [])
         _log(f"continuing to train the LoRA adapter {adapter_dir} on {base_dir} (the recipe's LoRA / tune_* keys are ignored)")
@@ -224,9 +228,9 @@ def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[f
 def _check_output_dir(recipe: GRPORecipe) -> Path | None:
     out = Path(recipe.output_dir)
     if recipe.resume:
-        ck = last_checkpoint(out)
+        ck = last_checkpoint(out, complete=True)
         if ck is None:
-            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from")
+            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)")
         return ck
     if (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")

@@ -189,7 +189,7 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
 
     from transformers import AutoModelForImageTextToText
 
-    from ..models.loading import load_processor, read_family
+    from ..models.loading import load_processor, load_weights, read_family
 
     folder = Path(path)
     if not folder.is_dir():
@@ -212,7 +212,7 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
             "chat template) next to config.json: copy them from the base model, or save them with "
             "AutoProcessor.from_pretrained(BASE).save_pretrained(FOLDER)."
         ) from e
-    model = AutoModelForImageTextToText.from_pretrained(str(folder), **kw)
+    model = load_weights(folder, AutoModelForImageTextToText, **kw)  # a damaged weights file: ModelFolderError naming it
     if get_family(model.config).key != family.key:  # pragma: no cover - defensive
         raise ModelSetupError(f"{folder}: config says {family.key} but the loaded model is {model.config.model_type}")
     return model, processor, family

@@ -33,14 +33,27 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(output_dir: str | Path, complete: bool = False) -> Path | None:
+    """The highest ``checkpoint-N`` folder of a run (None if there is none).
+
+    ``complete=True`` (what to resume from): the highest one whose ``trainer_state.json`` exists — the Trainer
+    writes it last, after the weights, optimizer and RNG state, so a run killed while saving a checkpoint
+    leaves a folder without it; that folder is skipped (and said so), the one before is used."""
+    import re
 
     d = Path(output_dir)
     if not d.is_dir():
         return None
-    ck = get_last_checkpoint(str(d))
-    return Path(ck) if ck else None
+    found = sorted(
+        (p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), key=lambda p: int(p.name.split("-")[1])
+    )
+    if not complete:
+        return found[-1] if found else None
+    for p in reversed(found):
+        if (p / "trainer_state.json").is_file():
+            return p
+        _log(f"skipping {p}: incomplete (no trainer_state.json; the run stopped while saving it)")
+    return None
 
 
 def check_report_to(report_to: list[str]) -> list[str]:
@@ -165,9 +178,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
     out = Path(recipe.output_dir)
     resume_from = None
     if recipe.resume:
-        resume_from = last_checkpoint(out)
+        resume_from = last_checkpoint(out, complete=True)
         if resume_from is None:
-            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from")
+            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)")
         _log(f"resuming from {resume_from}")
     elif (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")

@@ -8,6 +8,8 @@ What it adds:
 - a JSONL progress file (step, loss, lr, real tokens/s, % done, ETA) that a UI can tail;
 - the processor and the preprocessing config saved into every checkpoint;
 - a spectral projector (if attached) saved beside the weights in every checkpoint and restored on resume;
+- resume restores every saved tensor (full weights in the checkpoint key layout, LoRA adapters) or refuses
+  naming the file and tensors (:mod:`geovl.train.resume`);
 - optionally (``GEOVL_RANK_STATE=1``) a per-rank fingerprint of the trained weights, to check that
   distributed ranks stayed in sync.
 """
@@ -150,13 +152,52 @@ class PartsAndProjectorMixin:
             save(si, output_dir if output_dir is not None else self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        """Every saved tensor restored, or a :class:`~geovl.train.resume.ResumeError` naming the file and tensors
+        (the Trainer's own load of full weights ignores the checkpoint key layout; see :mod:`geovl.train.resume`)."""
+        from peft import PeftModel
+
+        from .resume import ADAPTER_FILE, ResumeError, check_adapter_restored, check_state_files, has_full_weights, restore_full_weights
+
+        check_state_files(resume_from_checkpoint, names=("trainer_state.json",))  # read by Trainer.train right after
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.is_fsdp_enabled:  # pragma: no cover - FSDP checkpoints have their own loader (not used by geovl)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        elif isinstance(target, PeftModel):
+            if not (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
+                held = "full weights" if has_full_weights(resume_from_checkpoint) else f"no {ADAPTER_FILE}"
+                raise ResumeError(f"{resume_from_checkpoint}: holds {held}, but the recipe trains a LoRA adapter")
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            check_adapter_restored(target, resume_from_checkpoint)
+        elif (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
+            raise ResumeError(f"{Path(resume_from_checkpoint) / ADAPTER_FILE}: a LoRA adapter checkpoint, but the recipe trains full weights")
+        else:
+            restore_full_weights(target, resume_from_checkpoint)
         si = self._spectral_input()
         if si is not None:
             from ..spectral.projector import SpectralProjector
 
             saved = SpectralProjector.load(resume_from_checkpoint)  # strict: a checkpoint without it is an error
             si.projector.load_state_dict(saved.state_dict(), strict=True)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception:
+            if checkpoint:
+                from .resume import check_state_files
+
+                check_state_files(checkpoint)  # a ResumeError naming the damaged file
+            raise
+
+    def _load_rng_state(self, checkpoint):
+        try:
+            super()._load_rng_state(checkpoint)
+        except Exception:
+            if checkpoint:
+                from .resume import check_state_files
+
+                check_state_files(checkpoint)
+            raise
 
 
 class GeoVLTrainer(PartsAndProjectorMixin, Trainer):

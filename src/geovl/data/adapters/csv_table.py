@@ -21,7 +21,9 @@ The mapping comes from a shipped preset (``--preset building-defect``,
     meta_columns: [extra1]          # copied into meta when present
     system: "system prompt"         # optional
 
-Missing required columns are fatal (the error names the file and the column). Per-row
+Missing required columns are fatal (the error names the file and the column), and so is a malformed
+table — a quote that does not close where its cell ends (the error names the line the record starts
+on; read leniently, an unclosed quote would turn the following rows into one cell). Per-row
 problems are rejected: ``empty_question``, ``empty_answer``, ``empty_field``,
 ``bad_field_value`` (not in ``allowed``), ``bad_row`` (more cells than header columns),
 ``path_escape`` / ``missing_image`` / ... for images (paths relative to ``--images-root``,
@@ -134,7 +136,10 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     cache = ImageCache(o.pixel_limit, size=8)
     csv.field_size_limit(1 << 24)
     with open(path, encoding=m["encoding"], newline="") as f:
-        reader = csv.reader(f, delimiter=delim)
+        # strict: a quote that does not close where a cell ends is an error, not a cell that silently runs
+        # on over the next rows (an unclosed quote used to swallow the rows after it)
+        reader = csv.reader(f, delimiter=delim, strict=True)
+        start = 1  # the line the record being read starts on
         try:
             header = next(reader, None)
             if header is None:
@@ -149,7 +154,11 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
                     f"{path}: missing required column(s) {missing} for mapping {m['name']!r}; the table has {header}"
                 )
             n = 0
-            for cells in reader:
+            while True:
+                start = reader.line_num + 1
+                cells = next(reader, None)
+                if cells is None:
+                    break
                 if not any(c.strip() for c in cells):
                     continue  # blank line
                 n += 1
@@ -165,7 +174,10 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
                 "set 'encoding:' in the mapping (e.g. gb18030) or re-save the table as UTF-8"
             ) from None
         except csv.Error as e:
-            raise ConvertError(f"{path}: malformed table at line {reader.line_num} ({e})") from None
+            raise ConvertError(
+                f"{path}: malformed table in the record that starts on line {start} (found at line {reader.line_num}: {e}); "
+                "most likely an unclosed quote (\") — fix that line; nothing was converted"
+            ) from None
 
 
 def _build(cells, header, n, m, question, qcol, root, cache, path) -> dict:

@@ -25,6 +25,7 @@ from typing import Iterator
 
 from ...imagery.decode import ImageError, resolve_image_path
 from ..convert import ConvertError, ConvertOptions, ImageCache
+from ..io import UTF8_BOM, iter_jsonl_lines
 from ..schema import SampleError, image_part, text_part
 
 TAG = "<image>"
@@ -98,25 +99,22 @@ def iter_json_array(path: Path) -> Iterator[object]:
 
 def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
     """(position label, parsed record or SampleError) for a JSON list or a JSONL file."""
-    with open(path, encoding="utf-8-sig") as f:
-        head = f.read(4096).lstrip()
-    if head.startswith("["):
-        for i, obj in enumerate(iter_json_array(path)):
-            yield f"{path.name}#{i}", obj
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(UTF8_BOM).lstrip()
+    if head.startswith(b"["):
+        try:
+            for i, obj in enumerate(iter_json_array(path)):
+                yield f"{path.name}#{i}", obj
+        except UnicodeDecodeError as e:
+            raise ConvertError(f"{path}: not UTF-8 text ({e.reason}); a JSON list is one document, so nothing of it is "
+                               "converted: re-save it as UTF-8 (or as JSONL, where only the bad lines are rejected)") from None
         return
-    with open(path, encoding="utf-8-sig") as f:
-        seen_ok = False
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                seen_ok = True
-            except json.JSONDecodeError as e:
-                if not seen_ok and n == 1:
-                    raise ConvertError(f"{path}: neither a JSON list nor JSONL (line 1: {e.msg})") from None
-                obj = SampleError("bad_json", f"line {n}: {e.msg}")
-            yield f"{path.name}#L{n}", obj
+    first = True
+    for n, obj in iter_jsonl_lines(path):
+        if first and n == 1 and isinstance(obj, SampleError) and obj.reason == "bad_json":
+            raise ConvertError(f"{path}: neither a JSON list nor JSONL (line 1: {obj.detail.split(': ', 1)[-1]})")
+        first = False
+        yield f"{path.name}#L{n}", obj
 
 
 def split_at_tags(text: str) -> list[dict]:

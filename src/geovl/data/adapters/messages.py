@@ -3,7 +3,8 @@
 Each line: ``{"id", "messages", "images", "qtype", "answer", "source"?, "meta"?}`` where an
 image entry is a path relative to the file (or to ``--images-root``), a ``data:image/...;
 base64,`` URI, or raw base64. Every line is one input record: a line that is not JSON is
-rejected (``bad_json``, with the line number), a line that breaks the schema is rejected
+rejected (``bad_json``, with the line number), a line that is not UTF-8 too (``bad_encoding``;
+the lines after it are still converted), a line that breaks the schema is rejected
 with the validation reason, images go through the same safe loader as every adapter
 (``path_escape``, ``missing_image``, ``undecodable_image``, ``image_too_large``; EXIF
 orientation applied). A missing ``source`` becomes ``<file>#L<line>``; ``meta`` defaults
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from pathlib import Path
 from typing import Iterator
 
 from ...imagery.decode import ImageError, load_image_bytes, resolve_image_path
 from ..convert import ConvertError, ConvertOptions, ImageCache
+from ..io import iter_jsonl_lines
 from ..schema import SampleError
 
 _B64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
@@ -60,26 +61,16 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
         raise ConvertError(f"{path}: --from messages expects a .jsonl file")
     root = o.images_root or path.parent
     cache = ImageCache(o.pixel_limit, size=16)
-    with open(path, encoding="utf-8-sig") as f:
+    for n, obj in iter_jsonl_lines(path):
+        source = f"{path.name}#L{n}"
         try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                source = f"{path.name}#L{n}"
-                try:
-                    item = _build(line, n, source, root, cache, o.pixel_limit)
-                except (SampleError, ImageError) as e:
-                    item = e
-                yield source, item
-        except UnicodeDecodeError as e:
-            raise ConvertError(f"{path}: not UTF-8 text ({e.reason})") from None
+            item = obj if isinstance(obj, SampleError) else _build(obj, n, source, root, cache, o.pixel_limit)
+        except (SampleError, ImageError) as e:
+            item = e
+        yield source, item
 
 
-def _build(line: str, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SampleError("bad_json", f"line {n}: {e.msg} (column {e.colno})") from None
+def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int) -> dict:
     if not isinstance(rec, dict):
         raise SampleError("bad_schema", f"line {n}: a record must be a JSON object")
     missing = [k for k in REQUIRED if k not in rec]
