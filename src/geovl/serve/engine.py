@@ -184,7 +184,7 @@ class LocalEngine:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from ..models.loading import ModelFolderError, load_processor, read_family
+        from ..models.loading import ModelFolderError, damaged_file, load_processor, read_family
         from .adapter import attach_adapter, has_processor, preprocess_for, resolve_folders
 
         if batch_size < 1:
@@ -202,10 +202,13 @@ class LocalEngine:
             kw["attn_implementation"] = attn_implementation
         try:
             net = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kw)
-        except (ImportError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - transformers / safetensors / torch raise many types
             msg = str(e).lower()
-            if not attn_implementation or ("attn" not in msg and "attention" not in msg):
-                raise
+            if not (attn_implementation and isinstance(e, (ImportError, ValueError)) and ("attn" in msg or "attention" in msg)):
+                where = damaged_file(model_dir)  # a truncated or garbled weights file: one line naming it
+                if where is None:
+                    raise
+                raise ModelFolderError(where) from e
             raise EngineError(
                 f"attn_implementation={attn_implementation!r} is not available here: {str(e).splitlines()[0][:300]} "
                 "(eager and sdpa work everywhere; flash_attention_2 needs a CUDA GPU and the flash-attn package) / 注意力实现不可用"
