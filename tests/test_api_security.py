@@ -437,6 +437,12 @@ def test_tiff_band_bomb_refused_from_the_header_on_every_path(client, tmp_path, 
         read_grid(tmp_path / "huge.tif")
     assert opened == [], "GDAL opened an image that the header check should have refused"
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+    # each under the per-image limit (1000×1000×100 uint16 = 200 MB < 256 MiB: GDAL may open it and read
+    # one pixel to check it), three together over the request's limit (512 MiB): refused from the headers
+    monkeypatch.undo()
+    part = band_bomb_tif(tmp_path / "part.tif", bands=100)
+    msg = error(ask(client, [data_uri(part, "image/tiff")] * 3), 413, "images_too_large_decoded")
+    assert "3 images" in msg and "600000000 bytes" in msg
 
 
 class _Listener(http.server.BaseHTTPRequestHandler):

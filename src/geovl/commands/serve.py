@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="per image, read from the header before decoding")
     p.add_argument("--max-decoded-bytes", type=int, default=256 * 1024 * 1024,
                    help="per image: bands x pixels x bytes per sample over every TIFF page/overview, read from the header before decoding")
+    p.add_argument("--max-request-decoded-bytes", type=int, default=512 * 1024 * 1024,
+                   help="all images of one request together, decoded (from their headers, before decoding)")
     p.add_argument("--max-images", type=int, default=8, help="per request (all turns)")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none (lowered to fit the context)")
@@ -95,7 +97,7 @@ def run(args) -> int:
     from geovl.cli import CLIError
     from geovl.serve.images import ImageLimits
 
-    for name in ("max_image_bytes", "max_pixels", "max_decoded_bytes", "max_images", "max_tokens_limit", "default_max_tokens", "max_batch_size",
+    for name in ("max_image_bytes", "max_pixels", "max_decoded_bytes", "max_request_decoded_bytes", "max_images", "max_tokens_limit", "default_max_tokens", "max_batch_size",
                  "max_prompt_tokens"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -106,6 +108,7 @@ def run(args) -> int:
             max_image_bytes=args.max_image_bytes,
             max_pixels=args.max_pixels,
             max_decoded_bytes=args.max_decoded_bytes,
+            max_request_decoded_bytes=args.max_request_decoded_bytes,
             max_images=args.max_images,
             allow_http=args.allow_http_images,
             allowed_dir=args.allowed_image_dir,

@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .engine import EngineError
-from .images import ImageLimits, ImageRefError, fetch_image
+from .images import ImageLimits, ImageRefError, check_request_images, fetch_image
 from .openai_format import (APIError, build_request, check_json, chunk, completion, convert_messages, generation_params, new_id, parse_body,
                             parse_json, usage_dict)
 
@@ -298,6 +298,10 @@ def create_app(engine, config: ServerConfig):
                 images.append(await run_in_threadpool(fetch_image, ref, config.limits))
             except ImageRefError as e:
                 raise _image_error(e, i) from None
+        try:
+            check_request_images(images, config.limits)  # each image passed; all of them together too
+        except ImageRefError as e:
+            raise APIError(e.status, e.message, e.code, "messages") from None
         geo = None
         if obj.get("geovl") is not None:  # request extension: a grounded answer about GeoTIFFs (geo_api)
             from .geo_api import ground_chat

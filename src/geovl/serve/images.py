@@ -53,6 +53,7 @@ class ImageLimits:
     max_pixels: int = 25_000_000  # 5000x5000; checked from the header before decoding
     max_images: int = 8  # per request (all turns)
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES  # per image, all bands/pages/overviews, from the header
+    max_request_decoded_bytes: int = 2 * DEFAULT_MAX_DECODED_BYTES  # all images of one request together
     allow_http: bool = False
     allowed_dir: str | None = None
     http_timeout: float = 10.0  # seconds per http(s) download in all (not per read)
@@ -60,7 +61,7 @@ class ImageLimits:
     _given_dir: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        for name in ("max_image_bytes", "max_pixels", "max_images", "max_decoded_bytes"):
+        for name in ("max_image_bytes", "max_pixels", "max_images", "max_decoded_bytes", "max_request_decoded_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.allowed_dir is not None:
@@ -258,6 +259,20 @@ def check_header(data: bytes, limits: ImageLimits):
         raise _too_large(e) from None
     except ImageError as e:
         raise ImageRefError(f"cannot read the image header: {e.detail[:200]} / 图像头无法解析", "invalid_image") from None
+
+
+def check_request_images(images: list[bytes], limits: ImageLimits) -> None:
+    """All images of one request together decode to at most ``limits.max_request_decoded_bytes``
+    (each one is already within the per-image limit); read from the headers, decodes nothing."""
+    total = sum(read_header(data, "image").decoded_bytes for data in images)
+    if total > limits.max_request_decoded_bytes:
+        raise ImageRefError(
+            f"the request's {len(images)} images decode to {total} bytes together, over the limit of "
+            f"{limits.max_request_decoded_bytes} bytes ({_mb(limits.max_request_decoded_bytes)}, --max-request-decoded-bytes; "
+            "checked before decoding) / 请求中全部图像解码后总体积超限",
+            "images_too_large_decoded",
+            413,
+        )
 
 
 def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
