@@ -209,6 +209,11 @@ def test_mcnemar_exact_hand_computed():
     assert 0.0 <= mcnemar_exact(0, 3000) < 1e-300  # no overflow for large counts
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 2)
+    # docs/benchmarks.md's rule of thumb: a net change of k items has p >= 2^(1-k) (0 broken is the best case)
+    for k in range(1, 9):
+        assert mcnemar_exact(k, 0) == min(1.0, 2.0 ** (1 - k))
+        assert all(mcnemar_exact(k + c, c) >= mcnemar_exact(k, 0) for c in range(60))
+    assert mcnemar_exact(5, 0) > 0.05 and mcnemar_exact(6, 0) < 0.05
 
 
 def test_bootstrap_interval_null_and_large_effect():
