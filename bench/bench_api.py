@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -180,6 +181,7 @@ def main() -> int:
         finally:
             for s in servers.values():
                 s.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
         ref = runs["sequential"][0]["texts"]
         stable = {label: exact_same(rs, "texts") for label, rs in runs.items()}
         differing = {label: sum(a != b for a, b in zip(rs[0]["texts"], ref)) for label, rs in runs.items()}

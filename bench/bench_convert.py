@@ -10,7 +10,7 @@ list N, json list 10N; ≥ 3 rounds). This is a scaling check, not a race agains
 excluded). Streaming means the 10N run's peak RSS stays close to the N run's; the 10N/N ratios are
 taken per round and reported as median (min–max).
 
-    python bench/bench_convert.py [--quick] [--n 1500] [--repeats 3]   # --quick: N = 200
+    python bench/bench_convert.py [--quick] [--n 1500] [--repeats 3]   # --quick: N = 500
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ def run_convert(src: Path, out: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", default=quick_from_env())
-    ap.add_argument("--n", type=int, help="N records (default 1500; 200 with --quick)")
+    ap.add_argument("--n", type=int, help="N records (default 1500; 500 with --quick)")
     ap.add_argument("--repeats", type=int, default=MIN_REPEATS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "convert.json")
     args = ap.parse_args()
-    n = args.n or (200 if args.quick else 1500)
+    n = args.n or (500 if args.quick else 1500)
 
     def body(env: dict) -> dict:
         gen = {}

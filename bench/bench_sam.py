@@ -1,7 +1,7 @@
 """Benchmark the chunked spectral angle mapper (`geovl spectral map`).
 
 1. **Bounded memory.** Writes an ENVI BSQ int16 cube (full size 300 bands × 3000 × 3000 ≈ 5.4 GB,
-   larger than the memory budget; ``--quick`` 300 × 1200 × 1200 ≈ 0.86 GB) to a temporary folder in row
+   larger than the memory budget; ``--quick`` 300 × 1700 × 1700 ≈ 1.7 GB, just above it) to a temporary folder in row
    chunks, then runs the chunked SAM (:func:`geovl.spectral.sam.sam_map`, the code behind
    `geovl spectral map`) over it in a subprocess. Peak RSS is the child's own ``VmHWM``; it must stay
    ≤ 1.5 GB.
@@ -41,7 +41,7 @@ from abtest import MIN_REPEATS, SideFailed, finish, fmt_ratio, interleave, quick
 ROOT = Path(__file__).resolve().parents[1]
 RSS_LIMIT_MB = 1536
 RATIO_TARGET = 0.8
-SIZES = {"full": {"big": 3000, "small": 1000}, "quick": {"big": 1200, "small": 500}}
+SIZES = {"full": {"big": 3000, "small": 1000}, "quick": {"big": 1700, "small": 500}}
 MODES = ("chunked", "in_memory_same_kernel", "in_memory_naive")
 
 
@@ -137,7 +137,7 @@ def _class_map(path: Path) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=quick_from_env())
-    ap.add_argument("--big", type=int, help="side of the bounded-memory cube (default 3000, quick 1200)")
+    ap.add_argument("--big", type=int, help="side of the bounded-memory cube (default 3000, quick 1700)")
     ap.add_argument("--small", type=int, help="side of the in-memory comparison cube (default 1000, quick 500)")
     ap.add_argument("--bands", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=MIN_REPEATS)

@@ -111,7 +111,7 @@ def test_cli_prints_table_and_report_path(report):
     out, printed = report
     assert "base acc" in printed and "tuned acc" in printed
     count_line = next(line for line in printed.splitlines() if line.startswith("count"))
-    assert re.search(r"count\s+2\s+50\.0%\s+100\.0%\s+\+50\.0 pp\s+1\s+0\s+1\s+\[\+0\.0, \+100\.0\] pp\s+no measurable change$", count_line)
+    assert re.search(r"count\s+2\s+50\.0%\s+100\.0%\s+\+50\.0 pp\s+1\s+0\s+1\s+\[\+0\.0, \+100\.0\] pp\s+no measurable change/无可测变化$", count_line)
     overall = next(line for line in printed.splitlines() if line.startswith("overall"))
     assert "57.1%" in overall and "71.4%" in overall and "+14.3 pp" in overall
     assert "1 id(s) only in base" in printed and "2 id(s) only in tuned" in printed
@@ -136,7 +136,7 @@ def test_report_files(report):
 def test_markdown_report(report):
     md = (report[0] / "report.md").read_text(encoding="utf-8")
     assert "![accuracy by question type](chart.png)" in md
-    assert "| count | 2 | 50.0% | 100.0% | +50.0 pp | 1 | 0 | 1 | [+0.0, +100.0] pp | no measurable change |" in md
+    assert "| count | 2 | 50.0% | 100.0% | +50.0 pp | 1 | 0 | 1 | [+0.0, +100.0] pp | no measurable change/无可测变化 |" in md
     assert "| overall/总体 (micro) | 7 | 57.1% | 71.4% | +14.3 pp | 3 | 2 | 1 |" in md
     assert "exact McNemar" in md and "paired percentile bootstrap" in md
     assert "## Fixed / 修正 (3)" in md and "## Broken / 退步 (2)" in md

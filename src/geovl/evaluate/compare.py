@@ -38,6 +38,9 @@ def _p_text(p: float) -> str:
     return "1" if p >= 0.9995 else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
+VERDICT_TEXT = {"gain": "gain/提升", "loss": "loss/下降", "no measurable change": "no measurable change/无可测变化"}
+
+
 def _row(qtype: str, pairs: list[tuple[dict, dict]]) -> dict:
     n = len(pairs)
     bc = sum(1 for b, _ in pairs if b["correct"])
@@ -135,7 +138,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list]]:
 
     def cells(label, r):
         return [label, r["n"], pct(r["before_acc"]), pct(r["after_acc"]), _delta_pp(r["before_acc"], r["after_acc"]),
-                r["fixed"], r["broken"], _p_text(r["mcnemar_p"]), _ci_text(r["delta_ci95"]), r["verdict"]]  # fmt: skip
+                r["fixed"], r["broken"], _p_text(r["mcnemar_p"]), _ci_text(r["delta_ci95"]), VERDICT_TEXT[r["verdict"]]]  # fmt: skip
 
     rows = [cells(r["qtype"], r) for r in result["by_qtype"]]
     o, m = result["overall"], result["macro"]
