@@ -3,7 +3,8 @@
 - **Interleaving.** :func:`interleave` runs the sides A B A B A B (``repeats`` rounds, each side at
   least 3 times), so a slow minute on the shared machine hits both sides instead of one. Ratios are
   taken per round (A_i / B_i) and reported as median and min–max (:func:`spread`), never best-of.
-- **Provenance.** :func:`environment` records the git commit (and whether the tree was dirty), the
+- **Provenance.** :func:`environment` records the git commit (and whether src/ or bench/ outside
+  bench/results had uncommitted changes), the
   machine (CPU model, cores, load), Python and library versions; each bench adds the exact settings
   of both sides.
 - **Failure.** A side that raises is recorded with its error; :func:`finish` then writes a result file
@@ -75,7 +76,8 @@ def _git() -> dict:
         p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return p.stdout.strip() if p.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench", "pyproject.toml", "requirements.txt")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench", ":(exclude)bench/results",
+                 "pyproject.toml", "requirements.txt")
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 

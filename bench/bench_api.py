@@ -1,6 +1,6 @@
 """Benchmark the OpenAI-compatible API (`geovl serve`) with a tiny model on this machine.
 
-The same requests (200; ``--quick`` 24; one image each, 3 image sizes, zh/en questions, 16 new tokens,
+The same requests (200; ``--quick`` 16; one image each, 3 image sizes, zh/en questions, 16 new tokens,
 greedy; every 4th request streamed) are sent with the official `openai` client from threads, in rounds
 interleaved A B C A B C A B C (≥ 3 rounds):
 
@@ -134,14 +134,14 @@ def run(server: Server, reqs: list[dict], concurrency: int, max_tokens: int) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", default=quick_from_env())
-    ap.add_argument("--requests", type=int, help="default 200 (24 with --quick)")
+    ap.add_argument("--requests", type=int, help="default 200 (16 with --quick)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--family", default="qwen2.5-vl")
     ap.add_argument("--repeats", type=int, default=MIN_REPEATS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/api.json")
     args = ap.parse_args()
-    n_req = args.requests or (24 if args.quick else 200)
+    n_req = args.requests or (16 if args.quick else 200)
     conc = args.concurrency
 
     def body(env: dict) -> dict:

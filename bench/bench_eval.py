@@ -39,7 +39,7 @@ QUESTIONS = [
     "What is the main land cover?",
 ]
 SIZES = [(112, 112), (168, 112), (224, 224), (140, 84), (196, 140), (112, 168)]
-SAMPLES = {"full": 48, "quick": 24}
+SAMPLES = {"full": 48, "quick": 16}
 
 
 def make_images(n: int, seed: int = 0) -> list[bytes]:

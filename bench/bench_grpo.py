@@ -37,7 +37,7 @@ from pathlib import Path
 from abtest import CallCounter, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
 
 HERE = Path(__file__).resolve().parent
-SIZES = {"full": {"samples": 192, "steps": 80}, "quick": {"samples": 48, "steps": 12}}
+SIZES = {"full": {"samples": 192, "steps": 80}, "quick": {"samples": 24, "steps": 6}}
 NUM_GEN = 4
 BATCH = 8  # completions per step = 2 prompts × 4 generations
 MAX_COMPLETION = 8

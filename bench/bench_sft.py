@@ -209,6 +209,8 @@ def main() -> int:
         for side, rs in runs.items():
             if not all(r["steps"] == steps for r in rs):
                 raise RuntimeError(f"{side} ran {[r['steps'] for r in rs]} steps, expected {steps}")
+        if ours[0]["real_tokens"] != peer[0]["real_tokens"]:
+            raise RuntimeError(f"the sides trained on different real tokens: {ours[0]['real_tokens']} vs {peer[0]['real_tokens']}")
         refused = peer[0].pop("packing_refused", None)
         for r in peer[1:]:
             r.pop("packing_refused", None)
