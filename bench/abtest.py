@@ -188,6 +188,15 @@ def fmt_ratio(r: dict, unit: str = "×") -> str:
     return f"{r['median']:.2f}{unit} ({r['min']:.2f}–{r['max']:.2f})"
 
 
+def behind(r: dict, what: str) -> str | None:
+    """The result file's ``behind`` note for a ratio (ours / baseline, higher is better): None when the
+    median is ≥ 1; otherwise says whether every round was below 1× or the range includes 1×."""
+    if r["median"] >= 1.0:
+        return None
+    how = "below 1× in every round" if r["max"] < 1.0 else "median below 1×, but the range includes 1×: no measured difference in this run"
+    return f"{what}: {fmt_ratio(r)}, {how}"
+
+
 # -- exact counts ------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from abtest import MIN_REPEATS, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread  # noqa: E402
+from abtest import MIN_REPEATS, behind, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread  # noqa: E402
 from serve_util import Server, data_uri, free_port, png  # noqa: E402
 
 QUESTIONS = ["Is there water in the scene?", "图中有没有耕地？", "Are there buildings near the road?", "疑似违规建设的分布区域？"]
@@ -210,7 +210,7 @@ def main() -> int:
             "summary": {label: {k: spread([r[k] for r in rs], 2) for k in keys if rs[0].get(k) is not None} for label, rs in runs.items()},
             "ratios": {"throughput_batched_over_unbatched": thr, "p50_latency_unbatched_over_batched": lat,
                        "throughput_batched_over_sequential": seq},
-            "behind": "micro-batching is slower than one request per generate call (median ratio < 1)" if thr["median"] < 1 else None,
+            "behind": behind(thr, "requests/s with micro-batching vs without"),
             "runs": runs,
             "table": {
                 "name": "API (`bench_api.py`)",

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from abtest import MIN_REPEATS, CallCounter, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread
+from abtest import MIN_REPEATS, CallCounter, behind, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread
 
 QUESTIONS = [
     "Is there water in this image?",
@@ -181,7 +181,6 @@ def main(argv=None) -> int:
                 r["samples_per_s"] = round(r["samples_per_s"], 3)
                 r.pop("predictions")
         ce, ch, co = sides["engine"]["counts"], sides["hf_batched"]["counts"], sides["one_by_one"]["counts"]
-        behind = ratios["engine_over_hf_batched"]["median"] < 1.0
         return {
             "what": "eval throughput: one generate per sample vs plain batched generate (b=8, left padding) vs LocalEngine (b=8)",
             "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": "one_by_one, hf_batched, engine in rounds",
@@ -197,7 +196,7 @@ def main(argv=None) -> int:
             "real_prompt_tokens": real,
             "sides": sides,
             "ratios": ratios,
-            "behind": "LocalEngine is slower than plain batched generate (median ratio < 1)" if behind else None,
+            "behind": behind(ratios["engine_over_hf_batched"], "LocalEngine samples/s vs plain batched generate"),
             "runs": runs,
             "table": {
                 "name": "eval (`bench_eval.py`)",

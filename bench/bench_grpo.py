@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import CallCounter, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
+from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"full": {"samples": 192, "steps": 80}, "quick": {"samples": 24, "steps": 6}}
@@ -224,10 +224,7 @@ def main() -> int:
         cps = ratio(ours, peer, "completions_per_s", "geovl completions/s over TRL's, per round")
         keys = ("completions_per_s", "s_per_step", "train_runtime_s", "generate_share", "loss_forward_share", "backward_share",
                 "other_share", "peak_rss_mb", "mean_completion_tokens")  # fmt: skip
-        behind = None
-        if cps["median"] < 1.0:
-            behind = (f"geovl GRPO runs at {cps['median']:.2f}× ({cps['min']:.2f}–{cps['max']:.2f}) TRL's completions/s"
-                      + (" — the spread includes 1×, so no measurable difference in this run" if cps["max"] >= 1.0 else ""))
+        behind = behind_note(cps, "geovl GRPO completions/s vs TRL's")
         return {
             "what": "where a GRPO step spends its time: geovl train grpo vs a plain TRL GRPOTrainer, same tiny model / data / "
                     "reward / settings, each run a fresh subprocess, sides interleaved",

@@ -114,3 +114,9 @@ def test_report_regenerates_table_between_markers(tmp_path):
 
 def test_committed_readme_table_matches_committed_results():
     assert report.main(["--check"]) == 0
+
+
+def test_behind_note_says_whether_the_range_includes_one():
+    assert abtest.behind({"median": 1.2, "min": 0.9, "max": 1.5}, "x") is None
+    assert abtest.behind({"median": 0.5, "min": 0.4, "max": 0.7}, "x") == "x: 0.50× (0.40–0.70), below 1× in every round"
+    assert "no measured difference" in abtest.behind({"median": 0.9, "min": 0.6, "max": 1.3}, "x")
