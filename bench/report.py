@@ -2,7 +2,8 @@
 
 The table sits between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md.
 Each row comes from one result file's ``table`` entry (name, baseline, exact counts, the ratio keys to
-show) and its ``ratios`` (median and min–max over the interleaved rounds), plus its ``behind`` note. A
+show) and its ``ratios`` (median and min–max over the interleaved rounds, and whether every round was
+above or below 1× or the range includes 1×, i.e. no measured difference), plus its ``behind`` note. A
 failed bench shows as FAILED with its error; a missing file as "not run".
 
     python bench/report.py            # rewrite the table in README.md
@@ -26,7 +27,9 @@ def _cell(text: str) -> str:
 
 
 def _fmt(r: dict) -> str:
-    return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+    """median (min–max; how the rounds fall around 1×): a range that includes 1× is no measured difference."""
+    where = "> 1× in every round" if r["min"] > 1 else "< 1× in every round" if r["max"] < 1 else "range includes 1×"
+    return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}; {where})"
 
 
 def row(name: str, res: dict | None) -> str:
