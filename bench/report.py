@@ -28,7 +28,10 @@ def _cell(text: str) -> str:
 
 def _fmt(r: dict) -> str:
     """median (min–max; how the rounds fall around 1×): a range that includes 1× is no measured difference."""
-    where = "> 1× in every round" if r["min"] > 1 else "< 1× in every round" if r["max"] < 1 else "range includes 1×"
+    if 0.98 <= r["min"] and r["max"] <= 1.02:
+        where = "within 2 % of 1× in every round"
+    else:
+        where = "> 1× in every round" if r["min"] > 1 else "< 1× in every round" if r["max"] < 1 else "range includes 1×"
     return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}; {where})"
 
 

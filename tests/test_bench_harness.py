@@ -110,6 +110,7 @@ def test_report_regenerates_table_between_markers(tmp_path):
     assert "| sam | | | **FAILED** (chunked): RuntimeError: disk full | |" in text
     assert "| eval | | | not run | |" in text
     assert report.main(["--readme", str(readme), "--results", str(res), "--check"]) == 0
+    assert report._fmt({"median": 1.004, "min": 1.002, "max": 1.011}) == "1.00× (1.00–1.01; within 2 % of 1× in every round)"
 
 
 def test_committed_readme_table_matches_committed_results():
