@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
+from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
 
 HERE = Path(__file__).resolve().parent
 SIZES = {
@@ -86,13 +86,14 @@ def worker_geovl(model: Path, data: Path, out: Path, size: dict) -> dict:
     recipe = out.with_suffix(".yaml")
     recipe.write_text("{}\n")
     t0 = time.time()
-    rc = main([
-        "train", "sft", str(recipe), f"model={model}", f"train_data={data}", f"output_dir={out}",
-        f"max_steps={STEPS}", f"batch_size={BATCH}", f"lr={LR}", f"seed={SEED}", "warmup_ratio=0",
-        "tune_llm=lora", "tune_vision=freeze", "tune_merger=full", f"lora_r={LORA['r']}", f"lora_alpha={LORA['alpha']}",
-        f"lora_dropout={LORA['dropout']}", "group_by_length=true", "report_to=[]", "progress_bar=false",
-        "logging_steps=1", f"save_steps={10 * STEPS}", "num_workers=0",
-    ])  # fmt: skip
+    with CallCounter() as cnt:
+        rc = main([
+            "train", "sft", str(recipe), f"model={model}", f"train_data={data}", f"output_dir={out}",
+            f"max_steps={STEPS}", f"batch_size={BATCH}", f"lr={LR}", f"seed={SEED}", "warmup_ratio=0",
+            "tune_llm=lora", "tune_vision=freeze", "tune_merger=full", f"lora_r={LORA['r']}", f"lora_alpha={LORA['alpha']}",
+            f"lora_dropout={LORA['dropout']}", "group_by_length=true", "report_to=[]", "progress_bar=false",
+            "logging_steps=1", f"save_steps={10 * STEPS}", "num_workers=0",
+        ])  # fmt: skip
     if rc != 0:
         raise SystemExit(f"geovl train sft failed with exit code {rc}")
     s = json.loads((out / "train_summary.json").read_text())
@@ -104,6 +105,7 @@ def worker_geovl(model: Path, data: Path, out: Path, size: dict) -> dict:
         "wall_s": round(time.time() - t0, 2),
         "train_loss": s["train_loss"],
         "peak_rss_mb": peak_rss_mb(),
+        **cnt.c,
     }
 
 
@@ -155,7 +157,8 @@ def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
         disable_tqdm=True, train_sampling_strategy="group_by_length", length_column_name="length", remove_unused_columns=False,
     )  # fmt: skip
     trainer = CountingSFTTrainer(model=m, args=args, train_dataset=ds, processing_class=processor, peft_config=peft_config)
-    result = trainer.train()
+    with CallCounter() as cnt:
+        result = trainer.train()
     refused = None
     try:  # what peers cannot do: pack vision samples to remove padding
         SFTTrainer(model=trainer.model, args=SFTConfig(output_dir=str(out / "p"), packing=True, max_length=None, bf16=False, use_cpu=True, report_to=[]), train_dataset=ds, processing_class=processor)
@@ -172,6 +175,7 @@ def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
         "length_precompute_s": length_precompute_s,
         "sampler": type(trainer._get_train_sampler()).__name__,
         "packing_refused": refused,
+        **cnt.c,
     }
 
 
@@ -238,6 +242,7 @@ def main() -> int:
                 "padded_tokens": {"geovl": ours[0]["padded_tokens"], "trl": peer[0]["padded_tokens"]},
                 "padding_share": {"geovl": ours[0]["padding_share"], "trl": peer[0]["padding_share"]},
                 "steps": steps,
+                **{k: {"geovl": ours[0][k], "trl": peer[0][k]} for k in ("forward_calls", "prefill_positions", "vision_calls", "vision_patches")},
                 "stable_across_rounds": all(exact_same(rs, "padded_tokens") and exact_same(rs, "real_tokens") for rs in runs.values()),
             },
             "summary": {side: {k: spread([r[k] for r in rs]) for k in keys} for side, rs in runs.items()},
@@ -249,7 +254,8 @@ def main() -> int:
                 "name": "SFT (`bench_sft.py`)",
                 "baseline": "TRL `SFTTrainer` **with** stock length grouping (precomputed `length` column)",
                 "counts": f"padding {ours[0]['padding_share']:.1%} vs {peer[0]['padding_share']:.1%}; real tokens "
-                          f"{ours[0]['real_tokens']:,} vs {peer[0]['real_tokens']:,}; peak RSS "
+                          f"{ours[0]['real_tokens']:,} vs {peer[0]['real_tokens']:,}; LLM forwards {ours[0]['forward_calls']} vs "
+                          f"{peer[0]['forward_calls']}, vision calls {ours[0]['vision_calls']} vs {peer[0]['vision_calls']}; peak RSS "
                           f"{spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} vs {spread([r['peak_rss_mb'] for r in peer])['median']:,.0f} MB",
                 "ratios": [["real tokens/s", "real_tokens_per_s_geovl_over_trl"]],
             },
