@@ -13,7 +13,7 @@ help:
 	@echo "make test     - install, then run the whole test suite"
 	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
 	@echo "make spectral-demo - install, then the hyperspectral pipeline offline into $(SPECTRAL_DEMO)/"
-	@echo "make bench    - run the benchmarks in bench/ (results in bench/results/)"
+	@echo "make bench    - run every benchmark in bench/, rewrite bench/results/*.json and the README table (QUICK=1: a few minutes)"
 
 install: $(STAMP)
 
@@ -47,8 +47,17 @@ demo: install
 spectral-demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_spectral.sh $(SPECTRAL_DEMO)
 
+# Every bench, one after the other; a failing one leaves its error in its result file (no ratios), the
+# others still run, the README table is regenerated from the result files, and make exits non-zero.
+# QUICK=1 selects each bench's small size (all together a few minutes on 2 cores).
+BENCHES := bench_convert bench_eval bench_api bench_sam bench_sft bench_grpo
 bench: install
-	$(BIN)/python bench/bench_convert.py
+	@failed=""; for b in $(BENCHES); do \
+		echo "== $$b"; \
+		QUICK=$(QUICK) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/$$b.py || failed="$$failed $$b"; \
+	done; \
+	$(BIN)/python bench/report.py; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed" >&2; exit 1; fi
 
 clean:
 	rm -rf $(DEMO) $(SPECTRAL_DEMO) .pytest_cache

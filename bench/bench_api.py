@@ -1,26 +1,29 @@
 """Benchmark the OpenAI-compatible API (`geovl serve`) with a tiny model on this machine.
 
-The same 200 requests (one image each, 3 image sizes, zh/en questions, 16 new tokens, greedy; every
-4th request streamed) are sent with the official `openai` client from threads:
+The same requests (200; ``--quick`` 16; one image each, 3 image sizes, zh/en questions, 16 new tokens,
+greedy; every 4th request streamed) are sent with the official `openai` client from threads, in rounds
+interleaved A B C A B C A B C (≥ 3 rounds):
 
 - ``batched-c8``   concurrency 8, server micro-batching on (``--batch-window-ms 10``)
-- ``unbatched-c8`` concurrency 8, micro-batching off (``--batch-window-ms 0``): the baseline
+- ``unbatched-c8`` concurrency 8, micro-batching off (``--batch-window-ms 0``): the baseline — the same
+  server and engine, one request per generate call, as a server without micro-batching works
 - ``sequential``   concurrency 1 against the batching server: the latency floor
+
+The throughput ratio batched / unbatched is taken per round and reported as median (min–max).
 
 Reported per run: errors, p50/p95 latency, p50/p95 time to first token of streamed requests,
 requests/s, peak server RSS (psutil, sampled every 20 ms, server + children), engine generate
-calls (from /health). Answers of every run are compared with the sequential run (greedy: batching
-must not change them). Wall time on these machines varies between runs (NOTES §6): compare the
-runs of one invocation with each other, not with other days.
+calls for the non-streamed requests (from /health; streamed requests go to ``engine.stream``). Answers of every run are compared with the sequential run (greedy: batching
+must not change them). An error in any request fails the bench (no ratios written).
 
-    python bench/bench_api.py [--requests 200] [--concurrency 8] [--out bench/results/api.json]
+    python bench/bench_api.py [--quick] [--requests N] [--concurrency 8] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -32,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from abtest import MIN_REPEATS, behind, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread  # noqa: E402
 from serve_util import Server, data_uri, free_port, png  # noqa: E402
 
 QUESTIONS = ["Is there water in the scene?", "图中有没有耕地？", "Are there buildings near the road?", "疑似违规建设的分布区域？"]
@@ -129,63 +133,102 @@ def run(server: Server, reqs: list[dict], concurrency: int, max_tokens: int) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", default=quick_from_env())
+    ap.add_argument("--requests", type=int, help="default 200 (16 with --quick)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--family", default="qwen2.5-vl")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/api.json"))
+    ap.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/api.json")
     args = ap.parse_args()
+    n_req = args.requests or (16 if args.quick else 200)
+    conc = args.concurrency
 
-    from geovl.models.tiny import build_tiny
+    def body(env: dict) -> dict:
+        from geovl.models.tiny import build_tiny
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    model = build_tiny(args.family, tmp / "model", vocab="small", seed=0)
-    reqs = make_requests(args.requests)
-    servers = {}
-    for name, window in (("batched", "10"), ("unbatched", "0")):
-        port = free_port()
-        servers[name] = Server(["serve", "--model", str(model), "--port", str(port), "--served-model-name", "tiny", "--batch-window-ms", window,
-                                "--max-batch-size", str(args.concurrency), "--log-level", "warning"], tmp / f"{name}.log", port)
-    results, texts = {}, {}
-    try:
-        for s in servers.values():
-            s.start()
-        for s in servers.values():
-            s.wait()
-        for s in servers.values():  # warm-up (first calls allocate caches)
-            run(s, reqs[:8], 4, args.max_tokens)
-        plan = [("sequential", "batched", 1), ("batched-c%d" % args.concurrency, "batched", args.concurrency), ("unbatched-c%d" % args.concurrency, "unbatched", args.concurrency)]
-        for label, srv, conc in plan:
-            print(f"running {label} ...", file=sys.stderr, flush=True)
-            results[label], texts[label] = run(servers[srv], reqs, conc, args.max_tokens)
-    finally:
-        for s in servers.values():
-            s.stop()
-    ref = texts["sequential"]
-    for label in results:
-        results[label]["answers_differing_from_sequential"] = sum(a != b for a, b in zip(texts[label], ref))
-    b, u = results[plan[1][0]], results[plan[2][0]]
-    out = {
-        "what": "geovl serve, tiny random model, one image per request, greedy, every 4th request streamed",
-        "model": {"family": args.family, "tiny": True, "max_tokens": args.max_tokens},
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "runs": results,
-        "ratios": {
-            "throughput_batched_over_unbatched": round(b["requests_per_s"] / u["requests_per_s"], 2),
-            "p50_latency_unbatched_over_batched": round(u["latency_p50_ms"] / b["latency_p50_ms"], 2),
-            "throughput_batched_over_sequential": round(b["requests_per_s"] / results["sequential"]["requests_per_s"], 2),
-        },
-        "note": "Wall times vary between runs on shared 2-core machines (NOTES §6); compare runs of one invocation.",
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    cols = ["errors", "requests_per_s", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "peak_server_rss_mib", "engine_generate_calls", "answers_differing_from_sequential"]
-    print(f"{'run':<16}" + "".join(f"{c:>14}" for c in ["errors", "req/s", "p50 ms", "p95 ms", "TTFT p50", "TTFT p95", "RSS MiB", "gen calls", "diff answers"]))
-    for label, r in results.items():
-        print(f"{label:<16}" + "".join(f"{str(r[c]):>14}" for c in cols))
-    print("ratios:", json.dumps(out["ratios"]))
-    print(f"→ {args.out}")
-    return 0 if all(r["errors"] == 0 for r in results.values()) else 1
+        tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+        model = build_tiny(args.family, tmp / "model", vocab="small", seed=0)
+        reqs = make_requests(n_req)
+        servers = {}
+        for name, window in (("batched", "10"), ("unbatched", "0")):
+            port = free_port()
+            servers[name] = Server(["serve", "--model", str(model), "--port", str(port), "--served-model-name", "tiny",
+                                    "--batch-window-ms", window, "--max-batch-size", str(conc), "--log-level", "warning"],
+                                   tmp / f"{name}.log", port)  # fmt: skip
+        texts: dict[str, list] = {}
+
+        def side(label, srv, c):
+            def go(i):
+                summary, t = run(servers[srv], reqs, c, args.max_tokens)
+                if summary["errors"]:
+                    raise RuntimeError(f"{summary['errors']} request(s) failed, e.g. {summary['error_examples']}")
+                texts.setdefault(label, t)
+                summary["texts"] = t
+                return summary
+            return go
+
+        try:
+            for s in servers.values():
+                s.start()
+            for s in servers.values():
+                s.wait()
+            for s in servers.values():  # warm-up (first calls allocate caches)
+                run(s, reqs[:8], 4, args.max_tokens)
+            b_label, u_label = f"batched-c{conc}", f"unbatched-c{conc}"
+            runs = interleave({b_label: side(b_label, "batched", conc), u_label: side(u_label, "unbatched", conc),
+                               "sequential": side("sequential", "batched", 1)}, args.repeats)  # fmt: skip
+        finally:
+            for s in servers.values():
+                s.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+        ref = runs["sequential"][0]["texts"]
+        stable = {label: exact_same(rs, "texts") for label, rs in runs.items()}
+        differing = {label: sum(a != b for a, b in zip(rs[0]["texts"], ref)) for label, rs in runs.items()}
+        for rs in runs.values():
+            for r in rs:
+                r.pop("texts")
+        keys = ("requests_per_s", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "peak_server_rss_mib", "engine_generate_calls")
+        b, u = runs[b_label], runs[u_label]
+        thr = ratio(b, u, "requests_per_s", "requests/s with micro-batching over without, same concurrency, per round")
+        lat = ratio(u, b, "latency_p50_ms", "p50 latency without micro-batching over with, per round")
+        seq = ratio(b, runs["sequential"], "requests_per_s", "requests/s batched at concurrency over sequential, per round")
+        calls = {label: spread([r["engine_generate_calls"] for r in rs], 0) for label, rs in runs.items()}
+        return {
+            "what": "geovl serve, tiny random model, one image per request, greedy, every 4th request streamed",
+            "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": f"{b_label}, {u_label}, sequential in rounds",
+            "settings": {
+                "shared": {"family": args.family, "tiny": True, "vocab": "small", "max_tokens": args.max_tokens, "requests": n_req,
+                           "streamed": sum(r["stream"] for r in reqs), "client": "official openai client, threads",
+                           "warm_up": "8 requests per server before the rounds"},
+                b_label: f"geovl serve --batch-window-ms 10 --max-batch-size {conc}; {conc} client threads",
+                u_label: f"geovl serve --batch-window-ms 0 --max-batch-size {conc}; {conc} client threads",
+                "sequential": "the batching server, 1 client thread",
+            },  # fmt: skip
+            "counts": {"engine_generate_calls": calls, "answers_differing_from_sequential": differing,
+                       "answers_stable_across_rounds": stable, "errors": 0},
+            "summary": {label: {k: spread([r[k] for r in rs], 2) for k in keys if rs[0].get(k) is not None} for label, rs in runs.items()},
+            "ratios": {"throughput_batched_over_unbatched": thr, "p50_latency_unbatched_over_batched": lat,
+                       "throughput_batched_over_sequential": seq},
+            "behind": behind(thr, "requests/s with micro-batching vs without"),
+            "runs": runs,
+            "table": {
+                "name": "API (`bench_api.py`)",
+                "baseline": f"the same server with micro-batching off, same {conc} client threads",
+                "counts": f"{n_req} requests × {args.repeats} rounds per side, 0 errors; engine generate calls for the "
+                          f"{n_req - sum(r['stream'] for r in reqs)} non-streamed requests {calls[b_label]['median']:.0f} vs "
+                          f"{calls[u_label]['median']:.0f} (median); answers differing from sequential: "
+                          f"{differing[b_label]} / {differing[u_label]}",
+                "ratios": [["requests/s", "throughput_batched_over_unbatched"], ["p50 latency (unbatched / batched)", "p50_latency_unbatched_over_batched"]],
+            },  # fmt: skip
+        }
+
+    rc = finish(args.out, body, "api")
+    if rc == 0:
+        r = json.loads(args.out.read_text())
+        for k, v in r["ratios"].items():
+            print(f"{k}: {fmt_ratio(v)}")
+    return rc
 
 
 if __name__ == "__main__":

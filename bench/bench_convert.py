@@ -2,12 +2,15 @@
 
 Generates a LLaVA/ShareGPT JSONL file and the same records as one JSON list (the MMDU-45k
 layout: ``id``, ``image`` list, multi-turn ``conversations`` with ``<image>`` tags) with a
-distinct small PNG per image, then converts N and 10N records of each to Parquet, each in its
-own subprocess (``python -m geovl data convert``). Peak RSS is the child's own ``ru_maxrss`` (``os.wait4``); records/s comes from the
-conversion's summary (interpreter start-up excluded). Streaming means the 10N run's peak RSS
-stays close to the N run's.
+distinct small PNG per image, then converts N and 10N records of each to Parquet, each run in its
+own subprocess (``python -m geovl data convert``), in rounds interleaved (jsonl N, jsonl 10N, json
+list N, json list 10N; ≥ 3 rounds). This is a scaling check, not a race against another tool: the
+"baseline" is the same converter on a tenth of the records. Peak RSS is the child's own
+``ru_maxrss`` (``os.wait4``); records/s comes from the conversion's summary (interpreter start-up
+excluded). Streaming means the 10N run's peak RSS stays close to the N run's; the 10N/N ratios are
+taken per round and reported as median (min–max).
 
-    python bench/bench_convert.py [--n 1500] [--out bench/results/convert.json]
+    python bench/bench_convert.py [--quick] [--n 1500] [--repeats 3]   # --quick: N = 500
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from abtest import MIN_REPEATS, SideFailed, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,10 +78,10 @@ def run_convert(src: Path, out: Path) -> dict:
     stdout, stderr = p.stdout.read().decode(), p.stderr.read().decode()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
-        raise SystemExit(f"convert failed ({p.returncode}):\n{stdout}\n{stderr}")
+        raise SideFailed(src.name, f"convert exited with {p.returncode}:\n{stdout[-1000:]}\n{stderr[-3000:]}")
     summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
     if not summary["conserved"] or summary["rejected"]:
-        raise SystemExit(f"unexpected rejects / counts: {summary}")
+        raise SideFailed(src.name, f"unexpected rejects / counts: {summary}")
     return {
         "records": summary["read"],
         "written": summary["written"],
@@ -91,50 +95,64 @@ def run_convert(src: Path, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1500)
+    ap.add_argument("--quick", action="store_true", default=quick_from_env())
+    ap.add_argument("--n", type=int, help="N records (default 1500; 500 with --quick)")
+    ap.add_argument("--repeats", type=int, default=MIN_REPEATS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "convert.json")
     args = ap.parse_args()
-    t0 = time.perf_counter()
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="geovl-bench-convert-") as tmp:
-        for label, n in (("N", args.n), ("10N", 10 * args.n)):
-            folder = Path(tmp) / label
-            tg = time.perf_counter()
-            src = make_llava(folder, n)
-            gen = time.perf_counter() - tg
-            for kind, path in (("jsonl", src), ("json_list", src.with_suffix(".json"))):
-                key = f"{kind}:{label}"
-                rows[key] = {"n": n, "input": kind, "generate_seconds": round(gen, 2),
-                             **run_convert(path, folder / f"out_{kind}.parquet")}
-                print(f"{key}: {rows[key]}", file=sys.stderr, flush=True)
-    ratios = {}
-    for kind in ("jsonl", "json_list"):
-        a, b = rows[f"{kind}:N"], rows[f"{kind}:10N"]
-        ratios[kind] = {
-            "records": round(b["records"] / a["records"], 2),
-            "peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
-            "records_per_second": round(b["records_per_second"] / a["records_per_second"], 3),
+    n = args.n or (500 if args.quick else 1500)
+
+    def body(env: dict) -> dict:
+        gen = {}
+        with tempfile.TemporaryDirectory(prefix="geovl-bench-convert-") as tmp:
+            srcs = {}
+            for label, k in (("N", n), ("10N", 10 * n)):
+                folder = Path(tmp) / label
+                tg = time.perf_counter()
+                src = make_llava(folder, k)
+                gen[label] = round(time.perf_counter() - tg, 2)
+                srcs[f"jsonl:{label}"] = (src, folder / "out_jsonl.parquet")
+                srcs[f"json_list:{label}"] = (src.with_suffix(".json"), folder / "out_json_list.parquet")
+            order = ["jsonl:N", "jsonl:10N", "json_list:N", "json_list:10N"]
+            runs = interleave({key: (lambda i, key=key: run_convert(*srcs[key])) for key in order}, args.repeats)
+        for key, rs in runs.items():
+            if not exact_same(rs, "written"):
+                raise RuntimeError(f"{key}: written counts differ between rounds: {[r['written'] for r in rs]}")
+        ratios = {}
+        for kind in ("jsonl", "json_list"):
+            a, b = runs[f"{kind}:N"], runs[f"{kind}:10N"]
+            ratios[f"{kind}_peak_rss_10N_over_N"] = ratio(b, a, "peak_rss_mb", f"{kind}: peak RSS of 10N records over N, per round")
+            ratios[f"{kind}_records_per_s_10N_over_N"] = ratio(b, a, "records_per_second", f"{kind}: records/s at 10N over N, per round")
+        summary = {key: {k: spread([r[k] for r in rs], 1) for k in ("records_per_second", "peak_rss_mb", "convert_seconds")}
+                   for key, rs in runs.items()}  # fmt: skip
+        j = summary
+        return {
+            "what": "geovl data convert --from llava (JSONL and the same records as a JSON list; distinct noisy 48x48 PNG per "
+                    "image, 1/3 two-image two-turn), N vs 10N records",
+            "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": ", ".join(order) + " in rounds",
+            "settings": {"shared": {"n": n, "records_10n": 10 * n, "generate_seconds": gen,
+                                    "command": "python -m geovl data convert --from llava --input F --output O --no-progress"}},
+            "counts": {key: {"records": rs[0]["records"], "written": rs[0]["written"], "output_mb": rs[0]["output_mb"]} for key, rs in runs.items()},
+            "summary": summary,
+            "ratios": ratios,
+            "behind": None,
+            "runs": runs,
+            "table": {
+                "name": "convert (`bench_convert.py`)",
+                "baseline": "the same converter on N = {:,} records (10N = {:,}); a scaling check, no other tool".format(n, 10 * n),
+                "counts": f"peak RSS JSONL {j['jsonl:N']['peak_rss_mb']['median']:.0f} → {j['jsonl:10N']['peak_rss_mb']['median']:.0f} MB, "
+                          f"JSON list {j['json_list:N']['peak_rss_mb']['median']:.0f} → {j['json_list:10N']['peak_rss_mb']['median']:.0f} MB; "
+                          f"all records written, 0 rejects",
+                "ratios": [["peak RSS 10N/N (JSONL)", "jsonl_peak_rss_10N_over_N"], ["peak RSS 10N/N (JSON list)", "json_list_peak_rss_10N_over_N"]],
+            },  # fmt: skip
         }
-    result = {
-        "benchmark": "geovl data convert --from llava (JSONL and the same records as a JSON list; distinct noisy 48x48 PNG per image, 1/3 two-image two-turn)",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "runs": rows,
-        "ratios_10N_over_N": ratios,
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "note": "Wall times on shared 2-core machines vary run to run; compare the ratios of one run.",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'input':<16}{'records':>9}{'rec/s':>10}{'peak RSS MB':>13}{'convert s':>11}{'output MB':>11}")
-    for kind in ("jsonl", "json_list"):
-        for label in ("N", "10N"):
-            r = rows[f"{kind}:{label}"]
-            print(f"{kind + ' ' + label:<16}{r['records']:>9}{r['records_per_second']:>10}{r['peak_rss_mb']:>13}"
-                  f"{r['convert_seconds']:>11}{r['output_mb']:>11}")
-        rt = ratios[kind]
-        print(f"{kind + ' 10N/N':<16}{rt['records']:>9}{rt['records_per_second']:>10}{rt['peak_rss']:>13}")
-    print(f"wrote {args.out} ({result['total_seconds']} s)")
-    return 0
+
+    rc = finish(args.out, body, "convert")
+    if rc == 0:
+        r = json.loads(args.out.read_text())
+        for k, v in r["ratios"].items():
+            print(f"{k}: {fmt_ratio(v)}")
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Benchmark: where a GRPO step spends its time — geovl ``train grpo`` vs a plain TRL ``GRPOTrainer``, one run.
+"""Benchmark: where a GRPO step spends its time — geovl ``train grpo`` vs a plain TRL ``GRPOTrainer``, interleaved.
 
 Same tiny Qwen2.5-VL (hidden 128, the demo's size), same data (count / area / yes-no questions in
 English and Chinese on 112 px images, stored as a geovl Parquet file), same reward (the routed rule
 reward ``rs_reward``), same settings: full fine-tuning of every part, ``num_generations=4``,
 8 completions per step, ``max_completion_length=8``, temperature 1, ``beta=0``, lr 1e-5, seed 0.
 
-The plain TRL side is configured as the TRL docs and NOTES §6 describe: a ``datasets.Dataset`` with a
-``prompt`` column (conversational, string content) and an ``image`` column (``datasets.Image``),
-``bf16=False, use_cpu=True``, gradient checkpointing off (TRL turns it on by default). Both sides are
+The plain TRL side is configured as the TRL docs describe for vision GRPO: a ``datasets.Dataset`` with
+a ``prompt`` column (conversational, string content) and an ``image`` column (``datasets.Image``),
+``bf16=False, use_cpu=True``, gradient checkpointing off (TRL turns it on by default; off is faster
+here), processor with left padding. It has no further speed knob for this setting on a CPU (vLLM
+generation needs a GPU). Both sides are
 timed the same way, with timers around TRL's own methods (a subclass each; nothing else changes):
 
 - generation = ``_generate_and_score_completions`` (prompt processing, ``model.generate``, rewards,
@@ -15,11 +17,12 @@ timed the same way, with timers around TRL's own methods (a subclass each; nothi
 - loss forward = ``compute_loss``; backward = rest of ``training_step``,
 - optimizer + other = train runtime minus those (optimizer step, scheduler, logging, data loading).
 
-Each trainer runs in its own subprocess (peak RSS per side); ``completions / s`` = completions
-generated / train runtime. Wall time varies 3–40× on shared machines (NOTES §6): compare the two
-columns of one run, and the shares, not runs.
+Each training run is a fresh subprocess (peak RSS per side); the sides alternate (geovl, TRL, geovl,
+TRL, …) and ``completions / s`` = completions generated / train runtime; the ratio is taken per round
+and reported as median (min–max). Exact counts per run (``abtest.CallCounter``): LLM forwards, prefill
+forwards and positions, vision-encoder calls and patches.
 
-    python bench/bench_grpo.py            # writes bench/results/grpo.json and prints a table
+    python bench/bench_grpo.py [--quick] [--repeats 3]   # writes bench/results/grpo.json
 """
 
 from __future__ import annotations
@@ -31,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import parse_args, peak_rss_mb, run_worker, serve_worker  # bench/abtest.py (the script's folder is on sys.path)
+from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
 
 HERE = Path(__file__).resolve().parent
-N_SAMPLES = 192
-STEPS = 80
+SIZES = {"full": {"samples": 192, "steps": 80}, "quick": {"samples": 24, "steps": 6}}
 NUM_GEN = 4
 BATCH = 8  # completions per step = 2 prompts × 4 generations
 MAX_COMPLETION = 8
@@ -61,7 +63,7 @@ def _image(rng) -> bytes:
     return b.getvalue()
 
 
-def build_inputs(root: Path) -> tuple[Path, Path]:
+def build_inputs(root: Path, size: dict) -> tuple[Path, Path]:
     import numpy as np
 
     from geovl.data.io import DatasetWriter
@@ -72,7 +74,7 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(SEED)
     data = root / "bench.parquet"
     with DatasetWriter(data) as w:
-        for i in range(N_SAMPLES):
+        for i in range(size["samples"]):
             w.read_one()
             q, a, t = QA[i % len(QA)]
             w.write(make_sample(f"g{i}", q, a, [_image(rng)], qtype=t, source=f"bench#{i}"))
@@ -86,7 +88,7 @@ def _reward_means(log_history) -> dict:
             "mean_completion_tokens": round(sum(lengths) / len(lengths), 3) if lengths else None}  # fmt: skip
 
 
-def worker_geovl(model: Path, data: Path, out: Path) -> dict:
+def worker_geovl(model: Path, data: Path, out: Path, size: dict) -> dict:
     import torch  # noqa: F401 - imported before the clock starts, as on the TRL side
     import transformers  # noqa: F401
     import trl  # noqa: F401
@@ -94,6 +96,7 @@ def worker_geovl(model: Path, data: Path, out: Path) -> dict:
     from geovl.train.grpo import GRPORecipe, train_grpo
     from geovl.train.recipe import load_recipe
 
+    STEPS = size["steps"]
     t0 = time.time()
     recipe = load_recipe(None, [
         f"model={model}", f"train_data={data}", f"output_dir={out}", f"max_steps={STEPS}", f"batch_size={BATCH}",
@@ -102,13 +105,14 @@ def worker_geovl(model: Path, data: Path, out: Path) -> dict:
         "tune_embeddings=true", "lr_scheduler=constant", "report_to=[]", "progress_bar=false", "logging_steps=1",
         f"save_steps={10 * STEPS}", "min_pixels=3136", "max_pixels=12544",
     ], GRPORecipe)  # fmt: skip
-    train_grpo(recipe)
+    with CallCounter() as cnt:
+        train_grpo(recipe)
     s = json.loads((out / "train_summary.json").read_text())
     t = s["timings"]
     return {
         "steps": s["steps"], "completions": t["generations"], "train_runtime_s": s["train_runtime_s"],
         "generate_s": t["generate_s"], "loss_forward_s": t["loss_forward_s"], "backward_s": round(t["train_step_s"] - t["loss_forward_s"], 3),
-        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_progress_rewards(out),
+        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_progress_rewards(out), **cnt.c,
     }  # fmt: skip
 
 
@@ -117,7 +121,7 @@ def _progress_rewards(out: Path) -> dict:
     return _reward_means(recs)
 
 
-def worker_trl(model: Path, data: Path, out: Path) -> dict:
+def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
     import datasets
     import torch
     from PIL import Image
@@ -127,6 +131,7 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
     from geovl.data.io import read_samples
     from geovl.rewards import rs_reward
 
+    STEPS = size["steps"]
     t0 = time.time()
     rows = {"prompt": [], "image": [], "answer": [], "qtype": []}
     for s in read_samples(data):
@@ -173,13 +178,14 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
         disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
     trainer = TimedGRPOTrainer(model=m, reward_funcs=[rs_reward], args=args, train_dataset=ds, processing_class=processor)
-    result = trainer.train()
+    with CallCounter() as cnt:
+        result = trainer.train()
     return {
         "steps": trainer.state.global_step, "completions": timings["completions"],
         "train_runtime_s": round(result.metrics["train_runtime"], 3), "generate_s": round(timings["generate_s"], 3),
         "loss_forward_s": round(timings["loss_forward_s"], 3),
         "backward_s": round(timings["train_step_s"] - timings["loss_forward_s"], 3),
-        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_reward_means(trainer.state.log_history),
+        "wall_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(), **_reward_means(trainer.state.log_history), **cnt.c,
     }  # fmt: skip
 
 
@@ -193,78 +199,76 @@ def _derive(r: dict) -> dict:
     return r
 
 
+COUNTS = ("completions", "forward_calls", "prefill_calls", "prefill_positions", "vision_calls", "vision_patches")
+
+
 def main() -> int:
     a = parse_args(__doc__.split("\n")[0], HERE / "results" / "grpo.json")
     if a.worker:
         return serve_worker(a, {"geovl": worker_geovl, "trl": worker_trl})
+    size_name = "quick" if a.quick else "full"
+    size = SIZES[size_name]
 
-    import torch
-    import transformers
-    import trl
+    def body(env: dict) -> dict:
+        with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
+            root = Path(tmp)
+            model, data = build_inputs(root, size)
+            runs = interleave({
+                "geovl": lambda i: _derive(run_worker(__file__, "geovl", model, data, root / f"geovl{i}", size)),
+                "trl": lambda i: _derive(run_worker(__file__, "trl", model, data, root / f"trl{i}", size)),
+            }, a.repeats)  # fmt: skip
+        for side, rs in runs.items():
+            if not all(r["steps"] == size["steps"] for r in rs):
+                raise RuntimeError(f"{side} ran {[r['steps'] for r in rs]} steps, expected {size['steps']}")
+        ours, peer = runs["geovl"], runs["trl"]
+        cps = ratio(ours, peer, "completions_per_s", "geovl completions/s over TRL's, per round")
+        keys = ("completions_per_s", "s_per_step", "train_runtime_s", "generate_share", "loss_forward_share", "backward_share",
+                "other_share", "peak_rss_mb", "mean_completion_tokens")  # fmt: skip
+        behind = behind_note(cps, "geovl GRPO completions/s vs TRL's")
+        return {
+            "what": "where a GRPO step spends its time: geovl train grpo vs a plain TRL GRPOTrainer, same tiny model / data / "
+                    "reward / settings, each run a fresh subprocess, sides interleaved",
+            "size": size_name, "repeats": a.repeats, "order": "geovl, trl alternating",
+            "settings": {
+                "shared": {"model": "tiny Qwen2.5-VL (hidden 128, 2 LLM layers, 2 vision blocks), 112 px images (16 visual tokens)",
+                           **size, "num_generations": NUM_GEN, "completions_per_step": BATCH, "max_completion_length": MAX_COMPLETION,
+                           "lr": LR, "seed": SEED, "beta": 0.0, "temperature": 1.0, "reward": "rs_reward (routed rules)",
+                           "trained": "everything (full fine-tuning)"},
+                "geovl": "geovl train grpo: tune_llm/vision/merger=full, tune_embeddings=true, lr_scheduler=constant, "
+                         "min_pixels=3136, max_pixels=12544",
+                "trl": "GRPOTrainer: prompt + image columns, processor padding_side=left, bf16=False, use_cpu=True, "
+                       "gradient_checkpointing=False, lr_scheduler_type=constant, dataloader_num_workers=0",
+                "timers": "generation = _generate_and_score_completions; loss forward = compute_loss; backward = rest of "
+                          "training_step; other = train runtime minus those (optimizer, logging, data)",
+            },  # fmt: skip
+            "counts": {side: {k: rs[0][k] for k in COUNTS} for side, rs in runs.items()},
+            "counts_note": "completions are sampled (temperature 1), so forward calls can differ between rounds "
+                           "(generation stops early when all completions end)",
+            "counts_stable_across_rounds": {side: all(exact_same(rs, k) for k in ("completions", "vision_calls")) for side, rs in runs.items()},
+            "summary": {side: {k: spread([r[k] for r in rs], 4) for k in keys} for side, rs in runs.items()},
+            "ratios": {"completions_per_s_geovl_over_trl": cps,
+                       "peak_rss_geovl_over_trl": ratio(ours, peer, "peak_rss_mb", "geovl peak RSS over TRL's, per round")},
+            "behind": behind,
+            "runs": runs,
+            "table": {
+                "name": "GRPO (`bench_grpo.py`)",
+                "baseline": "TRL `GRPOTrainer`, same settings (no faster CPU knob: vLLM generation needs a GPU)",
+                "counts": f"{ours[0]['completions']} completions per run on both; generation "
+                          f"{spread([r['generate_share'] for r in ours])['median']:.0%} vs {spread([r['generate_share'] for r in peer])['median']:.0%} "
+                          f"of a step; vision calls {ours[0]['vision_calls']} vs {peer[0]['vision_calls']}; LLM forwards "
+                          f"{ours[0]['forward_calls']} vs {peer[0]['forward_calls']}; peak RSS "
+                          f"{spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} vs {spread([r['peak_rss_mb'] for r in peer])['median']:,.0f} MB",
+                "ratios": [["completions/s", "completions_per_s_geovl_over_trl"]],
+            },  # fmt: skip
+        }
 
-    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
-        root = Path(tmp)
-        model, data = build_inputs(root)
-        ours = _derive(run_worker(__file__, "geovl", model, data, root / "geovl"))
-        peer = _derive(run_worker(__file__, "trl", model, data, root / "trl"))
-    result = {
-        "what": "where a GRPO step spends its time: geovl train grpo vs a plain TRL GRPOTrainer, same tiny model / data / "
-                "reward / settings, each in a subprocess, one run",
-        "setup": {
-            "model": "tiny Qwen2.5-VL (hidden 128, 2 LLM layers, 2 vision blocks), 112 px images (16 visual tokens)",
-            "samples": N_SAMPLES, "steps": STEPS, "num_generations": NUM_GEN, "completions_per_step": BATCH,
-            "max_completion_length": MAX_COMPLETION, "lr": LR, "seed": SEED, "beta": 0.0, "reward": "rs_reward (routed rules)",
-            "trained": "everything (full fine-tuning)",
-            "trl_config": "prompt + image columns, bf16=False, use_cpu=True, gradient_checkpointing=False",
-            "timers": "generation = _generate_and_score_completions; loss forward = compute_loss; backward = rest of "
-                      "training_step; other = train runtime minus those (optimizer, logging, data)",
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-            "threads": torch.get_num_threads(),
-        },  # fmt: skip
-        "geovl": ours,
-        "trl": peer,
-        "ratios": {
-            "completions_per_s_geovl_over_trl": round(ours["completions_per_s"] / peer["completions_per_s"], 3),
-            "generate_share_geovl": ours["generate_share"],
-            "generate_share_trl": peer["generate_share"],
-            "peak_rss_geovl_over_trl": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
-        },
-        "same_steps": ours["steps"] == peer["steps"] == STEPS,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-
-    rows = [
-        ("steps", "steps", "{}"),
-        ("completions generated", "completions", "{}"),
-        ("train time (s)", "train_runtime_s", "{:.2f}"),
-        ("s / step", "s_per_step", "{:.3f}"),
-        ("completions / s", "completions_per_s", "{:.1f}"),
-        ("generation (s)", "generate_s", "{:.2f}"),
-        ("  share", "generate_share", "{:.1%}"),
-        ("loss forward (s)", "loss_forward_s", "{:.2f}"),
-        ("  share", "loss_forward_share", "{:.1%}"),
-        ("backward (s)", "backward_s", "{:.2f}"),
-        ("  share", "backward_share", "{:.1%}"),
-        ("optimizer + other (s)", "other_s", "{:.2f}"),
-        ("  share", "other_share", "{:.1%}"),
-        ("mean completion tokens", "mean_completion_tokens", "{}"),
-        ("reward first → last step", None, None),
-        ("wall incl. data + model loading (s)", "wall_s", "{:.1f}"),
-        ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}"),
-    ]
-    print(f"{'':36}{'geovl':>14}{'TRL GRPOTrainer':>18}")
-    for label, key, fmt in rows:
-        if key is None:
-            f = lambda r: f"{r['reward_first']:.3f}→{r['reward_last']:.3f}"  # noqa: E731
-            print(f"{label:36}{f(ours):>14}{f(peer):>18}")
-            continue
-        print(f"{label:36}{fmt.format(ours[key]):>14}{fmt.format(peer[key]):>18}")
-    print(f"\ncompletions/s geovl / TRL: {result['ratios']['completions_per_s_geovl_over_trl']:.2f}x; "
-          f"generation is {ours['generate_share']:.0%} (geovl) / {peer['generate_share']:.0%} (TRL) of a step")  # fmt: skip
-    print(f"written {a.out}")
-    return 0
+    rc = finish(a.out, body, "grpo")
+    if rc == 0:
+        r = json.loads(a.out.read_text())
+        print(f"completions/s geovl/TRL: {fmt_ratio(r['ratios']['completions_per_s_geovl_over_trl'])}")
+        if r["behind"]:
+            print("BEHIND:", r["behind"])
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""Benchmark: geovl SFT (length-grouped batches) vs TRL's SFTTrainer, side by side in one run.
+"""Benchmark: geovl SFT vs TRL's SFTTrainer, both with length-grouped batches, interleaved A B A B A B.
 
-Same tiny Qwen2.5-VL, same data (~64 samples, images of mixed sizes 256–1024 px), same LoRA
-(LLM adapters + trainable merger), batch size, learning rate, seed and number of steps. TRL is
-configured as peers use it on a CPU (NOTES §3): ``max_length=None`` (its default 1024 would cut image
-tokens), ``bf16=False`` with ``use_cpu=True``, ``assistant_only_loss=True`` (same loss as ours); it
-refuses packing / padding-free for vision data (recorded below). Each trainer runs in its own
-subprocess; measured there:
+Same tiny Qwen2.5-VL, same data (images of mixed sizes), same LoRA (LLM adapters + trainable merger),
+batch size, learning rate, seed and number of steps. **Both sides group batches by length**: geovl with
+its own length-grouped order (``group_by_length=true``), TRL with the stock transformers knob
+``train_sampling_strategy="group_by_length"`` on a precomputed ``length`` column (each sample's exact
+token count from TRL's own collator; ``remove_unused_columns=False`` so the column reaches the sampler).
+TRL is further configured as peers use it on a CPU: ``max_length=None`` (its default 1024 would cut
+image tokens), ``bf16=False`` with ``use_cpu=True``, ``assistant_only_loss=True`` (the same loss as
+ours), gradient checkpointing off; it refuses packing / padding-free for vision data (recorded).
 
-- share of padding tokens in the LLM input (attention-mask zeros over all positions),
-- real (non-padding) tokens per second of training (the Trainer's ``train_runtime``) and the ratio,
-- peak resident memory (RSS) of the process,
-- steps run.
+Each training run is a fresh subprocess; the sides alternate (geovl, TRL, geovl, TRL, …). Measured per
+run: padding share of the LLM input (attention-mask zeros over all positions), real tokens, real
+tokens per second of training (the Trainer's ``train_runtime``), peak RSS, train loss. The ratio is
+taken per round and reported as median (min–max).
 
-    python bench/bench_sft.py            # writes bench/results/sft.json and prints a table
-
-Wall time varies a lot on shared machines (NOTES §6): compare the two columns of one run, not runs.
+    python bench/bench_sft.py [--quick] [--repeats 3]   # writes bench/results/sft.json
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import parse_args, peak_rss_mb, run_worker, serve_worker  # bench/abtest.py (the script's folder is on sys.path)
+from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
 
 HERE = Path(__file__).resolve().parent
-N_SAMPLES = 64
-BATCH = 4
-STEPS = N_SAMPLES // BATCH  # one epoch each
-SIDES = (256, 384, 512, 640, 768, 896, 1024)
-MAX_PIXELS = 1024 * 1024
+SIZES = {
+    "full": {"samples": 64, "batch": 4, "sides": [256, 384, 512, 640, 768, 896, 1024], "max_pixels": 1024 * 1024},
+    "quick": {"samples": 16, "batch": 2, "sides": [224, 320, 448, 512], "max_pixels": 512 * 512},
+}
 LR = 1e-4
 SEED = 0
 LORA = dict(r=16, alpha=32, dropout=0.0)
+TRL_KNOBS = ('train_sampling_strategy="group_by_length", length_column_name="length" (precomputed exact token counts), '
+             "remove_unused_columns=False, max_length=None, bf16=False, use_cpu=True, assistant_only_loss=True, "
+             "gradient_checkpointing=False, dataloader_num_workers=0")
 
 
 # -- data and model -----------------------------------------------------------------------------
@@ -54,22 +56,22 @@ def _image(w: int, h: int, rng) -> bytes:
     return b.getvalue()
 
 
-def build_inputs(root: Path) -> tuple[Path, Path]:
+def build_inputs(root: Path, size: dict) -> tuple[Path, Path]:
     import numpy as np
 
     from geovl.data.io import DatasetWriter
     from geovl.data.schema import make_sample
     from geovl.models.tiny import build_tiny
 
-    model = build_tiny("qwen2.5-vl", root / "model", hidden=128, layers=4, max_pixels=MAX_PIXELS)
+    model = build_tiny("qwen2.5-vl", root / "model", hidden=128, layers=4, max_pixels=size["max_pixels"])
     rng = np.random.default_rng(SEED)
     qa = [("Is there water in this scene?", "yes"), ("图中有森林吗？", "没有"), ("How many buildings are there?", "3"), ("这是什么地类？", "耕地")]
     data = root / "bench.parquet"
     with DatasetWriter(data) as w:
-        for i in range(N_SAMPLES):
+        for i in range(size["samples"]):
             w.read_one()
             q, a = qa[i % len(qa)]
-            img = _image(int(rng.choice(SIDES)), int(rng.choice(SIDES)), rng)
+            img = _image(int(rng.choice(size["sides"])), int(rng.choice(size["sides"])), rng)
             w.write(make_sample(f"b{i}", q, a, [img], qtype="open", source=f"bench#{i}"))
     return model, data
 
@@ -77,19 +79,21 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
 # -- the two workers (each runs in its own subprocess) -----------------------------------------
 
 
-def worker_geovl(model: Path, data: Path, out: Path) -> dict:
+def worker_geovl(model: Path, data: Path, out: Path, size: dict) -> dict:
     from geovl.cli import main
 
+    STEPS, BATCH = size["samples"] // size["batch"], size["batch"]
     recipe = out.with_suffix(".yaml")
     recipe.write_text("{}\n")
     t0 = time.time()
-    rc = main([
-        "train", "sft", str(recipe), f"model={model}", f"train_data={data}", f"output_dir={out}",
-        f"max_steps={STEPS}", f"batch_size={BATCH}", f"lr={LR}", f"seed={SEED}", "warmup_ratio=0",
-        "tune_llm=lora", "tune_vision=freeze", "tune_merger=full", f"lora_r={LORA['r']}", f"lora_alpha={LORA['alpha']}",
-        f"lora_dropout={LORA['dropout']}", "group_by_length=true", "report_to=[]", "progress_bar=false",
-        "logging_steps=1", f"save_steps={10 * STEPS}", "num_workers=0",
-    ])  # fmt: skip
+    with CallCounter() as cnt:
+        rc = main([
+            "train", "sft", str(recipe), f"model={model}", f"train_data={data}", f"output_dir={out}",
+            f"max_steps={STEPS}", f"batch_size={BATCH}", f"lr={LR}", f"seed={SEED}", "warmup_ratio=0",
+            "tune_llm=lora", "tune_vision=freeze", "tune_merger=full", f"lora_r={LORA['r']}", f"lora_alpha={LORA['alpha']}",
+            f"lora_dropout={LORA['dropout']}", "group_by_length=true", "report_to=[]", "progress_bar=false",
+            "logging_steps=1", f"save_steps={10 * STEPS}", "num_workers=0",
+        ])  # fmt: skip
     if rc != 0:
         raise SystemExit(f"geovl train sft failed with exit code {rc}")
     s = json.loads((out / "train_summary.json").read_text())
@@ -101,17 +105,20 @@ def worker_geovl(model: Path, data: Path, out: Path) -> dict:
         "wall_s": round(time.time() - t0, 2),
         "train_loss": s["train_loss"],
         "peak_rss_mb": peak_rss_mb(),
+        **cnt.c,
     }
 
 
-def worker_trl(model: Path, data: Path, out: Path) -> dict:
+def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
     import datasets
     import torch
     from peft import LoraConfig
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+    STEPS, BATCH = size["samples"] // size["batch"], size["batch"]
     from geovl.data.io import read_samples
     from geovl.models.registry import get_family
 
@@ -120,8 +127,14 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
     for s in read_samples(data):  # the same samples, as the usual messages + PIL images columns
         msgs = [{"role": m["role"], "content": [dict(p) for p in m["content"]]} for m in s["messages"]]
         rows.append({"messages": msgs, "images": [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]})
-    ds = datasets.Dataset.from_list(rows)
     processor = AutoProcessor.from_pretrained(model)
+    # the length column the stock length grouping reads: each sample's exact token count, from TRL's own collator
+    tl = time.perf_counter()
+    probe = DataCollatorForVisionLanguageModeling(processor)
+    for r in rows:
+        r["length"] = int(probe([{"messages": r["messages"], "images": list(r["images"])}])["attention_mask"].shape[1])
+    length_precompute_s = round(time.perf_counter() - tl, 3)
+    ds = datasets.Dataset.from_list(rows)
     m = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)
     fam = get_family(m.config)
     peft_config = LoraConfig(
@@ -141,10 +154,11 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
         output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR, seed=SEED,
         warmup_steps=0, lr_scheduler_type="cosine", max_length=None, bf16=False, use_cpu=True, assistant_only_loss=True,
         gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=True, train_sampling_strategy="group_by_length", length_column_name="length", remove_unused_columns=False,
     )  # fmt: skip
     trainer = CountingSFTTrainer(model=m, args=args, train_dataset=ds, processing_class=processor, peft_config=peft_config)
-    result = trainer.train()
+    with CallCounter() as cnt:
+        result = trainer.train()
     refused = None
     try:  # what peers cannot do: pack vision samples to remove padding
         SFTTrainer(model=trainer.model, args=SFTConfig(output_dir=str(out / "p"), packing=True, max_length=None, bf16=False, use_cpu=True, report_to=[]), train_dataset=ds, processing_class=processor)
@@ -158,11 +172,19 @@ def worker_trl(model: Path, data: Path, out: Path) -> dict:
         "wall_s": round(time.time() - t0, 2),
         "train_loss": result.training_loss,
         "peak_rss_mb": peak_rss_mb(),
+        "length_precompute_s": length_precompute_s,
+        "sampler": type(trainer._get_train_sampler()).__name__,
         "packing_refused": refused,
+        **cnt.c,
     }
 
 
 # -- driver ---------------------------------------------------------------------------------------
+
+
+def _megabatch(size: dict) -> int:
+    """The mega-batch that transformers' get_length_grouped_indices sorts within (its default rule)."""
+    return max(min(size["samples"] // (size["batch"] * 4), 50), 1) * size["batch"]
 
 
 def _derive(r: dict) -> dict:
@@ -175,66 +197,76 @@ def main() -> int:
     a = parse_args(__doc__.split("\n")[0], HERE / "results" / "sft.json")
     if a.worker:
         return serve_worker(a, {"geovl": worker_geovl, "trl": worker_trl})
+    size_name = "quick" if a.quick else "full"
+    size = SIZES[size_name]
+    steps = size["samples"] // size["batch"]
 
-    import torch
-    import transformers
-    import trl
+    def body(env: dict) -> dict:
+        with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
+            root = Path(tmp)
+            model, data = build_inputs(root, size)
+            runs = interleave({
+                "geovl": lambda i: _derive(run_worker(__file__, "geovl", model, data, root / f"geovl{i}", size)),
+                "trl": lambda i: _derive(run_worker(__file__, "trl", model, data, root / f"trl{i}", size)),
+            }, a.repeats)  # fmt: skip
+        ours, peer = runs["geovl"], runs["trl"]
+        for side, rs in runs.items():
+            if not all(r["steps"] == steps for r in rs):
+                raise RuntimeError(f"{side} ran {[r['steps'] for r in rs]} steps, expected {steps}")
+        if ours[0]["real_tokens"] != peer[0]["real_tokens"]:
+            raise RuntimeError(f"the sides trained on different real tokens: {ours[0]['real_tokens']} vs {peer[0]['real_tokens']}")
+        refused = peer[0].pop("packing_refused", None)
+        for r in peer[1:]:
+            r.pop("packing_refused", None)
+        if peer[0]["sampler"] != "LengthGroupedSampler":
+            raise RuntimeError(f"TRL side did not use the length-grouped sampler: {peer[0]['sampler']}")
+        keys = ("real_tokens_per_s", "train_runtime_s", "padding_share", "peak_rss_mb", "train_loss")
+        tps = ratio(ours, peer, "real_tokens_per_s", "geovl real tokens/s over TRL's, per round")
+        rss = ratio(ours, peer, "peak_rss_mb", "geovl peak RSS over TRL's, per round")
+        return {
+            "what": "geovl SFT vs TRL SFTTrainer, both length-grouped; same tiny Qwen2.5-VL / data / LoRA / steps; "
+                    "each run a fresh subprocess, sides interleaved",
+            "size": size_name, "repeats": a.repeats, "order": "geovl, trl alternating",
+            "settings": {
+                "shared": {"model": "tiny Qwen2.5-VL (hidden 128, 4 LLM layers, 2 vision blocks)", **size, "steps": steps,
+                           "lr": LR, "seed": SEED, "lora": LORA, "trained": "LoRA on LLM linears + full merger"},
+                "geovl": "geovl train sft: group_by_length=true (geovl's length-grouped order), tune_llm=lora, "
+                         "tune_vision=freeze, tune_merger=full, num_workers=0",
+                "trl": TRL_KNOBS + "; LoRA via peft_config, modules_to_save=[model.visual.merger]",
+                "trl_megabatch": f"the stock LengthGroupedSampler sorts within random mega-batches of "
+                                 f"min(N // (4·batch), 50)·batch = {_megabatch(size)} samples (N = {size['samples']}); "
+                                 "it offers no knob for that size",
+            },  # fmt: skip
+            "counts": {
+                "real_tokens": {"geovl": ours[0]["real_tokens"], "trl": peer[0]["real_tokens"]},
+                "padded_tokens": {"geovl": ours[0]["padded_tokens"], "trl": peer[0]["padded_tokens"]},
+                "padding_share": {"geovl": ours[0]["padding_share"], "trl": peer[0]["padding_share"]},
+                "steps": steps,
+                **{k: {"geovl": ours[0][k], "trl": peer[0][k]} for k in ("forward_calls", "prefill_positions", "vision_calls", "vision_patches")},
+                "stable_across_rounds": all(exact_same(rs, "padded_tokens") and exact_same(rs, "real_tokens") for rs in runs.values()),
+            },
+            "summary": {side: {k: spread([r[k] for r in rs]) for k in keys} for side, rs in runs.items()},
+            "ratios": {"real_tokens_per_s_geovl_over_trl": tps, "peak_rss_geovl_over_trl": rss},
+            "trl_packing_refused": refused,
+            "behind": behind_note(tps, "geovl real tokens/s vs the length-grouped TRL baseline"),
+            "runs": runs,
+            "table": {
+                "name": "SFT (`bench_sft.py`)",
+                "baseline": "TRL `SFTTrainer` **with** stock length grouping (precomputed `length` column)",
+                "counts": f"padding {ours[0]['padding_share']:.1%} vs {peer[0]['padding_share']:.1%}; real tokens "
+                          f"{ours[0]['real_tokens']:,} vs {peer[0]['real_tokens']:,}; LLM forwards {ours[0]['forward_calls']} vs "
+                          f"{peer[0]['forward_calls']}, vision calls {ours[0]['vision_calls']} vs {peer[0]['vision_calls']}; peak RSS "
+                          f"{spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} vs {spread([r['peak_rss_mb'] for r in peer])['median']:,.0f} MB",
+                "ratios": [["real tokens/s", "real_tokens_per_s_geovl_over_trl"]],
+            },
+        }
 
-    with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
-        root = Path(tmp)
-        model, data = build_inputs(root)
-        ours = _derive(run_worker(__file__, "geovl", model, data, root / "geovl"))
-        peer = _derive(run_worker(__file__, "trl", model, data, root / "trl"))
-    result = {
-        "what": "geovl SFT (group_by_length) vs TRL SFTTrainer, same tiny Qwen2.5-VL / data / LoRA / steps, each in a subprocess",
-        "setup": {
-            "model": "tiny Qwen2.5-VL (hidden 128, 4 LLM layers, 2 vision blocks), max_pixels 1024x1024",
-            "samples": N_SAMPLES, "image_sides_px": list(SIDES), "batch_size": BATCH, "steps": STEPS, "lr": LR, "seed": SEED,
-            "lora": LORA, "trained": "LoRA on LLM linears + full merger (modules_to_save)",
-            "trl_config": "max_length=None, bf16=False, use_cpu=True, assistant_only_loss=True, gradient_checkpointing=False",
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-            "threads": torch.get_num_threads(),
-        },  # fmt: skip
-        "geovl": ours,
-        "trl": {k: v for k, v in peer.items() if k != "packing_refused"},
-        "trl_packing_refused": peer.get("packing_refused"),
-        "ratios": {
-            "real_tokens_per_s_geovl_over_trl": round(ours["real_tokens_per_s"] / peer["real_tokens_per_s"], 3),
-            "padding_share_geovl": ours["padding_share"],
-            "padding_share_trl": peer["padding_share"],
-            "peak_rss_geovl_over_trl": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
-        },
-        "goals": {"padding_share_geovl_max": 0.05, "tokens_per_s_ratio_min": 1.3},
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    result["goals_met"] = {
-        "padding": ours["padding_share"] <= 0.05,
-        "speed": result["ratios"]["real_tokens_per_s_geovl_over_trl"] >= 1.3,
-        "same_steps": ours["steps"] == peer["steps"] == STEPS,
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-
-    rows = [
-        ("steps", "steps", "{}"),
-        ("real (non-padding) tokens", "real_tokens", "{:,}"),
-        ("LLM positions incl. padding", "padded_tokens", "{:,}"),
-        ("padding share", "padding_share", "{:.1%}"),
-        ("train time (s)", "train_runtime_s", "{:.2f}"),
-        ("real tokens / s", "real_tokens_per_s", "{:,.0f}"),
-        ("wall incl. loading (s)", "wall_s", "{:.1f}"),
-        ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}"),
-        ("train loss", "train_loss", "{:.3f}"),
-    ]
-    print(f"{'':30}{'geovl':>14}{'TRL SFTTrainer':>16}")
-    for label, key, fmt in rows:
-        print(f"{label:30}{fmt.format(ours[key]):>14}{fmt.format(peer[key]):>16}")
-    r = result["ratios"]
-    print(f"\nreal tokens/s ratio geovl/TRL: {r['real_tokens_per_s_geovl_over_trl']:.2f}x (goal >= 1.3x); "
-          f"padding {ours['padding_share']:.1%} vs {peer['padding_share']:.1%} (goal <= 5%)")  # fmt: skip
-    print(f"TRL packing for vision data: {'refused: ' + result['trl_packing_refused'] if result['trl_packing_refused'] else 'accepted'}")
-    print(f"written {a.out}")
-    return 0
+    rc = finish(a.out, body, "sft")
+    if rc == 0:
+        r = json.loads(a.out.read_text())
+        print(f"real tokens/s geovl/TRL: {fmt_ratio(r['ratios']['real_tokens_per_s_geovl_over_trl'])}; "
+              f"padding {r['counts']['padding_share']['geovl']:.1%} vs {r['counts']['padding_share']['trl']:.1%}")
+    return rc
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ if yn is None:
     print("presence check: no yes/no questions in the subset"); sys.exit(0)
 ok = yn["after_correct"] >= yn["before_correct"]
 print(f"presence (yes/no) accuracy: SFT {100 * yn['before_acc']:.1f}% → GRPO {100 * yn['after_acc']:.1f}% "
-      f"({yn['fixed']} fixed, {yn['broken']} broken): {'OK, did not drop' if ok else 'DROPPED'}")
+      f"({yn['fixed']} fixed, {yn['broken']} broken; McNemar p {yn['mcnemar_p']:.3g}, 95% CI of the change "
+      f"[{100 * yn['delta_ci95'][0]:+.1f}, {100 * yn['delta_ci95'][1]:+.1f}] pp: {yn['verdict']}): {'OK, did not drop' if ok else 'DROPPED'}")
 sys.exit(0 if ok else 1)
 EOF
 echo

@@ -20,6 +20,7 @@ from .score import (
     score_record,
     write_json,
 )
+from .significance import BOOTSTRAP_REPS, BOOTSTRAP_SEED, CONFIDENCE, bootstrap_delta_ci, mcnemar_exact, verdict
 from .table import format_table, pct
 
 
@@ -29,10 +30,24 @@ def _delta_pp(before: float | None, after: float | None) -> str:
     return f"{100 * (after - before):+.1f} pp"
 
 
+def _ci_text(ci: list[float]) -> str:
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] pp"
+
+
+def _p_text(p: float) -> str:
+    return "1" if p >= 0.9995 else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+VERDICT_TEXT = {"gain": "gain/提升", "loss": "loss/下降", "no measurable change": "no measurable change/无可测变化"}
+
+
 def _row(qtype: str, pairs: list[tuple[dict, dict]]) -> dict:
     n = len(pairs)
     bc = sum(1 for b, _ in pairs if b["correct"])
     ac = sum(1 for _, a in pairs if a["correct"])
+    fixed = sum(1 for b, a in pairs if a["correct"] and not b["correct"])
+    broken = sum(1 for b, a in pairs if b["correct"] and not a["correct"])
+    ci = list(bootstrap_delta_ci(fixed, broken, n))
     return {
         "qtype": qtype,
         "n": n,
@@ -41,8 +56,11 @@ def _row(qtype: str, pairs: list[tuple[dict, dict]]) -> dict:
         "before_acc": bc / n,
         "after_acc": ac / n,
         "delta": (ac - bc) / n,
-        "fixed": sum(1 for b, a in pairs if a["correct"] and not b["correct"]),
-        "broken": sum(1 for b, a in pairs if b["correct"] and not a["correct"]),
+        "fixed": fixed,
+        "broken": broken,
+        "mcnemar_p": mcnemar_exact(fixed, broken),
+        "delta_ci95": ci,
+        "verdict": verdict(ci),
     }
 
 
@@ -97,6 +115,12 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
         "by_qtype": rows,
         "overall": overall,
         "macro": {"before_acc": macro_b, "after_acc": macro_a, "delta": macro_a - macro_b},
+        "significance": {
+            "test": "exact McNemar (two-sided binomial test of fixed vs broken discordant pairs, p = 1/2)",
+            "interval": f"paired percentile bootstrap of the accuracy change, {CONFIDENCE:.0%}, "
+                        f"{BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}",
+            "verdict": "gain / loss only where the interval excludes 0, else 'no measurable change'",
+        },
         "fixed": [c for c in changes if c["change"] == "fixed"],
         "broken": [c for c in changes if c["change"] == "broken"],
         "metrics": {
@@ -109,17 +133,18 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
 def table_rows(result: dict) -> tuple[list[str], list[list]]:
     """(headers, rows) of the per-qtype table, shared by the terminal and the reports."""
     nb, na = result["names"]
-    headers = ["type/类型", "n/数量", f"{nb} acc", f"{na} acc", "Δ/变化", "fixed/修正", "broken/退步"]
-    rows = [
-        [r["qtype"], r["n"], pct(r["before_acc"]), pct(r["after_acc"]), _delta_pp(r["before_acc"], r["after_acc"]),
-         r["fixed"], r["broken"]]
-        for r in result["by_qtype"]
-    ]  # fmt: skip
+    headers = ["type/类型", "n/数量", f"{nb} acc", f"{na} acc", "Δ/变化", "fixed/修正", "broken/退步",
+               "McNemar p", "95% CI Δ/置信区间", "verdict/结论"]  # fmt: skip
+
+    def cells(label, r):
+        return [label, r["n"], pct(r["before_acc"]), pct(r["after_acc"]), _delta_pp(r["before_acc"], r["after_acc"]),
+                r["fixed"], r["broken"], _p_text(r["mcnemar_p"]), _ci_text(r["delta_ci95"]), VERDICT_TEXT[r["verdict"]]]  # fmt: skip
+
+    rows = [cells(r["qtype"], r) for r in result["by_qtype"]]
     o, m = result["overall"], result["macro"]
-    rows.append(["overall/总体 (micro)", o["n"], pct(o["before_acc"]), pct(o["after_acc"]),
-                 _delta_pp(o["before_acc"], o["after_acc"]), o["fixed"], o["broken"]])  # fmt: skip
+    rows.append(cells("overall/总体 (micro)", o))
     rows.append(["macro/宏平均", "", pct(m["before_acc"]), pct(m["after_acc"]),
-                 _delta_pp(m["before_acc"], m["after_acc"]), "", ""])  # fmt: skip
+                 _delta_pp(m["before_acc"], m["after_acc"]), "", "", "", "", ""])  # fmt: skip
     return headers, rows
 
 
@@ -133,6 +158,8 @@ def format_comparison(result: dict) -> str:
             lines.append(f"{len(ids)} id(s) only in {label} / 仅在{label}中: {shown}")
     if result["mismatched"]:
         lines.append(f"{len(result['mismatched'])} id(s) with different qtype/reference in the two files")
+    sig = result["significance"]
+    lines.append(f"McNemar p: {sig['test']}; CI: {sig['interval']}; {sig['verdict']}")
     return "\n".join(lines)
 
 

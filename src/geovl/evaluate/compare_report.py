@@ -103,10 +103,13 @@ def _unmatched_lines(result: dict) -> list[str]:
 def _header_lines(result: dict) -> list[str]:
     nb, na = result["names"]
     f = result["files"]
+    sig = result["significance"]
     return [
         f"{nb}: {f['before']} ({result['n_before']} samples / 样本)",
         f"{na}: {f['after']} ({result['n_after']} samples / 样本)",
         f"matched by id / 按 id 匹配: {result['n_matched']}; numeric tolerance / 数值容差: {result['tolerance']:g}",
+        f"McNemar p / 显著性检验: {sig['test']}",
+        f"95% CI Δ / 置信区间: {sig['interval']}; {sig['verdict']} / 区间含 0 即无可测变化",
     ]
 
 
