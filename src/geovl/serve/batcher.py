@@ -5,7 +5,7 @@ One worker thread owns the engine while it generates (it holds ``engine_lock``, 
 streaming path takes too, so the engine and its tokenizer are never used from two threads at
 once). Only greedy requests with identical parameters share a call: sampled requests (temperature
 > 0) run alone so that ``seed`` gives the same answer whatever else is in flight — batched greedy
-generation gives the same tokens as one-by-one (NOTES §3). If a shared call fails, its requests
+generation gives the same tokens as one-by-one (tests/test_engine.py checks it). If a shared call fails, its requests
 are retried one by one so only the faulty request gets the error. ``window_ms=0`` disables
 grouping (every request is its own call): the baseline of ``bench/bench_api.py``.
 
