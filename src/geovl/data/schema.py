@@ -9,7 +9,8 @@ A sample is a plain ``dict``:
 ``qtype``     one of :data:`QTYPES`
 ``answer``    reference answer of the last assistant turn (string)
 ``source``    where the record came from: ``"<file>#<record id>"``
-``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...
+``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...;
+              boxes in ``meta["boxes"]`` (stored-image pixels, see :mod:`geovl.data.boxes`)
 
 :func:`validate_sample` is the single gate every writer goes through; it raises
 :class:`SampleError` with a short machine-readable ``reason``.
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured")
+QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
 
@@ -144,6 +145,10 @@ def validate_sample(s: Any) -> None:
         raise SampleError("bad_schema", "source must be a string")
     if "meta" in s and not isinstance(s["meta"], dict):
         raise SampleError("bad_schema", "meta must be a dict")
+    if s["qtype"] == "grounding" or "boxes" in (s.get("meta") or {}):
+        from .boxes import validate_sample_boxes
+
+        validate_sample_boxes(s)
 
 
 @dataclass
