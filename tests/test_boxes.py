@@ -241,3 +241,41 @@ def test_junk_is_unparseable_not_empty():
     assert parse_syntax("a few buildings near the river") is None
     assert parse_syntax("") is None
     assert len(FAMILIES) == 3
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_sft_labels_and_grpo_rows_use_the_family_convention(family, tiny_model_dir, tmp_path):
+    """SFT learns the family's own box text (decoded from the labels); GRPO rows carry the frame
+    the rewards read the policy's boxes with; a sample whose boxes span two images is dropped."""
+    from transformers import AutoProcessor
+
+    from geovl.data.io import DatasetWriter
+    from geovl.models.preprocess import PreprocessConfig
+    from geovl.train.data import SFTDataset
+    from geovl.train.grpo_data import GRPOPrompts
+
+    fam = get_family(family)
+    proc = AutoProcessor.from_pretrained(tiny_model_dir(family))
+    lo, hi = PreprocessConfig.bounds_of(proc)
+    boxes = [box_dict([10, 12, 90, 60], "building"), box_dict([100, 70, 150, 110], "building")]
+    good = grounding(boxes, images=[png(160, 120)])
+    span = make_sample("span", "框出所有建筑", "[]", images=[png(160, 120), png(160, 120)], qtype="grounding",
+                       meta={"boxes": [dict(boxes[0], image=0), dict(boxes[1], image=1)]})
+    with DatasetWriter(tmp_path / "g.parquet") as w:
+        w.write(good)
+        w.write(span)
+    ds = SFTDataset([tmp_path / "g.parquet"], proc, fam, min_pixels=lo, max_pixels=hi, progress=False)
+    assert ds.ids == ["g1"] and ds.summary()["dropped_by_reason"] == {"boxes_span_images": 1}
+    item = ds[0]
+    learned = item["labels"][item["labels"] != -100].tolist()
+    text = proc.tokenizer.decode(learned, skip_special_tokens=False)
+    want = fam.render_boxes(boxes, 160, 120, lo, hi)
+    assert want in text
+    back = fam.parse_boxes(text, 160, 120, lo, hi)
+    assert [round(v) for v in back[0]["bbox"]] == [10, 12, 90, 60] or _err_in_resized_px(fam.box_frame(160, 120, lo, hi), boxes[0]["bbox"], back[0]["bbox"]) <= 1
+    prompts = GRPOPrompts([tmp_path / "g.parquet"], proc, fam, None, None, lo, hi, progress=False)
+    row = prompts.row(0)
+    assert BoxFrame.from_dict(row["meta"]["box_frame"]) == fam.box_frame(160, 120, lo, hi)
+    from geovl.rewards import grounding_reward
+
+    assert grounding_reward([want], answer=[row["answer"]], qtype=[row["qtype"]], meta=[row["meta"]])[0] > 0.9
