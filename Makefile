@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geovl-installed
 DEMO   ?= demo_out
 SPECTRAL_DEMO ?= spectral_out
+GROUNDING_DEMO ?= grounding_out
 
-.PHONY: install test demo spectral-demo bench clean help browser-deps
+.PHONY: install test demo spectral-demo grounding-demo bench clean help browser-deps
 
 help:
 	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
 	@echo "make test     - install, then run the whole test suite"
 	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
 	@echo "make spectral-demo - install, then the hyperspectral pipeline offline into $(SPECTRAL_DEMO)/"
+	@echo "make grounding-demo - install, then boxes: synth → tiny model → SFT → before/after IoU/F1 into $(GROUNDING_DEMO)/"
 	@echo "make bench    - run the benchmarks in bench/ (results in bench/results/)"
 
 install: $(STAMP)
@@ -47,8 +49,11 @@ demo: install
 spectral-demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_spectral.sh $(SPECTRAL_DEMO)
 
+grounding-demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_grounding.sh $(GROUNDING_DEMO)
+
 bench: install
 	$(BIN)/python bench/bench_convert.py
 
 clean:
-	rm -rf $(DEMO) $(SPECTRAL_DEMO) .pytest_cache
+	rm -rf $(DEMO) $(SPECTRAL_DEMO) $(GROUNDING_DEMO) .pytest_cache
