@@ -240,18 +240,6 @@ def _write_json(path: Path, obj) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the run
-def engine_frame(engine, width: int, height: int):
-    """The box frame of a ``width`` × ``height`` image for a local engine (None for a remote one)."""
-    fam, proc = getattr(engine, "family", None), getattr(engine, "processor", None)
-    if fam is None or proc is None:
-        return None
-    from ..models.box_format import frame_for
-    from ..models.preprocess import PreprocessConfig
-
-    lo, hi = PreprocessConfig.bounds_of(proc)
-    return frame_for(fam, width, height, lo, hi)
-
-
 def _open(path, what: str):
     import os
 
@@ -275,7 +263,7 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
     from tqdm import tqdm
 
     from ..data.schema import user_turn
-    from ..models.box_format import parse_text
+    from ..models.box_format import engine_frame, parse_text
     from ..serve.engine import ChatRequest, GenerationParams
     from .geodesy import pixel_areas
     from .tiles import TileGrid, png_bytes, read_rgb, render_spec

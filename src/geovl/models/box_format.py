@@ -212,6 +212,18 @@ def frame_for(family, width: int, height: int, min_pixels: int | None = None, ma
     return BoxFrame(family.box_style, int(width), int(height), int(rw), int(rh))
 
 
+def engine_frame(engine, width: int, height: int) -> BoxFrame | None:
+    """The frame of a ``width`` × ``height`` image for a local engine (its family and the pixel bounds of
+    its processor); None for an engine without them (a remote server: boxes are read as image pixels)."""
+    fam, proc = getattr(engine, "family", None), getattr(engine, "processor", None)
+    if fam is None or proc is None or not hasattr(fam, "box_style"):
+        return None
+    from .preprocess import PreprocessConfig
+
+    lo, hi = PreprocessConfig.bounds_of(proc)
+    return frame_for(fam, width, height, lo, hi)
+
+
 def sample_frame(sample: dict, family, min_pixels: int | None = None, max_pixels: int | None = None) -> BoxFrame:
     """The frame of the image a grounding sample's boxes lie on (``SampleError`` if they span images)."""
     from ..data.boxes import box_image
