@@ -198,3 +198,44 @@ def test_unparseable_answers_are_counted_not_fatal(tmp_path):
     tif = write_tif(tmp_path / "a.tif", [(10, 10, 20, 20)], size=(100, 100))
     s = detect_raster(Babbler(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False)
     assert s["counts"]["unparsed"] == s["counts"]["asked"] == 4 and s["counts"]["detections"] == 0
+
+
+def test_cli_with_a_tiny_model_and_eval_records_the_box_frame(tiny_model_dir, tmp_path):
+    """End to end with a real (random) tiny model: `geovl detect` runs and writes its files, every tile
+    asked once; `geovl eval` predictions of grounding samples carry the frame `geovl score` reads."""
+    from geovl.cli import main
+    from geovl.data.boxes import answer_text, box_dict
+    from geovl.data.io import DatasetWriter
+    from geovl.data.schema import make_sample
+    from geovl.evaluate.generate import run_predictions
+    from geovl.evaluate.score import score_file
+    from geovl.models.box_format import BoxFrame, parse_text
+    from geovl.models.preprocess import PreprocessConfig
+    from geovl.serve import GenerationParams, LocalEngine
+
+    model = str(tiny_model_dir("qwen2.5-vl"))
+    tif = write_tif(tmp_path / "a.tif", [(10, 10, 30, 30)], size=(100, 90))
+    rc = main(["detect", str(tif), "-q", "Locate every building", "--model", model, "--out", str(tmp_path / "det"),
+               "--tile", "64", "--overlap", "16", "--max-new-tokens", "24", "--no-progress"])
+    assert rc == 0
+    summ = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert summ["counts"]["asked"] == 4 and summ["grid"]["tiles"] == 4
+    gj = json.loads((tmp_path / "det" / "detections.geojson").read_text())
+    assert len(gj["features"]) == summ["counts"]["detections"]
+    assert pq.read_table(tmp_path / "det" / "detections.parquet").num_rows == summ["counts"]["detections"]
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((90, 120, 3), 70, np.uint8)).save(buf, format="PNG")
+    boxes = [box_dict([5, 5, 40, 30], "building")]
+    s = make_sample("g", "Locate every building", answer_text(boxes), [buf.getvalue()], qtype="grounding", meta={"boxes": boxes})
+    with DatasetWriter(tmp_path / "g.parquet") as w:
+        w.write(s)
+    eng = LocalEngine(model, device="cpu", batch_size=2)
+    run_predictions(eng, tmp_path / "g.parquet", tmp_path / "p.jsonl", GenerationParams(max_new_tokens=16), progress=False)
+    rec = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    frame = BoxFrame.from_dict(rec["meta"]["box_frame"])
+    lo, hi = PreprocessConfig.bounds_of(eng.processor)
+    assert frame == get_family("qwen2.5-vl").box_frame(120, 90, lo, hi)
+    results, metrics = score_file(tmp_path / "p.jsonl")
+    parsed = parse_text(frame, rec["prediction"]) is not None
+    assert metrics["by_qtype"]["grounding"]["unparsed"] == (0 if parsed else 1)
