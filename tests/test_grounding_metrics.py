@@ -167,3 +167,14 @@ def test_ap50_ranks_by_score_when_given():
     assert ap50([good, bad_high]) == 0.5
     s = summarize_grounding([dict(good, count_correct=True), dict(bad, count_correct=False)])
     assert s["precision_at_0_5"] == 0.5 and s["recall_at_0_5"] == 1.0
+
+
+def test_mean_iou_per_object_counts_missed_objects_as_zero():
+    ref = [box(0, 0, 10, 10), box(20, 0, 30, 10)]
+    res = score_boxes([box(0, 0, 10, 5)], ref)  # half of the first object, the second missed
+    assert res["object_iou"] == pytest.approx(0.25)
+    assert score_boxes([box(20, 0, 30, 10), box(0, 0, 10, 10)], ref)["object_iou"] == 1.0
+    assert score_boxes(None, ref)["object_iou"] == 0.0 and score_boxes([], [])["object_iou"] is None
+    s = summarize_grounding([dict(score_boxes([box(0, 0, 10, 5)], ref), count_correct=False),
+                             dict(score_boxes([box(0, 0, 10, 10)], ref[:1]), count_correct=True)])
+    assert s["mean_object_iou"] == pytest.approx((0.5 + 0 + 1) / 3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 KEYS = [("acc_at_0_5", "Acc@0.5 (referring)", True), ("mean_iou", "mean IoU (referring)", False),
         ("precision_at_0_5", "precision@0.5", True), ("recall_at_0_5", "recall@0.5", True),
-        ("f1_at_0_5", "F1@0.5", True), ("ap50", "AP50", True), ("count_accuracy", "count from boxes", True),
+        ("f1_at_0_5", "F1@0.5", True), ("mean_object_iou", "mean IoU per object", False), ("ap50", "AP50", True), ("count_accuracy", "count from boxes", True),
         ("unparsed", "unparsed answers / 未解析", False)]
 
 

@@ -22,9 +22,12 @@ Per sample (:func:`score_boxes`), by ``meta["grounding"]``:
   and nothing extra (f1 = 1).
 - always: ``n_pred``, ``n_ref``, ``count_correct`` (as many boxes as reference objects),
   ``parsed`` (False: no box could be read from the prediction; it scores 0 and counts as unparsed).
+- all: ``object_iou`` — mean over the reference objects of the IoU of the box matched to each one to
+  one (Hungarian on IoU, no threshold; 0 for an object without a box).
 
 Dataset metrics (:func:`summarize_grounding`): referring — Acc@0.5 and mean IoU; all — micro
-precision/recall/F1 at 0.5 and AP50 (VOC all-point interpolated average precision over every
+precision/recall/F1 at 0.5, mean IoU per object (``mean_object_iou``: every reference object of
+the "all" samples, 0 when missed) and AP50 (VOC all-point interpolated average precision over every
 predicted box of every sample, ranked by the box's ``score`` when the model wrote one, else in
 output order with confidence 1); count accuracy from boxes.
 """
@@ -68,6 +71,20 @@ def match(pred: list, ref: list, threshold: float = THRESHOLD) -> list[tuple[int
     return sorted((int(r), int(c), float(m[r, c])) for r, c in zip(rows, cols) if ok[r, c])
 
 
+def object_iou(pred: list, ref: list) -> float | None:
+    """Mean over reference objects of the IoU with the predicted box matched to it one to one
+    (Hungarian matching on IoU, no threshold; 0 for an object left without a box). None without objects."""
+    if not ref:
+        return None
+    if not pred:
+        return 0.0
+    from scipy.optimize import linear_sum_assignment
+
+    m = iou_matrix(pred, ref)
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    return float(m[rows, cols].sum() / len(ref))
+
+
 def _bboxes(boxes) -> list[list[float]]:
     return [list(map(float, b["bbox"])) for b in boxes]
 
@@ -105,6 +122,7 @@ def score_boxes(pred: list[dict] | None, ref: list[dict], mode: str = "all", thr
     out.update({
         "tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1, "soft_f1": min(1.0, soft),
         "mean_matched_iou": (sum(v for *_, v in pairs) / tp) if tp else None,
+        "object_iou": object_iou(P, R) if out["parsed"] else (0.0 if R else None),
         "correct": out["parsed"] and fp == 0 and fn == 0,
         # for AP50: (confidence, is true positive, output rank) per predicted box
         "ranked": [[1.0 if s is None else float(s), i in matched, i] for i, s in enumerate(scores)],
@@ -189,6 +207,9 @@ def summarize_grounding(results: list[dict]) -> dict:
         out["f1_at_0_5"] = 2 * p * r / (p + r) if p + r else 0.0
         out["mean_f1_at_0_5"] = sum(x["f1"] for x in many) / len(many)
         out["ap50"] = ap50(many)
+        objs = [(x["object_iou"], x["n_ref"]) for x in many if x.get("object_iou") is not None]
+        n_obj = sum(n for _, n in objs)
+        out["mean_object_iou"] = sum(v * n for v, n in objs) / n_obj if n_obj else None
     if results:
         out["count_accuracy"] = sum(1 for r in results if r.get("count_correct")) / len(results)
     return out

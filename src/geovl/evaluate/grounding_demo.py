@@ -40,7 +40,7 @@ def summarize(path: Path) -> dict:
     n = len(pairs)
     return {
         "grounding": {k: g.get(k) for k in ("n", "unparsed", "precision_at_0_5", "recall_at_0_5", "f1_at_0_5", "mean_f1_at_0_5",
-                                            "ap50", "count_accuracy")},
+                                            "mean_object_iou", "ap50", "count_accuracy")},
         "mean_matched_iou": _mean([r["mean_matched_iou"] for r in results if r.get("mean_matched_iou") is not None]),
         "count_accuracy_direct": metrics["by_qtype"].get("count", {}).get("accuracy"),
         "same_scenes": {
@@ -91,7 +91,9 @@ def main(argv=None) -> int:
     picture(d, d / "after.jsonl")
     f = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"{'':28}{'before':>10}{'after':>10}")
-    rows = [("mean IoU (matched boxes)", lambda s: "-" if s["mean_matched_iou"] is None else f"{s['mean_matched_iou']:.3f}"),
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [("mean IoU per building", lambda s: num(s["grounding"]["mean_object_iou"])),
+            ("mean IoU of matched boxes", lambda s: num(s["mean_matched_iou"])),
             ("F1@0.5", lambda s: f(s["grounding"]["f1_at_0_5"])),
             ("precision@0.5", lambda s: f(s["grounding"]["precision_at_0_5"])),
             ("recall@0.5", lambda s: f(s["grounding"]["recall_at_0_5"])),

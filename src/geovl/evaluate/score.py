@@ -192,7 +192,7 @@ def _details(m: dict) -> str:
         parts.append(f"referring Acc@0.5 {pct(m['acc_at_0_5'])}, mean IoU {num(m['mean_iou'])}")
     if "f1_at_0_5" in m:
         parts.append(f"all P/R/F1@0.5 {pct(m['precision_at_0_5'])}/{pct(m['recall_at_0_5'])}/{pct(m['f1_at_0_5'])}, "
-                     f"AP50 {pct(m['ap50'])}")
+                     f"mean IoU/object {num(m['mean_object_iou'])}, AP50 {pct(m['ap50'])}")
     if "count_accuracy" in m:
         parts.append(f"count from boxes {pct(m['count_accuracy'])}")
     return "; ".join(parts)
