@@ -5,9 +5,9 @@
 # Usage: bash scripts/demo_grounding.sh [OUT_DIR]   (make grounding-demo runs it with the venv on PATH)
 set -euo pipefail
 D="${1:-grounding_out}"
-SCENES="${GEOVL_GROUNDING_SCENES:-400}"
-LIMIT="${GEOVL_GROUNDING_EVAL:-160}"   # test samples evaluated (the first ones: whole scenes, both questions)
-STEPS="${GEOVL_GROUNDING_STEPS:-400}"
+SCENES="${GEOVL_GROUNDING_SCENES:-300}"
+LIMIT="${GEOVL_GROUNDING_EVAL:-120}"   # test samples evaluated (the first ones: whole scenes, both questions)
+STEPS="${GEOVL_GROUNDING_STEPS:-300}"
 MAXPX=50176
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$D"; mkdir -p "$D"
