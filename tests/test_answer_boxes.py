@@ -98,3 +98,26 @@ def test_web_app_box_panel_draws_and_offers_geojson():
     assert app.box_panel([img], "no boxes here", "zh") is None
     zh = app.box_panel([img], text, "zh")
     assert "下载 GeoJSON" in zh.markdown
+
+
+def test_the_geojson_link_downloads_from_the_running_web_app(monkeypatch):
+    import httpx
+
+    from geovl.serve.webapp import ChatApp, launch
+    from serve_util import free_port
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    eng = BoxEngine()
+    app = ChatApp(eng, lang="en")
+    img = png(5, 112, 84)
+    res = app.box_panel([img], eng._text(type("R", (), {"images": [img]})), "en")
+    link = res.markdown.split("](")[1].split(")")[0]
+    port = free_port()
+    launch(app, port=port, block=False)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}{link}", timeout=30)
+        assert r.status_code == 200 and r.json()["type"] == "FeatureCollection"
+    finally:
+        import gradio as gr
+
+        gr.close_all()
