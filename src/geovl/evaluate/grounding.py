@@ -26,7 +26,8 @@ Per sample (:func:`score_boxes`), by ``meta["grounding"]``:
   one (Hungarian on IoU, no threshold; 0 for an object without a box).
 
 Dataset metrics (:func:`summarize_grounding`): referring — Acc@0.5 and mean IoU; all — micro
-precision/recall/F1 at 0.5, mean IoU per object (``mean_object_iou``: every reference object of
+precision/recall/F1 at 0.5 (precision is 0 when no box was predicted but objects were there, 1 when
+there was nothing to find), mean IoU per object (``mean_object_iou``: every reference object of
 the "all" samples, 0 when missed) and AP50 (VOC all-point interpolated average precision over every
 predicted box of every sample, ranked by the box's ``score`` when the model wrote one, else in
 output order with confidence 1); count accuracy from boxes.
