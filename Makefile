@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geovl-installed
 DEMO   ?= demo_out
 SPECTRAL_DEMO ?= spectral_out
+GROUNDING_DEMO ?= grounding_out
 
-.PHONY: install test demo spectral-demo bench clean help browser-deps
+.PHONY: install test demo spectral-demo grounding-demo bench clean help browser-deps
 
 help:
 	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
 	@echo "make test     - install, then run the whole test suite"
 	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
 	@echo "make spectral-demo - install, then the hyperspectral pipeline offline into $(SPECTRAL_DEMO)/"
+	@echo "make grounding-demo - install, then boxes: synth → tiny model → SFT → before/after IoU/F1 into $(GROUNDING_DEMO)/"
 	@echo "make bench    - run every benchmark in bench/, rewrite bench/results/*.json and the README table (QUICK=1: a few minutes)"
 
 install: $(STAMP)
@@ -47,6 +49,9 @@ demo: install
 spectral-demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_spectral.sh $(SPECTRAL_DEMO)
 
+grounding-demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_grounding.sh $(GROUNDING_DEMO)
+
 # Every bench, one after the other; a failing one leaves its error in its result file (no ratios), the
 # others still run, the README table is regenerated from the result files, and make exits non-zero.
 # QUICK=1 selects each bench's small size (all together a few minutes on 2 cores).
@@ -60,4 +65,4 @@ bench: install
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed" >&2; exit 1; fi
 
 clean:
-	rm -rf $(DEMO) $(SPECTRAL_DEMO) .pytest_cache
+	rm -rf $(DEMO) $(SPECTRAL_DEMO) $(GROUNDING_DEMO) .pytest_cache

@@ -52,7 +52,7 @@ def test_plugin_discovery_finds_only_reward_functions_defined_in_the_file(plugin
 def test_plugin_functions_join_the_builtins_with_weights(plugin):
     funcs, names, weights = resolve_rewards(None, plugin, {"short_reward": 0.5, "count_reward": 2})
     assert names == [*DEFAULT_REWARDS, "mentions_reward", "short_reward"]
-    assert weights == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5]
+    assert weights == [2.0 if n == "count_reward" else 1.0 for n in DEFAULT_REWARDS] + [1.0, 0.5]
     assert [f.__name__ for f in funcs] == names
     funcs, names, weights = resolve_rewards([], plugin)  # plugin only
     assert names == ["mentions_reward", "short_reward"] and weights == [1.0, 1.0]

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     ("measure", "measure"),
     ("ask", "ask"),
     ("map", "map"),
+    ("detect", "detect"),
     ("spectral", "spectral"),
     ("serve", "serve"),
     ("ui", "ui"),

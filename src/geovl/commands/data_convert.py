@@ -30,10 +30,11 @@ def register(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from", dest="from_", required=True, choices=["rsvqa", "llava", "csv", "messages"],
+    p.add_argument("--from", dest="from_", required=True, choices=["rsvqa", "llava", "csv", "messages", "coco", "dior-rsvg"],
                    help="input format")
     p.add_argument("--input", required=True, metavar="PATH",
-                   help="rsvqa: folder with the split JSONs; llava: .json/.jsonl; csv: table; messages: .jsonl")
+                   help="rsvqa: folder with the split JSONs; llava: .json/.jsonl; csv: table; messages: .jsonl; "
+                   "coco: instances .json; dior-rsvg: folder with Annotations/ and JPEGImages/")
     p.add_argument("--output", required=True, metavar="OUT",
                    help="OUT.parquet (canonical) or OUT.jsonl")
     p.add_argument("--split-prefix", metavar="P",
@@ -50,6 +51,9 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help="reject images with more pixels than N (checked before decoding; default 64e6)")
     p.add_argument("--question", metavar="TEXT", help="csv: fixed question text (replaces the mapping's)")
+    p.add_argument("--classes", metavar="A,B", help="coco: category names to keep (default all); one 'locate every X' sample per image and class")
+    p.add_argument("--boxes", choices=["0-1", "0-100", "0-1000"],
+                   help="llava: the scale of box numbers in the answers (required to convert boxes; never guessed)")
     p.add_argument("--limit", type=int, metavar="N", help="convert only the first N input records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.data.convert:run"))

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="train=0.8,test=0.2", help="scene split NAME=FRACTION,... (default train=0.8,test=0.2)")
     p.add_argument("--max-buildings", type=int, default=6, metavar="N", help="most buildings in one image (default 6)")
     p.add_argument("--tasks", default="all", help="question tasks, comma-separated (default all): presence, count, area, compare, "
-                   "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt)")
+                   "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt); "
+                   "boxes (= box_buildings,box_new_buildings,box_water: qtype grounding with exact boxes)")
     p.add_argument("--presence-classes", default=None, metavar="LIST",
                    help="classes asked about in presence questions (default: cropland,forest,water,bare,road)")
     p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet",

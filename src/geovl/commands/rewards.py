@@ -20,7 +20,7 @@ def register(sub) -> None:
     s.add_argument("--question", default="", help="the question (used to route when --qtype is not given)")
     s.add_argument("--prediction", help="the model's answer")
     s.add_argument("--reference", help="the reference answer")
-    s.add_argument("--qtype", default="", help="yes_no | count | number | area | choice | open | structured")
+    s.add_argument("--qtype", default="", help="yes_no | count | number | area | choice | open | structured | grounding")
     s.add_argument("--meta", help='sample metadata as JSON, e.g. \'{"gt": {"m2": 15000}}\' (a measured area) or \'{"choices": [...]}\'')
     s.add_argument("--predictions", metavar="FILE", help="predictions JSONL from `geovl eval`: print mean rewards")
     s.add_argument("--reward-file", metavar="PY", help="plugin file: its *_reward functions are added")

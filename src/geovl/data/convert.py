@@ -27,6 +27,8 @@ ADAPTERS = {
     "llava": "geovl.data.adapters.llava",
     "csv": "geovl.data.adapters.csv_table",
     "messages": "geovl.data.adapters.messages",
+    "coco": "geovl.data.adapters.coco",
+    "dior-rsvg": "geovl.data.adapters.dior_rsvg",
 }
 
 
@@ -52,6 +54,8 @@ class ConvertOptions:
     question: str | None = None
     limit: int | None = None
     progress: bool = True
+    classes: str | None = None  # coco: category names to keep
+    boxes: str | None = None  # llava: the scale of box numbers in the text (0-1, 0-100, 0-1000)
 
     @property
     def pixel_limit(self) -> int:
@@ -77,6 +81,8 @@ def options_from_args(args: Any) -> ConvertOptions:
         question=g("question"),
         limit=g("limit"),
         progress=not g("no_progress", False),
+        classes=g("classes"),
+        boxes=g("boxes"),
     )
 
 
@@ -143,6 +149,15 @@ def check_options(o: ConvertOptions) -> None:
         raise ConvertError("--question applies only to --from csv (it replaces the preset's fixed question)")
     if o.fmt != "rsvqa" and (o.split_prefix or o.bin_counts):
         raise ConvertError("--split-prefix/--bin-counts apply only to --from rsvqa")
+    if o.fmt != "coco" and o.classes:
+        raise ConvertError("--classes applies only to --from coco")
+    if o.boxes is not None:
+        from .adapters.norm_boxes import SCALES
+
+        if o.fmt != "llava":
+            raise ConvertError("--boxes applies only to --from llava (the scale of box numbers in the text)")
+        if o.boxes not in SCALES:
+            raise ConvertError(f"--boxes {o.boxes!r}: choose one of {', '.join(SCALES)}")
     if o.preset and o.mapping:
         raise ConvertError("give either --preset or --mapping, not both")
 

@@ -10,7 +10,8 @@ A sample is a plain ``dict``:
 ``qtype``     one of :data:`QTYPES`
 ``answer``    reference answer of the last assistant turn (string)
 ``source``    where the record came from: ``"<file>#<record id>"``
-``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...
+``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...;
+              boxes in ``meta["boxes"]`` (stored-image pixels, see :mod:`geovl.data.boxes`)
 
 :func:`validate_sample` is the single gate every writer goes through; it raises
 :class:`SampleError` with a short machine-readable ``reason``.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured")
+QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
 MAX_ID_CHARS = 256  # an id is a key in rejects, predictions and reports; a longer one is a broken record
@@ -157,6 +158,10 @@ def validate_sample(s: Any) -> None:
             json.dumps(s["meta"], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
             raise SampleError("bad_schema", f"meta is not JSON-serialisable UTF-8 ({type(e).__name__})") from None
+    if s["qtype"] == "grounding" or "boxes" in (s.get("meta") or {}):
+        from .boxes import validate_sample_boxes
+
+        validate_sample_boxes(s)
 
 
 def _utf8(text: str) -> bool:

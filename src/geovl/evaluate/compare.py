@@ -189,6 +189,9 @@ def run(args) -> int:
     except (PredictionsFileError, ValueError) as e:
         raise CLIError(str(e)) from e
     out = Path(args.out) if args.out else default_out_dir(args.before, args.after)
+    from .compare_boxes import add_grounding  # box metrics and pictures of changed grounding samples
+
+    add_grounding(result, args.before, args.after, getattr(args, "data", None), out)
     paths = write_report(result, out, max_rows=args.max_rows)
     write_json(result, out / "compare.json")
     print(f"{result['n_matched']} matched samples ({args.before} → {args.after})")

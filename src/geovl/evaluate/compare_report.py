@@ -124,6 +124,9 @@ def write_markdown(result: dict, path: Path, chart_name: str, max_rows: int) -> 
         parts += [_md_table(h, r) if r else "_none / 无_", ""]
         if hidden:
             parts += [f"_… {hidden} more in compare.json_", ""]
+    from .compare_boxes import md_section
+
+    parts += md_section(result) + [""] if "grounding" in result else []
     parts += ["## Unmatched samples / 未匹配样本", ""] + [f"- {line}" for line in _unmatched_lines(result)] + [""]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
@@ -163,6 +166,9 @@ def write_html(result: dict, path: Path, png: bytes, max_rows: int) -> Path:
         parts.append(_html_table(h, r) if r else '<p class="muted">none / 无</p>')
         if hidden:
             parts.append(f'<p class="muted">… {hidden} more in compare.json</p>')
+    from .compare_boxes import html_section
+
+    parts += html_section(result)
     parts.append("<h2>Unmatched samples / 未匹配样本</h2><ul>")
     parts += [f"<li>{html.escape(line)}</li>" for line in _unmatched_lines(result)]
     parts.append("</ul></body></html>\n")

@@ -193,6 +193,23 @@ def record_for(sample: dict, request: ChatRequest, reference: str, prediction: s
     }
 
 
+def box_frame_for(engine, sample: dict) -> dict | None:
+    """For a grounding sample answered by a local model: how its boxes map back to stored-image pixels
+    (``meta["box_frame"]``, read by ``geovl score``); None otherwise (a remote model's boxes are read
+    as stored-image pixels)."""
+    if sample.get("qtype") != "grounding" or getattr(engine, "family", None) is None or getattr(engine, "processor", None) is None:
+        return None
+    from ..data.schema import SampleError
+    from ..models.box_format import sample_frame
+    from ..models.preprocess import PreprocessConfig
+
+    lo, hi = PreprocessConfig.bounds_of(engine.processor)
+    try:
+        return sample_frame(sample, engine.family, lo, hi).as_dict()
+    except SampleError:
+        return None
+
+
 def run_chunked(data, out, prepare, answer, limit: int | None = None, resume: bool = False, progress: bool = True,
                 chunk_size: int = 8, desc: str = "predict", unit: str = "sample") -> dict:
     """The loop of ``geovl eval`` (single answers and dialogues): read the samples of ``data`` (the first
@@ -313,6 +330,9 @@ def run_predictions(
                 results.append(pred)
                 continue
             rec = record_for(sample, req, ref, str(pred))
+            frame = box_frame_for(engine, sample)
+            if frame is not None:
+                rec["meta"] = dict(rec["meta"], box_frame=frame)
             if isinstance(pred, ForcedChoice):
                 rec["forced_choice"] = {c: round(v, 4) for c, v in pred.scores.items()}
             if check is not None:

@@ -13,6 +13,8 @@ choice         :func:`normalize_choice` of both (against ``choices`` if given) a
 open           normalised exact match  (``char_sim``: difflib ratio, works for Chinese)
 structured     exact match of the JSON objects if both parse, else of normalised text
                (``char_sim``) — per-field scoring plugs in at :func:`score_structured`
+grounding      boxes (:mod:`geovl.evaluate.grounding`): IoU ≥ 0.5 (referring) or every box
+               matched at IoU 0.5 and none extra (all)  (``iou``, ``f1``, ``tp``/``fp``/``fn``, ...)
 =============  ==========================================================================
 
 Every result is JSON-serialisable: ``{"qtype", "correct", "parsed", "pred", "ref", ...}``;
@@ -144,6 +146,16 @@ def score_structured(pred, ref, tolerance, choices) -> dict:
     return out
 
 
+def score_grounding(pred, ref, tolerance, choices, meta: dict | None = None) -> dict:
+    """Boxes (:mod:`geovl.evaluate.grounding`); without ``meta`` both texts are read as stored-image pixels."""
+    from .grounding import score_text
+
+    out = score_text(pred, ref, meta)
+    out.pop("qtype", None)
+    out["pred"], out["ref"] = out["n_pred"] if out["parsed"] else None, None if out.get("note") else out["n_ref"]
+    return out
+
+
 # qtype -> scorer(prediction, reference, tolerance, choices) -> partial result dict
 SCORERS: dict[str, Callable[..., dict]] = {
     "yes_no": score_yes_no,
@@ -153,6 +165,7 @@ SCORERS: dict[str, Callable[..., dict]] = {
     "choice": score_choice,
     "open": score_open,
     "structured": score_structured,
+    "grounding": score_grounding,
 }
 
 

@@ -10,7 +10,9 @@ prediction counts as an empty, wrong answer); ``lang`` falls back to ``meta["lan
 
 Metrics (see :func:`summarize`): per qtype ``n``, ``correct``, ``accuracy``, ``unparsed``; for
 area/number also mean/median relative error and the share within 10 %; for count the share
-within ±1 and the mean absolute error; for open/structured the mean character similarity.
+within ±1 and the mean absolute error; for open/structured the mean character similarity; for
+grounding Acc@0.5 and mean IoU (referring), P/R/F1 at IoU 0.5 and AP50 (all), count accuracy from
+boxes (:mod:`geovl.evaluate.grounding`; unreadable boxes score 0 and count as unparsed).
 ``overall`` is micro-averaged, ``macro_accuracy`` is the mean over qtypes; ``by_lang`` repeats
 all of it per language when the file has languages.
 """
@@ -25,7 +27,7 @@ from .rules import score_sample
 from .table import format_table, num, pct
 
 REQUIRED = ("id", "qtype", "question", "reference", "prediction")
-QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured")
+QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 
 
 class PredictionsFileError(ValueError):
@@ -101,7 +103,12 @@ def record_choices(rec: dict) -> list[str] | None:
 
 def score_record(rec: dict, tolerance: float = 0.02) -> dict:
     """:func:`score_sample` of one record, plus its ``id`` and ``lang``."""
-    res = score_sample(rec["qtype"], rec["prediction"], rec["reference"], tolerance, record_choices(rec))
+    if rec["qtype"] == "grounding":  # boxes: the reference and the model's frame are in meta
+        from .rules import score_grounding
+
+        res = {"qtype": "grounding", **score_grounding(rec["prediction"], rec["reference"], tolerance, None, rec["meta"])}
+    else:
+        res = score_sample(rec["qtype"], rec["prediction"], rec["reference"], tolerance, record_choices(rec))
     res["id"] = rec["id"]
     res["lang"] = record_lang(rec)
     return res
@@ -128,6 +135,10 @@ def summarize(results: list[dict]) -> dict:
         out["mean_abs_err"] = _mean([r["abs_err"] for r in results if r.get("abs_err") is not None])
     if any("char_sim" in r for r in results):
         out["mean_char_sim"] = sum(r.get("char_sim", 0.0) for r in results) / n
+    if any(r.get("qtype") == "grounding" for r in results) and all(r.get("qtype") == "grounding" for r in results):
+        from .grounding import summarize_grounding
+
+        out.update(summarize_grounding(results))
     return out
 
 
@@ -177,6 +188,13 @@ def _details(m: dict) -> str:
         parts.append(f"±1: {pct(m['within_1'])}, mean |err| {num(m['mean_abs_err'], 2)}")
     if "mean_char_sim" in m:
         parts.append(f"char sim {num(m['mean_char_sim'])}")
+    if "acc_at_0_5" in m:
+        parts.append(f"referring Acc@0.5 {pct(m['acc_at_0_5'])}, mean IoU {num(m['mean_iou'])}")
+    if "f1_at_0_5" in m:
+        parts.append(f"all P/R/F1@0.5 {pct(m['precision_at_0_5'])}/{pct(m['recall_at_0_5'])}/{pct(m['f1_at_0_5'])}, "
+                     f"mean IoU/object {num(m['mean_object_iou'])}, AP50 {pct(m['ap50'])}")
+    if "count_accuracy" in m:
+        parts.append(f"count from boxes {pct(m['count_accuracy'])}")
     return "; ".join(parts)
 
 

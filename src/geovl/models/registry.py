@@ -46,6 +46,7 @@ class Family:
     llm_prefix: str = "model.language_model"
     default_min_pixels: int = 0
     default_max_pixels: int = 0
+    box_style: str = "abs_json"  # how the family writes boxes (geovl.models.box_format.STYLES)
     notes: str = ""
     hf_examples: tuple[str, ...] = field(default_factory=tuple)
 
@@ -73,6 +74,27 @@ class Family:
     def grid_thw(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int, int]:
         h, w = self.resized_size(height, width, min_pixels, max_pixels)
         return (1, h // self.patch_size, w // self.patch_size)
+
+    # ---- boxes (geovl.models.box_format) ------------------------------------------------------------
+    def box_frame(self, width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None):
+        """The :class:`~geovl.models.box_format.BoxFrame` of a stored ``width`` × ``height`` image."""
+        from .box_format import frame_for
+
+        return frame_for(self, width, height, min_pixels, max_pixels)
+
+    def render_boxes(self, boxes: list[dict], width: int, height: int, min_pixels: int | None = None,
+                     max_pixels: int | None = None) -> str:
+        """Boxes in stored-image pixels → the answer text this family is trained on."""
+        from .box_format import render
+
+        return render(self.box_frame(width, height, min_pixels, max_pixels), boxes)
+
+    def parse_boxes(self, text, width: int, height: int, min_pixels: int | None = None,
+                    max_pixels: int | None = None) -> list[dict] | None:
+        """This family's output text → boxes in stored-image pixels (None: no box could be read)."""
+        from .box_format import parse_text
+
+        return parse_text(self.box_frame(width, height, min_pixels, max_pixels), text)
 
     # ---- module selection ----------------------------------------------------------------------
     def lora_targets(self, parts: tuple[str, ...] = ("llm",)) -> str:
@@ -162,6 +184,7 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=56 * 56,
             default_max_pixels=28 * 28 * 1280,
+            box_style="qwen2",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|>, 0-1000 grid
             hf_examples=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
         ),
         Family(
@@ -184,6 +207,7 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=56 * 56,
             default_max_pixels=28 * 28 * 1280,
+            box_style="abs_json",  # {"bbox_2d": [...]} in pixels of the resized image
             hf_examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
         ),
         Family(
@@ -207,6 +231,7 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=64 * 64,
             default_max_pixels=32 * 32 * 1280,
+            box_style="rel_json",  # {"bbox_2d": [...]} on a 0-1000 grid
             notes="deepstack mergers are frozen/trained together with the main merger",
             hf_examples=("Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"),
         ),

@@ -9,10 +9,13 @@ TRL also passes ``prompts``, ``completion_ids``, ``trainer_state``, ... — igno
 - :func:`rs_reward` (also named :func:`routed_reward`) — the routed total: each completion is scored by
   the rule of its sample's kind (:func:`geovl.rewards.route.route`). Always a float in [0, 1].
 - :func:`yes_no_reward`, :func:`count_reward`, :func:`number_reward`, :func:`choice_reward`,
-  :func:`open_reward` — the same rules, each returning ``None`` for samples of another kind. TRL
+  :func:`open_reward`, :func:`grounding_reward` — the same rules, each returning ``None`` for samples of another kind. TRL
   treats ``None`` as "not applicable" (NaN-aware sums and means), so using all five as separate
   reward functions gives the same total as ``rs_reward`` and logs a mean per question type
   (``rewards/count_reward/mean``). This is the GRPO default (:data:`DEFAULT_REWARDS`).
+- :func:`grounding_reward` (IoU / IoU-weighted F1 of boxes, also part of the defaults),
+  :func:`box_count_reward` (count agreement from boxes) and :func:`box_format_reward` (boxes readable)
+  — for qtype ``grounding`` samples, ``None`` for the others.
 - :func:`format_reward` (``<answer>…</answer>`` tags) and :func:`brevity_reward` (length penalty) —
   optional shaping terms for every sample.
 """
@@ -31,8 +34,11 @@ __all__ = [
     "brevity_reward",
     "choice_reward",
     "completion_text",
+    "box_count_reward",
+    "box_format_reward",
     "count_reward",
     "format_reward",
+    "grounding_reward",
     "number_reward",
     "open_reward",
     "routed_reward",
@@ -160,6 +166,21 @@ count_reward = _kind_reward("count")
 number_reward = _kind_reward("number")
 choice_reward = _kind_reward("choice")
 open_reward = _kind_reward("open")
+grounding_reward = _kind_reward("grounding")
+
+
+def _box_reward(rule, name: str):
+    def reward(completions, **kwargs) -> list[float | None]:
+        return [rule(p, r, meta=m) if k == "grounding" else None for k, p, r, m in _rows(completions, kwargs, name)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+box_count_reward = _box_reward(rules.box_count_score, "box_count_reward")
+box_count_reward.__doc__ = "Count agreement from boxes (grounding samples; None for the others)."
+box_format_reward = _box_reward(lambda p, r, meta=None: rules.box_format_score(p, meta=meta), "box_format_reward")
+box_format_reward.__doc__ = "1.0 when boxes can be read from the answer (grounding samples; None for the others)."
 
 
 def format_reward(completions, **kwargs) -> list[float]:
@@ -177,7 +198,7 @@ BUILTIN_REWARDS = {
     f.__name__: f
     for f in (
         rs_reward, routed_reward, yes_no_reward, count_reward, number_reward, choice_reward, open_reward,
-        format_reward, brevity_reward,
+        grounding_reward, box_count_reward, box_format_reward, format_reward, brevity_reward,
     )
 }  # fmt: skip
-DEFAULT_REWARDS = ("yes_no_reward", "count_reward", "number_reward", "choice_reward", "open_reward")
+DEFAULT_REWARDS = ("yes_no_reward", "count_reward", "number_reward", "choice_reward", "open_reward", "grounding_reward")

@@ -1,7 +1,7 @@
 """Which reward rule a sample gets: its ``qtype`` when known, else detected from the question.
 
 Routes (reward kinds): ``yes_no``, ``count``, ``number`` (areas, lengths, ratios with units),
-``choice``, ``open``. Dataset qtypes map onto them: ``area`` → ``number``, ``structured`` → ``open``.
+``choice``, ``open``, ``grounding`` (boxes; only from the qtype, never detected from the question). Dataset qtypes map onto them: ``area`` → ``number``, ``structured`` → ``open``.
 
 Detection from the question text (Chinese or English), first match wins:
 
@@ -25,7 +25,7 @@ import unicodedata
 
 __all__ = ["KINDS", "QTYPE_TO_KIND", "detect_qtype", "route"]
 
-KINDS = ("yes_no", "count", "number", "choice", "open")
+KINDS = ("yes_no", "count", "number", "choice", "open", "grounding")
 QTYPE_TO_KIND = {
     "yes_no": "yes_no",
     "count": "count",
@@ -34,6 +34,7 @@ QTYPE_TO_KIND = {
     "choice": "choice",
     "open": "open",
     "structured": "open",
+    "grounding": "grounding",
 }
 
 _EN_AUX = (

@@ -21,6 +21,12 @@ open        ``0.6 · char_similarity + 0.4 · BLEU`` on normalised text (difflib
 format      1.0 for ``<answer>…</answer>`` (optionally after ``<think>…</think>``) and nothing else;
             0.5 when an answer block is there with other text around it; else 0.0
 brevity     1.0 up to ``max(8, 2·len(reference))`` characters (normalised), then ``budget / len``
+grounding   boxes read back to stored-image pixels through ``meta["box_frame"]`` against
+            ``meta["boxes"]`` (:mod:`geovl.evaluate.grounding`): one referred object → its IoU;
+            every object → IoU-weighted F1 at IoU 0.5 (Hungarian matching: 2·Σ matched IoU /
+            (predicted + reference); 1.0 only when every box is exact); unreadable → 0.0
+box count   ``count`` rule on the number of predicted vs reference boxes (0.0 if unreadable)
+box format  1.0 when boxes can be read from the answer (or it says "none": ``[]``, 无), else 0.0
 ==========  =====================================================================================
 
 Identical non-empty answers (after ``normalize_text``) score 1.0 under every rule but format/brevity.
@@ -38,10 +44,13 @@ from .bleu import text_bleu
 
 __all__ = [
     "TOLERANCE",
+    "box_count_score",
+    "box_format_score",
     "brevity_score",
     "choice_score",
     "count_score",
     "format_score",
+    "grounding_score",
     "measured_m2",
     "number_score",
     "open_score",
@@ -160,12 +169,39 @@ def brevity_score(pred, ref, **_) -> float:
     return 1.0 if n <= budget else _clip(budget / n)
 
 
+def grounding_score(pred, ref, meta=None, **_) -> float:
+    from ..evaluate.grounding import score_text
+
+    if not (isinstance(meta, dict) and isinstance(meta.get("boxes"), list)) and _same_text(pred, ref):
+        return 1.0  # no boxes in meta: the reference text is the truth, and it was repeated
+    res = score_text(pred, ref, meta)
+    if not res["parsed"] or res.get("note"):
+        return 0.0
+    return _clip(res["iou"] if res["mode"] == "referring" else res["soft_f1"])
+
+
+def box_count_score(pred, ref, meta=None, **_) -> float:
+    from ..evaluate.grounding import score_text
+
+    res = score_text(pred, ref, meta)
+    if not res["parsed"] or res.get("note"):
+        return 0.0
+    return count_score(str(res["n_pred"]), str(res["n_ref"]))
+
+
+def box_format_score(pred, meta=None, **_) -> float:
+    from ..evaluate.grounding import predicted_boxes
+
+    return 1.0 if predicted_boxes(meta or {}, pred) is not None else 0.0
+
+
 SCORES = {
     "yes_no": yes_no_score,
     "count": count_score,
     "number": number_score,
     "choice": choice_score,
     "open": open_score,
+    "grounding": grounding_score,
 }
 
 

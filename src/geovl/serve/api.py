@@ -21,6 +21,10 @@
   the allowed folder).
 - Georeferenced measurement and grounded answers: ``POST /v1/geo/measure``, ``POST /v1/geo/ask`` and
   the ``"geovl": {"grounded": true}`` extension of chat completions (:mod:`geovl.serve.geo_api`).
+- Boxes: a non-streaming answer that locates objects also carries them as data in the response's
+  extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.serve.answer_boxes`: pixels of the last
+  image, read back through the model's own box convention); OpenAI clients ignore the extra member
+  (``completion.model_extra["geovl"]`` in the official Python client). Streaming answers carry text only.
 """
 
 from __future__ import annotations
@@ -315,6 +319,11 @@ def create_app(engine, config: ServerConfig):
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return start_stream(batcher, req, params, include_usage, config.served_model_name, geo)
         out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
+        from .answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
+
+        boxes = answer_boxes(engine, images, out["choices"][0]["message"]["content"])
+        if boxes is not None:
+            geo = dict(geo or {}, boxes=boxes)
         return out | {"geovl": geo} if geo is not None else out
 
     from .geo_api import add_geo_routes

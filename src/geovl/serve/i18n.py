@@ -33,6 +33,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "temperature": "温度（0 = 确定性输出）",
         "max_new_tokens": "最大生成长度（token）",
         "panel_heading": "### 测量与地图",
+        "boxes_found": "### 框出的目标\n回答中有 {n} 个框（红色，像素坐标，位于第 {image} 幅图上）。[下载 GeoJSON（像素坐标）]({url})\n\n地图坐标请对 GeoTIFF 使用 `geovl detect`。",
         "panel_empty": "在对话中上传一幅或两幅 GeoTIFF（地理配准影像，两幅时为前、后时相）并提问，此处将显示面积测量、变化统计与地图。",
         "about_card": (
             "### 系统能做什么\n"
@@ -129,6 +130,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "temperature": "Temperature (0 = deterministic)",
         "max_new_tokens": "Max new tokens",
         "panel_heading": "### Measurements & maps",
+        "boxes_found": "### Located objects\nThe answer has {n} box(es) (red, pixel coordinates, on image {image}). [Download GeoJSON (pixel coordinates)]({url})\n\nFor map coordinates run `geovl detect` on a GeoTIFF.",
         "panel_empty": "Upload one or two GeoTIFFs (georeferenced images; two = before and after) in the chat and ask a question: area measurements, change statistics and maps appear here.",
         "about_card": (
             "### What this system does\n"

@@ -194,16 +194,39 @@ class ChatApp:
     def _panel(self, conv: Conversation, question: str, answer: str, lang: str):
         import gradio as gr
 
-        if self.panel_hook is None:
-            return gr.skip(), gr.skip()
-        try:
-            res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang, conv.extras))
-        except Exception as e:  # noqa: BLE001 - a failing hook must not break the chat
-            log.exception("panel hook failed")
-            return t("error_prefix", lang) + str(e)[:300], gr.Image(value=None, visible=False)
+        res = None
+        if self.panel_hook is not None:
+            try:
+                res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang, conv.extras))
+            except Exception as e:  # noqa: BLE001 - a failing hook must not break the chat
+                log.exception("panel hook failed")
+                return t("error_prefix", lang) + str(e)[:300], gr.Image(value=None, visible=False)
+        if res is None:
+            res = self.box_panel(conv.images, answer, lang)
         if res is None:
             return gr.skip(), gr.skip()
         return res.markdown, gr.Image(value=res.image, visible=res.image is not None)
+
+    def box_panel(self, images: list[bytes], answer: str, lang: str) -> PanelResult | None:
+        """When the answer locates objects: the last image with the boxes drawn, and their GeoJSON
+        (pixel coordinates) to download (:mod:`geovl.serve.answer_boxes`); None otherwise."""
+        import json
+
+        from PIL import Image
+
+        from ..evaluate.box_draw import draw_boxes
+        from .answer_boxes import answer_boxes, boxes_geojson
+
+        info = answer_boxes(self.engine, images, answer)
+        if info is None:
+            return None
+        import io
+
+        drawn = Image.open(io.BytesIO(draw_boxes(images[info["image"]], None, info["boxes"], scale=2 if info["width"] < 512 else 1)))
+        path = self.preview_dir / f"boxes-{len(os.listdir(self.preview_dir))}.geojson"
+        path.write_text(json.dumps(boxes_geojson(info), ensure_ascii=False), encoding="utf-8")
+        md = t("boxes_found", lang, n=len(info["boxes"]), image=info["image"] + 1, url=f"/gradio_api/file={path}")
+        return PanelResult(md, drawn)
 
     def respond(self, message, history, conv, lang, temperature, max_new, *extra):
         """Send the message box (text + attached images); ``extra``: values of ``extension.inputs``."""

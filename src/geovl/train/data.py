@@ -312,6 +312,7 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
         try:
             validate_sample(s)
+            s = self._family_form(s)
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
         vis = self._visual_tokens(self._image_sizes(s["images"], s, ti, ri))
@@ -326,8 +327,15 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
             raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
         return length
 
+    def _family_form(self, s: dict) -> dict:
+        """Grounding answers in the family's own box convention, rescaled for the run's pixel bounds
+        (:func:`geovl.models.box_format.render_sample`); other samples unchanged."""
+        from ..models.box_format import render_sample
+
+        return render_sample(s, self.family, self.min_pixels, self.max_pixels)
+
     def __getitem__(self, i: int) -> dict:
-        s = self.sample(i)
+        s = self._family_form(self.sample(i))
         if not self.spectral:
             return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
         from ..spectral.vision_input import PROCESSOR_KWARGS

@@ -77,6 +77,10 @@ class GRPOPrompts(MeasuredSamples):
 
         try:
             row = _prompt_row(s)
+            if s["qtype"] == "grounding":
+                from ..models.box_format import sample_frame
+
+                sample_frame(s, self.family, self.min_pixels, self.max_pixels)  # boxes on one image
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
         if not row["answer"].strip():
@@ -95,7 +99,12 @@ class GRPOPrompts(MeasuredSamples):
         """The decoded GRPO row ``i`` (PIL images; in a spectral run the cubes as (bands, rows, cols) tensors)."""
         from PIL import Image
 
-        row = _prompt_row(self.sample(i))
+        s = self.sample(i)
+        row = _prompt_row(s)
+        if s["qtype"] == "grounding":  # the rewards read the policy's boxes back into stored-image pixels
+            from ..models.box_format import sample_frame
+
+            row["meta"]["box_frame"] = sample_frame(s, self.family, self.min_pixels, self.max_pixels).as_dict()
         if self.spectral:
             row["images"] = self.cube_tensors(i)
         else:

@@ -14,7 +14,14 @@ Input: a JSON list (streamed element by element, never loaded whole) or JSONL. E
   assistant/system turn is rejected (``image_in_assistant_turn``);
 - records without images are valid text-only samples;
 - image paths are relative to ``--images-root`` (default: the input file's folder);
-- qtype ``open`` unless the record has a valid ``qtype``; answer = last assistant turn.
+- qtype ``open`` unless the record has a valid ``qtype``; answer = last assistant turn;
+- ``--boxes 0-1|0-100|0-1000`` (the scale the record's box numbers are on; never guessed): a record
+  whose last answer holds boxes (:mod:`.norm_boxes`) becomes a ``grounding`` sample — boxes in
+  stored-image pixels in ``meta["boxes"]``, the answer :func:`geovl.data.boxes.answer_text`,
+  ``meta["grounding"]`` from the record's ``grounding`` field (default ``all``). Rejected:
+  ``rotated_box``, ``box_outside_image`` (a number outside the scale), ``box_missing_label``,
+  ``boxes_not_in_last_answer`` (boxes in a question or an earlier answer are not converted),
+  ``boxes_multi_image`` (these text forms cannot say which image a box is on).
 """
 
 from __future__ import annotations
@@ -175,6 +182,8 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
             continue
         try:
             item = _build(rec, source, root, cache, path)
+            if getattr(o, "boxes", None):
+                item = _with_boxes(item, rec, o.boxes)
         except (SampleError, ImageError) as e:
             item = e
         yield source, item
@@ -214,3 +223,31 @@ def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
         if k in rec and isinstance(rec[k], (str, dict)):
             meta[f"orig_{k}"] = rec[k]
     return {"id": sid, "messages": msgs, "images": datas, "qtype": qtype, "answer": answer, "source": source, "meta": meta}
+
+
+def _with_boxes(sample: dict, rec: dict, scale_name: str) -> dict:
+    """``sample`` as a grounding sample when its last answer holds boxes on the ``scale_name`` scale."""
+    from ..boxes import answer_text
+    from ..inspect import image_size
+    from ..schema import message_text, validate_sample
+    from .norm_boxes import SCALES, find_boxes, to_pixels
+
+    msgs = sample["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    for i, m in enumerate(msgs):
+        if i != last and m["role"] != "system" and find_boxes(message_text(m)):
+            raise SampleError("boxes_not_in_last_answer", f"turn {i} ({m['role']}) has boxes; only the last answer's boxes are converted")
+    found = find_boxes(message_text(msgs[last]))
+    if not found:
+        return sample
+    if len(sample["images"]) != 1:
+        raise SampleError("boxes_multi_image", f"boxes with {len(sample['images'])} images: the text cannot say which image a box is on")
+    w, h = image_size(sample["images"][0])
+    boxes = to_pixels(found, SCALES[scale_name], w, h)
+    mode = rec.get("grounding", "all")
+    text = answer_text(boxes)
+    msgs = msgs[:last] + [{"role": "assistant", "content": [text_part(text)]}] + msgs[last + 1 :]
+    meta = dict(sample["meta"], boxes=boxes, grounding=mode, box_scale=scale_name, original_answer=message_text(sample["messages"][last]))
+    out = dict(sample, messages=msgs, answer=text, qtype="grounding", meta=meta)
+    validate_sample(out)
+    return out

@@ -10,6 +10,8 @@ Tasks (``task`` -> ``qtype``), single-image ones asked on the "before" or the "a
   (built-up land + buildings) is at least :data:`~.classes.URBAN_THRESHOLD`
 - two images (before, then after) in one user turn: ``change_count`` (count, new buildings),
   ``change_increase`` (yes_no, has cropland grown), ``change_area`` (area, new cropland)
+- boxes (:data:`BOX_TASKS`, qtype ``grounding``, not in the default ``all``; see :mod:`.boxes`):
+  ``box_buildings``, ``box_new_buildings``, ``box_water`` — exact boxes in ``meta["boxes"]``
 - grounded (:data:`GROUNDED_TASKS`, not in the default ``all``; questions in :mod:`.grounded`):
   ``grounded_area`` / ``grounded_change`` (area) — the measured figures in the prompt, as
   ``geovl ask`` gives them, and the measured number quoted in the answer
@@ -44,6 +46,9 @@ QTYPE = {
 GROUNDED_TASKS = ("grounded_area", "grounded_change")
 ALL_TASKS = TASKS + GROUNDED_TASKS
 QTYPE |= {"grounded_area": "area", "grounded_change": "area"}
+BOX_TASKS = ("box_buildings", "box_new_buildings", "box_water")  # qtype grounding, see .boxes
+KNOWN_TASKS = ALL_TASKS + BOX_TASKS
+QTYPE |= {t: "grounding" for t in BOX_TASKS}
 DATES = ("before", "after")
 LANGS = ("zh", "en")
 
@@ -113,6 +118,8 @@ class Question:
     choices: list[str] = field(default_factory=list)
     question: str | None = None  # grounded tasks: the bare question (``text`` is the whole prompt)
     images: list[bytes] | None = None  # grounded tasks: the rendered GeoTIFFs (else the scene PNGs)
+    boxes: list[dict] | None = None  # box tasks: meta["boxes"] (geovl.data.boxes)
+    grounding: str | None = None  # box tasks: "all" or "referring"
 
     @property
     def qtype(self) -> str:
@@ -130,6 +137,7 @@ def _name(key: str, lang: str) -> str:
 
 def candidates(truth: dict, presence_keys=PRESENCE_KEYS) -> dict[str, list[tuple]]:
     """All distinct question specs of a scene, per task. ``truth[date]["class_pixels"]`` etc."""
+    from .boxes import candidates as box_candidates
     from .grounded import candidates as grounded_candidates
 
     out: dict[str, list[tuple]] = {t: [] for t in TASKS}
@@ -145,7 +153,7 @@ def candidates(truth: dict, presence_keys=PRESENCE_KEYS) -> dict[str, list[tuple
     out["change_count"].append(())
     out["change_increase"].append(())
     out["change_area"].append(())
-    return out | grounded_candidates(truth)
+    return out | grounded_candidates(truth) | box_candidates(truth)
 
 
 def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS, presence_keys=PRESENCE_KEYS) -> list[tuple[str, tuple]]:
@@ -157,6 +165,8 @@ def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TAS
     """
     pool = candidates(truth, presence_keys)
     base = ALL_TASKS if any(t in GROUNDED_TASKS for t in tasks) else TASKS  # same rotation as before without them
+    if any(t in BOX_TASKS for t in tasks):
+        base = base + BOX_TASKS
     order = [base[(offset + i) % len(base)] for i in range(len(base))]
     order = [t for t in order if t in tasks]
     chosen: list[tuple[str, tuple]] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .boxes import water_bodies
 from .change import MAX_NEW_BUILDINGS, After, change_truth, make_after
 from .classes import BUILDING, BUILTUP, CLASSES, URBAN_THRESHOLD
 from .layout import Layout, make_layout
@@ -44,6 +45,7 @@ def date_truth(layout: Layout) -> dict:
     return {
         "class_pixels": class_pixels,
         "buildings": {"count": len(layout.buildings), "boxes": [b.box() for b in layout.buildings]},
+        "water_bodies": water_bodies(layout.classes),
         "builtup_pixels": builtup,
         "builtup_share": round(share, 6),
         "rural_urban": "urban" if share >= URBAN_THRESHOLD else "rural",

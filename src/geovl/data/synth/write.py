@@ -43,6 +43,7 @@ from .classes import (
     URBAN_THRESHOLD,
     class_table,
 )
+from .boxes import ask_boxes
 from .grounded import GroundedScene, ask_grounded
 from .render import MATERIALS, png_bytes
 from .scene import Scene, make_scene
@@ -184,6 +185,9 @@ def _sample(sc: Scene, q: qa.Question, j: int, lang: str, pngs: dict, paths: dic
         meta["choices"] = list(q.choices)
     if q.question is not None:
         meta["question"] = q.question
+    if q.boxes is not None:
+        meta["boxes"] = q.boxes
+        meta["grounding"] = q.grounding
     return {
         "id": f"{sc.id}-{lang}-{j:02d}",
         "messages": [user_turn(q.text, len(q.dates)), assistant_turn(q.answer)],
@@ -238,11 +242,11 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     if tasks is None or tasks == "all":
         return qa.TASKS
     items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    groups = {"all": qa.TASKS, "grounded": qa.GROUNDED_TASKS}
+    groups = {"all": qa.TASKS, "grounded": qa.GROUNDED_TASKS, "boxes": qa.BOX_TASKS}
     items = [x for t in items for x in groups.get(t, (t,))]
-    bad = [t for t in items if t not in qa.ALL_TASKS]
+    bad = [t for t in items if t not in qa.KNOWN_TASKS]
     if bad or not items:
-        raise SynthError(f"unknown task(s) {bad or tasks!r}; choose from all, grounded, {', '.join(qa.ALL_TASKS)}")
+        raise SynthError(f"unknown task(s) {bad or tasks!r}; choose from all, grounded, boxes, {', '.join(qa.KNOWN_TASKS)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -312,6 +316,8 @@ def synthesize(
                     for j, (task, spec) in enumerate(qa.select(rng, sc.truth, questions_per_scene, i, tasks, presence_keys)):
                         if task in qa.GROUNDED_TASKS:
                             q = ask_grounded(rng, task, spec, sc.truth, lang, gs)
+                        elif task in qa.BOX_TASKS:
+                            q = ask_boxes(rng, task, spec, sc.truth, lang)
                         else:
                             q = qa.ask(rng, task, spec, sc.truth, lang, pixel_size)
                         w.read_one()
