@@ -53,8 +53,8 @@ def test_api_returns_boxes_as_an_extension_the_openai_client_keeps():
 
     eng = BoxEngine()
     app = create_app(eng, ServerConfig(served_model_name="m"))
-    with TestClient(app) as http:
-        client = openai.OpenAI(base_url="http://testserver/v1", api_key="EMPTY", http_client=http)
+    with TestClient(app, base_url="http://127.0.0.1") as http:  # the API answers loopback Host names only
+        client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="EMPTY", http_client=http)
         img = png(1, 112, 84)
         r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_uri(img)}}, {"type": "text", "text": "Locate every building"}]}])
