@@ -9,9 +9,9 @@
 - ``--data FILE --out results.jsonl [--compare-gt]``: the eval driver, plus ``correct`` per record
   (and, for structured answers, ``structured``: parsed fields and per-field scores).
 
-Images are read with :func:`geovl.imagery.decode.load_image` (GeoTIFFs rendered to RGB); when the
-model's preprocessing config chooses its own raster bands/stretch, the raw TIFF goes to the engine,
-which renders it that way.
+Images are read with :func:`geovl.imagery.decode.load_image` (rasters rendered to RGB by
+:mod:`geovl.imagery.render` with the model's preprocessing config's render settings — the same
+bytes ``data convert`` would store).
 """
 
 from __future__ import annotations
@@ -24,18 +24,25 @@ from typing import TextIO
 
 from .data.schema import user_turn
 from .imagery.decode import ImageError, load_image
-from .serve.engine import TIFF_MAGICS, ChatRequest, GenerationParams, custom_rendering
+from .serve.engine import ChatRequest, GenerationParams
 
 
-def image_bytes(path: str | os.PathLike, preprocess=None) -> bytes:
-    """Encoded bytes of an image file for a request (validated; TIFF rendered unless the
-    preprocessing config renders rasters its own way)."""
-    loaded = load_image(path)
-    if custom_rendering(preprocess):
-        with open(path, "rb") as f:
-            if f.read(4) in TIFF_MAGICS:
-                return Path(path).read_bytes()
-    return loaded.data
+def load_for_model(path: str | os.PathLike, preprocess=None, bands=None):
+    """The :class:`~geovl.imagery.decode.LoadedImage` a request carries for an image file: validated,
+    rasters rendered with the model's render settings (and ``--bands`` when the config fixes none)
+    by the one function ``data convert`` uses too."""
+    from .imagery.render import RenderError, RenderSettings
+
+    try:
+        settings = RenderSettings.from_preprocess(preprocess, bands)
+    except RenderError as e:
+        raise ImageError("bad_bands", str(e)) from None
+    return load_image(path, render=settings)
+
+
+def image_bytes(path: str | os.PathLike, preprocess=None, bands=None) -> bytes:
+    """Encoded bytes of an image file for a request (see :func:`load_for_model`)."""
+    return load_for_model(path, preprocess, bands).data
 
 
 CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral model reads them

@@ -19,8 +19,11 @@ FILENAME = "geovl_preprocess.json"
 class PreprocessConfig:
     min_pixels: int | None = None  # None: the processor's own default
     max_pixels: int | None = None
-    # how a multi-band raster becomes RGB: band indices (0-based) and percentile stretch
+    # how a raster becomes RGB (geovl.imagery.render, one set of rules for training and serving):
+    # band indices shown as R, G, B (0-based), or the names of the file's bands in order
+    # (e.g. ["blue", "green", "red", "nir"]), and the percentile stretch
     rgb_bands: list[int] | None = None
+    band_order: list[str] | None = None
     stretch: list[float] = field(default_factory=lambda: [2.0, 98.0])
     family: str | None = None  # registry key, recorded for checks
     # how a hyperspectral cube becomes the image: a geovl.spectral.render spec dict (None: not spectral)
