@@ -105,14 +105,15 @@ class RenderSpec:
 
 def render_spec(count: int, band_names=(), settings: RenderSettings | None = None, colorinterp=()) -> RenderSpec:
     """Which bands and stretch render a ``count``-band raster (rules in the module docstring)."""
-    from .geotiff import Raster, band_roles
+    from .geotiff import DEFAULT_BAND_ORDER, Raster, band_roles
 
     s = settings or RenderSettings()
     lo, hi = (float(v) for v in s.stretch)
     if s.rgb_bands:
         bands = tuple(int(b) for b in s.rgb_bands)
         if len(bands) != 3 or min(bands) < 0 or max(bands) >= count:
-            raise RenderError(f"render bands {[b + 1 for b in bands]} (1-based) but the raster has {count} band(s)")
+            raise RenderError(f"rgb_bands {list(bands)} (0-based; --bands {','.join(str(b + 1) for b in bands)}) "
+                              f"but the raster has {count} band(s)")
         return RenderSpec(bands, lo, hi, "bands chosen by --bands / the preprocessing config")
     probe = Raster(np.empty((count, 0, 0), np.uint8), band_names=[d or "" for d in band_names])
     if s.band_order:
@@ -128,7 +129,7 @@ def render_spec(count: int, band_names=(), settings: RenderSettings | None = Non
     if all(c in ci for c in ("red", "green", "blue")):
         return RenderSpec((ci.index("red"), ci.index("green"), ci.index("blue")), lo, hi, "colour interpretation")
     if count >= 4:
-        roles = band_roles(probe)
+        roles = band_roles(probe, DEFAULT_BAND_ORDER)
         return RenderSpec((roles["red"], roles["green"], roles["blue"]), lo, hi,
                           "true colour, assumed band order blue,green,red,nir")
     if count >= 3:
