@@ -205,3 +205,32 @@ def _vrt(path, src, width, height, count=4):
     path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
                     f'<SRS>EPSG:32650</SRS><GeoTransform>440000,10,0,4065000,0,-10</GeoTransform>{bands}</VRTDataset>')
     return path
+
+
+def test_ask_and_infer_show_band_order_and_check_images_before_loading_the_model(tmp_path, capsys, tiny_model_dir):
+    import shutil
+
+    from geovl.models.preprocess import PreprocessConfig
+
+    tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
+    # a model folder whose preprocessing config cannot render this 4-band raster, and no weights:
+    # the image problem must be reported before any model loading is attempted
+    bad = tmp_path / "bad_model"
+    bad.mkdir()
+    PreprocessConfig(rgb_bands=[5, 2, 1]).save(bad)
+    assert main(["infer", "--image", str(tif), "-q", "water?", "--model", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "rgb_bands" in err and "bgrn.tif" in err
+    assert main(["ask", "--image", str(tif), "-q", "How much water?", "--model", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "rgb_bands" in err and "bgrn.tif" in err
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2-vl"), model)
+    assert main(["infer", "--image", str(tif), "-q", "water?", "--model", str(model), "--device", "cpu",
+                 "--max-new-tokens", "2"]) == 0
+    assert "R,G,B = bands 3,2,1" in capsys.readouterr().err
+    assert main(["ask", "--image", str(tif), "-q", "How much water?", "--model", str(model), "--device", "cpu",
+                 "--max-new-tokens", "2", "--bands", "blue,green,red,nir"]) == 0
+    out = capsys.readouterr().out
+    assert "[波段 bands]" in out and "R,G,B = bands 3,2,1" in out

@@ -48,13 +48,13 @@ def image_bytes(path: str | os.PathLike, preprocess=None, bands=None) -> bytes:
 CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral model reads them
 
 
-def request_image(path: str | os.PathLike, engine):
+def request_image(path: str | os.PathLike, engine, bands=None):
     """What a request carries for an image file: encoded bytes, or for a model with a spectral projector the
     cube path (checked now: bands and wavelengths must match the projector)."""
     if getattr(engine, "spectral", None) is not None:
         engine.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
         return Path(path)
-    return image_bytes(path, getattr(engine, "preprocess", None))
+    return image_bytes(path, getattr(engine, "preprocess", None), bands)
 
 
 def build_request(images: list[bytes], question: str) -> ChatRequest:
@@ -132,7 +132,7 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
 
 def run(args) -> int:
     from .cli import CLIError
-    from .commands.eval import open_engine_from_args, params_from_args, print_summary
+    from .commands.eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
     from .serve import EngineError
 
     if args.images is None and args.data is None and not args.image:
@@ -153,12 +153,17 @@ def run(args) -> int:
                 if not Path(p).is_file():
                     raise CLIError(f"{p}: no such file / 文件不存在")
             else:
-                image_bytes(p)
+                try:
+                    loaded = load_for_model(p, local_preprocess(args), getattr(args, "bands", None))
+                except ImageError as e:
+                    raise CLIError(f"{p}: {e} / 影像无法读取") from None
+                if "band_order" in loaded.meta:  # rasters: say which bands the model is shown
+                    print(f"[波段 bands] {p}: {loaded.meta['band_order']}", file=sys.stderr)
     engine = open_engine_from_args(args, quantization=quant)
     try:
         if args.image:
             # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
-            images = [request_image(p, engine) for p in args.image]
+            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image]
             request = build_request(images, args.question)
             answer = stream_answer(engine, request, params)
             if args.out:

@@ -59,11 +59,11 @@ def run(args) -> int:
     import sys
 
     from geovl.cli import CLIError
-    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs
+    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs, render_images
     from geovl.geo.errors import MeasureError
     from geovl.serve import EngineError
 
-    from .eval import open_engine_from_args, params_from_args
+    from .eval import local_preprocess, open_engine_from_args, params_from_args
 
     params = params_from_args(args)
     if not args.question.strip():
@@ -72,19 +72,25 @@ def run(args) -> int:
     try:  # measure first: bad rasters fail before a model is loaded
         m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
                            args.aoi_crs, args.pixel_size, bands=args.bands)
+        pre = local_preprocess(args)  # the model's render settings, read before the model loads
+        rendered = render_images(args.image, args.before, pre, args.bands)  # unreadable images fail here too
     except MeasureError as e:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)
     try:
         gp = build_grounded(args.image, args.question, before_path=args.before, bands=args.bands, lang=lang,
-                            preprocess=getattr(engine, "preprocess", None), measurement=m)
+                            preprocess=getattr(engine, "preprocess", None), measurement=m,
+                            rendered=rendered if getattr(engine, "preprocess", None) == pre else None)
         if args.json:
             answer = engine.generate([gp.request()], params)[0].strip()
             doc = {"answer": answer, "measurement": m.to_json(), "context": gp.context, "prompt": gp.prompt,
-                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "engine": engine.name}
+                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "renders": gp.renders,
+                   "engine": engine.name}
             print(json.dumps(doc, ensure_ascii=False, indent=2))
             return 0
         print(m.text())
+        for line in gp.band_lines():
+            print(f"[波段 bands] {line}")
         if args.show_prompt:
             print("\n[提示词 prompt]\n" + gp.prompt)
         print("\n[回答 answer] " if lang == "zh" else "\n[answer 回答] ", end="", flush=True)
@@ -99,3 +105,4 @@ def run(args) -> int:
         if close:
             close()
     return 0
+
