@@ -234,3 +234,34 @@ def test_ask_and_infer_show_band_order_and_check_images_before_loading_the_model
                  "--max-new-tokens", "2", "--bands", "blue,green,red,nir"]) == 0
     out = capsys.readouterr().out
     assert "[波段 bands]" in out and "R,G,B = bands 3,2,1" in out
+
+
+def test_inspect_with_model_uses_the_models_processor_pixel_bounds(tmp_path, tiny_model_dir):
+    """Before: `data inspect --model` used the family's default bounds (1,258 tokens where the processor gave 240)."""
+    import shutil
+
+    from geovl.data.inspect import inspect_dataset
+    from geovl.data.io import DatasetWriter
+    from geovl.data.schema import make_sample
+    from geovl.models.loading import load_processor
+    from geovl.models.preprocess import PreprocessConfig
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2.5-vl"), model)
+    PreprocessConfig(min_pixels=56 * 56, max_pixels=240 * 28 * 28).save(model)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 1000, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = tmp_path / "d.parquet"
+    with DatasetWriter(data) as w:
+        w.write(make_sample("s1", "What is here?", "water", [buf.getvalue()], "open", source="t"))
+    # the processor's real count, as the engine sets it up
+    proc = load_processor(model)
+    PreprocessConfig.load(model).apply(proc)
+    grid = proc.image_processor(images=[img], return_tensors="np")["image_grid_thw"][0]
+    real = int(np.prod(grid)) // proc.image_processor.merge_size ** 2
+    r = inspect_dataset(str(data), model=str(model), progress=False)
+    assert r["visual_tokens_per_image"]["p100"] == real
+    assert r["pixel_bounds"]["max_pixels"] == 240 * 28 * 28
+    fam_default = inspect_dataset(str(data), family="qwen2.5-vl", progress=False)["visual_tokens_per_image"]["p100"]
+    assert fam_default != real  # the family's defaults would have counted otherwise
