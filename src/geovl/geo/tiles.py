@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..imagery.render import MAX_RENDER_PIXELS, RenderError, RenderSettings, RenderSpec, decimated_shape, read_rgb  # noqa: F401
 from .errors import MeasureError
-
-MAX_RENDER_PIXELS = 4096 * 4096  # whole-image renderings (geovl ask) are decimated beyond this
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,6 @@ def window_polygon(transform, window: tuple[int, int, int, int]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- rendering
-from ..imagery.render import MAX_RENDER_PIXELS, RenderError, RenderSettings, RenderSpec, decimated_shape  # noqa: E402,F401
-from ..imagery.render import read_rgb  # noqa: E402,F401
 
 DECIMATED_MAX_PIXELS = 2**32  # whole-scene renders are decimated, so only absurd headers are refused
 DECIMATED_MAX_DECODED_BYTES = 2**40
