@@ -265,3 +265,28 @@ def test_inspect_with_model_uses_the_models_processor_pixel_bounds(tmp_path, tin
     assert r["pixel_bounds"]["max_pixels"] == 240 * 28 * 28
     fam_default = inspect_dataset(str(data), family="qwen2.5-vl", progress=False)["visual_tokens_per_image"]["p100"]
     assert fam_default != real  # the family's defaults would have counted otherwise
+
+
+def test_training_records_the_render_settings_of_its_converted_data(tmp_path):
+    """`data convert --bands` is recorded in the summary; training copies it into geovl_preprocess.json."""
+    from geovl.infer import image_bytes
+    from geovl.models.preprocess import PreprocessConfig
+
+    tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
+    rc, rows, _ = _convert(tmp_path, "bgrn.tif", "--bands", "4,3,2")
+    assert rc == 0
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["render"]["settings"]["rgb_bands"] == [3, 2, 1]
+    pre = PreprocessConfig()
+    assert pre.take_render_from([str(tmp_path / "out.parquet")])
+    pre.save(tmp_path)
+    pre = PreprocessConfig.load(tmp_path)
+    stored = rows[0]["images"][0]
+    stored = stored["bytes"] if isinstance(stored, dict) else stored
+    assert image_bytes(tif, pre) == stored  # serving renders as the training images were rendered
+    other = tmp_path / "b"
+    other.mkdir()
+    _write(other / "bgrn.tif", _bgrn(), **PROFILE)
+    assert _convert(other, "bgrn.tif")[0] == 0  # default rules: different settings
+    with pytest.raises(ValueError, match="different raster render settings"):
+        PreprocessConfig().take_render_from([tmp_path / "out.parquet", other / "out.parquet"])

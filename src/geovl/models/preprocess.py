@@ -49,6 +49,35 @@ class PreprocessConfig:
             raise ValueError(f"{p}: unknown preprocessing keys {sorted(unknown)} (written by a newer geovl?)")
         return cls(**known)
 
+    def take_render_from(self, datasets) -> bool:
+        """Copy the raster render settings ``geovl data convert`` recorded for these dataset files
+        (``<stem>.summary.json`` → ``render.settings``) so serving renders as the training images
+        were rendered. Returns whether any was found; ``ValueError`` when the files were rendered
+        with different settings."""
+        found = {}
+        for d in [datasets] if isinstance(datasets, (str, Path)) else list(datasets or []):
+            d = Path(d)
+            summary = d.with_name(d.name.rsplit(".", 1)[0] + ".summary.json")
+            if not summary.is_file():
+                continue
+            try:
+                render = (json.loads(summary.read_text(encoding="utf-8")).get("render") or {}).get("settings")
+            except (ValueError, AttributeError):
+                continue
+            if render:
+                found[str(d)] = render
+        if not found:
+            return False
+        distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
+        if len(distinct) > 1:
+            raise ValueError("training files were converted with different raster render settings "
+                             f"({found}); convert them with the same --bands")
+        r = next(iter(found.values()))
+        self.rgb_bands = list(r["rgb_bands"]) if r.get("rgb_bands") else None
+        self.band_order = list(r["band_order"]) if r.get("band_order") else None
+        self.stretch = [float(v) for v in r.get("stretch") or (2.0, 98.0)]
+        return True
+
     def apply(self, processor) -> None:
         """Set the pixel bounds on a Qwen-VL processor's image processor (in place)."""
         ip = processor.image_processor
