@@ -290,3 +290,21 @@ def test_training_records_the_render_settings_of_its_converted_data(tmp_path):
     assert _convert(other, "bgrn.tif")[0] == 0  # default rules: different settings
     with pytest.raises(ValueError, match="different raster render settings"):
         PreprocessConfig().take_render_from([tmp_path / "out.parquet", other / "out.parquet"])
+
+
+def test_webapp_shows_and_sends_what_the_model_sees(tmp_path):
+    """Before: with a model's rgb_bands the web app showed bands 1-3 and sent the raw TIFF for the engine to render."""
+    from geovl.infer import image_bytes
+    from geovl.models.preprocess import PreprocessConfig
+    from geovl.serve.webapp import ChatApp
+
+    class Engine:  # ChatApp only reads these attributes to load an image
+        name, spectral = "stub", None
+
+        def __init__(self, pre):
+            self.preprocess = pre
+
+    tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
+    for pre in (None, PreprocessConfig(rgb_bands=[3, 2, 1])):
+        data, shown = ChatApp(Engine(pre)).load_image(str(tif), "en")
+        assert data == image_bytes(tif, pre) and open(shown, "rb").read() == data

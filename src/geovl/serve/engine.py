@@ -86,12 +86,6 @@ class Engine(Protocol):
     def stream(self, request: ChatRequest, params: GenerationParams) -> Iterator[str]: ...
 
 
-def custom_rendering(preprocess) -> bool:
-    """Whether a preprocessing config renders rasters differently from the default rules."""
-    return preprocess is not None and bool(preprocess.rgb_bands or getattr(preprocess, "band_order", None)
-                                           or list(preprocess.stretch) != [2.0, 98.0])
-
-
 def decode_image(data: bytes, preprocess=None):
     """Encoded bytes → RGB PIL image. Rasters (TIFF, JPEG2000, …) are rendered by
     :mod:`geovl.imagery.render` with the preprocessing config's render settings — the same function
