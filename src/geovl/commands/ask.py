@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--aoi", metavar="AOI.geojson", help="measure inside this Polygon/MultiPolygon only")
     p.add_argument("--aoi-crs", metavar="CRS", help="CRS of the AOI coordinates (default: as `geovl measure`)")
     p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres for rasters without a CRS")
-    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes)")
+    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes), or 1-based "
+                   "band numbers shown as R,G,B, e.g. 3,2,1 (rendering only)")
     p.add_argument("--question", "-q", required=True, help="the question (its language picks the context language)")
     p.add_argument("--lang", choices=["zh", "en"], help="context language (default: zh when the question has CJK characters)")
     p.add_argument("--json", action="store_true", help="print {answer, measurement, context, prompt} as JSON (no streaming)")

@@ -121,8 +121,9 @@ def measure_inputs(image_path, before_path=None, classes=None, before_classes=No
     from .indices import load_rules
     from .measure import measure_raster
 
-    if rules is None and bands is not None:
-        rules = load_rules(None, bands if isinstance(bands, str) else ",".join(bands))
+    spec = bands if bands is None or isinstance(bands, str) else ",".join(bands)
+    if rules is None and spec is not None and not spec.replace(",", "").replace(" ", "").isdigit():
+        rules = load_rules(None, spec)  # band names: index classification too; numbers (3,2,1) choose rendering only
     return measure_raster(image_path, classes=classes, before=before_path, before_classes=before_classes,
                           class_table=class_table, aoi=aoi, aoi_crs=aoi_crs, pixel_size=pixel_size, rules=rules)
 
