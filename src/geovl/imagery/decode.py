@@ -259,12 +259,13 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-PLAIN_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # 8-bit files Pillow keeps as stored
+GDAL_FORMATS = ("JPEG2000",)  # Pillow can size these, but only GDAL reads them faithfully (bit depth, bands, georeferencing)
 BYTES_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "PNG", "JPEG", "WEBP")  # self-contained formats read from bytes
 
 
 def _plain(header: ImageHeader) -> bool:
-    return header.format.upper() in PLAIN_FORMATS and header.bytes_per_sample == 1
+    """8-bit pictures Pillow reads (PNG, JPEG, WebP, GIF, BMP, …): kept/decoded by Pillow; the rest goes to GDAL."""
+    return header.format.upper() not in GDAL_FORMATS and header.bytes_per_sample == 1
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
