@@ -357,17 +357,29 @@ def _load_raster(path, max_pixels: int, display: str | None = None, max_decoded_
                  render=None, drivers=None, render_max_pixels: int | None = None) -> LoadedImage:
     """Any raster GDAL reads, sized from what GDAL declares (before reading pixels), then rendered
     by :func:`geovl.imagery.render.render_dataset` (windowed/decimated reads)."""
-    from .geotiff import Raster
-    from .render import MAX_RENDER_PIXELS, RenderError, RenderSettings, parse_bands, render_dataset
+    from .render import GDAL_CACHE_MB, RenderSettings, parse_bands
 
     name = display or str(path)
-    settings = render if isinstance(render, RenderSettings) else parse_bands(render) if render is not None else None
+    try:
+        settings = render if isinstance(render, RenderSettings) else parse_bands(render) if render is not None else None
+    except ValueError as e:
+        raise ImageError("bad_bands", f"{name}: {e}") from None
     try:
         import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
     except ImportError as e:  # pragma: no cover - rasterio is a pinned dependency
         raise ImageError("undecodable_image", f"{name}: rasterio is needed for rasters ({e})") from None
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # decimated reads pass every block through GDAL's cache
+        return _render_open(path, name, max_pixels, max_decoded_bytes, settings, drivers, render_max_pixels)
+
+
+def _render_open(path, name, max_pixels, max_decoded_bytes, settings, drivers, render_max_pixels) -> LoadedImage:
     import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from .geotiff import Raster
+    from .render import MAX_RENDER_PIXELS, RenderError, render_dataset
 
     try:
         with warnings.catch_warnings():

@@ -34,6 +34,7 @@ import numpy as np
 
 MAX_RENDER_PIXELS = 4096 * 4096  # renderings larger than this are read decimated
 DEFAULT_STRETCH = (2.0, 98.0)
+GDAL_CACHE_MB = 64  # GDAL's block cache while rendering (its default, 5 % of RAM, held ~1 GB on a 12000² read)
 
 
 class RenderError(ValueError):
@@ -164,28 +165,40 @@ def read_rgb(ds, spec: RenderSpec, window=None, out_shape: tuple[int, int] | Non
     rules of the module docstring."""
     from rasterio.windows import Window
 
-    from .geotiff import Raster, render_rgb
+    from .geotiff import stretch_to_uint8
 
     win = Window(*window) if window is not None else None
-    idx = sorted({b + 1 for b in spec.bands})
-    shape = (len(idx), *out_shape) if out_shape else None
-    data = ds.read(idx, window=win, out_shape=shape)
-    valid = ds.dataset_mask(window=win, out_shape=tuple(out_shape) if out_shape else None) > 0
-    arr = np.stack([data[idx.index(b + 1)] for b in spec.bands])
-    if np.issubdtype(arr.dtype, np.floating):
-        valid &= np.isfinite(arr).all(axis=0)
-    if _untagged(ds):
-        valid &= (arr != 0).any(axis=0)
-    scales = [ds.scales[b] if ds.scales else 1.0 for b in spec.bands]
-    offsets = [ds.offsets[b] if ds.offsets else 0.0 for b in spec.bands]
-    scaled = any((s or 1.0) != 1.0 or (o or 0.0) != 0.0 for s, o in zip(scales, offsets))
-    if arr.dtype != np.uint8 or scaled:
-        arr = arr.astype(np.float64)
+    shape = tuple(out_shape) if out_shape else None
+    valid = ds.dataset_mask(window=win, out_shape=shape) > 0
+    untagged = _untagged(ds)
+    nonzero = np.zeros(valid.shape, bool) if untagged else None
+    idx = sorted(set(spec.bands))
+    data = ds.read([b + 1 for b in idx], window=win, out_shape=(len(idx), *shape) if shape else None)  # native dtype
+    raw: dict[int, np.ndarray] = {}
+    for k, b in enumerate(idx):  # float copies one band at a time: memory ~ a few bands of the output size
+        band = data[k]
+        if np.issubdtype(band.dtype, np.floating):
+            valid &= np.isfinite(band)
+        if untagged:
+            nonzero |= band != 0
+        raw[b] = band
+    if untagged:
+        valid &= nonzero
+    rgb = np.empty((*valid.shape, 3), np.uint8)
+    for i, b in enumerate(spec.bands):
+        band = raw[b]
+        scale = ds.scales[b] if ds.scales and ds.scales[b] is not None else 1.0
+        offset = ds.offsets[b] if ds.offsets and ds.offsets[b] is not None else 0.0
+        scaled = scale != 1.0 or offset != 0.0
+        if band.dtype == np.uint8 and not scaled:
+            rgb[..., i] = band  # 8-bit data pass unchanged
+            continue
+        f = band.astype(np.float64)
         if scaled:
-            for i, (s, o) in enumerate(zip(scales, offsets)):
-                arr[i] = arr[i] * (s if s is not None else 1.0) + (o or 0.0)
-        arr[:, ~valid] = np.nan  # out of the percentiles, like nodata
-    rgb = render_rgb(Raster(arr, nodata=ds.nodata if arr.dtype == np.uint8 else None), (0, 1, 2), spec.lo, spec.hi)
+            f = f * scale + offset
+        f[~valid] = np.nan  # out of the percentiles, like nodata
+        rgb[..., i] = stretch_to_uint8(f, spec.lo, spec.hi, None if scaled else ds.nodata)
+        del f
     rgb[~valid] = 0
     return rgb, valid
 
