@@ -199,9 +199,9 @@ def test_each_image_decoded_once(lr, tmp_path, monkeypatch):
     calls = []
     real = dec.load_image
 
-    def counting(path, max_pixels=dec.DEFAULT_MAX_PIXELS):
+    def counting(path, max_pixels=dec.DEFAULT_MAX_PIXELS, **kw):
         calls.append(Path(path).name)
-        return real(path, max_pixels)
+        return real(path, max_pixels, **kw)
 
     monkeypatch.setattr(dec, "load_image", counting)
     out = tmp_path / "once.jsonl"

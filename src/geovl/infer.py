@@ -9,9 +9,9 @@
 - ``--data FILE --out results.jsonl [--compare-gt]``: the eval driver, plus ``correct`` per record
   (and, for structured answers, ``structured``: parsed fields and per-field scores).
 
-Images are read with :func:`geovl.imagery.decode.load_image` (GeoTIFFs rendered to RGB); when the
-model's preprocessing config chooses its own raster bands/stretch, the raw TIFF goes to the engine,
-which renders it that way.
+Images are read with :func:`geovl.imagery.decode.load_image` (rasters rendered to RGB by
+:mod:`geovl.imagery.render` with the model's preprocessing config's render settings — the same
+bytes ``data convert`` would store).
 """
 
 from __future__ import annotations
@@ -24,30 +24,37 @@ from typing import TextIO
 
 from .data.schema import user_turn
 from .imagery.decode import ImageError, load_image
-from .serve.engine import TIFF_MAGICS, ChatRequest, GenerationParams, custom_rendering
+from .serve.engine import ChatRequest, GenerationParams
 
 
-def image_bytes(path: str | os.PathLike, preprocess=None) -> bytes:
-    """Encoded bytes of an image file for a request (validated; TIFF rendered unless the
-    preprocessing config renders rasters its own way)."""
-    loaded = load_image(path)
-    if custom_rendering(preprocess):
-        with open(path, "rb") as f:
-            if f.read(4) in TIFF_MAGICS:
-                return Path(path).read_bytes()
-    return loaded.data
+def load_for_model(path: str | os.PathLike, preprocess=None, bands=None):
+    """The :class:`~geovl.imagery.decode.LoadedImage` a request carries for an image file: validated,
+    rasters rendered with the model's render settings (and ``--bands`` when the config fixes none)
+    by the one function ``data convert`` uses too."""
+    from .imagery.render import RenderError, RenderSettings
+
+    try:
+        settings = RenderSettings.from_preprocess(preprocess, bands)
+    except RenderError as e:
+        raise ImageError("bad_bands", str(e)) from None
+    return load_image(path, render=settings)
+
+
+def image_bytes(path: str | os.PathLike, preprocess=None, bands=None) -> bytes:
+    """Encoded bytes of an image file for a request (see :func:`load_for_model`)."""
+    return load_for_model(path, preprocess, bands).data
 
 
 CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral model reads them
 
 
-def request_image(path: str | os.PathLike, engine):
+def request_image(path: str | os.PathLike, engine, bands=None):
     """What a request carries for an image file: encoded bytes, or for a model with a spectral projector the
     cube path (checked now: bands and wavelengths must match the projector)."""
     if getattr(engine, "spectral", None) is not None:
         engine.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
         return Path(path)
-    return image_bytes(path, getattr(engine, "preprocess", None))
+    return image_bytes(path, getattr(engine, "preprocess", None), bands)
 
 
 def build_request(images: list[bytes], question: str) -> ChatRequest:
@@ -125,7 +132,7 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
 
 def run(args) -> int:
     from .cli import CLIError
-    from .commands.eval import open_engine_from_args, params_from_args, print_summary
+    from .commands.eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
     from .serve import EngineError
 
     if args.images is None and args.data is None and not args.image:
@@ -146,12 +153,17 @@ def run(args) -> int:
                 if not Path(p).is_file():
                     raise CLIError(f"{p}: no such file / 文件不存在")
             else:
-                image_bytes(p)
+                try:
+                    loaded = load_for_model(p, local_preprocess(args), getattr(args, "bands", None))
+                except ImageError as e:
+                    raise CLIError(f"{p}: {e} / 影像无法读取") from None
+                if "band_order" in loaded.meta:  # rasters: say which bands the model is shown
+                    print(f"[波段 bands] {p}: {loaded.meta['band_order']}", file=sys.stderr)
     engine = open_engine_from_args(args, quantization=quant)
     try:
         if args.image:
             # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
-            images = [request_image(p, engine) for p in args.image]
+            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image]
             request = build_request(images, args.question)
             answer = stream_answer(engine, request, params)
             if args.out:

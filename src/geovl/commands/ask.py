@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--aoi", metavar="AOI.geojson", help="measure inside this Polygon/MultiPolygon only")
     p.add_argument("--aoi-crs", metavar="CRS", help="CRS of the AOI coordinates (default: as `geovl measure`)")
     p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres for rasters without a CRS")
-    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes)")
+    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes), or 1-based "
+                   "band numbers shown as R,G,B, e.g. 3,2,1 (rendering only)")
     p.add_argument("--question", "-q", required=True, help="the question (its language picks the context language)")
     p.add_argument("--lang", choices=["zh", "en"], help="context language (default: zh when the question has CJK characters)")
     p.add_argument("--json", action="store_true", help="print {answer, measurement, context, prompt} as JSON (no streaming)")
@@ -59,11 +60,11 @@ def run(args) -> int:
     import sys
 
     from geovl.cli import CLIError
-    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs
+    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs, render_images
     from geovl.geo.errors import MeasureError
     from geovl.serve import EngineError
 
-    from .eval import open_engine_from_args, params_from_args
+    from .eval import local_preprocess, open_engine_from_args, params_from_args
 
     params = params_from_args(args)
     if not args.question.strip():
@@ -72,19 +73,25 @@ def run(args) -> int:
     try:  # measure first: bad rasters fail before a model is loaded
         m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
                            args.aoi_crs, args.pixel_size, bands=args.bands)
+        pre = local_preprocess(args)  # the model's render settings, read before the model loads
+        rendered = render_images(args.image, args.before, pre, args.bands)  # unreadable images fail here too
     except MeasureError as e:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)
     try:
         gp = build_grounded(args.image, args.question, before_path=args.before, bands=args.bands, lang=lang,
-                            preprocess=getattr(engine, "preprocess", None), measurement=m)
+                            preprocess=getattr(engine, "preprocess", None), measurement=m,
+                            rendered=rendered if getattr(engine, "preprocess", None) == pre else None)
         if args.json:
             answer = engine.generate([gp.request()], params)[0].strip()
             doc = {"answer": answer, "measurement": m.to_json(), "context": gp.context, "prompt": gp.prompt,
-                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "engine": engine.name}
+                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "renders": gp.renders,
+                   "engine": engine.name}
             print(json.dumps(doc, ensure_ascii=False, indent=2))
             return 0
         print(m.text())
+        for line in gp.band_lines():
+            print(f"[波段 bands] {line}")
         if args.show_prompt:
             print("\n[提示词 prompt]\n" + gp.prompt)
         print("\n[回答 answer] " if lang == "zh" else "\n[answer 回答] ", end="", flush=True)
@@ -99,3 +106,4 @@ def run(args) -> int:
         if close:
             close()
     return 0
+

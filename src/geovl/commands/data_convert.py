@@ -54,6 +54,12 @@ def register(sub) -> None:
     p.add_argument("--classes", metavar="A,B", help="coco: category names to keep (default all); one 'locate every X' sample per image and class")
     p.add_argument("--boxes", choices=["0-1", "0-100", "0-1000"],
                    help="llava: the scale of box numbers in the answers (required to convert boxes; never guessed)")
+    p.add_argument("--bands", metavar="SPEC", help="raster bands shown as R,G,B: 1-based numbers (3,2,1) or the file's band "
+                   "names in order (blue,green,red,nir); default: band descriptions / colour interpretation, else "
+                   "blue,green,red,nir for 4+ bands, else bands 1-3 (see geovl.imagery.render). Record the same setting "
+                   "in the model's geovl_preprocess.json (rgb_bands / band_order) so serving renders alike")
+    p.add_argument("--keep-nodata", action="store_true", help="keep images whose every pixel is nodata/fill "
+                   "(default: rejected with reason all_nodata)")
     p.add_argument("--limit", type=int, metavar="N", help="convert only the first N input records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.data.convert:run"))

@@ -147,3 +147,25 @@ def run_dialogue_mode(args, params) -> int:
         raise CLIError(str(e)) from e
     print_dialogue_summary(counts)
     return 0
+
+
+def local_preprocess(args):
+    """The preprocessing config a local model will use (None for ``--api`` or when absent), read
+    before the model loads so inputs are rendered and checked first — the engine's own rule
+    (:func:`geovl.serve.adapter.preprocess_for`)."""
+    from pathlib import Path
+
+    from geovl.cli import CLIError
+    from geovl.serve.adapter import preprocess_for, resolve_folders
+
+    model = getattr(args, "model", None)
+    if getattr(args, "api", None) or not model or not Path(model).is_dir():
+        return None
+    try:
+        return preprocess_for(*resolve_folders(model, getattr(args, "adapter", None)))
+    except ValueError as e:
+        if "preprocessing" in str(e):
+            raise CLIError(str(e)) from None
+        return None  # a broken folder: the engine names the problem when it loads
+    except Exception:  # noqa: BLE001
+        return None

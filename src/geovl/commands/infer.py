@@ -26,6 +26,9 @@ def register(sub) -> None:
     src.add_argument("--images", metavar="LIST.txt", help="text file with one image path per line (needs --out)")
     src.add_argument("--data", metavar="FILE", help="dataset file (.parquet/.jsonl) (needs --out)")
     p.add_argument("--question", "-q", help="the question (with --image / --images)")
+    p.add_argument("--bands", metavar="SPEC", help="with --image: raster bands shown as R,G,B — 1-based numbers (3,2,1) "
+                   "or the file's band names in order (blue,green,red,nir); ignored when the model's "
+                   "geovl_preprocess.json fixes rgb_bands/band_order (default: the rules of geovl.imagery.render)")
     p.add_argument("--out", help="results file (.jsonl)")
     p.add_argument("--compare-gt", action="store_true", help="with --data: add the reference answer and a correct flag (structured answers: parsed fields and per-field scores)")
     p.add_argument("--limit", type=int, default=None, help="with --data: only the first N samples")

@@ -18,7 +18,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -56,6 +56,18 @@ class ConvertOptions:
     progress: bool = True
     classes: str | None = None  # coco: category names to keep
     boxes: str | None = None  # llava: the scale of box numbers in the text (0-1, 0-100, 0-1000)
+    bands: str | None = None  # --bands: "3,2,1" or "blue,green,red,nir" (geovl.imagery.render)
+    keep_nodata: bool = False  # keep images with no valid pixel (rejected as all_nodata by default)
+    renders: dict = field(default_factory=dict)  # filled while converting: band order used -> images
+
+    @property
+    def render(self):
+        from ..imagery.render import RenderError, parse_bands
+
+        try:
+            return parse_bands(self.bands)
+        except RenderError as e:
+            raise ConvertError(str(e)) from None
 
     @property
     def pixel_limit(self) -> int:
@@ -83,6 +95,8 @@ def options_from_args(args: Any) -> ConvertOptions:
         progress=not g("no_progress", False),
         classes=g("classes"),
         boxes=g("boxes"),
+        bands=g("bands"),
+        keep_nodata=bool(g("keep_nodata", False)),
     )
 
 
@@ -93,10 +107,12 @@ class ImageCache:
     image once and reuse its bytes while memory stays bounded by ``size`` images.
     """
 
-    def __init__(self, max_pixels: int, size: int = 8):
+    def __init__(self, max_pixels: int, size: int = 8, opts: "ConvertOptions | None" = None):
         from collections import OrderedDict
 
         self.max_pixels = max_pixels
+        self.opts = opts
+        self.render = opts.render if opts is not None else None
         self.size = size
         self._d: "OrderedDict[str, Any]" = OrderedDict()
         self.decoded = 0  # number of actual decodes (for tests and stats)
@@ -109,7 +125,8 @@ class ImageCache:
         hit = self._d.get(key)
         if hit is None:
             try:
-                hit = load_image(path, self.max_pixels)
+                hit = load_image(path, self.max_pixels, render=self.render)
+                self._check_rendered(hit, path)
             except ImageError as e:
                 hit = e
             self.decoded += 1
@@ -121,6 +138,23 @@ class ImageCache:
         if isinstance(hit, ImageError):
             raise ImageError(hit.reason, hit.detail)  # a fresh exception: no traceback build-up
         return hit
+
+
+    def _check_rendered(self, img, path) -> None:
+        """An image with no valid pixel is rejected (``all_nodata``) unless ``--keep-nodata``; the band
+        order each raster was rendered with is counted for the summary."""
+        check_rendered(img, path, self.opts)
+
+
+def check_rendered(img, name, opts: "ConvertOptions | None") -> None:
+    if "band_order" not in img.meta:
+        return
+    if opts is not None:
+        opts.renders[img.meta["band_order"]] = opts.renders.get(img.meta["band_order"], 0) + 1
+    if img.meta.get("valid_fraction", 1.0) == 0.0 and not (opts is not None and opts.keep_nodata):
+        from ..imagery.decode import ImageError
+
+        raise ImageError("all_nodata", f"{name}: every pixel is nodata/fill (keep such images with --keep-nodata)")
 
 
 def summary_path_for(out: Path) -> Path:
@@ -217,6 +251,8 @@ def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
         raise ConvertError(os_error_message(e, opts.output) + "; nothing was written (partial files removed)") from None
     if opts.split:
         summary["split"] = {"spec": opts.split, "seed": opts.seed, "by": "image"}
+    if opts.renders:
+        summary["render"] = {"settings": opts.render.to_json(), "band_orders": dict(opts.renders)}
     spath = summary_path_for(opts.output)
     try:
         write_text_atomic(spath, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
@@ -225,6 +261,8 @@ def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
     summary["summary"] = str(spath)
     if log:
         log(format_summary(summary))
+        for how, n in opts.renders.items():
+            log(f"rasters rendered with {how}: {n} image(s) / 栅格渲染波段: {how}")
     return summary
 
 

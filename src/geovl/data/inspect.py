@@ -59,6 +59,22 @@ class _TextCounter:
         return len(ids)
 
 
+def model_pixel_bounds(model: str) -> tuple[int, int]:
+    """(min_pixels, max_pixels) a model folder's processor resizes with — its preprocessor config
+    with the folder's ``geovl_preprocess.json`` applied, as the engine and training do."""
+    from ..models.loading import load_processor
+    from ..models.preprocess import PreprocessConfig
+
+    try:
+        proc = load_processor(model)
+        pre = PreprocessConfig.load(model)
+    except Exception as e:  # noqa: BLE001
+        raise InspectError(f"{model}: cannot load the model's processor ({type(e).__name__}: {e})") from None
+    if pre is not None:
+        pre.apply(proc)
+    return PreprocessConfig.bounds_of(proc)
+
+
 def inspect_dataset(
     path: str,
     family: str | None = None,
@@ -79,6 +95,14 @@ def inspect_dataset(
         fam_name = json.loads(cfg_path.read_text()).get("model_type")
     fam = get_family(fam_name or "qwen2_5_vl")
     counter = _TextCounter(model) if model else None
+    bounds_from = "family defaults"
+    if model and (min_pixels is None or max_pixels is None):
+        lo, hi = model_pixel_bounds(model)
+        min_pixels = lo if min_pixels is None else min_pixels
+        max_pixels = hi if max_pixels is None else max_pixels
+        bounds_from = "the model's processor (and geovl_preprocess.json)"
+    if min_pixels is not None and max_pixels is not None and bounds_from == "family defaults":
+        bounds_from = "options"
 
     n_total = count_samples(path)
     by_source: Counter = Counter()
@@ -152,6 +176,7 @@ def inspect_dataset(
         "pixel_bounds": {
             "min_pixels": fam.default_min_pixels if min_pixels is None else min_pixels,
             "max_pixels": fam.default_max_pixels if max_pixels is None else max_pixels,
+            "from": bounds_from,
         },
         "by_source": dict(by_source.most_common()),
         "by_qtype": dict(sorted(by_qtype.items())),
@@ -175,7 +200,7 @@ def inspect_dataset(
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['file']}: {r['samples']} samples  (family {r['family']}, pixels {r['pixel_bounds']['min_pixels']}–{r['pixel_bounds']['max_pixels']})"]
+    lines = [f"{r['file']}: {r['samples']} samples  (family {r['family']}, pixels {r['pixel_bounds']['min_pixels']}–{r['pixel_bounds']['max_pixels']}{', from ' + r['pixel_bounds']['from'] if r['pixel_bounds'].get('from') else ''})"]
 
     def table(title: str, d: dict) -> None:
         if not d:

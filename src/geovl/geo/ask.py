@@ -81,6 +81,11 @@ class GroundedPrompt:
     prompt: str
     images: list[bytes] = field(repr=False, default_factory=list)
     image_paths: list[str] = field(default_factory=list)
+    renders: list[dict] = field(default_factory=list)  # per image: how it was rendered (band order, size)
+
+    def band_lines(self) -> list[str]:
+        """Human-readable: the band order each raster was rendered with (none for plain PNG/JPEG)."""
+        return [f"{p}: {r['band_order']}" for p, r in zip(self.image_paths, self.renders) if "band_order" in r]
 
     @property
     def messages(self) -> list[dict]:
@@ -116,22 +121,22 @@ def measure_inputs(image_path, before_path=None, classes=None, before_classes=No
     from .indices import load_rules
     from .measure import measure_raster
 
-    if rules is None and bands is not None:
-        rules = load_rules(None, bands if isinstance(bands, str) else ",".join(bands))
+    spec = bands if bands is None or isinstance(bands, str) else ",".join(bands)
+    if rules is None and spec is not None and not spec.replace(",", "").replace(" ", "").isdigit():
+        rules = load_rules(None, spec)  # band names: index classification too; numbers (3,2,1) choose rendering only
     return measure_raster(image_path, classes=classes, before=before_path, before_classes=before_classes,
                           class_table=class_table, aoi=aoi, aoi_crs=aoi_crs, pixel_size=pixel_size, rules=rules)
 
 
 def build_grounded(image_path, question: str, before_path=None, classes=None, before_classes=None, class_table=None,
                    aoi=None, aoi_crs=None, pixel_size=None, rules=None, bands=None, lang: str | None = None,
-                   preprocess=None, measurement=None) -> GroundedPrompt:
+                   preprocess=None, measurement=None, rendered=None) -> GroundedPrompt:
     """Measure (unless ``measurement`` is given), render the image(s) and build the fixed prompt.
 
     Images shown: ``before_path`` (when given) then ``image_path``. ``preprocess``: the model's
     :class:`~geovl.models.preprocess.PreprocessConfig` (``engine.preprocess``) for raster rendering;
-    ``bands``: band order such as ``"blue,green,red,nir"`` (rendering and derived classes)."""
-    from .tiles import image_for_model
-
+    ``bands``: band order such as ``"blue,green,red,nir"`` (rendering and derived classes);
+    ``rendered``: the ``(bytes, info)`` of :func:`render_images` when already rendered."""
     if not isinstance(question, str) or not question.strip():
         raise MeasureError("the question is empty")
     lang = lang or detect_lang(question)
@@ -140,9 +145,19 @@ def build_grounded(image_path, question: str, before_path=None, classes=None, be
     m = measurement if measurement is not None else measure_inputs(
         image_path, before_path, classes, before_classes, class_table, aoi, aoi_crs, pixel_size, rules, bands)
     paths = [str(p) for p in (before_path, image_path) if p is not None]
-    images = [image_for_model(p, preprocess, bands)[0] for p in paths]
+    rendered = rendered if rendered is not None else render_images(image_path, before_path, preprocess, bands)
+    images = [b for b, _ in rendered]
     context = m.context_text(lang)
-    return GroundedPrompt(question.strip(), lang, m, context, prompt_text(context, question, lang, len(images)), images, paths)
+    return GroundedPrompt(question.strip(), lang, m, context, prompt_text(context, question, lang, len(images)), images, paths,
+                          [info for _, info in rendered])
+
+
+def render_images(image_path, before_path=None, preprocess=None, bands=None) -> list[tuple[bytes, dict]]:
+    """``(encoded image, info)`` of the image(s) shown (before, then after), rendered as the model
+    sees them (:func:`geovl.geo.tiles.image_for_model`); raises :class:`MeasureError`."""
+    from .tiles import image_for_model
+
+    return [image_for_model(str(p), preprocess, bands) for p in (before_path, image_path) if p is not None]
 
 
 def _prepare(engine, image_path, question, before_path, classes, lang, measure_kw) -> GroundedPrompt:

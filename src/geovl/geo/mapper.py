@@ -176,7 +176,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
             raise MapError(f"{raster}: has no CRS (not georeferenced) — a flags map must be placed on the ground; "
                            "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE")
         grid = TileGrid(ds.width, ds.height, o.tile, o.overlap)
-        spec = render_spec(ds.count, ds.descriptions, getattr(engine, "preprocess", None), o.bands)
+        spec = render_spec(ds.count, ds.descriptions, getattr(engine, "preprocess", None), o.bands, ds.colorinterp)
         t = ds.transform
         header = {"schema": SCHEMA, "raster": str(Path(raster).resolve()), "width": ds.width, "height": ds.height,
                   "count": ds.count, "crs": ds.crs.to_wkt(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],

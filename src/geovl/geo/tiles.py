@@ -6,33 +6,23 @@ tiles (1 when ``n ≤ tile``); the last one reaches the raster edge and is clipp
 padded with black to ``tile × tile``). Tile ``(row, col)`` reads pixels
 ``[row·stride, row·stride + tile) × [col·stride, col·stride + tile)``.
 
-**Rendering** (:func:`render_spec`, :func:`read_rgb`, :func:`image_for_model`): three bands, each
-stretched between its ``lo``/``hi`` percentiles of the valid pixels (8-bit bands pass unchanged) by
-:func:`geovl.imagery.geotiff.render_rgb` — the same function as ``load_image`` and
-``render_composite``. Which bands:
-
-1. the preprocessing config's ``rgb_bands`` (and its ``stretch``) when training wrote one;
-2. rasters with 4 or more bands (or a ``--bands`` order): true colour (red, green, blue) found by
-   :func:`~geovl.imagery.geotiff.band_roles` — band descriptions, else the order blue, green, red,
-   nir[, swir] (Sentinel-2 stacks, ``geovl data synth`` GeoTIFFs);
-3. otherwise bands 1–3 as R, G, B (grey for 1–2 bands), like ``load_image``.
-
-Nodata pixels (the dataset mask) are left out of the percentiles and drawn black. Reads are
-windowed (``window=``) or decimated (``out_shape=``): a raster is never read whole at full size.
+**Rendering**: :mod:`geovl.imagery.render` — the one set of rules every path uses (band roles,
+scale/offset, nodata and untagged fill, percentile stretch over valid pixels; windowed or decimated
+reads, never a whole raster at full size). :func:`render_spec` here adds the preprocessing
+config and a ``--bands`` option; :func:`image_for_model` is :func:`geovl.imagery.decode.load_image`
+with those settings (so ``ask`` sends the very bytes ``data convert`` stores).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..imagery.decode import TIFF_MAGICS
+from ..imagery.render import MAX_RENDER_PIXELS, RenderError, RenderSettings, RenderSpec, decimated_shape, read_rgb  # noqa: F401
 from .errors import MeasureError
-
-MAX_RENDER_PIXELS = 4096 * 4096  # whole-image renderings (geovl ask) are decimated beyond this
 
 
 @dataclass(frozen=True)
@@ -105,15 +95,9 @@ def window_polygon(transform, window: tuple[int, int, int, int]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- rendering
-@dataclass(frozen=True)
-class RenderSpec:
-    bands: tuple[int, int, int]  # 0-based band indices shown as R, G, B
-    lo: float = 2.0
-    hi: float = 98.0
-    how: str = "bands 1-3"
 
-    def to_json(self) -> dict:
-        return asdict(self) | {"bands": list(self.bands)}
+DECIMATED_MAX_PIXELS = 2**32  # whole-scene renders are decimated, so only absurd headers are refused
+DECIMATED_MAX_DECODED_BYTES = 2**40
 
 
 def parse_band_order(spec) -> tuple[str, ...] | None:
@@ -126,50 +110,21 @@ def parse_band_order(spec) -> tuple[str, ...] | None:
     return items
 
 
-def render_spec(count: int, band_names=(), preprocess=None, order=None) -> RenderSpec:
-    """Which bands and stretch render a ``count``-band raster (rules in the module docstring)."""
-    from ..imagery.geotiff import Raster, band_roles
-
-    lo, hi = (float(v) for v in (preprocess.stretch if preprocess is not None else (2.0, 98.0)))
-    if preprocess is not None and preprocess.rgb_bands:
-        bands = tuple(int(b) for b in preprocess.rgb_bands)
-        if len(bands) != 3 or min(bands) < 0 or max(bands) >= count:
-            raise MeasureError(f"the model's preprocessing config renders bands {list(bands)} (0-based) "
-                               f"but the raster has {count} band(s)")
-        return RenderSpec(bands, lo, hi, "preprocessing config rgb_bands")
-    order = parse_band_order(order)
-    if count >= 4 or order:
-        probe = Raster(np.empty((count, 0, 0), np.uint8), band_names=[d or "" for d in band_names])
-        roles = band_roles(probe, order)
-        if all(k in roles for k in ("red", "green", "blue")):
-            return RenderSpec((roles["red"], roles["green"], roles["blue"]), lo, hi, "true colour (red, green, blue)")
-        if order:
-            raise MeasureError(f"--bands {','.join(order)}: true colour needs bands named red, green and blue")
-    if count >= 3:
-        return RenderSpec((0, 1, 2), lo, hi, "bands 1-3")
-    return RenderSpec((0, 0, 0), lo, hi, "grey (band 1)")
+def settings_for(preprocess=None, order=None) -> RenderSettings:
+    try:
+        return RenderSettings.from_preprocess(preprocess, order)
+    except RenderError as e:
+        raise MeasureError(str(e)) from None
 
 
-def read_rgb(ds, spec: RenderSpec, window=None, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(rgb (H, W, 3) uint8, valid (H, W) bool)`` of an open rasterio dataset, windowed
-    (``window=(col_off, row_off, width, height)``) and/or decimated (``out_shape=(H, W)``)."""
-    from rasterio.windows import Window
+def render_spec(count: int, band_names=(), preprocess=None, order=None, colorinterp=()) -> RenderSpec:
+    """Which bands and stretch render a ``count``-band raster (:func:`geovl.imagery.render.render_spec`)."""
+    from ..imagery.render import render_spec as _spec
 
-    from ..imagery.geotiff import Raster, render_rgb
-
-    win = Window(*window) if window is not None else None
-    idx = sorted({b + 1 for b in spec.bands})
-    shape = (len(idx), *out_shape) if out_shape else None
-    data = ds.read(idx, window=win, out_shape=shape)
-    mask_shape = tuple(out_shape) if out_shape else None
-    valid = ds.dataset_mask(window=win, out_shape=mask_shape) > 0
-    arr = np.stack([data[idx.index(b + 1)] for b in spec.bands])
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float64)
-        arr[:, ~valid] = np.nan  # out of the percentiles, like nodata
-    rgb = render_rgb(Raster(arr, nodata=ds.nodata), (0, 1, 2), spec.lo, spec.hi)
-    rgb[~valid] = 0
-    return rgb, valid
+    try:
+        return _spec(count, band_names, settings_for(preprocess, order), colorinterp)
+    except RenderError as e:
+        raise MeasureError(str(e)) from None
 
 
 def png_bytes(rgb: np.ndarray, pad_to: int | None = None) -> bytes:
@@ -185,41 +140,23 @@ def png_bytes(rgb: np.ndarray, pad_to: int | None = None) -> bytes:
     return encode_png(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB"))
 
 
-def decimated_shape(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """(H, W) no larger than ``max_pixels`` keeping the aspect ratio (unchanged when it fits)."""
-    if width * height <= max_pixels:
-        return height, width
-    f = math.sqrt(max_pixels / (width * height))
-    return max(1, int(height * f)), max(1, int(width * f))
-
-
 def image_for_model(path, preprocess=None, order=None, max_pixels: int = MAX_RENDER_PIXELS) -> tuple[bytes, dict]:
-    """``(encoded image, info)`` of an image file as a model sees it: GeoTIFFs (and other rasters)
-    rendered by the rules above (decimated beyond ``max_pixels``) to PNG; PNG/JPEG/WebP as stored
-    (validated by :func:`geovl.imagery.decode.load_image`)."""
-    import rasterio
-
+    """``(encoded image, info)`` of an image file as a model sees it: exactly
+    :func:`geovl.imagery.decode.load_image` with the model's render settings (rasters decimated
+    beyond ``max_pixels``; plain PNG/JPEG/WebP as stored)."""
     from ..imagery.decode import ImageError, load_image
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head not in TIFF_MAGICS:
-        try:
-            img = load_image(path)
-        except ImageError as e:
-            raise MeasureError(f"{path}: {e}") from None
-        return img.data, {"width": img.width, "height": img.height, "render": "as stored"}
     try:
-        with rasterio.open(path) as ds:
-            spec = render_spec(ds.count, ds.descriptions, preprocess, order)
-            h, w = decimated_shape(ds.width, ds.height, max_pixels)
-            rgb, _ = read_rgb(ds, spec, out_shape=(h, w) if (h, w) != (ds.height, ds.width) else None)
-            info = {"width": w, "height": h, "source_size": [ds.width, ds.height], "render": spec.to_json()}
-    except MeasureError:
-        raise
-    except Exception as e:  # noqa: BLE001 - unreadable raster
-        raise MeasureError(f"{path}: cannot render the raster ({type(e).__name__}: {e})") from None
-    return png_bytes(rgb), info
+        img = load_image(path, DECIMATED_MAX_PIXELS, DECIMATED_MAX_DECODED_BYTES, render=settings_for(preprocess, order),
+                         render_max_pixels=max_pixels)
+    except ImageError as e:
+        raise MeasureError(f"{path}: {e}") from None
+    info = {"width": img.width, "height": img.height}
+    if "render" in img.meta:
+        info |= {k: img.meta[k] for k in ("render", "band_order", "valid_fraction", "source_size")}
+    else:
+        info["render"] = "as stored"
+    return img.data, info

@@ -135,9 +135,10 @@ _ROLE_WORDS = {
 COMPOSITES = {"true": ("red", "green", "blue"), "false-nir": ("nir", "red", "green")}
 
 
-def band_roles(raster: Raster, order: tuple[str, ...] | None = None) -> dict[str, int]:
+def band_roles(raster: Raster, order: tuple[str, ...] | None = None, default: bool = True) -> dict[str, int]:
     """{role: 0-based band index}. ``order`` (e.g. ("blue", "green", "red", "nir")) names the bands
-    in file order; without it roles come from the band descriptions, then :data:`DEFAULT_BAND_ORDER`."""
+    in file order; without it roles come from the band descriptions, then (``default``)
+    :data:`DEFAULT_BAND_ORDER`."""
     if order:
         return {name: i for i, name in enumerate(order) if i < raster.count and name in _ROLE_WORDS}
     roles: dict[str, int] = {}
@@ -149,7 +150,7 @@ def band_roles(raster: Raster, order: tuple[str, ...] | None = None) -> dict[str
             if role not in roles and any(k in words or k == desc.lower().strip() for k in keys):
                 roles[role] = i
                 break
-    if not roles:
+    if not roles and default:
         roles = {name: i for i, name in enumerate(DEFAULT_BAND_ORDER) if i < raster.count}
     return roles
 

@@ -19,8 +19,11 @@ FILENAME = "geovl_preprocess.json"
 class PreprocessConfig:
     min_pixels: int | None = None  # None: the processor's own default
     max_pixels: int | None = None
-    # how a multi-band raster becomes RGB: band indices (0-based) and percentile stretch
+    # how a raster becomes RGB (geovl.imagery.render, one set of rules for training and serving):
+    # band indices shown as R, G, B (0-based), or the names of the file's bands in order
+    # (e.g. ["blue", "green", "red", "nir"]), and the percentile stretch
     rgb_bands: list[int] | None = None
+    band_order: list[str] | None = None
     stretch: list[float] = field(default_factory=lambda: [2.0, 98.0])
     family: str | None = None  # registry key, recorded for checks
     # how a hyperspectral cube becomes the image: a geovl.spectral.render spec dict (None: not spectral)
@@ -45,6 +48,35 @@ class PreprocessConfig:
         if unknown:
             raise ValueError(f"{p}: unknown preprocessing keys {sorted(unknown)} (written by a newer geovl?)")
         return cls(**known)
+
+    def take_render_from(self, datasets) -> bool:
+        """Copy the raster render settings ``geovl data convert`` recorded for these dataset files
+        (``<stem>.summary.json`` → ``render.settings``) so serving renders as the training images
+        were rendered. Returns whether any was found; ``ValueError`` when the files were rendered
+        with different settings."""
+        found = {}
+        for d in [datasets] if isinstance(datasets, (str, Path)) else list(datasets or []):
+            d = Path(d)
+            summary = d.with_name(d.name.rsplit(".", 1)[0] + ".summary.json")
+            if not summary.is_file():
+                continue
+            try:
+                render = (json.loads(summary.read_text(encoding="utf-8")).get("render") or {}).get("settings")
+            except (ValueError, AttributeError):
+                continue
+            if render:
+                found[str(d)] = render
+        if not found:
+            return False
+        distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
+        if len(distinct) > 1:
+            raise ValueError("training files were converted with different raster render settings "
+                             f"({found}); convert them with the same --bands")
+        r = next(iter(found.values()))
+        self.rgb_bands = list(r["rgb_bands"]) if r.get("rgb_bands") else None
+        self.band_order = list(r["band_order"]) if r.get("band_order") else None
+        self.stretch = [float(v) for v in r.get("stretch") or (2.0, 98.0)]
+        return True
 
     def apply(self, processor) -> None:
         """Set the pixel bounds on a Qwen-VL processor's image processor (in place)."""

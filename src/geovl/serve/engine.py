@@ -86,36 +86,22 @@ class Engine(Protocol):
     def stream(self, request: ChatRequest, params: GenerationParams) -> Iterator[str]: ...
 
 
-def custom_rendering(preprocess) -> bool:
-    """Whether a preprocessing config renders rasters differently from the default (bands 1-3, 2–98 %)."""
-    return preprocess is not None and bool(preprocess.rgb_bands or list(preprocess.stretch) != [2.0, 98.0])
-
-
 def decode_image(data: bytes, preprocess=None):
-    """Encoded bytes → RGB PIL image. TIFFs are rendered to RGB with the preprocessing config's bands
-    and stretch (defaults: first three bands, 2–98 % stretch)."""
+    """Encoded bytes → RGB PIL image. Rasters (TIFF, JPEG2000, …) are rendered by
+    :mod:`geovl.imagery.render` with the preprocessing config's render settings — the same function
+    and settings as ``data convert``, ``infer`` and ``ask``."""
     from PIL import Image
 
-    from ..imagery.decode import ImageError, load_image_bytes
+    from ..imagery.decode import load_image_bytes
+    from ..imagery.render import RenderSettings
 
-    if bytes(data[:4]) in TIFF_MAGICS:
-        if custom_rendering(preprocess):
-            from rasterio.io import MemoryFile
-
-            from ..imagery.geotiff import read_raster, render_rgb
-
-            try:
-                with MemoryFile(bytes(data)) as mf:
-                    r = read_raster(mf.name)
-                bands = tuple(preprocess.rgb_bands) if preprocess.rgb_bands else None
-                return Image.fromarray(render_rgb(r, bands, *preprocess.stretch), mode="RGB")
-            except Exception as e:  # noqa: BLE001 - unreadable raster, band index out of range
-                raise ImageError("undecodable_image", f"GeoTIFF with rgb_bands={preprocess.rgb_bands}: {e}") from None
-        data = load_image_bytes(bytes(data), name="<tiff>").data
+    loaded = load_image_bytes(bytes(data), name="<image>", render=RenderSettings.from_preprocess(preprocess))
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(loaded.data)) as im:
             return im.convert("RGB")
     except Exception as e:  # noqa: BLE001
+        from ..imagery.decode import ImageError
+
         raise ImageError("undecodable_image", str(e)) from None
 
 

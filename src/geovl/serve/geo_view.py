@@ -155,7 +155,7 @@ def render_preview(raster, out, patches=(), transform=None, flags_geojson=None, 
         w0, h0 = ds.width, ds.height
         s = _scale(w0, h0, max_side)
         w, h = max(1, round(w0 * s)), max(1, round(h0 * s))
-        spec = render_spec(ds.count, ds.descriptions)
+        spec = render_spec(ds.count, ds.descriptions, colorinterp=ds.colorinterp)
         read_shape = (h, w) if s < 1 else None  # decimated read for large rasters, full read for small ones
         rgb, _ = read_rgb(ds, spec, out_shape=read_shape)
         inv = ~(transform if transform is not None else ds.transform)

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from .engine import TIFF_MAGICS, ChatRequest, EngineError, EngineStats, GenerationParams
+from .engine import ChatRequest, EngineError, EngineStats, GenerationParams
 
 MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
 
@@ -22,10 +22,13 @@ MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/
 def image_data_uri(data: bytes) -> str:
     """``data:<mime>;base64,...`` of encoded image bytes (as stored; TIFF rendered to PNG)."""
     data = bytes(data)
-    if data[:4] in TIFF_MAGICS:
-        from ..imagery.decode import load_image_bytes
+    if not any(data.startswith(magic) for magic in MIME):  # rasters (TIFF, JPEG2000, …): the one render path
+        from ..imagery.decode import ImageError, load_image_bytes
 
-        data = load_image_bytes(data, name="<tiff>").data
+        try:
+            data = load_image_bytes(data, name="<image>").data
+        except ImageError as e:
+            raise EngineError(f"image bytes are not PNG, JPEG, WebP, GIF or a readable raster ({e})") from None
     mime = next((m for magic, m in MIME.items() if data.startswith(magic)), None)
     if mime is None:
         raise EngineError("image bytes are not PNG, JPEG, WebP, GIF or TIFF")

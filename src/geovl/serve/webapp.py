@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.schema import assistant_turn, user_turn
-from .engine import ChatRequest, EngineError, GenerationParams, custom_rendering
+from .engine import ChatRequest, EngineError, GenerationParams
 from .i18n import LANGS, quick_questions, t
 from .images import ImageLimits, ImageRefError, check_image, image_format
 
@@ -139,11 +139,12 @@ class ChatApp:
                                                  f"/ 此模型读取 {spectral.n_bands} 波段 GeoTIFF 高光谱数据")
                 self.engine.cube(raw)  # band count and wavelengths checked now, named in the error
                 data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
-            elif image_format(raw) == "TIFF" and custom_rendering(getattr(self.engine, "preprocess", None)):
-                data = raw  # the engine renders it with the trained bands/stretch
-                shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
-            else:
-                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data  # EXIF-upright, TIFF → PNG
+            else:  # rasters rendered with the model's settings (geovl.imagery.render): what it sees is shown
+                from ..imagery.render import RenderSettings
+
+                render = RenderSettings.from_preprocess(getattr(self.engine, "preprocess", None))
+                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes,
+                                                render=render).data  # EXIF-upright, rasters → PNG
         except ImageRefError as e:
             raise _user_error(t("err_bad_image", lang, name=name, why=e.message)) from None
         except (ImageError, OSError) as e:

@@ -192,6 +192,11 @@ def load_policy(recipe: GRPORecipe):
                           "cubes but spectral_projector.json/.safetensors are missing")
     pre = saved or PreprocessConfig()
     pre.family = family.key
+    if saved is None or not (saved.rgb_bands or saved.band_order):
+        try:  # the raster render settings the training images were converted with
+            pre.take_render_from(recipe.train_data)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     if recipe.min_pixels is not None:
         pre.min_pixels = recipe.min_pixels
     if recipe.max_pixels is not None:

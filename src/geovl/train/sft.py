@@ -199,6 +199,11 @@ def train_sft(recipe: SFTRecipe) -> Path:
         recipe.model, precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization
     )
     pre = PreprocessConfig(min_pixels=recipe.min_pixels, max_pixels=recipe.max_pixels, family=family.key)
+    try:  # the raster render settings the training images were converted with: serving renders alike
+        if pre.take_render_from(recipe.train_data):
+            _log(f"raster rendering from the conversion summary: rgb_bands={pre.rgb_bands} band_order={pre.band_order}")
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
     pre.apply(processor)
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")

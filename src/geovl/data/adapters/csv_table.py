@@ -133,7 +133,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     required += [f["column"] for f in m["fields"].values() if f["required"]]
     delim = m.get("delimiter") or ("\t" if path.suffix.lower() == ".tsv" else ",")
     root = o.images_root or path.parent
-    cache = ImageCache(o.pixel_limit, size=8)
+    cache = ImageCache(o.pixel_limit, size=8, opts=o)
     csv.field_size_limit(1 << 24)
     with open(path, encoding=m["encoding"], newline="") as f:
         # strict: a quote that does not close where a cell ends is an error, not a cell that silently runs

@@ -173,7 +173,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     if not path.is_file():
         raise ConvertError(f"{path}: --from llava expects a .json (list) or .jsonl file")
     root = o.images_root or path.parent
-    cache = ImageCache(o.pixel_limit, size=16)
+    cache = ImageCache(o.pixel_limit, size=16, opts=o)
     for source, rec in iter_json_records(path):
         if isinstance(rec, dict) and rec.get("id") is not None:
             source = f"{path.name}#{rec['id']}"

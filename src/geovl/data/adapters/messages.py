@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ...imagery.decode import ImageError, load_image_bytes, resolve_image_path
-from ..convert import ConvertError, ConvertOptions, ImageCache
+from ..convert import ConvertError, ConvertOptions, ImageCache, check_rendered
 from ..io import iter_jsonl_lines
 from ..schema import SampleError
 
@@ -44,12 +44,14 @@ def load_ref(ref, root: Path, cache: ImageCache, max_pixels: int) -> tuple[bytes
         head, _, payload = ref.partition(",")
         if ";base64" not in head or not payload:
             raise ImageError("undecodable_image", f"data URI {head[:40]!r} is not base64")
-        img = load_image_bytes(_b64(payload, "data URI"), max_pixels, name="data URI")
+        img = load_image_bytes(_b64(payload, "data URI"), max_pixels, name="data URI", render=cache.render)
+        check_rendered(img, "data URI", cache.opts)
         return img.data, img.meta
     if len(ref) >= 64 and _B64.match(ref):  # raw base64 (JPEG base64 starts with "/9j/": not a path)
         data = _b64(ref, "base64 image")
         if data.startswith(_MAGIC):
-            img = load_image_bytes(data, max_pixels, name="base64 image")
+            img = load_image_bytes(data, max_pixels, name="base64 image", render=cache.render)
+            check_rendered(img, "base64 image", cache.opts)
             return img.data, img.meta
     img = cache.load(resolve_image_path(root, ref))
     return img.data, img.meta
@@ -60,7 +62,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     if not path.is_file():
         raise ConvertError(f"{path}: --from messages expects a .jsonl file")
     root = o.images_root or path.parent
-    cache = ImageCache(o.pixel_limit, size=16)
+    cache = ImageCache(o.pixel_limit, size=16, opts=o)
     for n, obj in iter_jsonl_lines(path):
         source = f"{path.name}#L{n}"
         try:

@@ -152,7 +152,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     answers = load_records(folder / f"{prefix}_answers.json", "answers")
     root = o.images_root or folder
     roots = [root / d for d in IMAGE_DIRS if (root / d).is_dir()]
-    cache = ImageCache(o.pixel_limit, size=4)
+    cache = ImageCache(o.pixel_limit, size=4, opts=o)
     texts = _Texts(folder)
     for pos, q in enumerate(questions):
         source = f"{qfile.name}#{pos}"
