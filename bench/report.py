@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("sft", "eval", "api", "convert", "sam", "grpo")
+ORDER = ("sft", "eval", "api", "convert", "sam", "grpo", "render")
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -43,6 +43,13 @@ def row(name: str, res: dict | None) -> str:
         side = res.get("failed_side")
         return f"| {name} | | | **FAILED**{f' ({_cell(side)})' if side else ''}: {_cell(err[0] if err else 'unknown error')} | |"
     t = res["table"]
+    if t.get("kind") == "memory":  # a memory check: peak RSS against its budget, no baseline side
+        v, budget = res[t["value"]], res["rss_budget_mb"]
+        verdict = "within" if v["max"] <= budget else "**over**"
+        cell = f"peak RSS {v['median']:,.0f} MB ({v['min']:,.0f}–{v['max']:,.0f}) over {res['repeats']} runs; {verdict} the {budget:,} MB budget"
+        env = res["environment"]
+        run = f"{res['size']}, {env['machine']['cpus']} CPUs, {env['git']['commit'][:7] if env['git']['commit'] else '?'}"
+        return f"| {_cell(t['name'])} | {_cell(t['baseline'])} | {_cell(t['counts'])} | {_cell(cell)} ({_cell(run)}) | |"
     ratios = "; ".join(f"{label} {_fmt(res['ratios'][key])}" for label, key in t["ratios"])
     env = res["environment"]
     run = f"{res['size']}, {res['repeats']} rounds, {env['machine']['cpus']} CPUs, {env['git']['commit'][:7] if env['git']['commit'] else '?'}"
