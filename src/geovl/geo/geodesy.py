@@ -91,6 +91,7 @@ class PixelAreas:
     blocks: tuple | None = None
     planar_m2: float | None = None
     nodes: tuple | None = None
+    projected: tuple | None = None  # (crs, transform): per-pixel ellipsoidal areas (NaN where a pixel has none)
 
     def window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
         """float64 m² of the pixels rows r0:r1, columns c0:c1 (broadcastable to that window); None when constant."""
@@ -103,6 +104,8 @@ class PixelAreas:
             rb = np.repeat(np.arange(len(rows)), rows)[r0:r1]
             cb = np.repeat(np.arange(len(cols)), cols)[c0:c1]
             return self.planar_m2 * ratio[np.ix_(rb, cb)]
+        if self.projected is not None:
+            return _pixel_quads(*self.projected, r0, r1, c0, c1)
         ell, t, to_deg = self.nodes
         cc, rr = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64), np.arange(r0, r1 + 1, dtype=np.float64))
         lon = np.radians((t.a * cc + t.b * rr + t.c) * to_deg)
@@ -117,7 +120,16 @@ class PixelAreas:
             return self.area_of_counts(np.bincount(index[keep], minlength=n))
         r0, c0 = origin
         w = np.broadcast_to(self.window(r0, r0 + index.shape[0], c0, c0 + index.shape[1]), index.shape)
+        self.check_finite(w[keep])
         return np.bincount(index[keep], weights=w[keep], minlength=n)
+
+    def check_finite(self, w: np.ndarray) -> None:
+        """Refuse to measure pixels whose ground area is undefined (off the projection's valid area)."""
+        if self.projected is not None and not np.isfinite(w).all():
+            bad = int((~np.isfinite(w)).sum())
+            raise MeasureError(f"{bad} valid (not nodata) pixel(s) lie outside the projection's valid area (e.g. off the "
+                               "Earth's disk of a geostationary view), so they have no ground area; set those pixels to "
+                               "nodata or clip with --aoi / 部分有效像元位于投影有效范围之外（无地面面积），请设为无数据或用 AOI 裁剪")
 
     def area_of_counts(self, counts: np.ndarray) -> np.ndarray:
         """Constant pixel area: m² of pixel counts, each the correctly rounded exact product."""
@@ -146,7 +158,8 @@ class PixelAreas:
         step = max(1, 4_000_000 // max(w, 1))
         for r in range(0, h, step):
             win = self.window(r, min(h, r + step), 0, w)
-            lo, hi = min(lo, float(win.min())), max(hi, float(win.max()))
+            if np.isfinite(win).any():
+                lo, hi = min(lo, float(np.nanmin(win))), max(hi, float(np.nanmax(win)))
         return lo, hi
 
     def to_json(self) -> dict:
@@ -199,10 +212,16 @@ def pixel_areas(crs, transform, shape, pixel_size=None, area: str = "auto", name
     try:
         block_ratio, rows, cols, ratio = ellipsoid_ratio(crs, transform, shape, float(constant))
     except MeasureError as e:
-        if area == "ellipsoidal":
-            raise
-        planar.notes.append({"en": f"ellipsoidal area not computed ({e})", "zh": f"未计算椭球面积（{e}）"})
-        return planar
+        if area == "planar":
+            planar.notes.append({"en": f"ellipsoidal area not computed ({e})", "zh": f"未计算椭球面积（{e}）"})
+            return planar
+        # e.g. a geostationary (GOES) full disk: corners off the Earth. The planar area can be off by 50 %
+        # or more, so every pixel's own quadrilateral is measured on the ellipsoid; off-disk pixels have
+        # none, and measuring one that is not nodata is refused (PixelAreas.check_finite).
+        out = PixelAreas("ellipsoidal", shape, ellipsoid=WGS84.name, projected=(crs, transform))
+        out.notes.append({"en": f"the map-plane area is not usable for this projection ({e}): areas are per pixel on the "
+                                "WGS 84 ellipsoid", "zh": f"该投影不宜用平面面积（{e}）：逐像元计算WGS 84椭球面积"})
+        return out
     planar.ratio = ratio
     if area == "planar" or (area == "auto" and abs(ratio - 1.0) <= AUTO_RATIO_TOLERANCE):
         return planar
@@ -233,15 +252,36 @@ def ellipsoid_ratio(crs, transform, shape, planar_pixel_m2: float):
         lon, lat = warp_points(crs, "EPSG:4326", xs.ravel().tolist(), ys.ravel().tolist())
     except Exception as e:  # noqa: BLE001 — PROJ errors
         raise MeasureError(f"cannot transform the grid to longitude/latitude: {e}") from None
-    lon = np.unwrap(np.radians(np.asarray(lon).reshape(xs.shape)), axis=1)
-    lat = np.radians(np.asarray(lat).reshape(xs.shape))
+    lon = np.radians(np.asarray(lon, dtype=np.float64).reshape(xs.shape))
+    lat = np.radians(np.asarray(lat, dtype=np.float64).reshape(xs.shape))
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise MeasureError("the grid lies partly outside the projection's valid area")
+    lon = np.unwrap(lon, axis=1)
     q = WGS84.q(lat)
     quad = _quad_area(lon, q) * 0.5 * WGS84.a**2
     npx = np.outer(np.diff(re_), np.diff(ce)).astype(np.float64)
     ratio = quad / (npx * planar_pixel_m2)
     return ratio, np.diff(re_), np.diff(ce), float(quad.sum() / (npx.sum() * planar_pixel_m2))
+
+
+def _pixel_quads(crs, transform, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Area on the WGS 84 ellipsoid (m²) of each pixel of rows r0:r1, columns c0:c1: its corners taken
+    to longitude/latitude, the quadrilateral measured in the equal-area (λ, q) plane; NaN where a
+    corner has no longitude/latitude."""
+    from rasterio.warp import transform as warp_points
+
+    cc, rr = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64), np.arange(r0, r1 + 1, dtype=np.float64))
+    t = transform
+    xs, ys = t.a * cc + t.b * rr + t.c, t.d * cc + t.e * rr + t.f
+    lon, lat = warp_points(crs, "EPSG:4326", xs.ravel(), ys.ravel())
+    lon = np.radians(np.asarray(lon, dtype=np.float64).reshape(xs.shape))
+    lat = np.radians(np.asarray(lat, dtype=np.float64).reshape(xs.shape))
+    bad = ~(np.isfinite(lon) & np.isfinite(lat))
+    lon, lat = np.where(bad, 0.0, lon), np.where(bad, 0.0, lat)
+    lon = np.unwrap(lon, axis=1)
+    quad = _quad_area(lon, WGS84.q(lat)) * 0.5 * WGS84.a**2
+    off = bad[:-1, :-1] | bad[:-1, 1:] | bad[1:, :-1] | bad[1:, 1:]
+    return np.where(off, np.nan, quad)
 
 
 def _quad_area(x: np.ndarray, y: np.ndarray) -> np.ndarray:

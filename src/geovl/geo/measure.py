@@ -389,10 +389,10 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
         region = aoi_obj.window_mask(r0, r1, c0, c1) if aoi_obj is not None else None
         if region is None:
             region_px += (r1 - r0) * (c1 - c0)
-            region_m2 += float(wts.sum()) if weighted else 0.0
+            region_m2 += float(np.nansum(wts)) if weighted else 0.0
         else:
             region_px += int(region.sum())
-            region_m2 += float(wts[region].sum()) if weighted else 0.0
+            region_m2 += float(np.nansum(wts[region])) if weighted else 0.0
             if aoi_full is not None:
                 aoi_full[r0:r1, c0:c1] = region
         sel = None
@@ -412,7 +412,10 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
             pair = pair * len(u) + inv.ravel()
         n = int(np.prod(sizes))
         cnt = np.bincount(pair, minlength=n)
-        sm = np.bincount(pair, weights=wts[sel], minlength=n) if weighted else None
+        if weighted:
+            ws = wts[sel]
+            areas.check_finite(ws)
+        sm = np.bincount(pair, weights=ws, minlength=n) if weighted else None
         for j in np.flatnonzero(cnt):
             ix = np.unravel_index(j, sizes)
             key = tuple(int(parts[d][0][ix[d]]) for d in range(len(parts)))
