@@ -339,6 +339,18 @@ def _whole_array_limit(inputs) -> None:
                                "which is measured window by window / 影像过大：请先用 gdalwarp 将两期重采样到同一网格")
 
 
+def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, index of each element in values) of a 1-D int64 array; values may include absent ones.
+    Codes within a span of 65536 (uint8/uint16 maps, derived classes) are indexed by subtraction, others by sorting."""
+    real = x != _NONE
+    if real.any():
+        lo, hi = int(x[real].min()), int(x[real].max())
+        if hi - lo < 65536:
+            values = np.r_[np.arange(lo, hi + 1, dtype=np.int64), _NONE]
+            return values, np.where(real, x - lo, hi - lo + 1)
+    return np.unique(x, return_inverse=True)
+
+
 def _windows(h: int, w: int, rows: int, cols: int):
     for r0 in range(0, h, rows):
         for c0 in range(0, w, cols):
@@ -405,28 +417,32 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
             keys.append(np.where(v, codes, _NONE))
         if not sel.any():
             continue
-        parts = [np.unique(k[sel], return_inverse=True) for k in keys]
+        parts = [_factorize(k[sel]) for k in keys]
         sizes = [len(u) for u, _ in parts]
         pair = parts[0][1].astype(np.int64).ravel()
         for u, inv in parts[1:]:
             pair = pair * len(u) + inv.ravel()
         n = int(np.prod(sizes))
+        combos = None
+        if n > 4 * 1024**2:  # many code pairs: index the pairs that occur
+            combos, pair = np.unique(pair, return_inverse=True)
+            n = len(combos)
         cnt = np.bincount(pair, minlength=n)
         if weighted:
             ws = wts[sel]
             areas.check_finite(ws)
         sm = np.bincount(pair, weights=ws, minlength=n) if weighted else None
         for j in np.flatnonzero(cnt):
-            ix = np.unravel_index(j, sizes)
+            ix = np.unravel_index(int(combos[j]) if combos is not None else j, sizes)
             key = tuple(int(parts[d][0][ix[d]]) for d in range(len(parts)))
             px_acc[key] = px_acc.get(key, 0) + int(cnt[j])
             if weighted:
                 m2_acc[key] = m2_acc.get(key, 0.0) + float(sm[j])
-        for d, s in enumerate(srcs):
-            if s.source == "supplied":
-                seen.update(int(c) for c in parts[d][0] if c != _NONE)
-                if len(seen) > MAX_CLASSES:
-                    raise continuous_error(s.name, f"more than {MAX_CLASSES} distinct values")
+            for d, s in enumerate(srcs):
+                if s.source == "supplied" and key[d] != _NONE:
+                    seen.add(key[d])
+                    if len(seen) > MAX_CLASSES:
+                        raise continuous_error(s.name, f"more than {MAX_CLASSES} distinct values")
     if aoi_obj is not None:
         aoi_obj.pixels = region_px
         aoi_obj.area_m2 = float(areas.area_of_counts(np.array([region_px]))[0]) if not weighted else region_m2
