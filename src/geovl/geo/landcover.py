@@ -187,7 +187,8 @@ def reproject_onto(cm: ClassMap, target: ClassMap) -> ClassMap:
 # -- windowed reading (bounded memory for any scene size) -----------------------------------------
 
 MAX_CLASSES = 256  # distinct codes a class raster may hold (WorldCover 11, CORINE 44, NLCD 20, uint8 maps ≤ 256)
-WINDOW_BYTES = 32 * 1024**2  # float64 working set of one window, per band
+GDAL_CACHE_BYTES = 128 * 1024**2  # GDAL block cache while measuring
+WINDOW_BYTES = 8 * 1024**2  # float64 working set of one window, per array (index maths keeps ~15 such arrays)
 
 
 def gcp_only_error(path, ds) -> MeasureError | None:
@@ -232,11 +233,16 @@ class ClassSource:
     scales: tuple = ()
     offsets: tuple = ()
     notes: list[dict] = field(default_factory=list)
+    block_rows: int = 1
     _ds: object = field(default=None, repr=False)
+    _env: object = field(default=None, repr=False)
 
     def window_rows(self) -> int:
-        """Rows per window so that one window's float64 working set stays near :data:`WINDOW_BYTES` per band."""
-        return max(1, WINDOW_BYTES // (8 * max(1, self.shape[1])))
+        """Rows per window: one window's float64 arrays stay near :data:`WINDOW_BYTES`; a whole number of
+        the file's block rows, so each compressed tile is decoded once."""
+        rows = max(1, WINDOW_BYTES // (8 * max(1, self.shape[1])))
+        b = max(1, self.block_rows)
+        return rows // b * b if b <= rows else rows  # smaller windows: the block cache keeps the tiles
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         """(codes int64, valid bool) of rows r0:r1, columns c0:c1."""
@@ -245,6 +251,8 @@ class ClassSource:
         if self._ds is None:
             import rasterio
 
+            self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)  # GDAL's default is 5 % of RAM
+            self._env.__enter__()
             self._ds = rasterio.open(self.path)
         data = self._ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
         if self.source == "derived":
@@ -268,6 +276,8 @@ class ClassSource:
         if self._ds is not None:
             self._ds.close()
             self._ds = None
+            self._env.__exit__(None, None, None)
+            self._env = None
 
 
 def _open_meta(path) -> dict:
@@ -286,7 +296,7 @@ def _open_meta(path) -> dict:
                 return {"path": path, "name": path, "crs": ds.crs if ds.crs else None, "transform": ds.transform,
                         "shape": (ds.height, ds.width), "count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata,
                         "band_names": [d or "" for d in ds.descriptions], "scales": tuple(ds.scales),
-                        "offsets": tuple(ds.offsets)}
+                        "offsets": tuple(ds.offsets), "block_rows": ds.block_shapes[0][0] if ds.block_shapes else 1}
     except RasterioIOError as e:
         raise MeasureError(f"{path}: not a readable raster ({e})") from None
 
@@ -306,7 +316,7 @@ def _supplied_source(meta: dict, class_table=None) -> ClassSource:
     if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
         raise MeasureError(f"{meta['name']}: unsupported data type {dt} for a class raster")
     return ClassSource(meta["path"], meta["name"], meta["crs"], meta["transform"], meta["shape"], 1, meta["dtype"],
-                       meta["nodata"], "supplied")
+                       meta["nodata"], "supplied", block_rows=meta["block_rows"])
 
 
 def open_date(image=None, classes=None, rules: IndexRules | None = None, class_table=None) -> ClassSource:
@@ -332,7 +342,8 @@ def open_date(image=None, classes=None, rules: IndexRules | None = None, class_t
     if need > img["count"]:
         raise MeasureError(f"{img['name']}: band {need} is configured but the raster has only {img['count']} band(s)")
     return ClassSource(img["path"], img["name"], img["crs"], img["transform"], img["shape"], img["count"], img["dtype"],
-                       img["nodata"], "derived", img["name"], img["count"], r, img["scales"], img["offsets"])
+                       img["nodata"], "derived", img["name"], img["count"], r, img["scales"], img["offsets"],
+                       block_rows=img["block_rows"])
 
 
 class _Meta:

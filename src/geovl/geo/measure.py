@@ -31,7 +31,8 @@ from .landcover import (MAX_CLASSES, ClassMap, ClassSource, continuous_error, lo
                         reproject_onto, same_grid)
 from .tables import ClassTable, auto_table, load_table
 
-FULL_MAPS_MAX_PIXELS = 20_000_000  # windowed measuring keeps whole-grid class maps (change patches) up to this size
+FULL_MAPS_MAX_PIXELS = 20_000_000  # two dates: whole-grid class maps (for change patches) are kept up to this size
+FULL_MAPS_ONE_DATE_MAX_PIXELS = 4_000_000  # one date: class maps kept (Measurement.maps) up to this size
 WHOLE_ARRAY_MAX_PIXELS = 50_000_000  # in-memory inputs and two dates on different grids are measured as whole arrays
 _NONE = np.iinfo(np.int64).min  # "not valid" in the per-window code keys
 from .units import all_units
@@ -386,7 +387,7 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
     rows, cols = window if window is not None else (min(s.window_rows() for s in srcs), w)
     if rows < 1 or cols < 1:
         raise MeasureError(f"window must be positive (rows, cols), got {window}")
-    keep_full = h * w <= FULL_MAPS_MAX_PIXELS
+    keep_full = h * w <= (FULL_MAPS_MAX_PIXELS if two else FULL_MAPS_ONE_DATE_MAX_PIXELS)
     full = [(np.zeros((h, w), np.int64), np.zeros((h, w), bool)) for _ in srcs] if keep_full else []
     aoi_full = np.zeros((h, w), bool) if keep_full and aoi_obj is not None else None
     weighted = areas.constant is None
