@@ -187,7 +187,14 @@ def reproject_onto(cm: ClassMap, target: ClassMap) -> ClassMap:
 # -- windowed reading (bounded memory for any scene size) -----------------------------------------
 
 MAX_CLASSES = 256  # distinct codes a class raster may hold (WorldCover 11, CORINE 44, NLCD 20, uint8 maps ≤ 256)
-GDAL_CACHE_BYTES = 128 * 1024**2  # GDAL block cache while measuring
+GDAL_CACHE_BYTES = 128 * 1024**2  # GDAL block cache while reading windows (GDAL's default: 5 % of RAM)
+
+
+def bounded_cache():
+    """A ``rasterio.Env`` with GDAL's block cache capped at :data:`GDAL_CACHE_BYTES`."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 WINDOW_BYTES = 8 * 1024**2  # float64 working set of one window, per array (index maths keeps ~15 such arrays)
 
 
@@ -235,7 +242,6 @@ class ClassSource:
     notes: list[dict] = field(default_factory=list)
     block_rows: int = 1
     _ds: object = field(default=None, repr=False)
-    _env: object = field(default=None, repr=False)
 
     def window_rows(self) -> int:
         """Rows per window: one window's float64 arrays stay near :data:`WINDOW_BYTES`; a whole number of
@@ -251,8 +257,6 @@ class ClassSource:
         if self._ds is None:
             import rasterio
 
-            self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)  # GDAL's default is 5 % of RAM
-            self._env.__enter__()
             self._ds = rasterio.open(self.path)
         data = self._ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
         if self.source == "derived":
@@ -276,8 +280,6 @@ class ClassSource:
         if self._ds is not None:
             self._ds.close()
             self._ds = None
-            self._env.__exit__(None, None, None)
-            self._env = None
 
 
 def _open_meta(path) -> dict:

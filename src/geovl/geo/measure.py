@@ -27,7 +27,7 @@ from .change import Change, change_matrix, find_patches, patches_geojson
 from .errors import MeasureError
 from .geodesy import PixelAreas, pixel_areas
 from .indices import IndexRules
-from .landcover import (MAX_CLASSES, ClassMap, ClassSource, continuous_error, load_date, open_date, raster_pixels,
+from .landcover import (MAX_CLASSES, ClassMap, ClassSource, bounded_cache, continuous_error, load_date, open_date, raster_pixels,
                         reproject_onto, same_grid)
 from .tables import ClassTable, auto_table, load_table
 
@@ -220,8 +220,9 @@ def measure_raster(image=None, classes=None, before=None, before_classes=None, c
             before_src = open_date(before, before_classes, rules, class_table) if two else None
             if before_src is None or same_grid(before_src, after_src):
                 try:
-                    return _measure_windowed(after_src, before_src, class_table, aoi, aoi_crs, pixel_size, area, patches,
-                                             top, min_patch_pixels, step, window)
+                    with bounded_cache():
+                        return _measure_windowed(after_src, before_src, class_table, aoi, aoi_crs, pixel_size, area,
+                                                 patches, top, min_patch_pixels, step, window)
                 finally:
                     for s_ in (after_src, before_src):
                         if s_ is not None:
@@ -537,12 +538,12 @@ def _write_derived(src: ClassSource, path, crs, transform) -> None:
     profile = {"driver": "GTiff", "width": w, "height": h, "count": 1, "dtype": "uint8", "nodata": 0, "crs": crs,
                "transform": transform, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
     rows = max(256, (src.window_rows() // 256) * 256)
-    with rasterio.open(path, "w", **profile) as dst:
+    with bounded_cache(), rasterio.open(path, "w", **profile) as dst:
         for r0, r1, c0, c1 in _windows(h, w, rows, w):
             codes, valid = src.read(r0, r1, c0, c1)
             dst.write(np.where(valid, codes, 0).astype(np.uint8), 1, window=Window(c0, r0, c1 - c0, r1 - r0))
         dst.set_band_description(1, "derived land-cover class")
-    src.close()
+        src.close()
 
 
 def _check_pair(before: ClassMap, after: ClassMap) -> None:
