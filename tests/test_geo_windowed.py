@@ -202,3 +202,30 @@ def test_shapefile_aoi_gets_a_conversion_hint(tmp_path):
     shp.write_bytes(b"\x00\x00\x27\x0a" + b"\x00" * 96 + b"\xff\xfe\x80")  # a shapefile header (not UTF-8)
     with pytest.raises(MeasureError, match=r"county\.shp: not GeoJSON.*ogr2ogr -f GeoJSON"):
         measure_raster(path, aoi=shp)
+
+
+def test_wide_code_range_and_whole_array_limits(tmp_path, monkeypatch, capsys):
+    """Codes spanning more than 65536 are indexed by sorting (same figures); whole-array steps over their
+    limit, and memory exhaustion, end in a clear message (exit 2), never a traceback."""
+    import geovl.geo.measure as measure_mod
+    from geovl.cli import main
+
+    crs, t = GRIDS["utm"]
+    codes = np.array([1, 70_000, 200_000, 5], np.int32)
+    rng = np.random.default_rng(9)
+    a = _write(tmp_path / "a.tif", codes[rng.integers(0, 4, (31, 29))], crs, t)
+    b = _write(tmp_path / "b.tif", codes[rng.integers(0, 4, (31, 29))], crs, t)
+    _same(measure_raster(a, before=b, window=(4, 6)), measure_raster(read_raster(a), before=read_raster(b)), exact=True)
+
+    shifted = _write(tmp_path / "shifted.tif", codes[rng.integers(0, 4, (31, 29))], crs, t @ Affine.translation(3, 2))
+    monkeypatch.setattr(measure_mod, "WHOLE_ARRAY_MAX_PIXELS", 100)
+    with pytest.raises(MeasureError, match=r"a\.tif: 899 pixels .*different grids.*gdalwarp"):
+        measure_raster(a, before=shifted)
+
+    def boom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(measure_mod, "measure_raster", boom)
+    assert main(["measure", str(a), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a.tif: out of memory while measuring" in err and "Traceback" not in err
