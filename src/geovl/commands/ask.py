@@ -59,7 +59,7 @@ def run(args) -> int:
     import sys
 
     from geovl.cli import CLIError
-    from geovl.geo.ask import build_grounded, detect_lang, measure_inputs
+    from geovl.geo.ask import build_grounded, check_renderable, detect_lang, measure_inputs
     from geovl.geo.errors import MeasureError
     from geovl.serve import EngineError
 
@@ -69,9 +69,10 @@ def run(args) -> int:
     if not args.question.strip():
         raise CLIError("--question is empty")
     lang = args.lang or detect_lang(args.question)
-    try:  # measure first: bad rasters fail before a model is loaded
+    try:  # measure and render first: bad rasters fail before a model is loaded
         m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
                            args.aoi_crs, args.pixel_size, bands=args.bands)
+        check_renderable([p for p in (args.before, args.image) if p is not None], args.bands)
     except MeasureError as e:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)

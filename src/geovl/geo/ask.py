@@ -122,6 +122,15 @@ def measure_inputs(image_path, before_path=None, classes=None, before_classes=No
                           class_table=class_table, aoi=aoi, aoi_crs=aoi_crs, pixel_size=pixel_size, rules=rules)
 
 
+def check_renderable(paths, bands=None) -> None:
+    """Render every image once (default preprocessing) so an unreadable one fails before a model is
+    loaded; :class:`MeasureError` names the file."""
+    from .tiles import image_for_model
+
+    for p in paths:
+        image_for_model(p, None, bands)
+
+
 def build_grounded(image_path, question: str, before_path=None, classes=None, before_classes=None, class_table=None,
                    aoi=None, aoi_crs=None, pixel_size=None, rules=None, bands=None, lang: str | None = None,
                    preprocess=None, measurement=None) -> GroundedPrompt:
