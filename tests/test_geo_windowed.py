@@ -229,3 +229,26 @@ def test_wide_code_range_and_whole_array_limits(tmp_path, monkeypatch, capsys):
     assert main(["measure", str(a), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "a.tif: out of memory while measuring" in err and "Traceback" not in err
+
+
+def test_windows_read_only_the_bands_the_rules_use(tmp_path, monkeypatch):
+    """A many-band file (a band bomb, or a hyperspectral cube) reads only the bands of the index rules per window."""
+    import rasterio.io
+
+    crs, t = GRIDS["utm"]
+    rng = np.random.default_rng(4)
+    img = rng.integers(1, 4000, size=(40, 16, 12)).astype(np.uint16)
+    path = _write(tmp_path / "cube.tif", img, crs, t)
+    calls = []
+    orig = rasterio.io.DatasetReader.read
+
+    def spy(self, indexes=None, *a, **k):
+        calls.append(indexes)
+        return orig(self, indexes, *a, **k)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
+    got = measure_raster(path, window=(5, 12))
+    assert calls and all(c == [1, 2, 3, 4, 5] for c in calls)  # blue, green, red, NIR, SWIR by position
+    monkeypatch.undo()
+    whole = measure_raster(read_raster(path))
+    _same(got, whole, exact=True)

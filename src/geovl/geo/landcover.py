@@ -258,10 +258,17 @@ class ClassSource:
             import rasterio
 
             self._ds = rasterio.open(self.path)
-        data = self._ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
-        if self.source == "derived":
-            codes = classify(data, self.nodata, self.rules, self.scales, self.offsets)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        if self.source == "derived":  # only the bands the rules use are read (a 2500-band file reads ≤ 5)
+            used = sorted(set(self.rules.bands.values()))
+            data = self._ds.read(used, window=win)
+            local = IndexRules({k: used.index(v) + 1 for k, v in self.rules.bands.items()}, self.rules.thresholds,
+                               self.rules.offset, True)
+            pick = [(self.scales[v - 1] if len(self.scales) >= v else None) for v in used]
+            off = [(self.offsets[v - 1] if len(self.offsets) >= v else None) for v in used]
+            codes = classify(data, self.nodata, local, pick, off)
             return codes.astype(np.int64), codes != 0
+        data = self._ds.read(window=win)
         band = data[0]
         valid = np.ones(band.shape, bool)
         if np.issubdtype(band.dtype, np.floating):
