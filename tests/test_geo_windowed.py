@@ -252,3 +252,18 @@ def test_windows_read_only_the_bands_the_rules_use(tmp_path, monkeypatch):
     monkeypatch.undo()
     whole = measure_raster(read_raster(path))
     _same(got, whole, exact=True)
+
+
+def test_large_two_date_grid_skips_patches_with_a_note(tmp_path, monkeypatch):
+    """Above the whole-grid limit the change matrix is still exact; patches are left out and the output says so."""
+    import geovl.geo.measure as measure_mod
+
+    crs, t = GRIDS["utm"]
+    after = _write(tmp_path / "after.tif", _classes(1), crs, t, nodata=255)
+    before = _write(tmp_path / "before.tif", _classes(2), crs, t, nodata=255)
+    whole = measure_raster(read_raster(after), before=read_raster(before), class_table="worldcover")
+    monkeypatch.setattr(measure_mod, "FULL_MAPS_MAX_PIXELS", 1000)
+    got = measure_raster(after, before=before, class_table="worldcover", window=(8, 30))
+    assert got.maps == {} and got.change.patches == [] and whole.change.patches
+    assert np.array_equal(got.change.pixels, whole.change.pixels) and np.array_equal(got.change.m2, whole.change.m2)
+    assert any("change patches (GeoJSON) are not computed above 1,000 pixels (3,763 here)" in n["en"] for n in got.notes)

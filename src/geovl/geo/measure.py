@@ -31,7 +31,7 @@ from .landcover import (MAX_CLASSES, ClassMap, ClassSource, bounded_cache, conti
                         reproject_onto, same_grid)
 from .tables import ClassTable, auto_table, load_table
 
-FULL_MAPS_MAX_PIXELS = 20_000_000  # two dates: whole-grid class maps (for change patches) are kept up to this size
+FULL_MAPS_MAX_PIXELS = 12_000_000  # two dates: whole-grid class maps (for change patches) are kept up to this size
 FULL_MAPS_ONE_DATE_MAX_PIXELS = 4_000_000  # one date: class maps kept (Measurement.maps) up to this size
 WHOLE_ARRAY_MAX_PIXELS = 50_000_000  # in-memory inputs and two dates on different grids are measured as whole arrays
 _NONE = np.iinfo(np.int64).min  # "not valid" in the per-window code keys
