@@ -265,7 +265,11 @@ def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, p
     if aoi is not None:
         aoi_obj = load_aoi(aoi, after_cm.crs, after_cm.transform, after_cm.shape, aoi_crs, after_cm.name)
         region = aoi_obj.mask
-        aoi_obj.area_m2 = areas.total(region)
+        if areas.constant is not None:
+            aoi_obj.area_m2 = areas.total(region)
+        else:  # NaN-safe: off-projection pixels (no ground area) may lie in the AOI as nodata
+            aoi_obj.area_m2 = float(np.nansum(np.broadcast_to(areas.window(0, region.shape[0], 0, region.shape[1]),
+                                                              region.shape)[region]))
         if aoi_obj.partly_outside:
             notes.append({"en": "part of the AOI lies outside the raster; only the overlap is measured",
                           "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分"})
