@@ -171,6 +171,12 @@ def test_geostationary_full_disk_is_not_measured_as_planar(tmp_path):
     assert "per pixel" in json.dumps(m.notes)
     whole = measure_raster(read_raster(path), class_table="worldcover")
     assert whole.current.valid_m2 == pytest.approx(m.current.valid_m2, rel=1e-12)
+    aoi = tmp_path / "disk.geojson"  # the whole grid, in the raster's CRS (coordinates are not lon/lat)
+    e = 5_434_894.0
+    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[-e, -e], [e, -e], [e, e], [-e, e], [-e, -e]]]}))
+    a, b = (measure_raster(x, class_table="worldcover", aoi=aoi) for x in (path, read_raster(path)))
+    assert a.current.valid_m2 == pytest.approx(m.current.valid_m2, rel=1e-12)
+    assert a.aoi.area_m2 == pytest.approx(b.aoi.area_m2, rel=1e-12) and a.aoi.area_m2 >= a.current.valid_m2 * (1 - 1e-12)
     bad, _, _ = _goes(tmp_path, 40, "goes_all_valid.tif", nodata_off_disk=False)
     with pytest.raises(MeasureError, match="outside the projection's valid area"):
         measure_raster(bad, class_table="worldcover")
