@@ -139,3 +139,20 @@ def test_ask_bad_inputs(synth, tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
     with pytest.raises(MeasureError, match="empty"):
         build_grounded(f["image"], " ", classes=f["classes"])
+
+
+def test_ask_renders_images_before_loading_the_model(synth, tmp_path, capsys, monkeypatch):
+    """An image that measures but cannot be rendered fails before the model loads (the model folder
+    does not exist: that error would come second)."""
+    import geovl.geo.tiles as tiles
+
+    out, sc, f = synth
+
+    def unrenderable(path, *a, **k):
+        raise MeasureError(f"{path}: cannot render the raster (test)")
+
+    monkeypatch.setattr(tiles, "image_for_model", unrenderable)
+    rc = main(["ask", "--image", str(f["image"]), "--classes", str(f["classes"]), "--question", "Is there water?",
+               "--model", str(tmp_path / "no-model")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot render the raster (test)" in err and "no-model" not in err

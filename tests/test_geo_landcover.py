@@ -138,7 +138,9 @@ def test_supplied_class_raster_checks(tmp_path):
     frac = tmp_path / "frac.tif"
     write_raster(frac, Raster(np.array([[[1.5, 2.0]]], np.float32), "EPSG:32650", t, None, []))
     with pytest.raises(MeasureError, match="frac.tif: .*fractional"):
-        measure_raster(frac)
+        measure_raster(frac, class_table="synth")
+    with pytest.raises(MeasureError, match="frac.tif: float32 values and no class table .*--class-table"):
+        measure_raster(frac)  # a float raster without a table is taken for a continuous one
     two = tmp_path / "two.tif"
     write_raster(two, Raster(np.ones((2, 2, 2), np.uint8), "EPSG:32650", t, None, []))
     with pytest.raises(MeasureError, match="two.tif: a class raster has one band, this one has 2"):

@@ -120,6 +120,8 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
         assert transform == src.transform @ Affine.scale(STRIDE)
     assert transform == Affine(1920.0, 0.0, 440000.0, 0.0, -1920.0, 4065000.0)
     assert bands.shape == (2, 3, 3) and "answer code" in desc[0] and desc[1] == "P(yes)"
+    with rasterio.open(out) as ds:  # a Cloud-Optimized GeoTIFF (GDAL's COG driver)
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.profile["tiled"]
     code, prob = bands
     assert np.isnan(code[2, 2]) and np.isnan(prob[2, 2])  # the all-nodata tile
     answered = ~np.isnan(code)
@@ -295,3 +297,23 @@ def test_map_api_errors_before_engine_work(mosaic, tmp_path):
     with pytest.raises(MapError, match="empty"):
         map_raster(NoCalls(), path, "  ", tmp_path / "n.tif", progress=False)
     assert not (tmp_path / "n.tif").exists() and not sidecar_path(tmp_path / "n.tif").exists()
+
+
+def test_flags_map_is_a_cloud_optimized_geotiff(tmp_path):
+    """Large flag maps get internal 256 × 256 tiles and nearest-neighbour overviews down to one tile."""
+    from geovl.geo.mapper import write_cog
+
+    data = np.random.default_rng(0).integers(0, 2, (2, 700, 1000)).astype(np.float32)
+    data[:, :10, :10] = np.nan
+    t = Affine(1920.0, 0.0, 440000.0, 0.0, -1920.0, 4065000.0)
+    path = tmp_path / "flags.tif"
+    write_cog(path, data, "EPSG:32650", t, ["code", "P(yes)"], {"geovl_question": "q"})
+    with rasterio.open(path) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert ds.block_shapes == [(256, 256), (256, 256)] and ds.overviews(1) == [2, 4]
+        assert ds.transform == t and ds.crs.to_epsg() == 32650 and ds.descriptions == ("code", "P(yes)")
+        assert ds.tags()["geovl_question"] == "q"
+        got = ds.read()
+        assert np.array_equal(np.isnan(got), np.isnan(data)) and np.array_equal(got[~np.isnan(got)], data[~np.isnan(data)])
+        ov = ds.read(1, out_shape=(175, 250))  # from the 4x overview: nearest keeps the codes 0/1
+        assert set(np.unique(ov[~np.isnan(ov)])) <= {0.0, 1.0}

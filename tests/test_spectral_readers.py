@@ -237,3 +237,28 @@ def test_npy_errors(tmp_path):
         open_cube(tmp_path / "c.npy", wavelengths=[500, 600])
     with pytest.raises(SpectralError, match="not strictly increasing"):
         open_cube(tmp_path / "c.npy", wavelengths=[500, 700, 600])
+
+
+def test_rotated_map_info_reads_as_rotated_affine(tmp_path, capsys):
+    """AVIRIS-NG style ``rotation=`` in map info: the rotated affine GDAL reads from the same header
+    (was: "rotated `map info` is not supported", also in `geovl spectral info`)."""
+    import json
+
+    import rasterio
+
+    from geovl.cli import main
+
+    hdr = write_envi(tmp_path / "rot.img", _data("u2", (2, 3, 4)), wavelengths=[500, 600])
+    text = [t for t in hdr.read_text().splitlines() if not t.startswith(("map info", "coordinate system string"))]
+    text.append("map info = {UTM, 1, 1, 500000.0, 4000000.0, 2.0, 3.0, 50, North, WGS-84, units=Meters, rotation=30.0}")
+    hdr.write_text("\n".join(text) + "\n")
+    c = open_cube(hdr)
+    with rasterio.open(tmp_path / "rot.img") as ds:
+        want = ds.transform
+    assert c.transform == pytest.approx((want.a, want.b, want.c, want.d, want.e, want.f))
+    assert c.transform[1] != 0 and c.transform[3] != 0  # rotated
+    assert c.transform[0] == pytest.approx(2.0 * np.cos(np.radians(30)))
+    assert c.crs == "EPSG:32650"
+    assert main(["spectral", "info", str(hdr)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["transform"] == pytest.approx(list(c.transform))

@@ -70,7 +70,7 @@ def run(args) -> int:
     if not args.question.strip():
         raise CLIError("--question is empty")
     lang = args.lang or detect_lang(args.question)
-    try:  # measure first: bad rasters fail before a model is loaded
+    try:  # measure and render first: bad rasters fail before a model is loaded
         m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
                            args.aoi_crs, args.pixel_size, bands=args.bands)
         pre = local_preprocess(args)  # the model's render settings, read before the model loads

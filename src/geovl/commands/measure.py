@@ -96,6 +96,10 @@ def run(args) -> int:
             written += m.write_class_rasters(out)
     except MeasureError as e:
         raise CLIError(str(e)) from e
+    except MemoryError:
+        raise CLIError(f"{args.image}: out of memory while measuring — rasters are read in windows, so this is a "
+                       "whole-array step (two dates on different grids, change patches of a large grid): put both "
+                       "dates on one grid (gdalwarp), clip with --aoi, or use a machine with more memory / 内存不足") from None
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
     elif args.context:

@@ -13,7 +13,7 @@ WGS 84); else the raster's CRS. A different CRS is reprojected with
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,31 @@ from .errors import MeasureError
 
 @dataclass
 class AOI:
-    mask: np.ndarray  # (H, W) bool, True inside
+    mask: np.ndarray | None  # (H, W) bool, True inside; None when measured window by window (see :meth:`window_mask`)
     path: str
     crs: str  # CRS the file was read in
     crs_how: str  # "argument", "file", "lon/lat coordinates", "raster"
     geometries: int
     partly_outside: bool
+    shapes: list = field(default_factory=list, repr=False)  # geometries in the raster CRS
+    transform: object = None
+    pixels: int | None = None
+    area_m2: float | None = None
+
+    def window_mask(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """The AOI mask of rows r0:r1, columns c0:c1 (pixel centre inside), made for that window only."""
+        if self.mask is not None:
+            return self.mask[r0:r1, c0:c1]
+        from affine import Affine
+        from rasterio.features import geometry_mask
+
+        return geometry_mask(self.shapes, out_shape=(r1 - r0, c1 - c0), transform=self.transform @ Affine.translation(c0, r0),
+                             invert=True, all_touched=False)
 
     def to_json(self) -> dict:
+        px = self.pixels if self.pixels is not None else int(self.mask.sum())
         return {"path": self.path, "crs": self.crs, "crs_from": self.crs_how, "geometries": self.geometries,
-                "pixels": int(self.mask.sum()), "partly_outside_raster": self.partly_outside}
+                "pixels": px, "partly_outside_raster": self.partly_outside}
 
 
 def _geometries(doc, path) -> list[dict]:
@@ -82,19 +97,59 @@ def _crs_member(doc):
     return None
 
 
-def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, raster_name: str = "raster") -> AOI:
+VECTOR_SUFFIXES = (".shp", ".shx", ".dbf", ".gpkg", ".kml", ".kmz", ".gml", ".fgb", ".tab", ".mif", ".zip", ".gdb", ".sqlite")
+
+
+def _vector_doc(p: Path) -> dict:
+    """A non-GeoJSON vector file (shapefile, GeoPackage, KML…) as a GeoJSON FeatureCollection (with an
+    old-style ``crs`` member from the file's CRS) through fiona when it is installed."""
+    try:
+        import fiona
+    except ImportError:
+        raise MeasureError(
+            f"{p}: not GeoJSON, and no vector library (fiona) is installed to read it — convert it first, "
+            f"e.g. ogr2ogr -f GeoJSON -t_srs EPSG:4326 aoi.geojson {p.name} / 非 GeoJSON 范围文件：请先用 ogr2ogr 转为 GeoJSON"
+        ) from None
+    with fiona.open(p) as src:
+        feats = [{"type": "Feature", "properties": {}, "geometry": dict(f["geometry"].__geo_interface__)} for f in src
+                 if f["geometry"] is not None]
+        crs = src.crs.to_string() if src.crs else None
+    return {"type": "FeatureCollection", "features": feats} | ({"crs": {"type": "name", "properties": {"name": crs}}} if crs else {})
+
+
+def _read_doc(p: Path) -> dict:
+    if not p.is_file():
+        raise MeasureError(f"{p}: AOI file not found")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise MeasureError(f"{p}: cannot read the AOI file ({e})") from None
+    is_json = raw.lstrip()[:1] in (b"{", b"[")
+    if not is_json and (p.suffix.lower() in VECTOR_SUFFIXES or b"\x00" in raw[:1024]):
+        try:
+            return _vector_doc(p)
+        except MeasureError:
+            raise
+        except Exception as e:  # noqa: BLE001 — OGR errors of the vector library
+            raise MeasureError(f"{p}: not a readable vector file ({e})") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MeasureError(f"{p}: not a readable GeoJSON file ({e}); other vector formats: convert with "
+                           f"ogr2ogr -f GeoJSON aoi.geojson {p.name}") from None
+
+
+def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, raster_name: str = "raster",
+             with_mask: bool = True) -> AOI:
+    """The AOI on a raster grid. ``with_mask=False``: no (H, W) mask is made (windowed measuring uses
+    :meth:`AOI.window_mask`); the pixel count is then taken by the caller."""
     from rasterio.features import geometry_mask
     from rasterio.warp import transform_geom
 
     from .crs import CRSInputError, no_network, parse_user_crs
 
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MeasureError(f"{p}: AOI file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MeasureError(f"{p}: not a readable GeoJSON file ({e})") from None
+    doc = _read_doc(p)
     geoms = _geometries(doc, p)
     if not geoms:
         raise MeasureError(f"{p}: no Polygon/MultiPolygon geometry in the AOI")
@@ -126,13 +181,16 @@ def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, ras
         except Exception as e:  # noqa: BLE001 — PROJ errors
             raise MeasureError(f"{p}: cannot reproject the AOI from {name} to the raster CRS ({e})") from None
     crs_text = (src_crs.to_string() if src_crs is not None else (raster_crs.to_string() if raster_crs else "raster grid"))
+    if not with_mask:
+        return AOI(None, str(p), crs_text, how, len(geoms), _partly_outside(geoms, transform, shape), geoms, transform)
     try:
         inside = geometry_mask(geoms, out_shape=shape, transform=transform, invert=True, all_touched=False)
     except Exception as e:  # noqa: BLE001 — invalid geometry
         raise MeasureError(f"{p}: invalid AOI geometry ({e})") from None
     if not inside.any():
         raise MeasureError(f"{p}: the AOI does not cover any pixel centre of {raster_name} (outside the raster?)")
-    return AOI(inside, str(p), crs_text, how, len(geoms), _partly_outside(geoms, transform, shape))
+    return AOI(inside, str(p), crs_text, how, len(geoms), _partly_outside(geoms, transform, shape), geoms, transform,
+               int(inside.sum()))
 
 
 def _partly_outside(geoms, transform, shape) -> bool:

@@ -75,8 +75,11 @@ def ellipsoid_of(crs) -> Ellipsoid:
 
 @dataclass
 class PixelAreas:
-    """Ground area of each pixel of one grid. Exactly one of ``constant`` (m², exact fraction) or
-    ``weights`` (float64 m², shape (H, 1) or (H, W)) is set."""
+    """Ground area of each pixel of one grid. Exactly one of ``constant`` (m², exact fraction),
+    ``weights`` (float64 m² of shape (H, 1)), ``blocks`` (ellipsoid/planar ratio per block: the ratio
+    array, rows per block, columns per block; × ``planar_m2``) or ``nodes`` (rotated geographic grid:
+    ellipsoid, transform, degrees per CRS unit) is set. Nothing of size H × W is ever held: the weights
+    of a window are made on demand (:meth:`window`), so areas stream with the raster."""
 
     method: str  # "planar", "ellipsoidal", "geodesic", "pixel-size"
     shape: tuple[int, int]
@@ -85,21 +88,59 @@ class PixelAreas:
     ratio: float | None = None  # ellipsoid / planar area of the whole raster (projected CRS)
     ellipsoid: str | None = None
     notes: list[dict] = field(default_factory=list)
+    blocks: tuple | None = None
+    planar_m2: float | None = None
+    nodes: tuple | None = None
+    projected: tuple | None = None  # (crs, transform): per-pixel ellipsoidal areas (NaN where a pixel has none)
 
-    def sums(self, index: np.ndarray, n: int) -> np.ndarray:
-        """Area (m², float64) per value 0..n-1 of ``index`` (int array of the grid; −1 = skip)."""
+    def window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """float64 m² of the pixels rows r0:r1, columns c0:c1 (broadcastable to that window); None when constant."""
+        if self.constant is not None:
+            return None
+        if self.weights is not None:
+            return self.weights[r0:r1]
+        if self.blocks is not None:
+            ratio, rows, cols = self.blocks
+            rb = np.repeat(np.arange(len(rows)), rows)[r0:r1]
+            cb = np.repeat(np.arange(len(cols)), cols)[c0:c1]
+            return self.planar_m2 * ratio[np.ix_(rb, cb)]
+        if self.projected is not None:
+            return _pixel_quads(*self.projected, r0, r1, c0, c1)
+        ell, t, to_deg = self.nodes
+        cc, rr = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64), np.arange(r0, r1 + 1, dtype=np.float64))
+        lon = np.radians((t.a * cc + t.b * rr + t.c) * to_deg)
+        lat = (t.d * cc + t.e * rr + t.f) * to_deg
+        return _quad_area(lon, ell.q(np.radians(lat))) * 0.5 * ell.a**2
+
+    def sums(self, index: np.ndarray, n: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """Area (m², float64) per value 0..n-1 of ``index`` (int array of the grid, or of the window
+        whose top-left pixel is ``origin`` = (row, col); −1 = skip)."""
         keep = index >= 0
         if self.constant is not None:
-            counts = np.bincount(index[keep], minlength=n)
-            if Fraction(float(self.constant)) == self.constant:
-                # the pixel area is a float exactly, so IEEE products are the correctly rounded exact products
-                return counts.astype(np.float64) * float(self.constant)
-            out = np.zeros(n, dtype=np.float64)
-            for i in np.flatnonzero(counts):
-                out[i] = float(int(counts[i]) * self.constant)  # exact product, one rounding
-            return out
-        w = np.broadcast_to(self.weights, self.shape)
+            return self.area_of_counts(np.bincount(index[keep], minlength=n))
+        r0, c0 = origin
+        w = np.broadcast_to(self.window(r0, r0 + index.shape[0], c0, c0 + index.shape[1]), index.shape)
+        self.check_finite(w[keep])
         return np.bincount(index[keep], weights=w[keep], minlength=n)
+
+    def check_finite(self, w: np.ndarray) -> None:
+        """Refuse to measure pixels whose ground area is undefined (off the projection's valid area)."""
+        if self.projected is not None and not np.isfinite(w).all():
+            bad = int((~np.isfinite(w)).sum())
+            raise MeasureError(f"{bad} valid (not nodata) pixel(s) lie outside the projection's valid area (e.g. off the "
+                               "Earth's disk of a geostationary view), so they have no ground area; set those pixels to "
+                               "nodata or clip with --aoi / 部分有效像元位于投影有效范围之外（无地面面积），请设为无数据或用 AOI 裁剪")
+
+    def area_of_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Constant pixel area: m² of pixel counts, each the correctly rounded exact product."""
+        counts = np.asarray(counts)
+        if Fraction(float(self.constant)) == self.constant:
+            # the pixel area is a float exactly, so IEEE products are the correctly rounded exact products
+            return counts.astype(np.float64) * float(self.constant)
+        out = np.zeros(counts.shape, dtype=np.float64)
+        for i in np.flatnonzero(counts):
+            out.flat[i] = float(int(counts.flat[i]) * self.constant)  # exact product, one rounding
+        return out
 
     def total(self, mask: np.ndarray) -> float:
         return float(self.sums(np.where(mask, 0, -1), 1)[0])
@@ -107,11 +148,25 @@ class PixelAreas:
     def pixel_area_m2(self) -> float | None:
         return float(self.constant) if self.constant is not None else None
 
+    def _min_max(self) -> tuple[float, float]:
+        if self.weights is not None:
+            return float(self.weights.min()), float(self.weights.max())
+        if self.blocks is not None:
+            return float(self.blocks[0].min() * self.planar_m2), float(self.blocks[0].max() * self.planar_m2)
+        h, w = self.shape
+        lo, hi = math.inf, -math.inf
+        step = max(1, 4_000_000 // max(w, 1))
+        for r in range(0, h, step):
+            win = self.window(r, min(h, r + step), 0, w)
+            if np.isfinite(win).any():
+                lo, hi = min(lo, float(np.nanmin(win))), max(hi, float(np.nanmax(win)))
+        return lo, hi
+
     def to_json(self) -> dict:
         out = {"method": self.method, "pixel_area_m2": self.pixel_area_m2()}
-        if self.weights is not None:
-            w = np.asarray(self.weights)
-            out |= {"pixel_area_m2_min": float(w.min()), "pixel_area_m2_max": float(w.max())}
+        if self.constant is None:
+            lo, hi = self._min_max()
+            out |= {"pixel_area_m2_min": lo, "pixel_area_m2_max": hi}
         if self.ratio is not None:
             out["ellipsoid_to_planar_ratio"] = self.ratio
         if self.ellipsoid:
@@ -157,15 +212,21 @@ def pixel_areas(crs, transform, shape, pixel_size=None, area: str = "auto", name
     try:
         block_ratio, rows, cols, ratio = ellipsoid_ratio(crs, transform, shape, float(constant))
     except MeasureError as e:
-        if area == "ellipsoidal":
-            raise
-        planar.notes.append({"en": f"ellipsoidal area not computed ({e})", "zh": f"未计算椭球面积（{e}）"})
-        return planar
+        if area == "planar":
+            planar.notes.append({"en": f"ellipsoidal area not computed ({e})", "zh": f"未计算椭球面积（{e}）"})
+            return planar
+        # e.g. a geostationary (GOES) full disk: corners off the Earth. The planar area can be off by 50 %
+        # or more, so every pixel's own quadrilateral is measured on the ellipsoid; off-disk pixels have
+        # none, and measuring one that is not nodata is refused (PixelAreas.check_finite).
+        out = PixelAreas("ellipsoidal", shape, ellipsoid=WGS84.name, projected=(crs, transform))
+        out.notes.append({"en": f"the map-plane area is not usable for this projection ({e}): areas are per pixel on the "
+                                "WGS 84 ellipsoid", "zh": f"该投影不宜用平面面积（{e}）：逐像元计算WGS 84椭球面积"})
+        return out
     planar.ratio = ratio
     if area == "planar" or (area == "auto" and abs(ratio - 1.0) <= AUTO_RATIO_TOLERANCE):
         return planar
-    weights = float(constant) * np.repeat(np.repeat(block_ratio, rows, axis=0), cols, axis=1)
-    out = PixelAreas("ellipsoidal", shape, weights=weights, ratio=ratio, ellipsoid=WGS84.name)
+    out = PixelAreas("ellipsoidal", shape, ratio=ratio, ellipsoid=WGS84.name, blocks=(block_ratio, rows, cols),
+                     planar_m2=float(constant))
     if area == "auto":
         out.notes.append({"en": f"the projection distorts areas by {100 * (ratio - 1):+.2f}%, so areas are ellipsoidal (WGS 84)",
                           "zh": f"该投影面积变形 {100 * (ratio - 1):+.2f}%，故采用WGS 84椭球面积"})
@@ -191,15 +252,36 @@ def ellipsoid_ratio(crs, transform, shape, planar_pixel_m2: float):
         lon, lat = warp_points(crs, "EPSG:4326", xs.ravel().tolist(), ys.ravel().tolist())
     except Exception as e:  # noqa: BLE001 — PROJ errors
         raise MeasureError(f"cannot transform the grid to longitude/latitude: {e}") from None
-    lon = np.unwrap(np.radians(np.asarray(lon).reshape(xs.shape)), axis=1)
-    lat = np.radians(np.asarray(lat).reshape(xs.shape))
+    lon = np.radians(np.asarray(lon, dtype=np.float64).reshape(xs.shape))
+    lat = np.radians(np.asarray(lat, dtype=np.float64).reshape(xs.shape))
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise MeasureError("the grid lies partly outside the projection's valid area")
+    lon = np.unwrap(lon, axis=1)
     q = WGS84.q(lat)
     quad = _quad_area(lon, q) * 0.5 * WGS84.a**2
     npx = np.outer(np.diff(re_), np.diff(ce)).astype(np.float64)
     ratio = quad / (npx * planar_pixel_m2)
     return ratio, np.diff(re_), np.diff(ce), float(quad.sum() / (npx.sum() * planar_pixel_m2))
+
+
+def _pixel_quads(crs, transform, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Area on the WGS 84 ellipsoid (m²) of each pixel of rows r0:r1, columns c0:c1: its corners taken
+    to longitude/latitude, the quadrilateral measured in the equal-area (λ, q) plane; NaN where a
+    corner has no longitude/latitude."""
+    from rasterio.warp import transform as warp_points
+
+    cc, rr = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64), np.arange(r0, r1 + 1, dtype=np.float64))
+    t = transform
+    xs, ys = t.a * cc + t.b * rr + t.c, t.d * cc + t.e * rr + t.f
+    lon, lat = warp_points(crs, "EPSG:4326", xs.ravel(), ys.ravel())
+    lon = np.radians(np.asarray(lon, dtype=np.float64).reshape(xs.shape))
+    lat = np.radians(np.asarray(lat, dtype=np.float64).reshape(xs.shape))
+    bad = ~(np.isfinite(lon) & np.isfinite(lat))
+    lon, lat = np.where(bad, 0.0, lon), np.where(bad, 0.0, lat)
+    lon = np.unwrap(lon, axis=1)
+    quad = _quad_area(lon, WGS84.q(lat)) * 0.5 * WGS84.a**2
+    off = bad[:-1, :-1] | bad[:-1, 1:] | bad[1:, :-1] | bad[1:, 1:]
+    return np.where(off, np.nan, quad)
 
 
 def _quad_area(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -218,14 +300,13 @@ def _geographic(crs, transform, shape, name) -> PixelAreas:
         lat_edges = (t.f + t.e * np.arange(h + 1, dtype=np.float64)) * to_deg
         if np.abs(lat_edges).max() > 90.0 + 1e-9:
             raise MeasureError(f"{name}: latitudes beyond ±90° — the geotransform does not fit a geographic CRS")
-        weights = ell.zone_area(lat_edges[:-1], lat_edges[1:], t.a * to_deg)[:, None]
+        weights, nodes = ell.zone_area(lat_edges[:-1], lat_edges[1:], t.a * to_deg)[:, None], None
     else:
-        cc, rr = np.meshgrid(np.arange(w + 1, dtype=np.float64), np.arange(h + 1, dtype=np.float64))
-        lon = np.radians((t.a * cc + t.b * rr + t.c) * to_deg)
-        lat = (t.d * cc + t.e * rr + t.f) * to_deg
+        corners = np.array([(0, 0), (w, 0), (0, h), (w, h)], dtype=np.float64)  # latitude is affine: extremes at corners
+        lat = (t.d * corners[:, 0] + t.e * corners[:, 1] + t.f) * to_deg
         if np.abs(lat).max() > 90.0 + 1e-9:
             raise MeasureError(f"{name}: latitudes beyond ±90° — the geotransform does not fit a geographic CRS")
-        weights = _quad_area(lon, ell.q(np.radians(lat))) * 0.5 * ell.a**2
+        weights, nodes = None, (ell, t, to_deg)
     note = {"en": f"geographic CRS: exact cell areas on the {ell.name} ellipsoid (per row of latitude)",
             "zh": f"地理坐标系：按纬度逐行计算{ell.name}椭球面上的像元面积"}
-    return PixelAreas("geodesic", shape, weights=weights, ellipsoid=ell.name, notes=[note])
+    return PixelAreas("geodesic", shape, weights=weights, ellipsoid=ell.name, notes=[note], nodes=nodes)

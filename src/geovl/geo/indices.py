@@ -1,6 +1,6 @@
 """A documented rule-based land-cover classifier from spectral indices (no training, no model).
 
-Indices (reflectance ``ρ`` = stored value × ``scale`` + ``offset``; ratios ignore the scale):
+Indices (reflectance ``ρ`` = stored value × ``scale`` + ``offset``, from the raster's scale/offset tags):
 
 - NDVI = (ρNIR − ρred) / (ρNIR + ρred)           vegetation vigour
 - NDWI = (ρgreen − ρNIR) / (ρgreen + ρNIR)       McFeeters 1996: open water > 0 (we use > 0.1)
@@ -121,14 +121,23 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(s != 0, (a - b) / np.where(s != 0, s, 1.0), 0.0)
 
 
-def compute_indices(data: np.ndarray, rules: IndexRules) -> dict[str, np.ndarray]:
-    """NDVI, NDWI, redness (and NDBI with a SWIR band) of a (bands, H, W) array."""
+def compute_indices(data: np.ndarray, rules: IndexRules, scales=(), offsets=()) -> dict[str, np.ndarray]:
+    """NDVI, NDWI, redness (and NDBI with a SWIR band) of a (bands, H, W) array. ``scales``/``offsets``:
+    the raster's per-band scale/offset tags (GDAL metadata; e.g. Landsat C2 SR 2.75e-5 and −0.2):
+    reflectance = (stored + rules.offset) × scale + offset, so an offset tag changes every ratio."""
     n = data.shape[0]
     need = max(rules.bands.values())
     if need > n:
         raise MeasureError(f"band {need} ({', '.join(k for k, v in rules.bands.items() if v == need)}) "
                            f"is configured but the raster has only {n} band(s)")
-    b = {k: data[v - 1].astype(np.float64) + rules.offset for k, v in rules.bands.items()}
+    b = {}
+    for k, v in rules.bands.items():
+        x = data[v - 1].astype(np.float64) + rules.offset
+        sc = float(scales[v - 1]) if len(scales) >= v and scales[v - 1] is not None else 1.0
+        of = float(offsets[v - 1]) if len(offsets) >= v and offsets[v - 1] is not None else 0.0
+        if sc != 1.0 or of != 0.0:
+            x = x * sc + of
+        b[k] = x
     out = {"ndvi": _ratio(b["nir"], b["red"]), "ndwi": _ratio(b["green"], b["nir"]), "redness": _ratio(b["red"], b["blue"])}
     if "swir" in b:
         out["ndbi"] = _ratio(b["swir"], b["nir"])
@@ -146,14 +155,14 @@ def valid_mask(data: np.ndarray, nodata, rules: IndexRules) -> np.ndarray:
     return ok
 
 
-def classify(data: np.ndarray, nodata, rules: IndexRules | None = None) -> np.ndarray:
+def classify(data: np.ndarray, nodata, rules: IndexRules | None = None, scales=(), offsets=()) -> np.ndarray:
     """(H, W) uint8 class map (codes of the ``derived`` table) from a (bands, H, W) reflectance array."""
     rules = rules or IndexRules()
     missing = [k for k in REQUIRED if k not in rules.bands]
     if missing:
         raise MeasureError(f"index rules: band(s) {', '.join(missing)} not configured")
     th = rules.thresholds
-    ix = compute_indices(data, rules)
+    ix = compute_indices(data, rules, scales, offsets)
     built = ix["redness"] < th["bare_redness"]
     if "ndbi" in ix:
         built &= ix["ndbi"] >= th["built_ndbi"]

@@ -266,6 +266,25 @@ def _answer_batch(engine, batch, question, cands, answer_from, has_lp, params, c
 
 
 # -------------------------------------------------------------------------------------------- outputs
+COG_BLOCK = 256
+
+
+def write_cog(path, data: np.ndarray, crs, transform, descriptions=(), tags=None) -> None:
+    """A float32 (bands, H, W) array as a Cloud-Optimized GeoTIFF (GDAL's COG driver: internal 256 × 256
+    tiles, deflate, nearest-neighbour overviews down to one tile, NaN nodata)."""
+    import rasterio
+
+    profile = dict(driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="float32",
+                   crs=crs, transform=transform, nodata=float("nan"), compress="deflate", blocksize=COG_BLOCK,
+                   overview_resampling="nearest")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(np.float32))
+        for i, d in enumerate(descriptions, 1):
+            dst.set_band_description(i, d)
+        if tags:
+            dst.update_tags(**tags)
+
+
 def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, question: str, header: dict) -> dict:
     import rasterio
 
@@ -290,14 +309,10 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
     tr = grid.out_transform(ds.transform)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    profile = dict(driver="GTiff", width=grid.n_cols, height=grid.n_rows, count=2, dtype="float32", crs=ds.crs,
-                   transform=tr, nodata=float("nan"), compress="deflate")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(np.stack([code, prob]))
-        dst.set_band_description(1, "answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)")
-        dst.set_band_description(2, "P(yes)")
-        dst.update_tags(geovl_question=question, geovl_tile=str(grid.tile), geovl_overlap=str(grid.overlap),
-                        geovl_stride=str(grid.stride), geovl_source=header["raster"], geovl_engine=header["engine"])
+    write_cog(tmp, np.stack([code, prob]), ds.crs, tr,
+              ["answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)", "P(yes)"],
+              dict(geovl_question=question, geovl_tile=str(grid.tile), geovl_overlap=str(grid.overlap),
+                   geovl_stride=str(grid.stride), geovl_source=header["raster"], geovl_engine=header["engine"]))
     os.replace(tmp, out)
     written = [str(out)]
 

@@ -27,8 +27,14 @@ from .change import Change, change_matrix, find_patches, patches_geojson
 from .errors import MeasureError
 from .geodesy import PixelAreas, pixel_areas
 from .indices import IndexRules
-from .landcover import ClassMap, load_date, reproject_onto, same_grid
+from .landcover import (MAX_CLASSES, ClassMap, ClassSource, bounded_cache, continuous_error, load_date, open_date, raster_pixels,
+                        reproject_onto, same_grid)
 from .tables import ClassTable, auto_table, load_table
+
+FULL_MAPS_MAX_PIXELS = 12_000_000  # two dates: whole-grid class maps (for change patches) are kept up to this size
+FULL_MAPS_ONE_DATE_MAX_PIXELS = 4_000_000  # one date: class maps kept (Measurement.maps) up to this size
+WHOLE_ARRAY_MAX_PIXELS = 50_000_000  # in-memory inputs and two dates on different grids are measured as whole arrays
+_NONE = np.iinfo(np.int64).min  # "not valid" in the per-window code keys
 from .units import all_units
 
 
@@ -96,7 +102,8 @@ class Measurement:
     aoi: AOI | None = None
     rules: IndexRules | None = None
     notes: list[dict] = field(default_factory=list)
-    maps: dict = field(default_factory=dict, repr=False)  # label -> ClassMap on the measured grid
+    maps: dict = field(default_factory=dict, repr=False)  # label -> ClassMap on the measured grid (small grids only)
+    sources: dict = field(default_factory=dict, repr=False)  # label -> ClassSource (windowed measuring)
 
     # -- figures ---------------------------------------------------------------------------
     def codes(self) -> list[int]:
@@ -149,8 +156,13 @@ class Measurement:
         from ..imagery.geotiff import Raster, write_raster
 
         written = []
+        for label, src in self.sources.items():
+            if src.source == "derived":
+                path = Path(out_dir) / f"{label}_classes_derived.tif"
+                _write_derived(src, path, self.crs, self.transform)
+                written.append(str(path))
         for label, cm in self.maps.items():
-            if cm.source != "derived":
+            if cm.source != "derived" or label in self.sources:
                 continue
             t = self.transform
             path = Path(out_dir) / f"{label}_classes_derived.tif"
@@ -185,18 +197,39 @@ def _date(label: str, cm: ClassMap, valid: np.ndarray, region: np.ndarray, idx: 
 def measure_raster(image=None, classes=None, before=None, before_classes=None, class_table=None, aoi=None,
                    aoi_crs: str | None = None, pixel_size=None, rules: IndexRules | None = None, area: str = "auto",
                    patches: bool = True, top: int | None = None, min_patch_pixels: int = 1,
-                   progress: bool = False) -> Measurement:
+                   progress: bool = False, window: tuple[int, int] | None = None) -> Measurement:
     """Measure class areas of ``image`` (or ``classes``), and change from ``before``/``before_classes``.
 
     ``class_table``: a :class:`ClassTable`, a built-in name or a JSON path (default: auto for supplied
     class rasters, the derived table for derived classes). ``aoi``: a GeoJSON path. ``area``:
     auto / planar / ellipsoidal (:mod:`.geodesy`). ``top``/``min_patch_pixels`` limit the patches.
+
+    Files on one grid are read window by window (``window`` = (rows, cols); default: full-width strips
+    of about :data:`~.landcover.WINDOW_BYTES`), so memory stays bounded for any scene size; counts and
+    areas accumulate per window. In-memory rasters and two dates on different grids (reprojected) are
+    measured as whole arrays, up to :data:`WHOLE_ARRAY_MAX_PIXELS`.
     """
     two = before is not None or before_classes is not None
     with _stages(progress, (3 + int(patches)) if two else 2) as step:
         step("read")
-        after_cm = load_date(image, classes, rules)
-        before_cm = load_date(before, before_classes, rules) if two else None
+        from ..imagery.geotiff import Raster
+
+        inputs = [x for x in (image, classes, before, before_classes) if x is not None]
+        if not any(isinstance(x, Raster) for x in inputs):
+            after_src = open_date(image, classes, rules, class_table)
+            before_src = open_date(before, before_classes, rules, class_table) if two else None
+            if before_src is None or same_grid(before_src, after_src):
+                try:
+                    with bounded_cache():
+                        return _measure_windowed(after_src, before_src, class_table, aoi, aoi_crs, pixel_size, area,
+                                                 patches, top, min_patch_pixels, step, window)
+                finally:
+                    for s_ in (after_src, before_src):
+                        if s_ is not None:
+                            s_.close()
+        _whole_array_limit(inputs)
+        after_cm = load_date(image, classes, rules, class_table)
+        before_cm = load_date(before, before_classes, rules, class_table) if two else None
         return _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, patches, top,
                         min_patch_pixels, step)
 
@@ -232,6 +265,11 @@ def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, p
     if aoi is not None:
         aoi_obj = load_aoi(aoi, after_cm.crs, after_cm.transform, after_cm.shape, aoi_crs, after_cm.name)
         region = aoi_obj.mask
+        if areas.constant is not None:
+            aoi_obj.area_m2 = areas.total(region)
+        else:  # NaN-safe: off-projection pixels (no ground area) may lie in the AOI as nodata
+            aoi_obj.area_m2 = float(np.nansum(np.broadcast_to(areas.window(0, region.shape[0], 0, region.shape[1]),
+                                                              region.shape)[region]))
         if aoi_obj.partly_outside:
             notes.append({"en": "part of the AOI lies outside the raster; only the overlap is measured",
                           "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分"})
@@ -243,6 +281,8 @@ def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, p
     present = set()
     for m, v in zip(maps, valids):
         present |= {int(c) for c in np.unique(m.codes[v])}
+        if m.source == "supplied" and len(present) > MAX_CLASSES:
+            raise continuous_error(m.name, f"more than {MAX_CLASSES} distinct values")
     codes = sorted(present | set(table.classes))
     idxs = [_index(m, v, codes) for m, v in zip(maps, valids)]
     labels = ["before", "after"] if two else ["image"]
@@ -290,6 +330,224 @@ class _stages:
         if self.bar is not None:
             self.bar.close()
         return False
+
+
+def _whole_array_limit(inputs) -> None:
+    from ..imagery.geotiff import Raster
+
+    for x in inputs:
+        px = int(x.height) * int(x.width) if isinstance(x, Raster) else raster_pixels(x)
+        if px > WHOLE_ARRAY_MAX_PIXELS:
+            name = "<in-memory raster>" if isinstance(x, Raster) else str(x)
+            raise MeasureError(f"{name}: {px:,} pixels — two dates on different grids (or in-memory rasters) are measured "
+                               f"as whole arrays, up to {WHOLE_ARRAY_MAX_PIXELS:,} pixels; put both dates on one grid first "
+                               "(gdalwarp -tr XRES YRES -te XMIN YMIN XMAX YMAX -r near before.tif before_on_grid.tif), "
+                               "which is measured window by window / 影像过大：请先用 gdalwarp 将两期重采样到同一网格")
+
+
+def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, index of each element in values) of a 1-D int64 array; values may include absent ones.
+    Codes within a span of 65536 (uint8/uint16 maps, derived classes) are indexed by subtraction, others by sorting."""
+    real = x != _NONE
+    if real.any():
+        lo, hi = int(x[real].min()), int(x[real].max())
+        if hi - lo < 65536:
+            values = np.r_[np.arange(lo, hi + 1, dtype=np.int64), _NONE]
+            return values, np.where(real, x - lo, hi - lo + 1)
+    return np.unique(x, return_inverse=True)
+
+
+def _windows(h: int, w: int, rows: int, cols: int):
+    for r0 in range(0, h, rows):
+        for c0 in range(0, w, cols):
+            yield r0, min(h, r0 + rows), c0, min(w, c0 + cols)
+
+
+def _measure_windowed(after: ClassSource, before: ClassSource | None, class_table, aoi, aoi_crs, pixel_size, area,
+                      patches, top, min_patch_pixels, step, window) -> Measurement:
+    """Class counts, areas and the change matrix accumulated window by window (same figures as :func:`_measure`)."""
+    two = before is not None
+    notes: list[dict] = list(after.notes)
+    if two:
+        _check_pair(before, after)
+        if before.rules and after.rules and before.rules.bands != after.rules.bands:
+            notes.append({"en": f"band roles differ between the dates: before {before.rules.bands}, after {after.rules.bands}",
+                          "zh": f"两期波段对应不同：前 {before.rules.bands}，后 {after.rules.bands}"})
+        notes += before.notes
+    srcs = [s for s in (before, after) if s is not None]
+    labels = ["before", "after"] if two else ["image"]
+    fixed = class_table is not None or after.source == "derived"
+    table = _table(class_table, after, before) if fixed else None
+
+    step("areas")
+    areas = pixel_areas(after.crs, after.transform, after.shape, pixel_size, area, after.name)
+    notes += areas.notes
+    aoi_obj = None
+    if aoi is not None:
+        aoi_obj = load_aoi(aoi, after.crs, after.transform, after.shape, aoi_crs, after.name, with_mask=False)
+        if aoi_obj.partly_outside:
+            notes.append({"en": "part of the AOI lies outside the raster; only the overlap is measured",
+                          "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分"})
+    h, w = after.shape
+    rows, cols = window if window is not None else (min(s.window_rows() for s in srcs), w)
+    if rows < 1 or cols < 1:
+        raise MeasureError(f"window must be positive (rows, cols), got {window}")
+    keep_full = h * w <= (FULL_MAPS_MAX_PIXELS if two else FULL_MAPS_ONE_DATE_MAX_PIXELS)
+    full = [(np.zeros((h, w), np.int64), np.zeros((h, w), bool)) for _ in srcs] if keep_full else []
+    aoi_full = np.zeros((h, w), bool) if keep_full and aoi_obj is not None else None
+    weighted = areas.constant is None
+    px_acc: dict[tuple, int] = {}
+    m2_acc: dict[tuple, float] = {}
+    region_px, region_m2 = 0, 0.0
+    seen: set[int] = set()
+    for r0, r1, c0, c1 in _windows(h, w, rows, cols):
+        reads = [s.read(r0, r1, c0, c1) for s in srcs]
+        wts = areas.window(r0, r1, c0, c1)
+        wts = np.broadcast_to(wts, (r1 - r0, c1 - c0)) if wts is not None else None
+        region = aoi_obj.window_mask(r0, r1, c0, c1) if aoi_obj is not None else None
+        if region is None:
+            region_px += (r1 - r0) * (c1 - c0)
+            region_m2 += float(np.nansum(wts)) if weighted else 0.0
+        else:
+            region_px += int(region.sum())
+            region_m2 += float(np.nansum(wts[region])) if weighted else 0.0
+            if aoi_full is not None:
+                aoi_full[r0:r1, c0:c1] = region
+        sel = None
+        keys = []
+        for d, (codes, valid) in enumerate(reads):
+            if keep_full:
+                full[d][0][r0:r1, c0:c1], full[d][1][r0:r1, c0:c1] = codes, valid
+            v = valid & region if region is not None else valid
+            sel = v if sel is None else sel | v
+            keys.append(np.where(v, codes, _NONE))
+        if not sel.any():
+            continue
+        parts = [_factorize(k[sel]) for k in keys]
+        sizes = [len(u) for u, _ in parts]
+        pair = parts[0][1].astype(np.int64).ravel()
+        for u, inv in parts[1:]:
+            pair = pair * len(u) + inv.ravel()
+        n = int(np.prod(sizes))
+        combos = None
+        if n > 4 * 1024**2:  # many code pairs: index the pairs that occur
+            combos, pair = np.unique(pair, return_inverse=True)
+            n = len(combos)
+        cnt = np.bincount(pair, minlength=n)
+        if weighted:
+            ws = wts[sel]
+            areas.check_finite(ws)
+        sm = np.bincount(pair, weights=ws, minlength=n) if weighted else None
+        for j in np.flatnonzero(cnt):
+            ix = np.unravel_index(int(combos[j]) if combos is not None else j, sizes)
+            key = tuple(int(parts[d][0][ix[d]]) for d in range(len(parts)))
+            px_acc[key] = px_acc.get(key, 0) + int(cnt[j])
+            if weighted:
+                m2_acc[key] = m2_acc.get(key, 0.0) + float(sm[j])
+            for d, s in enumerate(srcs):
+                if s.source == "supplied" and key[d] != _NONE:
+                    seen.add(key[d])
+                    if len(seen) > MAX_CLASSES:
+                        raise continuous_error(s.name, f"more than {MAX_CLASSES} distinct values")
+    if aoi_obj is not None:
+        aoi_obj.pixels = region_px
+        aoi_obj.area_m2 = float(areas.area_of_counts(np.array([region_px]))[0]) if not weighted else region_m2
+        if region_px == 0:
+            raise MeasureError(f"{aoi}: the AOI does not cover any pixel centre of {after.name} (outside the raster?)")
+
+    if table is None:
+        table = auto_table({c for key in px_acc for c in key if c != _NONE}, after.name)
+    notes += [{"en": n, "zh": n} for n in table.notes]
+    nod = set(table.nodata)
+
+    def ok(c):
+        return c != _NONE and c not in nod
+
+    codes = sorted({c for key in px_acc for c in key if ok(c)} | set(table.classes))
+    pos = {c: i for i, c in enumerate(codes)}
+    k = len(codes)
+    dates = []
+    for d, (lab, s) in enumerate(zip(labels, srcs)):
+        px = np.zeros(k, np.int64)
+        m2 = np.zeros(k, np.float64)
+        for key, n in px_acc.items():
+            if ok(key[d]):
+                px[pos[key[d]]] += n
+                if weighted:
+                    m2[pos[key[d]]] += m2_acc[key]
+        if not weighted:
+            m2 = areas.area_of_counts(px)
+        valid_px = int(px.sum())
+        if valid_px == 0:
+            where = " inside the AOI" if aoi_obj is not None else ""
+            raise MeasureError(f"{s.name}: every pixel{where} is nodata — nothing to measure")
+        total = float(m2.sum())
+        classes = []
+        for i, code in enumerate(codes):
+            info = table.info(code)
+            classes.append(ClassArea(code, info.key, info.en, info.zh, int(px[i]), float(m2[i]),
+                                     float(m2[i] / total) if total else 0.0))
+        dates.append(DateMeasure(lab, s.name, s.image, s.source, valid_px, region_px - valid_px, total, classes))
+
+    change = None
+    maps = {}
+    if keep_full:
+        maps = {lab: ClassMap(c, v, after.crs, after.transform, s.name, s.source, s.image, s.band_count, list(s.notes),
+                              s.rules) for lab, s, (c, v) in zip(labels, srcs, full)}
+    if two:
+        step("change")
+        mpx = np.zeros((k, k), np.int64)
+        mm2 = np.zeros((k, k), np.float64)
+        only_one = 0
+        for key, n in px_acc.items():
+            a, b = ok(key[0]), ok(key[1])
+            if a and b:
+                mpx[pos[key[0]], pos[key[1]]] += n
+                if weighted:
+                    mm2[pos[key[0]], pos[key[1]]] += m2_acc[key]
+            elif a or b:
+                only_one += n
+        if not weighted:
+            mm2 = areas.area_of_counts(mpx)
+        change = Change(list(codes), mpx, mm2, int(mpx.sum()))
+        if patches:
+            step("patches")
+            if keep_full:
+                idxs = []
+                for cm in maps.values():
+                    v = cm.valid & ~np.isin(cm.codes, np.asarray(sorted(nod), dtype=np.int64)) if nod else cm.valid
+                    if aoi_full is not None:
+                        v &= aoi_full
+                    idxs.append(_index(cm, v, codes))
+                change.patches, change.patches_total = find_patches(idxs[0], idxs[1], codes, areas, after.transform,
+                                                                    after.crs, top, min_patch_pixels)
+            else:
+                notes.append({"en": f"change patches (GeoJSON) are not computed above {FULL_MAPS_MAX_PIXELS:,} pixels "
+                                    f"({h * w:,} here): clip with --aoi or crop the rasters for patches",
+                              "zh": f"像元数超过 {FULL_MAPS_MAX_PIXELS:,}（本例 {h * w:,}），未提取变化图斑；请用 --aoi 或裁剪影像"})
+        if only_one:
+            notes.append({"en": f"{only_one} pixels are valid on one date only and are left out of the change figures",
+                          "zh": f"有 {only_one} 个像元仅在一个时相有效，未计入变化统计"})
+    step("done")
+    return Measurement(dates[-1], dates[0] if two else None, change, table, areas, after.crs, after.transform,
+                       after.shape, aoi_obj, after.rules, notes, maps, dict(zip(labels, srcs)))
+
+
+def _write_derived(src: ClassSource, path, crs, transform) -> None:
+    """A derived class map written window by window (uint8 GeoTIFF, tiled, deflate, nodata 0)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    h, w = src.shape
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": 1, "dtype": "uint8", "nodata": 0, "crs": crs,
+               "transform": transform, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
+    rows = max(256, (src.window_rows() // 256) * 256)
+    with bounded_cache(), rasterio.open(path, "w", **profile) as dst:
+        for r0, r1, c0, c1 in _windows(h, w, rows, w):
+            codes, valid = src.read(r0, r1, c0, c1)
+            dst.write(np.where(valid, codes, 0).astype(np.uint8), 1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        dst.set_band_description(1, "derived land-cover class")
+        src.close()
 
 
 def _check_pair(before: ClassMap, after: ClassMap) -> None:

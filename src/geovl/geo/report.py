@@ -118,7 +118,7 @@ def to_json(m) -> dict:
         "classes_source": m.current.source,
         "class_table": m.table.to_json(),
         "index_rules": m.rules.to_json() if m.rules else None,
-        "aoi": (m.aoi.to_json() | {"area": all_units(m.areas.total(m.aoi.mask))}) if m.aoi else None,
+        "aoi": (m.aoi.to_json() | {"area": all_units(m.aoi.area_m2)}) if m.aoi else None,
         "dates": {d.label: d.to_json() for d in filter(None, (m.before, m.current))},
         "change": None,
         "method": method(m),
@@ -187,7 +187,7 @@ def text_table(m, top: int = 10) -> str:
     lines.append(f"方法 method: {meth['zh']}")
     lines.append(f"        {meth['en']}")
     if m.aoi:
-        lines.append(f"范围 AOI: {m.aoi.path} ({m.aoi.to_json()['pixels']} px, {fmt(all_units(m.areas.total(m.aoi.mask))['km2'], 'km2')} km²)")
+        lines.append(f"范围 AOI: {m.aoi.path} ({m.aoi.to_json()['pixels']} px, {fmt(all_units(m.aoi.area_m2)['km2'], 'km2')} km²)")
     for d in filter(None, (m.before, m.current)):
         title = {"image": "影像 image", "before": "前时相 before", "after": "后时相 after"}[d.label]
         src = f"{d.classes_path}" + (f" (image {d.image_path})" if d.image_path and d.image_path != d.classes_path else "")

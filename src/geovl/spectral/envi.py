@@ -115,6 +115,29 @@ def find_pair(path: str | os.PathLike) -> tuple[Path, Path]:
     raise SpectralError(f"{p}: no ENVI header ({p.name}.hdr or {p.with_suffix('.hdr').name}) next to it")
 
 
+ROTATED = "rotated"  # _map_info: the transform is read by GDAL (see _rotated_georef)
+
+
+def _rotated_georef(hdr_path: Path, data_path: Path, wkt: str | None) -> tuple[str | None, tuple]:
+    """A rotated ``map info`` (e.g. AVIRIS-NG orthocorrected products, ``rotation=…`` in degrees) as
+    the rotated affine transform GDAL's ENVI driver reads from the same header (rasterio)."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(data_path) as ds:
+                t, crs = ds.transform, ds.crs
+    except RasterioIOError as e:
+        raise SpectralError(f"{hdr_path}: rotated `map info`, and GDAL cannot read the georeferencing ({e})") from None
+    if t.is_identity:
+        raise SpectralError(f"{hdr_path}: rotated `map info` that GDAL does not understand")
+    return (wkt or (crs.to_wkt() if crs else None)), (t.a, t.b, t.c, t.d, t.e, t.f)
+
+
 def _map_info(path: Path, value: str, wkt: str | None) -> tuple[str | None, tuple | None]:
     items = _split_list(value)
     if len(items) < 7:
@@ -123,20 +146,25 @@ def _map_info(path: Path, value: str, wkt: str | None) -> tuple[str | None, tupl
         refx, refy, east, north, dx, dy = (float(v) for v in items[1:7])
     except ValueError:
         raise SpectralError(f"{path}: `map info` has non-numeric reference values: {value!r}") from None
+    rotated = False
     for it in items[7:]:
-        if it.lower().startswith("rotation") and float(it.split("=", 1)[1]) != 0:
-            raise SpectralError(f"{path}: rotated `map info` is not supported")
+        if it.strip().lower().startswith("rotation"):
+            try:
+                angle = float(it.split("=", 1)[1])
+            except (IndexError, ValueError):
+                raise SpectralError(f"{path}: `map info` has an unreadable rotation: {it.strip()!r}") from None
+            rotated = rotated or angle != 0
     transform = (dx, 0.0, east - (refx - 1) * dx, 0.0, -dy, north + (refy - 1) * dy)
     crs = wkt
     name = items[0].strip().lower()
-    datum = " ".join(items[7:]).lower()
+    datum = " ".join(i for i in items[7:] if not i.strip().lower().startswith("rotation")).lower()
     if crs is None and "wgs-84" in datum:
         if name == "utm" and len(items) >= 9:
             zone = int(float(items[7]))
             crs = f"EPSG:{(32600 if items[8].strip().lower().startswith('n') else 32700) + zone}"
         elif name.startswith("geographic"):
             crs = "EPSG:4326"
-    return crs, transform
+    return crs, (ROTATED if rotated else transform)
 
 
 class EnviCube(Cube):
@@ -224,6 +252,8 @@ def open_envi(path: str | os.PathLike) -> EnviCube:
     crs, transform = (wkt, None)
     if "map info" in h:
         crs, transform = _map_info(hdr_path, h["map info"], wkt)
+        if transform == ROTATED:
+            crs, transform = _rotated_georef(hdr_path, data_path, crs)
     names = _split_list(h["band names"]) if "band names" in h else []
     cube = EnviCube(
         path=hdr_path, bands=bands, rows=rows, cols=cols, dtype=dtype.newbyteorder("="),
