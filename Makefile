@@ -55,7 +55,7 @@ grounding-demo: install
 # Every bench, one after the other; a failing one leaves its error in its result file (no ratios), the
 # others still run, the README table is regenerated from the result files, and make exits non-zero.
 # QUICK=1 selects each bench's small size (all together a few minutes on 2 cores).
-BENCHES := bench_convert bench_eval bench_api bench_sam bench_sft bench_grpo bench_render
+BENCHES := bench_convert bench_eval bench_api bench_sam bench_sft bench_grpo bench_render bench_measure
 bench: install
 	@failed=""; for b in $(BENCHES); do \
 		echo "== $$b"; \
