@@ -176,3 +176,53 @@ def test_option_errors(tmp_path, capsys, extra, needle):
                "--no-progress", *extra])
     assert rc != 0 and needle in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*"))
+
+
+def test_chat_form_with_inline_images_and_inferred_qtypes(tmp_path):
+    """The common chat form: image references inline in the content parts (``image``, ``url`` or
+    OpenAI's ``image_url``), string contents, no ``images`` / ``qtype`` / ``answer``: images are taken
+    in order, the answer from the last assistant turn, the qtype inferred from the question (and
+    counted in the summary) unless given; broken chat records are rejected with their reason."""
+    (tmp_path / "imgs").mkdir()
+    a, b = _encoded(11), _encoded(12)
+    (tmp_path / "imgs" / "a.png").write_bytes(a)
+    (tmp_path / "imgs" / "b.png").write_bytes(b)
+    uri = "data:image/png;base64," + base64.b64encode(b).decode()
+
+    def chat(question, answer, *parts, **kw):
+        return {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": question}]},
+                             {"role": "assistant", "content": answer}], **kw}
+
+    recs = [
+        chat("图中是否有水体？", "是", {"type": "image", "image": "imgs/a.png"}),
+        chat("How many buildings are there?", "3", {"type": "image_url", "image_url": {"url": uri}}, id="c2"),
+        chat("耕地面积约为多少公顷？", "约12公顷", {"type": "image", "url": "imgs/b.png"}),
+        chat("Describe the scene.", "Fields and a river.", {"type": "image", "image": "imgs/a.png"},
+             {"type": "image", "image": "imgs/b.png"}),
+        chat("Report the defects.", '{"risk": "low"}', {"type": "image", "image": "imgs/a.png"}, qtype="structured"),
+        chat("Is there water?", "yes", {"type": "image"}),  # no reference: nothing to load
+        {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "Is there water?"}]},
+    ]
+    src = tmp_path / "chat.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
+    out = tmp_path / "chat.parquet"
+    assert main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "chat.summary.json").read_text())
+    assert summary["read"] == 7 and summary["written"] == 5 and summary["rejected"] == 2 and summary["conserved"]
+    assert summary["rejected_by_reason"] == {"bad_schema": 2}
+    assert summary["qtype_inferred"] == 4
+    got = {s["id"]: s for s in read_samples(out)}
+    assert set(got) == {"chat-L1", "c2", "chat-L3", "chat-L4", "chat-L5"}
+    assert [got[i]["qtype"] for i in ("chat-L1", "c2", "chat-L3", "chat-L4", "chat-L5")] == ["yes_no", "count", "area", "open", "structured"]
+    assert got["chat-L3"]["answer"] == "约12公顷" and got["c2"]["answer"] == "3"
+    assert got["chat-L4"]["messages"][0]["content"][:2] == [{"type": "image"}, {"type": "image"}]
+    assert got["chat-L1"]["meta"]["qtype_inferred"] is True and "qtype_inferred" not in got["chat-L5"]["meta"]
+
+    def pixels(data):
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    assert [pixels(x).tolist() for x in got["chat-L4"]["images"]] == [pixels(a).tolist(), pixels(b).tolist()]
+    assert pixels(got["c2"]["images"][0]).tolist() == pixels(b).tolist()
+    rejects = [json.loads(line) for line in (tmp_path / "chat.rejects.jsonl").read_text().splitlines()]
+    assert any("without its reference" in r["detail"] for r in rejects)
+    assert any("last turn must be the assistant" in r["detail"] for r in rejects)

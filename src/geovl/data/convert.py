@@ -59,6 +59,7 @@ class ConvertOptions:
     bands: str | None = None  # --bands: "3,2,1" or "blue,green,red,nir" (geovl.imagery.render)
     keep_nodata: bool = False  # keep images with no valid pixel (rejected as all_nodata by default)
     renders: dict = field(default_factory=dict)  # filled while converting: band order used -> images
+    qtype_inferred: int = 0  # filled while converting: written samples whose qtype was inferred
 
     @property
     def render(self):
@@ -251,6 +252,8 @@ def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
         raise ConvertError(os_error_message(e, opts.output) + "; nothing was written (partial files removed)") from None
     if opts.split:
         summary["split"] = {"spec": opts.split, "seed": opts.seed, "by": "image"}
+    if opts.qtype_inferred:
+        summary["qtype_inferred"] = opts.qtype_inferred
     if opts.renders:
         summary["render"] = {"settings": opts.render.to_json(), "band_orders": dict(opts.renders)}
     spath = summary_path_for(opts.output)
@@ -276,7 +279,8 @@ def _pump(sink, records, limit, opts: ConvertOptions) -> None:
             for source, item in itertools.islice(records, limit):
                 sink.read_one()
                 if isinstance(item, dict):
-                    sink.write(item)
+                    if sink.write(item) and (item.get("meta") or {}).get("qtype_inferred"):
+                        opts.qtype_inferred += 1  # chat-form records without a qtype (adapters.messages)
                 else:
                     sink.reject(source, getattr(item, "reason", "bad_record"), getattr(item, "detail", "") or str(item))
                 bar.update(1)
@@ -318,6 +322,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"    {reason:<22}{n:>9}")
     ok = s["conserved"]
     lines.append(f"  conserved: {'yes' if ok else 'NO'}   守恒：{'是' if ok else '否'}   (written + rejected = read)")
+    if s.get("qtype_inferred"):
+        lines.append(f"  qtype inferred 推断题型 {s['qtype_inferred']:>5}  (from the question: yes_no / count / area / open; "
+                     "give \"qtype\" to set it)")
     rate = s.get("records_per_second")
     lines.append(f"  time {s['seconds']:.1f} s" + (f", {rate:g} records/s" if rate else ""))
     return "\n".join(lines)

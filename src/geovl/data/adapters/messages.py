@@ -9,6 +9,14 @@ with the validation reason, images go through the same safe loader as every adap
 (``path_escape``, ``missing_image``, ``undecodable_image``, ``image_too_large``; EXIF
 orientation applied). A missing ``source`` becomes ``<file>#L<line>``; ``meta`` defaults
 to ``{}``.
+
+The common **chat form** is accepted too: records with only ``messages`` (and optionally ``id``,
+``qtype``, ``meta``) whose content parts hold the image reference inline — ``{"type": "image",
+"image": REF}``, ``{"type": "image", "url": REF}`` or OpenAI's ``{"type": "image_url", "image_url":
+{"url": REF}}`` — and whose content may be a plain string. The images are taken in order, the answer
+is the last assistant turn (which must end the conversation), a missing id becomes ``<file>-L<line>``,
+and a missing qtype is inferred from the last question (``yes_no``, ``count``, ``area``, else
+``open``; :mod:`geovl.data.qtype`) and marked ``meta.qtype_inferred``; the summary counts them.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
 def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int) -> dict:
     if not isinstance(rec, dict):
         raise SampleError("bad_schema", f"line {n}: a record must be a JSON object")
+    if "images" not in rec and "answer" not in rec and isinstance(rec.get("messages"), list):
+        rec = from_chat_form(rec, n, Path(source.split("#", 1)[0]).stem)
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         raise SampleError("bad_schema", f"line {n}: missing field(s) {missing}")
@@ -98,3 +108,55 @@ def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: 
         "meta": meta,
     }
     return sample  # validated (and duplicate-checked) by the writer
+
+
+def _image_ref(part: dict):
+    """The inline image reference of a chat-form content part, or None for a bare ``{"type": "image"}``."""
+    if part.get("type") == "image_url":
+        ref = part.get("image_url")
+        return ref.get("url") if isinstance(ref, dict) else ref
+    return part.get("image") if part.get("image") is not None else part.get("url")
+
+
+def from_chat_form(rec: dict, n: int, stem: str) -> dict:
+    """A chat-form record (inline image references, no ``images`` / ``answer``) → a record of the
+    sample schema: images in order, bare image parts, the answer from the last assistant turn, the
+    qtype given or inferred from the last question (``meta.qtype_inferred``)."""
+    from ..qtype import detect_qtype, is_area_question
+
+    msgs, images = [], []
+    for i, m in enumerate(rec["messages"]):
+        if not isinstance(m, dict) or "content" not in m:
+            raise SampleError("bad_schema", f"line {n}: message {i + 1} is not an object with a content")
+        content = m["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            raise SampleError("bad_schema", f"line {n}: message {i + 1}: content must be a string or a list of parts")
+        parts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise SampleError("bad_schema", f"line {n}: message {i + 1}: a content part must be an object")
+            if part.get("type") in ("image", "image_url"):
+                ref = _image_ref(part)
+                if ref is None:
+                    raise SampleError("bad_schema", f"line {n}: message {i + 1}: an image part without its reference "
+                                                    "(chat form: {\"type\": \"image\", \"image\": PATH})")
+                images.append(ref)
+                parts.append({"type": "image"})
+            else:
+                parts.append(part)
+        msgs.append({**m, "content": parts})
+    if not msgs or msgs[-1].get("role") != "assistant":
+        raise SampleError("bad_schema", f"line {n}: the last turn must be the assistant's answer (chat form)")
+    answer = "".join(p.get("text", "") for p in msgs[-1]["content"] if p.get("type") == "text").strip()
+    question = next(("".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
+                     for m in reversed(msgs[:-1]) if m.get("role") == "user"), "")
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    qtype = rec.get("qtype")
+    if qtype is None:
+        kind = detect_qtype(question)
+        qtype = kind if kind in ("yes_no", "count") else "area" if kind == "number" and is_area_question(question) else "open"
+        meta = {**meta, "qtype_inferred": True}
+    return {**rec, "id": rec.get("id", f"{stem}-L{n}"), "messages": msgs, "images": images, "qtype": qtype,
+            "answer": answer, "meta": meta}
