@@ -121,3 +121,34 @@ def test_the_geojson_link_downloads_from_the_running_web_app(monkeypatch):
         import gradio as gr
 
         gr.close_all()
+
+
+def test_streamed_answer_carries_boxes_on_its_final_chunk_with_the_openai_client():
+    from fastapi.testclient import TestClient
+
+    from geovl.serve.api import ServerConfig, create_app
+
+    eng = BoxEngine()
+    app = create_app(eng, ServerConfig(served_model_name="m"))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="EMPTY", http_client=http)
+        img = png(6, 112, 84)
+        stream = client.chat.completions.create(model="m", stream=True, stream_options={"include_usage": True}, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(img)}}, {"type": "text", "text": "框出所有建筑"}]}])
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.startswith('[{"bbox_2d"')  # the streamed text is untouched
+        with_ext = [c for c in chunks if (c.model_extra or {}).get("geovl")]
+        assert len(with_ext) == 1 and with_ext[0].choices[0].finish_reason == "stop"  # only the final chunk
+        boxes = with_ext[0].model_extra["geovl"]["boxes"]
+        assert boxes["image"] == 0 and (boxes["width"], boxes["height"]) == (112, 84)
+        assert len(boxes["boxes"]) == len(eng.truth)
+        for got, want in zip(boxes["boxes"], eng.truth):
+            assert got["label"] == "building"
+            assert max(abs(a - b) for a, b in zip(got["bbox"], want["bbox"])) <= 1.0
+        assert chunks[-1].usage is not None and chunks[-1].choices == []  # the usage chunk still comes last
+        # an answer without boxes: no extension member on any chunk
+        plain = list(client.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "hello"}]))
+        assert "".join(c.choices[0].delta.content or "" for c in plain if c.choices) == "hello"
+        assert all((c.model_extra or {}).get("geovl") is None for c in plain)
+        assert plain[-1].choices[0].finish_reason == "stop"

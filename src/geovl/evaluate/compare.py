@@ -100,9 +100,10 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
         by_type.setdefault(idx_b[rid]["qtype"], []).append(pairs[rid])
     rows = [_row(q, by_type[q]) for q in _order(by_type)]
     overall = _row("overall", list(pairs.values()))
+    g_pairs = [pairs[rid] for rid in common if idx_b[rid]["qtype"] == "grounding" and idx_a[rid]["qtype"] == "grounding"]
     macro_b = sum(r["before_acc"] for r in rows) / len(rows)
     macro_a = sum(r["after_acc"] for r in rows) / len(rows)
-    return {
+    result = {
         "names": list(names),
         "files": {"before": str(before), "after": str(after)},
         "tolerance": tolerance,
@@ -128,6 +129,11 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
             "after": group_metrics([s for _, s in pairs.values()]),
         },
     }
+    if g_pairs:  # per-sample paired tests of the grounding metrics (moved under "grounding" by add_grounding)
+        from .compare_boxes import paired_tests
+
+        result["grounding_tests"] = paired_tests(g_pairs)
+    return result
 
 
 def table_rows(result: dict) -> tuple[list[str], list[list]]:
@@ -158,6 +164,10 @@ def format_comparison(result: dict) -> str:
             lines.append(f"{len(ids)} id(s) only in {label} / 仅在{label}中: {shown}")
     if result["mismatched"]:
         lines.append(f"{len(result['mismatched'])} id(s) with different qtype/reference in the two files")
+    if result.get("grounding", {}).get("tests"):
+        from .compare_boxes import test_rows
+
+        lines += ["", "Grounding / 目标定位 (per-sample paired success):", format_table(*test_rows(result))]
     sig = result["significance"]
     lines.append(f"McNemar p: {sig['test']}; CI: {sig['interval']}; {sig['verdict']}")
     return "\n".join(lines)

@@ -24,7 +24,8 @@
 - Boxes: a non-streaming answer that locates objects also carries them as data in the response's
   extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.serve.answer_boxes`: pixels of the last
   image, read back through the model's own box convention); OpenAI clients ignore the extra member
-  (``completion.model_extra["geovl"]`` in the official Python client). Streaming answers carry text only.
+  (``completion.model_extra["geovl"]`` in the official Python client). A streamed answer carries them in
+  the same member of its final chunk (the one with ``finish_reason``), read once the text is complete.
 """
 
 from __future__ import annotations
@@ -315,12 +316,13 @@ def create_app(engine, config: ServerConfig):
             req = build_request(parsed, images)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
         params = await check_prompt(engine, req, params, config, explicit)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return start_stream(batcher, req, params, include_usage, config.served_model_name, geo)
-        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
         from .answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
 
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return start_stream(batcher, req, params, include_usage, config.served_model_name, geo,
+                                boxes_of=lambda text: answer_boxes(engine, images, text))
+        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
         boxes = answer_boxes(engine, images, out["choices"][0]["message"]["content"])
         if boxes is not None:
             geo = dict(geo or {}, boxes=boxes)
@@ -411,8 +413,11 @@ async def answer(batcher: MicroBatcher, req, params, build, request=None):
     return build(text, usage)
 
 
-def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model: str, geo: dict | None = None):
-    """Queue a streaming request (503 at once when the queue is full) and answer with its SSE stream."""
+def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model: str, geo: dict | None = None,
+                 boxes_of=None):
+    """Queue a streaming request (503 at once when the queue is full) and answer with its SSE stream.
+    ``boxes_of(text)`` (optional) reads the boxes of the complete answer; when it finds any, the final
+    chunk (the one with ``finish_reason``) carries them as ``"geovl": {"boxes": ...}``."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
@@ -428,24 +433,34 @@ def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model:
     except QueueFull as e:
         raise APIError(503, str(e), "server_busy") from None
     fut.add_done_callback(lambda f: put(("end", f)))
-    return StreamingResponse(_sse(q, fut, cancel, include_usage, model, geo), media_type="text/event-stream",
+    return StreamingResponse(_sse(q, fut, cancel, include_usage, model, geo, boxes_of), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bool, model: str, geo: dict | None):
+async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bool, model: str, geo: dict | None,
+               boxes_of=None):
     cid, created = new_id(), int(time.time())
+    parts: list[str] = []  # the answer so far: its boxes are read once the text is complete
     first = chunk(cid, model, created, {"role": "assistant", "content": ""})
     try:
         yield _event(first | {"geovl": geo} if geo is not None else first)
         while True:
             kind, val = await q.get()
             if kind == "delta":
+                parts.append(val)
                 yield _event(chunk(cid, model, created, {"content": val}))
                 continue
             err = val.exception()
             if err is None:
                 usage = val.result() or {}
-                yield _event(chunk(cid, model, created, {}, usage.get("finish_reason", "stop")))
+                last = chunk(cid, model, created, {}, usage.get("finish_reason", "stop"))
+                boxes = None
+                if boxes_of is not None:
+                    try:
+                        boxes = await run_in_threadpool(boxes_of, "".join(parts))
+                    except Exception as err:  # noqa: BLE001 - the text is already sent: end the stream normally
+                        log.warning("stream: reading the answer's boxes failed: %s", err)
+                yield _event(last | {"geovl": {"boxes": boxes}} if boxes is not None else last)
                 if include_usage:
                     yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_dict(usage)})
             else:
