@@ -33,7 +33,7 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raster", metavar="RASTER.tif", help="georeferenced raster (any size, any band count)")
+    p.add_argument("raster", metavar="RASTER.tif", help="georeferenced raster (any size, any band count), or a STAC Item JSON / catalog folder")
     p.add_argument("--question", "-q", required=True, help="a yes/no question asked about every tile")
     p.add_argument("--out", required=True, metavar="FLAGS.tif", help="per-tile answer/probability GeoTIFF")
     p.add_argument("--tile", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)")
@@ -56,6 +56,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
+    from geovl.cli import CLIError
+    from geovl.imagery.stac import StacError, stac_inputs
+
+    with ExitStack() as stack:
+        try:
+            (args.raster,) = stack.enter_context(stac_inputs(args.raster, bands=args.bands))
+        except StacError as e:
+            raise CLIError(str(e)) from e
+        return _run(args)
+
+
+def _run(args) -> int:
     import json
     import sys
 
