@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Tiled inference over a georeferenced raster of any size: overlapping windows are read one at a
 time (never the whole raster), rendered to RGB like training images, and asked QUESTION in batches.
 Writes a per-tile GeoTIFF (one pixel per tile stride, the raster's CRS; band 1 answer code 1 yes /
-0 no / 255 unknown, band 2 P(yes)), optionally a GeoJSON of flagged tiles (opens in QGIS) and a PNG
+0 no / 255 unknown, band 2 P(yes)), optionally a GeoJSON of flagged tiles (RFC 7946, WGS 84;
+opens in QGIS) and a GeoParquet of them in the raster CRS, and a PNG
 overview with flagged tiles outlined. All-nodata tiles are skipped. Finished tiles go to
 OUT.tiles.jsonl; --resume continues an interrupted run.
 
@@ -44,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--answer-from", choices=["text", "choice"], default="text",
                    help="text: the generated answer (default); choice: the more probable of yes/no (local models)")
     p.add_argument("--label", help="label written on flagged features (default: the question)")
-    p.add_argument("--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (raster CRS)")
+    p.add_argument("--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (RFC 7946: WGS 84 lon/lat)")
+    p.add_argument("--geoparquet", metavar="FLAGS.parquet", help="also write the flagged tiles as GeoParquet (raster CRS)")
     p.add_argument("--png", metavar="OVERVIEW.png", help="also write a downsampled overview with flagged tiles outlined")
     p.add_argument("--png-size", type=int, default=1024, metavar="PX", help="longest side of the overview (default 1024)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip the tiles in FLAGS.tiles.jsonl")
@@ -92,7 +94,8 @@ def _run(args) -> int:
     try:
         summary = map_raster(engine, args.raster, args.question, args.out, tile=args.tile, overlap=args.overlap,
                              batch_size=args.batch_size, bands=args.bands, flag_if=args.flag_if,
-                             answer_from=args.answer_from, label=args.label, geojson=args.geojson, png=args.png,
+                             answer_from=args.answer_from, label=args.label, geojson=args.geojson,
+                             geoparquet=args.geoparquet, png=args.png,
                              png_size=args.png_size, resume=args.resume, overwrite=args.overwrite,
                              progress=not args.no_progress, params=params)
     except (MeasureError, EngineError) as e:
