@@ -85,7 +85,9 @@ def test_asset_keys_as_common_names_and_catalog_folder(scene, tmp_path, capsys):
     cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     assert is_stac(tmp_path / "cat")
     rc = main(["measure", str(tmp_path / "cat"), "--json", "--no-progress"])
-    via_cat = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    via_cat = json.loads(cap.out)
+    assert "[STAC]" in cap.err and "blue=blue, green=green, red=red, nir=nir" in cap.err  # the chosen assets are shown
     rc2 = main(["measure", str(scene["four"]), "--json", "--no-progress"])
     via_four = json.loads(capsys.readouterr().out)
     assert rc == rc2 == 0
@@ -138,3 +140,26 @@ def test_ask_and_map_take_an_item_like_the_four_band_file(scene, tmp_path, capsy
     (a, fa), (b, fb) = runs["item"], runs["four"]
     assert a["context"] == b["context"] and a["prompt"] == b["prompt"] and a["answer"] == b["answer"]
     np.testing.assert_array_equal(fa, fb)  # per-tile answers and P(yes) identical
+
+
+def test_coarser_asset_resampled_onto_the_finest_grid_and_raster_bands_scale(scene, tmp_path):
+    """A 20 m band with 10 m bands (Sentinel-2): nearest resampling onto the 10 m grid; scale/offset and
+    nodata from ``raster:bands`` when the file has none."""
+    item_path = _item(tmp_path / "items", scene)
+    with rasterio.open(scene["four"]) as ds:
+        p = {k: ds.profile[k] for k in ("crs", "dtype")} | {"width": ds.width // 2, "height": ds.height // 2,
+                                                           "transform": ds.transform @ rasterio.Affine.scale(2)}
+    coarse = scene["data"][3, ::2, ::2]
+    with rasterio.open(tmp_path / "nir20.tif", "w", driver="GTiff", count=1, **p) as dst:
+        dst.write(coarse, 1)
+    doc = json.loads(item_path.read_text())
+    doc["assets"]["B4"]["href"] = os.path.relpath(tmp_path / "nir20.tif", item_path.parent)
+    doc["assets"]["B4"]["raster:bands"] = [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]
+    item_path.write_text(json.dumps(doc))
+    with stac_inputs(item_path) as (vrt,):
+        with rasterio.open(vrt) as ds:
+            assert (ds.width, ds.height) == (scene["data"].shape[2], scene["data"].shape[1])
+            np.testing.assert_array_equal(ds.read(4), np.repeat(np.repeat(coarse, 2, 0), 2, 1))
+            np.testing.assert_array_equal(ds.read(1), scene["data"][0])
+            assert ds.scales[3] == pytest.approx(0.0001) and ds.offsets[3] == pytest.approx(-0.1)
+            assert ds.nodatavals[3] == 0

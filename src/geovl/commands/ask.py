@@ -64,7 +64,7 @@ def run(args) -> int:
 
     with ExitStack() as stack:
         try:
-            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands))
+            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))
         except StacError as e:
             raise CLIError(str(e)) from e
         return _run(args)
@@ -122,3 +122,8 @@ def _run(args) -> int:
             close()
     return 0
 
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

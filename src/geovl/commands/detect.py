@@ -50,7 +50,7 @@ def run(args) -> int:
 
     with ExitStack() as stack:
         try:
-            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands))
+            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))
         except StacError as e:
             raise CLIError(str(e)) from e
         return _run(args)
@@ -92,3 +92,9 @@ def _run(args) -> int:
         print(f"note: {n['en']} / {n['zh']}", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

@@ -65,7 +65,7 @@ def run(args) -> int:
 
     with ExitStack() as stack:
         try:
-            (args.raster,) = stack.enter_context(stac_inputs(args.raster, bands=args.bands))
+            (args.raster,) = stack.enter_context(stac_inputs(args.raster, bands=args.bands, log=_stderr))
         except StacError as e:
             raise CLIError(str(e)) from e
         return _run(args)
@@ -112,3 +112,9 @@ def _run(args) -> int:
           f"标记 {summary['flagged']} 块", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

@@ -78,7 +78,7 @@ def run(args) -> int:
         raise CLIError("--wgs84 writes changes_4326.geojson into --out DIR; give --out too")
     stack = ExitStack()
     try:
-        image, before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands))  # STAC → local VRT
+        image, before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))  # STAC → local VRT
         rules = load_rules(args.index_rules, args.bands)
         m = measure_raster(image, classes=args.classes, before=before, before_classes=args.before_classes,
                            class_table=args.class_table, aoi=args.aoi, aoi_crs=args.aoi_crs, pixel_size=args.pixel_size,
@@ -121,3 +121,9 @@ def run(args) -> int:
 def _write(path, text: str, written: list) -> None:
     path.write_text(text, encoding="utf-8")
     written.append(str(path))
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

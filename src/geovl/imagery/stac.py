@@ -239,11 +239,21 @@ def item_raster(path, folder, bands=None, allow_remote: bool | None = None) -> S
 
 
 @contextmanager
-def stac_inputs(*paths, bands=None, allow_remote: bool | None = None):
+def stac_inputs(*paths, bands=None, allow_remote: bool | None = None, log=None):
     """Yield ``paths`` with each STAC input replaced by a temporary VRT (others and None unchanged);
-    the VRTs are removed on exit."""
+    the VRTs are removed on exit. ``log``: called with one line per Item naming the chosen assets."""
     if not any(is_stac(p) for p in paths):
         yield list(paths)
         return
     with tempfile.TemporaryDirectory(prefix="geovl-stac-") as tmp:
-        yield [item_raster(p, tmp, bands, allow_remote).vrt if is_stac(p) else p for p in paths]
+        out = []
+        for p in paths:
+            if not is_stac(p):
+                out.append(p)
+                continue
+            r = item_raster(p, tmp, bands, allow_remote)
+            if log is not None:
+                log(f"[STAC] {r.item} (id {r.item_id}): " + ", ".join(f"{s['band']}={s['asset']}" for s in r.sources)
+                    + " / 按通用波段名选取资产")
+            out.append(r.vrt)
+        yield out
