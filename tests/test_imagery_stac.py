@@ -163,3 +163,35 @@ def test_coarser_asset_resampled_onto_the_finest_grid_and_raster_bands_scale(sce
             np.testing.assert_array_equal(ds.read(1), scene["data"][0])
             assert ds.scales[3] == pytest.approx(0.0001) and ds.offsets[3] == pytest.approx(-0.1)
             assert ds.nodatavals[3] == 0
+
+
+def test_item_as_an_image_reference_in_conversion(scene, tmp_path):
+    """``data convert`` (any adapter, through load_image) stores the same model input for an Item as for
+    the 4-band GeoTIFF; a missing band becomes a reject with the reason."""
+    from geovl.data.io import read_samples
+    from geovl.imagery.decode import load_image
+
+    good = _item(tmp_path / "good", scene)
+    bad = _item(tmp_path / "bad", scene, names=("blue", "green", "red"))
+    four = tmp_path / "four.tif"
+    four.write_bytes(scene["four"].read_bytes())
+    assert load_image(good).data == load_image(four).data
+    from geovl.infer import image_bytes  # what `geovl infer` sends
+
+    assert image_bytes(good) == image_bytes(four)
+    rows = []
+    for n, img in enumerate((good, four, bad)):
+        rel = str(img.relative_to(tmp_path))  # image references inside the input's folder
+        rows.append({"id": f"s{n}", "messages": [
+            {"role": "user", "content": [{"type": "image", "image": rel}, {"type": "text", "text": "Is there water?"}]},
+            {"role": "assistant", "content": "yes"}]})
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.parquet"
+    main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"])
+    got = {r["id"]: r for r in read_samples(out)}
+    assert set(got) == {"s0", "s1"}
+    img = lambda r: r["images"][0]["bytes"] if isinstance(r["images"][0], dict) else r["images"][0]  # noqa: E731
+    assert img(got["s0"])[:8] == b"\x89PNG\r\n\x1a\n" and img(got["s0"]) == img(got["s1"])
+    rejects = [json.loads(x) for x in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1 and "nir" in json.dumps(rejects[0], ensure_ascii=False)

@@ -303,6 +303,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, ma
     ``render_max_pixels``: rasters larger than this are rendered decimated (default
     :data:`geovl.imagery.render.MAX_RENDER_PIXELS`)."""
     path = Path(path)
+    if path.suffix.lower() == ".json" or path.is_dir():
+        from .stac import StacError, is_stac, stac_inputs
+
+        if is_stac(path):  # a STAC Item: its bands stacked into a temporary VRT (geovl.imagery.stac)
+            order = render if isinstance(render, str) else getattr(render, "band_order", None)
+            try:
+                with stac_inputs(path, bands=order) as (vrt,):
+                    return load_image(vrt, max_pixels, max_decoded_bytes, render, render_max_pixels)
+            except StacError as e:
+                raise ImageError("undecodable_image", str(e)) from None
     if not path.is_file():
         raise ImageError("missing_image", f"{path} does not exist")
     with open(path, "rb") as f:
