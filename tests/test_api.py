@@ -208,3 +208,30 @@ def test_cli_user_errors(tiny_model_dir, tmp_path, capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "serve" in out and "ui" in out
+
+
+def test_jpeg2000_upload_answers_like_the_geotiff(setup, tmp_path):
+    """A 4-band uint16 JPEG2000 (Sentinel-2's format) sent as a data URI goes through the one render path:
+    the same answer as the local engine given the GeoTIFF of the same data. Before: 'unsupported format'."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.Env() as env:
+        if "JP2OpenJPEG" not in env.drivers():
+            pytest.skip("this rasterio build has no JP2OpenJPEG driver")
+    rng = np.random.default_rng(4)
+    data = (rng.integers(200, 4000, (4, 48, 64))).astype(np.uint16)
+    raw = {}
+    for name, kw in (("tif", {"driver": "GTiff"}), ("jp2", {"driver": "JP2OpenJPEG", "QUALITY": "100", "REVERSIBLE": "YES"})):
+        path = tmp_path / f"a.{name}"
+        with rasterio.open(path, "w", width=64, height=48, count=4, dtype="uint16", crs="EPSG:32650",
+                           transform=from_origin(440000, 4065000, 10, 10), **kw) as dst:
+            dst.write(data)
+        raw[name] = path.read_bytes()
+    q = "Is there water in the scene?"
+    want, _ = local(setup["engine"], ChatRequest([user_turn(q, 1)], [raw["tif"]]))
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(raw["jp2"], "image/jp2")}},
+                                             {"type": "text", "text": q}]}]
+    resp = client(setup["open"]).chat.completions.create(model="tiny", messages=messages, max_tokens=MAX)
+    assert resp.choices[0].message.content == want

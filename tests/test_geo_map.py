@@ -11,13 +11,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
+from rasterio.warp import transform as warp
 
 from geovl.cli import main
 from geovl.data.synth import synthesize
+from geovl.geo.detect import read_wkb_polygon
 from geovl.geo.mapper import sidecar_path
 from geovl.geo.tiles import TileGrid, png_bytes, read_rgb, render_spec, window_polygon
 from geovl.imagery.geotiff import Raster, read_raster, write_raster
@@ -76,6 +79,14 @@ def _coords(win):
     return {(x0, y0), (x0 + 10 * w, y0), (x0 + 10 * w, y0 - 10 * h), (x0, y0 - 10 * h)}
 
 
+def _parquet_rings(path):
+    t = pq.read_table(path)
+    geo = json.loads(t.schema.metadata[b"geo"])
+    assert geo["columns"]["geometry"]["crs"]["id"]["code"] == 32650 and geo["columns"]["geometry"]["encoding"] == "WKB"
+    rows = t.to_pylist()
+    return {(d["row"], d["col"]): read_wkb_polygon(d["geometry"]) for d in rows}
+
+
 def check_outlines(png, wins, flagged, answered):
     """The overview (full size here) outlines exactly the flagged tiles in red."""
     img = np.asarray(Image.open(png).convert("RGB"))
@@ -105,9 +116,10 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
 
     monkeypatch.setattr(LocalEngine, "choice_logprobs", counting)
     out, gj, png = tmp_path / "flags.tif", tmp_path / "flags.geojson", tmp_path / "overview.png"
+    gpq = tmp_path / "flags.parquet"
     argv = ["map", str(path), "--question", QUESTION, "--out", str(out), "--model", model, "--device", "cpu",
             "--tile", str(TILE), "--overlap", str(OVERLAP), "--batch-size", "3", "--answer-from", "choice",
-            "--geojson", str(gj), "--png", str(png), "--label", "疑似违规建设: 新增建筑位于耕地", "--no-progress"]
+            "--geojson", str(gj), "--geoparquet", str(gpq), "--png", str(png), "--label", "疑似违规建设: 新增建筑位于耕地", "--no-progress"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["tiles"], summary["nodata"], summary["run"], summary["done_before"]) == (9, 1, 8, 0)
@@ -134,7 +146,8 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
     assert {(r["row"], r["col"]): r["status"] for r in side[1:]}[(2, 2)] == "nodata"
 
     doc = json.loads(gj.read_text("utf-8"))
-    assert doc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32650"
+    assert "crs" not in doc and doc["geovl"]["crs"] == "EPSG:32650"  # RFC 7946: WGS 84 lon/lat, no crs member
+    parquet_yes = _parquet_rings(gpq)
     feats_yes = {(f["properties"]["row"], f["properties"]["col"]): f for f in doc["features"]}
     assert set(feats_yes) == {tuple(map(int, rc)) for rc in np.argwhere(code == 1)}
     wins = windows()
@@ -148,10 +161,19 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
     feats_no = {(f["properties"]["row"], f["properties"]["col"]): f for f in json.loads(gj.read_text("utf-8"))["features"]}
     assert set(feats_no) == {tuple(map(int, rc)) for rc in np.argwhere(code == 0)}
     check_outlines(png, wins, set(feats_no), answered)
+    parquet_no = _parquet_rings(gpq)
+    assert set(parquet_yes) == set(feats_yes) and set(parquet_no) == set(feats_no)
     for (r, c), f in {**feats_yes, **feats_no}.items():  # every answered tile: exact ground footprint
         ring = f["geometry"]["coordinates"][0]
-        assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
-        assert {tuple(p) for p in ring} == _coords(wins[r, c])
+        assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 33  # 8 points per edge
+        area2 = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:]))
+        assert area2 > 0  # RFC 7946: exterior ring counter-clockwise
+        for x, y in _coords(wins[r, c]):  # every tile corner, reprojected directly by PROJ, is a vertex (lon, lat)
+            (lon,), (lat,) = warp("EPSG:32650", "EPSG:4326", [x], [y])
+            assert 110 < lon < 120 and 30 < lat < 40
+            assert min(abs(px - lon) + abs(py - lat) for px, py in ring) < 1e-9
+        native = (parquet_yes | parquet_no)[r, c]  # GeoParquet: the raster CRS, exact corners
+        assert native[0] == native[-1] and len(native) == 5 and {tuple(p) for p in native} == _coords(wins[r, c])
         p = f["properties"]
         assert p["question"] == QUESTION and p["label"] == "疑似违规建设: 新增建筑位于耕地"
         assert p["p_yes"] == pytest.approx(float(prob[r, c]), abs=1e-6)

@@ -40,7 +40,8 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--image", required=True, metavar="NEW.tif", help="the (later) image shown to the model and measured")
+    p.add_argument("--image", required=True, metavar="NEW.tif", help="the (later) image shown to the model and measured "
+                   "(also a STAC Item JSON or a catalog folder holding one Item)")
     p.add_argument("--before", metavar="OLD.tif", help="the earlier image of the same area (two dates: change figures)")
     p.add_argument("--classes", metavar="C.tif", help="land-cover class raster of --image's date (else classes are "
                    "derived from spectral indices)")
@@ -63,6 +64,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
+    from geovl.cli import CLIError
+    from geovl.imagery.stac import StacError, stac_inputs
+
+    with ExitStack() as stack:
+        try:
+            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))
+        except StacError as e:
+            raise CLIError(str(e)) from e
+        return _run(args)
+
+
+def _run(args) -> int:
     import json
     import sys
 
@@ -136,3 +151,8 @@ def run(args) -> int:
             close()
     return 0
 
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("detect", help="locate objects tile by tile → GeoJSON / GeoParquet on the map (分块目标定位)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE.tif", help="the raster (GeoTIFF, or any image: pixel coordinates without a CRS)")
+    p.add_argument("image", metavar="IMAGE.tif", help="the raster (GeoTIFF, or any image: pixel coordinates without a CRS; or a STAC Item JSON / catalog folder)")
     p.add_argument("--question", "-q", required=True, help="what to locate, e.g. 框出所有建筑 / Locate every building")
     p.add_argument("--before", metavar="OLD.tif", help="the earlier date on the same pixel grid (shown first, as in training)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -43,6 +43,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
+    from geovl.cli import CLIError
+    from geovl.imagery.stac import StacError, stac_inputs
+
+    with ExitStack() as stack:
+        try:
+            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))
+        except StacError as e:
+            raise CLIError(str(e)) from e
+        return _run(args)
+
+
+def _run(args) -> int:
     import json
     import sys
 
@@ -78,3 +92,9 @@ def run(args) -> int:
         print(f"note: {n['en']} / {n['zh']}", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Tiled inference over a georeferenced raster of any size: overlapping windows are read one at a
 time (never the whole raster), rendered to RGB like training images, and asked QUESTION in batches.
 Writes a per-tile GeoTIFF (one pixel per tile stride, the raster's CRS; band 1 answer code 1 yes /
-0 no / 255 unknown, band 2 P(yes)), optionally a GeoJSON of flagged tiles (opens in QGIS) and a PNG
+0 no / 255 unknown, band 2 P(yes)), optionally a GeoJSON of flagged tiles (RFC 7946, WGS 84;
+opens in QGIS) and a GeoParquet of them in the raster CRS, and a PNG
 overview with flagged tiles outlined. All-nodata tiles are skipped. Finished tiles go to
 OUT.tiles.jsonl; --resume continues an interrupted run.
 
@@ -33,7 +34,7 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raster", metavar="RASTER.tif", help="georeferenced raster (any size, any band count)")
+    p.add_argument("raster", metavar="RASTER.tif", help="georeferenced raster (any size, any band count), or a STAC Item JSON / catalog folder")
     p.add_argument("--question", "-q", required=True, help="a yes/no question asked about every tile")
     p.add_argument("--out", required=True, metavar="FLAGS.tif", help="per-tile answer/probability GeoTIFF")
     p.add_argument("--tile", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)")
@@ -44,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--answer-from", choices=["text", "choice"], default="text",
                    help="text: the generated answer (default); choice: the more probable of yes/no (local models)")
     p.add_argument("--label", help="label written on flagged features (default: the question)")
-    p.add_argument("--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (raster CRS)")
+    p.add_argument("--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (RFC 7946: WGS 84 lon/lat)")
+    p.add_argument("--geoparquet", metavar="FLAGS.parquet", help="also write the flagged tiles as GeoParquet (raster CRS)")
     p.add_argument("--png", metavar="OVERVIEW.png", help="also write a downsampled overview with flagged tiles outlined")
     p.add_argument("--png-size", type=int, default=1024, metavar="PX", help="longest side of the overview (default 1024)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip the tiles in FLAGS.tiles.jsonl")
@@ -56,6 +58,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
+    from geovl.cli import CLIError
+    from geovl.imagery.stac import StacError, stac_inputs
+
+    with ExitStack() as stack:
+        try:
+            (args.raster,) = stack.enter_context(stac_inputs(args.raster, bands=args.bands, log=_stderr))
+        except StacError as e:
+            raise CLIError(str(e)) from e
+        return _run(args)
+
+
+def _run(args) -> int:
     import json
     import sys
 
@@ -78,7 +94,8 @@ def run(args) -> int:
     try:
         summary = map_raster(engine, args.raster, args.question, args.out, tile=args.tile, overlap=args.overlap,
                              batch_size=args.batch_size, bands=args.bands, flag_if=args.flag_if,
-                             answer_from=args.answer_from, label=args.label, geojson=args.geojson, png=args.png,
+                             answer_from=args.answer_from, label=args.label, geojson=args.geojson,
+                             geoparquet=args.geoparquet, png=args.png,
                              png_size=args.png_size, resume=args.resume, overwrite=args.overwrite,
                              progress=not args.no_progress, params=params)
     except (MeasureError, EngineError) as e:
@@ -95,3 +112,9 @@ def run(args) -> int:
           f"标记 {summary['flagged']} 块", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

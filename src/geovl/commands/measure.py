@@ -32,7 +32,8 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", metavar="IMAGE.tif", help="the (later) image: multi-band reflectance, or a one-band class raster")
+    p.add_argument("image", metavar="IMAGE.tif", help="the (later) image: multi-band reflectance, or a one-band class raster; "
+                   "also a STAC Item JSON or a catalog folder holding one Item (bands chosen by common name)")
     p.add_argument("--before", metavar="OLD.tif", help="the earlier image of the same area (two-date change)")
     p.add_argument("--classes", metavar="CLASSES.tif", help="land-cover class raster for IMAGE's date (one band, integer codes)")
     p.add_argument("--before-classes", metavar="OLD_CLASSES.tif", help="class raster of the earlier date")
@@ -62,20 +63,24 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
     import sys
+    from contextlib import ExitStack
     from pathlib import Path
 
     from geovl.cli import CLIError
     from geovl.geo.errors import MeasureError
     from geovl.geo.indices import load_rules
     from geovl.geo.measure import measure_raster
+    from geovl.imagery.stac import StacError, stac_inputs
 
     if args.top < 0 or args.min_patch_pixels < 1:
         raise CLIError("--top must be >= 0 and --min-patch-pixels >= 1")
     if args.wgs84 and not args.out:
         raise CLIError("--wgs84 writes changes_4326.geojson into --out DIR; give --out too")
+    stack = ExitStack()
     try:
+        image, before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))  # STAC → local VRT
         rules = load_rules(args.index_rules, args.bands)
-        m = measure_raster(args.image, classes=args.classes, before=args.before, before_classes=args.before_classes,
+        m = measure_raster(image, classes=args.classes, before=before, before_classes=args.before_classes,
                            class_table=args.class_table, aoi=args.aoi, aoi_crs=args.aoi_crs, pixel_size=args.pixel_size,
                            rules=rules, area=args.area, top=args.top or None, min_patch_pixels=args.min_patch_pixels,
                            progress=not args.no_progress)
@@ -94,12 +99,14 @@ def run(args) -> int:
                 if args.wgs84:
                     _write(out / "changes_4326.geojson", json.dumps(m.geojson(wgs84=True), ensure_ascii=False) + "\n", written)
             written += m.write_class_rasters(out)
-    except MeasureError as e:
+    except (MeasureError, StacError) as e:
         raise CLIError(str(e)) from e
     except MemoryError:
         raise CLIError(f"{args.image}: out of memory while measuring — rasters are read in windows, so this is a "
                        "whole-array step (two dates on different grids, change patches of a large grid): put both "
                        "dates on one grid (gdalwarp), clip with --aoi, or use a machine with more memory / 内存不足") from None
+    finally:
+        stack.close()
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
     elif args.context:
@@ -114,3 +121,9 @@ def run(args) -> int:
 def _write(path, text: str, written: list) -> None:
     path.write_text(text, encoding="utf-8")
     written.append(str(path))
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

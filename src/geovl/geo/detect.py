@@ -206,16 +206,21 @@ def read_wkb_polygon(b: bytes) -> list[tuple[float, float]]:
     return [struct.unpack_from("<dd", b, 13 + 16 * i) for i in range(npts)]
 
 
-def write_geoparquet(path: Path, rings: list, props: list[dict], crs) -> None:
-    """GeoParquet 1.1: WKB ``geometry`` column, the CRS as PROJJSON (``null`` when unknown)."""
+DETECT_COLUMNS = ("id", "label", "score", "area_m2", "area_ha", "area_mu", "tiles", "pixel_bbox")
+
+
+def write_geoparquet(path: Path, rings: list, props: list[dict], crs, columns=DETECT_COLUMNS) -> None:
+    """GeoParquet 1.1: WKB ``geometry`` column, the CRS as PROJJSON (``null`` when unknown), then
+    one column per name in ``columns`` taken from ``props`` (``pixel_bbox``: a list of floats)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict = {"geometry": pa.array([_wkb_polygon(r) for r in rings], pa.binary())}
-    keys = ["id", "label", "score", "area_m2", "area_ha", "area_mu", "tiles"]
-    for k in keys:
-        cols[k] = [p.get(k) for p in props]
-    cols["pixel_bbox"] = pa.array([p["pixel_bbox"] for p in props], pa.list_(pa.float64()))
+    for k in columns:
+        if k == "pixel_bbox":
+            cols[k] = pa.array([p["pixel_bbox"] for p in props], pa.list_(pa.float64()))
+        else:
+            cols[k] = [p.get(k) for p in props]
     table = pa.table(cols)
     if rings:
         xs = [x for r in rings for x, _ in r]

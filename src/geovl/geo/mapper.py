@@ -24,9 +24,13 @@ How it works:
      the raster's transform × ``Affine.scale(stride)``, so pixel (r, c) has its top-left corner at
      the top-left corner of tile (r, c) and is one stride wide (the tile itself extends
      ``overlap`` pixels further into its right/bottom neighbours).
-   - ``geojson`` (optional): FeatureCollection of the flagged tiles (answer == ``flag_if``), each
-     the polygon of the tile's window in the raster CRS (legacy ``crs`` member for QGIS), with
-     properties row, col, answer, code, p_yes, probability (of the flagged answer), question, label.
+   - ``geojson`` (optional): RFC 7946 FeatureCollection of the flagged tiles (answer == ``flag_if``),
+     each the outline of the tile's window reprojected to WGS 84 longitude/latitude (8 points per
+     edge, exterior ring counter-clockwise), with properties row, col, x_off, y_off, width_px,
+     height_px, answer, code, p_yes, probability (of the flagged answer), question, label; the
+     raster CRS is named in the ``geovl`` member.
+   - ``geoparquet`` (optional): the same features as GeoParquet 1.1 in the raster CRS (the exact
+     window corners; CRS as PROJJSON).
    - ``png`` (optional): the raster downsampled (longest side ``png_size``), flagged tiles tinted
      and outlined in red.
 """
@@ -48,6 +52,8 @@ CODES = {"yes": 1, "no": 0, "unknown": 255}
 CANDIDATES = {"zh": ["是", "否"], "en": ["yes", "no"]}
 SIDECAR_SUFFIX = ".tiles.jsonl"
 SCHEMA = "geovl.map/1"
+FLAG_COLUMNS = ("row", "col", "x_off", "y_off", "width_px", "height_px", "answer", "code", "p_yes", "probability",
+                "question", "label")
 COMPAT_KEYS = ("width", "height", "count", "crs", "transform", "tile", "overlap", "question", "render", "answer_from", "engine")
 
 
@@ -65,6 +71,7 @@ class MapOptions:
     answer_from: str = "text"  # "text" (generate) or "choice" (local engines: forced choice)
     label: str | None = None
     geojson: object = None
+    geoparquet: object = None
     png: object = None
     png_size: int = 1024
     resume: bool = False
@@ -161,7 +168,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
     lang = detect_lang(question)
     cands = CANDIDATES[lang]
     side = sidecar_path(out)
-    outputs = [p for p in (out, side, o.geojson, o.png) if p is not None]
+    outputs = [p for p in (out, side, o.geojson, o.geoparquet, o.png) if p is not None]
     if not o.resume and not o.overwrite and (clash := [str(p) for p in outputs if Path(p).exists()]):
         raise MapError(f"{', '.join(clash)} already exist: pass --resume to continue that run or --overwrite to start again")
     remote = str(raster).startswith(("/vsi", "http://", "https://", "s3://"))  # e.g. a cloud-optimised GeoTIFF
@@ -288,7 +295,6 @@ def write_cog(path, data: np.ndarray, crs, transform, descriptions=(), tags=None
 def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, question: str, header: dict) -> dict:
     import rasterio
 
-    from .change import crs_member
     from .tiles import window_polygon
 
     code = np.full((grid.n_rows, grid.n_cols), np.nan, np.float32)
@@ -317,27 +323,36 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
     written = [str(out)]
 
     label = o.label or question
-    if o.geojson is not None:
-        feats = []
+    if o.geojson is not None or o.geoparquet is not None:
+        from .detect import DENSIFY, ccw_closed, pixel_ring, to_wgs84, write_geoparquet
+
+        feats, rings, props = [], [], []
         for rec in flagged:
             p = rec.get("p_yes")
             prob_flag = None if p is None else (p if o.flag_if == "yes" else 1.0 - p)
-            feats.append({"type": "Feature", "id": rec["row"] * grid.n_cols + rec["col"],
-                          "properties": {"row": rec["row"], "col": rec["col"], "x_off": rec["window"][0],
-                                         "y_off": rec["window"][1], "width_px": rec["window"][2],
-                                         "height_px": rec["window"][3], "answer": rec["answer"], "code": rec["code"],
-                                         "p_yes": p, "probability": prob_flag, "question": question, "label": label},
-                          "geometry": window_polygon(ds.transform, rec["window"])})
-        fc = {"type": "FeatureCollection", "name": "geovl_flags"}
-        if (member := crs_member(ds.crs)) is not None:
-            fc["crs"] = member
-        fc["geovl"] = {"crs": ds.crs.to_string(), "question": question, "label": label, "flag_if": o.flag_if,
-                       "grid": grid.to_json(), "flagged": len(flagged), "answers": answers}
-        fc["features"] = feats
-        gj = Path(o.geojson)
-        gj.parent.mkdir(parents=True, exist_ok=True)
-        gj.write_text(json.dumps(fc, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(str(gj))
+            x, y, w, h = rec["window"]
+            props.append({"row": rec["row"], "col": rec["col"], "x_off": x, "y_off": y, "width_px": w, "height_px": h,
+                          "answer": rec["answer"], "code": rec["code"], "p_yes": p, "probability": prob_flag,
+                          "question": question, "label": label})
+            rings.append(window_polygon(ds.transform, rec["window"])["coordinates"][0])
+            lonlat = ccw_closed(to_wgs84(ds.crs, pixel_ring(ds.transform, (x, y, x + w, y + h), DENSIFY)))
+            feats.append({"type": "Feature", "id": rec["row"] * grid.n_cols + rec["col"], "properties": props[-1],
+                          "geometry": {"type": "Polygon", "coordinates": [lonlat]}})
+        if o.geojson is not None:
+            fc = {"type": "FeatureCollection", "name": "geovl_flags",
+                  "geovl": {"coordinates": "WGS 84 longitude/latitude (RFC 7946)", "crs": ds.crs.to_string(),
+                            "question": question, "label": label, "flag_if": o.flag_if, "grid": grid.to_json(),
+                            "flagged": len(flagged), "answers": answers},
+                  "features": feats}
+            gj = Path(o.geojson)
+            gj.parent.mkdir(parents=True, exist_ok=True)
+            gj.write_text(json.dumps(fc, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.append(str(gj))
+        if o.geoparquet is not None:
+            gp = Path(o.geoparquet)
+            gp.parent.mkdir(parents=True, exist_ok=True)
+            write_geoparquet(gp, rings, props, ds.crs, columns=FLAG_COLUMNS)
+            written.append(str(gp))
     if o.png is not None:
         _overview(ds, grid, spec, flagged, Path(o.png), o.png_size)
         written.append(str(o.png))

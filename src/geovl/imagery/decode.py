@@ -41,6 +41,8 @@ Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+JP2_MAGICS = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 file, raw J2K codestream (SOC + SIZ)
+J2K_SIZ = b"\xff\x4f\xff\x51"
 
 
 class ImageError(Exception):
@@ -181,6 +183,8 @@ def read_header(source, name: str | None = None) -> ImageHeader:
 
         if data[:4] in TIFF_MAGICS:
             return _tiff_header(read, name)
+        if data.startswith(JP2_MAGICS):
+            return _j2k_header(data[: 1 << 20], name)
         opener = lambda: io.BytesIO(data)  # noqa: E731
     else:
         path = Path(source)
@@ -193,6 +197,10 @@ def read_header(source, name: str | None = None) -> ImageHeader:
                     return f.read(n)
 
                 return _tiff_header(read, name)
+            f.seek(0)
+            head = f.read(1 << 20)
+        if head.startswith(JP2_MAGICS):
+            return _j2k_header(head, name)
         opener = lambda: open(path, "rb")  # noqa: E731
     try:
         with opener() as fh, _open_header(fh, name) as img:  # reads the header only
@@ -205,6 +213,26 @@ def read_header(source, name: str | None = None) -> ImageHeader:
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad headers
         raise ImageError("undecodable_image", f"{name}: {e}") from None
     return ImageHeader(fmt, w, h, bands, per, w * h * bands * per)
+
+
+def _j2k_header(head: bytes, name: str) -> ImageHeader:
+    """JPEG2000 sizes from the codestream's SIZ marker (image and tile origin, components and their
+    bit depths), found in the first MiB of a JP2 file or at the start of a J2K codestream. Pillow's
+    header guess counts a 4-band 16-bit JP2 as 8-bit, so the decoded size is read here instead."""
+    import struct
+
+    at = head.find(J2K_SIZ)
+    if at < 0 or len(head) < at + 42:
+        raise ImageError("undecodable_image", f"{name}: JPEG2000 without a SIZ marker in its first MiB")
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", head, at + 8)
+    (csiz,) = struct.unpack_from(">H", head, at + 40)
+    comps = head[at + 42 : at + 42 + 3 * csiz]
+    if csiz < 1 or len(comps) < 3 * csiz or xsiz <= xo or ysiz <= yo:
+        raise ImageError("undecodable_image", f"{name}: malformed JPEG2000 SIZ marker")
+    w, h = xsiz - xo, ysiz - yo
+    per = max(((comps[3 * i] & 0x7F) + 1 + 7) // 8 for i in range(csiz))
+    per = 1 if per <= 1 else 2 if per <= 2 else 4
+    return ImageHeader("JPEG2000", w, h, csiz, per, w * h * csiz * per)
 
 
 def _open_header(fh, name: str):
@@ -275,6 +303,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, ma
     ``render_max_pixels``: rasters larger than this are rendered decimated (default
     :data:`geovl.imagery.render.MAX_RENDER_PIXELS`)."""
     path = Path(path)
+    if path.suffix.lower() == ".json" or path.is_dir():
+        from .stac import StacError, is_stac, stac_inputs
+
+        if is_stac(path):  # a STAC Item: its bands stacked into a temporary VRT (geovl.imagery.stac)
+            order = render if isinstance(render, str) else getattr(render, "band_order", None)
+            try:
+                with stac_inputs(path, bands=order) as (vrt,):
+                    return load_image(vrt, max_pixels, max_decoded_bytes, render, render_max_pixels)
+            except StacError as e:
+                raise ImageError("undecodable_image", str(e)) from None
     if not path.is_file():
         raise ImageError("missing_image", f"{path} does not exist")
     with open(path, "rb") as f:

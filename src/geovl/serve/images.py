@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..imagery.decode import TIFF_MAGICS, ImageError, ImageTooLarge, check_size, read_header
+from ..imagery.decode import JP2_MAGICS, TIFF_MAGICS, ImageError, ImageTooLarge, check_size, read_header
 
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # per image on the server (bands x pixels x bytes per sample)
 
@@ -226,6 +226,8 @@ def load_reference(url: str, limits: ImageLimits) -> bytes:
 def image_format(data: bytes) -> str | None:
     if data[:4] in TIFF_MAGICS:
         return "TIFF"
+    if data.startswith(JP2_MAGICS):
+        return "JPEG2000"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return next((fmt for magic, fmt in FORMATS.items() if data.startswith(magic)), None)
@@ -285,22 +287,22 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
         raise _too_big(len(data), limits)
     fmt = image_format(data)
     if fmt is None:
-        raise ImageRefError("the data is not a PNG, JPEG, WebP, GIF, BMP or TIFF image / 不是受支持的图像格式", "invalid_image")
+        raise ImageRefError("the data is not a PNG, JPEG, WebP, GIF, BMP, TIFF or JPEG2000 image / 不是受支持的图像格式", "invalid_image")
     header = check_header(data, limits)  # pixels and decoded bytes, before GDAL or PIL decode anything
-    if fmt == "TIFF":
+    if fmt in ("TIFF", "JPEG2000"):  # rasters: GDAL, as the one render path reads them
         from rasterio.io import MemoryFile
 
         try:
             with MemoryFile(bytes(data)) as mf, mf.open() as src:
                 w, h = src.width, src.height
                 if w * h * src.count > header.pixels * header.bands:  # GDAL may never see more than was checked
-                    raise ImageRefError(f"TIFF header says {header.width}x{header.height}x{header.bands} but GDAL reads "
-                                        f"{w}x{h}x{src.count} / TIFF 头信息不一致", "invalid_image")
+                    raise ImageRefError(f"{fmt} header says {header.width}x{header.height}x{header.bands} but GDAL reads "
+                                        f"{w}x{h}x{src.count} / {fmt} 头信息不一致", "invalid_image")
                 src.read(1, window=((0, min(h, 1)), (0, min(w, 1))))
         except ImageRefError:
             raise
         except Exception as e:  # noqa: BLE001 - rasterio raises many types
-            raise ImageRefError(f"unreadable TIFF: {str(e)[:200]} / TIFF 无法读取", "invalid_image") from None
+            raise ImageRefError(f"unreadable {fmt}: {str(e)[:200]} / {fmt} 无法读取", "invalid_image") from None
         return w, h
     try:
         im = Image.open(io.BytesIO(data))  # reads the header only
