@@ -1,6 +1,6 @@
 """geovl on REAL imagery nobody here made: the NEON airborne RGB tile OSBS_029 (Ordway-Swisher,
 Florida; 400 x 400 px, 0.1 m, EPSG:32617, uint8, nodata 255) and its PNG twin, shipped as package
-data in the ``deepforest`` wheel (installed ``--no-deps`` by ``make install`` for its data files
+data in the ``deepforest`` wheel (with NEON crops from Yellowstone/SOAP and a DJI drone JPEG; installed ``--no-deps`` by ``make install`` for its data files
 only; its code is never imported — files are found through ``importlib.metadata``).
 
 Every check compares geovl with an independent computation (rasterio, numpy, Pillow, the TM scale factor):
@@ -174,3 +174,23 @@ def test_measure_areas_of_a_class_map_from_the_real_pixels(raw, tmp_path, capsys
     assert d["valid_area"]["m2"] == pytest.approx(n_valid * px_area / k ** 2, rel=1e-7)
     for c in d["classes"]:
         assert c["m2"] == pytest.approx(c["pixels"] * px_area / k ** 2, rel=1e-7)
+
+
+@pytest.mark.parametrize("name", ["2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_541000_4977000_image_crop.png",
+                                  "AWPE Pigeon Lake 2020 DJI_0005.JPG", "SOAP_031.png"])
+def test_real_photos_header_size_check_and_plain_path(name):
+    """NEON crops and a DJI drone JPEG: header = Pillow's size/bands; kept byte for byte; the size
+    check refuses them from the header alone when over a pixel limit."""
+    from geovl.imagery.decode import ImageTooLarge
+
+    p = _data_file(name)
+    with Image.open(p) as im:
+        fmt, (w, h), nb = im.format, im.size, len(im.getbands())
+    hd = read_header(p)
+    assert (hd.format, hd.width, hd.height, hd.bands, hd.bytes_per_sample) == (fmt, w, h, nb, 1)
+    assert hd.decoded_bytes == w * h * nb
+    img = load_image(p)
+    assert (img.width, img.height) == (w, h) and img.data == p.read_bytes()
+    with pytest.raises(ImageTooLarge) as e:
+        load_image(p, max_pixels=w * h - 1)
+    assert e.value.limit == "pixels" and e.value.header.pixels == w * h
