@@ -270,3 +270,31 @@ def test_adapter_for_another_base_model_is_refused_naming_both(trained, tiny_mod
     rc = main(["eval", "--model", str(q2), "--adapter", str(final), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "p.jsonl")])
     err = capsys.readouterr().err
     assert rc == 2 and "geovl: error: adapter" in err and str(q2) in err and "Traceback" not in err
+
+
+def test_prompt_longer_than_the_context_is_refused_before_generation(engines, tmp_path):
+    """A prompt past the model's positions (the tiny models have 4,096) is a PromptTooLong naming both
+    numbers, before any forward pass; batch evaluation rejects just that sample (reason
+    ``prompt_too_long``) and answers the others."""
+    from geovl.data.io import DatasetWriter
+    from geovl.evaluate.generate import run_predictions
+    from geovl.serve.engine import PromptTooLong
+
+    eng = engines("qwen2.5-vl")
+    assert eng.context_length == 4096
+    long_text = "water " * 5000
+    calls = eng.stats.forward_calls
+    with pytest.raises(PromptTooLong) as e:
+        eng.generate([ChatRequest([user_turn(long_text, 1)], [png(1)])], GenerationParams(max_new_tokens=2))
+    assert e.value.limit == 4096 and e.value.tokens > 4096 and "4096" in str(e.value)
+    assert eng.stats.forward_calls == calls, "the model ran on a prompt past its context"
+
+    data = tmp_path / "d.jsonl"
+    with DatasetWriter(data) as w:
+        for i, q in enumerate(["Is there water?", long_text, "Is there a road?"]):
+            w.write(make_sample(f"s{i}", q, "yes", [png(i)], qtype="yes_no", source=f"t#{i}"))
+    out = tmp_path / "p.jsonl"
+    counts = run_predictions(eng, data, out, params=GenerationParams(max_new_tokens=2), progress=False)
+    assert counts["read"] == 3 and counts["predicted"] == 2 and counts["rejected"] == 1
+    rej = [json.loads(line) for line in (tmp_path / "p.rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rej] == ["prompt_too_long"] and "s1" in json.dumps(rej)

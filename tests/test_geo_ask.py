@@ -115,6 +115,12 @@ def test_ask_cli_tiny_model_json_and_stream(synth, tiny_model_dir, capsys):
     assert text.startswith("geovl measure") and "[回答 answer] " in text
     assert fmt(all_units(px["cropland"] * 100.0)["ha"], "ha") in text.split("[回答 answer]")[0]
 
+    # a question that makes the prompt longer than the model's context: refused before generation, exit 2
+    long_q = "耕地面积约为多少公顷？" + "请详细说明。" * 1500
+    assert main([*base[:6], long_q, *base[7:]]) == 2
+    err = capsys.readouterr().err
+    assert "longer than the model's context of 4096" in err and "Traceback" not in err
+
 
 def test_ask_bad_inputs(synth, tmp_path, capsys):
     out, sc, f = synth

@@ -29,9 +29,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..data.schema import SampleError, assistant_turn, count_image_parts, message_text, validate_sample
-from ..imagery.decode import ImageError
 from ..serve.engine import ChatRequest, GenerationParams
-from .generate import _generate_or_isolate, run_chunked
+from .generate import SAMPLE_ERRORS, _generate_or_isolate, run_chunked
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Dialogue:
     system: list[dict]
     turns: list[Turn]
     predictions: list[str] = field(default_factory=list)
-    error: ImageError | None = None
+    error: Exception | None = None  # one of SAMPLE_ERRORS (reason, detail): the dialogue is rejected
 
     def request(self, k: int) -> ChatRequest:
         """Turn ``k``'s prompt: the model's own answers to turns < k in the history."""
@@ -117,7 +116,7 @@ def answer_chunk(engine, dialogues: list[Dialogue], params: GenerationParams) ->
             break
         preds = _generate_or_isolate(engine, [d.request(k) for d in active], params)
         for d, p in zip(active, preds):
-            if isinstance(p, ImageError):
+            if isinstance(p, SAMPLE_ERRORS):  # an undecodable image or a prompt past the context
                 d.error = p
             else:
                 d.predictions.append(str(p))

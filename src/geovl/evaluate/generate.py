@@ -23,7 +23,9 @@ from pathlib import Path
 from ..data.io import count_samples, read_samples, rejects_path_for
 from ..data.schema import SampleError, count_image_parts, message_text, validate_sample
 from ..imagery.decode import ImageError
-from ..serve.engine import ChatRequest, GenerationParams
+from ..serve.engine import ChatRequest, GenerationParams, PromptTooLong
+
+SAMPLE_ERRORS = (ImageError, PromptTooLong)  # problems of one sample: rejected, the rest of its chunk goes on
 
 
 def split_prompt(sample: dict) -> tuple[ChatRequest, str]:
@@ -124,15 +126,15 @@ def _forced_or_generate(engine, pending: list, params: GenerationParams) -> list
     if forced:
         try:
             lps = engine.choice_logprobs([pending[k][1] for k in forced], [pending[k][3] for k in forced])
-        except ImageError:
+        except SAMPLE_ERRORS:
             lps = []
             for k in forced:
                 try:
                     lps.append(engine.choice_logprobs([pending[k][1]], [pending[k][3]])[0])
-                except ImageError as e:
+                except SAMPLE_ERRORS as e:
                     lps.append(e)
         for k, lp in zip(forced, lps):
-            if isinstance(lp, ImageError):
+            if isinstance(lp, SAMPLE_ERRORS):
                 preds[k] = lp
             else:
                 cands = pending[k][3]
@@ -150,16 +152,16 @@ class ForcedChoice(str):
 
 
 def _generate_or_isolate(engine, requests: list[ChatRequest], params: GenerationParams) -> list:
-    """``engine.generate``; if an image in the chunk cannot be decoded, retry one by one so only
-    the bad samples fail (their entries are the :class:`ImageError`)."""
+    """``engine.generate``; if an image in the chunk cannot be decoded or a prompt is longer than the
+    model's context, retry one by one so only those samples fail (their entries are the error)."""
     try:
         return engine.generate(requests, params)
-    except ImageError:
+    except SAMPLE_ERRORS:
         out = []
         for r in requests:
             try:
                 out.append(engine.generate([r], params)[0])
-            except ImageError as e:
+            except SAMPLE_ERRORS as e:
                 out.append(e)
         return out
 
@@ -326,7 +328,7 @@ def run_predictions(
         nonlocal correct
         results = []
         for (sample, req, ref, _), pred in zip(pending, _forced_or_generate(engine, pending, params)):
-            if isinstance(pred, ImageError):
+            if isinstance(pred, SAMPLE_ERRORS):
                 results.append(pred)
                 continue
             rec = record_for(sample, req, ref, str(pred))

@@ -26,6 +26,20 @@ class EngineError(RuntimeError):
     """A user-facing inference problem (bad request, unreachable server, bad option)."""
 
 
+class PromptTooLong(EngineError):
+    """A prompt (text + image tokens) longer than the model's context, refused before generation.
+    ``reason``/``detail`` let batch evaluation reject just that sample."""
+
+    reason = "prompt_too_long"
+
+    def __init__(self, tokens: int, limit: int):
+        self.tokens, self.limit = tokens, limit
+        self.detail = (f"the prompt is {tokens} tokens (text + image tokens), longer than the model's context of "
+                       f"{limit} positions (max_position_embeddings): shorten the text, or use fewer or smaller "
+                       "images / 提示（文本+图像）超出模型上下文长度")
+        super().__init__(self.detail)
+
+
 MIN_SAMPLING_TEMPERATURE = 1e-5  # below it logits / temperature overflow; sampling is greedy in the limit anyway
 SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed and every generator here accept
 
@@ -332,6 +346,11 @@ class LocalEngine:
         else:
             images = [decode_image(b, self.preprocess) for r in requests for b in r.images]
         enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kw)
+        limit = self.context_length
+        if limit is not None and "attention_mask" in enc:
+            longest = int(enc["attention_mask"].sum(dim=1).max())
+            if longest > limit:  # refused before any forward pass (the model would index past its positions)
+                raise PromptTooLong(longest, limit)
         enc = enc.to(self.model.device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
