@@ -64,16 +64,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from contextlib import ExitStack
+    from .rasters import local_rasters
 
-    from geovl.cli import CLIError
-    from geovl.imagery.stac import StacError, stac_inputs
-
-    with ExitStack() as stack:
-        try:
-            args.image, args.before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))
-        except StacError as e:
-            raise CLIError(str(e)) from e
+    with local_rasters(args.image, args.before, bands=args.bands) as (args.image, args.before):
         return _run(args)
 
 
@@ -151,8 +144,3 @@ def _run(args) -> int:
             close()
     return 0
 
-
-def _stderr(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr)

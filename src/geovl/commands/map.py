@@ -58,16 +58,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from contextlib import ExitStack
+    from .rasters import local_rasters
 
-    from geovl.cli import CLIError
-    from geovl.imagery.stac import StacError, stac_inputs
-
-    with ExitStack() as stack:
-        try:
-            (args.raster,) = stack.enter_context(stac_inputs(args.raster, bands=args.bands, log=_stderr))
-        except StacError as e:
-            raise CLIError(str(e)) from e
+    with local_rasters(args.raster, bands=args.bands) as (args.raster,):
         return _run(args)
 
 
@@ -113,8 +106,3 @@ def _run(args) -> int:
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
 
-
-def _stderr(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr)

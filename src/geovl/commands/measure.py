@@ -70,7 +70,8 @@ def run(args) -> int:
     from geovl.geo.errors import MeasureError
     from geovl.geo.indices import load_rules
     from geovl.geo.measure import measure_raster
-    from geovl.imagery.stac import StacError, stac_inputs
+
+    from .rasters import local_rasters
 
     if args.top < 0 or args.min_patch_pixels < 1:
         raise CLIError("--top must be >= 0 and --min-patch-pixels >= 1")
@@ -78,7 +79,7 @@ def run(args) -> int:
         raise CLIError("--wgs84 writes changes_4326.geojson into --out DIR; give --out too")
     stack = ExitStack()
     try:
-        image, before = stack.enter_context(stac_inputs(args.image, args.before, bands=args.bands, log=_stderr))  # STAC → local VRT
+        image, before = stack.enter_context(local_rasters(args.image, args.before, bands=args.bands))  # STAC → local VRT
         rules = load_rules(args.index_rules, args.bands)
         m = measure_raster(image, classes=args.classes, before=before, before_classes=args.before_classes,
                            class_table=args.class_table, aoi=args.aoi, aoi_crs=args.aoi_crs, pixel_size=args.pixel_size,
@@ -99,7 +100,7 @@ def run(args) -> int:
                 if args.wgs84:
                     _write(out / "changes_4326.geojson", json.dumps(m.geojson(wgs84=True), ensure_ascii=False) + "\n", written)
             written += m.write_class_rasters(out)
-    except (MeasureError, StacError) as e:
+    except MeasureError as e:
         raise CLIError(str(e)) from e
     except MemoryError:
         raise CLIError(f"{args.image}: out of memory while measuring — rasters are read in windows, so this is a "
@@ -122,8 +123,3 @@ def _write(path, text: str, written: list) -> None:
     path.write_text(text, encoding="utf-8")
     written.append(str(path))
 
-
-def _stderr(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr)
