@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,9 +71,6 @@ def read_grid(src, name: str | None = None) -> Grid:
         crs = CRS.from_user_input(src.crs) if src.crs else None
         t = Affine(*src.transform) if src.transform is not None else Affine.identity()
         return Grid(np.asarray(src.data), crs, t, src.nodata, name or "<raster>", list(src.band_names))
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
     path = os.fspath(src)
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
@@ -85,14 +83,25 @@ def read_grid(src, name: str | None = None) -> Grid:
             check_size(read_header(path), 2**62, WHOLE_RASTER_MAX_DECODED_BYTES, path)
         except ImageError as e:
             raise MeasureError(e.detail) from None
+    with open_measured(path) as ds:
+        return Grid(ds.read(), ds.crs if ds.crs else None, ds.transform, ds.nodata, name or path,
+                    [d or "" for d in ds.descriptions], tuple(ds.scales), tuple(ds.offsets))
+
+
+@contextmanager
+def open_measured(path: str):
+    """``rasterio.open(path)`` as measuring reads it: no not-georeferenced warnings, GCP-only rasters
+    refused ("warp it first"), unreadable files a :class:`MeasureError` naming the file."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 if (err := gcp_only_error(path, ds)) is not None:
                     raise err
-                return Grid(ds.read(), ds.crs if ds.crs else None, ds.transform, ds.nodata, name or path,
-                            [d or "" for d in ds.descriptions], tuple(ds.scales), tuple(ds.offsets))
+                yield ds
     except RasterioIOError as e:
         raise MeasureError(f"{path}: not a readable raster ({e})") from None
 
@@ -290,24 +299,14 @@ class ClassSource:
 
 
 def _open_meta(path) -> dict:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                if (err := gcp_only_error(path, ds)) is not None:
-                    raise err
-                return {"path": path, "name": path, "crs": ds.crs if ds.crs else None, "transform": ds.transform,
-                        "shape": (ds.height, ds.width), "count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata,
-                        "band_names": [d or "" for d in ds.descriptions], "scales": tuple(ds.scales),
-                        "offsets": tuple(ds.offsets), "block_rows": ds.block_shapes[0][0] if ds.block_shapes else 1}
-    except RasterioIOError as e:
-        raise MeasureError(f"{path}: not a readable raster ({e})") from None
+    with open_measured(path) as ds:
+        return {"path": path, "name": path, "crs": ds.crs if ds.crs else None, "transform": ds.transform,
+                "shape": (ds.height, ds.width), "count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata,
+                "band_names": [d or "" for d in ds.descriptions], "scales": tuple(ds.scales),
+                "offsets": tuple(ds.offsets), "block_rows": ds.block_shapes[0][0] if ds.block_shapes else 1}
 
 
 def raster_pixels(path) -> int:
