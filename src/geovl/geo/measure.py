@@ -185,13 +185,19 @@ def _date(label: str, cm: ClassMap, valid: np.ndarray, region: np.ndarray, idx: 
     k = len(codes)
     pixels = np.bincount(idx[idx >= 0], minlength=k)
     m2 = areas.sums(idx, k)
+    total, classes = _class_areas(codes, table, pixels, m2)
+    return DateMeasure(label, cm.name, cm.image, cm.source, int(valid.sum()), int((region & ~valid).sum()), total, classes)
+
+
+def _class_areas(codes: list[int], table: ClassTable, pixels, m2) -> tuple[float, list[ClassArea]]:
+    """(total m², one ClassArea per code) from per-code pixel counts and areas (same order as ``codes``)."""
     total = float(m2.sum())
     classes = []
     for i, code in enumerate(codes):
         info = table.info(code)
         classes.append(ClassArea(code, info.key, info.en, info.zh, int(pixels[i]), float(m2[i]),
                                  float(m2[i] / total) if total else 0.0))
-    return DateMeasure(label, cm.name, cm.image, cm.source, int(valid.sum()), int((region & ~valid).sum()), total, classes)
+    return total, classes
 
 
 def measure_raster(image=None, classes=None, before=None, before_classes=None, class_table=None, aoi=None,
@@ -481,12 +487,7 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
         if valid_px == 0:
             where = " inside the AOI" if aoi_obj is not None else ""
             raise MeasureError(f"{s.name}: every pixel{where} is nodata — nothing to measure")
-        total = float(m2.sum())
-        classes = []
-        for i, code in enumerate(codes):
-            info = table.info(code)
-            classes.append(ClassArea(code, info.key, info.en, info.zh, int(px[i]), float(m2[i]),
-                                     float(m2[i] / total) if total else 0.0))
+        total, classes = _class_areas(codes, table, px, m2)
         dates.append(DateMeasure(lab, s.name, s.image, s.source, valid_px, region_px - valid_px, total, classes))
 
     change = None
