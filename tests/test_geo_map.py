@@ -52,15 +52,15 @@ def mosaic(tmp_path_factory):
 
 def windows():
     g = TileGrid(W, H, TILE, OVERLAP)
-    return {(r, c): g.window(r, c) for r, c in g}
+    return {(r, c): g.window(r, c).flatten() for r, c in g}
 
 
 def test_tile_grid_arithmetic():
     g = TileGrid(W, H, TILE, OVERLAP)
     assert (g.n_rows, g.n_cols, g.count, g.stride) == (3, 3, 9, 192)
-    assert g.window(0, 0) == (0, 0, 224, 224)
-    assert g.window(2, 2) == (384, 384, 216, 66)  # clipped at the edges, reaching them exactly
-    assert g.window(1, 2) == (384, 192, 216, 224)
+    assert g.window(0, 0).flatten() == (0, 0, 224, 224)
+    assert g.window(2, 2).flatten() == (384, 384, 216, 66)  # clipped at the edges, reaching them exactly
+    assert g.window(1, 2).flatten() == (384, 192, 216, 224)
     assert TileGrid(224, 100, 224, 32).count == 1 and TileGrid(225, 100, 224, 32).n_cols == 2
     assert TileGrid(1000, 10, 100, 0).n_cols == 10
     t = Affine(10.0, 0.0, 440000.0, 0.0, -10.0, 4065000.0)

@@ -39,7 +39,7 @@ def test_envi_roundtrip_exact(tmp_path, interleave, byte_order):
             assert c.interleave == interleave and c.byte_order == byte_order and c.header_offset == 17
             out = c.read()
             assert out.dtype.isnative and np.array_equal(out, d)
-            w = Window(2, 3, 4, 5)
+            w = Window(col_off=3, row_off=2, width=5, height=4)
             assert np.array_equal(c.read([4, 0, 2], w), d[[4, 0, 2], 2:6, 3:8])
             assert np.array_equal(c.read([1, 2, 3], w), d[1:4, 2:6, 3:8])
         # opening by the data file finds the header too
@@ -155,11 +155,11 @@ def test_envi_writer_chunks_and_partial(tmp_path):
     d = _data("u2", (3, 10, 6))
     with EnviWriter(tmp_path / "w.img", 3, 10, 6, "u2", interleave="bip", byte_order=1) as w:
         for win in iter_windows(array_cube(d), rows=4):
-            w.write(d[:, win.rows, win.cols], win)
+            w.write(d[:, *win.toslices()], win)
     assert np.array_equal(open_envi(tmp_path / "w.hdr").read(), d)
     with pytest.raises(RuntimeError):
         with EnviWriter(tmp_path / "x.img", 3, 10, 6, "u2") as w:
-            w.write(d[:, :4], Window(0, 0, 4, 6))
+            w.write(d[:, :4], Window(col_off=0, row_off=0, width=6, height=4))
             raise RuntimeError("interrupted")
     assert not (tmp_path / "x.img").exists() and not (tmp_path / "x.hdr").exists()
     assert (tmp_path / "x.img.partial").exists()
@@ -170,11 +170,11 @@ def test_iter_windows_cover_once():
     seen = np.zeros((23, 17), int)
     wins = list(iter_windows(c, rows=5, cols=6))
     for w in wins:
-        seen[w.rows, w.cols] += 1
+        seen[w.toslices()] += 1
     assert (seen == 1).all() and len(wins) == 5 * 3
     assert [w.height for w in iter_windows(c, rows=10)] == [10, 10, 3]
     with pytest.raises(SpectralError, match="outside"):
-        c.read(window=Window(20, 0, 5, 17))
+        c.read(window=Window(col_off=0, row_off=20, width=17, height=5))
 
 
 def test_geotiff_roundtrip_keeps_crs(tmp_path):
@@ -188,7 +188,7 @@ def test_geotiff_roundtrip_keeps_crs(tmp_path):
         assert CRS.from_user_input(c.crs) == CRS.from_epsg(32650) and c.transform == GEO["transform"]
         assert c.wavelengths.tolist() == [450, 550, 650, 860, 1650] and c.fwhm.tolist() == [5, 5, 5, 10, 10]
         assert c.good_bands.tolist() == [True] * 4 + [False] and c.scale == 10000 and c.nodata == -32768
-        assert np.array_equal(c.read([3, 1], Window(1, 2, 3, 4)), d[[3, 1], 1:4, 2:6])
+        assert np.array_equal(c.read([3, 1], Window(col_off=2, row_off=1, width=4, height=3)), d[[3, 1], 1:4, 2:6])
     # ENVI → GeoTIFF → same cube and CRS as the ENVI file
     e = open_cube(write_envi(tmp_path / "e.img", d, wavelengths=[450, 550, 650, 860, 1650], **GEO))
     assert CRS.from_user_input(e.crs) == CRS.from_user_input(open_cube(p).crs)
@@ -216,7 +216,7 @@ def test_npy_layouts(tmp_path, layout):
     assert json.loads((tmp_path / "c.json").read_text())["layout"] == layout
     c = open_cube(tmp_path / "c.npy")
     assert c.shape == d.shape and np.array_equal(c.read(), d) and c.wavelengths.tolist() == [500, 600, 700, 800]
-    assert np.array_equal(c.read([2, 0], Window(1, 1, 3, 2)), d[[2, 0], 1:4, 1:3])
+    assert np.array_equal(c.read([2, 0], Window(col_off=1, row_off=1, width=2, height=3)), d[[2, 0], 1:4, 1:3])
     assert c.crs == "EPSG:32650" and c.nodata == -1.0
     # without a sidecar: layout from the argument (default bands-first), wavelengths from the caller
     (tmp_path / "c.json").unlink()

@@ -79,7 +79,7 @@ def test_window_starts_end_flush_with_the_edge():
     assert window_starts(57, 32, 0) == [0, 25]
     assert window_starts(32, 32, 8) == [0]
     assert window_starts(20, 32, 8) == [0]  # smaller than a tile: one window of the cube's size
-    assert window_grid(20, 70, 32, 8) == [Window(0, c, 20, 32) for c in (0, 24, 38)]
+    assert window_grid(20, 70, 32, 8) == [Window(col_off=c, row_off=0, width=32, height=20) for c in (0, 24, 38)]
     for bad in ((32, 32), (32, -1), (4, 0)):
         with pytest.raises(SpectralError, match="--overlap|--tile"):
             window_starts(100, *bad)
@@ -93,7 +93,7 @@ def test_window_grid_covers_every_pixel_with_full_tiles(tile, overlap):
         for w in wins:
             assert w.row_off >= 0 and w.col_off >= 0 and w.row_off + w.height <= rows and w.col_off + w.width <= cols
             assert (w.height, w.width) == (min(tile, rows), min(tile, cols))
-            cover[w.rows, w.cols] += 1
+            cover[w.toslices()] += 1
         assert cover.min() >= 1, (rows, cols)
         for size in (rows, cols):
             starts = window_starts(size, tile, overlap)
@@ -103,7 +103,7 @@ def test_window_grid_covers_every_pixel_with_full_tiles(tile, overlap):
 
 
 def test_probability_map_mean_and_taper_blends():
-    a, b = Window(0, 0, 4, 4), Window(0, 2, 4, 4)
+    a, b = Window(col_off=0, row_off=0, width=4, height=4), Window(col_off=2, row_off=0, width=4, height=4)
     valid = np.ones((4, 4), bool)
     m = ProbabilityMap(5, 6, overlap=2, blend="mean")
     m.add(a, 0.2, valid)

@@ -339,7 +339,7 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
 
         with tqdm(total=grid.count, desc="detect tiles", unit="tile", file=sys.stderr, disable=not progress) as bar:
             for r, c in grid:
-                win = grid.window(r, c)
+                win = grid.window(r, c).flatten()  # (col_off, row_off, width, height)
                 rgb, valid = read_rgb(ds, spec, win)
                 if not valid.any():
                     counts["nodata"] += 1

@@ -4,8 +4,9 @@ How it works:
 
 1. The raster is cut into overlapping windows (:class:`~geovl.geo.tiles.TileGrid`: ``tile`` px,
    step ``tile − overlap``) and each window is read on its own (rasterio windowed reads; the raster
-   is never read whole) and rendered to RGB exactly as :mod:`geovl.geo.tiles` documents (the
-   model's preprocessing config; true colour for 4+ band rasters), padded to ``tile × tile``.
+   is never read whole; :mod:`geovl.imagery.tiles`, clip edge rule) and rendered to RGB exactly as
+   :mod:`geovl.geo.tiles` documents (the model's preprocessing config; true colour for 4+ band
+   rasters), padded to ``tile × tile``.
 2. Windows whose pixels are all nodata (dataset mask) are skipped and recorded as ``nodata``.
 3. The others go through the engine in batches of ``batch_size`` (``engine.generate`` with one
    :class:`~geovl.serve.engine.ChatRequest` per tile: the image, then the question). The answer is
@@ -16,7 +17,8 @@ How it works:
    is generated.
 4. Every finished tile is appended to the sidecar ``<out stem>.tiles.jsonl`` (first line: a header
    with the raster size, transform, CRS, tile, overlap, question, rendering and engine). ``resume``
-   skips the tiles already there (a header that does not match is refused).
+   skips the tiles already there (a header that does not match is refused; the one resume rule of
+   :class:`geovl.imagery.tiles.TileJournal`).
 5. Outputs, rebuilt from the sidecar:
 
    - ``out`` GeoTIFF, float32, 2 bands, one pixel per tile: band 1 answer code (1 yes, 0 no,
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imagery.tiles import TileJournal, TilingError, window_list
 from .errors import MeasureError
 
 CODES = {"yes": 1, "no": 0, "unknown": 255}
@@ -100,39 +103,8 @@ def _p_yes(lps: list[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------------- sidecar
-def _load_sidecar(side: Path, header: dict) -> dict:
-    """Records of a previous run keyed by (row, col); a torn last line is cut off."""
-    raw = side.read_bytes()
-    lines = raw.split(b"\n")
-    good_end, records, head = 0, {}, None
-    for i, line in enumerate(lines):
-        if not line.strip():
-            good_end += len(line) + 1
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:  # interrupted while writing the last line
-                break
-            raise MapError(f"{side}: line {i + 1} is not JSON — fix or delete the file (or --overwrite)") from None
-        if head is None:
-            if rec.get("schema") != SCHEMA:
-                raise MapError(f"{side}: not a geovl map sidecar (no {SCHEMA} header); pass --overwrite to replace it")
-            head = rec
-        else:
-            records[(int(rec["row"]), int(rec["col"]))] = rec
-        good_end += len(line) + 1
-    if head is None:
-        return {}
-    diff = [k for k in COMPAT_KEYS if head.get(k) != header.get(k)]
-    if diff:
-        detail = "; ".join(f"{k}: {head.get(k)!r} then, {header.get(k)!r} now" for k in diff)
-        raise MapError(f"{side}: made by a different run ({detail}); --resume continues only the same raster, "
-                       "tiling, question and model — pass --overwrite to start again")
-    if good_end < len(raw):
-        with open(side, "r+b") as f:
-            f.truncate(min(good_end, len(raw)))
-    return records
+def _journal(side: Path, header: dict):
+    return TileJournal(side, header, COMPAT_KEYS)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -190,25 +162,19 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
                   "tile": o.tile, "overlap": o.overlap, "question": question, "render": spec.to_json(),
                   "answer_from": o.answer_from, "engine": getattr(engine, "name", type(engine).__name__),
                   "candidates": cands}
-        done = {}
-        if side.exists() and o.resume:
-            done = _load_sidecar(side, header)
-        elif side.exists():
-            side.unlink()
+        try:
+            done, journal = _journal(side, header).open(o.resume)
+        except TilingError as e:
+            raise MapError(str(e)) from None
         done_before = len(done)
         counts = {"generate": 0, "choice_logprobs": 0}
         run_now = 0
-        new_side = not side.exists() or side.stat().st_size == 0
-        side.parent.mkdir(parents=True, exist_ok=True)
-        with open(side, "a", encoding="utf-8") as f, tqdm(total=grid.count, initial=done_before, desc="map tiles",
-                                                           unit="tile", file=sys.stderr, disable=not o.progress) as bar:
-            if new_side:
-                f.write(json.dumps(header, ensure_ascii=False) + "\n")
-                f.flush()
+        with journal as f, tqdm(total=grid.count, initial=done_before, desc="map tiles", unit="tile",
+                                file=sys.stderr, disable=not o.progress) as bar:
 
             def emit(rec):
                 done[(rec["row"], rec["col"])] = rec
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(rec)
 
             batch: list = []
 
@@ -229,7 +195,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
                 win = grid.window(r, c)
                 rgb, valid = read_rgb(ds, spec, win)
                 if not valid.any():
-                    emit({"row": r, "col": c, "window": list(win), "status": "nodata"})
+                    emit({"row": r, "col": c, "window": window_list(win), "status": "nodata"})
                     f.flush()
                     bar.update(1)
                     continue
@@ -267,7 +233,7 @@ def _answer_batch(engine, batch, question, cands, answer_from, has_lp, params, c
             p, src = _p_yes(lps[i]), "choice_logprobs"
         else:
             p, src = {1: 1.0, 0: 0.0}.get(code), "answer"
-        out.append({"row": r, "col": c, "window": list(win), "status": "answered", "answer": text, "code": code,
+        out.append({"row": r, "col": c, "window": window_list(win), "status": "answered", "answer": text, "code": code,
                     "p_yes": p, "p_source": src, "valid_fraction": round(frac, 6)})
     return out
 

@@ -1,10 +1,9 @@
 """Tiles over a large raster, and the ONE way raster pixels become the RGB image a model sees.
 
-**Tile grid** (:class:`TileGrid`): square windows of ``tile`` pixels whose top-left corners step by
-``stride = tile − overlap``. Along an axis of ``n`` pixels there are ``1 + ceil((n − tile) / stride)``
-tiles (1 when ``n ≤ tile``); the last one reaches the raster edge and is clipped there (its image is
-padded with black to ``tile × tile``). Tile ``(row, col)`` reads pixels
-``[row·stride, row·stride + tile) × [col·stride, col·stride + tile)``.
+**Tile grid** (:class:`TileGrid`): :class:`geovl.imagery.tiles.TileGrid` with its clip edge rule —
+square windows of ``tile`` pixels whose top-left corners step by ``stride = tile − overlap``; the
+last one along each axis is clipped at the raster edge (its image is padded with black to
+``tile × tile``). Tile ``(row, col)`` is the rasterio ``Window(col·stride, row·stride, ≤ tile, ≤ tile)``.
 
 **Rendering**: :mod:`geovl.imagery.render` — the one set of rules every path uses (band roles,
 scale/offset, nodata and untagged fill, percentile stretch over valid pixels; windowed or decimated
@@ -15,77 +14,32 @@ with those settings (so ``ask`` sends the very bytes ``data convert`` stores).
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
+from rasterio.windows import Window
 
 from ..imagery.render import MAX_RENDER_PIXELS, RenderError, RenderSettings, RenderSpec, decimated_shape, read_rgb  # noqa: F401
+
+from ..imagery.tiles import TileGrid as _TileGrid
+from ..imagery.tiles import TilingError
 from .errors import MeasureError
 
 
-@dataclass(frozen=True)
-class TileGrid:
-    width: int
-    height: int
-    tile: int = 224
-    overlap: int = 32
+class TileGrid(_TileGrid):
+    """:class:`geovl.imagery.tiles.TileGrid` with the clip edge rule; option errors are MeasureErrors."""
 
     def __post_init__(self):
-        if self.tile < 16:
-            raise MeasureError(f"--tile must be at least 16 pixels, got {self.tile}")
-        if not 0 <= self.overlap < self.tile:
-            raise MeasureError(f"--overlap must be >= 0 and smaller than --tile ({self.tile}), got {self.overlap}")
-        if self.width < 1 or self.height < 1:
-            raise MeasureError(f"empty raster ({self.width} x {self.height})")
-
-    @property
-    def stride(self) -> int:
-        return self.tile - self.overlap
-
-    def _n(self, size: int) -> int:
-        return 1 if size <= self.tile else 1 + math.ceil((size - self.tile) / self.stride)
-
-    @property
-    def n_cols(self) -> int:
-        return self._n(self.width)
-
-    @property
-    def n_rows(self) -> int:
-        return self._n(self.height)
-
-    @property
-    def count(self) -> int:
-        return self.n_rows * self.n_cols
-
-    def window(self, row: int, col: int) -> tuple[int, int, int, int]:
-        """``(col_off, row_off, width, height)`` of tile ``(row, col)``, clipped to the raster."""
-        if not (0 <= row < self.n_rows and 0 <= col < self.n_cols):
-            raise IndexError(f"tile ({row}, {col}) outside the {self.n_rows} x {self.n_cols} grid")
-        x, y = col * self.stride, row * self.stride
-        return x, y, min(self.tile, self.width - x), min(self.tile, self.height - y)
-
-    def __iter__(self):
-        for r in range(self.n_rows):
-            for c in range(self.n_cols):
-                yield r, c
-
-    def out_transform(self, transform):
-        """The raster's affine transform scaled to one pixel per tile stride (tile ``(r, c)`` is
-        pixel ``(r, c)``, whose top-left corner is the tile's top-left corner)."""
-        from affine import Affine
-
-        return transform @ Affine.scale(self.stride)
-
-    def to_json(self) -> dict:
-        return {"width": self.width, "height": self.height, "tile": self.tile, "overlap": self.overlap,
-                "stride": self.stride, "rows": self.n_rows, "cols": self.n_cols, "tiles": self.count}
+        try:
+            super().__post_init__()
+        except TilingError as e:
+            raise MeasureError(str(e)) from None
 
 
-def window_polygon(transform, window: tuple[int, int, int, int]) -> dict:
-    """GeoJSON Polygon (map coordinates of ``transform``) of a pixel window, ring counter-clockwise."""
-    x, y, w, h = window
+def window_polygon(transform, window) -> dict:
+    """GeoJSON Polygon (map coordinates of ``transform``) of a pixel window (a rasterio ``Window`` or
+    ``(col_off, row_off, width, height)``), ring counter-clockwise."""
+    x, y, w, h = window.flatten() if isinstance(window, Window) else window
     ring = [transform @ (px, py) for px, py in ((x, y), (x + w, y), (x + w, y + h), (x, y + h))]
     area2 = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:] + ring[:1]))
     if area2 < 0:  # start at the window's top-left corner either way

@@ -161,13 +161,13 @@ def _untagged(ds) -> bool:
 
 def read_rgb(ds, spec: RenderSpec, window=None, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(rgb (H, W, 3) uint8, valid (H, W) bool)`` of an open rasterio dataset, windowed
-    (``window=(col_off, row_off, width, height)``) and/or decimated (``out_shape=(H, W)``), by the
+    (``window``: a rasterio ``Window`` or ``(col_off, row_off, width, height)``) and/or decimated (``out_shape=(H, W)``), by the
     rules of the module docstring."""
     from rasterio.windows import Window
 
     from .geotiff import stretch_to_uint8
 
-    win = Window(*window) if window is not None else None
+    win = window if window is None or isinstance(window, Window) else Window(*window)
     shape = tuple(out_shape) if out_shape else None
     valid = ds.dataset_mask(window=win, out_shape=shape) > 0
     untagged = _untagged(ds)

@@ -1,7 +1,8 @@
 """The :class:`Cube` interface shared by every reader, windows, and wavelength lookup.
 
 A cube is ``bands × rows × cols``. Readers never load the whole cube: :meth:`Cube.read` reads
-a :class:`Window` (a block of rows and columns) for some bands, so a cube larger than memory is
+a rasterio :class:`~rasterio.windows.Window` ``(col_off, row_off, width, height)`` (the one window
+type, :mod:`geovl.imagery.tiles`; ``window.toslices()`` is ``(rows, cols)``) for some bands, so a cube larger than memory is
 processed in chunks::
 
     with open_cube("scene.hdr") as cube:
@@ -26,6 +27,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from rasterio.windows import Window  # noqa: F401  (col_off, row_off, width, height): the one window type
+
+from ..imagery.tiles import TilingError, strips
 from . import SpectralError
 
 UNIT_ALIASES = {
@@ -60,24 +64,6 @@ def parse_wavelength(text: str | float) -> float:
 
 def parse_wavelengths(text: str) -> list[float]:
     return [parse_wavelength(t) for t in str(text).split(",") if t.strip()]
-
-
-@dataclass(frozen=True)
-class Window:
-    """A block of a cube: rows ``row_off:row_off+height``, columns ``col_off:col_off+width``."""
-
-    row_off: int
-    col_off: int
-    height: int
-    width: int
-
-    @property
-    def rows(self) -> slice:
-        return slice(self.row_off, self.row_off + self.height)
-
-    @property
-    def cols(self) -> slice:
-        return slice(self.col_off, self.col_off + self.width)
 
 
 @dataclass
@@ -132,7 +118,7 @@ class Cube:
         return (self.bands, self.rows, self.cols)
 
     def full_window(self) -> Window:
-        return Window(0, 0, self.rows, self.cols)
+        return Window(0, 0, self.cols, self.rows)
 
     # -- reading ----------------------------------------------------------
     def _band_list(self, bands) -> np.ndarray:
@@ -223,12 +209,10 @@ class Cube:
 
 def iter_windows(cube: Cube, rows: int = 256, cols: int | None = None) -> Iterator[Window]:
     """Windows covering the cube in row strips of ``rows`` (and column blocks of ``cols`` if given)."""
-    if rows < 1:
-        raise SpectralError("rows per window must be >= 1")
-    cols = cube.cols if not cols else cols
-    for r in range(0, cube.rows, rows):
-        for c in range(0, cube.cols, cols):
-            yield Window(r, c, min(rows, cube.rows - r), min(cols, cube.cols - c))
+    try:
+        yield from strips(cube.cols, cube.rows, rows, cols)
+    except TilingError as e:
+        raise SpectralError(str(e)) from None
 
 
 def rows_for_budget(cube: Cube, budget_bytes: int = 256 * 2**20, bands: int | None = None) -> int:
@@ -242,7 +226,8 @@ class ArrayCube(Cube):
     """An in-memory cube over a ``(bands, rows, cols)`` array (tests, synthesis, small scenes)."""
 
     def _read(self, bands: np.ndarray, window: Window) -> np.ndarray:
-        return np.ascontiguousarray(self._data[bands, window.rows, window.cols])
+        rs, cs = window.toslices()
+        return np.ascontiguousarray(self._data[bands, rs, cs])
 
 
 def array_cube(data: np.ndarray, wavelengths=None, path: str = "<array>", **meta) -> ArrayCube:

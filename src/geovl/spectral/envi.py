@@ -189,7 +189,7 @@ class EnviCube(Cube):
         try:
             contiguous = bands.size and np.all(np.diff(bands) == 1)
             bsel = slice(int(bands[0]), int(bands[-1]) + 1) if contiguous else bands
-            rs, cs = window.rows, window.cols
+            rs, cs = window.toslices()
             if self.interleave == "bsq":
                 block = mm[bsel, rs, cs]
             elif self.interleave == "bil":
@@ -348,7 +348,7 @@ class EnviWriter:
 
     def write(self, block: np.ndarray, window: Window | None = None) -> None:
         b, r, c = self.shape
-        w = window or Window(0, 0, r, c)
+        w = window or Window(0, 0, c, r)
         if block.shape != (b, w.height, w.width):
             raise SpectralError(f"block shape {block.shape} does not match window {w} with {b} bands")
         fshape = {"bsq": (b, r, c), "bil": (r, b, c), "bip": (r, c, b)}[self.interleave]
@@ -356,12 +356,13 @@ class EnviWriter:
         mm = np.memmap(self._tmp, dtype=ftype, mode="r+", offset=self.offset, shape=fshape)
         try:
             data = block.astype(self.dtype, copy=False)
+            rs, cs = w.toslices()
             if self.interleave == "bsq":
-                mm[:, w.rows, w.cols] = data
+                mm[:, rs, cs] = data
             elif self.interleave == "bil":
-                mm[w.rows, :, w.cols] = data.transpose(1, 0, 2)
+                mm[rs, :, cs] = data.transpose(1, 0, 2)
             else:
-                mm[w.rows, w.cols, :] = data.transpose(1, 2, 0)
+                mm[rs, cs, :] = data.transpose(1, 2, 0)
             mm.flush()
         finally:
             del mm

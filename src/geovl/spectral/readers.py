@@ -62,10 +62,7 @@ def open_cube(path: str | os.PathLike, layout: str | None = None, wavelengths=No
 
 class GeoTiffCube(Cube):
     def _read(self, bands: np.ndarray, window: Window) -> np.ndarray:
-        from rasterio.windows import Window as RWindow
-
-        return self._ds.read([int(b) + 1 for b in bands],
-                             window=RWindow(window.col_off, window.row_off, window.width, window.height))
+        return self._ds.read([int(b) + 1 for b in bands], window=window)
 
     def close(self) -> None:
         ds = getattr(self, "_ds", None)
@@ -173,12 +170,10 @@ class GeoTiffWriter:
             self._ds.update_tags(i, ns="IMAGERY", **{k: str(v) for k, v in bt.items()})
 
     def write(self, block: np.ndarray, window: Window | None = None) -> None:
-        from rasterio.windows import Window as RWindow
-
         if window is None:
             self._ds.write(block)
         else:
-            self._ds.write(block, window=RWindow(window.col_off, window.row_off, window.width, window.height))
+            self._ds.write(block, window=window)
 
     def close(self, ok: bool = True) -> None:
         if self._ds is None:
@@ -238,10 +233,11 @@ class NpyCube(Cube):
     def _read(self, bands: np.ndarray, window: Window) -> np.ndarray:
         arr = np.load(self.path, mmap_mode="r")
         try:
+            rs, cs = window.toslices()
             if self.layout == "bands-first":
-                block = arr[bands, window.rows, window.cols]
+                block = arr[bands, rs, cs]
             else:
-                block = arr[window.rows, window.cols, bands].transpose(2, 0, 1)
+                block = arr[rs, cs, bands].transpose(2, 0, 1)
             return np.ascontiguousarray(block, dtype=self.dtype)
         finally:
             del arr

@@ -2,10 +2,11 @@
 
 How it works:
 
-1. **Window grid** (:func:`window_grid`): ``tile × tile`` windows whose top-left corners step by
-   ``tile − overlap``; along each axis the last window is moved back so that it ends exactly at the
-   cube's edge (so every window but those of a cube smaller than a tile is a full tile, and every
-   pixel is covered). A cube smaller than a tile along an axis gets one window of the cube's size.
+1. **Window grid** (:func:`window_grid`, :class:`geovl.imagery.tiles.TileGrid` with its ``shift`` edge
+   rule): ``tile × tile`` windows whose top-left corners step by ``tile − overlap``; along each axis
+   the last window is moved back so that it ends exactly at the cube's edge (so every window but
+   those of a cube smaller than a tile is a full tile, and every pixel is covered). A cube smaller
+   than a tile along an axis gets one window of the cube's size. Windows are rasterio ``Window``\ s.
 2. Each window is read on its own (:meth:`~geovl.spectral.cube.Cube.read_float`: float32
    reflectance, no-data → NaN; the cube is never read whole). A window without one valid pixel is
    skipped (``skipped_nodata``). Partly no-data windows go to the model (the engine fills no-data
@@ -42,11 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from . import SpectralError
+from ..imagery.tiles import TileGrid, TilingError, axis_starts, check_options
 from .cube import Cube, Window
 
 DEFAULT_TILE = 64
 DEFAULT_OVERLAP = 16
 MIN_TILE = 8
+EDGE = "shift"  # the last window ends flush with the cube's edge (geovl.imagery.tiles)
 MAX_NEW_TOKENS = 8
 BLENDS = ("taper", "mean")
 PREVIEW_MAX = 4096  # longest side of the PNG preview (nearest-neighbour decimation beyond)
@@ -60,30 +63,29 @@ UNPARSED_EXAMPLES = 5
 
 
 def check_grid_options(tile: int, overlap: int) -> None:
-    if tile < MIN_TILE:
-        raise SpectralError(f"--tile must be at least {MIN_TILE} pixels, got {tile} / 窗口尺寸过小")
-    if not 0 <= overlap < tile:
-        raise SpectralError(f"--overlap must be >= 0 and smaller than --tile ({tile}), got {overlap} / 重叠像素数无效")
+    try:
+        check_options(tile, overlap, MIN_TILE, EDGE)
+    except TilingError as e:
+        raise SpectralError(str(e)) from None
 
 
 def window_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Offsets of the windows along an axis of ``size`` pixels: ``0, stride, 2·stride, …`` with the last
     one at ``size − tile`` (flush with the edge); ``[0]`` when ``size <= tile``."""
     check_grid_options(tile, overlap)
-    if size < 1:
-        raise SpectralError(f"empty axis ({size} pixels)")
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
+    try:
+        return axis_starts(size, tile, overlap, EDGE)
+    except TilingError as e:
+        raise SpectralError(str(e)) from None
 
 
 def window_grid(rows: int, cols: int, tile: int, overlap: int) -> list[Window]:
     """Windows covering a ``rows × cols`` cube, row by row (see the module docstring)."""
-    h, w = min(tile, rows), min(tile, cols)
-    return [Window(r, c, h, w) for r in window_starts(rows, tile, overlap) for c in window_starts(cols, tile, overlap)]
+    check_grid_options(tile, overlap)
+    try:
+        return TileGrid(cols, rows, tile, overlap, edge=EDGE, min_tile=MIN_TILE).windows()
+    except TilingError as e:
+        raise SpectralError(str(e)) from None
 
 
 # -- answers -----------------------------------------------------------------------------------
@@ -147,8 +149,9 @@ class ProbabilityMap:
     def add(self, window: Window, value: float, valid: np.ndarray) -> None:
         """Add ``value`` on the ``valid`` (h, w) pixels of ``window``."""
         w = window_weights(window.height, window.width, self.overlap, self.blend) * valid
-        self._sum[window.rows, window.cols] += np.float32(value) * w
-        self._weight[window.rows, window.cols] += w
+        rs, cs = window.toslices()
+        self._sum[rs, cs] += np.float32(value) * w
+        self._weight[rs, cs] += w
 
     def result(self) -> np.ndarray:
         """float32 ``(rows, cols)``: Σ w·v / Σ w, NaN where nothing was added."""
