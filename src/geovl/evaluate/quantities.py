@@ -19,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..units import QUANTITY_UNITS
 from .normalize import HEDGE, strip_markup
 
 __all__ = ["Quantity", "UNITS", "find_quantity", "parse_number", "parse_quantity"]
@@ -36,20 +37,8 @@ class Quantity:
         return self.value * self.factor
 
 
-# (canonical key, SI factor, kind, pattern) — order matters: longer/area spellings first
-UNITS: list[tuple[str, float, str, str]] = [
-    ("km2", 1e6, "area", r"平方公里|平方千米|km2|km\^2|sq\.?\s*km|(?:square|sq\.?)\s+kilomet(?:er|re)s?"),
-    ("cm2", 1e-4, "area", r"平方厘米|cm2|cm\^2|square\s+centimet(?:er|re)s?"),
-    ("m2", 1.0, "area", r"平方米|m2|m\^2|sq\.?\s*m(?:et(?:er|re)s?)?|(?:square|sq\.?)\s+met(?:er|re)s?"),
-    ("ha", 1e4, "area", r"公顷|hectares?|ha"),
-    ("mu", 1e6 / 1500, "area", r"亩|mu"),
-    ("acre", 4046.8564224, "area", r"acres?"),
-    ("km", 1e3, "length", r"公里|千米|kilomet(?:er|re)s?|km"),
-    ("cm", 1e-2, "length", r"厘米|centimet(?:er|re)s?|cm"),
-    ("mm", 1e-3, "length", r"毫米|millimet(?:er|re)s?|mm"),
-    ("m", 1.0, "length", r"米|met(?:er|re)s?|m"),
-    ("%", 1e-2, "ratio", r"%|percent|per\s*cent|pct"),
-]
+# (canonical key, SI factor, kind, pattern): geovl.units, the one table — longer/area spellings first
+UNITS: list[tuple[str, float, str, str]] = QUANTITY_UNITS
 _UNIT_RES = [(key, f, kind, re.compile(rf"\s*(?:{pat})(?![a-z0-9])")) for key, f, kind, pat in UNITS]
 
 # --- digits: "3", "-2.5", "1,234.5", "12 345", ".5", "1e6", "1.5万"

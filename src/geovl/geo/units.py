@@ -1,9 +1,8 @@
-"""Area units, the WGS84 ellipsoid and the published accuracy figures shared by :mod:`geovl.geo`.
+"""Area units as :mod:`geovl.geo` prints them, the WGS84 ellipsoid and the published accuracy figures.
 
-Exact relations (China's statutory units): 1 km² = 100 公顷 (ha) = 1500 亩 (mu) = 1 000 000 m²,
-so 1 公顷 = 10 000 m² = 15 亩 and 1 亩 = 10000/15 m² = 666.67 m². :func:`convert` works with
-:class:`fractions.Fraction` internally, so integer pixel counts times a rational pixel area give
-exact unit values (then one float rounding).
+The units themselves (exact relations 1 km² = 100 公顷 = 1500 亩 = 1 000 000 m², :func:`convert`,
+:func:`all_units`, :func:`units_array`) and :func:`round_half_up` are :mod:`geovl.units`, the one
+table; they are re-exported here for the measurement code.
 
 How numbers are printed everywhere (text tables and the model context): m² 0 decimals, km² 4,
 公顷 2, 亩 1, shares in % with 1 decimal (:data:`DECIMALS`).
@@ -11,60 +10,29 @@ How numbers are printed everywhere (text tables and the model context): m² 0 de
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
-from fractions import Fraction
-
-import numpy as np
-
-M2_PER_KM2 = Fraction(1_000_000)
-M2_PER_HA = Fraction(10_000)
-M2_PER_MU = Fraction(10_000, 15)  # 666.666… m²
-HA_PER_KM2 = M2_PER_KM2 / M2_PER_HA  # 100
-MU_PER_KM2 = M2_PER_KM2 / M2_PER_MU  # 1500
-MU_PER_HA = M2_PER_HA / M2_PER_MU  # 15
+from ..units import (  # noqa: F401  (re-exported: the one units table)
+    AREA_UNITS,
+    HA_PER_KM2,
+    M2_PER_HA,
+    M2_PER_KM2,
+    M2_PER_MU,
+    MU_PER_HA,
+    MU_PER_KM2,
+    all_units,
+    convert,
+    round_half_up,
+    units_array,
+)
 
 # unit key -> (m² per unit, zh name, en name, decimals when printed)
-UNITS = {
-    "m2": (Fraction(1), "平方米", "m²", 0),
-    "km2": (M2_PER_KM2, "平方公里", "km²", 4),
-    "ha": (M2_PER_HA, "公顷", "ha", 2),
-    "mu": (M2_PER_MU, "亩", "mu", 1),
-}
+PRINT_DECIMALS = {"m2": 0, "km2": 4, "ha": 2, "mu": 1}
+UNITS = {k: (u.m2, u.zh, u.en, PRINT_DECIMALS[k]) for k, u in AREA_UNITS.items()}
 UNIT_KEYS = tuple(UNITS)
-DECIMALS = {k: v[3] for k, v in UNITS.items()} | {"share": 1}
+DECIMALS = dict(PRINT_DECIMALS) | {"share": 1}
 
 # WGS 84 ellipsoid (EPSG:7030): semi-major axis and inverse flattening.
 WGS84_A = 6_378_137.0
 WGS84_INV_F = 298.257223563
-
-
-def convert(m2, unit: str) -> float:
-    """Square metres -> ``unit`` (``m2``, ``km2``, ``ha``, ``mu``), exact for rational inputs."""
-    if unit not in UNITS:
-        raise KeyError(f"unknown area unit {unit!r}; choose from {', '.join(UNITS)}")
-    value = Fraction(m2) if isinstance(m2, (int, Fraction)) else Fraction(float(m2))
-    return float(value / UNITS[unit][0])
-
-
-def all_units(m2) -> dict[str, float]:
-    """``{"m2": …, "km2": …, "ha": …, "mu": …}`` for an area in square metres."""
-    return {k: convert(m2, k) for k in UNITS}
-
-
-def round_half_up(value: float, decimals: int) -> Decimal:
-    """``value`` rounded half up (away from zero) as written in decimal: 118.05 -> 118.1 (like the
-    answers of ``geovl data synth``), not to the nearest binary float."""
-    q = Decimal(1).scaleb(-decimals)
-    d = Decimal(repr(float(value))).quantize(q, rounding=ROUND_HALF_UP)
-    return abs(d) if d == 0 else d  # no "-0.0"
-
-
-def units_array(m2) -> dict[str, np.ndarray]:
-    """Vectorised :func:`all_units` for many areas (float64): ``km2 = m2/1e6``, ``ha = m2/1e4``,
-    ``mu = m2·15/1e4`` — identical to the exact conversion whenever ``m2·15`` is a float exactly
-    (e.g. integer m² below 6e14), otherwise within one unit in the last place."""
-    a = np.asarray(m2, dtype=np.float64)
-    return {"m2": a, "km2": a / 1e6, "ha": a / 1e4, "mu": a * 15.0 / 1e4}
 
 
 def fmt(value: float, unit: str) -> str:

@@ -34,10 +34,10 @@ Deterministic: scene ``i`` of seed ``s`` uses ``numpy.random.default_rng([s, i])
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
+from ..units import round_half_up
 from .library import ALTERATION, BACKGROUND, load_usgs
 from .sensors import Sensor, resample
 
@@ -120,7 +120,7 @@ def alteration_abundance(rng: np.random.Generator, size: int, altered: bool) -> 
 
 
 def round2(x: float) -> float:
-    return float(Decimal(repr(float(x))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return float(round_half_up(float(x), 2))
 
 
 def ground_truth(A: np.ndarray) -> dict:

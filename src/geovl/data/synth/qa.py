@@ -24,12 +24,13 @@ The answer always states its unit.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
+from ...units import AREA_UNITS
+from ...units import round_half_up as _round_half_up
 from .classes import AREA_KEYS, BY_KEY, PRESENCE_KEYS, URBAN_THRESHOLD
 
 TASKS = ("presence", "count", "area", "compare", "rural_urban", "change_count", "change_increase", "change_area")
@@ -63,11 +64,12 @@ class Unit:
     en_long: str | None
 
 
-UNITS = {
-    "km2": Unit("km2", Fraction(1_000_000), 3, "平方公里", "km²", "square kilometres"),
-    "ha": Unit("ha", Fraction(10_000), 2, "公顷", "ha", "hectares"),
-    "mu": Unit("mu", Fraction(1_000_000, 1500), 1, "亩", None, None),
-}
+def _unit(key: str, decimals: int, english: bool = True) -> Unit:
+    u = AREA_UNITS[key]  # geovl.units: the one table of area units
+    return Unit(key, u.m2, decimals, u.zh, u.en if english else None, u.en_long if english else None)
+
+
+UNITS = {"km2": _unit("km2", 3), "ha": _unit("ha", 2), "mu": _unit("mu", 1, english=False)}
 UNITS_BY_LANG = {"zh": ("km2", "ha", "mu"), "en": ("km2", "ha")}
 YES_NO = {"zh": ("是", "否"), "en": ("yes", "no")}
 RURAL_URBAN = {"zh": ("农村", "城镇"), "en": ("rural", "urban")}
@@ -79,14 +81,11 @@ def area_value(pixels: int, pixel_size_m: float, unit: str) -> Fraction:
 
 
 def round_half_up(value: Fraction, decimals: int) -> str:
-    """Non-negative ``value`` rounded half up to ``decimals`` places, as fixed-point text."""
+    """Non-negative ``value`` rounded half up to ``decimals`` places (:func:`geovl.units.round_half_up`),
+    as fixed-point text."""
     if value < 0:
         raise ValueError("areas are non-negative")
-    scale = 10**decimals
-    q = math.floor(value * scale + Fraction(1, 2))
-    if decimals == 0:
-        return str(q)
-    return f"{q // scale}.{q % scale:0{decimals}d}"
+    return str(_round_half_up(value, decimals))
 
 
 def format_area(pixels: int, pixel_size_m: float, unit: str, lang: str) -> tuple[str, dict]:
