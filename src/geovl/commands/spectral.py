@@ -185,15 +185,10 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _write_json(path: str, obj) -> None:
-    """Write JSON to ``path`` via ``<path>.partial`` + rename (never a half-written file)."""
-    import json
-    import os
-    from pathlib import Path
+    """Write JSON to ``path`` whole or not at all (:func:`geovl.fileio.write_json`)."""
+    from geovl.fileio import write_json
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    write_json(path, obj, indent=1)
 
 
 def _print_json(obj) -> None:

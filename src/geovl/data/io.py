@@ -33,9 +33,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fileio import UTF8_BOM, JsonlLineError  # noqa: F401  (UTF8_BOM re-exported for the adapters)
 from .schema import Counts, SampleError, validate_sample
-
-UTF8_BOM = b"\xef\xbb\xbf"
 
 PART = pa.struct([("type", pa.string()), ("text", pa.string())])
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.list_(PART))])
@@ -285,14 +284,9 @@ def image_file_name(data: bytes, ext: str) -> str:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``path`` whole or not at all (a ``.partial`` sibling moved into place; removed on failure)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from ..fileio import write_text
+
+    write_text(path, text)
 
 
 def rejects_path_for(path: str | os.PathLike) -> Path:
@@ -320,34 +314,22 @@ def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
 
     The one JSONL line reader: each line is decoded on its own, so a line that is not UTF-8
     (``bad_encoding``) or not JSON (``bad_json``) is an error for that line only, with its number, and the
-    lines after it are still read. A UTF-8 byte-order mark on the first line is skipped."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, SampleError("bad_encoding", f"line {n}: not UTF-8 (byte {e.start + 1}: {e.reason})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, SampleError("bad_json", f"line {n}: {e.msg} (column {e.colno})")
-            except RecursionError:
-                yield n, SampleError("bad_json", f"line {n}: nested too deeply")
+    lines after it are still read. A UTF-8 byte-order mark on the first line is skipped.
+    (:func:`geovl.fileio.iter_jsonl`, with each bad line as a :class:`SampleError` for the rejects file.)"""
+    from ..fileio import iter_jsonl
+
+    for n, obj in iter_jsonl(path, errors="yield"):
+        if isinstance(obj, JsonlLineError):
+            detail = f"not UTF-8 ({obj.detail})" if obj.reason == "bad_encoding" else obj.detail
+            obj = SampleError(obj.reason, f"line {n}: {detail}")
+        yield n, obj
 
 
 def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
     """(line number, parsed object) for each non-blank line; a bad line is a fatal error naming it."""
-    path = Path(path)
-    for n, obj in iter_jsonl_lines(path):
-        if isinstance(obj, SampleError):
-            raise DatasetFileError(f"{path}:{n}: " + ("not valid JSON" if obj.reason == "bad_json" else "not UTF-8 text")
-                                   + f" ({obj.detail.split(': ', 1)[-1]})")
-        yield n, obj
+    from ..fileio import iter_jsonl
+
+    yield from iter_jsonl(path, error_class=DatasetFileError)
 
 
 def read_samples(path: str | os.PathLike, columns: list[str] | None = None, batch_size: int = ROW_GROUP) -> Iterator[dict]:

@@ -69,18 +69,16 @@ def _existing_ids(out: Path) -> list[str]:
     """Ids already predicted in ``out``; a torn last line (crash mid-write) is dropped from the file."""
     if not out.exists():
         return []
+    from ..fileio import iter_jsonl, write_jsonl
+
     good, ids = [], []
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                ids.append(str(rec["id"]))
-                good.append(line if line.endswith("\n") else line + "\n")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(good), encoding="utf-8")
-    os.replace(tmp, out)
+    for _, rec in iter_jsonl(out, errors="yield"):  # a bad line (the torn last one) is dropped
+        try:
+            ids.append(str(rec["id"]))
+        except (KeyError, TypeError):
+            continue
+        good.append(rec)
+    write_jsonl(out, good)
     return ids
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 
 def _records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    from ..fileio import iter_jsonl
+
+    return [rec for _, rec in iter_jsonl(path)]
 
 
 def summarize(path: Path) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 from ..data.schema import user_turn
 from ..serve.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
+from ..fileio import iter_jsonl, write_jsonl
 
 PLACEHOLDERS = ("question", "reference", "answer", "turn", "n_images")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -98,31 +99,24 @@ def read_answers(path) -> list[dict]:
     if not path.is_file():
         raise JudgeError(f"{path}: no such answers file")
     out, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JudgeError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or rec.get("id") in (None, ""):
-                raise JudgeError(f"{where}: expected an object with an 'id'")
-            rid = str(rec["id"])
-            if rid in seen:
-                raise JudgeError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
-            seen[rid] = lineno
-            if "turns" in rec:
-                turns = rec["turns"]
-                if not isinstance(turns, list) or not all(isinstance(t, dict) and "question" in t and "prediction" in t for t in turns):
-                    raise JudgeError(f"{where}: 'turns' must be a list of objects with 'question' and 'prediction'")
-            elif "prediction" in rec and "question" in rec:
-                n = (rec.get("meta") or {}).get("n_images", 0)
-                turns = [{"question": rec["question"], "reference": rec.get("reference"), "prediction": rec["prediction"], "n_images": n}]
-            else:
-                raise JudgeError(f"{where}: neither 'turns' (geovl eval --dialogue) nor 'question'+'prediction' (geovl eval)")
-            out.append({"id": rid, "turns": turns})
+    for lineno, rec in iter_jsonl(path, error_class=JudgeError):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec, dict) or rec.get("id") in (None, ""):
+            raise JudgeError(f"{where}: expected an object with an 'id'")
+        rid = str(rec["id"])
+        if rid in seen:
+            raise JudgeError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
+        seen[rid] = lineno
+        if "turns" in rec:
+            turns = rec["turns"]
+            if not isinstance(turns, list) or not all(isinstance(t, dict) and "question" in t and "prediction" in t for t in turns):
+                raise JudgeError(f"{where}: 'turns' must be a list of objects with 'question' and 'prediction'")
+        elif "prediction" in rec and "question" in rec:
+            n = (rec.get("meta") or {}).get("n_images", 0)
+            turns = [{"question": rec["question"], "reference": rec.get("reference"), "prediction": rec["prediction"], "n_images": n}]
+        else:
+            raise JudgeError(f"{where}: neither 'turns' (geovl eval --dialogue) nor 'question'+'prediction' (geovl eval)")
+        out.append({"id": rid, "turns": turns})
     if not out:
         raise JudgeError(f"{path}: no answers in the file")
     return out
@@ -160,20 +154,16 @@ def _keep_finished(path: Path) -> set[str]:
     if not path.exists():
         return set()
     keep, keys = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                key = str(rec["key"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-            if rec.get("status") == "error":
-                continue
-            keys.add(key)
-            keep.append(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
-    os.replace(tmp, path)
+    for _, rec in iter_jsonl(path, errors="yield"):  # bad lines (a torn last one) are dropped
+        try:
+            key = str(rec["key"])
+        except (KeyError, TypeError):
+            continue
+        if rec.get("status") == "error":
+            continue
+        keys.add(key)
+        keep.append(rec)
+    write_jsonl(path, keep)
     return keys
 
 
@@ -274,26 +264,17 @@ def rescore(judgments_file, out_dir) -> dict:
     if not src.is_file():
         raise JudgeError(f"{src}: no such judgments file")
     recs = []
-    with open(src, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JudgeError(f"{src}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec or "raw" not in rec:
-                raise JudgeError(f"{src}:{lineno}: a judgment needs 'id', 'turn' and 'raw'")
-            if rec.get("status") != "error":
-                item = {"key": rec.get("key") or f"{rec['id']}#{rec['turn']}", "id": rec["id"], "turn": rec["turn"]}
-                rec = {**rec, **judgment_record(item, rec["raw"], rec.get("judge", ""), rec.get("template", ""))}
-            recs.append(rec)
+    for lineno, rec in iter_jsonl(src, error_class=JudgeError):
+        if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec or "raw" not in rec:
+            raise JudgeError(f"{src}:{lineno}: a judgment needs 'id', 'turn' and 'raw'")
+        if rec.get("status") != "error":
+            item = {"key": rec.get("key") or f"{rec['id']}#{rec['turn']}", "id": rec["id"], "turn": rec["turn"]}
+            rec = {**rec, **judgment_record(item, rec["raw"], rec.get("judge", ""), rec.get("template", ""))}
+        recs.append(rec)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / "judgments.jsonl"
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
-    os.replace(tmp, dst)
+    write_jsonl(dst, recs)
     return {"turns": len(recs), "out": str(dst), "errors": sum(1 for r in recs if r.get("status") == "error")}
 
 

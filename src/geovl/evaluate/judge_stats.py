@@ -27,11 +27,10 @@ Figures (all ×10, i.e. on 0–100, like MMDU's reported scores)
 
 from __future__ import annotations
 
-import json
-import os
 import textwrap
 from pathlib import Path
 
+from ..fileio import iter_jsonl, write_json
 from .judge_parse import DIMENSIONS, KEYS, LABELS, OVERALL
 from .table import format_table
 
@@ -55,23 +54,16 @@ def read_judgments(path) -> list[dict]:
     if not path.is_file():
         raise JudgmentsFileError(f"{path}: no judgments file (run `geovl judge ... --out DIR` first)")
     by_key: dict = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JudgmentsFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
-                raise JudgmentsFileError(f"{path}:{lineno}: a judgment needs 'id' and 'turn'")
-            scores = rec.get("scores") or {}
-            if not isinstance(scores, dict):
-                raise JudgmentsFileError(f"{path}:{lineno}: 'scores' must be an object")
-            for k, v in scores.items():
-                if k not in KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 10:
-                    raise JudgmentsFileError(f"{path}:{lineno}: bad score {k!r}: {v!r} (keys {list(KEYS)}, values 1-10)")
-            by_key[(str(rec["id"]), int(rec["turn"]))] = dict(rec, id=str(rec["id"]), turn=int(rec["turn"]), scores=scores)
+    for lineno, rec in iter_jsonl(path, error_class=JudgmentsFileError):
+        if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
+            raise JudgmentsFileError(f"{path}:{lineno}: a judgment needs 'id' and 'turn'")
+        scores = rec.get("scores") or {}
+        if not isinstance(scores, dict):
+            raise JudgmentsFileError(f"{path}:{lineno}: 'scores' must be an object")
+        for k, v in scores.items():
+            if k not in KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 10:
+                raise JudgmentsFileError(f"{path}:{lineno}: bad score {k!r}: {v!r} (keys {list(KEYS)}, values 1-10)")
+        by_key[(str(rec["id"]), int(rec["turn"]))] = dict(rec, id=str(rec["id"]), turn=int(rec["turn"]), scores=scores)
     return list(by_key.values())
 
 
@@ -230,19 +222,11 @@ def render_compare_chart(c: dict, path: Path) -> Path:
     return path
 
 
-def write_json(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_stats(records: list[dict], out_dir, overall_weight: float = 1.0, title: str = "") -> dict:
     """``stats.json`` + ``stats.md`` in ``out_dir``; returns the summary."""
     s = summarize(records, overall_weight)
     out_dir = Path(out_dir)
-    write_json(s, out_dir / "stats.json")
+    write_json(out_dir / "stats.json", s)
     (out_dir / "stats.md").write_text(stats_markdown(s, title or out_dir.name), encoding="utf-8")
     return s
 
@@ -284,7 +268,7 @@ def run(args) -> int:
     md += f"- scores ×10 (0–100); combined score with overall weight {args.overall_weight:g}\n\n"
     md += markdown_table(headers, rows) + "\n\n![chart](compare.png)\n"
     (out / "compare.md").write_text(md, encoding="utf-8")
-    write_json({**c, "before": a, "after": b}, out / "compare.json")
+    write_json(out / "compare.json", {**c, "before": a, "after": b})
     render_compare_chart(c, out / "compare.png")
     print(f"\nreport → {out / 'compare.md'}, {out / 'compare.png'}, {out / 'compare.json'}")
     return 0

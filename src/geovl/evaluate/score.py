@@ -51,20 +51,10 @@ def read_predictions(path) -> list[dict]:
         raise PredictionsFileError(f"{path}: no such predictions file")
     records: list[dict] = []
     seen: dict[str, int] = {}
-    try:
-        fh = path.open(encoding="utf-8")
-        lines = list(fh)
-        fh.close()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PredictionsFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    from ..fileio import iter_jsonl
+
+    for lineno, rec in iter_jsonl(path, error_class=PredictionsFileError):
         where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PredictionsFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict):
             raise PredictionsFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         missing = [f for f in REQUIRED if f not in rec]
@@ -224,11 +214,10 @@ def format_metrics(metrics: dict) -> str:
 
 
 def write_json(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """``obj`` as JSON to ``path``, whole or not at all (:func:`geovl.fileio.write_json`)."""
+    from ..fileio import write_json as _write_json
+
+    _write_json(path, obj)
 
 
 def default_metrics_path(preds) -> Path:

@@ -320,20 +320,16 @@ def add_to_scores(records: list[dict], results: list[dict], metrics: dict) -> No
 def annotate_predictions(path: str | os.PathLike) -> int:
     """Add ``"structured"`` (:func:`score_report`) to every structured record of a predictions
     file, in place (``geovl infer --data … --compare-gt``); returns how many were annotated."""
+    from ..fileio import iter_jsonl, write_jsonl
+
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
     n, out = 0, []
-    for line in lines:
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for _, rec in iter_jsonl(path, objects=True):
         if rec.get("qtype") == "structured":
             rep = score_record(rec)
             if rep is not None:
                 rec["structured"] = rep
                 n += 1
-        out.append(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(out), encoding="utf-8")
-    os.replace(tmp, path)
+        out.append(rec)
+    write_jsonl(path, out)
     return n

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path, write_json
 from .errors import MeasureError
 
 SCHEMA = "geovl.detect/1"
@@ -233,15 +234,12 @@ def write_geoparquet(path: Path, rings: list, props: list[dict], crs, columns=DE
         col["bbox"] = bbox
     geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}
     table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, obj, indent=1)
 
 
 # ------------------------------------------------------------------------------------------- the run

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path, write_text
 from ..imagery.tiles import TileJournal, TilingError, window_list
 from .errors import MeasureError
 
@@ -279,13 +280,11 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
         if rec["code"] == flag_code:
             flagged.append(rec)
     tr = grid.out_transform(ds.transform)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    write_cog(tmp, np.stack([code, prob]), ds.crs, tr,
-              ["answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)", "P(yes)"],
-              dict(geovl_question=question, geovl_tile=str(grid.tile), geovl_overlap=str(grid.overlap),
-                   geovl_stride=str(grid.stride), geovl_source=header["raster"], geovl_engine=header["engine"]))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        write_cog(tmp, np.stack([code, prob]), ds.crs, tr,
+                  ["answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)", "P(yes)"],
+                  dict(geovl_question=question, geovl_tile=str(grid.tile), geovl_overlap=str(grid.overlap),
+                       geovl_stride=str(grid.stride), geovl_source=header["raster"], geovl_engine=header["engine"]))
     written = [str(out)]
 
     label = o.label or question
@@ -311,8 +310,7 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
                             "flagged": len(flagged), "answers": answers},
                   "features": feats}
             gj = Path(o.geojson)
-            gj.parent.mkdir(parents=True, exist_ok=True)
-            gj.write_text(json.dumps(fc, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_text(gj, json.dumps(fc, ensure_ascii=False) + "\n")
             written.append(str(gj))
         if o.geoparquet is not None:
             gp = Path(o.geoparquet)
@@ -345,5 +343,5 @@ def _overview(ds, grid, spec, flagged: list, path: Path, size: int) -> None:
     for b in boxes:
         draw.rectangle(b, outline=(255, 0, 0, 255), width=2)
     img = Image.alpha_composite(img, overlay).convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +319,6 @@ def markdown_table(result: dict) -> str:
 
 
 def write_text(path, text: str) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
+    from ..fileio import write_text as _write_text
+
+    _write_text(path, text)

@@ -282,12 +282,10 @@ def write_npy(path, data: np.ndarray, layout: str = "bands-first", **meta) -> Pa
     """Save ``(bands, rows, cols)`` data as .npy in ``layout`` plus the sidecar JSON (``meta`` keys above)."""
     path = Path(path)
     arr = data if layout == "bands-first" else np.moveaxis(data, 0, -1)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
+    from ..fileio import atomic_write, write_text
+
     side = {"layout": layout} | {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in meta.items() if v is not None}
-    stmp = path.with_suffix(".json.partial")
-    stmp.write_text(json.dumps(side, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    os.replace(stmp, path.with_suffix(".json"))
+    with atomic_write(path, "wb") as f:
+        np.save(f, arr)
+    write_text(path.with_suffix(".json"), json.dumps(side, indent=1))
     return path

@@ -29,7 +29,6 @@ all good bands between the shoulders instead of the centre band.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
@@ -236,11 +235,10 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def write_png(path, rgb: np.ndarray) -> Path:
+    from ..fileio import write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(png_bytes(rgb))
-    os.replace(tmp, path)
+    write_bytes(path, png_bytes(rgb))
     return path
 
 

@@ -22,13 +22,13 @@ to ``DIR`` so a spectral projector can load all bands; ``meta.rendering`` names 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import iter_jsonl, write_json, write_text
 from . import SpectralError
 from .cube import array_cube
 from .envi import write_envi
@@ -194,9 +194,7 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
     resolved = resolve(cube0, spec)
     _write_json(out / "rendering.json", resolved)
     _write_json(out / "classes.json", _classes_doc(sens, size))
-    tmp = out / "scenes.jsonl.partial"
-    tmp.write_text("\n".join(index_lines) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "scenes.jsonl")
+    write_text(out / "scenes.jsonl", "\n".join(index_lines) + "\n")
     return {
         "out_dir": str(out), "scenes": scenes, "sensor": sens.name, "bands": sens.bands, "size": size, "seed": seed,
         "splits": {k: w.counts.as_dict() for k, w in writers.items()},
@@ -206,9 +204,7 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1)
 
 
 def _classes_doc(sens, size: int) -> dict:
@@ -246,7 +242,7 @@ def load_scenes(synth_dir, split: str = "test") -> list[dict]:
     index = d / "scenes.jsonl"
     if not index.is_file():
         raise SpectralError(f"{d}: no scenes.jsonl (not a `geovl spectral synth` folder) / 不是合成场景目录")
-    scenes = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scenes = [s for _, s in iter_jsonl(index, objects=True, error_class=SpectralError)]
     scenes = [s for s in scenes if split in ("all", s["split"])]
     if not scenes:
         raise SpectralError(f"{index}: no scenes in split {split!r} / 该划分没有场景")

@@ -33,9 +33,7 @@ projector, :func:`saved_projector`, before it loads the model).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -340,6 +338,6 @@ def _summary(cube, paths, prob, run: _Run, windows, tile, overlap, blend, lang, 
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from ..fileio import write_json
+
+    write_json(path, obj, indent=1)
