@@ -180,17 +180,13 @@ def cube_inputs(sample: dict, root: Path) -> list[Path]:
 
 
 def record_for(sample: dict, request: ChatRequest, reference: str, prediction: str) -> dict:
+    """The prediction record of one answered sample (:func:`geovl.evaluate.records.prediction_record`:
+    checked against the schema ``geovl score`` reads)."""
+    from .records import prediction_record
+
     meta = sample.get("meta") or {}
-    return {
-        "id": sample["id"],
-        "qtype": sample["qtype"],
-        "question": question_of(request),
-        "reference": reference,
-        "prediction": prediction,
-        "source": sample["source"],
-        "lang": meta.get("lang", meta.get("language")),
-        "meta": meta,
-    }
+    return prediction_record(sample["id"], sample["qtype"], question_of(request), reference, prediction,
+                             source=sample["source"], lang=meta.get("lang", meta.get("language")), meta=meta)
 
 
 def box_frame_for(engine, sample: dict) -> dict | None:

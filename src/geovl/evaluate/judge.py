@@ -41,6 +41,7 @@ from ..data.schema import user_turn
 from ..serve.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
 from ..fileio import iter_jsonl, write_jsonl
+from .records import PredictionsFileError, check_record
 
 PLACEHOLDERS = ("question", "reference", "answer", "turn", "n_images")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -112,6 +113,10 @@ def read_answers(path) -> list[dict]:
             if not isinstance(turns, list) or not all(isinstance(t, dict) and "question" in t and "prediction" in t for t in turns):
                 raise JudgeError(f"{where}: 'turns' must be a list of objects with 'question' and 'prediction'")
         elif "prediction" in rec and "question" in rec:
+            try:  # a geovl eval prediction record: the one schema (geovl.evaluate.records)
+                check_record(rec, where)
+            except PredictionsFileError as e:
+                raise JudgeError(str(e)) from None
             n = (rec.get("meta") or {}).get("n_images", 0)
             turns = [{"question": rec["question"], "reference": rec.get("reference"), "prediction": rec["prediction"], "n_images": n}]
         else:

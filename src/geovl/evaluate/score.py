@@ -23,60 +23,13 @@ import json
 import statistics
 from pathlib import Path
 
+from .records import REQUIRED, PredictionsFileError, as_text, read_predictions  # noqa: F401  (re-exported)
 from .rules import score_sample
 from .table import format_table, num, pct
 
-REQUIRED = ("id", "qtype", "question", "reference", "prediction")
 QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
-
-
-class PredictionsFileError(ValueError):
-    """A predictions file that cannot be scored; the message names the file (and line)."""
-
-
-def _text(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (int, float, bool)):
-        return json.dumps(v)
-    return json.dumps(v, ensure_ascii=False)  # structured answers given as objects
-
-
-def read_predictions(path) -> list[dict]:
-    """Records of a predictions file, validated; each gets ``_line`` (1-based line number)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictionsFileError(f"{path}: no such predictions file")
-    records: list[dict] = []
-    seen: dict[str, int] = {}
-    from ..fileio import iter_jsonl
-
-    for lineno, rec in iter_jsonl(path, error_class=PredictionsFileError):
-        where = f"{path}:{lineno}"
-        if not isinstance(rec, dict):
-            raise PredictionsFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        missing = [f for f in REQUIRED if f not in rec]
-        if missing:
-            raise PredictionsFileError(f"{where}: missing required field(s) {', '.join(missing)}")
-        if not isinstance(rec["id"], (str, int)) or rec["id"] == "":
-            raise PredictionsFileError(f"{where}: 'id' must be a non-empty string")
-        if not isinstance(rec["qtype"], str) or not rec["qtype"]:
-            raise PredictionsFileError(f"{where}: 'qtype' must be a non-empty string")
-        if rec.get("meta") is not None and not isinstance(rec["meta"], dict):
-            raise PredictionsFileError(f"{where}: 'meta' must be an object")
-        rid = str(rec["id"])
-        if rid in seen:
-            raise PredictionsFileError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
-        seen[rid] = lineno
-        rec = dict(rec, id=rid, _line=lineno, meta=rec.get("meta") or {})
-        for f in ("question", "reference", "prediction"):
-            rec[f] = _text(rec[f])
-        records.append(rec)
-    if not records:
-        raise PredictionsFileError(f"{path}: no predictions in the file")
-    return records
+_text = as_text
+# The schema of a prediction record and its reader: geovl.evaluate.records.
 
 
 def record_lang(rec: dict) -> str | None:
