@@ -193,6 +193,55 @@ def test_vlm_map_cli_writes_a_georeferenced_probability_map(final, big_cube, tmp
     assert (png[nodata] == NODATA_RGB).all() and not (png[~nodata] == NODATA_RGB).all(axis=-1).any()
 
 
+class _DiesAfter:
+    """The engine, killed (an exception) after ``n`` generate calls."""
+
+    def __init__(self, engine, n):
+        self._engine, self._left = engine, n
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, reqs, params):
+        if self._left == 0:
+            raise RuntimeError("killed")
+        self._left -= 1
+        return self._engine.generate(reqs, params)
+
+
+def test_vlm_map_resumes_from_its_journal(final, big_cube, tmp_path):
+    """The resume rule of geovl map (geovl.imagery.tiles.TileJournal): an interrupted run continues with
+    only the unanswered windows and gives the map of an uninterrupted run."""
+    import rasterio
+
+    from geovl.serve.engine import LocalEngine
+    from geovl.spectral.readers import open_cube
+    from geovl.spectral.vlm_map import vlm_map
+
+    engine = LocalEngine(str(final), device="cpu", batch_size=4)
+    kw = dict(tile=32, overlap=8, meta={"model": "m"})
+    with open_cube(big_cube) as cube:
+        full = vlm_map(cube, engine, tmp_path / "full.tif", **kw)
+        with pytest.raises(RuntimeError, match="killed"):
+            vlm_map(cube, _DiesAfter(engine, 1), tmp_path / "r.tif", **kw)
+        journal = tmp_path / "r.windows.jsonl"
+        lines = [json.loads(x) for x in journal.read_text(encoding="utf-8").splitlines()]
+        assert lines[0]["schema"] == "geovl.vlm-map/1" and not (tmp_path / "r.tif").exists()
+        assert [x["status"] for x in lines[1:]] == ["nodata"] + ["answered"] * 4  # window (0, 0), then one batch
+        with open(journal, "a", encoding="utf-8") as f:
+            f.write('{"row": 2, "col"')  # torn while writing
+        with pytest.raises(SpectralError, match=r"different run \(tile: 32 then, 40 now"):
+            vlm_map(cube, engine, tmp_path / "r.tif", **(kw | {"tile": 40}), resume=True)
+        calls0 = engine.stats.forward_calls
+        res = vlm_map(cube, engine, tmp_path / "r.tif", **kw, resume=True)
+    assert res["resumed"] == 5 and res["windows"] == full["windows"] == 9
+    assert (res["answered"], res["unparsed"], res["skipped_nodata"]) == (full["answered"], full["unparsed"], 1)
+    assert 0 < res["forward_calls"] == engine.stats.forward_calls - calls0 < full["forward_calls"]
+    assert not journal.exists()  # every output written: nothing left to resume
+    with rasterio.open(tmp_path / "full.tif") as a, rasterio.open(tmp_path / "r.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1), equal_nan=True)
+
+
 def test_vlm_map_api_zh_mean_blend_and_a_cube_smaller_than_a_tile(final, hs, tmp_path):
     from geovl.serve.engine import LocalEngine
     from geovl.spectral.readers import open_cube

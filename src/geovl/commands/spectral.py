@@ -116,6 +116,7 @@ def register(sub) -> None:
     q.add_argument("--png", metavar="PROB.png", help="PNG preview (default: PROB.png beside --out)")
     q.add_argument("--tile", type=int, default=64, metavar="PX", help="window side in pixels")
     q.add_argument("--overlap", type=int, default=16, metavar="PX", help="overlap between neighbouring windows")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT's .windows.jsonl journal")
     q.add_argument("--blend", choices=["taper", "mean"], default="taper",
                    help="overlap blending: tapered weights (smooth seams) or the plain mean")
     q.add_argument("--lang", choices=["en", "zh"], default="en", help="language of the question")
@@ -372,7 +373,7 @@ def run_vlm_map(args) -> int:
         try:
             summary = vlm_map(cube, engine, args.out, png=args.png, tile=args.tile, overlap=args.overlap, lang=args.lang,
                               blend=args.blend, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
-                              meta={"model": args.model, "adapter": args.adapter})
+                              meta={"model": args.model, "adapter": args.adapter}, resume=args.resume)
         except (EngineError, ImageError) as e:
             raise CLIError(f"{args.cube}: {e}") from e
         finally:

@@ -27,7 +27,8 @@ run's identity: raster size, transform, tiling, question, model, …) and then o
 tile with its ``row`` and ``col``. Resuming reads the sidecar back: a header made by a different run
 (any of the compared keys differs) is refused naming the keys; a torn last line (the run was killed
 while writing it) is cut off; any other line that is not JSON is refused with its line number. Tiles
-already in the journal are not asked again.
+already in the journal are not asked again. Both tiled mappers resume this way (``geovl map`` keeps
+its sidecar as the run's record; ``vlm-map`` removes its journal once every output is written).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ How it works:
    rule): ``tile × tile`` windows whose top-left corners step by ``tile − overlap``; along each axis
    the last window is moved back so that it ends exactly at the cube's edge (so every window but
    those of a cube smaller than a tile is a full tile, and every pixel is covered). A cube smaller
-   than a tile along an axis gets one window of the cube's size. Windows are rasterio ``Window``\ s.
+   than a tile along an axis gets one window of the cube's size. Windows are rasterio ``Window`` objects.
 2. Each window is read on its own (:meth:`~geovl.spectral.cube.Cube.read_float`: float32
    reflectance, no-data → NaN; the cube is never read whole). A window without one valid pixel is
    skipped (``skipped_nodata``). Partly no-data windows go to the model (the engine fills no-data
@@ -21,8 +21,14 @@ How it works:
    pixel) or a taper (``blend="taper"``, default) that ramps linearly from ``1/(overlap+1)`` at the
    window's border to 1 at ``overlap`` pixels inside it, so seams between windows are smooth. A
    pixel's value is Σ w·v / Σ w; NaN where no answered window covers a valid pixel.
-5. Outputs (each written to a ``.partial`` file and renamed, after every window is done; a refused
-   or failed run leaves nothing): ``out`` float32 GeoTIFF (the cube's CRS and transform, nodata NaN),
+5. **Resume** (:class:`geovl.imagery.tiles.TileJournal`, the resume rule of ``geovl map`` too): every
+   finished window (its answer, or ``nodata``) is appended to ``<out stem>.windows.jsonl`` after a
+   header naming the cube, tiling, question and model. ``resume=True`` (``--resume``) blends the
+   windows already there from their recorded answers and asks only the others (a journal of another
+   run is refused naming what differs; a torn last line is cut off). The journal is removed once every
+   output is written.
+6. Outputs (each written whole to a temporary file and renamed, after every window is done; a refused
+   run leaves nothing, a failed one only its journal): ``out`` float32 GeoTIFF (the cube's CRS and transform, nodata NaN),
    a PNG preview (yellow → dark red colour ramp over 0–1, no-data grey, longest side at most
    :data:`PREVIEW_MAX` px) and a JSON summary (``out`` with suffix ``.json``).
 
@@ -41,13 +47,16 @@ from pathlib import Path
 import numpy as np
 
 from . import SpectralError
-from ..imagery.tiles import TileGrid, TilingError, axis_starts, check_options
+from ..imagery.tiles import TileGrid, TileJournal, TilingError, axis_starts, check_options, window_list
 from .cube import Cube, Window
 
 DEFAULT_TILE = 64
 DEFAULT_OVERLAP = 16
 MIN_TILE = 8
 EDGE = "shift"  # the last window ends flush with the cube's edge (geovl.imagery.tiles)
+JOURNAL_SUFFIX = ".windows.jsonl"
+SCHEMA = "geovl.vlm-map/1"
+COMPAT_KEYS = ("cube", "rows", "cols", "bands", "tile", "overlap", "lang", "question", "max_new_tokens", "engine")
 MAX_NEW_TOKENS = 8
 BLENDS = ("taper", "mean")
 PREVIEW_MAX = 4096  # longest side of the PNG preview (nearest-neighbour decimation beyond)
@@ -231,7 +240,8 @@ def output_paths(out, png=None) -> dict[str, Path]:
     out = Path(out)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise SpectralError(f"{out}: --out must be a GeoTIFF (.tif) / 输出文件须为 GeoTIFF")
-    return {"tif": out, "png": Path(png) if png else out.with_suffix(".png"), "json": out.with_suffix(".json")}
+    return {"tif": out, "png": Path(png) if png else out.with_suffix(".png"), "json": out.with_suffix(".json"),
+            "journal": out.with_name(out.stem + JOURNAL_SUFFIX)}
 
 
 class _Run:
@@ -239,7 +249,7 @@ class _Run:
 
     def __init__(self, cube: Cube, overlap: int, blend: str):
         self.map = ProbabilityMap(cube.rows, cube.cols, overlap, blend)
-        self.answered = self.unparsed = self.skipped = 0
+        self.answered = self.unparsed = self.skipped = self.resumed = self.resumed_asked = 0
         self.unparsed_examples: list[str] = []
 
     def record(self, window: Window, valid: np.ndarray, answer: str) -> None:
@@ -253,40 +263,58 @@ class _Run:
         self.map.add(window, value, valid)
 
 
-def _ask(engine, batch: list, question: str, params, run: _Run) -> None:
-    answers = engine.generate([probability_request(block, question) for _, block, _ in batch], params)
-    for (win, _, valid), answer in zip(batch, answers):
+def _ask(engine, batch: list, question: str, params, run: _Run, journal) -> None:
+    answers = engine.generate([probability_request(block, question) for _, _, block, _ in batch], params)
+    for (rc, win, _, valid), answer in zip(batch, answers):
         run.record(win, valid, answer)
+        journal.write({"row": rc[0], "col": rc[1], "window": window_list(win), "status": "answered", "answer": answer})
+    journal.flush()
 
 
-def _answer_windows(cube: Cube, engine, windows: list[Window], question: str, params, run: _Run, progress: bool) -> None:
-    """Read the windows one by one, skip all-no-data ones, ask the rest in batches of the engine's batch size."""
+def _answer_windows(cube: Cube, engine, grid: TileGrid, question: str, params, run: _Run, progress: bool,
+                    journal, done: dict) -> None:
+    """Read the windows one by one, skip all-no-data ones, ask the rest in batches of the engine's batch size;
+    windows already in the journal (``done``) are blended from their recorded answers, not asked again."""
     from tqdm import tqdm
 
     batch: list = []
-    with tqdm(total=len(windows), desc="vlm-map", unit="win", disable=not progress, file=sys.stderr) as bar:
-        for win in windows:
-            block = cube.read_float(window=win)
-            valid = valid_pixels(block)
-            if not valid.any():
+    with tqdm(total=grid.count, desc="vlm-map", unit="win", disable=not progress, file=sys.stderr) as bar:
+        for rc, win in zip(grid, grid.windows()):
+            rec = done.get(rc)
+            if rec is not None and rec.get("status") == "nodata":
                 run.skipped += 1
+                run.resumed += 1
                 bar.update(1)
                 continue
-            batch.append((win, block, valid))
+            block = cube.read_float(window=win)
+            valid = valid_pixels(block)
+            if rec is not None:
+                run.record(win, valid, str(rec.get("answer") or ""))
+                run.resumed += 1
+                run.resumed_asked += 1
+                bar.update(1)
+                continue
+            if not valid.any():
+                run.skipped += 1
+                journal.write({"row": rc[0], "col": rc[1], "window": window_list(win), "status": "nodata"})
+                bar.update(1)
+                continue
+            batch.append((rc, win, block, valid))
             if len(batch) >= engine.batch_size:
-                _ask(engine, batch, question, params, run)
+                _ask(engine, batch, question, params, run, journal)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            _ask(engine, batch, question, params, run)
+            _ask(engine, batch, question, params, run, journal)
             bar.update(len(batch))
 
 
 def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
             lang: str = "en", blend: str = "taper", max_new_tokens: int = MAX_NEW_TOKENS,
-            progress: bool = False, meta: dict | None = None) -> dict:
+            progress: bool = False, meta: dict | None = None, resume: bool = False) -> dict:
     """Map ``cube`` with ``engine`` (a spectral :class:`~geovl.serve.engine.LocalEngine`) into ``out``
-    (+ PNG + JSON, see the module docstring). Returns the summary."""
+    (+ PNG + JSON, see the module docstring). ``resume`` continues an interrupted run of the same cube,
+    tiling, question and model from its journal. Returns the summary."""
     from geovl.serve.engine import GenerationParams
 
     from .readers import write_geotiff
@@ -300,10 +328,20 @@ def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap
     require_matching_bands(engine.spectral.projector, cube)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     windows = window_grid(cube.rows, cube.cols, tile, overlap)
+    grid = TileGrid(cube.cols, cube.rows, tile, overlap, edge=EDGE, min_tile=MIN_TILE)
     run = _Run(cube, overlap, blend)
+    header = {"schema": SCHEMA, "cube": str(Path(cube.path).resolve()), "rows": cube.rows, "cols": cube.cols,
+              "bands": cube.bands, "tile": tile, "overlap": overlap, "lang": lang, "question": question,
+              "max_new_tokens": max_new_tokens,
+              "engine": meta.get("adapter") or meta.get("model") or getattr(engine, "name", type(engine).__name__)}
+    try:
+        done, journal = TileJournal(paths["journal"], header, COMPAT_KEYS).open(resume)
+    except TilingError as e:
+        raise SpectralError(str(e)) from None
     calls0 = engine.stats.forward_calls
     t0 = time.monotonic()
-    _answer_windows(cube, engine, windows, question, params, run, progress)
+    with journal:
+        _answer_windows(cube, engine, grid, question, params, run, progress, journal, done)
     prob = run.map.result()
     seconds = time.monotonic() - t0
     summary = _summary(cube, paths, prob, run, windows, tile, overlap, blend, lang, question, max_new_tokens,
@@ -314,6 +352,7 @@ def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap
                         "generator": "geovl spectral vlm-map"} | {k: v for k, v in meta.items() if v})
     write_png(paths["png"], preview(prob))
     _write_json(paths["json"], summary)
+    paths["journal"].unlink(missing_ok=True)  # every output is written: nothing left to resume
     return summary
 
 
@@ -328,8 +367,9 @@ def _summary(cube, paths, prob, run: _Run, windows, tile, overlap, blend, lang, 
         "tile": tile, "overlap": overlap, "blend": blend, "lang": lang, "question": question,
         "max_new_tokens": max_new_tokens,
         "windows": len(windows), "answered": run.answered, "unparsed": run.unparsed,
-        "skipped_nodata": run.skipped, "unparsed_examples": run.unparsed_examples,
-        "forward_calls": forward_calls, "forward_calls_per_window": forward_calls / asked if asked else 0.0,
+        "skipped_nodata": run.skipped, "unparsed_examples": run.unparsed_examples, "resumed": run.resumed,
+        "forward_calls": forward_calls,
+        "forward_calls_per_window": (forward_calls / (asked - run.resumed_asked)) if asked > run.resumed_asked else 0.0,
         "mapped_pixels": int(finite.size),
         "probability": ({"min": float(finite.min()), "mean": float(finite.mean()), "max": float(finite.max())}
                         if finite.size else None),
