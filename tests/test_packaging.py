@@ -140,7 +140,7 @@ def test_the_walk_sees_lazy_and_guarded_imports():
 def test_every_third_party_import_is_declared():
     core, extras = _core(), _extras()
     problems = []
-    for rel, line, top, lazy, guarded in third_party_imports():
+    for rel, line, top, lazy, _guarded in third_party_imports():
         dist = dist_name(top)
         if dist in core:
             continue
