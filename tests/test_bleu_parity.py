@@ -57,17 +57,20 @@ def test_scores_move_the_same_way():
 
 
 # --- differences by design (tokenization; the token cap) ------------------------------------------------------
-@pytest.mark.parametrize("text, ours, sacre_zh", [
-    # decimals and thousands separators: we split at every punctuation mark, sacreBLEU (13a rules) keeps numbers
-    ("面积3.2 km2", ["面", "积", "3", ".", "2", "km2"], ["面", "积", "3.2", "km2"]),
-    ("约 1,500 亩", ["约", "1", ",", "500", "亩"], ["约", "1,500", "亩"]),
-    # apostrophes and hyphens inside words: we split, 13a keeps the word
-    ("don't stop", ["don", "'", "t", "stop"], ["don't", "stop"]),
-    ("a-b", ["a", "-", "b"], ["a-b"]),
-    # kana and Hangul: one token per character for us; sacreBLEU's zh splits Chinese characters only
-    ("東京タワー", ["東", "京", "タ", "ワ", "ー"], ["東", "京", "タワー"]),
-    ("서울", ["서", "울"], ["서울"]),
-])
+@pytest.mark.parametrize(
+    "text, ours, sacre_zh",
+    [
+        # decimals and thousands separators: we split at every punctuation mark, sacreBLEU (13a rules) keeps numbers
+        ("面积3.2 km2", ["面", "积", "3", ".", "2", "km2"], ["面", "积", "3.2", "km2"]),
+        ("约 1,500 亩", ["约", "1", ",", "500", "亩"], ["约", "1,500", "亩"]),
+        # apostrophes and hyphens inside words: we split, 13a keeps the word
+        ("don't stop", ["don", "'", "t", "stop"], ["don't", "stop"]),
+        ("a-b", ["a", "-", "b"], ["a-b"]),
+        # kana and Hangul: one token per character for us; sacreBLEU's zh splits Chinese characters only
+        ("東京タワー", ["東", "京", "タ", "ワ", "ー"], ["東", "京", "タワー"]),
+        ("서울", ["서", "울"], ["서울"]),
+    ],
+)
 def test_tokenization_differences(text, ours, sacre_zh):
     assert tokenize(text) == ours
     assert TokenizerZh()(text).split() == sacre_zh
@@ -78,8 +81,12 @@ def test_a_number_difference_changes_the_score_as_documented():
     # ours: 面 积 3 . 5 km2 vs 面 积 3 . 2 km2 → 5 of 6 unigrams match; sacreBLEU: 3.5 ≠ 3.2 → 3 of 4
     ours = text_bleu(hyp, ref)
     theirs = BLEU(tokenize="zh", smooth_method="exp", effective_order=True).sentence_score(hyp, [ref]).score / 100
-    assert ours == pytest.approx(sacre_none().sentence_score("面 积 3 . 5 km2", ["面 积 3 . 2 km2"]).score / 100, rel=1e-12)
-    assert theirs == pytest.approx(sacre_none().sentence_score("面 积 3.5 km2", ["面 积 3.2 km2"]).score / 100, rel=1e-12)
+    assert ours == pytest.approx(
+        sacre_none().sentence_score("面 积 3 . 5 km2", ["面 积 3 . 2 km2"]).score / 100, rel=1e-12
+    )
+    assert theirs == pytest.approx(
+        sacre_none().sentence_score("面 积 3.5 km2", ["面 积 3.2 km2"]).score / 100, rel=1e-12
+    )
     assert ours != pytest.approx(theirs)
 
 

@@ -18,13 +18,16 @@ def test_wgs84_is_projs():
     assert WGS84.e2 == pytest.approx(g.es, rel=1e-15)
 
 
-@pytest.mark.parametrize("epsg, name, a, inv_f", [
-    (4326, "WGS 84", 6378137.0, 298.257223563),
-    (32650, "WGS 84", 6378137.0, 298.257223563),  # UTM 50N: the ellipsoid of its base CRS
-    (4490, "CGCS2000", 6378137.0, 298.257222101),
-    (4269, "GRS 1980", 6378137.0, 298.257222101),  # NAD83
-    (4214, "Krassowsky 1940", 6378245.0, 298.3),  # Beijing 1954
-])
+@pytest.mark.parametrize(
+    "epsg, name, a, inv_f",
+    [
+        (4326, "WGS 84", 6378137.0, 298.257223563),
+        (32650, "WGS 84", 6378137.0, 298.257223563),  # UTM 50N: the ellipsoid of its base CRS
+        (4490, "CGCS2000", 6378137.0, 298.257222101),
+        (4269, "GRS 1980", 6378137.0, 298.257222101),  # NAD83
+        (4214, "Krassowsky 1940", 6378245.0, 298.3),  # Beijing 1954
+    ],
+)
 def test_named_ellipsoids(epsg, name, a, inv_f):
     e = ellipsoid_of(CRS.from_epsg(epsg))
     assert (e.name, e.a, e.inv_f) == (name, a, inv_f)

@@ -15,8 +15,12 @@ from geovl.data.convert import ConvertError
 
 
 def rec(i: int) -> dict:
-    return {"id": f"r{i}", "image": f"{i}.png", "score": i / 7, "conversations": [
-        {"from": "human", "value": f"<image>\\n问题 {i} ]}}"}, {"from": "gpt", "value": "是"}]}
+    return {
+        "id": f"r{i}",
+        "image": f"{i}.png",
+        "score": i / 7,
+        "conversations": [{"from": "human", "value": f"<image>\\n问题 {i} ]}}"}, {"from": "gpt", "value": "是"}],
+    }
 
 
 def test_first_record_before_the_rest_of_the_file_exists(tmp_path):
@@ -47,8 +51,9 @@ def test_first_record_before_the_rest_of_the_file_exists(tmp_path):
 def test_a_bad_record_later_is_reported_with_its_index(tmp_path):
     good = [json.dumps(rec(i)) for i in range(5)]
     p = tmp_path / "mmdu.json"
-    p.write_text("[" + ",".join(good) + ', {"id": "r5", "conversations": [tru]}, ' + json.dumps(rec(6)) + "]",
-                 encoding="utf-8")
+    p.write_text(
+        "[" + ",".join(good) + ', {"id": "r5", "conversations": [tru]}, ' + json.dumps(rec(6)) + "]", encoding="utf-8"
+    )
     seen = []
     with pytest.raises(ConvertError, match=r"mmdu\.json: not valid JSON in record 6 \("):
         for r in iter_json_array(p):
@@ -56,13 +61,16 @@ def test_a_bad_record_later_is_reported_with_its_index(tmp_path):
     assert seen == [rec(i) for i in range(5)]  # the records before the bad one came out
 
 
-@pytest.mark.parametrize("text, msg", [
-    ('{"data": [1, 2]}', "not a JSON list"),
-    ("", "not a JSON list"),
-    ('[{"a": 1}, {"b": 2}', r"truncated JSON list \(no closing '\]'\) after 2 records"),
-    ('[{"a": 1} {"b": 2}]', "expected ',' between records after record 1"),
-    ('[{"a": 1}] [2]', r"unexpected data after the closing '\]'"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ('{"data": [1, 2]}', "not a JSON list"),
+        ("", "not a JSON list"),
+        ('[{"a": 1}, {"b": 2}', r"truncated JSON list \(no closing '\]'\) after 2 records"),
+        ('[{"a": 1} {"b": 2}]', "expected ',' between records after record 1"),
+        ('[{"a": 1}] [2]', r"unexpected data after the closing '\]'"),
+    ],
+)
 def test_broken_lists(tmp_path, text, msg):
     p = tmp_path / "x.json"
     p.write_text(text, encoding="utf-8")

@@ -91,8 +91,10 @@ def test_main_process_logger_with_accelerate_state(capsys):
 
 
 def test_a_cli_subprocess_writes_diagnostics_to_stderr_and_quiet_hides_them(tmp_path):
-    code = ("import sys; from geovl.log import get_logger, set_verbosity; "
-            "set_verbosity(quiet=int(sys.argv[1])); get_logger('x').info('info line'); get_logger('x').error('bad')")
+    code = (
+        "import sys; from geovl.log import get_logger, set_verbosity; "
+        "set_verbosity(quiet=int(sys.argv[1])); get_logger('x').info('info line'); get_logger('x').error('bad')"
+    )
     loud = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, check=True)
     quiet = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True, check=True)
     assert loud.stdout == quiet.stdout == ""

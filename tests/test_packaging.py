@@ -97,15 +97,25 @@ def third_party_imports(src: Path = SRC):
         tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
         guarded = _guarded_nodes(tree)
         module_level = {id(n) for n in tree.body}
-        module_level |= {id(n) for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef,
-                         ast.ClassDef)) for n in ast.walk(stmt)}
+        module_level |= {
+            id(n)
+            for stmt in tree.body
+            if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            for n in ast.walk(stmt)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 names = [node.module]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__"
-                  and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "__import__"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 names = [node.args[0].value]
             else:
                 continue
@@ -113,8 +123,9 @@ def third_party_imports(src: Path = SRC):
                 top = name.split(".")[0]
                 if top in sys.stdlib_module_names or top == "geovl" or top == "__future__":
                     continue
-                out.append((p.relative_to(src).as_posix(), node.lineno, top, id(node) not in module_level,
-                            id(node) in guarded))
+                out.append(
+                    (p.relative_to(src).as_posix(), node.lineno, top, id(node) not in module_level, id(node) in guarded)
+                )
     return out
 
 
@@ -161,15 +172,20 @@ def test_every_third_party_import_is_declared():
 def test_declared_dependencies_are_importable_names_we_use_or_known_runtime_needs():
     """No stale declarations: every core/extra dist is imported somewhere in src, or is a known runtime
     need that is not imported by name."""
-    runtime_only = {"jinja2": "transformers renders chat templates with it",
-                    "accelerate": "transformers' Trainer needs it for every training run",
-                    "python-multipart": "starlette's MultiPartParser (serve/geo_api.py) imports it",
-                    "gradio-client": "gradio's client half, pinned with gradio",
-                    "tensorboard": "the default report_to of the SFT/GRPO recipes",
-                    "torch": "imported", "geovl": "self reference"}
+    runtime_only = {
+        "jinja2": "transformers renders chat templates with it",
+        "accelerate": "transformers' Trainer needs it for every training run",
+        "python-multipart": "starlette's MultiPartParser (serve/geo_api.py) imports it",
+        "gradio-client": "gradio's client half, pinned with gradio",
+        "tensorboard": "the default report_to of the SFT/GRPO recipes",
+        "torch": "imported",
+        "geovl": "self reference",
+    }
     imported = {dist_name(top) for _, _, top, _, _ in third_party_imports()}
     declared = _core() | set().union(*_extras().values())
-    test_only = {canonicalize_name(Requirement(r).name) for r in _pyproject()["project"]["optional-dependencies"]["test"]}
+    test_only = {
+        canonicalize_name(Requirement(r).name) for r in _pyproject()["project"]["optional-dependencies"]["test"]
+    }
     stale = sorted(d for d in declared - imported - test_only if d not in runtime_only)
     assert not stale, f"declared but never imported in src/geovl: {stale}"
 
@@ -202,10 +218,13 @@ def test_floors_agree_with_the_verified_pins():
     assert not unpinned, f"declared in pyproject but not pinned in requirements.txt/constraints.txt: {unpinned}"
 
 
-@pytest.mark.parametrize("src, expect", [
-    ("import fancylib\n", "fancylib"),
-    ("def f():\n    from fancylib.sub import x\n", "fancylib"),
-])
+@pytest.mark.parametrize(
+    "src, expect",
+    [
+        ("import fancylib\n", "fancylib"),
+        ("def f():\n    from fancylib.sub import x\n", "fancylib"),
+    ],
+)
 def test_an_undeclared_import_is_reported(tmp_path, src, expect, monkeypatch):
     """The check can fail: a module importing an undeclared library is named with its line."""
     (tmp_path / "mod.py").write_text(src)
@@ -214,3 +233,15 @@ def test_an_undeclared_import_is_reported(tmp_path, src, expect, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "third_party_imports", lambda: [("mod.py", 1, expect, True, False)])
     with pytest.raises(AssertionError, match=r"mod\.py:1: import fancylib \(dist fancylib\) is not declared"):
         test_every_third_party_import_is_declared()
+
+
+def test_the_tests_imports_are_declared_too():
+    """The test suite needs only what pyproject declares (core, any extra, or [test]) plus its own helpers."""
+    local = {p.stem for d in ("tests", "bench") for p in (ROOT / d).glob("*.py")}
+    declared = _core() | set().union(*_extras().values())
+    missing = sorted(
+        f"tests/{rel}:{line}: import {top}"
+        for rel, line, top, _, _ in third_party_imports(ROOT / "tests")
+        if top not in local and top not in UNDECLARED_OPTIONAL and dist_name(top) not in declared
+    )
+    assert not missing, "\n".join(missing)

@@ -39,14 +39,27 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self._send(code, err, extra=[("retry-after-ms", "10")])
             return
         if body.get("stream"):
-            chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                       "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in ("ok", "!")]
+            chunks = [
+                {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}],
+                }
+                for t in ("ok", "!")
+            ]
             sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
             self._send(200, sse.encode(), ctype="text/event-stream")
             return
-        resp = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "answer"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        resp = {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "answer"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
         self._send(200, json.dumps(resp).encode())
 
 
