@@ -127,6 +127,11 @@ class _MainProcessLogger(logging.LoggerAdapter):
             self.logger.log(level, msg, *args, **kwargs)
 
 
+_main_process_loggers: dict[str, logging.LoggerAdapter] = {}
+
+
 def main_process_logger(name: str) -> logging.LoggerAdapter:
     """A logger for training code that writes on the main process only (see :class:`_MainProcessLogger`)."""
-    return _MainProcessLogger(get_logger(name))
+    if name not in _main_process_loggers:
+        _main_process_loggers[name] = _MainProcessLogger(get_logger(name))
+    return _main_process_loggers[name]
