@@ -130,3 +130,14 @@ def test_eval_cli_option_reaches_the_engine(fake):
 
     assert open_engine(api=fake.url, model="m").max_retries == 2
     assert open_engine(api=fake.url, model="m", api_retries=5).client.max_retries == 5
+
+
+def test_api_retries_flag(fake):
+    from geovl.cli import build_parser
+    from geovl.commands.eval import open_engine_from_args
+
+    for argv, want in [([], 2), (["--api-retries", "5"], 5), (["--api-retries", "0"], 0)]:
+        args = build_parser().parse_args(
+            ["eval", "--api", fake.url, "--model", "m", "--data", "d.jsonl", "--out", "o.jsonl", *argv]
+        )
+        assert open_engine_from_args(args).client.max_retries == want
