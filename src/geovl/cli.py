@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn Qwen-VL models into Earth-observation experts: data → fine-tuning → evaluation → serving.",
     )
     parser.add_argument("--version", action="version", version=f"geovl {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more diagnostics on stderr (debug messages); env GEOVL_LOG_LEVEL sets it too")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="fewer diagnostics on stderr: warnings and errors only (-qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name, _ in COMMAND_MODULES:
         mod = importlib.import_module(f"geovl.commands.{mod_name}")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .log import set_verbosity
+
+    set_verbosity(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         # a group without its sub-command: show that group's help
         (getattr(args, "_group_parser", None) or parser).print_help()

@@ -24,6 +24,7 @@ from typing import TextIO
 
 from .data.schema import user_turn
 from .imagery.decode import ImageError, load_image
+from .log import get_logger
 from .serve.engine import ChatRequest, GenerationParams
 
 
@@ -158,7 +159,7 @@ def run(args) -> int:
                 except ImageError as e:
                     raise CLIError(f"{p}: {e} / 影像无法读取") from None
                 if "band_order" in loaded.meta:  # rasters: say which bands the model is shown
-                    print(f"[波段 bands] {p}: {loaded.meta['band_order']}", file=sys.stderr)
+                    get_logger("geovl.infer").info(f"[波段 bands] {p}: {loaded.meta['band_order']}")
     engine = open_engine_from_args(args, quantization=quant)
     try:
         if args.image:

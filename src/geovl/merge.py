@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,7 +39,9 @@ class MergeError(ValueError):
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .log import get_logger
+
+    get_logger("geovl.merge").info(msg)
 
 
 def _names(keys, limit: int = 8) -> str:

@@ -13,6 +13,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", help="peft adapter folder (e.g. OUT/final of `geovl train sft`)")
     p.add_argument("--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", help="API key for --api (default: $OPENAI_API_KEY)")
+    p.add_argument("--api-retries", type=int, default=2, help="--api: retries of a request that got 429/5xx or no connection")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (local models)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per batch (local) / concurrent requests (--api)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit in tokens")
@@ -73,6 +74,7 @@ def open_engine_from_args(args, quantization: str = "none"):
             batch_size=args.batch_size,
             device=args.device,
             quantization=quantization,
+            api_retries=getattr(args, "api_retries", 2),
         )
     except EngineError as e:
         raise CLIError(str(e)) from e

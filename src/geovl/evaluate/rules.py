@@ -10,7 +10,7 @@ number, area   relative error of the SI values ≤ ``tolerance``  (``rel_err``,
                and in the other side's unit, the closer reading counts ("10632" vs
                "10632 m2", "12" vs "12 ha", "0.12" vs "12%"); area vs length → wrong
 choice         :func:`normalize_choice` of both (against ``choices`` if given) agree
-open           normalised exact match  (``char_sim``: difflib ratio, works for Chinese)
+open           normalised exact match  (``char_sim``: LCS ratio per character, works for Chinese)
 structured     exact match of the JSON objects if both parse, else of normalised text
                (``char_sim``) — per-field scoring plugs in at :func:`score_structured`
 grounding      boxes (:mod:`geovl.evaluate.grounding`): IoU ≥ 0.5 (referring) or every box
@@ -26,24 +26,29 @@ Unknown qtypes are scored like ``open``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from typing import Callable, Sequence
+
+from rapidfuzz.distance import LCSseq
 
 from .normalize import normalize_choice, normalize_text, parse_yes_no, strip_markup
 from .quantities import Quantity, find_quantity, parse_number
 
 __all__ = ["SCORERS", "char_similarity", "is_correct", "score_sample", "score_structured"]
 
-SIM_MAX_CHARS = 2000  # difflib is quadratic: similarity looks at the first 2000 characters
-
-
 def char_similarity(a: str, b: str) -> float:
-    """difflib ratio of two (normalised) strings in [0, 1]; 0.0 if either is empty."""
+    """Character similarity of two (normalised) strings in [0, 1]: ``2·LCS / (len(a) + len(b))`` with LCS the
+    longest common subsequence (rapidfuzz's bit-parallel ``LCSseq``, so whole answers are compared — no length
+    cap); 0.0 if either is empty.
+
+    The same formula as difflib's ``SequenceMatcher.ratio()`` (``2·M / T``), which it replaces: the two agree
+    whenever difflib's greedy longest-block matching finds a longest common subsequence (e.g. one inserted,
+    deleted or changed stretch); otherwise difflib counts fewer matches and this value is higher
+    (``"acac"`` vs ``"cbba"``: 0.5 here, 0.25 by difflib). tests/test_fuzzy_parity.py checks both."""
     if not a or not b:
         return 0.0
-    return difflib.SequenceMatcher(None, a[:SIM_MAX_CHARS], b[:SIM_MAX_CHARS], autojunk=False).ratio()
+    return 2.0 * LCSseq.similarity(a, b) / (len(a) + len(b))  # difflib's own arithmetic: same floats where M agrees
 
 
 def _within(err: float, tolerance: float) -> bool:

@@ -16,7 +16,7 @@ the CSV preset (``geovl/data/presets/building-defect.yaml``), and read from ther
 3. :func:`score_report` / :func:`structured_metrics` score per field: closed-list fields by
    accuracy and a confusion matrix (rows: reference level; columns: the allowed levels +
    ``invalid``, which counts missing and unrecognised values alike), text fields by character
-   similarity (difflib ratio of :func:`~geovl.evaluate.normalize.normalize_text` forms; 0 when
+   similarity (:func:`~geovl.evaluate.rules.char_similarity`, an LCS ratio, of :func:`~geovl.evaluate.normalize.normalize_text` forms; 0 when
    the field is missing).
 
 Reading a level (:func:`level_of`): the allowed value itself; or a synonym that the shared

@@ -19,14 +19,13 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+import pyproj
 
 from .errors import MeasureError
-from .units import WGS84_A, WGS84_INV_F
 
 AUTO_RATIO_TOLERANCE = 0.01
 MAX_BLOCKS = 64
@@ -61,16 +60,25 @@ class Ellipsoid:
         return float(self.zone_area(-90.0, 90.0, 360.0))
 
 
-WGS84 = Ellipsoid("WGS 84", WGS84_A, WGS84_INV_F)
-_ELLIPSOID_RE = re.compile(r'(?:SPHEROID|ELLIPSOID)\["([^"]*)",\s*([0-9.eE+-]+),\s*([0-9.eE+-]+)')
+def _from_pyproj(e: pyproj.crs.Ellipsoid) -> Ellipsoid:
+    # PROJ's own parameters (its EPSG database for named ellipsoids); a sphere has inverse flattening 0
+    return Ellipsoid(e.name, float(e.semi_major_metre), float(e.inverse_flattening))
+
+
+WGS84 = _from_pyproj(pyproj.crs.Ellipsoid.from_epsg(7030))  # the WGS 84 ellipsoid: a = 6 378 137 m, 1/f = 298.257223563
 
 
 def ellipsoid_of(crs) -> Ellipsoid:
-    """The ellipsoid named in a CRS's WKT (WGS 84 when none is found)."""
-    m = _ELLIPSOID_RE.search(crs.to_wkt())
-    if not m:
+    """The ellipsoid of a CRS (rasterio or pyproj CRS, WKT, EPSG code …) as PROJ reads it — for a compound or
+    bound CRS the one of its horizontal/source part; WGS 84 when the CRS names none or PROJ cannot read it."""
+    try:
+        c = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    except pyproj.exceptions.CRSError:
         return WGS84
-    return Ellipsoid(m.group(1), float(m.group(2)), float(m.group(3)))
+    for part in [c, c.source_crs, *c.sub_crs_list]:
+        if part is not None and part.ellipsoid is not None:
+            return _from_pyproj(part.ellipsoid)
+    return WGS84
 
 
 @dataclass

@@ -16,8 +16,8 @@ number      value + unit → SI (1 km² = 100 公顷 = 1500 亩 = 10⁶ m²; km 
             as in evaluation). A measured value in ``meta["gt"]["m2"]`` (or ``["area_m2"]``)
             replaces the rounded reference text.
 choice      1.0 when ``normalize_choice`` of both agree (against ``meta["choices"]`` if given)
-open        ``0.6 · char_similarity + 0.4 · BLEU`` on normalised text (difflib ratio works per
-            character, so for Chinese too; BLEU: :mod:`geovl.rewards.bleu`)
+open        ``0.6 · char_similarity + 0.4 · BLEU`` on normalised text (LCS ratio per character via
+            rapidfuzz, so for Chinese too; BLEU: :mod:`geovl.rewards.bleu`)
 format      1.0 for ``<answer>…</answer>`` (optionally after ``<think>…</think>``) and nothing else;
             0.5 when an answer block is there with other text around it; else 0.0
 brevity     1.0 up to ``max(8, 2·len(reference))`` characters (normalised), then ``budget / len``

@@ -32,6 +32,7 @@ def open_engine(
     device: str = "auto",
     quantization: str = "none",
     attn_implementation: str | None = None,
+    api_retries: int = 2,
 ) -> Engine:
     """The engine the CLI options describe: ``--api URL`` → RemoteEngine (``model`` names the served
     model, optional); otherwise LocalEngine on the model folder (+ adapter)."""
@@ -40,7 +41,7 @@ def open_engine(
             raise EngineError("--adapter cannot be used with --api (the server decides which weights it serves)")
         from .remote import RemoteEngine
 
-        return RemoteEngine(api, api_key=api_key, model=model, concurrency=batch_size)
+        return RemoteEngine(api, api_key=api_key, model=model, concurrency=batch_size, max_retries=api_retries)
     if not model:
         raise EngineError("give --model FOLDER (a local model or adapter folder) or --api URL")
     from .engine import LocalEngine

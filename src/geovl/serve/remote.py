@@ -5,6 +5,10 @@ parts (each image a ``data:`` URI of the stored PNG/JPEG/WebP bytes, base64; TIF
 PNG first, since servers do not take them); system and assistant turns are plain strings. Requests
 of a ``generate`` call run concurrently (the server batches them); ``stream`` reads the SSE stream
 (``stream: true``). Uses the ``openai`` client; connection problems name the URL.
+
+Transient failures are retried by the client itself (``max_retries``, default 2): connection errors,
+timeouts, HTTP 408/409/429 and 5xx — e.g. a vLLM server answering 429/503 while its queue is full — with
+exponential backoff that honours the server's ``Retry-After``. Other statuses (400, 401, 404, …) fail at once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 from .engine import ChatRequest, EngineError, EngineStats, GenerationParams
+
+DEFAULT_RETRIES = 2  # the openai client's own retries of 408/409/429/5xx and connection errors
 
 MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
 
@@ -71,12 +77,15 @@ class RemoteEngine:
     ``stats.forward_calls`` stays 0 (the server does not report them); ``generated_tokens`` comes
     from the server's ``usage`` when it sends one."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0, concurrency: int = 8, max_retries: int = 0):
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0, concurrency: int = 8, max_retries: int = DEFAULT_RETRIES):
         import openai
 
         self._openai = openai
         self.base_url = normalize_base_url(base_url)
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries)
+        if int(max_retries) < 0:
+            raise EngineError(f"max_retries must be >= 0, got {max_retries}")
+        self.max_retries = int(max_retries)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=self.max_retries)
         self.concurrency = max(1, int(concurrency))
         self.stats = EngineStats()
         self._stats_lock = threading.Lock()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,9 @@ def _is_main() -> bool:
 
 
 def _log(msg: str) -> None:
-    if _is_main():
-        print(msg, file=sys.stderr, flush=True)
+    from ..log import main_process_logger
+
+    main_process_logger("geovl.train").info(msg)
 
 
 def last_checkpoint(output_dir: str | Path, complete: bool = False) -> Path | None:

@@ -1,6 +1,6 @@
 """LLaVA / ShareGPT conversations (e.g. MMDU-45k) -> samples.
 
-Input: a JSON list (streamed element by element, never loaded whole) or JSONL. Each record::
+Input: a JSON list (streamed element by element with ijson, never loaded whole) or JSONL. Each record::
 
     {"id": "...", "image": "a.jpg" | ["a.jpg", "b.jpg"],
      "conversations": [{"from": "human", "value": "<image>\\n<image>\\nCompare ..."},
@@ -26,9 +26,11 @@ Input: a JSON list (streamed element by element, never loaded whole) or JSONL. E
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 from typing import Iterator
+
+import ijson
 
 from ...imagery.decode import ImageError, resolve_image_path
 from ..convert import ConvertError, ConvertOptions, ImageCache
@@ -40,68 +42,64 @@ ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "a
 _CHUNK = 1 << 20
 
 
+class _Prefixed:
+    """A binary reader that first returns ``head`` (bytes already read to look for a BOM), then the file."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:  # ijson probes the type with read(0)
+            return b""
+        if self.head:
+            out, self.head = self.head, b""
+            return out
+        return self.f.read(n)
+
+
+def _first_line(e: Exception) -> str:
+    msg = e.args[0] if e.args else str(e)
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    return str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__
+
+
 def iter_json_array(path: Path) -> Iterator[object]:
-    """Stream the elements of a top-level JSON array with bounded memory (stdlib only)."""
-    dec = json.JSONDecoder()
+    """Stream the elements of a top-level JSON array with bounded memory: ijson parses the file in
+    ``_CHUNK``-byte reads and builds one element at a time, so the first record is available before the rest
+    of the file is read, and memory follows the largest record, not the file. A broken file is reported with
+    the index of the record where parsing stopped (records before it have been yielded)."""
     n = 0
-    with open(path, encoding="utf-8-sig") as f:
-        buf, pos, eof = "", 0, False
-
-        def fill() -> bool:
-            # read at least as much as is pending: a record larger than the buffer is read in
-            # O(log size) steps, while the buffer stays ~2 chunks for ordinary records
-            nonlocal buf, pos, eof
-            if eof:
-                return False
-            more = f.read(max(_CHUNK, len(buf) - pos))
+    with open(path, "rb", buffering=0) as f:  # unbuffered: a read returns what is there (pipes too)
+        head = b""
+        while len(head) < len(UTF8_BOM):
+            more = f.read(len(UTF8_BOM) - len(head))
             if not more:
-                eof = True
-                return False
-            buf = buf[pos:] + more
-            pos = 0
-            return True
-
-        def skip_ws() -> str:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-                if not fill():
-                    return ""
-
-        if skip_ws() != "[":
+                break
+            head += more
+        reader = _Prefixed(head.removeprefix(UTF8_BOM), f)
+        events = ijson.parse(reader, buf_size=_CHUNK, use_float=True)
+        try:
+            first = next(events, None)
+        except ijson.JSONError as e:  # empty, or not JSON at all
+            raise ConvertError(f"{path}: not a JSON list ({_first_line(e)})") from None
+        if first is None or first[1] != "start_array":
             raise ConvertError(f"{path}: not a JSON list")
-        pos += 1
-        first = True
-        while True:
-            c = skip_ws()
-            if c == "]":
-                pos += 1
-                if skip_ws():
-                    raise ConvertError(f"{path}: unexpected data after the closing ']' of the JSON list")
-                return
-            if not c:
-                raise ConvertError(f"{path}: truncated JSON list (no closing ']') after {n} records")
-            if not first:
-                if c != ",":
-                    raise ConvertError(f"{path}: expected ',' between records after record {n}")
-                pos += 1
-                skip_ws()
-            while True:
-                try:
-                    obj, end = dec.raw_decode(buf, pos)
-                    if end < len(buf) or eof:
-                        break
-                except json.JSONDecodeError as e:
-                    if eof:
-                        raise ConvertError(f"{path}: not valid JSON in record {n + 1} ({e.msg})") from None
-                fill()  # need more text (at EOF the next attempt breaks or raises)
-            pos = end
-            n += 1
-            first = False
-            yield obj
+        try:
+            for obj in ijson.items(itertools.chain([first], events), "item"):
+                yield obj
+                n += 1
+        except ijson.JSONError as e:
+            why = _first_line(e)
+            if "premature EOF" in why:
+                raise ConvertError(f"{path}: truncated JSON list (no closing ']') after {n} records") from None
+            if "trailing garbage" in why:
+                raise ConvertError(f"{path}: unexpected data after the closing ']' of the JSON list") from None
+            if "after array element" in why:
+                raise ConvertError(f"{path}: expected ',' between records after record {n}") from None
+            if "invalid bytes in UTF8" in why:
+                raise UnicodeDecodeError("utf-8", b"", 0, 1, f"invalid UTF-8 in record {n + 1}") from None
+            raise ConvertError(f"{path}: not valid JSON in record {n + 1} ({why})") from None
 
 
 def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
