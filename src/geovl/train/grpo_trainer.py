@@ -2,7 +2,7 @@
 
 What it adds to TRL's trainer:
 - as SFT (:class:`geovl.train.trainer.PartsAndProjectorMixin`): optimizer parameter groups per model
-  part, and a spectral projector saved beside the weights and restored on resume;
+  part, and the vision input (e.g. a spectral projector) saved beside the weights and restored on resume;
 - a stop on NaN/inf loss naming the step (:class:`geovl.train.trainer.NonFiniteLoss`);
 - ``real_tokens`` (prompt + completion tokens seen, from TRL's counter) for the progress file;
 - timers (``timings``, also in ``train_summary.json``): seconds spent generating
@@ -38,13 +38,11 @@ class GeoVLGRPOTrainer(PartsAndProjectorMixin, GRPOTrainer):
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
         super().__init__(*args, **kwargs)
-        si = self._spectral_input()
-        if si is not None and self.ref_model is not None:
-            # TRL loads a full fine-tune's reference model from its folder without our projector: give it a frozen
-            # copy of the starting one, so the KL term compares the policy with the model it started as
-            from ..spectral.vision_input import frozen_copy
-
-            frozen_copy(si, self.accelerator.unwrap_model(self.ref_model), family, self.processing_class)
+        if self.ref_model is not None:
+            # TRL loads a full fine-tune's reference model from its folder without our vision input (e.g. a spectral
+            # projector): give it a frozen copy of the starting one, so the KL term compares the policy with the
+            # model it started as (RGB: nothing to copy)
+            self.vision_input().copy_to(self.accelerator.unwrap_model(self.ref_model), family, self.processing_class)
 
     @property
     def real_tokens(self) -> int:
