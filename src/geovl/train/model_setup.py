@@ -214,3 +214,41 @@ def vision_input_class(kind: str | None, *folders):
     if found.kind not in (RGB, want.kind):
         raise ModelSetupError(f"{folder} has {found.description}: set {found.kind}=true to train it")
     return want, folder if found is want else None
+
+
+def load_model_and_processor(path: str, precision: str = "auto", attn_implementation: str | None = None, quantization: str = "none"):
+    """Load with the stock Auto classes; the family comes from config.model_type.
+
+    ``path`` is a local model folder, or a hub id (``Qwen/Qwen2.5-VL-3B-Instruct``) fetched through
+    ``geovl model download`` first when a hub is reachable."""
+    from pathlib import Path
+
+    from transformers import AutoModelForImageTextToText
+
+    from ..models.loading import load_processor, load_weights, read_family
+
+    folder = Path(path)
+    if not folder.is_dir():
+        from ..models.download import fetch_for_training
+
+        folder = fetch_for_training(path)
+    family = read_family(folder)
+    kw = {"dtype": resolve_dtype(precision)}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    q = _quantization_config(quantization)
+    if q is not None:
+        kw["quantization_config"] = q
+    try:
+        processor = load_processor(folder)
+    except (OSError, ValueError) as e:
+        raise ModelSetupError(
+            f"{folder}: no usable image-text processor in this model folder ({str(e).splitlines()[0]}).\n"
+            "  Fix: a model folder needs the processor files (preprocessor_config.json or processor_config.json, tokenizer files, "
+            "chat template) next to config.json: copy them from the base model, or save them with "
+            "AutoProcessor.from_pretrained(BASE).save_pretrained(FOLDER)."
+        ) from e
+    model = load_weights(folder, AutoModelForImageTextToText, **kw)  # a damaged weights file: ModelFolderError naming it
+    if get_family(model.config).key != family.key:  # pragma: no cover - defensive
+        raise ModelSetupError(f"{folder}: config says {family.key} but the loaded model is {model.config.model_type}")
+    return model, processor, family
