@@ -1,7 +1,7 @@
 """A thin subclass of ``trl.GRPOTrainer`` (no fork, no monkey patches) and its progress callback.
 
 What it adds to TRL's trainer:
-- as SFT (:class:`geovl.train.trainer.PartsAndProjectorMixin`): optimizer parameter groups per model
+- as SFT (:class:`geovl.train.trainer.PartsAndVisionInputMixin`): optimizer parameter groups per model
   part, and the vision input (e.g. a spectral projector) saved beside the weights and restored on resume;
 - a stop on NaN/inf loss naming the step (:class:`geovl.train.trainer.NonFiniteLoss`);
 - ``real_tokens`` (prompt + completion tokens seen, from TRL's counter) for the progress file;
@@ -18,7 +18,7 @@ import time
 import torch
 from trl import GRPOTrainer
 
-from .trainer import NonFiniteLoss, PartsAndProjectorMixin, ProgressFileCallback
+from .trainer import NonFiniteLoss, PartsAndVisionInputMixin, ProgressFileCallback
 
 
 class GRPOProgressCallback(ProgressFileCallback):
@@ -32,7 +32,7 @@ class GRPOProgressCallback(ProgressFileCallback):
     )  # fmt: skip
 
 
-class GeoVLGRPOTrainer(PartsAndProjectorMixin, GRPOTrainer):
+class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
     def __init__(self, *args, param_groups_fn=None, family=None, **kwargs):
         self._param_groups_fn = param_groups_fn
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}

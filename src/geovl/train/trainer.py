@@ -104,7 +104,7 @@ def padding_fraction(lengths, batches) -> float:
     return 1 - real / max(padded, 1)
 
 
-class PartsAndProjectorMixin:
+class PartsAndVisionInputMixin:
     """What geovl's SFT trainer and its GRPO trainer (a ``trl.GRPOTrainer``) add alike to a transformers ``Trainer``:
 
     - optimizer parameter groups per model part (``param_groups_fn``: own learning rates for vision /
@@ -220,7 +220,7 @@ class ResumeChecks(TrainerCallback):
             raise ResumeError(str(e)) from None
 
 
-class GeoVLTrainer(PartsAndProjectorMixin, Trainer):
+class GeoVLTrainer(PartsAndVisionInputMixin, Trainer):
     def __init__(self, *args, param_groups_fn=None, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._param_groups_fn = param_groups_fn
