@@ -176,10 +176,11 @@ class RGBInput(VisionInput):
         if b[:4] in TIFF_MAGICS:  # rendered on decode at its full size (first image of the file)
             hdr = read_header(b, "<tiff>")
             return hdr.height, hdr.width
-        from ..data.inspect import image_size
+        from PIL import Image
 
         try:
-            w, h = image_size(b)
+            with Image.open(io.BytesIO(b)) as im:  # the header only
+                w, h = im.size
         except Exception as e:  # noqa: BLE001 - a corrupt header
             raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
         return h, w

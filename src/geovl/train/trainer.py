@@ -160,6 +160,10 @@ class PartsAndVisionInputMixin:
         """``Trainer.train``; a checkpoint to resume from is checked first: its state files read (else a
         :class:`~geovl.train.resume.ResumeError` naming the damaged one — the Trainer's own error does not) and it
         holds what the recipe trains (a LoRA adapter or full weights)."""
+        if resume_from_checkpoint is True:  # the Trainer's "the last one": name it here, so it is checked too
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # none: the Trainer's own error
         if resume_from_checkpoint and not isinstance(resume_from_checkpoint, bool):
             from .resume import check_checkpoint
 
