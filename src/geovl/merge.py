@@ -317,7 +317,7 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
         if not (tmp / "chat_template.jinja").is_file() and not (tmp / "chat_template.json").is_file():  # pragma: no cover
             raise MergeError(f"{proc_src}: the processor has no chat template; vLLM and AutoProcessor need one")
         _check_saved(tmp, model)
-        spectral = _copy_projector(tmp, pre, adapter, base)
+        vision = _export_vision_input(tmp, pre, adapter, base)
         pre.save(tmp)
         info = {
             "base": str(base.resolve()),
@@ -327,7 +327,8 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
             "dtype": str(torch_dtype).replace("torch.", ""),
             "processor_from": str(proc_src),
             **report,
-            "spectral_projector": spectral,
+            "vision_input": pre.vision_input,
+            "spectral_projector": vision,  # what the vision input kept beside the weights (the key name predates other kinds)
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
         _release_lock(tmp, lock)
@@ -406,27 +407,20 @@ def remove_stale_temps(out: Path, min_age_s: float = 60.0) -> list[Path]:
     return removed
 
 
-def _copy_projector(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
-    """A spectral run's projector goes into the merged folder beside the weights (validated by loading it);
-    the preprocessing config records its bands so every geovl inference path feeds cubes (docs/spectral.md)."""
-    from .spectral import SpectralError
-    from .spectral.projector import SpectralProjector
-    from .spectral.vision_input import has_projector, preprocess_entry
+def _export_vision_input(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
+    """The model's vision input (chosen by the adapter folder, else the base) keeps its files beside the merged
+    weights (validated by loading them, e.g. a spectral run's projector), and the preprocessing config records it
+    so every geovl inference path feeds the same input (docs/spectral.md)."""
+    from .models.vision_input import VisionInputError, resolve
 
-    src = adapter if has_projector(adapter) else base if has_projector(base) else None
-    if src is None:
-        if pre.spectral:
-            raise MergeError(f"{adapter}: its preprocessing config says the model reads {pre.spectral.get('n_bands')}-band cubes, "
-                             "but spectral_projector.json/.safetensors are missing")
-        return None
     try:
-        projector = SpectralProjector.load(src)
-    except SpectralError as e:
+        cls, src = resolve(adapter, base)
+        kept = cls.export(src, tmp, pre)
+    except VisionInputError as e:
         raise MergeError(str(e)) from None
-    projector.save(tmp)
-    pre.spectral = preprocess_entry(projector)
-    _log(f"spectral projector from {src}: {projector.n_bands} bands → RGB, kept beside the weights")
-    return {"from": str(src.resolve()), "n_bands": projector.n_bands}
+    if kept:
+        _log(f"{cls.kind} vision input from {src}: {kept}, kept beside the weights")
+    return kept
 
 
 def run(args) -> int:

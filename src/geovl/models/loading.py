@@ -111,7 +111,7 @@ def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
     processor = load_processor(path)
     model = load_weights(path, AutoModelForImageTextToText, dtype=dtype or torch.float32)
     model.to(device).eval()
-    from ..spectral.vision_input import load_into
+    from .vision_input import load
 
-    load_into(model, family, processor, path)  # a spectral model's projector, saved beside the weights
+    load(model, family, processor, path)  # the folder's vision input (e.g. a spectral projector saved beside the weights)
     return model, processor, family

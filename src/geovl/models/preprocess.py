@@ -31,6 +31,9 @@ class PreprocessConfig:
     # a model with a spectral projector reads cubes with these bands: {"n_bands", "wavelengths", "weights", "config"}
     # (the projector files sit next to this config; see geovl.spectral.vision_input)
     spectral: dict | None = None
+    # which vision input the model reads with (geovl.models.vision_input kind: "rgb", "spectral", …); None: not
+    # recorded (a folder written before the key: the kind is recognised by its files)
+    vision_input: str | None = None
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME

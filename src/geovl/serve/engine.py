@@ -14,12 +14,9 @@ with a forward hook on the language model (``engine.stats``).
 
 from __future__ import annotations
 
-import io
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
-
-from ..imagery.decode import TIFF_MAGICS
 
 
 class EngineError(RuntimeError):
@@ -103,20 +100,10 @@ class Engine(Protocol):
 def decode_image(data: bytes, preprocess=None):
     """Encoded bytes → RGB PIL image. Rasters (TIFF, JPEG2000, …) are rendered by
     :mod:`geovl.imagery.render` with the preprocessing config's render settings — the same function
-    and settings as ``data convert``, ``infer`` and ``ask``."""
-    from PIL import Image
+    and settings as ``data convert``, ``infer`` and ``ask`` (the RGB vision input's :meth:`prepare`)."""
+    from ..models.vision_input import RGBInput
 
-    from ..imagery.decode import load_image_bytes
-    from ..imagery.render import RenderSettings
-
-    loaded = load_image_bytes(bytes(data), name="<image>", render=RenderSettings.from_preprocess(preprocess))
-    try:
-        with Image.open(io.BytesIO(loaded.data)) as im:
-            return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001
-        from ..imagery.decode import ImageError
-
-        raise ImageError("undecodable_image", str(e)) from None
+    return RGBInput().prepare(data, preprocess)
 
 
 def _pick_device(device: str) -> str:
@@ -227,14 +214,15 @@ class LocalEngine:
         self.preprocess = preprocess_for(model_dir, adapter_dir)
         if self.preprocess is not None:
             self.preprocess.apply(self.processor)
-        from ..spectral.vision_input import load_into
+        from ..models.vision_input import VisionInputError, load
 
-        # a model trained with a spectral projector reads hyperspectral cubes (its files sit beside the weights)
-        self.spectral = load_into(self.model, self.family, self.processor, adapter_dir, model_dir)
-        if self.spectral is None and self.preprocess is not None and self.preprocess.spectral:
-            where = adapter_dir or model_dir
-            raise ModelFolderError(f"{where}: the preprocessing config says the model reads {self.preprocess.spectral.get('n_bands')}-band cubes "
-                                   "but spectral_projector.json/.safetensors are missing beside the weights")
+        # how images reach the model, chosen by the folder: RGB pictures, or e.g. hyperspectral cubes through a
+        # spectral projector (its files sit beside the weights)
+        try:
+            self.vision_input = load(self.model, self.family, self.processor, adapter_dir, model_dir, preprocess=self.preprocess)
+        except VisionInputError as e:
+            raise ModelFolderError(str(e)) from None
+        self.spectral = self.vision_input if self.vision_input.kind == "spectral" else None  # (callers not yet on vision_input)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
         gc = self.model.generation_config
@@ -295,23 +283,9 @@ class LocalEngine:
 
         n = len((tokenizer or self.tokenizer)(self.prompt_text(request), add_special_tokens=False)["input_ids"])
         lo, hi = PreprocessConfig.bounds_of(self.processor)
-        if self.spectral is not None:  # cubes: arrays know their size; paths/bytes get a fixed weight (for sorting only)
-            return n + sum(self.family.image_tokens(c.shape[1], c.shape[2], lo, hi) - 1 if hasattr(c, "shape") else 1024
-                           for c in request.images)
-        from ..imagery.decode import ImageError, read_header
-
         for b in request.images:
-            if bytes(b[:4]) in TIFF_MAGICS:  # rendered on decode at its full size (first image of the file)
-                hdr = read_header(bytes(b), "<tiff>")
-                w, h = hdr.width, hdr.height
-            else:
-                from ..data.inspect import image_size
-
-                try:
-                    w, h = image_size(bytes(b))
-                except Exception as e:  # noqa: BLE001 - a corrupt header
-                    raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
-            n += self.family.image_tokens(h, w, lo, hi) - 1
+            size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)
+            n += self.family.image_tokens(size[0], size[1], lo, hi) - 1 if size is not None else 1024  # (for sorting only)
         return n
 
     @property
@@ -337,15 +311,8 @@ class LocalEngine:
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
         the prompts (e.g. prompt + a candidate answer)."""
         texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
-        kw = {}
-        if self.spectral is not None:
-            from ..spectral.vision_input import PROCESSOR_KWARGS
-
-            images = [self.cube(b) for r in requests for b in r.images]
-            kw = PROCESSOR_KWARGS
-        else:
-            images = [decode_image(b, self.preprocess) for r in requests for b in r.images]
-        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kw)
+        images = [self.vision_input.prepare(b, self.preprocess) for r in requests for b in r.images]
+        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **self.vision_input.processor_kwargs)
         limit = self.context_length
         if limit is not None and "attention_mask" in enc:
             longest = int(enc["attention_mask"].sum(dim=1).max())
@@ -359,14 +326,7 @@ class LocalEngine:
     def cube(self, item):
         """A request image as the spectral model's input (N, H, W): an array, a cube path, or .npy / multi-band
         GeoTIFF bytes; a wrong band count or wavelength is an :class:`ImageError` (``bad_cube``)."""
-        from ..imagery.decode import ImageError
-        from ..spectral import SpectralError
-        from ..spectral.vision_input import cube_tensor
-
-        try:
-            return cube_tensor(item, self.spectral.projector)
-        except (SpectralError, OSError) as e:
-            raise ImageError("bad_cube", f"{e} (this model reads {self.spectral.n_bands}-band cubes / 此模型读取高光谱数据立方体)") from None
+        return self.spectral.prepare(item)
 
     def _gen_kwargs(self, params: GenerationParams) -> dict:
         kw = {"max_new_tokens": int(params.max_new_tokens), "pad_token_id": self._pad}

@@ -13,10 +13,14 @@ How the N bands reach the model (the same for Qwen2-VL, Qwen2.5-VL and Qwen3-VL)
    patch embedding. Gradients flow from the loss through the frozen (or LoRA) tower into the projector.
 
 The module is registered on the model as ``spectral_input`` (so optimisers, ``.to()``, DDP and
-DeepSpeed see its parameters), but its weights are never part of the model's own files: every
+DeepSpeed see its parameters), but its weights are never part of the model's own files: its state-dict
+hooks leave its tensors out of the model's ``state_dict()`` (and forgive their absence on load), and every
 checkpoint, ``final/`` and merged export holds ``spectral_projector.safetensors`` +
-``spectral_projector.json`` beside the weights, and the preprocessing config records
-``spectral`` (band count, wavelengths) so every inference path knows the model reads cubes.
+``spectral_projector.json`` beside the weights. The preprocessing config records ``vision_input:
+"spectral"`` and ``spectral`` (band count, wavelengths) so every inference path knows the model reads cubes.
+
+:class:`SpectralInput` is the ``spectral`` kind of :class:`geovl.models.vision_input.VisionInput`
+(registered there by import path): training, the engine and merge reach it only through that interface.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from ..imagery.decode import TIFF_MAGICS
+from ..models.vision_input import VisionInput, VisionInputError
 from . import SpectralError
 from .projector import CONFIG, WEIGHTS, BandStats, SpectralProjector
 
@@ -39,8 +44,17 @@ WAVELENGTH_TOLERANCE_NM = 1.0
 NPY_MAGIC = b"\x93NUMPY"
 
 
-class SpectralInput(nn.Module):
-    """N-band patch rows → the 3-channel patch rows the vision tower was trained on."""
+def _own_key(k: str) -> bool:
+    return k.startswith(ATTR + ".") or f".{ATTR}." in k
+
+
+class SpectralInput(nn.Module, VisionInput):
+    """N-band patch rows → the 3-channel patch rows the vision tower was trained on; the ``spectral`` vision input."""
+
+    kind = "spectral"
+    description = "a spectral projector (it reads hyperspectral cubes)"
+    processor_kwargs = PROCESSOR_KWARGS
+    lr_field = "lr_spectral"
 
     def __init__(self, projector: SpectralProjector, image_mean, image_std, temporal_patch_size: int, patch_size: int):
         super().__init__()
@@ -50,10 +64,116 @@ class SpectralInput(nn.Module):
         self.register_buffer("image_mean", torch.tensor([float(v) for v in image_mean]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor([float(v) for v in image_std]).view(1, 3, 1, 1), persistent=False)
         self._handle = None
+        # its tensors live in their own files: never in the model's state dict (so never in the model's weights
+        # files, whoever saves them — Trainer, DeepSpeed, merge), and a model state dict without them loads strictly
+        self.register_state_dict_post_hook(_drop_own_tensors)
+        self.register_load_state_dict_post_hook(_forgive_own_tensors)
 
     @property
     def n_bands(self) -> int:
         return self.projector.n_bands
+
+    # -- the VisionInput interface -------------------------------------------------------------
+    @classmethod
+    def load(cls, model, family, processor, folder=None, preprocess=None) -> "SpectralInput":
+        if not has_projector(folder):
+            entry = (preprocess.spectral if preprocess is not None else None) or {}
+            raise VisionInputError(f"{folder}: the preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes "
+                                   "but spectral_projector.json/.safetensors are missing beside the weights")
+        try:
+            projector = SpectralProjector.load(folder)
+        except SpectralError as e:
+            raise VisionInputError(str(e)) from None
+        return attach(model, family, projector, processor)
+
+    @classmethod
+    def for_training(cls, model, family, processor, recipe, folder=None, dataset=None, log=None) -> "SpectralInput":
+        """The projector of the starting folder (a spectral run's output), or — given the training ``dataset`` — a
+        new one initialised to the ``spectral_rgb`` false-colour bands with band statistics of its cubes."""
+        lr = getattr(recipe, "lr_spectral", None)
+        if dataset is None:  # continue training the model's own projector (GRPO)
+            si = cls.load(model, family, processor, folder)
+            if log:
+                log(f"spectral projector: {si.n_bands} bands → RGB, from {folder}; lr {lr:g}")
+            return si
+        if has_projector(folder):
+            projector = SpectralProjector.load(folder)
+            how = f"continued from {folder}"
+        else:
+            mean, std, wl, good = cube_stats(dataset.cube_files())
+            projector = SpectralProjector(wl, recipe.spectral_rgb, good, mean, std)
+            how = f"new, initialised on bands near {', '.join(f'{w:g}' for w in recipe.spectral_rgb)} nm"
+        si = attach(model, family, projector, processor)
+        if log:
+            wl = projector.wavelengths
+            log(f"spectral projector: {projector.n_bands} bands ({wl[0]:g}–{wl[-1]:g} nm) → RGB, {how}; lr {lr:g}")
+        return si
+
+    @classmethod
+    def dataset_kwargs(cls, recipe) -> dict:
+        return {"spectral": True, "spectral_root": getattr(recipe, "spectral_root", None)}
+
+    @classmethod
+    def export(cls, src, dst, preprocess) -> dict:
+        """Validated by loading it; the preprocessing config records its bands so every inference path feeds cubes."""
+        if not has_projector(src):
+            entry = preprocess.spectral or {}
+            raise VisionInputError(f"{src}: its preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes, "
+                                   "but spectral_projector.json/.safetensors are missing")
+        try:
+            projector = SpectralProjector.load(src)
+        except SpectralError as e:
+            raise VisionInputError(str(e)) from None
+        projector.save(dst)
+        preprocess.spectral = preprocess_entry(projector)
+        preprocess.vision_input = cls.kind
+        return {"from": str(Path(src).resolve()), "n_bands": projector.n_bands}
+
+    def prepare(self, item, preprocess=None, where: str = "<cube>") -> torch.Tensor:
+        """A request image as the model's input (N, H, W): an array, a cube path, or .npy / multi-band GeoTIFF
+        bytes; a wrong band count or wavelength is an ``ImageError`` (``bad_cube``)."""
+        from ..imagery.decode import ImageError
+
+        try:
+            return cube_tensor(item, self.projector, where)
+        except (SpectralError, OSError) as e:
+            raise ImageError("bad_cube", f"{e} (this model reads {self.n_bands}-band cubes / 此模型读取高光谱数据立方体)") from None
+
+    def image_size(self, item):
+        """Arrays know their size; paths and bytes are not read here (None)."""
+        return (int(item.shape[1]), int(item.shape[2])) if hasattr(item, "shape") else None
+
+    def named_trainable(self):
+        return [(f"projector.conv.{n}", p) for n, p in self.projector.conv.named_parameters() if p.requires_grad]
+
+    def set_trainable(self) -> None:
+        self.projector.conv.requires_grad_(True)  # trained with its own lr (lr_spectral); the band statistics stay fixed
+
+    def bind(self, dataset) -> None:
+        dataset.projector = self.projector
+
+    def training_processor(self, processor):
+        return cube_processor(processor)
+
+    def copy_to(self, model, family, processor) -> "SpectralInput":
+        return frozen_copy(self, model, family, processor)
+
+    def save(self, folder) -> None:
+        self.projector.save(folder)
+
+    def restore(self, folder) -> None:
+        try:
+            saved = SpectralProjector.load(folder)  # strict: a checkpoint without it is an error
+        except SpectralError as e:
+            raise VisionInputError(str(e)) from None
+        self.projector.load_state_dict(saved.state_dict(), strict=True)
+
+    def record(self, preprocess) -> None:
+        preprocess.spectral = preprocess_entry(self.projector)
+        preprocess.vision_input = self.kind
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "n_bands": self.n_bands, "wavelengths": list(self.projector.wavelengths)}
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         n, t, p = self.n_bands, self.temporal_patch_size, self.patch_size
@@ -110,22 +230,13 @@ def has_projector(folder) -> bool:
     return folder is not None and (Path(folder) / CONFIG).is_file()
 
 
-def load_into(model, family, processor, *folders) -> SpectralInput | None:
-    """Attach the projector saved in the first of ``folders`` that has one (adapter folder first)."""
-    for f in folders:
-        if has_projector(f):
-            return attach(model, family, SpectralProjector.load(f), processor)
-    return None
+def _drop_own_tensors(module, state_dict, prefix, local_metadata) -> None:
+    for k in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[k]
 
 
-def save(si: SpectralInput, folder) -> None:
-    si.projector.save(folder)
-
-
-def strip_state_dict(state_dict: dict) -> dict:
-    """A model state dict without the projector's tensors (they live in their own file)."""
-    pre = ATTR + "."
-    return {k: v for k, v in state_dict.items() if not (k.startswith(pre) or f".{pre}" in k)}
+def _forgive_own_tensors(module, incompatible_keys) -> None:
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if not _own_key(k)]
 
 
 def cube_processor(processor):

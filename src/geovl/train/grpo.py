@@ -151,13 +151,12 @@ def resolve_run_rewards(recipe: GRPORecipe):
 
 def load_policy(recipe: GRPORecipe):
     """(model, processor, family, preprocess config, modules_to_save, adapter folder or None, the attached
-    :class:`~geovl.spectral.vision_input.SpectralInput` or None)."""
+    :class:`~geovl.models.vision_input.VisionInput`: RGB, or e.g. a spectral projector)."""
     from peft import PeftModel
 
     from ..models.preprocess import PreprocessConfig
     from ..serve.adapter import has_processor, is_adapter_folder, resolve_folders
-    from ..spectral.vision_input import load_into
-    from .model_setup import load_model_and_processor, setup_trainable
+    from .model_setup import ModelSetupError, load_model_and_processor, setup_trainable, training_vision_input
 
     src = Path(recipe.model)
     kw = dict(precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization)
@@ -181,15 +180,13 @@ def load_policy(recipe: GRPORecipe):
         saved = PreprocessConfig.load(src) if src.is_dir() else None
         model, modules_to_save = setup_trainable(model, family, recipe)
         base_dir, adapter_dir = src, None
-    # a model trained with a spectral projector (`geovl train sft` with spectral=true) reads cubes: the projector
-    # goes in front of the vision tower again and trains on with its own lr
-    si = load_into(model, family, processor, adapter_dir, base_dir)
-    if si is not None:
-        si.projector.conv.requires_grad_(True)
-        _log(f"spectral projector: {si.n_bands} bands → RGB, from {adapter_dir or base_dir}; lr {recipe.lr_spectral:g}")
-    elif saved is not None and saved.spectral:
-        raise RecipeError(f"{adapter_dir or base_dir}: the preprocessing config says the model reads {saved.spectral.get('n_bands')}-band "
-                          "cubes but spectral_projector.json/.safetensors are missing")
+    # the folder's vision input: e.g. a model trained with a spectral projector (`geovl train sft` with spectral=true)
+    # reads cubes: the projector goes in front of the vision tower again and trains on with its own lr
+    try:
+        si = training_vision_input(model, family, processor, recipe, adapter_dir, base_dir, log=_log)
+    except ModelSetupError as e:
+        raise RecipeError(str(e)) from None
+    si.set_trainable()
     pre = saved or PreprocessConfig()
     pre.family = family.key
     if saved is None or not (saved.rgb_bands or saved.band_order):
@@ -249,7 +246,6 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     import torch
     from transformers import set_seed
 
-    from ..spectral.vision_input import cube_processor
     from .grpo_data import GRPOPrompts
     from .grpo_trainer import GeoVLGRPOTrainer, GRPOProgressCallback
     from .model_setup import format_trainable, param_groups, resolve_dtype, trainable_table
@@ -271,7 +267,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
     _log(f"rewards: {', '.join(f'{n}×{w:g}' for n, w in zip(names, weights))}")
 
-    spectral = dict(spectral=si is not None, spectral_root=recipe.spectral_root)
+    spectral = type(si).dataset_kwargs(recipe)  # how the prompts read images
     prompts = GRPOPrompts(recipe.train_data, processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
                           pre.max_pixels, progress=_is_main() and recipe.progress_bar, **spectral)
     if _is_main():
@@ -290,10 +286,9 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         if len(eval_prompts) == 0:
             raise RecipeError(f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data")
 
-    if si is not None:
-        for p in (prompts, eval_prompts):
-            if p is not None:
-                p.projector = si.projector
+    for p in (prompts, eval_prompts):
+        if p is not None:
+            si.bind(p)
     if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
@@ -306,8 +301,8 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         args=args,
         train_dataset=prompts.to_dataset(),
         eval_dataset=eval_prompts.to_dataset() if eval_prompts is not None else None,
-        # TRL calls the processor itself: a spectral policy gets a copy that takes cubes by default
-        processing_class=cube_processor(processor) if si is not None else processor,
+        # TRL calls the processor itself: e.g. a spectral policy gets a copy that takes cubes by default
+        processing_class=si.training_processor(processor),
         param_groups_fn=lambda m: param_groups(m, family, recipe),
         family=family,
     )

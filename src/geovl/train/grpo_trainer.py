@@ -1,8 +1,8 @@
 """A thin subclass of ``trl.GRPOTrainer`` (no fork, no monkey patches) and its progress callback.
 
 What it adds to TRL's trainer:
-- as SFT (:class:`geovl.train.trainer.PartsAndProjectorMixin`): optimizer parameter groups per model
-  part, and a spectral projector saved beside the weights and restored on resume;
+- as SFT (:class:`geovl.train.trainer.PartsAndVisionInputMixin`): optimizer parameter groups per model
+  part, and the vision input (e.g. a spectral projector) saved beside the weights and restored on resume;
 - a stop on NaN/inf loss naming the step (:class:`geovl.train.trainer.NonFiniteLoss`);
 - ``real_tokens`` (prompt + completion tokens seen, from TRL's counter) for the progress file;
 - timers (``timings``, also in ``train_summary.json``): seconds spent generating
@@ -18,7 +18,7 @@ import time
 import torch
 from trl import GRPOTrainer
 
-from .trainer import NonFiniteLoss, PartsAndProjectorMixin, ProgressFileCallback
+from .trainer import NonFiniteLoss, PartsAndVisionInputMixin, ProgressFileCallback
 
 
 class GRPOProgressCallback(ProgressFileCallback):
@@ -32,19 +32,17 @@ class GRPOProgressCallback(ProgressFileCallback):
     )  # fmt: skip
 
 
-class GeoVLGRPOTrainer(PartsAndProjectorMixin, GRPOTrainer):
+class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
     def __init__(self, *args, param_groups_fn=None, family=None, **kwargs):
         self._param_groups_fn = param_groups_fn
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
         super().__init__(*args, **kwargs)
-        si = self._spectral_input()
-        if si is not None and self.ref_model is not None:
-            # TRL loads a full fine-tune's reference model from its folder without our projector: give it a frozen
-            # copy of the starting one, so the KL term compares the policy with the model it started as
-            from ..spectral.vision_input import frozen_copy
-
-            frozen_copy(si, self.accelerator.unwrap_model(self.ref_model), family, self.processing_class)
+        if self.ref_model is not None:
+            # TRL loads a full fine-tune's reference model from its folder without our vision input (e.g. a spectral
+            # projector): give it a frozen copy of the starting one, so the KL term compares the policy with the
+            # model it started as (RGB: nothing to copy)
+            self.vision_input().copy_to(self.accelerator.unwrap_model(self.ref_model), family, self.processing_class)
 
     @property
     def real_tokens(self) -> int:

@@ -159,25 +159,61 @@ def format_trainable(table) -> str:
 
 
 def param_groups(model, family: Family, recipe) -> list[dict]:
-    """Optimizer parameter groups: per part (own lr) × (decay / no decay)."""
+    """Optimizer parameter groups: per part (own lr) × (decay / no decay), then the vision input's own
+    (:meth:`geovl.models.vision_input.VisionInput.parameter_groups`, with the recipe's lr for it)."""
+    from ..models.vision_input import attached
+
     lrs = {
         "vision": recipe.lr_vision if recipe.lr_vision is not None else recipe.lr,
         "merger": recipe.lr_merger if recipe.lr_merger is not None else recipe.lr,
         "llm": recipe.lr_llm if recipe.lr_llm is not None else recipe.lr,
-        "spectral": recipe.lr_spectral if getattr(recipe, "lr_spectral", None) is not None else recipe.lr,
     }
+    vi = attached(model)
+    own = {id(p) for _, p in vi.named_trainable()}
     groups: dict[tuple[str, bool], list] = {}
     for n, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in own:
             continue
         part = part_of_param(family, n)
-        key = part if part in ("vision", "merger", "spectral") else "llm"
+        key = part if part in ("vision", "merger") else "llm"
         no_decay = p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias")
         groups.setdefault((key, no_decay), []).append(p)
     out = []
     for (key, no_decay), params in groups.items():
         out.append({"params": params, "lr": lrs[key], "weight_decay": 0.0 if no_decay else recipe.weight_decay, "name": f"{key}{'_no_decay' if no_decay else ''}"})
-    return out
+    own_lr = getattr(recipe, vi.lr_field, None) if vi.lr_field else None
+    return out + vi.parameter_groups(own_lr if own_lr is not None else recipe.lr, recipe.weight_decay)
+
+
+def training_vision_input(model, family: Family, processor, recipe, *folders, kind: str | None = None, dataset=None, log=None):
+    """The vision input a run trains with (attached to ``model``), chosen by the starting folders (adapter
+    first) — or asked for by ``kind`` (SFT's ``spectral: true`` asks for ``"spectral"``, else ``"rgb"``): a
+    folder that holds another kind than the one asked for is refused. See :func:`vision_input_class`."""
+    from ..models.vision_input import VisionInputError
+
+    cls, folder = vision_input_class(kind, *folders)
+    try:
+        return cls.for_training(model, family, processor, recipe, folder, dataset=dataset, log=log)
+    except VisionInputError as e:
+        raise ModelSetupError(str(e)) from None
+
+
+def vision_input_class(kind: str | None, *folders):
+    """(the vision input class a run trains with, the starting folder holding its files or None): ``kind``
+    when given (a starting folder holding RGB or no files gets a new one), else the folders' own (adapter
+    first); :class:`ModelSetupError` when a folder holds another kind than ``kind``, or an unknown one."""
+    from ..models.vision_input import RGB, VisionInputError, implementation, resolve
+
+    try:
+        found, folder = resolve(*folders)
+        if kind is None:
+            return found, folder
+        want = implementation(kind)
+    except VisionInputError as e:
+        raise ModelSetupError(str(e)) from None
+    if found.kind not in (RGB, want.kind):
+        raise ModelSetupError(f"{folder} has {found.description}: set {found.kind}=true to train it")
+    return want, folder if found is want else None
 
 
 def load_model_and_processor(path: str, precision: str = "auto", attn_implementation: str | None = None, quantization: str = "none"):

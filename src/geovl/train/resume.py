@@ -16,8 +16,8 @@ weights and only logged a warning. Here:
 - a damaged file (truncated safetensors, corrupt ``optimizer.pt``, garbled ``trainer_state.json``) is a
   one-line :class:`ResumeError` naming the file.
 
-The spectral projector is restored separately (strictly) by
-:class:`geovl.train.trainer.PartsAndProjectorMixin`.
+The model's vision input (e.g. a spectral projector) keeps its tensors out of the model's state dict and is
+restored separately (strictly) from its own files by :class:`geovl.train.trainer.ResumeChecks`.
 """
 
 from __future__ import annotations
@@ -48,13 +48,6 @@ def _first_line(e: BaseException) -> str:
 def has_full_weights(folder: str | Path) -> bool:
     folder = Path(folder)
     return not (folder / ADAPTER_FILE).is_file() and any((folder / f).is_file() for f in WEIGHT_FILES)
-
-
-def _projector_keys(keys) -> set[str]:
-    from ..spectral.vision_input import strip_state_dict
-
-    kept = set(strip_state_dict(dict.fromkeys(keys)))
-    return set(keys) - kept
 
 
 def restore_full_weights(model, folder: str | Path) -> int:
@@ -89,10 +82,9 @@ def restore_full_weights(model, folder: str | Path) -> int:
             + "; ".join(f"{k.replace('_', ' ')}: {_names(map(str, v))}" for k, v in bad.items())
             + "); resume only with the recipe and model that wrote it"
         )
-    own = model.state_dict()
+    own = model.state_dict()  # without a vision input's tensors (restored from its own files)
     src = saved.state_dict()
-    projector = _projector_keys(own)  # restored from its own files
-    missing = set(own) - set(src) - projector
+    missing = set(own) - set(src)
     unexpected = set(src) - set(own)
     reshaped = [k for k in set(own) & set(src) if tuple(own[k].shape) != tuple(src[k].shape)]
     if missing or unexpected or reshaped:
@@ -110,11 +102,10 @@ def restore_full_weights(model, folder: str | Path) -> int:
             + ")"
         )
     result = model.load_state_dict(src, strict=False)
-    left = set(result.missing_keys) - projector
-    if left or result.unexpected_keys:  # pragma: no cover - ruled out by the key check above
-        raise ResumeError(f"{weights}: tensors not restored: {_names(left | set(result.unexpected_keys))}")
+    if result.missing_keys or result.unexpected_keys:  # pragma: no cover - ruled out by the key check above
+        raise ResumeError(f"{weights}: tensors not restored: {_names(set(result.missing_keys) | set(result.unexpected_keys))}")
     del saved, src
-    return len(own) - len(projector)
+    return len(own)
 
 
 def check_adapter_restored(model, folder: str | Path) -> int:
@@ -152,10 +143,12 @@ def read_safetensors(path: str | Path) -> dict:
 
 
 def check_state_files(folder: str | Path, names: tuple[str, ...] = STATE_FILES) -> None:
-    """The trainer state of a checkpoint reads: ``trainer_state.json`` is JSON, the torch files load.
+    """The trainer state of a checkpoint reads: ``trainer_state.json`` is JSON, the torch files open (memory-mapped:
+    their structure is read, not their tensor data, so a large ``optimizer.pt`` costs little).
 
-    Called when loading them failed, to name the damaged file (the Trainer's own error does not)."""
+    Checked before resuming, to name a damaged file (the Trainer's own error does not)."""
     import torch
+    from transformers.trainer_pt_utils import safe_globals
 
     folder = Path(folder)
     for name in names:
@@ -166,7 +159,25 @@ def check_state_files(folder: str | Path, names: tuple[str, ...] = STATE_FILES) 
             if f.suffix == ".json":
                 json.loads(f.read_text(encoding="utf-8"))
             else:
-                torch.load(f, map_location="cpu", weights_only=True)
+                with safe_globals():  # the RNG state holds numpy arrays, as the Trainer allows when it loads it
+                    torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
             raise ResumeError(f"{f}: damaged checkpoint file ({_first_line(e)}); resume from an earlier checkpoint-N "
                               "(delete this one) or start over") from e
+
+
+def check_checkpoint(folder: str | Path, model, world_size: int = 1, rank: int = 0) -> None:
+    """Before resuming from ``folder``: its state files read (:func:`check_state_files`, with this process's
+    RNG file) and it holds what ``model`` trains — a LoRA adapter for a peft model, full weights otherwise;
+    :class:`ResumeError` naming the folder or file otherwise."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    rng = (f"rng_state_{rank}.pth",) if world_size > 1 else ()
+    check_state_files(folder, STATE_FILES + rng)
+    if isinstance(model, PeftModel):
+        if not (folder / ADAPTER_FILE).is_file():
+            held = "full weights" if has_full_weights(folder) else f"no {ADAPTER_FILE}"
+            raise ResumeError(f"{folder}: holds {held}, but the recipe trains a LoRA adapter")
+    elif (folder / ADAPTER_FILE).is_file():
+        raise ResumeError(f"{folder / ADAPTER_FILE}: a LoRA adapter checkpoint, but the recipe trains full weights")

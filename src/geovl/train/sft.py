@@ -170,8 +170,8 @@ def train_sft(recipe: SFTRecipe) -> Path:
 
     from ..models.preprocess import PreprocessConfig
     from .data import SFTCollator, SFTDataset
-    from .model_setup import format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table
-    from ..spectral.vision_input import preprocess_entry
+    from .model_setup import (format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table,
+                              training_vision_input, vision_input_class)
     from .trainer import GeoVLTrainer, ProgressFileCallback, RankStateCallback, SaveExtrasCallback, shutdown_dataloader_workers
 
     preflight(recipe)
@@ -208,7 +208,8 @@ def train_sft(recipe: SFTRecipe) -> Path:
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
 
-    spectral = dict(spectral=recipe.spectral, spectral_root=recipe.spectral_root)
+    vision = "spectral" if recipe.spectral else "rgb"  # the vision input kind asked for
+    spectral = vision_input_class(vision, Path(recipe.model))[0].dataset_kwargs(recipe)  # how the datasets read images
     train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
                           pre.max_pixels, progress=_is_main(), **spectral)
     if _is_main():
@@ -229,17 +230,15 @@ def train_sft(recipe: SFTRecipe) -> Path:
         if len(eval_ds) == 0:
             raise RecipeError(f"eval_data {recipe.eval_data}: no usable samples ({e}); fix the file or remove eval_data")
 
-    si = attach_spectral(model, family, processor, recipe, train_ds)
-    if si is not None:
-        pre.spectral = preprocess_entry(si.projector)
-        for ds in (train_ds, eval_ds):
-            if ds is not None:
-                ds.projector = si.projector
+    vi = training_vision_input(model, family, processor, recipe, Path(recipe.model), kind=vision, dataset=train_ds, log=_log)
+    vi.record(pre)
+    for ds in (train_ds, eval_ds):
+        if ds is not None:
+            vi.bind(ds)
     if recipe.gradient_checkpointing:
         model.config.use_cache = False
     model, modules_to_save = setup_trainable(model, family, recipe)
-    if si is not None:
-        si.projector.conv.requires_grad_(True)  # trained with its own lr (lr_spectral); the band statistics stay fixed
+    vi.set_trainable()  # e.g. a spectral projector, with its own lr (lr_spectral)
     if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
@@ -291,30 +290,6 @@ def train_sft(recipe: SFTRecipe) -> Path:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(f"done: {trainer.state.global_step} steps, final weights in {final}")
     return final
-
-
-def attach_spectral(model, family, processor, recipe, train_ds):
-    """With ``spectral=true``: the projector of the starting model folder (a spectral run's output), or a new one
-    initialised to the ``spectral_rgb`` false-colour bands with band statistics of the training cubes."""
-    from ..spectral.projector import SpectralProjector
-    from ..spectral.vision_input import attach, cube_stats, has_projector
-
-    folder = Path(recipe.model)
-    if not recipe.spectral:
-        if has_projector(folder):
-            raise RecipeError(f"{folder} has a spectral projector (it reads hyperspectral cubes): set spectral=true to train it")
-        return None
-    if has_projector(folder):
-        projector = SpectralProjector.load(folder)
-        how = f"continued from {folder}"
-    else:
-        mean, std, wl, good = cube_stats(train_ds.cube_files())
-        projector = SpectralProjector(wl, recipe.spectral_rgb, good, mean, std)
-        how = f"new, initialised on bands near {', '.join(f'{w:g}' for w in recipe.spectral_rgb)} nm"
-    si = attach(model, family, projector, processor)
-    wl = projector.wavelengths
-    _log(f"spectral projector: {projector.n_bands} bands ({wl[0]:g}–{wl[-1]:g} nm) → RGB, {how}; lr {recipe.lr_spectral:g}")
-    return si
 
 
 def _tensorboard_into(trainer, folder: Path) -> None:

@@ -7,7 +7,7 @@ What it adds:
 - a stop on NaN/inf loss that names the step and the sample ids of the batch;
 - a JSONL progress file (step, loss, lr, real tokens/s, % done, ETA) that a UI can tail;
 - the processor and the preprocessing config saved into every checkpoint;
-- a spectral projector (if attached) saved beside the weights in every checkpoint and restored on resume;
+- the model's vision input (e.g. a spectral projector) saved beside the weights in every checkpoint and restored on resume;
 - resume restores every saved tensor (full weights in the checkpoint key layout, LoRA adapters) or refuses
   naming the file and tensors (:mod:`geovl.train.resume`);
 - optionally (``GEOVL_RANK_STATE=1``) a per-rank fingerprint of the trained weights, to check that
@@ -104,15 +104,25 @@ def padding_fraction(lengths, batches) -> float:
     return 1 - real / max(padded, 1)
 
 
-class PartsAndProjectorMixin:
+class PartsAndVisionInputMixin:
     """What geovl's SFT trainer and its GRPO trainer (a ``trl.GRPOTrainer``) add alike to a transformers ``Trainer``:
 
     - optimizer parameter groups per model part (``param_groups_fn``: own learning rates for vision /
-      merger / LLM / spectral projector);
-    - a spectral projector (if attached) saved in its own files beside the weights of every checkpoint
-      and ``final/`` (never inside them), and restored on resume."""
+      merger / LLM / the vision input's own parameters, e.g. a spectral projector);
+    - the model's vision input (:mod:`geovl.models.vision_input`) saved in its own files beside the weights of
+      every checkpoint and ``final/`` (never inside them: its tensors are not in the model's state dict) through
+      the public :meth:`save_model`, and restored strictly on resume by :class:`ResumeChecks` (a callback);
+    - a resume that restores every saved tensor or refuses naming the file (:mod:`geovl.train.resume`): the
+      checkpoint's files are checked before training starts (public :meth:`train`), the adapter and the vision
+      input after the Trainer loaded the checkpoint (``on_train_begin``). Full weights are the one part that
+      still needs a private override (:meth:`_load_from_checkpoint`, see there)."""
 
     _param_groups_fn = None
+    _resuming_from = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(ResumeChecks(self))
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self._param_groups_fn is not None:
@@ -134,73 +144,87 @@ class PartsAndProjectorMixin:
             return self.optimizer
         return super().create_optimizer(model)
 
-    def _spectral_input(self):
-        from ..spectral.vision_input import find
+    def vision_input(self):
+        """The model's :class:`~geovl.models.vision_input.VisionInput` (RGB when nothing is attached)."""
+        from ..models.vision_input import attached
 
-        return find(self.accelerator.unwrap_model(self.model))
+        return attached(self.accelerator.unwrap_model(self.model))
 
-    def _save(self, output_dir=None, state_dict=None):
-        si = self._spectral_input()
-        if si is None:
-            return super()._save(output_dir, state_dict)
-        from ..spectral.vision_input import save, strip_state_dict
-
-        if state_dict is None:
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        super()._save(output_dir, strip_state_dict(state_dict))
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The weights (``Trainer.save_model``; also what every checkpoint calls), then the vision input's files beside them."""
+        super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
-            save(si, output_dir if output_dir is not None else self.args.output_dir)
+            self.vision_input().save(output_dir if output_dir is not None else self.args.output_dir)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; a checkpoint to resume from is checked first: its state files read (else a
+        :class:`~geovl.train.resume.ResumeError` naming the damaged one — the Trainer's own error does not) and it
+        holds what the recipe trains (a LoRA adapter or full weights)."""
+        if resume_from_checkpoint is True:  # the Trainer's "the last one": name it here, so it is checked too
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # none: the Trainer's own error
+        if resume_from_checkpoint and not isinstance(resume_from_checkpoint, bool):
+            from .resume import check_checkpoint
+
+            check_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model), world_size=self.args.world_size,
+                             rank=self.args.process_index)
+        self._resuming_from = resume_from_checkpoint
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._resuming_from = None
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """Every saved tensor restored, or a :class:`~geovl.train.resume.ResumeError` naming the file and tensors
-        (the Trainer's own load of full weights ignores the checkpoint key layout; see :mod:`geovl.train.resume`)."""
+        """Full weights are restored strictly by :func:`~geovl.train.resume.restore_full_weights`; anything else by the Trainer.
+
+        The one private override left, on purpose: ``Trainer.train(resume_from_checkpoint=...)`` is the only way to
+        get the optimizer, scheduler, RNG and trainer state back, and it always calls this method first. Its own
+        load of full weights reads ``model.safetensors`` with ``load_state_dict(strict=False)`` in the file's key
+        layout — which for Qwen2-VL / Qwen2.5-VL is the release layout (``model.layers.*``), not the module tree
+        (``model.language_model.*``) — so it restores none of those weights and only logs "missing keys". No
+        public hook runs between that load and the state restore, and restoring afterwards (``on_train_begin``)
+        would still let the lenient load and its warnings happen first; replacing this method is what keeps the
+        bit-exact resume (tests/test_resume.py) without a second load path."""
         from peft import PeftModel
 
-        from .resume import ADAPTER_FILE, ResumeError, check_adapter_restored, check_state_files, has_full_weights, restore_full_weights
+        from .resume import has_full_weights, restore_full_weights
 
-        check_state_files(resume_from_checkpoint, names=("trainer_state.json",))  # read by Trainer.train right after
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if self.is_fsdp_enabled:  # pragma: no cover - FSDP checkpoints have their own loader (not used by geovl)
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        elif isinstance(target, PeftModel):
-            if not (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
-                held = "full weights" if has_full_weights(resume_from_checkpoint) else f"no {ADAPTER_FILE}"
-                raise ResumeError(f"{resume_from_checkpoint}: holds {held}, but the recipe trains a LoRA adapter")
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            check_adapter_restored(target, resume_from_checkpoint)
-        elif (Path(resume_from_checkpoint) / ADAPTER_FILE).is_file():
-            raise ResumeError(f"{Path(resume_from_checkpoint) / ADAPTER_FILE}: a LoRA adapter checkpoint, but the recipe trains full weights")
-        else:
+        if not self.is_fsdp_enabled and not isinstance(target, PeftModel) and has_full_weights(resume_from_checkpoint):
             restore_full_weights(target, resume_from_checkpoint)
-        si = self._spectral_input()
-        if si is not None:
-            from ..spectral.projector import SpectralProjector
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
-            saved = SpectralProjector.load(resume_from_checkpoint)  # strict: a checkpoint without it is an error
-            si.projector.load_state_dict(saved.state_dict(), strict=True)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
+class ResumeChecks(TrainerCallback):
+    """On a resumed run, after the Trainer loaded the checkpoint and before the first step (``on_train_begin``):
+    a LoRA adapter holds exactly the file's tensors with the file's values, and the vision input (e.g. a spectral
+    projector) is restored strictly from its own files — a checkpoint without them is an error."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kw):
+        ckpt = self.trainer._resuming_from
+        if not ckpt or isinstance(ckpt, bool):
+            return
+        from peft import PeftModel
+
+        from ..models.vision_input import VisionInputError
+        from .resume import ResumeError, check_adapter_restored
+
+        target = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if isinstance(target, PeftModel) and not self.trainer.is_deepspeed_enabled:
+            check_adapter_restored(target, ckpt)
         try:
-            super()._load_optimizer_and_scheduler(checkpoint)
-        except Exception:
-            if checkpoint:
-                from .resume import check_state_files
-
-                check_state_files(checkpoint)  # a ResumeError naming the damaged file
-            raise
-
-    def _load_rng_state(self, checkpoint):
-        try:
-            super()._load_rng_state(checkpoint)
-        except Exception:
-            if checkpoint:
-                from .resume import check_state_files
-
-                check_state_files(checkpoint)
-            raise
+            # in place, into the parameters the optimizer holds (untested under DeepSpeed ZeRO-3, where they are partitioned)
+            self.trainer.vision_input().restore(ckpt)
+        except VisionInputError as e:
+            raise ResumeError(str(e)) from None
 
 
-class GeoVLTrainer(PartsAndProjectorMixin, Trainer):
+class GeoVLTrainer(PartsAndVisionInputMixin, Trainer):
     def __init__(self, *args, param_groups_fn=None, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._param_groups_fn = param_groups_fn
