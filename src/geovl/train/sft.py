@@ -83,7 +83,7 @@ def preflight(recipe) -> None:
 
     get = lambda k, d=None: getattr(recipe, k, d)  # noqa: E731
     cuda = torch.cuda.is_available()
-    check_quantization(get("quantization", "none"))
+    check_quantization(get("quantization", "none"), get("tune_llm"))
     if get("use_liger", False):
         if not cuda:
             raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
