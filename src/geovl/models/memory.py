@@ -4,15 +4,16 @@ what trains, quantization). The formula and its check against a measured run are
 
 Per token (LLM) or per patch (vision tower), the tensors a Qwen-VL layer keeps for backward, in elements:
 
-- LLM decoder layer: ``10·H + 3·Hkv + 4·I`` (two RMSNorms 3·H each, q/k/v projections and their rotated q/k,
-  the attention output and o_proj's input, and the SwiGLU gate/up/act/product ``4·I``); ``H`` hidden size,
-  ``Hkv`` = key/value heads × head dim, ``I`` intermediate size. With gradient checkpointing only each layer's
-  input ``H`` stays, plus one layer's full set while it is recomputed.
+- LLM decoder layer: two RMSNorms (float32 input + output: ``2·H·(4+b)`` bytes), attention ``3·H + 2·Hkv``
+  (rotated q and k, v, the attention output) and the SwiGLU MLP ``4·I`` (gate, up, act, product), in the
+  activation dtype of ``b`` bytes; ``H`` hidden size, ``Hkv`` = key/value heads × head dim, ``I`` intermediate
+  size. LoRA with dropout adds each target's dropped-out input: ``(6·H + I)·(b+1)``. With gradient
+  checkpointing only each layer's input ``H`` stays, plus one layer's full set while it is recomputed.
 - vision block: ``12·Hv + m·Iv`` with ``m`` 4 for a SwiGLU MLP (Qwen2.5-VL) and 2 for fc1/act/fc2
   (Qwen2-VL, Qwen3-VL); the merger ``4·Hv`` per patch. A frozen vision tower keeps nothing (no graph) but
   needs one block's worth while it runs.
-- logits: ``V`` in the activation dtype, plus their float32 copy and log-softmax for the loss (``8·V`` bytes),
-  and ``4·V`` bytes of their gradient at the start of backward.
+- logits: the loss keeps a float32 log-softmax (``4·V`` bytes per token); while it runs the logits, their float32
+  copy and the shifted copy are alive too (``(b+8)·V``, transient).
 
 All of it scales with the padded batch: ``batch_size × longest sequence`` tokens and the batch's patches.
 """
@@ -66,6 +67,7 @@ class ModelDims:
     v_intermediate: int
     v_mlp_tensors: int  # 4: SwiGLU (gate, up, act, product); 2: fc1 output and its activation
     merge: int  # spatial merge size: patches per visual token = merge²
+    qk_norm: bool = False  # Qwen3: RMSNorm on each head's q and k
     params: dict = field(default_factory=dict)  # part → parameter count (vision, merger, llm, embed, lm_head, other)
     llm_linear: int = 0  # parameters in the LLM's linear layers (what 4bit/8bit quantize)
     lora_per_rank: dict = field(default_factory=dict)  # part → LoRA parameters per unit of rank (Σ in+out)
@@ -114,7 +116,7 @@ def model_dims(model: str | Path) -> ModelDims:
                 if rx.fullmatch(n):
                     lora[part] += mod.in_features + mod.out_features
     return ModelDims(fam.key, t.hidden_size, t.num_hidden_layers, kv, t.intermediate_size, t.vocab_size, v_hidden, v.depth,
-                     v_inter, v_mlp, v.spatial_merge_size, params, llm_linear, lora)
+                     v_inter, v_mlp, v.spatial_merge_size, fam.key == "qwen3_vl", params, llm_linear, lora)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Plan:
     tune_merger: str = "full"
     tune_embeddings: bool = False
     lora_r: int = 16
+    lora_dropout: float = 0.05
     quantization: str = "none"
 
 
@@ -140,7 +143,7 @@ def plan_from(recipe, device: str = "cuda") -> Plan:
     dtype = ("bf16" if device == "cuda" else "fp32") if prec == "auto" else prec
     return Plan(int(g("batch_size", 1)), dtype, bool(g("gradient_checkpointing", False)), g("tune_llm", "lora"),
                 g("tune_vision", "freeze"), g("tune_merger", "full"), bool(g("tune_embeddings", False)), int(g("lora_r", 16)),
-                g("quantization", "none"))
+                float(g("lora_dropout", 0.05)), g("quantization", "none"))
 
 
 def static_bytes(d: ModelDims, plan: Plan) -> dict:
@@ -169,28 +172,36 @@ def static_bytes(d: ModelDims, plan: Plan) -> dict:
 
 def activation_bytes(d: ModelDims, plan: Plan, seq_len: int, patches: int) -> dict:
     """Activations for one batch of ``plan.batch_size`` sequences padded to ``seq_len`` holding ``patches`` vision
-    patches in all (before the 2×2 merge)."""
+    patches in all (before the 2×2 merge): what is kept for backward (``llm``, ``logits``, ``vision``) and the
+    largest short-lived peak on top of it (``transient``)."""
     b = DTYPE_BYTES[plan.dtype]
     tokens = plan.batch_size * seq_len
-    per_layer = 10 * d.hidden + 3 * d.kv_dim + 4 * d.intermediate
-    llm_grad = plan.tune_llm != "freeze" or plan.tune_embeddings or plan.tune_merger == "full" or plan.tune_vision != "freeze"
-    if not llm_grad:  # pragma: no cover - setup refuses a run where nothing trains
-        llm = 0
-    elif plan.gradient_checkpointing:
-        llm = tokens * (d.layers * d.hidden + per_layer) * b
+    # RMSNorm keeps its float32 input and its output in the activation dtype: 2 norms per layer
+    layer = 2 * d.hidden * (4 + b) + (3 * d.hidden + 2 * d.kv_dim + 4 * d.intermediate) * b
+    if d.qk_norm:
+        layer += (d.hidden + d.kv_dim) * (4 + b)
+    if plan.tune_llm == "lora" and plan.lora_dropout > 0:
+        # each of the 7 LoRA targets keeps its own dropped-out input (+ a 1-byte mask) and lora_A's output
+        layer += (6 * d.hidden + d.intermediate) * (b + 1) + 7 * plan.lora_r * b
+    if plan.gradient_checkpointing:  # each layer's input, and one layer's full set while it is recomputed
+        llm = tokens * (d.layers * d.hidden * b + layer)
     else:
-        llm = tokens * (d.layers * per_layer + d.hidden) * b
-    logits = tokens * d.vocab * (b + 8)
-    logits_grad = tokens * d.vocab * 4
-    v_block = 12 * d.v_hidden + d.v_mlp_tensors * d.v_intermediate
+        llm = tokens * (d.layers * layer + d.hidden * b)
+    logits_saved = tokens * d.vocab * 4  # the float32 log-softmax the loss keeps
+    logits_transient = tokens * d.vocab * (b + 8)  # logits, their float32 copy and the shifted copy, while the loss runs
+    v_block = (12 * d.v_hidden + d.v_mlp_tensors * d.v_intermediate) * b
+    if plan.tune_vision == "lora" and plan.lora_dropout > 0:
+        v_in = 2 * d.v_hidden + (2 * d.v_hidden + d.v_intermediate if d.v_mlp_tensors == 4 else d.v_hidden + d.v_intermediate)
+        v_block += v_in * (b + 1)
     if plan.tune_vision != "freeze":
-        vision = patches * (d.v_layers if not plan.gradient_checkpointing else 1) * v_block * b
-        vision += patches * (d.v_layers * d.v_hidden * b if plan.gradient_checkpointing else 0)
+        vision = patches * (d.v_layers * d.v_hidden * b + v_block if plan.gradient_checkpointing else d.v_layers * v_block)
     else:
         vision = 0
-    merger = patches * 4 * d.v_hidden * b if plan.tune_merger == "full" or plan.tune_vision != "freeze" else 0
-    vision_transient = patches * v_block * b if plan.tune_vision == "freeze" else 0
-    return {"llm": int(llm), "logits": int(logits), "vision": int(vision + merger), "transient": int(max(logits_grad, vision_transient))}
+    if plan.tune_merger == "full" or plan.tune_vision != "freeze":
+        vision += patches * 4 * d.v_hidden * b
+    vision_transient = patches * v_block if plan.tune_vision == "freeze" else 0  # a frozen tower: one block at a time
+    return {"llm": int(llm), "logits": int(logits_saved), "vision": int(vision),
+            "transient": int(max(logits_transient, vision_transient))}
 
 
 def estimate(d: ModelDims, plan: Plan, seq_len: int, patches: int) -> dict:
