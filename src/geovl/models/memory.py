@@ -87,8 +87,8 @@ def model_dims(model: str | Path) -> ModelDims:
     try:
         cfg = AutoConfig.from_pretrained(str(folder))
         fam = get_family(cfg)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise MemoryEstimateError(f"{folder / 'config.json'}: cannot read the model config ({e})") from e
+    except Exception as e:  # noqa: BLE001 - OSError, JSON errors, transformers' config validation errors
+        raise MemoryEstimateError(f"{folder / 'config.json'}: cannot read the model config ({str(e).strip().splitlines()[-1][:300]})") from e
     t, v = cfg.text_config, cfg.vision_config
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     kv = (getattr(t, "num_key_value_heads", None) or t.num_attention_heads) * head_dim
@@ -96,7 +96,9 @@ def model_dims(model: str | Path) -> ModelDims:
         v_hidden, v_inter, v_mlp = v.embed_dim, int(v.embed_dim * v.mlp_ratio), 2
     else:
         v_hidden, v_inter, v_mlp = v.hidden_size, v.intermediate_size, 4 if fam.key == "qwen2_5_vl" else 2
-    with torch.device("meta"):
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():  # shapes only: no weights, no initialisation
         m = AutoModelForImageTextToText.from_config(cfg)
     params: dict[str, int] = {}
     seen = set()
@@ -123,7 +125,7 @@ def model_dims(model: str | Path) -> ModelDims:
 class Plan:
     """What a training run does that decides its memory (read from an SFT or GRPO recipe by :func:`plan_from`)."""
 
-    batch_size: int = 1
+    batch_size: int = 4  # the SFT recipe's defaults
     dtype: str = "bf16"  # fp32 | bf16 | fp16: weights and activations
     gradient_checkpointing: bool = False
     tune_llm: str = "lora"
@@ -293,3 +295,35 @@ def refuse_if_over(r: dict, where: str) -> None:
             "Lower batch_size (raise grad_accum), set gradient_checkpointing=true, lower max_pixels or set max_visual_tokens / "
             "max_length; `geovl data inspect DATA --model M --recipe R --gpu-memory SIZE` lists the samples."
         )
+
+
+def image_patches(family, images: list[bytes], min_pixels: int | None, max_pixels: int | None) -> int:
+    """Vision patches (before the merge) of a sample's stored images, from their headers; an unreadable image
+    counts 0 (training drops such a sample with its reason)."""
+    import io
+
+    from PIL import Image
+
+    n = 0
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # the header only
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - any undecodable header
+            continue
+        n += family.image_tokens(h, w, min_pixels, max_pixels) * family.merge_size**2
+    return n
+
+
+def guard_training(recipe, family, dataset, min_pixels: int | None, max_pixels: int | None) -> dict | None:
+    """With ``gpu_memory`` in the recipe: refuse (:class:`WouldNotFit`) when the longest batch of ``dataset`` (an
+    SFT dataset: ``ids``, ``lengths``, ``sample(i)``) would not fit; returns the check report (None without it)."""
+    size = getattr(recipe, "gpu_memory", None)
+    if not size:
+        return None
+    gpu = parse_size(size)
+    rows = [(dataset.ids[i], dataset.lengths[i], image_patches(family, dataset.sample(i).get("images") or [], min_pixels, max_pixels))
+            for i in range(len(dataset))]
+    report = check_batches(model_dims(recipe.model), plan_from(recipe), rows, gpu)
+    refuse_if_over(report, f"gpu_memory={size}")
+    return report

@@ -69,6 +69,7 @@ class SFTRecipe:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (see recipes/deepspeed/)
+    gpu_memory: str | None = None  # e.g. 24GiB: refuse to start if the longest batch would not fit (docs/memory-guard.md)
     # -- logging and checkpoints --------------------------------------------------------------
     logging_steps: int = 10
     save_steps: int = 500
