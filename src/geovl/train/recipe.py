@@ -43,7 +43,7 @@ class SFTRecipe:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     use_dora: bool = False
-    quantization: str = "none"  # none | 4bit | 8bit (QLoRA; needs CUDA + bitsandbytes)
+    quantization: str = "none"  # none | 4bit | 8bit (QLoRA through bitsandbytes, CPU or CUDA; docs/qlora.md)
     # -- hyperspectral input (geovl.spectral.vision_input) ---------------------------------------
     spectral: bool = False  # images are the cubes in meta.cube, through a trained N-band → RGB projector
     spectral_rgb: list[float] = field(default_factory=lambda: [1650.0, 2200.0, 2330.0])  # projector init bands (nm)
