@@ -268,6 +268,9 @@ def run(args) -> int:
         recipe = load_recipe(args.recipe, over, SFTRecipe)
         plan, gpu = plan_from(recipe), gpu or recipe.gpu_memory
         args.model = args.model or recipe.model
+        # the pixel bounds training will use (options given here still win)
+        args.min_pixels = args.min_pixels if args.min_pixels is not None else recipe.min_pixels
+        args.max_pixels = args.max_pixels if args.max_pixels is not None else recipe.max_pixels
     report = inspect_dataset(
         args.file,
         family=args.family,

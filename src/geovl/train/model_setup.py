@@ -263,7 +263,10 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
         kw["attn_implementation"] = attn_implementation
     q = _quantization_config(quantization, precision, family)
     if q is not None:
-        kw.update(quantization_config=q, device_map="cuda" if torch.cuda.is_available() else "cpu")
+        # bitsandbytes quantizes while loading onto the device: this process's GPU (LOCAL_RANK under torchrun), else the CPU
+        import os
+
+        kw.update(quantization_config=q, device_map=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     try:
         processor = load_processor(folder)
     except (OSError, ValueError) as e:
