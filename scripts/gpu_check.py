@@ -31,8 +31,11 @@ CHECKS = {
     "batched_eval": (("trl",), 240),
     "api_smoke": (("trl", "fastapi", "uvicorn"), 240),
 }
-CUDA_ONLY = {"liger": "Liger kernels are Triton GPU kernels", "zero2": "DeepSpeed on one GPU is what is checked",
-             "zero3": "DeepSpeed on one GPU is what is checked"}
+CUDA_ONLY = {
+    "liger": "Liger kernels are Triton GPU kernels",
+    "zero2": "DeepSpeed on one GPU is what is checked",
+    "zero3": "DeepSpeed on one GPU is what is checked",
+}
 
 
 class Skip(Exception):
@@ -76,8 +79,16 @@ def _data(work: Path) -> Path:
                 Image.fromarray(rng.integers(0, 255, (56 + 28 * (i % 3), 84, 3), dtype=np.uint8)).save(b, "PNG")
                 q, a = ("How many buildings are in the image?", str(i % 4)) if i % 2 else ("图中有水吗？", "有")
                 w.read_one()
-                w.write(make_sample(f"s{i}", q, a, [] if i % 4 == 0 else [b.getvalue()], qtype="count" if i % 2 else "yes_no",
-                                    source=f"gpu_check#{i}"))
+                w.write(
+                    make_sample(
+                        f"s{i}",
+                        q,
+                        a,
+                        [] if i % 4 == 0 else [b.getvalue()],
+                        qtype="count" if i % 2 else "yes_no",
+                        source=f"gpu_check#{i}",
+                    )
+                )
     return p
 
 
@@ -92,9 +103,23 @@ def _sft(work: Path, device: str, family: str, name: str, *extra: str) -> Path:
     if (out / "final").is_dir():
         return out
     prec = "bf16" if device == "cuda" else "fp32"
-    _cli("train", "sft", _recipe(work), f"model={_tiny(work, family)}", f"train_data={_data(work)}", f"output_dir={out}",
-         "max_steps=3", "batch_size=2", "lr=1e-2", "warmup_ratio=0", f"precision={prec}", "report_to=[]", "progress_bar=false",
-         "logging_steps=1", *extra)
+    _cli(
+        "train",
+        "sft",
+        _recipe(work),
+        f"model={_tiny(work, family)}",
+        f"train_data={_data(work)}",
+        f"output_dir={out}",
+        "max_steps=3",
+        "batch_size=2",
+        "lr=1e-2",
+        "warmup_ratio=0",
+        f"precision={prec}",
+        "report_to=[]",
+        "progress_bar=false",
+        "logging_steps=1",
+        *extra,
+    )
     s = json.loads((out / "train_summary.json").read_text())
     if s["steps"] != 3 or not s["train_loss"] == s["train_loss"]:
         raise RuntimeError(f"{out}: {s['steps']} steps, loss {s['train_loss']}")
@@ -120,7 +145,7 @@ def _ds_env() -> None:
 def check(name: str, work: Path, device: str) -> dict:
     detail: dict = {}
     if name.startswith("sft_lora_"):
-        fam = name[len("sft_lora_"):]
+        fam = name[len("sft_lora_") :]
         out = _sft(work, device, fam, name)
         detail["loss"] = json.loads((out / "train_summary.json").read_text())["train_loss"]
     elif name == "sft_vision_lora":
@@ -138,9 +163,23 @@ def check(name: str, work: Path, device: str) -> dict:
         rec = work / "grpo.yaml"
         rec.write_text("reward_funcs: [rs_reward]\nreport_to: []\n")
         prec = "bf16" if device == "cuda" else "fp32"
-        _cli("train", "grpo", rec, f"model={_tiny(work, 'qwen2.5-vl')}", f"train_data={_data(work)}", f"output_dir={out}",
-             "num_generations=2", "max_completion_length=4", "max_steps=2", "batch_size=2", "lr=1e-3", f"precision={prec}",
-             "progress_bar=false", "logging_steps=1", "max_prompt_length=96")
+        _cli(
+            "train",
+            "grpo",
+            rec,
+            f"model={_tiny(work, 'qwen2.5-vl')}",
+            f"train_data={_data(work)}",
+            f"output_dir={out}",
+            "num_generations=2",
+            "max_completion_length=4",
+            "max_steps=2",
+            "batch_size=2",
+            "lr=1e-3",
+            f"precision={prec}",
+            "progress_bar=false",
+            "logging_steps=1",
+            "max_prompt_length=96",
+        )
         if not (out / "final").is_dir():
             raise RuntimeError(f"{out}/final not written")
     elif name == "merge_logits":
@@ -153,24 +192,44 @@ def check(name: str, work: Path, device: str) -> dict:
         run = work / "runs" / "sft_lora_qwen2.5-vl" / "final"
         proc = AutoProcessor.from_pretrained(merged)
         msgs = [{"role": "user", "content": [{"type": "text", "text": "How many buildings are in the image?"}]}]
-        inputs = proc.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt").to(device)
+        inputs = proc.apply_chat_template(
+            msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        ).to(device)
         with torch.no_grad():
             got = AutoModelForImageTextToText.from_pretrained(merged).to(device).eval()(**inputs).logits.float()
-            ref_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), str(run)).to(device).eval()
+            ref_model = (
+                PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), str(run)).to(device).eval()
+            )
             want = ref_model(**inputs).logits.float()
             plain = AutoModelForImageTextToText.from_pretrained(base).to(device).eval()(**inputs).logits.float()
         diff, effect = (got - want).abs().max().item(), (got - plain).abs().max().item()
         detail.update(max_abs_diff=diff, adapter_effect=effect)
         if not (diff <= 1e-4 and effect > 1e-3):
-            raise RuntimeError(f"merged vs base+adapter max |Δlogit| {diff:.3g} (≤ 1e-4 wanted), adapter effect {effect:.3g}")
+            raise RuntimeError(
+                f"merged vs base+adapter max |Δlogit| {diff:.3g} (≤ 1e-4 wanted), adapter effect {effect:.3g}"
+            )
     elif name == "batched_eval":  # the random tiny base: long, varied greedy answers that padding mistakes would change
         merged = _tiny(work, "qwen2.5-vl")
         outs = {}
         for bs in (1, 4):
             o = work / f"eval_bs{bs}.jsonl"
             o.unlink(missing_ok=True)
-            _cli("eval", "--model", merged, "--data", _data(work), "--out", o, "--device", device, "--batch-size", bs,
-                 "--max-new-tokens", "8", "--no-progress")
+            _cli(
+                "eval",
+                "--model",
+                merged,
+                "--data",
+                _data(work),
+                "--out",
+                o,
+                "--device",
+                device,
+                "--batch-size",
+                bs,
+                "--max-new-tokens",
+                "8",
+                "--no-progress",
+            )
             outs[bs] = [json.loads(line) for line in o.read_text().splitlines() if line.strip()]
         n = {bs: len(v) for bs, v in outs.items()}
         same = sum(a.get("prediction") == b.get("prediction") for a, b in zip(outs[1], outs[4]))
@@ -202,8 +261,12 @@ def _api_smoke(work: Path, device: str) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(work / "serve.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "geovl", "serve", "--model", str(merged), "--device", device, "--port", str(port)],
-                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "geovl", "serve", "--model", str(merged), "--device", device, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+    )
     try:
         url = f"http://127.0.0.1:{port}/v1"
         for _ in range(240):
@@ -218,10 +281,26 @@ def _api_smoke(work: Path, device: str) -> dict:
             raise RuntimeError("geovl serve did not answer /v1/models within 120 s")
         b = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (84, 112, 3), dtype=np.uint8)).save(b, "PNG")
-        body = {"model": models["data"][0]["id"], "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b.getvalue()).decode()}},
-            {"type": "text", "text": "Is there water in the image?"}]}]}
-        req = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        body = {
+            "model": models["data"][0]["id"],
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64," + base64.b64encode(b.getvalue()).decode()},
+                        },
+                        {"type": "text", "text": "Is there water in the image?"},
+                    ],
+                }
+            ],
+        }
+        req = urllib.request.Request(
+            url + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         ans = json.loads(urllib.request.urlopen(req, timeout=60).read())
         text = ans["choices"][0]["message"]["content"]
         if not isinstance(text, str):
@@ -278,7 +357,10 @@ def main() -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("gpu_check: --device cuda but torch sees no CUDA device (use --device cpu for the dry run)", file=sys.stderr)
+            print(
+                "gpu_check: --device cuda but torch sees no CUDA device (use --device cpu for the dry run)",
+                file=sys.stderr,
+            )
             return 2
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -289,26 +371,45 @@ def main() -> int:
             rec = None
             missing = [m for m in needs if importlib.util.find_spec(m) is None]
             if missing:
-                rec = {"check": name, "device": a.device, "status": "skip", "reason": f"package(s) not installed: {', '.join(missing)}"}
+                rec = {
+                    "check": name,
+                    "device": a.device,
+                    "status": "skip",
+                    "reason": f"package(s) not installed: {', '.join(missing)}",
+                }
             elif a.device == "cpu" and name in CUDA_ONLY:
                 rec = {"check": name, "device": a.device, "status": "skip", "reason": f"needs CUDA ({CUDA_ONLY[name]})"}
             else:
                 t0 = time.time()
                 try:
-                    p = subprocess.run([sys.executable, __file__, "--child", name, "--device", a.device, "--work", str(work)],
-                                       capture_output=True, text=True, timeout=timeout)
+                    p = subprocess.run(
+                        [sys.executable, __file__, "--child", name, "--device", a.device, "--work", str(work)],
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                    )
                     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("GPU_CHECK ")]
                     if lines:
-                        rec = json.loads(lines[-1][len("GPU_CHECK "):])
+                        rec = json.loads(lines[-1][len("GPU_CHECK ") :])
                         if rec["status"] == "fail":  # geovl's own error line is on the child's stderr
                             err = [ln for ln in p.stderr.splitlines() if ln.strip() and "Warning" not in ln]
                             rec["error"] += " | " + " / ".join(err[-3:])[-600:]
                     else:
-                        rec = {"check": name, "device": a.device, "status": "fail", "seconds": round(time.time() - t0, 1),
-                               "error": f"exited {p.returncode} without a result: {p.stderr.strip()[-800:]}"}
+                        rec = {
+                            "check": name,
+                            "device": a.device,
+                            "status": "fail",
+                            "seconds": round(time.time() - t0, 1),
+                            "error": f"exited {p.returncode} without a result: {p.stderr.strip()[-800:]}",
+                        }
                 except subprocess.TimeoutExpired:
-                    rec = {"check": name, "device": a.device, "status": "fail", "seconds": round(time.time() - t0, 1),
-                           "error": f"timed out after {timeout} s"}
+                    rec = {
+                        "check": name,
+                        "device": a.device,
+                        "status": "fail",
+                        "seconds": round(time.time() - t0, 1),
+                        "error": f"timed out after {timeout} s",
+                    }
             failed += rec["status"] == "fail"
             line = json.dumps(rec, ensure_ascii=False)
             print(line, flush=True)

@@ -29,7 +29,9 @@ def _status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def measure(family: str, hidden: int, layers: int, gradient_checkpointing: bool, tune_vision: str, batch: int = 2) -> dict:
+def measure(
+    family: str, hidden: int, layers: int, gradient_checkpointing: bool, tune_vision: str, batch: int = 2
+) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -42,7 +44,9 @@ def measure(family: str, hidden: int, layers: int, gradient_checkpointing: bool,
     torch.manual_seed(0)
     folder = build_tiny(family, tempfile.mkdtemp(prefix="geovl-mem-") + "/m", hidden=hidden, layers=layers, seed=0)
     model, proc, fam = load_model_and_processor(str(folder), precision="fp32")
-    recipe = SFTRecipe(model=str(folder), train_data=["-"], tune_vision=tune_vision, gradient_checkpointing=gradient_checkpointing)
+    recipe = SFTRecipe(
+        model=str(folder), train_data=["-"], tune_vision=tune_vision, gradient_checkpointing=gradient_checkpointing
+    )
     if gradient_checkpointing:
         model.config.use_cache = False
     model, _ = setup_trainable(model, fam, recipe)
@@ -51,9 +55,21 @@ def measure(family: str, hidden: int, layers: int, gradient_checkpointing: bool,
         model.enable_input_require_grads()
     model.train()
     rng = np.random.default_rng(0)
-    msgs = [[{"role": "user", "content": [{"type": "image", "image": Image.fromarray(rng.integers(0, 255, (224, 280, 3), dtype=np.uint8))},
-                                          {"type": "text", "text": "Is there water in this image? " * 20}]}] for _ in range(batch)]
-    enc = proc.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", padding=True)
+    msgs = [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": Image.fromarray(rng.integers(0, 255, (224, 280, 3), dtype=np.uint8))},
+                    {"type": "text", "text": "Is there water in this image? " * 20},
+                ],
+            }
+        ]
+        for _ in range(batch)
+    ]
+    enc = proc.apply_chat_template(
+        msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", padding=True
+    )
     enc["labels"] = enc["input_ids"].clone()
     seq, patches = int(enc["input_ids"].shape[1]), int(enc["image_grid_thw"].prod(-1).sum())
 
@@ -79,17 +95,33 @@ def measure(family: str, hidden: int, layers: int, gradient_checkpointing: bool,
     peak = _status("VmHWM") - base
 
     dims = M.model_dims(folder)
-    plan = M.Plan(batch_size=batch, dtype="fp32", gradient_checkpointing=gradient_checkpointing, tune_vision=tune_vision,
-                  lora_dropout=recipe.lora_dropout, lora_r=recipe.lora_r)
+    plan = M.Plan(
+        batch_size=batch,
+        dtype="fp32",
+        gradient_checkpointing=gradient_checkpointing,
+        tune_vision=tune_vision,
+        lora_dropout=recipe.lora_dropout,
+        lora_r=recipe.lora_r,
+    )
     e = M.activation_bytes(dims, plan, seq, patches)
     grads = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     est_kept = e["llm"] + e["logits"] + e["vision"]
     est_peak = est_kept + e["transient"] + grads
     return {
-        "family": fam.key, "hidden": hidden, "layers": layers, "gradient_checkpointing": gradient_checkpointing,
-        "tune_vision": tune_vision, "batch": batch, "seq_len": seq, "patches": patches,
-        "kept_measured": kept, "kept_estimate": est_kept, "kept_ratio": round(est_kept / kept, 3),
-        "peak_measured": peak, "peak_estimate": est_peak, "peak_ratio": round(est_peak / peak, 3),
+        "family": fam.key,
+        "hidden": hidden,
+        "layers": layers,
+        "gradient_checkpointing": gradient_checkpointing,
+        "tune_vision": tune_vision,
+        "batch": batch,
+        "seq_len": seq,
+        "patches": patches,
+        "kept_measured": kept,
+        "kept_estimate": est_kept,
+        "kept_ratio": round(est_kept / kept, 3),
+        "peak_measured": peak,
+        "peak_estimate": est_peak,
+        "peak_ratio": round(est_peak / peak, 3),
     }
 
 
@@ -107,12 +139,18 @@ def main() -> None:
         print(json.dumps(r))
     else:
         mib = 2**20
-        print(f"{r['family']} H={r['hidden']} L={r['layers']} gc={r['gradient_checkpointing']} vision={r['tune_vision']} "
-              f"batch {r['batch']}×{r['seq_len']} tokens, {r['patches']} patches")
-        print(f"  kept for backward: measured {r['kept_measured'] / mib:.2f} MiB, estimate {r['kept_estimate'] / mib:.2f} MiB, "
-              f"ratio {r['kept_ratio']}")
-        print(f"  peak RSS of forward+backward: measured {r['peak_measured'] / mib:.2f} MiB, estimate {r['peak_estimate'] / mib:.2f} MiB, "
-              f"ratio {r['peak_ratio']}")
+        print(
+            f"{r['family']} H={r['hidden']} L={r['layers']} gc={r['gradient_checkpointing']} vision={r['tune_vision']} "
+            f"batch {r['batch']}×{r['seq_len']} tokens, {r['patches']} patches"
+        )
+        print(
+            f"  kept for backward: measured {r['kept_measured'] / mib:.2f} MiB, estimate {r['kept_estimate'] / mib:.2f} MiB, "
+            f"ratio {r['kept_ratio']}"
+        )
+        print(
+            f"  peak RSS of forward+backward: measured {r['peak_measured'] / mib:.2f} MiB, estimate {r['peak_estimate'] / mib:.2f} MiB, "
+            f"ratio {r['peak_ratio']}"
+        )
 
 
 if __name__ == "__main__":

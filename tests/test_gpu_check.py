@@ -17,15 +17,22 @@ def _run(*args, timeout=500):
     env.pop("PYTHONPATH", None)
     import sys
 
-    return subprocess.run(["bash", str(SCRIPT), "--python", sys.executable, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--python", sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_dry_run_on_cpu_prints_and_writes_one_json_line_per_check(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()  # an empty carried-wheels folder: the --wheels path runs, nothing to install
     out = tmp_path / "checks.jsonl"
-    p = _run("--device", "cpu", "--only", "sft_lora_qwen2.5-vl,merge_logits,zero3,liger", "--out", out, "--wheels", wheels)
+    p = _run(
+        "--device", "cpu", "--only", "sft_lora_qwen2.5-vl,merge_logits,zero3,liger", "--out", out, "--wheels", wheels
+    )
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     printed = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert printed == [json.loads(line) for line in out.read_text().splitlines()]
@@ -39,7 +46,9 @@ def test_dry_run_on_cpu_prints_and_writes_one_json_line_per_check(tmp_path):
         if r["status"] == "pass":
             assert r["seconds"] > 0 and r["peak_gpu_mib"] is None
     assert by["zero3"]["status"] == "skip" and "needs CUDA" in by["zero3"]["reason"]
-    assert by["liger"]["status"] == "skip" and ("liger_kernel" in by["liger"]["reason"] or "needs CUDA" in by["liger"]["reason"])
+    assert by["liger"]["status"] == "skip" and (
+        "liger_kernel" in by["liger"]["reason"] or "needs CUDA" in by["liger"]["reason"]
+    )
 
 
 def test_bad_usage_exits_2(tmp_path):

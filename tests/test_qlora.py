@@ -33,7 +33,9 @@ def _inputs(folder):
     proc = AutoProcessor.from_pretrained(folder)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 140, 3), dtype=np.uint8))
     msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Is there water?"}]}]
-    return proc.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    return proc.apply_chat_template(
+        msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
 
 
 def _logits(model, inputs):
@@ -91,8 +93,12 @@ def test_qlora_trains_saves_and_merges_into_full_precision(tiny_model_dir, data,
         torch.testing.assert_close(w_merged[name] - w_base[name], delta, rtol=1e-4, atol=1e-6)
         targets += 1
     assert targets == info["lora_tensors"] // 2
-    saved = {k.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "") for k in lora if ".lora_" not in k}
-    touched = {k.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight") for k in lora if ".lora_A." in k}
+    saved = {
+        k.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "") for k in lora if ".lora_" not in k
+    }
+    touched = {
+        k.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight") for k in lora if ".lora_A." in k
+    }
     for name, w in w_base.items():
         if name not in touched and name not in saved:
             assert torch.equal(w_merged[name], w), name
@@ -118,13 +124,17 @@ def test_qlora_trains_saves_and_merges_into_full_precision(tiny_model_dir, data,
     assert effect_merged.abs().max() > 3 * quant_err, (effect_merged.abs().max(), quant_err)
     cos = torch.nn.functional.cosine_similarity(effect_merged.flatten(), effect_q.flatten(), dim=0).item()
     assert cos > 0.9, cos
-    print(f"{family} {bits}: quant max/mean {quant_err:.4g}/{quant_mean:.4g} gap max/mean {gap:.4g}/{gap_mean:.4g} "
-          f"adapter effect max {effect_merged.abs().max().item():.4g} cos {cos:.4f}")
+    print(
+        f"{family} {bits}: quant max/mean {quant_err:.4g}/{quant_mean:.4g} gap max/mean {gap:.4g}/{gap_mean:.4g} "
+        f"adapter effect max {effect_merged.abs().max().item():.4g} cos {cos:.4f}"
+    )
 
 
 def test_quantized_full_tuning_is_refused_before_loading(tiny_model_dir, data, tmp_path, capsys):
     run = tmp_path / "run"
-    rc, err = train(capsys, tiny_model_dir("qwen2.5-vl"), data, run, "max_steps=1", "quantization=4bit", "tune_llm=full")
+    rc, err = train(
+        capsys, tiny_model_dir("qwen2.5-vl"), data, run, "max_steps=1", "quantization=4bit", "tune_llm=full"
+    )
     assert rc == 2 and "quantized weights cannot be trained" in err and "Traceback" not in err
     assert not (run / "final").exists()
 
@@ -134,6 +144,8 @@ def test_probe_names_why_bitsandbytes_cannot_run(monkeypatch):
 
     monkeypatch.setitem(model_setup._PROBED, ("8bit", "cpu"), "RuntimeError: no native library for this CPU")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(model_setup.ModelSetupError, match=r"cannot run 8bit layers on this machine's cpu \(RuntimeError: no native"):
+    with pytest.raises(
+        model_setup.ModelSetupError, match=r"cannot run 8bit layers on this machine's cpu \(RuntimeError: no native"
+    ):
         model_setup.check_quantization("8bit")
     model_setup.check_quantization("4bit")  # the real probe: bitsandbytes 0.50.2 runs nf4 on this CPU

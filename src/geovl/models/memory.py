@@ -20,7 +20,6 @@ All of it scales with the padded batch: ``batch_size × longest sequence`` token
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,22 @@ from pathlib import Path
 from ..errors import GeoVLError
 
 GiB = 1024**3
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+    "t": 1024**4,
+}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 CUDA_RESERVE = 1 * GiB  # CUDA context, cuBLAS workspace and allocator slack: not usable by the run
 
@@ -88,7 +101,9 @@ def model_dims(model: str | Path) -> ModelDims:
         cfg = AutoConfig.from_pretrained(str(folder))
         fam = get_family(cfg)
     except Exception as e:  # noqa: BLE001 - OSError, JSON errors, transformers' config validation errors
-        raise MemoryEstimateError(f"{folder / 'config.json'}: cannot read the model config ({str(e).strip().splitlines()[-1][:300]})") from e
+        raise MemoryEstimateError(
+            f"{folder / 'config.json'}: cannot read the model config ({str(e).strip().splitlines()[-1][:300]})"
+        ) from e
     t, v = cfg.text_config, cfg.vision_config
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     kv = (getattr(t, "num_key_value_heads", None) or t.num_attention_heads) * head_dim
@@ -117,8 +132,23 @@ def model_dims(model: str | Path) -> ModelDims:
             for part, rx in targets.items():
                 if rx.fullmatch(n):
                     lora[part] += mod.in_features + mod.out_features
-    return ModelDims(fam.key, t.hidden_size, t.num_hidden_layers, kv, t.intermediate_size, t.vocab_size, v_hidden, v.depth,
-                     v_inter, v_mlp, v.spatial_merge_size, fam.key == "qwen3_vl", params, llm_linear, lora)
+    return ModelDims(
+        fam.key,
+        t.hidden_size,
+        t.num_hidden_layers,
+        kv,
+        t.intermediate_size,
+        t.vocab_size,
+        v_hidden,
+        v.depth,
+        v_inter,
+        v_mlp,
+        v.spatial_merge_size,
+        fam.key == "qwen3_vl",
+        params,
+        llm_linear,
+        lora,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,16 +173,28 @@ def plan_from(recipe, device: str = "cuda") -> Plan:
     g = lambda k, d: getattr(recipe, k, d)  # noqa: E731
     prec = g("precision", "auto")
     dtype = ("bf16" if device == "cuda" else "fp32") if prec == "auto" else prec
-    return Plan(int(g("batch_size", 1)), dtype, bool(g("gradient_checkpointing", False)), g("tune_llm", "lora"),
-                g("tune_vision", "freeze"), g("tune_merger", "full"), bool(g("tune_embeddings", False)), int(g("lora_r", 16)),
-                float(g("lora_dropout", 0.05)), g("quantization", "none"))
+    return Plan(
+        int(g("batch_size", 1)),
+        dtype,
+        bool(g("gradient_checkpointing", False)),
+        g("tune_llm", "lora"),
+        g("tune_vision", "freeze"),
+        g("tune_merger", "full"),
+        bool(g("tune_embeddings", False)),
+        int(g("lora_r", 16)),
+        float(g("lora_dropout", 0.05)),
+        g("quantization", "none"),
+    )
 
 
 def static_bytes(d: ModelDims, plan: Plan) -> dict:
     """Weights, plus gradients and AdamW's two states for what trains (same dtype as the weights)."""
     b = DTYPE_BYTES[plan.dtype]
     total = sum(d.params.values())
-    if plan.quantization in ("4bit", "8bit"):  # the LLM's linear layers at 0.5 / 1 byte (+ nf4 block scales ≈ 1/64 byte)
+    if plan.quantization in (
+        "4bit",
+        "8bit",
+    ):  # the LLM's linear layers at 0.5 / 1 byte (+ nf4 block scales ≈ 1/64 byte)
         q = 0.5 + 1 / 64 if plan.quantization == "4bit" else 1.0
         weights = (total - d.llm_linear) * b + d.llm_linear * q
     else:
@@ -168,8 +210,16 @@ def static_bytes(d: ModelDims, plan: Plan) -> dict:
         trainable += d.params.get("embed", 0) + d.params.get("lm_head", 0)
     lora_any = "lora" in (plan.tune_llm, plan.tune_vision)
     # peft keeps a frozen copy of each fully trained module (modules_to_save) next to the trained one
-    copies = (trainable - sum(plan.lora_r * d.lora_per_rank.get(p, 0) for p, m in modes.items() if m == "lora")) if lora_any else 0
-    return {"weights": int(weights + copies * b), "grads_and_optimizer": int(trainable * b * 3), "trainable_params": int(trainable)}
+    copies = (
+        (trainable - sum(plan.lora_r * d.lora_per_rank.get(p, 0) for p, m in modes.items() if m == "lora"))
+        if lora_any
+        else 0
+    )
+    return {
+        "weights": int(weights + copies * b),
+        "grads_and_optimizer": int(trainable * b * 3),
+        "trainable_params": int(trainable),
+    }
 
 
 def activation_bytes(d: ModelDims, plan: Plan, seq_len: int, patches: int) -> dict:
@@ -190,26 +240,38 @@ def activation_bytes(d: ModelDims, plan: Plan, seq_len: int, patches: int) -> di
     else:
         llm = tokens * (d.layers * layer + d.hidden * b)
     logits_saved = tokens * d.vocab * 4  # the float32 log-softmax the loss keeps
-    logits_transient = tokens * d.vocab * (b + 8)  # logits, their float32 copy and the shifted copy, while the loss runs
+    logits_transient = (
+        tokens * d.vocab * (b + 8)
+    )  # logits, their float32 copy and the shifted copy, while the loss runs
     v_block = (12 * d.v_hidden + d.v_mlp_tensors * d.v_intermediate) * b
     if plan.tune_vision == "lora" and plan.lora_dropout > 0:
-        v_in = 2 * d.v_hidden + (2 * d.v_hidden + d.v_intermediate if d.v_mlp_tensors == 4 else d.v_hidden + d.v_intermediate)
+        v_in = 2 * d.v_hidden + (
+            2 * d.v_hidden + d.v_intermediate if d.v_mlp_tensors == 4 else d.v_hidden + d.v_intermediate
+        )
         v_block += v_in * (b + 1)
     if plan.tune_vision != "freeze":
-        vision = patches * (d.v_layers * d.v_hidden * b + v_block if plan.gradient_checkpointing else d.v_layers * v_block)
+        vision = patches * (
+            d.v_layers * d.v_hidden * b + v_block if plan.gradient_checkpointing else d.v_layers * v_block
+        )
     else:
         vision = 0
     if plan.tune_merger == "full" or plan.tune_vision != "freeze":
         vision += patches * 4 * d.v_hidden * b
     vision_transient = patches * v_block if plan.tune_vision == "freeze" else 0  # a frozen tower: one block at a time
-    return {"llm": int(llm), "logits": int(logits_saved), "vision": int(vision),
-            "transient": int(max(logits_transient, vision_transient))}
+    return {
+        "llm": int(llm),
+        "logits": int(logits_saved),
+        "vision": int(vision),
+        "transient": int(max(logits_transient, vision_transient)),
+    }
 
 
 def estimate(d: ModelDims, plan: Plan, seq_len: int, patches: int) -> dict:
     """Every part in bytes and their ``total`` (the peak of one training step on this batch)."""
     out = {**static_bytes(d, plan), **activation_bytes(d, plan, seq_len, patches)}
-    out["total"] = out["weights"] + out["grads_and_optimizer"] + out["llm"] + out["logits"] + out["vision"] + out["transient"]
+    out["total"] = (
+        out["weights"] + out["grads_and_optimizer"] + out["llm"] + out["logits"] + out["vision"] + out["transient"]
+    )
     return out
 
 
@@ -236,12 +298,16 @@ def check_batches(d: ModelDims, plan: Plan, samples: list[tuple[str, int, int]],
     order = sorted(samples, key=lambda s: s[1], reverse=True)
     batches = []
     for i in range(0, len(order), plan.batch_size):
-        chunk = order[i:i + plan.batch_size]
+        chunk = order[i : i + plan.batch_size]
         seq = max(s[1] for s in chunk)
         patches = sum(s[2] for s in chunk)
         batches.append(([s[0] for s in chunk], seq, patches, estimate(d, plan, seq, patches)))
     worst = max(batches, key=lambda x: x[3]["total"]) if batches else None
-    over_batches = [{"ids": ids, "tokens": seq, "patches": p, "bytes": e["total"]} for ids, seq, p, e in batches if e["total"] > limit]
+    over_batches = [
+        {"ids": ids, "tokens": seq, "patches": p, "bytes": e["total"]}
+        for ids, seq, p, e in batches
+        if e["total"] > limit
+    ]
     report = {
         "gpu_memory": gpu_memory,
         "usable": limit,
@@ -322,8 +388,14 @@ def guard_training(recipe, family, dataset, min_pixels: int | None, max_pixels: 
     if not size:
         return None
     gpu = parse_size(size)
-    rows = [(dataset.ids[i], dataset.lengths[i], image_patches(family, dataset.sample(i).get("images") or [], min_pixels, max_pixels))
-            for i in range(len(dataset))]
+    rows = [
+        (
+            dataset.ids[i],
+            dataset.lengths[i],
+            image_patches(family, dataset.sample(i).get("images") or [], min_pixels, max_pixels),
+        )
+        for i in range(len(dataset))
+    ]
     report = check_batches(model_dims(recipe.model), plan_from(recipe), rows, gpu)
     refuse_if_over(report, f"gpu_memory={size}")
     return report
