@@ -1,5 +1,5 @@
 """What trains: LoRA on the LLM / vision tower, freezing each part, full fine-tuning, per-part
-learning rates, LoRA hyper-parameters, DoRA, quantization refused on CPU — on all three families."""
+learning rates, LoRA hyper-parameters, DoRA, quantization refused without bitsandbytes — on all three families."""
 
 from __future__ import annotations
 
@@ -162,11 +162,13 @@ def test_full_fine_tune_writes_full_weights(tiny_model_dir, data, tmp_path, caps
 
 
 @pytest.mark.parametrize("q", ["4bit", "8bit"])
-def test_quantization_is_refused_without_cuda(tiny_model_dir, data, tmp_path, capsys, q):
-    if torch.cuda.is_available():  # pragma: no cover
-        pytest.skip("a CUDA device is present")
+def test_quantization_is_refused_without_bitsandbytes(tiny_model_dir, data, tmp_path, capsys, monkeypatch, q):
+    """QLoRA runs on CPU too (tests/test_qlora.py); without the bitsandbytes package it is refused before anything is written."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes → ImportError
     rc, err = train(capsys, tiny_model_dir("qwen2-vl"), data, tmp_path / "q", f"quantization={q}")
-    assert rc == 2 and f"quantization={q}" in err and "CUDA" in err and "quantization=none" in err
+    assert rc == 2 and f"quantization={q} needs bitsandbytes" in err and "pip install bitsandbytes" in err
     assert "Traceback" not in err and not (tmp_path / "q").exists()
 
 

@@ -91,7 +91,9 @@ def run_lazy(target: str):
         except CLIError:
             raise
         except Exception as e:  # noqa: BLE001
-            if type(e).__name__ in USER_ERRORS:
+            from .errors import GeoVLError
+
+            if isinstance(e, GeoVLError) or type(e).__name__ in USER_ERRORS:
                 raise CLIError(str(e)) from e
             raise
 

@@ -84,8 +84,15 @@ def inspect_dataset(
     budget: int | None = None,
     preview: int = 0,
     progress: bool = True,
+    gpu_memory: int | None = None,
+    plan=None,
 ) -> dict:
+    """``gpu_memory`` (bytes, needs ``model``): also estimate each sample's training memory under ``plan``
+    (a :class:`geovl.models.memory.Plan`; default: the SFT recipe defaults) and flag what would not fit."""
     from ..models.registry import get_family
+
+    if gpu_memory is not None and not model:
+        raise InspectError("--gpu-memory needs --model (the estimate reads the model's config)")
 
     fam_name = family
     if model and not fam_name:
@@ -113,6 +120,7 @@ def inspect_dataset(
     over_budget: list[str] = []
     previews: list[dict] = []
     bad_images = 0
+    mem_rows: list[tuple[str, int, int]] = []  # (id, sequence tokens, vision patches) for the memory estimate
 
     it = read_samples(path)
     if progress:
@@ -147,6 +155,7 @@ def inspect_dataset(
             text = "".join(message_text(m) for m in s["messages"])
             seq = sample_vis + len(text.encode("utf-8")) // 3 + 10 * len(s["messages"])  # rough text estimate
         seq_lens.append(seq)
+        mem_rows.append((s["id"], seq, sample_vis * fam.merge_size**2))
         if budget is not None and seq > budget:
             over_budget.append(s["id"])
         if len(previews) < preview:
@@ -196,6 +205,10 @@ def inspect_dataset(
         report["over_budget_ids"] = over_budget[:20]
     if preview:
         report["preview"] = previews
+    if gpu_memory is not None:
+        from ..models.memory import Plan, check_batches, model_dims
+
+        report["memory"] = check_batches(model_dims(model), plan or Plan(), mem_rows, gpu_memory)
     return report
 
 
@@ -231,6 +244,10 @@ def format_report(r: dict) -> str:
         lines.append(f"\nover the {r['token_budget']}-token budget: {r['over_budget']} samples (they would be dropped whole, never truncated)")
         if r["over_budget_ids"]:
             lines.append("  e.g. " + ", ".join(r["over_budget_ids"][:5]))
+    if "memory" in r:
+        from ..models.memory import format_check
+
+        lines.append("\n" + format_check(r["memory"]))
     for p in r.get("preview", []):
         lines.append(f"\n--- {p['id']}  [{p['qtype']}]  {p['source']}")
         for i, s in enumerate(p["images"], 1):
@@ -241,6 +258,19 @@ def format_report(r: dict) -> str:
 
 
 def run(args) -> int:
+    from ..models.memory import parse_size, plan_from
+
+    plan, gpu = None, getattr(args, "gpu_memory", None)
+    if getattr(args, "recipe", None):
+        from ..train.recipe import SFTRecipe, load_recipe
+
+        over = [f"train_data={args.file}"] + ([f"model={args.model}"] if args.model else [])
+        recipe = load_recipe(args.recipe, over, SFTRecipe)
+        plan, gpu = plan_from(recipe), gpu or recipe.gpu_memory
+        args.model = args.model or recipe.model
+        # the pixel bounds training will use (options given here still win)
+        args.min_pixels = args.min_pixels if args.min_pixels is not None else recipe.min_pixels
+        args.max_pixels = args.max_pixels if args.max_pixels is not None else recipe.max_pixels
     report = inspect_dataset(
         args.file,
         family=args.family,
@@ -250,6 +280,8 @@ def run(args) -> int:
         budget=args.max_tokens,
         preview=args.preview,
         progress=not args.json,
+        gpu_memory=parse_size(gpu) if gpu else None,
+        plan=plan,
     )
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))

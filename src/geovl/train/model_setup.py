@@ -21,32 +21,93 @@ class ModelSetupError(ValueError):
     pass
 
 
-def check_quantization(quantization: str) -> None:
-    """Refuse 4bit/8bit (QLoRA) where it cannot run: no CUDA device or no bitsandbytes."""
+QUANT_SKIPS_WHY = "the vision tower and merger stay in full precision (small, and trained fully or with LoRA), as does lm_head"
+
+
+def check_quantization(quantization: str, tune_llm: str | None = None) -> None:
+    """Refuse 4bit/8bit (QLoRA) where it cannot run, before anything is loaded.
+
+    bitsandbytes >= 0.45 runs its 4-bit (nf4) and 8-bit layers on CPU as well as on CUDA; whether this
+    machine's build really does is probed with one small layer (forward + backward) on the device the run
+    will use, so a missing native library is named here instead of failing mid-run. Quantized weights
+    cannot be trained themselves: ``tune_llm=full`` is refused."""
     if quantization == "none":
         return
-    if not torch.cuda.is_available():
+    if quantization not in ("4bit", "8bit"):
+        raise ModelSetupError(f"quantization={quantization!r}: use none, 4bit or 8bit")
+    if tune_llm == "full":
         raise ModelSetupError(
-            f"quantization={quantization} (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device. "
-            "Use quantization=none here."
+            f"quantization={quantization} with tune_llm=full: quantized weights cannot be trained; "
+            "use tune_llm=lora (QLoRA) or quantization=none"
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ModelSetupError("quantization needs bitsandbytes: pip install bitsandbytes") from None
+        raise ModelSetupError(f"quantization={quantization} needs bitsandbytes: pip install bitsandbytes==0.50.2") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    why = _probe_bitsandbytes(quantization, device)
+    if why:
+        raise ModelSetupError(
+            f"quantization={quantization}: bitsandbytes {bitsandbytes.__version__} cannot run {quantization} layers on "
+            f"this machine's {device} ({why}). Use quantization=none here."
+        )
 
 
-def _quantization_config(quantization: str):
+_PROBED: dict[tuple[str, str], str | None] = {}
+
+
+def _probe_bitsandbytes(quantization: str, device: str) -> str | None:
+    """None if a 64×64 bitsandbytes layer of this kind runs forward and backward on ``device``; else why not."""
+    key = (quantization, device)
+    if key not in _PROBED:
+        import warnings
+
+        import bitsandbytes as bnb
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # bitsandbytes warns about optional kernels and dtype casts
+                lin = torch.nn.Linear(64, 64)
+                if quantization == "4bit":
+                    q = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+                    q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4")
+                else:
+                    q = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
+                    q.weight = bnb.nn.Int8Params(lin.weight.data, requires_grad=False, has_fp16_weights=False)
+                q.bias = lin.bias
+                q = q.to(device)
+                x = torch.randn(2, 64, device=device, requires_grad=True)
+                q(x).sum().backward()
+                ok = x.grad is not None and bool(torch.isfinite(x.grad).all())
+            _PROBED[key] = None if ok else "the probe layer gave no finite input gradient"
+        except Exception as e:  # noqa: BLE001 - any failure of the native library means: cannot run here
+            _PROBED[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    return _PROBED[key]
+
+
+def quantization_compute_dtype(precision: str) -> torch.dtype:
+    """The dtype bitsandbytes dequantizes to for the matmuls: the run's precision (``auto``: bfloat16 on a bf16
+    GPU, float32 elsewhere — CPUs included, where float32 matmuls are the fast and exact path)."""
+    return resolve_dtype(precision)
+
+
+def _quantization_config(quantization: str, precision: str = "auto", family: Family | None = None):
     check_quantization(quantization)
     if quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
 
+    # only the LLM's linear layers are quantized: QUANT_SKIPS_WHY
+    skip = [family.vision_prefix, family.lm_head] if family is not None else None
     if quantization == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=quantization_compute_dtype(precision),
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def resolve_dtype(precision: str) -> torch.dtype:
@@ -236,9 +297,12 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
     kw = {"dtype": resolve_dtype(precision)}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    q = _quantization_config(quantization)
+    q = _quantization_config(quantization, precision, family)
     if q is not None:
-        kw["quantization_config"] = q
+        # bitsandbytes quantizes while loading onto the device: this process's GPU (LOCAL_RANK under torchrun), else the CPU
+        import os
+
+        kw.update(quantization_config=q, device_map=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     try:
         processor = load_processor(folder)
     except (OSError, ValueError) as e:

@@ -43,7 +43,7 @@ class SFTRecipe:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     use_dora: bool = False
-    quantization: str = "none"  # none | 4bit | 8bit (QLoRA; needs CUDA + bitsandbytes)
+    quantization: str = "none"  # none | 4bit | 8bit (QLoRA through bitsandbytes, CPU or CUDA; docs/qlora.md)
     # -- hyperspectral input (geovl.spectral.vision_input) ---------------------------------------
     spectral: bool = False  # images are the cubes in meta.cube, through a trained N-band → RGB projector
     spectral_rgb: list[float] = field(default_factory=lambda: [1650.0, 2200.0, 2330.0])  # projector init bands (nm)
@@ -69,6 +69,7 @@ class SFTRecipe:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (see recipes/deepspeed/)
+    gpu_memory: str | None = None  # e.g. 24GiB: refuse to start if the longest batch would not fit (docs/memory-guard.md)
     # -- logging and checkpoints --------------------------------------------------------------
     logging_steps: int = 10
     save_steps: int = 500

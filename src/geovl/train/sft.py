@@ -83,7 +83,7 @@ def preflight(recipe) -> None:
 
     get = lambda k, d=None: getattr(recipe, k, d)  # noqa: E731
     cuda = torch.cuda.is_available()
-    check_quantization(get("quantization", "none"))
+    check_quantization(get("quantization", "none"), get("tune_llm"))
     if get("use_liger", False):
         if not cuda:
             raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
@@ -221,6 +221,10 @@ def train_sft(recipe: SFTRecipe) -> Path:
             f"no trainable samples left in {', '.join(map(str, recipe.train_data))}: {train_ds.summary()}; "
             f"see {out / 'dropped.jsonl'} for each sample's reason (raise max_visual_tokens / max_length, or lower max_pixels)"
         )
+    if recipe.gpu_memory:  # the memory guard: refuse before training if the longest batch would not fit
+        from ..models.memory import format_check, guard_training
+
+        _log(format_check(guard_training(recipe, family, train_ds, pre.min_pixels, pre.max_pixels)))
     eval_ds = None
     if recipe.eval_data:
         eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
