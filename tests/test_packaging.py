@@ -31,7 +31,6 @@ DIST_OF = {
 UNDECLARED_OPTIONAL = {
     "fiona": "non-GeoJSON AOI files (geo/aoi.py); guarded: the error says to convert with ogr2ogr",
     "modelscope": "geovl model download --hub modelscope; guarded: the error says pip install modelscope",
-    "bitsandbytes": "4/8-bit loading on a CUDA GPU; guarded: the error says pip install bitsandbytes",
     "deepspeed": "recipes with a DeepSpeed config; accelerate refuses such a config before geovl's import runs",
 }
 
@@ -43,9 +42,12 @@ PART_EXTRAS = [
     ("serve/geo_panel.py", {"ui", "serve"}),
     ("serve/geo_view.py", {"ui", "serve"}),
     ("serve/i18n.py", {"ui", "serve"}),
+    ("serve/engine.py", {"serve", "qlora"}),
     ("serve/", {"serve"}),
+    ("inference/engine.py", {"qlora"}),
     ("inference/remote.py", {"serve"}),
     ("imagery/stac.py", {"stac"}),
+    ("train/model_setup.py", {"train", "qlora"}),
     ("train/", {"train"}),
 ]
 
