@@ -227,8 +227,9 @@ class GeoVLTrainer(PartsAndProjectorMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", None)
         if model.training:
-            self.real_tokens += int(inputs["attention_mask"].sum())
-            self.padded_tokens += int(inputs["attention_mask"].numel())
+            mask = inputs.get("attention_mask")  # a packed row has none: every token is real
+            self.real_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            self.padded_tokens += int(mask.numel()) if mask is not None else int(inputs["input_ids"].numel())
             if self._keep_ids:
                 self.seen_ids.extend(sample_ids or [])
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
