@@ -370,12 +370,42 @@ def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collect
 
 
 class SFTCollator:
-    """Right-pads a list of encoded samples into a batch; concatenates image patches in order."""
+    """Right-pads a list of encoded samples into a batch; concatenates image patches in order.
+
+    Packed rows (items ``{"packed": [samples]}`` of :class:`geovl.train.packing.PackedSFTDataset`) become one row
+    without padding: see :meth:`pack`."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
 
+    @staticmethod
+    def pack(samples: list[dict]) -> dict:
+        """Concatenate encoded samples into one row (batch dimension 1) with no padding and no ``attention_mask``;
+        ``packed_seq_lens`` tells the model (:func:`geovl.train.packing.enable_packing`) where each sample starts.
+        The first label of every sample is -100, so no sample learns to predict the next one's first token."""
+        labels = []
+        for f in samples:
+            lab = f["labels"].clone()
+            lab[0] = IGNORE
+            labels.append(lab)
+        batch = {
+            "input_ids": torch.cat([f["input_ids"] for f in samples])[None],
+            "labels": torch.cat(labels)[None],
+            "packed_seq_lens": torch.tensor([f["input_ids"].shape[0] for f in samples]),
+        }
+        if any("mm_token_type_ids" in f for f in samples):
+            batch["mm_token_type_ids"] = torch.cat(
+                [f.get("mm_token_type_ids", torch.zeros_like(f["input_ids"])) for f in samples])[None]
+        with_images = [f for f in samples if "pixel_values" in f]
+        if with_images:
+            batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)
+            batch["image_grid_thw"] = torch.cat([f["image_grid_thw"] for f in with_images], dim=0)
+        batch["sample_ids"] = [f["sample_id"] for f in samples]
+        return batch
+
     def __call__(self, features: list[dict]) -> dict:
+        if "packed" in features[0]:
+            return self.pack([f for row in features for f in row["packed"]])
         n = max(f["input_ids"].shape[0] for f in features)
         b = len(features)
         input_ids = torch.full((b, n), self.pad, dtype=torch.long)

@@ -63,6 +63,8 @@ class SFTRecipe:
     warmup_ratio: float = 0.03
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    packing: bool = False  # several samples per row, no padding, no attention across samples (geovl.train.packing)
+    packing_tokens: int | None = None  # tokens per packed row; default batch_size × mean sample length (≥ the longest)
     seed: int = 42
     num_workers: int = 0  # DataLoader workers decoding images
     use_liger: bool = False

@@ -93,6 +93,8 @@ def preflight(recipe) -> None:
         raise RecipeError("precision=fp16 needs a CUDA GPU; use precision=auto (fp32 here, bf16 on a bf16 GPU)")
     if not 0.0 <= get("warmup_ratio", 0.0) < 1.0:
         raise RecipeError(f"warmup_ratio must be in [0, 1) (a share of all steps), got {get('warmup_ratio')}")
+    if get("packing_tokens") is not None and get("packing_tokens") < 1:
+        raise RecipeError(f"packing_tokens must be at least 1, got {get('packing_tokens')}")
     if get("batch_size", 1) < 1 or get("grad_accum", 1) < 1:
         raise RecipeError("batch_size and grad_accum must be at least 1")
     if get("deepspeed"):
@@ -161,6 +163,8 @@ def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
         activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
     )
+    if getattr(recipe, "packing", False):  # one packed row per step; rows in shuffled order (no length grouping needed)
+        kw.update(per_device_train_batch_size=1, train_sampling_strategy="random")
     return TrainingArguments(**kw)
 
 
@@ -248,16 +252,30 @@ def train_sft(recipe: SFTRecipe) -> Path:
     table = trainable_table(model, family)
     _log(format_trainable(table))
 
+    trained_ds = train_ds
+    if recipe.packing:
+        from .packing import PackedSFTDataset, PackingError, check_packable, default_budget, enable_packing
+
+        budget = recipe.packing_tokens or default_budget(train_ds.lengths, recipe.batch_size)
+        try:
+            check_packable(model, spectral=recipe.spectral)
+            trained_ds = PackedSFTDataset(train_ds, budget, recipe.seed)
+        except PackingError as e:
+            raise RecipeError(f"{e}; {e.hint}" if e.hint else str(e)) from None
+        enable_packing(model)
+        p = trained_ds.summary()
+        _log(f"packing: {p['samples']} samples in {p['rows']} rows of ≤ {budget} tokens (mean {p['mean_row_tokens']}); no padding")
+
     args = build_training_args(recipe, eval_ds is not None, resolve_dtype(recipe.precision))
     trainer = GeoVLTrainer(
         model=model,
         args=args,
-        train_dataset=train_ds,
+        train_dataset=trained_ds,
         eval_dataset=eval_ds,
         data_collator=SFTCollator(processor.tokenizer.pad_token_id),
         processing_class=processor,
         param_groups_fn=lambda m: param_groups(m, family, recipe),
-        lengths=train_ds.lengths,
+        lengths=None if recipe.packing else train_ds.lengths,
     )
     _tensorboard_into(trainer, out / "tensorboard")
     progress = ProgressFileCallback(out / "progress.jsonl", trainer)
@@ -288,6 +306,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
             "real_tokens": trainer.real_tokens,
             "padded_tokens": trainer.padded_tokens,
             "padding_fraction": round(1 - trainer.real_tokens / max(trainer.padded_tokens, 1), 4),
+            "packing": trained_ds.summary() if recipe.packing else None,
             "wall_s": round(time.time() - t0, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }

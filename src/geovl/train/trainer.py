@@ -2,8 +2,8 @@
 
 What it adds:
 - optimizer parameter groups per model part (own learning rates for vision / merger / LLM);
-- length-grouped batches from lengths measured in the dataset pre-pass (no re-processing), in a
-  shuffled batch order that is re-seeded per epoch (so a resumed run sees the same batches);
+- length-grouped batches with transformers' ``LengthGroupedSampler`` on the lengths measured in the dataset
+  pre-pass (no re-processing), re-seeded per epoch (so a resumed run sees the same batches);
 - a stop on NaN/inf loss that names the step and the sample ids of the batch;
 - a JSONL progress file (step, loss, lr, real tokens/s, % done, ETA) that a UI can tail;
 - the processor and the preprocessing config saved into every checkpoint;
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 
 RANK_STATE_ENV = "GEOVL_RANK_STATE"  # =1: each rank writes OUT/rank{N}.json at the end (see RankStateCallback)
@@ -34,48 +35,35 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class LengthGroupedOrder(torch.utils.data.Sampler):
-    """Sample order in which every run of ``batch_size`` consecutive indices has similar lengths.
+class LengthGroupedOrder(LengthGroupedSampler):
+    """transformers' ``LengthGroupedSampler`` on the lengths measured in the dataset pre-pass, seeded per epoch.
 
-    A seeded permutation is cut into mega-batches of ``mega_batch_mult`` batches; each is sorted by
-    length and cut into batches; the batch order is shuffled, the longest batch goes first (an
-    out-of-memory shows at step 1, not hours in) and the one short batch (if any) goes last. The
-    order depends only on (seed, epoch): :meth:`set_epoch` is called by the Trainer each epoch, so
-    a resumed run replays exactly the batches of an uninterrupted one."""
+    The stock Trainer path (``train_sampling_strategy="group_by_length"``) would process every sample to find its
+    length (decoding every image) unless the dataset is a ``datasets.Dataset`` with a length column; this passes the
+    exact lengths we already have. Two settings differ from the stock Trainer's: mega-batches of 50 batches (the
+    stock rule ``min(N // (4·batch), 50)`` shrinks them on small sets: padding 13.6 % instead of 3.4 % for 64
+    samples of 80–1400 tokens in batches of 4), and the generator is re-seeded from (seed, epoch) on every
+    iteration, so a resumed run replays exactly the batches of an uninterrupted one (:meth:`set_epoch` is called
+    by the Trainer each epoch). Order within the sampler is transformers' ``get_length_grouped_indices``: a seeded
+    permutation cut into mega-batches, each sorted longest first, the longest sample at the very start."""
 
-    def __init__(self, lengths, batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
-        self.lengths = [int(x) for x in lengths]
-        self.batch_size = max(1, int(batch_size))
+    MEGA_BATCH_MULT = 50
+
+    def __init__(self, lengths, batch_size: int, seed: int = 0):
+        super().__init__(max(1, int(batch_size)), lengths=[int(x) for x in lengths], generator=torch.Generator())
         self.seed = int(seed)
-        self.mega = self.batch_size * max(1, int(mega_batch_mult))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def batches(self) -> list[list[int]]:
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        n = len(self.lengths)
-        perm = torch.randperm(n, generator=g).tolist()
-        full, tail = [], []
-        for k in range(0, n, self.mega):
-            chunk = sorted(perm[k : k + self.mega], key=lambda i: -self.lengths[i])
-            for j in range(0, len(chunk), self.batch_size):
-                b = chunk[j : j + self.batch_size]
-                (full if len(b) == self.batch_size else tail).append(b)
-        order = torch.randperm(len(full), generator=g).tolist()
-        full = [full[o] for o in order]
-        if full:
-            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
-            full.insert(0, full.pop(longest))
-        return full + tail  # at most one short batch, always last
+        idx = list(iter(self))
+        return [idx[k : k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
 
     def __iter__(self):
-        return iter([i for b in self.batches() for i in b])
+        self.generator.manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, self.MEGA_BATCH_MULT, self.generator))
 
 
 def shutdown_dataloader_workers(trainer) -> None:
@@ -238,7 +226,8 @@ class GeoVLTrainer(PartsAndVisionInputMixin, Trainer):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None and len(self._lengths) == len(ds):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthGroupedOrder(self._lengths, self.args.per_device_train_batch_size, seed)
+            # batches of the Trainer's size × accumulation, like the stock Trainer's length grouping
+            return LengthGroupedOrder(self._lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
@@ -251,8 +240,9 @@ class GeoVLTrainer(PartsAndVisionInputMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", None)
         if model.training:
-            self.real_tokens += int(inputs["attention_mask"].sum())
-            self.padded_tokens += int(inputs["attention_mask"].numel())
+            mask = inputs.get("attention_mask")  # a packed row has none: every token is real
+            self.real_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            self.padded_tokens += int(mask.numel()) if mask is not None else int(inputs["input_ids"].numel())
             if self._keep_ids:
                 self.seen_ids.extend(sample_ids or [])
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
