@@ -101,18 +101,15 @@ def test_upstream_knobs_reach_the_training_arguments():
     assert (r.per_device_eval_batch_size, r.dataloader_drop_last, r.data_seed) == (2, True, 7)
     # nothing geovl sets is forced: the user's value wins
     assert r.ddp_find_unused_parameters is False and r.logging_first_step is False and r.remove_unused_columns is True
-    from geovl.train.sft import resolve_find_unused
+    from geovl.train.sft import trainer_args
 
-    resolve_find_unused(r, {"llm": (5, 10), "merger": (3, 3)})
-    assert r.ddp_find_unused_parameters is False
+    assert trainer_args(r, {"llm": (5, 10), "merger": (3, 3)}).ddp_find_unused_parameters is False
     # left out: derived from what trains (a trainable merger may get no gradient on a text-only batch)
     d = load_recipe(None, REQUIRED)
     assert d.ddp_find_unused_parameters is None
-    resolve_find_unused(d, {"llm": (5, 10), "merger": (3, 3)})
-    assert d.ddp_find_unused_parameters is True
-    d = load_recipe(None, REQUIRED)
-    resolve_find_unused(d, {"llm": (5, 10), "merger": (0, 3), "vision": (0, 9)})
-    assert d.ddp_find_unused_parameters is False
+    assert trainer_args(d, {"llm": (5, 10), "merger": (3, 3)}).ddp_find_unused_parameters is True
+    assert trainer_args(d, {"llm": (5, 10), "merger": (0, 3), "vision": (0, 9)}).ddp_find_unused_parameters is False
+    assert d.ddp_find_unused_parameters is None  # the recipe keeps the user's (absent) value
     # geovl's derived defaults
     assert (d.per_device_eval_batch_size, d.data_seed, d.logging_first_step, d.remove_unused_columns) == (4, 42, True, False)
     assert d.use_cpu is (not torch.cuda.is_available()) and d.bf16 is False and d.fp16 is False

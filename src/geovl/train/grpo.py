@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from .recipe import GRPORecipe, RecipeError, save_recipe
-from .sft import _is_main, _log, _tensorboard_into, last_checkpoint, preflight, resolve_find_unused
+from .sft import _is_main, _log, _tensorboard_into, last_checkpoint, preflight, trainer_args
 
 
 def preflight_grpo(recipe: GRPORecipe) -> None:
@@ -196,8 +196,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     table = trainable_table(model, family)
     _log(format_trainable(table))
 
-    resolve_find_unused(recipe, table)
-    args = recipe.trainer_config(weights)  # the recipe is the GRPOConfig; TRL gets reward_weights as a list
+    args = trainer_args(recipe.trainer_config(weights), table)  # the recipe is the GRPOConfig; TRL gets reward_weights as a list
     trainer = GeoVLGRPOTrainer(
         model=model,
         reward_funcs=funcs,

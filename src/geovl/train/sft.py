@@ -94,12 +94,17 @@ def preflight(recipe) -> None:
     check_report_to(recipe.report_to)
 
 
-def resolve_find_unused(recipe, table) -> None:
-    """``ddp_find_unused_parameters`` left unset: true only when a part that a text-only batch leaves without
-    gradients trains (vision tower, merger, spectral projector; DDP must then look for unused parameters), false
-    otherwise (the LLM alone: no extra graph walk every step)."""
-    if recipe.ddp_find_unused_parameters is None:
-        recipe.ddp_find_unused_parameters = any(table.get(p, (0, 0))[0] > 0 for p in ("vision", "merger", "spectral"))
+def trainer_args(recipe, table):
+    """The recipe as the Trainer's arguments: a copy with ``ddp_find_unused_parameters`` decided when the recipe
+    leaves it out — true only when a part that a text-only batch leaves without gradients trains (vision tower,
+    merger, spectral projector: DDP must then look for unused parameters), false for the LLM alone (no extra graph
+    walk every step). The recipe itself (saved in the run folder) keeps the user's value."""
+    import copy
+
+    args = copy.copy(recipe)
+    if args.ddp_find_unused_parameters is None:
+        args.ddp_find_unused_parameters = any(table.get(p, (0, 0))[0] > 0 for p in ("vision", "merger", "spectral"))
+    return args
 
 
 def train_sft(recipe: SFTRecipe) -> Path:
@@ -183,8 +188,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
     table = trainable_table(model, family)
     _log(format_trainable(table))
 
-    resolve_find_unused(recipe, table)
-    args = recipe  # the recipe is the TrainingArguments (an SFTConfig)
+    args = trainer_args(recipe, table)  # the recipe is the TrainingArguments (an SFTConfig)
     trainer = GeoVLTrainer(
         model=model,
         args=args,
