@@ -121,3 +121,19 @@ def test_nproc_refusals(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     rc, err = run_cli(capsys, "train", "sft", recipe, "bach_size=2", "--nproc", "1")
     assert rc == 2 and "did you mean 'batch_size'" in err and "starting" not in err
+
+
+def test_accelerate_launch_module_geovl(tiny_model_dir, data, tmp_path):
+    """People who launch themselves: `accelerate launch --multi_gpu --num_processes 2 -m geovl train sft ...`
+    (accelerate's torch.distributed launcher; on this CPU-only machine the ranks talk over gloo)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tune_merger: full\n")
+    out = tmp_path / "accelerate"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m",
+           *_cmd(recipe, tiny_model_dir("qwen2.5-vl"), data, out)[2:]]  # fmt: skip
+    env = dict(os.environ, GEOVL_RANK_STATE="1", OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    _ranks(out, 2)
