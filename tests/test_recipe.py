@@ -158,6 +158,9 @@ def test_deepspeed_and_fsdp_short_names(tmp_path, monkeypatch):
         r = load_recipe(None, REQUIRED + ["deepspeed=zero2"])
         assert Path(r.deepspeed) == DEEPSPEED / "zero2.json"
         assert r.hf_deepspeed_config.config["zero_optimization"]["stage"] == 2
+        saved = yaml.safe_load(save_recipe(r, tmp_path / "ds").read_text())
+        assert saved["deepspeed"] == "zero2"  # by name: the saved recipe works in another checkout
+        assert load_recipe(tmp_path / "ds" / "recipe.yaml") == r
     with pytest.raises(RecipeError) as e:
         load_recipe(None, REQUIRED + ["deepspeed=zero9"])
     assert "zero9" in str(e.value) and "zero3_offload" in str(e.value)
@@ -208,6 +211,13 @@ def test_required_keys_and_not_a_mapping(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(RecipeError, match="not key=value"):
         load_recipe(None, ["lr"])
+
+
+def test_machine_derived_values_are_not_saved_but_user_values_are(tmp_path):
+    derived = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED), tmp_path / "a").read_text())
+    assert "use_cpu" not in derived and "bf16" not in derived and derived["fp16"] is False
+    given = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED + ["use_cpu=true", "bf16=false"]), tmp_path / "b").read_text())
+    assert given["use_cpu"] is True and given["bf16"] is False
 
 
 def test_save_and_reload_is_identical(tmp_path):

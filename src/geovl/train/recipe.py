@@ -13,7 +13,8 @@ name. geovl's earlier short names (``lr``, ``epochs``, ``batch_size``, ``grad_ac
 ``warmup_ratio``, ``num_workers``, ``use_liger``, ``progress_bar``, ``group_by_length``,
 ``gradient_checkpointing``) are still accepted and mean the upstream field they name (:data:`ALIASES`).
 ``deepspeed: zero3`` / ``fsdp: NAME`` pick the shipped configs ``recipes/deepspeed/NAME.json`` /
-``recipes/fsdp/NAME.json|yaml``. The resolved recipe (:func:`save_recipe`) loads back into the same object.
+``recipes/fsdp/NAME.json|yaml``. The resolved recipe (:func:`save_recipe`) loads back into the same object (on a machine of the same kind:
+``use_cpu`` / ``bf16`` left to geovl are derived again where it is loaded).
 
 Defaults geovl derives when a key is left out (each can be set explicitly): ``use_cpu`` (no CUDA GPU),
 ``bf16`` / ``fp16`` (from ``precision``), ``per_device_eval_batch_size`` (= the train batch size),
@@ -191,6 +192,8 @@ class GeoVLOptions:
         ws = self.warmup_steps
         if isinstance(ws, float) and not ws.is_integer() and not 0.0 <= ws < 1.0 or ws < 0:
             raise RecipeError(f"warmup_ratio / warmup_steps must be a share in [0, 1) or a number of steps >= 0, got {ws}")
+        # derived from this machine: not written into the saved recipe, so it derives them again where it is used
+        self._machine_derived = {k for k in ("use_cpu", "bf16") if getattr(self, k) is None}
         if self.use_cpu is None:
             import torch
 
@@ -484,9 +487,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cls
 def recipe_dict(recipe) -> dict:
     """The resolved recipe as plain YAML values: every field (upstream and geovl), loadable by :func:`load_recipe`."""
     d = recipe.to_dict()  # upstream's: enums as values, tokens masked
+    skip = _NOT_SAVED | getattr(recipe, "_machine_derived", set())
+    ds = d.get("deepspeed")
+    if isinstance(ds, str) and Path(ds).parent == recipes_dir() / "deepspeed":
+        d["deepspeed"] = Path(ds).stem  # the shipped config by name: the saved recipe works in another checkout
     out = {}
     for f in dataclasses.fields(recipe):
-        if not f.init or f.name in _NOT_SAVED or f.name not in d:
+        if not f.init or f.name in skip or f.name not in d:
             continue
         v = d[f.name]
         if isinstance(v, str) and v.startswith("<") and v.endswith("_TOKEN>"):
