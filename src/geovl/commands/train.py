@@ -85,12 +85,16 @@ def _run(args, cls) -> int:
 
         raise RecipeError("--nproc/--nnodes given inside a launched process (torchrun / accelerate launch set WORLD_SIZE): "
                           "let that launcher start the processes, or run `geovl train ... --nproc N` without it")
-    recipe = load_recipe(args.recipe, overrides, cls)  # bad keys and values fail here, once, before any process starts
-    if launching:
+    if launching:  # bad keys and values fail here, once, before any process starts
+        from ..train.recipe import SFTRecipe, recipe_kwargs
         from ..train.sft import preflight
 
-        preflight(recipe)
+        if cls is SFTRecipe:
+            preflight(load_recipe(args.recipe, overrides, cls))
+        else:  # GRPO's batch checks need the world size: the launched processes build the recipe
+            recipe_kwargs(args.recipe, overrides, cls)
         return launch(args)
+    recipe = load_recipe(args.recipe, overrides, cls)
     if cls.__name__ == "GRPORecipe":
         from ..train.grpo import train_grpo
 

@@ -27,7 +27,6 @@ spectral: prompts carry the samples' cubes and the projector trains on with ``lr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -40,13 +39,6 @@ def preflight_grpo(recipe: GRPORecipe) -> None:
     import importlib.util
 
     preflight(recipe)  # the SFT checks: quantization / liger / fp16 / report_to
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_gen = recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * world
-    if per_gen % recipe.num_generations:
-        raise RecipeError(
-            f"batch_size × grad_accum × processes = {per_gen} completions per generation round must be a multiple of "
-            f"num_generations={recipe.num_generations}; e.g. batch_size={recipe.num_generations}"
-        )
     if recipe.max_completion_length < 1:
         raise RecipeError("max_completion_length must be at least 1")
     if recipe.temperature <= 0:

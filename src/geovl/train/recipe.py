@@ -294,6 +294,16 @@ class GRPORecipe(GeoVLOptions, GRPOConfig):
             raise RecipeError("reward_weights must be a mapping {reward name: weight}, e.g. {count_reward: 2.0}")
         if self.num_generations < 2:
             raise RecipeError("num_generations must be at least 2 (GRPO compares completions within a group)")
+        if self.generation_batch_size is None and self.steps_per_generation is None:
+            import os
+
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            per_gen = self.per_device_train_batch_size * self.gradient_accumulation_steps * world
+            if per_gen % self.num_generations:
+                raise RecipeError(
+                    f"batch_size × grad_accum × processes = {per_gen} completions per generation round must be a multiple of "
+                    f"num_generations={self.num_generations}; e.g. batch_size={self.num_generations}"
+                )
         weights, self.reward_weights = self.reward_weights, None  # TRL checks a list; geovl keeps the mapping
         try:
             super().__post_init__()
@@ -458,6 +468,18 @@ def _canonical(src: str, d: dict, types_: dict) -> dict:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cls=SFTRecipe):
+    """The recipe object: YAML file (or none) + ``key=value`` overrides, checked and resolved."""
+    recipe = cls(**recipe_kwargs(path, overrides, cls))
+    if not recipe.model:
+        raise RecipeError("model is required (a model folder or hub id): add model=... ")
+    if not recipe.train_data:
+        raise RecipeError("train_data is required: add train_data=FILE.parquet")
+    return recipe
+
+
+def recipe_kwargs(path: str | Path | None, overrides: list[str] | None = None, cls=SFTRecipe) -> dict:
+    """Keys and value types checked, short names mapped; the object is not built (no upstream side effects:
+    what a launcher checks before it starts the processes that build it)."""
     data: dict = {}
     where = "command line"
     if path is not None:
@@ -475,13 +497,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cls
     types_ = _field_types(cls)
     for src, d in ((where, data), ("command line", over)):
         _check_keys(src, d, cls, types_)
-    merged = {**_canonical(where, data, types_), **_canonical("command line", over, types_)}
-    recipe = cls(**merged)
-    if not recipe.model:
-        raise RecipeError("model is required (a model folder or hub id): add model=... ")
-    if not recipe.train_data:
-        raise RecipeError("train_data is required: add train_data=FILE.parquet")
-    return recipe
+    return {**_canonical(where, data, types_), **_canonical("command line", over, types_)}
 
 
 def recipe_dict(recipe) -> dict:
