@@ -164,6 +164,12 @@ def test_deepspeed_and_fsdp_short_names(tmp_path, monkeypatch):
     with pytest.raises(RecipeError) as e:
         load_recipe(None, REQUIRED + ["deepspeed=zero9"])
     assert "zero9" in str(e.value) and "zero3_offload" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, REQUIRED + [f"deepspeed={tmp_path / 'nope.json'}"])
+    assert "config file not found" in str(e.value) and "zero2.json" in str(e.value)
+    (tmp_path / "bad.json").write_text("{stage: 3")
+    with pytest.raises(RecipeError, match="not valid JSON"):
+        load_recipe(None, REQUIRED + [f"deepspeed={tmp_path / 'bad.json'}"])
     # fsdp: NAME → recipes/fsdp/NAME.json|yaml (a stand-in shipped folder here)
     (tmp_path / "fsdp").mkdir()
     (tmp_path / "fsdp" / "tiny.yaml").write_text("version: 2\nauto_wrap_policy: TRANSFORMER_BASED_WRAP\n")

@@ -226,7 +226,8 @@ class GeoVLOptions:
         if isinstance(self.deepspeed, str):
             ds = _shipped("deepspeed", self.deepspeed, (".json",)) or Path(self.deepspeed)
             if not ds.is_file():
-                raise RecipeError(f"deepspeed={ds}: config file not found (shipped: zero2, zero3, zero3_offload in {recipes_dir() / 'deepspeed'})")
+                raise RecipeError(f"deepspeed={ds}: config file not found (shipped, by name or path: zero2, zero3, zero3_offload = "
+                                  f"{recipes_dir() / 'deepspeed'}/zero2.json, zero3.json, zero3_offload.json)")
             try:
                 json.loads(ds.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
