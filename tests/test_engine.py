@@ -176,8 +176,8 @@ def trained(tiny_model_dir, tmp_path_factory):
             w.write(make_sample(f"s{i}", "Is there water?", ["yes", "no"][i % 2], [png(100 + i, 112, 112)], qtype="yes_no", source=f"t#{i}"))
     base = tiny_model_dir("qwen2.5-vl")
     recipe = SFTRecipe(
-        model=str(base), train_data=[str(data)], output_dir=str(root / "run"), max_steps=2, batch_size=4,
-        report_to=[], max_pixels=TRAIN_MAX_PIXELS, progress_bar=False, save_steps=1000, lr=5e-2, logging_steps=1,
+        model=str(base), train_data=[str(data)], output_dir=str(root / "run"), max_steps=2, per_device_train_batch_size=4,
+        report_to=[], max_pixels=TRAIN_MAX_PIXELS, disable_tqdm=True, save_steps=1000, learning_rate=5e-2, logging_steps=1,
     )  # fmt: skip
     final = train_sft(recipe)
     return base, final

@@ -1,4 +1,5 @@
-"""Recipes: YAML + key=value overrides, refused keys/values, shipped recipes and DeepSpeed configs."""
+"""Recipes (TRL SFTConfig / GRPOConfig subclasses): YAML + key=value overrides, every upstream field reachable,
+geovl's short names, refused keys/values, shipped recipes, DeepSpeed/FSDP short names, the saved recipe."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from sft_util import run_cli, sft_recipes
+from transformers import TrainingArguments
+from trl import GRPOConfig, SFTConfig
 
-from geovl.train.recipe import CHOICES, RecipeError, SFTRecipe, load_recipe, parse_overrides, save_recipe
+from geovl.train.recipe import ALIASES, CHOICES, GRPORecipe, RecipeError, SFTRecipe, load_recipe, parse_overrides, save_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sft_recipes()  # every recipes/*.yaml but the GRPO ones
@@ -56,14 +60,148 @@ def test_bad_keys_and_values_are_refused(override, words):
         assert w in str(e.value), (w, str(e.value))
 
 
-def test_every_valid_key_is_listed_and_choices_exist():
+def test_every_geovl_key_and_short_name_is_listed_and_choices_exist():
     with pytest.raises(RecipeError) as e:
         load_recipe(None, REQUIRED + ["nonsense=1"])
     listed = str(e.value).split("Valid keys:")[1]
+    assert "trl.SFTConfig" in listed and "TrainingArguments" in listed
+    upstream = {f.name for f in dataclasses.fields(SFTConfig)}
     for f in dataclasses.fields(SFTRecipe):
-        assert re.search(rf"\b{f.name}\b", listed), f.name
+        if f.name not in upstream:
+            assert re.search(rf"\b{f.name}\b", listed), f.name
+    for k in ALIASES:
+        assert re.search(rf"\b{k}\b", listed), k
     for k in CHOICES:
         assert k in {f.name for f in dataclasses.fields(SFTRecipe)}
+
+
+@pytest.mark.parametrize("cls", [SFTRecipe, GRPORecipe])
+def test_recipes_are_trl_configs_sharing_one_copy_of_geovl_fields(cls):
+    from geovl.train.recipe import GeoVLOptions
+
+    upstream = SFTConfig if cls is SFTRecipe else GRPOConfig
+    assert issubclass(cls, upstream) and issubclass(cls, GeoVLOptions)
+    own = {f.name for f in dataclasses.fields(GeoVLOptions)}
+    # the geovl fields are declared once, in GeoVLOptions; a subclass adds its own and may only change a default
+    declared = cls.__dict__.get("__annotations__", {})
+    shared = GeoVLOptions.__annotations__
+    assert all(declared[k] == shared[k] for k in set(declared) & own), set(declared) & own
+    assert len(set(declared) & own) <= 1
+
+
+def test_upstream_knobs_reach_the_training_arguments():
+    r = load_recipe(None, REQUIRED + [
+        "max_grad_norm=0.3", "optim=adamw_torch", "adam_beta1=0.8", "adam_beta2=0.95", "lr_scheduler_type=cosine_with_min_lr",
+        "lr_scheduler_kwargs={min_lr: 1.0e-6}", "per_device_eval_batch_size=2", "torch_compile=false", "dataloader_drop_last=true",
+        "ddp_find_unused_parameters=false", "logging_first_step=false", "remove_unused_columns=true", "data_seed=7",
+    ])  # fmt: skip
+    assert isinstance(r, TrainingArguments)
+    assert (r.max_grad_norm, r.optim.value, r.adam_beta1, r.adam_beta2) == (0.3, "adamw_torch", 0.8, 0.95)
+    assert r.lr_scheduler_type.value == "cosine_with_min_lr" and r.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    assert (r.per_device_eval_batch_size, r.dataloader_drop_last, r.data_seed) == (2, True, 7)
+    # nothing geovl sets is forced: the user's value wins
+    assert r.ddp_find_unused_parameters is False and r.logging_first_step is False and r.remove_unused_columns is True
+    from geovl.train.sft import trainer_args
+
+    assert trainer_args(r, {"llm": (5, 10), "merger": (3, 3)}).ddp_find_unused_parameters is False
+    # left out: derived from what trains (a trainable merger may get no gradient on a text-only batch)
+    d = load_recipe(None, REQUIRED)
+    assert d.ddp_find_unused_parameters is None
+    assert trainer_args(d, {"llm": (5, 10), "merger": (3, 3)}).ddp_find_unused_parameters is True
+    assert trainer_args(d, {"llm": (5, 10), "merger": (0, 3), "vision": (0, 9)}).ddp_find_unused_parameters is False
+    assert d.ddp_find_unused_parameters is None  # the recipe keeps the user's (absent) value
+    # geovl's derived defaults
+    assert (d.per_device_eval_batch_size, d.data_seed, d.logging_first_step, d.remove_unused_columns) == (4, 42, True, False)
+    assert d.use_cpu is (not torch.cuda.is_available()) and d.bf16 is False and d.fp16 is False
+    e = load_recipe(None, REQUIRED + ["eval_data=e.parquet", "save_steps=50"])
+    assert e.eval_strategy.value == "steps" and e.eval_steps == 50
+
+
+def test_short_names_mean_the_upstream_fields():
+    short = load_recipe(None, REQUIRED + ["lr=2e-5", "epochs=3", "batch_size=2", "grad_accum=8", "lr_scheduler=linear",
+                                          "warmup_ratio=0.1", "num_workers=1", "progress_bar=false", "group_by_length=false",
+                                          "gradient_checkpointing=true"])  # fmt: skip
+    long = load_recipe(None, REQUIRED + ["learning_rate=2e-5", "num_train_epochs=3", "per_device_train_batch_size=2",
+                                         "gradient_accumulation_steps=8", "lr_scheduler_type=linear", "warmup_steps=0.1",
+                                         "dataloader_num_workers=1", "disable_tqdm=true", "train_sampling_strategy=random",
+                                         "activation_checkpointing=true"])  # fmt: skip
+    assert short == long
+    assert (short.lr, short.epochs, short.batch_size, short.grad_accum, short.lr_scheduler) == (2e-5, 3.0, 2, 8, "linear")
+    assert short.activation_checkpointing is True and short.gradient_checkpointing is True
+    assert short.activation_checkpointing_kwargs == {"use_reentrant": False}
+    with pytest.raises(RecipeError, match="both 'lr' and 'learning_rate'"):
+        load_recipe(None, REQUIRED + ["lr=1e-4", "learning_rate=2e-4"])
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("max_grad_nrom=1", ["unknown recipe key", "did you mean 'max_grad_norm'"]),
+        ("learning_rat=1e-4", ["did you mean 'learning_rate'"]),
+        ("optim=sgd_fast", ["optim", "'sgd_fast'", "adamw_torch"]),
+        ("max_grad_norm=big", ["max_grad_norm", "expected a number"]),
+        ("warmup_ratio=-0.5", ["warmup", "[0, 1)"]),
+        ("per_device_train_batch_size=0", ["at least 1"]),
+    ],
+)
+def test_upstream_keys_and_values_are_checked(override, words):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, REQUIRED + [override])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_deepspeed_and_fsdp_short_names(tmp_path, monkeypatch):
+    import geovl.train.recipe as rmod
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        r = load_recipe(None, REQUIRED + ["deepspeed=zero2"])
+        assert Path(r.deepspeed) == DEEPSPEED / "zero2.json"
+        assert r.hf_deepspeed_config.config["zero_optimization"]["stage"] == 2
+        saved = yaml.safe_load(save_recipe(r, tmp_path / "ds").read_text())
+        assert saved["deepspeed"] == "zero2"  # by name: the saved recipe works in another checkout
+        assert load_recipe(tmp_path / "ds" / "recipe.yaml") == r
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, REQUIRED + ["deepspeed=zero9"])
+    assert "zero9" in str(e.value) and "zero3_offload" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, REQUIRED + [f"deepspeed={tmp_path / 'nope.json'}"])
+    assert "config file not found" in str(e.value) and "zero2.json" in str(e.value)
+    (tmp_path / "bad.json").write_text("{stage: 3")
+    with pytest.raises(RecipeError, match="not valid JSON"):
+        load_recipe(None, REQUIRED + [f"deepspeed={tmp_path / 'bad.json'}"])
+    # fsdp: NAME → recipes/fsdp/NAME.json|yaml (a stand-in shipped folder here)
+    (tmp_path / "fsdp").mkdir()
+    (tmp_path / "fsdp" / "tiny.yaml").write_text("version: 2\nauto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
+    monkeypatch.setattr(rmod, "recipes_dir", lambda: tmp_path)
+    r = load_recipe(None, REQUIRED + ["fsdp=tiny"])
+    assert r.fsdp is True and r.fsdp_config["version"] == 2 and r.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert load_recipe(save_recipe(r, tmp_path / "saved")) == r
+    with pytest.raises(RecipeError, match="tiny"):
+        load_recipe(None, REQUIRED + ["fsdp=huge"])
+
+
+def test_every_file_in_recipes_loads_and_its_saved_form_loads_back(tmp_path):
+    files = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(files) >= 9
+    for p in files:
+        cls = GRPORecipe if p.stem.startswith("grpo") else SFTRecipe
+        r = load_recipe(p, cls=cls)
+        assert r.model and r.train_data, p
+        assert load_recipe(save_recipe(r, tmp_path, name=f"{p.stem}.yaml"), cls=cls) == r, p
+
+
+def test_grpo_recipe_keeps_its_reward_mapping_and_gives_trl_a_list(tmp_path):
+    g = load_recipe(None, REQUIRED + ["reward_weights={count_reward: 2.0}", "num_generations=2", "batch_size=2"], GRPORecipe)
+    assert isinstance(g, GRPOConfig) and g.reward_weights == {"count_reward": 2.0}
+    assert (g.lr, g.lora_dropout, g.loss_type, g.max_completion_length) == (1e-5, 0.0, "dapo", 32)
+    t = g.trainer_config([1.0, 2.0])
+    assert t.reward_weights == [1.0, 2.0] and g.reward_weights == {"count_reward": 2.0}
+    assert load_recipe(save_recipe(g, tmp_path), cls=GRPORecipe) == g
+    with pytest.raises(RecipeError, match="num_generations must be at least 2"):
+        load_recipe(None, REQUIRED + ["num_generations=1"], GRPORecipe)
+    with pytest.raises(RecipeError, match="loss_type"):
+        load_recipe(None, REQUIRED + ["loss_type=ppo"], GRPORecipe)
 
 
 def test_required_keys_and_not_a_mapping(tmp_path):
@@ -81,6 +219,13 @@ def test_required_keys_and_not_a_mapping(tmp_path):
         load_recipe(None, ["lr"])
 
 
+def test_machine_derived_values_are_not_saved_but_user_values_are(tmp_path):
+    derived = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED), tmp_path / "a").read_text())
+    assert "use_cpu" not in derived and "bf16" not in derived and derived["fp16"] is False
+    given = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED + ["use_cpu=true", "bf16=false"]), tmp_path / "b").read_text())
+    assert given["use_cpu"] is True and given["bf16"] is False
+
+
 def test_save_and_reload_is_identical(tmp_path):
     r = load_recipe(None, REQUIRED + ["lr=3e-4", "tune_vision=lora", "report_to=[]", "eval_data=e.parquet", "lr_merger=1e-5"])
     p = save_recipe(r, tmp_path)
@@ -90,10 +235,11 @@ def test_save_and_reload_is_identical(tmp_path):
 
 def test_cli_unknown_key_in_file_names_the_file(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
-    p.write_text("model: m\ntrain_data: [d.parquet]\nlearning_rate: 1e-4\n")
+    p.write_text("model: m\ntrain_data: [d.parquet]\nlearning_rat: 1e-4\n")
     rc, err = run_cli(capsys, "train", "sft", p)
     assert rc == 2
-    assert str(p) in err and "'learning_rate'" in err and "Valid keys:" in err and "Traceback" not in err
+    assert str(p) in err and "'learning_rat'" in err and "did you mean 'learning_rate'" in err and "Valid keys:" in err
+    assert "Traceback" not in err
     rc, err = run_cli(capsys, "train", "sft", p, "lr=1e-4", "max_stepz=3")
     assert rc == 2 and "command line" in err or str(p) in err
 
@@ -122,7 +268,8 @@ def test_shipped_recipe_parses_and_documents_its_memory(path):
     assert header.startswith("#") and re.search(r"Memory", header), "comment header with the memory needed"
     r = load_recipe(path)
     assert r.precision == "auto", "GPU-only precision must come from precision: auto so the recipe also runs on CPU"
-    assert r.quantization == "none" and r.deepspeed is None and not r.use_liger, "GPU-only options are opt-in"
+    assert r.quantization == "none" and r.deepspeed is None and not r.use_liger_kernel, "GPU-only options are opt-in"
+    assert r.fsdp in (None, False) and not r.fp16
     assert r.eval_data is None or Path(r.eval_data).suffix in (".parquet", ".jsonl")
 
 

@@ -27,104 +27,18 @@ spectral: prompts carry the samples' cubes and the projector trains on with ``lr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rewards.funcs import DEFAULT_REWARDS
-from .recipe import RecipeError, load_recipe, save_recipe
-from .sft import _is_main, _log, _tensorboard_into, common_trainer_kwargs, end_distributed, last_checkpoint, preflight
-
-
-@dataclass
-class GRPORecipe:
-    # -- what and where ---------------------------------------------------------------------
-    model: str = ""  # base model folder, a full-FT folder, or a LoRA adapter folder (an SFT run's final/)
-    train_data: list[str] = field(default_factory=list)
-    eval_data: str | None = None  # optional: rewards on these prompts every eval_steps
-    output_dir: str = "runs/grpo"
-    # -- images and lengths ---------------------------------------------------------------------
-    min_pixels: int | None = None  # None: the model folder's preprocessing config / processor default
-    max_pixels: int | None = None
-    spectral_root: str | None = None  # a spectral policy: folder meta.cube paths are relative to (default: each dataset file's)
-    max_visual_tokens: int | None = None  # per-sample budget: over it → dropped whole
-    max_prompt_length: int | None = None  # prompt tokens incl. image tokens: over it → dropped whole, counted
-    max_completion_length: int = 32  # generated tokens per completion
-    # -- GRPO --------------------------------------------------------------------------------------
-    num_generations: int = 4  # completions per prompt (the group)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.0  # KL to the reference policy (0: no reference model is kept)
-    loss_type: str = "dapo"  # TRL: grpo | dapo | dr_grpo | bnpo | ...
-    scale_rewards: str = "group"  # group | batch | none
-    num_iterations: int = 1
-    reward_funcs: list[str] = field(default_factory=lambda: list(DEFAULT_REWARDS))  # built-in names
-    reward_file: str | None = None  # plugin: every *_reward function in it is added
-    reward_weights: dict = field(default_factory=dict)  # {name: weight}, default 1.0
-    use_vllm: bool = False  # GPU + vLLM only; passes through to TRL
-    vllm_mode: str = "colocate"  # colocate | server
-    log_completions: bool = False
-    # -- what trains (model folders; an adapter folder keeps its own setup) ---------------------
-    tune_llm: str = "lora"
-    tune_vision: str = "freeze"
-    tune_merger: str = "full"
-    tune_embeddings: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    use_dora: bool = False
-    quantization: str = "none"
-    # -- optimisation -------------------------------------------------------------------------
-    lr: float = 1e-5
-    lr_llm: float | None = None
-    lr_vision: float | None = None
-    lr_merger: float | None = None
-    lr_spectral: float = 1e-4  # a spectral policy's projector (see spectral_root)
-    weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 4  # completions per device per step (a multiple of num_generations with grad_accum)
-    grad_accum: int = 1
-    lr_scheduler: str = "constant"
-    warmup_ratio: float = 0.0
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    num_workers: int = 0
-    use_liger: bool = False
-    precision: str = "auto"
-    attn_implementation: str | None = None
-    deepspeed: str | None = None
-    # -- logging and checkpoints --------------------------------------------------------------
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 3
-    eval_steps: int | None = None
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    resume: bool = False
-    progress_bar: bool = True
-
-
-GRPO_CHOICES = {"loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"), "scale_rewards": ("group", "batch", "none"), "vllm_mode": ("colocate", "server")}
+from .recipe import GRPORecipe, RecipeError, save_recipe
+from .sft import _is_main, _log, _tensorboard_into, last_checkpoint, preflight, trainer_args
 
 
 def preflight_grpo(recipe: GRPORecipe) -> None:
     import importlib.util
 
-    for k, allowed in GRPO_CHOICES.items():
-        if getattr(recipe, k) not in allowed:
-            raise RecipeError(f"{k}: {getattr(recipe, k)!r} is not one of {allowed}")
-    preflight(recipe)  # the SFT checks: quantization / liger / fp16 / deepspeed / report_to / batch sizes
-    if recipe.num_generations < 2:
-        raise RecipeError("num_generations must be at least 2 (GRPO compares completions within a group)")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_gen = recipe.batch_size * recipe.grad_accum * world
-    if per_gen % recipe.num_generations:
-        raise RecipeError(
-            f"batch_size × grad_accum × processes = {per_gen} completions per generation round must be a multiple of "
-            f"num_generations={recipe.num_generations}; e.g. batch_size={recipe.num_generations}"
-        )
+    preflight(recipe)  # the SFT checks: quantization / liger / fp16 / report_to
     if recipe.max_completion_length < 1:
         raise RecipeError("max_completion_length must be at least 1")
     if recipe.temperature <= 0:
@@ -135,8 +49,6 @@ def preflight_grpo(recipe: GRPORecipe) -> None:
         raise RecipeError("max_prompt_length must be positive (or null for no limit)")
     if recipe.use_vllm and importlib.util.find_spec("vllm") is None:
         raise RecipeError("use_vllm=true needs the vllm package and a CUDA GPU (pip install vllm); set use_vllm=false here")
-    if not isinstance(recipe.reward_weights, dict):
-        raise RecipeError("reward_weights must be a mapping {reward name: weight}, e.g. {count_reward: 2.0}")
 
 
 def resolve_run_rewards(recipe: GRPORecipe):
@@ -204,29 +116,6 @@ def load_policy(recipe: GRPORecipe):
     return model, processor, family, pre, modules_to_save, adapter_dir, si
 
 
-def build_grpo_config(recipe: GRPORecipe, has_eval: bool, dtype, weights: list[float]):
-    from trl import GRPOConfig
-
-    kw = common_trainer_kwargs(recipe, has_eval, dtype)
-    # TRL turns gradient checkpointing on by default; the common mapping passes the recipe's choice
-    kw["report_to"] = kw["report_to"] or "none"
-    kw.update(
-        num_generations=recipe.num_generations,
-        max_completion_length=recipe.max_completion_length,
-        temperature=recipe.temperature,
-        top_p=recipe.top_p,
-        beta=recipe.beta,
-        loss_type=recipe.loss_type,
-        scale_rewards=recipe.scale_rewards,
-        num_iterations=recipe.num_iterations,
-        reward_weights=weights,
-        use_vllm=recipe.use_vllm,
-        vllm_mode=recipe.vllm_mode,
-        log_completions=recipe.log_completions,
-    )
-    return GRPOConfig(**kw)
-
-
 def _check_output_dir(recipe: GRPORecipe) -> Path | None:
     out = Path(recipe.output_dir)
     if recipe.resume:
@@ -248,7 +137,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
 
     from .grpo_data import GRPOPrompts
     from .grpo_trainer import GeoVLGRPOTrainer, GRPOProgressCallback
-    from .model_setup import format_trainable, param_groups, resolve_dtype, trainable_table
+    from .model_setup import format_trainable, param_groups, trainable_table
     from .trainer import SaveExtrasCallback
 
     preflight_grpo(recipe)
@@ -269,7 +158,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
 
     spectral = type(si).dataset_kwargs(recipe)  # how the prompts read images
     prompts = GRPOPrompts(recipe.train_data, processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
-                          pre.max_pixels, progress=_is_main() and recipe.progress_bar, **spectral)
+                          pre.max_pixels, progress=_is_main() and not recipe.disable_tqdm, **spectral)
     if _is_main():
         prompts.write_dropped(out / "dropped.jsonl")
         s = prompts.summary()
@@ -289,12 +178,12 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     for p in (prompts, eval_prompts):
         if p is not None:
             si.bind(p)
-    if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+    if recipe.activation_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
     _log(format_trainable(table))
 
-    args = build_grpo_config(recipe, eval_prompts is not None, resolve_dtype(recipe.precision), weights)
+    args = trainer_args(recipe.trainer_config(weights), table)  # the recipe is the GRPOConfig; TRL gets reward_weights as a list
     trainer = GeoVLGRPOTrainer(
         model=model,
         reward_funcs=funcs,
@@ -347,13 +236,3 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(f"done: {trainer.state.global_step} steps, final weights in {final}")
     return final
-
-
-def run(args) -> int:
-    overrides = list(args.overrides)
-    if args.resume:
-        overrides.append("resume=true")
-    recipe = load_recipe(args.recipe, overrides, GRPORecipe)
-    train_grpo(recipe)
-    end_distributed()
-    return 0

@@ -7,8 +7,8 @@ preprocessing config → measure and filter samples → decide what trains → T
 Options that cannot work on this machine (quantization / Liger / fp16 without CUDA, DeepSpeed
 without the package, a missing DeepSpeed config) are refused before anything is loaded or written.
 
-Distributed runs: start with ``torchrun --nproc_per_node N -m geovl train sft ...`` (or
-``accelerate launch``); rank 0 writes the files. With the environment variable
+Distributed runs: ``geovl train sft RECIPE --nproc N`` (or ``torchrun --nproc_per_node N -m geovl train sft ...``,
+``accelerate launch -m geovl train sft ...``); rank 0 writes the files. With the environment variable
 ``GEOVL_RANK_STATE=1`` every rank also writes ``OUT/rank{N}.json`` (a fingerprint of its trained
 weights and the sample ids it saw; see :class:`geovl.train.trainer.RankStateCallback`).
 """
@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from .recipe import RecipeError, SFTRecipe, load_recipe, save_recipe
+from .recipe import RecipeError, SFTRecipe, save_recipe
 
 
 def _is_main() -> bool:
@@ -56,12 +56,12 @@ def last_checkpoint(output_dir: str | Path, complete: bool = False) -> Path | No
     return None
 
 
-def check_report_to(report_to: list[str]) -> list[str]:
+def check_report_to(report_to) -> list[str]:
     import importlib.util
 
     pkgs = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}
     out = []
-    for r in report_to:
+    for r in [report_to] if isinstance(report_to, str) else report_to or []:
         if r == "none":
             continue
         mod = pkgs.get(r, r)
@@ -72,100 +72,45 @@ def check_report_to(report_to: list[str]) -> list[str]:
 
 
 def preflight(recipe) -> None:
-    """Refuse options this machine cannot run, before anything is loaded or written.
-
-    Works on any recipe dataclass (SFT, GRPO): a key the recipe does not have is not checked."""
+    """Refuse options this machine cannot run, before any model is loaded or a file written (the recipe itself
+    refused bad keys, values and missing DeepSpeed/FSDP configs when it was built). Works on SFT and GRPO recipes."""
     import importlib.util
 
     import torch
 
     from .model_setup import check_quantization
 
-    get = lambda k, d=None: getattr(recipe, k, d)  # noqa: E731
     cuda = torch.cuda.is_available()
-    check_quantization(get("quantization", "none"), get("tune_llm"))
-    if get("use_liger", False):
+    check_quantization(recipe.quantization, recipe.tune_llm)
+    if recipe.use_liger_kernel:
         if not cuda:
             raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
         if importlib.util.find_spec("liger_kernel") is None:
             raise RecipeError("use_liger=true needs the liger-kernel package: pip install liger-kernel")
-    if get("precision") == "fp16" and not cuda:
+    if (recipe.precision == "fp16" or recipe.fp16) and not cuda:
         raise RecipeError("precision=fp16 needs a CUDA GPU; use precision=auto (fp32 here, bf16 on a bf16 GPU)")
-    if not 0.0 <= get("warmup_ratio", 0.0) < 1.0:
-        raise RecipeError(f"warmup_ratio must be in [0, 1) (a share of all steps), got {get('warmup_ratio')}")
-    if get("packing_tokens") is not None and get("packing_tokens") < 1:
-        raise RecipeError(f"packing_tokens must be at least 1, got {get('packing_tokens')}")
-    if get("batch_size", 1) < 1 or get("grad_accum", 1) < 1:
-        raise RecipeError("batch_size and grad_accum must be at least 1")
-    if get("deepspeed"):
-        ds = Path(get("deepspeed"))
-        if not ds.is_file():
-            raise RecipeError(f"deepspeed={ds}: config file not found (ready ones: recipes/deepspeed/zero2.json, zero3.json, zero3_offload.json)")
-        try:
-            json.loads(ds.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"{ds}: not valid JSON ({e})") from e
-        if importlib.util.find_spec("deepspeed") is None:
-            raise RecipeError(
-                f"deepspeed={ds}: the deepspeed package is not installed (pip install deepspeed; it needs CUDA GPUs). "
-                "Remove the deepspeed key to train with plain DDP / a single device."
-            )
-    check_report_to(get("report_to", []))
+    if recipe.bf16 and not cuda and not recipe.use_cpu:
+        raise RecipeError("bf16=true needs a bf16 GPU, or use_cpu=true; leave bf16 out to follow precision")
+    packing_tokens = getattr(recipe, "packing_tokens", None)  # SFT only
+    if packing_tokens is not None and packing_tokens < 1:
+        raise RecipeError(f"packing_tokens must be at least 1, got {packing_tokens}")
+    check_report_to(recipe.report_to)
 
 
-def common_trainer_kwargs(recipe, has_eval: bool, dtype) -> dict:
-    """Trainer arguments every geovl recipe (SFT, GRPO) maps the same way."""
-    import torch
+def trainer_args(recipe, table):
+    """The recipe as the Trainer's arguments: a copy with ``ddp_find_unused_parameters`` decided when the recipe
+    leaves it out — true only when a part that a text-only batch leaves without gradients trains (vision tower,
+    merger, spectral projector: DDP must then look for unused parameters), false for the LLM alone (no extra graph
+    walk every step). The recipe itself (saved in the run folder) keeps the user's value."""
+    import copy
 
-    use_cpu = not torch.cuda.is_available()
-    kw = dict(
-        output_dir=recipe.output_dir,
-        per_device_train_batch_size=recipe.batch_size,
-        per_device_eval_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
-        learning_rate=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        num_train_epochs=recipe.epochs,
-        max_steps=recipe.max_steps,
-        lr_scheduler_type=recipe.lr_scheduler,
-        warmup_steps=recipe.warmup_ratio,  # a float < 1 is a share of all steps in transformers 5
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=recipe.save_total_limit,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        dataloader_num_workers=recipe.num_workers,
-        remove_unused_columns=False,
-        report_to=check_report_to(recipe.report_to),
-        activation_checkpointing=recipe.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        use_cpu=use_cpu,
-        bf16=str(dtype) == "torch.bfloat16" and not use_cpu,
-        fp16=recipe.precision == "fp16",
-        disable_tqdm=not recipe.progress_bar,
-        use_liger_kernel=recipe.use_liger,
-        deepspeed=recipe.deepspeed,
-        # a text-only batch leaves the vision tower / merger without gradients on that rank: DDP must know
-        ddp_find_unused_parameters=True,
-    )
-    if has_eval:
-        kw.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps)
-    return kw
-
-
-def build_training_args(recipe: SFTRecipe, has_eval: bool, dtype):
-    from transformers import TrainingArguments
-
-    kw = common_trainer_kwargs(recipe, has_eval, dtype)
-    kw.update(
-        dataloader_persistent_workers=recipe.num_workers > 0,  # no worker start-up cost every epoch
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
-        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
-    )
-    if getattr(recipe, "packing", False):  # one packed row per step; rows in shuffled order (no length grouping needed)
-        kw.update(per_device_train_batch_size=1, train_sampling_strategy="random")
-    return TrainingArguments(**kw)
+    args = copy.copy(recipe)
+    if args.ddp_find_unused_parameters is None:
+        args.ddp_find_unused_parameters = any(table.get(p, (0, 0))[0] > 0 for p in ("vision", "merger", "spectral"))
+    if getattr(args, "packing", False):  # one packed row per step; rows in shuffled order (no length grouping needed)
+        args.per_device_train_batch_size = 1
+        args.train_sampling_strategy = "random"
+    return args
 
 
 def train_sft(recipe: SFTRecipe) -> Path:
@@ -174,7 +119,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
 
     from ..models.preprocess import PreprocessConfig
     from .data import SFTCollator, SFTDataset
-    from .model_setup import (format_trainable, load_model_and_processor, param_groups, resolve_dtype, setup_trainable, trainable_table,
+    from .model_setup import (format_trainable, load_model_and_processor, param_groups, setup_trainable, trainable_table,
                               training_vision_input, vision_input_class)
     from .trainer import GeoVLTrainer, ProgressFileCallback, RankStateCallback, SaveExtrasCallback, shutdown_dataloader_workers
 
@@ -243,11 +188,11 @@ def train_sft(recipe: SFTRecipe) -> Path:
     for ds in (train_ds, eval_ds):
         if ds is not None:
             vi.bind(ds)
-    if recipe.gradient_checkpointing:
+    if recipe.activation_checkpointing:
         model.config.use_cache = False
     model, modules_to_save = setup_trainable(model, family, recipe)
     vi.set_trainable()  # e.g. a spectral projector, with its own lr (lr_spectral)
-    if recipe.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+    if recipe.activation_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     table = trainable_table(model, family)
     _log(format_trainable(table))
@@ -266,7 +211,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
         p = trained_ds.summary()
         _log(f"packing: {p['samples']} samples in {p['rows']} rows of ≤ {budget} tokens (mean {p['mean_row_tokens']}); no padding")
 
-    args = build_training_args(recipe, eval_ds is not None, resolve_dtype(recipe.precision))
+    args = trainer_args(recipe, table)  # the recipe is the TrainingArguments (an SFTConfig)
     trainer = GeoVLTrainer(
         model=model,
         args=args,
@@ -322,16 +267,6 @@ def _tensorboard_into(trainer, folder: Path) -> None:
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
             cb.logging_dir = str(folder)
-
-
-def run(args) -> int:
-    overrides = list(args.overrides)
-    if args.resume:
-        overrides.append("resume=true")
-    recipe = load_recipe(args.recipe, overrides, SFTRecipe)
-    train_sft(recipe)
-    end_distributed()
-    return 0
 
 
 def end_distributed() -> None:
