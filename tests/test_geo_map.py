@@ -103,7 +103,7 @@ def _read_flags(path):
 
 
 def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
 
     _, path, _ = mosaic
     model = str(tiny_model_dir("qwen2-vl"))

@@ -24,7 +24,7 @@ from typing import TextIO
 
 from .data.schema import user_turn
 from .imagery.decode import ImageError, load_image
-from .serve.engine import ChatRequest, GenerationParams
+from .inference.engine import ChatRequest, GenerationParams
 
 
 def load_for_model(path: str | os.PathLike, preprocess=None, bands=None):
@@ -51,10 +51,13 @@ CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral
 def request_image(path: str | os.PathLike, engine, bands=None):
     """What a request carries for an image file: encoded bytes, or for a model with a spectral projector the
     cube path (checked now: bands and wavelengths must match the projector)."""
-    if getattr(engine, "spectral", None) is not None:
-        engine.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
+    from .inference.capabilities import cube_reader, input_spec
+
+    cubes = cube_reader(engine)
+    if cubes is not None:
+        cubes.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
         return Path(path)
-    return image_bytes(path, getattr(engine, "preprocess", None), bands)
+    return image_bytes(path, input_spec(engine).preprocess, bands)
 
 
 def build_request(images: list[bytes], question: str) -> ChatRequest:
@@ -133,7 +136,7 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
 def run(args) -> int:
     from .cli import CLIError
     from .commands.eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
-    from .serve import EngineError
+    from .inference import EngineError
 
     if args.images is None and args.data is None and not args.image:
         raise CLIError("give --image PATH (repeatable), --images LIST.txt or --data FILE")

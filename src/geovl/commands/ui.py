@@ -33,4 +33,4 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=int, default=8, help="images per conversation")
     p.add_argument("--no-geo", action="store_true",
                    help="plain chat only: no GeoTIFF measurement, grounded answers or flags maps in the side panel")
-    p.set_defaults(func=run_lazy("geovl.serve.webapp:run"))
+    p.set_defaults(func=run_lazy("geovl.ui.webapp:run"))

@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..data.schema import user_turn
-from ..serve.engine import ChatRequest, EngineError, GenerationParams
+from ..inference.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
 
 PLACEHOLDERS = ("question", "reference", "answer", "turn", "n_images")

@@ -22,7 +22,7 @@
 - Georeferenced measurement and grounded answers: ``POST /v1/geo/measure``, ``POST /v1/geo/ask`` and
   the ``"geovl": {"grounded": true}`` extension of chat completions (:mod:`geovl.serve.geo_api`).
 - Boxes: a non-streaming answer that locates objects also carries them as data in the response's
-  extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.serve.answer_boxes`: pixels of the last
+  extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.inference.answer_boxes`: pixels of the last
   image, read back through the model's own box convention); OpenAI clients ignore the extra member
   (``completion.model_extra["geovl"]`` in the official Python client). A streamed answer carries them in
   the same member of its final chunk (the one with ``finish_reason``), read once the text is complete.
@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
-from .engine import EngineError
+from ..inference.engine import EngineError
 from .images import ImageLimits, ImageRefError, check_request_images, fetch_image
 from .openai_format import (APIError, build_request, check_json, chunk, completion, convert_messages, generation_params, new_id, parse_body,
                             parse_json, usage_dict)
@@ -316,7 +316,7 @@ def create_app(engine, config: ServerConfig):
             req = build_request(parsed, images)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
         params = await check_prompt(engine, req, params, config, explicit)
-        from .answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
+        from ..inference.answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -38,7 +38,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .engine import EngineError
+from ..inference.capabilities import input_spec
+from ..inference.engine import EngineError
 from .images import ImageRefError, check_image, fetch_image, image_format
 from .openai_format import APIError, check_json, generation_params, parse_json, usage_dict, validation_message
 
@@ -270,7 +271,7 @@ def _grounded(engine, opts, question: str, blobs: dict[str, bytes]):
         m, path = measure_files(opts, blobs, tmp)
         try:
             gp = build_grounded(path["image"], question, before_path=path.get("before"), bands=opts.bands, lang=opts.lang,
-                                preprocess=getattr(engine, "preprocess", None), measurement=m)
+                                preprocess=input_spec(engine).preprocess, measurement=m)
         except MeasureError as e:
             raise APIError(400, _strip(str(e), tmp), "measure_error") from None
         member = {"grounded": True, "measurement": _strip(m.to_json(), tmp), "context": _strip(gp.context, tmp),

@@ -155,7 +155,7 @@ def load_policy(recipe: GRPORecipe):
     from peft import PeftModel
 
     from ..models.preprocess import PreprocessConfig
-    from ..serve.adapter import has_processor, is_adapter_folder, resolve_folders
+    from ..inference.adapter import has_processor, is_adapter_folder, resolve_folders
     from ..spectral.vision_input import load_into
     from .model_setup import load_model_and_processor, setup_trainable
 

@@ -100,6 +100,9 @@ class Engine(Protocol):
     def stream(self, request: ChatRequest, params: GenerationParams) -> Iterator[str]: ...
 
 
+# optional capabilities (choice scoring, cube inputs, the input spec): geovl.inference.capabilities
+
+
 def decode_image(data: bytes, preprocess=None):
     """Encoded bytes → RGB PIL image. Rasters (TIFF, JPEG2000, …) are rendered by
     :mod:`geovl.imagery.render` with the preprocessing config's render settings — the same function
@@ -251,6 +254,15 @@ class LocalEngine:
         self._count_lock, self._count_tokenizer = threading.Lock(), None
         self._torch = torch
         self._hook = self._language_model().register_forward_hook(self._count_forward)
+
+    @property
+    def inputs(self):
+        """What this model reads (:class:`~geovl.inference.capabilities.InputSpec`): cubes with a spectral projector, else images."""
+        from .capabilities import CUBE, IMAGE, InputSpec
+
+        if self.spectral is not None:
+            return InputSpec(kind=CUBE, n_bands=self.spectral.n_bands, preprocess=self.preprocess)
+        return InputSpec(kind=IMAGE, preprocess=self.preprocess)
 
     # -- instrumentation ---------------------------------------------------------------------
     def _language_model(self):
