@@ -30,12 +30,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import GeoVLError
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "geovl_merge.json"
 
 
-class MergeError(ValueError):
+class MergeError(GeoVLError, ValueError):
     """An adapter / weights folder that cannot be merged into the given base (named, with the reason)."""
 
 

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..errors import GeoVLError
+
+
 ADAPTERS = {
     "rsvqa": "geovl.data.adapters.rsvqa",
     "llava": "geovl.data.adapters.llava",
@@ -32,7 +35,7 @@ ADAPTERS = {
 }
 
 
-class ConvertError(Exception):
+class ConvertError(GeoVLError):
     """A fatal conversion problem (bad file, bad option). The message names the file."""
 
 

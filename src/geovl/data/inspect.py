@@ -16,11 +16,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import GeoVLError
 from .io import count_samples, read_samples
 from .schema import message_text
 
 
-class InspectError(ValueError):
+class InspectError(GeoVLError, ValueError):
     pass
 
 

@@ -33,6 +33,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import GeoVLError
 from .schema import Counts, SampleError, validate_sample
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -53,7 +54,7 @@ ARROW_SCHEMA = pa.schema(
 ROW_GROUP = 64  # rows per Parquet row group: bounded memory, fast sequential reads
 
 
-class DatasetFileError(Exception):
+class DatasetFileError(GeoVLError):
     """A fatal problem with a whole file (unreadable, wrong schema). Names the file."""
 
 

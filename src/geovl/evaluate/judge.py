@@ -37,6 +37,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from ..errors import GeoVLError
 from ..data.schema import user_turn
 from ..inference.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
@@ -46,7 +47,7 @@ _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 LANGS = ("zh", "en")
 
 
-class JudgeError(ValueError):
+class JudgeError(GeoVLError, ValueError):
     """A user-facing problem with the judge inputs (answers file, template, output folder)."""
 
 

@@ -32,6 +32,7 @@ import os
 import textwrap
 from pathlib import Path
 
+from ..errors import GeoVLError
 from .judge_parse import DIMENSIONS, KEYS, LABELS, OVERALL
 from .table import format_table
 
@@ -39,7 +40,7 @@ STATUSES = ("ok", "partial", "unparseable", "error")
 MAX_PRINTED = 20  # dialogues printed by `geovl judge stats` (all of them go to stats.md)
 
 
-class JudgmentsFileError(ValueError):
+class JudgmentsFileError(GeoVLError, ValueError):
     """A judgments file that cannot be read; the message names the file (and line)."""
 
 

@@ -23,6 +23,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..errors import GeoVLError
 from .rules import score_sample
 from .table import format_table, num, pct
 
@@ -30,7 +31,7 @@ REQUIRED = ("id", "qtype", "question", "reference", "prediction")
 QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 
 
-class PredictionsFileError(ValueError):
+class PredictionsFileError(GeoVLError, ValueError):
     """A predictions file that cannot be scored; the message names the file (and line)."""
 
 

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import GeoVLError
+
+
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger images are rejected, not decoded
 DEFAULT_MAX_DECODED_BYTES = 512 * 1024 * 1024  # bands x pixels x bytes per sample, all images of a file
 WHOLE_RASTER_MAX_DECODED_BYTES = 4 * 1024**3  # readers that load a whole raster for measuring (geovl measure)
@@ -45,7 +48,7 @@ JP2_MAGICS = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 fil
 J2K_SIZ = b"\xff\x4f\xff\x51"
 
 
-class ImageError(Exception):
+class ImageError(GeoVLError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason

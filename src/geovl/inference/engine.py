@@ -19,10 +19,11 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
+from ..errors import GeoVLError
 from ..imagery.decode import TIFF_MAGICS
 
 
-class EngineError(RuntimeError):
+class EngineError(GeoVLError, RuntimeError):
     """A user-facing inference problem (bad request, unreachable server, bad option)."""
 
 

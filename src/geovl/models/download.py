@@ -11,6 +11,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import GeoVLError
+
+
 HUBS = {
     "huggingface": os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
     "modelscope": os.environ.get("MODELSCOPE_DOMAIN", "https://www.modelscope.cn"),
@@ -18,7 +21,7 @@ HUBS = {
 CONNECT_TIMEOUT_S = 5.0
 
 
-class DownloadError(RuntimeError):
+class DownloadError(GeoVLError, RuntimeError):
     pass
 
 

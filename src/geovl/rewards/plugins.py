@@ -23,13 +23,14 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..errors import GeoVLError
 from ..train.recipe import RecipeError
 from .funcs import BUILTIN_REWARDS
 
 __all__ = ["RewardPluginError", "load_reward_file", "resolve_rewards"]
 
 
-class RewardPluginError(ValueError):
+class RewardPluginError(GeoVLError, ValueError):
     pass
 
 

@@ -38,6 +38,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ..geo.tables import auto_class_table
 from ..inference.capabilities import input_spec
 from ..inference.engine import EngineError
 from .images import ImageRefError, check_image, fetch_image, image_format
@@ -204,23 +205,6 @@ def _write_geotiffs(blobs: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, 
                                 "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE / GeoTIFF 没有坐标系，无法量算面积", "no_crs", name)
         out[name] = (str(path), count)
     return out
-
-
-def auto_class_table(class_paths: list[str]):
-    """The auto-detected table of uploaded class rasters from their codes alone (WorldCover when every
-    code is one, else generic) — never from a ``classes.json`` that happens to lie near the upload."""
-    import numpy as np
-    import rasterio
-
-    from ..geo.tables import auto_table
-
-    codes: set[int] = set()
-    for p in class_paths:
-        with rasterio.open(p) as ds:
-            band = ds.read(1, masked=True)
-        vals = band.compressed()
-        codes |= {int(v) for v in np.unique(vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals)}
-    return auto_table(codes, None)  # never looks beside the temporary files for a classes.json
 
 
 def measure_files(opts, blobs: dict[str, bytes], tmp: Path):

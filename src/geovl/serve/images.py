@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..errors import GeoVLError
 from ..imagery.decode import JP2_MAGICS, TIFF_MAGICS, ImageError, ImageTooLarge, check_size, read_header
 
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # per image on the server (bands x pixels x bytes per sample)
@@ -39,12 +40,12 @@ FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.IGNORECASE)
 
 
-class ImageRefError(Exception):
+class ImageRefError(GeoVLError):
     """A refused image reference. ``status`` is the HTTP status, ``code`` a stable slug."""
 
     def __init__(self, message: str, code: str, status: int = 400):
-        super().__init__(message)
-        self.message, self.code, self.status = message, code, status
+        super().__init__(message)  # .message (GeoVLError) is the message
+        self.code, self.status = code, status
 
 
 @dataclass

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import GeoVLError
 
-class RecipeError(ValueError):
+
+class RecipeError(GeoVLError, ValueError):
     pass
 
 

@@ -143,7 +143,7 @@ class GeoPanel:
         if m is None:
             try:
                 if supplied and spec is None:  # auto: from the codes, not from files that happen to lie near the uploads
-                    from .geo_api import auto_class_table
+                    from ..geo.tables import auto_class_table
 
                     spec = auto_class_table([c for c in (c_before, c_after) if c] or [r["path"] for r in (before, after) if r])
                 m = measure_inputs(after["path"], before and before["path"], c_after, c_before, class_table=spec)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import GeoVLError
 from ...imagery.geotiff import Raster, write_raster
 from ..io import DatasetWriter
 from ..schema import assistant_turn, user_turn
@@ -53,7 +54,7 @@ DEFAULT_SPLIT = "train=0.8,test=0.2"
 DEFAULT_QUESTIONS = len(qa.TASKS)  # one question of every task per scene and language
 
 
-class SynthError(ValueError):
+class SynthError(GeoVLError, ValueError):
     """Bad arguments or an output directory that cannot be used."""
 
 
