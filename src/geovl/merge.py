@@ -429,25 +429,3 @@ def _copy_projector(tmp: Path, pre, adapter: Path, base: Path) -> dict | None:
     pre.spectral = preprocess_entry(projector)
     _log(f"spectral projector from {src}: {projector.n_bands} bands → RGB, kept beside the weights")
     return {"from": str(src.resolve()), "n_bands": projector.n_bands}
-
-
-def run(args) -> int:
-    import signal
-    import threading
-
-    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: merge() removes its temporary folder
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
-    try:
-        info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    what = (
-        f"{info['lora_tensors']} LoRA + {info['modules_to_save_tensors']} fully trained tensors merged"
-        if info["kind"] == "lora"
-        else f"{info['tensors']} full fine-tuned tensors validated"
-    )
-    print(f"merged {info['family']} model written to {args.out} ({what}); load it with AutoModelForImageTextToText / vLLM")
-    return 0

@@ -19,4 +19,26 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="per-sample token budget: report samples over it")
     p.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples with images summarised")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run_lazy("geovl.data.inspect:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.data_inspect:run"))
+
+
+def run(args) -> int:
+    import json
+
+    from geovl.data.inspect import format_report, inspect_dataset
+
+    report = inspect_dataset(
+        args.file,
+        family=args.family,
+        model=args.model,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        budget=args.max_tokens,
+        preview=args.preview,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    return 0

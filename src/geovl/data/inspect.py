@@ -239,21 +239,3 @@ def format_report(r: dict) -> str:
         for m in p["messages"]:
             lines.append(f"  {m['role']}: {m['content']}")
     return "\n".join(lines)
-
-
-def run(args) -> int:
-    report = inspect_dataset(
-        args.file,
-        family=args.family,
-        model=args.model,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        budget=args.max_tokens,
-        preview=args.preview,
-        progress=not args.json,
-    )
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-    else:
-        print(format_report(report))
-    return 0

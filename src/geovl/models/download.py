@@ -78,9 +78,3 @@ def fetch_for_training(name: str) -> Path:
     if (cache / "config.json").is_file():
         return cache
     return download(name, cache)
-
-
-def run(args) -> int:
-    path = download(args.name, args.out, hub=args.hub, revision=args.revision)
-    print(f"downloaded {args.name} from {args.hub} to {path}")
-    return 0

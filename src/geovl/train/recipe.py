@@ -17,11 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import GeoVLError
-
-
-class RecipeError(GeoVLError, ValueError):
-    pass
+from ..errors import RecipeError  # noqa: F401 - re-exported: geovl.train.recipe.RecipeError
 
 
 @dataclass

@@ -38,9 +38,9 @@ from typing import Any, Callable
 
 from ..data.schema import assistant_turn, user_turn
 from ..inference.capabilities import cube_reader, input_spec
-from ..inference.engine import ChatRequest, EngineError, GenerationParams
-from .i18n import LANGS, quick_questions, t
+from ..inference.engine import ChatRequest, GenerationParams
 from ..serve.images import ImageLimits, ImageRefError, check_image, image_format
+from .i18n import LANGS, quick_questions, t
 
 log = logging.getLogger("geovl.ui")
 
@@ -409,37 +409,3 @@ def launch(app: ChatApp, host: str = "127.0.0.1", port: int = 7860, share: bool 
         mcp_server=False,
         footer_links=[],
     )
-
-
-def run(args) -> int:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from geovl.cli import CLIError
-
-    if bool(args.api) == bool(args.model):
-        raise CLIError("give either --model FOLDER (a local model) or --api URL (an OpenAI-compatible server)")
-    for name in ("max_new_tokens", "max_upload_bytes", "max_images"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.api:
-        if args.adapter:
-            raise CLIError("--adapter cannot be used with --api (the server decides which weights it serves)")
-        from geovl.inference import open_engine
-
-        try:
-            engine = open_engine(api=args.api, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"))
-        except EngineError as e:
-            raise CLIError(str(e)) from e
-        where = engine.base_url
-    else:
-        from geovl.commands.serve import open_local_engine
-
-        engine, where = open_local_engine(args), None
-    extension = None
-    if not getattr(args, "no_geo", False):
-        from .geo_panel import GeoPanel
-
-        extension = GeoPanel(engine)
-    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
-                  where=where, extension=extension)
-    launch(app, host=args.host, port=args.port, share=args.share)
-    return 0
