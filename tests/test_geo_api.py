@@ -16,7 +16,7 @@ import numpy as np
 import openai
 import pytest
 
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.ask import grounded_answer
 from geovl.geo.measure import measure_raster
 from geovl.imagery.geotiff import Raster, write_raster

@@ -19,7 +19,7 @@ from PIL import Image
 from rasterio.warp import transform as warp
 
 from geovl.cli import main
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.detect import read_wkb_polygon
 from geovl.geo.mapper import sidecar_path
 from geovl.geo.tiles import TileGrid, png_bytes, read_rgb, render_spec, window_polygon

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from geovl.data.schema import user_turn
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.ask import build_grounded, grounded_answer
 from geovl.geo.tiles import image_for_model
 from geovl.geo.units import all_units, fmt

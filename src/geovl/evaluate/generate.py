@@ -168,8 +168,9 @@ def _generate_or_isolate(engine, requests: list[ChatRequest], params: Generation
 
 def cube_inputs(sample: dict, root: Path) -> list[Path]:
     """The cube files standing in for a sample's images (a :class:`SampleError` ``no_cube`` if there are none)."""
-    from ..spectral import SpectralError
-    from ..spectral.vision_input import sample_cube_paths
+    from ..models.input_plugins import spectral
+
+    SpectralError, sample_cube_paths = spectral().SpectralError, spectral().sample_cube_paths
 
     try:
         paths = sample_cube_paths(sample, root)
@@ -202,7 +203,7 @@ def box_frame_for(engine, sample: dict) -> dict | None:
     if sample.get("qtype") != "grounding" or getattr(engine, "family", None) is None or getattr(engine, "processor", None) is None:
         return None
     from ..data.schema import SampleError
-    from ..models.box_format import sample_frame
+    from ..data.box_render import sample_frame
     from ..models.preprocess import PreprocessConfig
 
     lo, hi = PreprocessConfig.bounds_of(engine.processor)

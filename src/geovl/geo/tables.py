@@ -101,7 +101,7 @@ DERIVED = [  # what each class holds: see the rules in geovl.geo.indices
 
 
 def synth_table() -> ClassTable:
-    from ..data.synth.classes import CLASSES, NODATA
+    from ..data.landcover_classes import CLASSES, NODATA
 
     return ClassTable("synth", {c.id: ClassInfo(c.id, c.key, c.en, c.zh, None) for c in CLASSES}, (NODATA,), "truth")
 

@@ -231,8 +231,9 @@ class LocalEngine:
         self.preprocess = preprocess_for(model_dir, adapter_dir)
         if self.preprocess is not None:
             self.preprocess.apply(self.processor)
-        from ..spectral.vision_input import load_into
+        from ..models.input_plugins import spectral as spectral_input
 
+        load_into = spectral_input().load_into
         # a model trained with a spectral projector reads hyperspectral cubes (its files sit beside the weights)
         self.spectral = load_into(self.model, self.family, self.processor, adapter_dir, model_dir)
         if self.spectral is None and self.preprocess is not None and self.preprocess.spectral:
@@ -352,7 +353,9 @@ class LocalEngine:
         texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
         kw = {}
         if self.spectral is not None:
-            from ..spectral.vision_input import PROCESSOR_KWARGS
+            from ..models.input_plugins import spectral as spectral_input
+
+            PROCESSOR_KWARGS = spectral_input().PROCESSOR_KWARGS
 
             images = [self.cube(b) for r in requests for b in r.images]
             kw = PROCESSOR_KWARGS
@@ -373,8 +376,9 @@ class LocalEngine:
         """A request image as the spectral model's input (N, H, W): an array, a cube path, or .npy / multi-band
         GeoTIFF bytes; a wrong band count or wavelength is an :class:`ImageError` (``bad_cube``)."""
         from ..imagery.decode import ImageError
-        from ..spectral import SpectralError
-        from ..spectral.vision_input import cube_tensor
+        from ..models.input_plugins import spectral as spectral_input
+
+        SpectralError, cube_tensor = spectral_input().SpectralError, spectral_input().cube_tensor
 
         try:
             return cube_tensor(item, self.spectral.projector)

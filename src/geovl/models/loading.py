@@ -112,7 +112,7 @@ def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
     processor = load_processor(path)
     model = load_weights(path, AutoModelForImageTextToText, dtype=dtype or torch.float32)
     model.to(device).eval()
-    from ..spectral.vision_input import load_into
+    from .input_plugins import spectral
 
-    load_into(model, family, processor, path)  # a spectral model's projector, saved beside the weights
+    spectral().load_into(model, family, processor, path)  # a spectral model's projector, saved beside the weights
     return model, processor, family
