@@ -95,7 +95,6 @@ def options_from_args(args: Any):
     )
 
 
-
 def run(args) -> int:
     import sys
     import warnings
