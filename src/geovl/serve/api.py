@@ -245,6 +245,10 @@ def create_app(engine, config: ServerConfig):
     async def _stopping(request, exc):
         return _error_response(APIError(503, f"{exc} / 服务器正在关闭", "server_shutting_down"))
 
+    @app.exception_handler(GeoVLError)
+    async def _user_error(request, exc: GeoVLError):  # a user-facing error no route turned into an APIError
+        return _error_response(APIError(400, str(exc), "invalid_request"))
+
     @app.exception_handler(Exception)
     async def _internal(request, exc):  # pragma: no cover - a bug, logged with its traceback
         log.exception("internal error")
