@@ -6,7 +6,7 @@ interleaved A B C A B C A B C (each side loads its model afresh every round, sam
 (a) ``one_by_one``   — one ``model.generate`` per sample, plain transformers;
 (b) ``hf_batched``   — what a maintainer writes without our engine: plain transformers, the processor
     with ``padding_side="left"``, ``model.generate`` on batches of 8 in dataset order;
-(c) ``engine``       — ``geovl.serve.LocalEngine`` at batch size 8 (left padding, length-sorted batches).
+(c) ``engine``       — ``geovl.inference.LocalEngine`` at batch size 8 (left padding, length-sorted batches).
 
 Counted exactly (``abtest.CallCounter`` wraps the language model's and the vision encoder's forward): LLM forward calls, vision encoder
 calls, prefill positions (batch × padded prompt length of every prefill forward) against the real prompt
@@ -100,7 +100,7 @@ def hf_generate(model_dir: str, questions, images, max_new_tokens: int, batch_si
 
 def engine_generate(model_dir: str, questions, images, max_new_tokens: int, batch_size: int) -> dict:
     from geovl.data.schema import user_turn
-    from geovl.serve import ChatRequest, GenerationParams, LocalEngine
+    from geovl.inference import ChatRequest, GenerationParams, LocalEngine
 
     eng = LocalEngine(model_dir, batch_size=batch_size)
     reqs = [ChatRequest([user_turn(q, 1)], [img]) for q, img in zip(questions, images)]
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                            "greedy": True, "dtype": "float32", "warm_up": "one batch per run, not counted"},
                 "one_by_one": "AutoProcessor + AutoModelForImageTextToText, model.generate per sample",
                 "hf_batched": f"same, processor padding_side='left', model.generate on batches of {bs} in dataset order",
-                "engine": f"geovl.serve.LocalEngine(batch_size={bs}): left padding, batches sorted by estimated prompt length",
+                "engine": f"geovl.inference.LocalEngine(batch_size={bs}): left padding, batches sorted by estimated prompt length",
             },  # fmt: skip
             "real_prompt_tokens": real,
             "sides": sides,

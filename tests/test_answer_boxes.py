@@ -12,7 +12,7 @@ from PIL import Image
 
 from geovl.models.box_format import frame_for, render
 from geovl.models.registry import get_family
-from geovl.serve.answer_boxes import answer_boxes, boxes_geojson
+from geovl.inference.answer_boxes import answer_boxes, boxes_geojson
 from serve_util import data_uri, png
 
 
@@ -82,7 +82,7 @@ def test_answer_without_boxes_and_geojson_of_boxes():
 
 
 def test_web_app_box_panel_draws_and_offers_geojson():
-    from geovl.serve.webapp import ChatApp
+    from geovl.ui.webapp import ChatApp
 
     eng = BoxEngine()
     app = ChatApp(eng, lang="en")
@@ -103,7 +103,7 @@ def test_web_app_box_panel_draws_and_offers_geojson():
 def test_the_geojson_link_downloads_from_the_running_web_app(monkeypatch):
     import httpx
 
-    from geovl.serve.webapp import ChatApp, launch
+    from geovl.ui.webapp import ChatApp, launch
     from serve_util import free_port
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")

@@ -16,8 +16,8 @@ import openai
 import pytest
 
 from geovl.data.schema import assistant_turn, text_part, user_turn
-from geovl.serve import ChatRequest, GenerationParams, LocalEngine
-from geovl.serve.remote import RemoteEngine
+from geovl.inference import ChatRequest, GenerationParams, LocalEngine
+from geovl.inference.remote import RemoteEngine
 from serve_util import Server, data_uri, free_port, jpeg, png, running
 
 FAMILY = "qwen2.5-vl"

@@ -33,7 +33,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from geovl.serve import LocalEngine
+from geovl.inference import LocalEngine
 from geovl.serve.api import ServerConfig, create_app
 from geovl.serve.images import ImageLimits
 from serve_util import Server, data_uri, free_port, png, running
@@ -402,7 +402,7 @@ def test_tiff_band_bomb_refused_from_the_header_on_every_path(client, tmp_path, 
     from PIL import Image
 
     from geovl.imagery import decode
-    from geovl.serve.webapp import ChatApp
+    from geovl.ui.webapp import ChatApp
 
     bomb = band_bomb_tif(tmp_path / "bomb.tif")
     assert len(bomb) < 20_000
@@ -557,7 +557,7 @@ def test_prompt_tokens_are_counted_and_refused_before_generation(engine, tree, m
     app = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=4096, default_max_tokens=512, max_prompt_tokens=100_000))
     with TestClient(app, base_url="http://127.0.0.1") as tc:
         c = oai(tc)
-        n_words = engine.count_prompt_tokens(__import__("geovl.serve", fromlist=["ChatRequest"]).ChatRequest(
+        n_words = engine.count_prompt_tokens(__import__("geovl.inference", fromlist=["ChatRequest"]).ChatRequest(
             [{"role": "user", "content": [{"type": "text", "text": "field " * 100}]}]))
         words = 4500 * 100 // n_words  # comfortably over 4,096 tokens
         before = engine.stats.samples

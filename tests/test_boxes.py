@@ -13,7 +13,8 @@ from PIL import Image
 
 from geovl.data.boxes import answer_text, box_dict
 from geovl.data.schema import SampleError, make_sample, validate_sample
-from geovl.models.box_format import BoxFrame, parse_syntax, parse_text, render, render_sample
+from geovl.data.box_render import render_sample
+from geovl.models.box_format import BoxFrame, parse_syntax, parse_text, render
 from geovl.models.registry import FAMILIES, get_family
 
 FAMS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")

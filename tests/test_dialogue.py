@@ -23,7 +23,7 @@ from geovl.data.io import DatasetWriter, read_samples
 from geovl.data.schema import SampleError, assistant_turn, user_turn
 from geovl.evaluate.dialogue import run_dialogues, split_dialogue
 from geovl.evaluate.judge_parse import parse_judgment
-from geovl.serve import GenerationParams
+from geovl.inference import GenerationParams
 
 CORPUS = Path(__file__).parent / "data" / "judge_outputs"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
@@ -77,7 +77,7 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    from geovl.serve import LocalEngine
+    from geovl.inference import LocalEngine
 
     eng = LocalEngine(str(tiny), device="cpu", batch_size=8)
     yield eng

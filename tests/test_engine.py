@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import assistant_turn, make_sample, text_part, user_turn
-from geovl.serve import ChatRequest, Engine, EngineError, GenerationParams, LocalEngine
+from geovl.inference import ChatRequest, Engine, EngineError, GenerationParams, LocalEngine
 from serve_util import jpeg, png
 
 MAX_NEW = 6
@@ -136,7 +136,7 @@ def test_preprocess_raster_bands_render_geotiffs(tiny_model_dir, tmp_path):
     from geovl.imagery.decode import ImageError
     from geovl.imagery.geotiff import read_raster, render_rgb
     from geovl.models.preprocess import PreprocessConfig
-    from geovl.serve.engine import decode_image
+    from geovl.inference.engine import decode_image
 
     tif = tmp_path / "s2.tif"
     bands = np.random.default_rng(0).integers(0, 5000, (4, 40, 56)).astype("uint16")
@@ -278,7 +278,7 @@ def test_prompt_longer_than_the_context_is_refused_before_generation(engines, tm
     ``prompt_too_long``) and answers the others."""
     from geovl.data.io import DatasetWriter
     from geovl.evaluate.generate import run_predictions
-    from geovl.serve.engine import PromptTooLong
+    from geovl.inference.engine import PromptTooLong
 
     eng = engines("qwen2.5-vl")
     assert eng.context_length == 4096

@@ -17,7 +17,7 @@ from PIL import Image
 
 from geovl.cli import main
 from geovl.data.schema import assistant_turn, make_sample, text_part, user_turn
-from geovl.serve import ChatRequest, EngineError, GenerationParams
+from geovl.inference import ChatRequest, EngineError, GenerationParams
 
 # -- a minimal OpenAI-compatible server ----------------------------------------------------------
 ANSWERS = {"Is there water?": "yes", "有水吗？": "有"}
@@ -104,7 +104,7 @@ def uri(b: bytes, mime: str) -> str:
 
 # -- RemoteEngine ----------------------------------------------------------------------------------
 def test_remote_engine_sends_openai_payloads_and_streams_sse(stub):
-    from geovl.serve import RemoteEngine
+    from geovl.inference import RemoteEngine
 
     server, url = stub
     server.log.clear()
@@ -151,7 +151,7 @@ def test_remote_engine_sends_openai_payloads_and_streams_sse(stub):
 
 
 def test_remote_engine_connection_failure_names_the_url():
-    from geovl.serve import RemoteEngine
+    from geovl.inference import RemoteEngine
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -291,7 +291,7 @@ def test_infer_cli_streams_reads_geotiff_and_lists(tiny_model_dir, tmp_path, cap
     from rasterio.transform import from_origin
 
     from geovl.imagery.decode import load_image
-    from geovl.serve import LocalEngine
+    from geovl.inference import LocalEngine
 
     model = str(tiny_model_dir("qwen3-vl"))
     Image.open(io.BytesIO(png(3))).save(tmp_path / "a.png")

@@ -12,7 +12,7 @@ from PIL import Image
 from geovl.data.io import DatasetWriter
 from geovl.data.schema import make_sample
 from geovl.evaluate.generate import candidates_for, choice_candidates, run_predictions
-from geovl.serve.engine import ChatRequest, LocalEngine
+from geovl.inference.engine import ChatRequest, LocalEngine
 
 
 def _png(color, size=(112, 112)) -> bytes:

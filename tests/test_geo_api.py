@@ -16,11 +16,11 @@ import numpy as np
 import openai
 import pytest
 
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.ask import grounded_answer
 from geovl.geo.measure import measure_raster
 from geovl.imagery.geotiff import Raster, write_raster
-from geovl.serve import GenerationParams, LocalEngine
+from geovl.inference import GenerationParams, LocalEngine
 from serve_util import Server, data_uri, free_port, png, running
 
 FAMILY = "qwen2.5-vl"

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from geovl.cli import main
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.ask import (HEADER, QUESTION, TWO_IMAGES, build_grounded, detect_lang, grounded_answer, prompt_text,
                            stream_grounded_answer)
 from geovl.geo.errors import MeasureError

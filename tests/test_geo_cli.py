@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geovl.cli import main
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.imagery.geotiff import Raster, read_raster, write_raster
 
 UTM = (10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)

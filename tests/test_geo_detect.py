@@ -211,7 +211,7 @@ def test_cli_with_a_tiny_model_and_eval_records_the_box_frame(tiny_model_dir, tm
     from geovl.evaluate.score import score_file
     from geovl.models.box_format import BoxFrame, parse_text
     from geovl.models.preprocess import PreprocessConfig
-    from geovl.serve import GenerationParams, LocalEngine
+    from geovl.inference import GenerationParams, LocalEngine
 
     model = str(tiny_model_dir("qwen2.5-vl"))
     tif = write_tif(tmp_path / "a.tif", [(10, 10, 30, 30)], size=(100, 90))

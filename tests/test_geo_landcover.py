@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from geovl.data.synth import synthesize
-from geovl.data.synth.classes import BARE, BUILTUP, CROPLAND, FOREST, ROAD, WATER
+from geovl.synth import synthesize
+from geovl.synth.classes import BARE, BUILTUP, CROPLAND, FOREST, ROAD, WATER
 from geovl.geo.errors import MeasureError
 from geovl.geo.indices import IndexRules, classify, load_rules, parse_band_order
 from geovl.geo.measure import measure_raster

@@ -19,7 +19,7 @@ from PIL import Image
 from rasterio.warp import transform as warp
 
 from geovl.cli import main
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.detect import read_wkb_polygon
 from geovl.geo.mapper import sidecar_path
 from geovl.geo.tiles import TileGrid, png_bytes, read_rgb, render_spec, window_polygon
@@ -103,7 +103,7 @@ def _read_flags(path):
 
 
 def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
 
     _, path, _ = mosaic
     model = str(tiny_model_dir("qwen2-vl"))

@@ -12,8 +12,8 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
-from geovl.data.synth import synthesize
-from geovl.data.synth.classes import BY_KEY
+from geovl.synth import synthesize
+from geovl.synth.classes import BY_KEY
 from geovl.geo.errors import MeasureError
 from geovl.geo.measure import measure_raster
 from geovl.imagery.geotiff import Raster, read_raster, write_raster

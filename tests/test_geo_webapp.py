@@ -1,4 +1,4 @@
-"""GeoTIFFs in the web app: the measurement panel and grounded chat (geovl.serve.geo_panel).
+"""GeoTIFFs in the web app: the measurement panel and grounded chat (geovl.ui.geo_panel).
 
 In-process first (the ChatApp handlers with the GeoPanel extension): two synthetic county GeoTIFFs
 plus their class maps → the panel shows the synth-truth areas; the chat answer is exactly the local
@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from geovl.data.schema import user_turn
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.ask import build_grounded, grounded_answer
 from geovl.geo.tiles import image_for_model
 from geovl.geo.units import all_units, fmt
-from geovl.serve import ChatRequest, GenerationParams, LocalEngine
-from geovl.serve.i18n import t
+from geovl.inference import ChatRequest, GenerationParams, LocalEngine
+from geovl.ui.i18n import t
 from serve_util import Server, free_port, running
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -99,15 +99,15 @@ class Recorder:
 
 
 def app_with(engine, tmp_path):
-    from geovl.serve.geo_panel import GeoPanel
-    from geovl.serve.webapp import ChatApp
+    from geovl.ui.geo_panel import GeoPanel
+    from geovl.ui.webapp import ChatApp
 
     return ChatApp(engine, extension=GeoPanel(engine, work_dir=tmp_path / "geo"), max_new_tokens=MAX_NEW)
 
 
 # -- in-process -------------------------------------------------------------------------------------------
 def test_grounded_chat_and_panel_share_one_measurement(engine, county, tmp_path):
-    from geovl.serve.webapp import Conversation
+    from geovl.ui.webapp import Conversation
 
     sc, f = county
     app = app_with(engine, tmp_path)
@@ -146,7 +146,7 @@ def test_grounded_chat_and_panel_share_one_measurement(engine, county, tmp_path)
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_follow_ups_retries_plain_images_no_crs_and_order(county, tmp_path):
-    from geovl.serve.webapp import Conversation
+    from geovl.ui.webapp import Conversation
 
     sc, f = county
     rec = Recorder()
@@ -201,7 +201,7 @@ def test_map_button_writes_the_flags_map_and_downloads(county, tmp_path):
     import gradio as gr
     import rasterio
 
-    from geovl.serve.webapp import Conversation
+    from geovl.ui.webapp import Conversation
 
     sc, f = county
     rec = Recorder()

@@ -111,7 +111,7 @@ def _sft_data(tmp_path):
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_grpo_trains_saves_resumes_and_reloads(family, files, tiny_model_dir, tmp_path, capsys):
-    from geovl.serve import ChatRequest, GenerationParams, LocalEngine
+    from geovl.inference import ChatRequest, GenerationParams, LocalEngine
 
     start, extra = _start(capsys, family, tiny_model_dir, tmp_path)
     out = tmp_path / "run"

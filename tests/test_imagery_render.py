@@ -61,7 +61,7 @@ def test_convert_infer_ask_and_api_give_the_model_identical_input(tmp_path, caps
     from geovl.geo.tiles import image_for_model
     from geovl.infer import image_bytes
     from geovl.models.preprocess import PreprocessConfig
-    from geovl.serve.engine import decode_image
+    from geovl.inference.engine import decode_image
 
     tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
     rc, rows, _ = _convert(tmp_path, "bgrn.tif")
@@ -296,13 +296,15 @@ def test_webapp_shows_and_sends_what_the_model_sees(tmp_path):
     """Before: with a model's rgb_bands the web app showed bands 1-3 and sent the raw TIFF for the engine to render."""
     from geovl.infer import image_bytes
     from geovl.models.preprocess import PreprocessConfig
-    from geovl.serve.webapp import ChatApp
+    from geovl.ui.webapp import ChatApp
+
+    from geovl.inference.capabilities import InputSpec
 
     class Engine:  # ChatApp only reads these attributes to load an image
-        name, spectral = "stub", None
+        name = "stub"
 
         def __init__(self, pre):
-            self.preprocess = pre
+            self.inputs = InputSpec(preprocess=pre)
 
     tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
     for pre in (None, PreprocessConfig(rgb_bands=[3, 2, 1])):

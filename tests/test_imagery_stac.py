@@ -14,7 +14,7 @@ import pytest
 import rasterio
 
 from geovl.cli import main
-from geovl.data.synth import synthesize
+from geovl.synth import synthesize
 from geovl.geo.measure import measure_raster
 from geovl.geo.tiles import image_for_model
 from geovl.imagery.stac import StacError, is_stac, stac_inputs

@@ -119,7 +119,7 @@ def test_damaged_model_files_are_one_line_errors_naming_the_file(full, tmp_path,
     assert str(weights) in line and "safetensors" in line
     with pytest.raises(ModelFolderError, match=str(weights)):  # eval / infer / the engine load through this
         load_model_folder(ft)
-    from geovl.serve import LocalEngine
+    from geovl.inference import LocalEngine
 
     with pytest.raises(ModelFolderError, match=str(weights)):  # geovl eval / infer / serve open this engine
         LocalEngine(ft)

@@ -79,8 +79,8 @@ def test_eval_and_infer_over_the_api_equal_the_local_engine(tiny_model_dir, data
         assert main(["infer", "--api", server.url, "--model", "geo-tiny", *q]) == 0
         remote_answer = capsys.readouterr().out
         # the web app over the API (`geovl ui --api`): the same streamed answer
-        from geovl.serve.remote import RemoteEngine
-        from geovl.serve.webapp import ChatApp, Conversation
+        from geovl.inference.remote import RemoteEngine
+        from geovl.ui.webapp import ChatApp, Conversation
 
         app = ChatApp(RemoteEngine(server.url), where=server.url)
         *_, (_, history, conv, _, _) = app.respond({"text": "有没有违规建设？", "files": [str(img)]}, [], Conversation(), "zh", 0.0, 12)

@@ -10,7 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geovl.imagery.decode import read_header
-from geovl.serve.engine import decode_image
+from geovl.inference.engine import decode_image
 from geovl.serve.images import ImageLimits, ImageRefError, check_image, fetch_image, image_format
 from serve_util import data_uri
 

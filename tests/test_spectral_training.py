@@ -113,7 +113,7 @@ def _logits(engine, reqs):
 
 def test_engine_load_reproduces_outputs_and_merge_keeps_the_projector(hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
     from geovl.merge import merge
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
 
     out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     reqs = _requests(hs)
@@ -159,7 +159,7 @@ def test_eval_feeds_cubes_and_rejects_samples_without_one(hs, tiny_model_dir, tm
     import pyarrow.parquet as pq
 
     from geovl.evaluate.generate import run_predictions
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
 
     out, _ = _run("qwen2-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     rows = pq.read_table(hs / "test.parquet").to_pylist()[:6]
@@ -226,7 +226,7 @@ def test_api_answers_a_geotiff_cube_like_the_local_engine(hs, tiny_model_dir, tm
     from serve_util import Server, free_port, running
 
     from geovl.data.schema import user_turn
-    from geovl.serve.engine import ChatRequest, GenerationParams, LocalEngine
+    from geovl.inference.engine import ChatRequest, GenerationParams, LocalEngine
 
     out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     s = next(iter(read_samples(hs / "test.parquet")))
@@ -267,7 +267,7 @@ def _spectral_grpo(capsys, start, hs, out, plugin, *extra, resume=False):
 
 @pytest.mark.parametrize("start", ["lora-adapter", "full-ft-beta"])
 def test_grpo_trains_a_spectral_model_on_cubes(start, hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
-    from geovl.serve import GenerationParams, LocalEngine
+    from geovl.inference import GenerationParams, LocalEngine
 
     plugin = tmp_path / "len_rewards.py"
     plugin.write_text(LENGTH_PLUGIN)
@@ -321,8 +321,8 @@ def test_grpo_trains_a_spectral_model_on_cubes(start, hs, tiny_model_dir, tmp_pa
 def test_web_app_takes_a_cube_upload_and_refuses_a_picture(hs, tiny_model_dir, tmp_path_factory, capsys, runs):
     import gradio as gr
 
-    from geovl.serve.engine import LocalEngine
-    from geovl.serve.webapp import ChatApp
+    from geovl.inference.engine import LocalEngine
+    from geovl.ui.webapp import ChatApp
 
     out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     app = ChatApp(LocalEngine(str(out / "final"), device="cpu"), lang="en")

@@ -243,7 +243,7 @@ def test_vlm_map_resumes_from_its_journal(final, big_cube, tmp_path):
 
 
 def test_vlm_map_api_zh_mean_blend_and_a_cube_smaller_than_a_tile(final, hs, tmp_path):
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
     from geovl.spectral.readers import open_cube
     from geovl.spectral.vlm_map import vlm_map
 
@@ -275,7 +275,7 @@ def test_vlm_map_refuses_a_model_without_projector(tiny_model_dir, big_cube, tmp
 
 
 def test_vlm_map_api_refuses_before_writing(tiny_model_dir, final, big_cube, tmp_path):
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
     from geovl.spectral.readers import open_cube, write_cube_geotiff
     from geovl.spectral.vlm_map import vlm_map
 

@@ -15,10 +15,10 @@ from PIL import Image
 
 from geovl.data.io import read_samples
 from geovl.data.schema import message_text, validate_sample
-from geovl.data.synth import BY_ID, BY_KEY, URBAN_THRESHOLD, SynthError, make_scene, synthesize
-from geovl.data.synth.classes import BARE, BUILDING, BUILTUP, CROPLAND, FOREST, ROAD, WATER
-from geovl.data.synth.qa import UNITS, area_value, round_half_up
-from geovl.data.synth.write import parse_split, scene_transform, split_counts
+from geovl.synth import BY_ID, BY_KEY, URBAN_THRESHOLD, SynthError, make_scene, synthesize
+from geovl.synth.classes import BARE, BUILDING, BUILTUP, CROPLAND, FOREST, ROAD, WATER
+from geovl.synth.qa import UNITS, area_value, round_half_up
+from geovl.synth.write import parse_split, scene_transform, split_counts
 from geovl.imagery.geotiff import read_raster
 
 N_SCENES, SIZE, SEED, PIXEL = 12, 160, 3, 10.0

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from geovl.data.io import read_samples
-from geovl.data.synth import make_scene, synthesize
-from geovl.data.synth.boxes import largest_water, water_bodies
-from geovl.data.synth.classes import BUILDING, WATER
-from geovl.data.synth.write import SynthError, parse_tasks
+from geovl.synth import make_scene, synthesize
+from geovl.synth.boxes import largest_water, water_bodies
+from geovl.synth.classes import BUILDING, WATER
+from geovl.synth.write import SynthError, parse_tasks
 
 
 @pytest.fixture(scope="module")

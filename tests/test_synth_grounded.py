@@ -11,9 +11,9 @@ import pytest
 from geovl.cli import main
 from geovl.data.io import read_samples
 from geovl.data.schema import message_text, validate_sample
-from geovl.data.synth import SynthError, synthesize
-from geovl.data.synth import qa
-from geovl.data.synth.write import parse_tasks
+from geovl.synth import SynthError, synthesize
+from geovl.synth import qa
+from geovl.synth.write import parse_tasks
 from geovl.evaluate.normalize import parse_quantity
 from geovl.geo.ask import build_grounded
 from geovl.geo.units import all_units, fmt

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from geovl.data.schema import assistant_turn, user_turn
-from geovl.serve import ChatRequest, GenerationParams, LocalEngine
-from geovl.serve.i18n import QUICK_QUESTIONS, t
+from geovl.inference import ChatRequest, GenerationParams, LocalEngine
+from geovl.ui.i18n import QUICK_QUESTIONS, t
 from serve_util import Server, free_port, png, running
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -62,7 +62,7 @@ def drain(gen):
 
 
 def test_string_tables_match():
-    from geovl.serve.i18n import LANGS, STRINGS
+    from geovl.ui.i18n import LANGS, STRINGS
 
     assert set(STRINGS["zh"]) == set(STRINGS["en"])
     assert all(len(QUICK_QUESTIONS[lang]) == 4 for lang in LANGS)
@@ -75,7 +75,7 @@ def test_string_tables_match():
 def test_conversation_keeps_images_in_place_retry_clear_and_panel_hook(engine, tmp_path):
     import gradio as gr
 
-    from geovl.serve.webapp import ChatApp, Conversation, PanelResult
+    from geovl.ui.webapp import ChatApp, Conversation, PanelResult
 
     seen = []
 
@@ -125,7 +125,7 @@ def test_conversation_keeps_images_in_place_retry_clear_and_panel_hook(engine, t
 
 
 def test_failed_turn_is_shown_and_replaced_by_the_next_question(engine, tmp_path):
-    from geovl.serve.webapp import ChatApp, Conversation
+    from geovl.ui.webapp import ChatApp, Conversation
 
     class Failing:
         name, preprocess = "failing", None
@@ -147,7 +147,7 @@ def test_geotiff_upload_is_rendered_for_display(engine, tmp_path):
     import numpy as np
 
     from geovl.imagery.geotiff import Raster, write_raster
-    from geovl.serve.webapp import ChatApp
+    from geovl.ui.webapp import ChatApp
 
     arr = (np.random.default_rng(0).random((4, 40, 50)) * 3000).astype("uint16")
     tif = tmp_path / "scene.tif"

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import GeoVLError
+
 # (module in geovl.commands, top-level command name)
 COMMAND_MODULES = [
     ("data", "data"),
@@ -30,12 +32,17 @@ COMMAND_MODULES = [
 ]
 
 
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2 (or ``.code``)."""
+class CLIError(GeoVLError):
+    """A bad command-line option (a :class:`~geovl.errors.GeoVLError`): printed without a traceback,
+    exit status 2 (or ``code``). Only :mod:`geovl.commands` raises it; library code raises its own
+    GeoVLError subclasses."""
 
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+    def __init__(self, message: str, code: int = 2, hint: str | None = None):
+        super().__init__(message, hint=hint, exit_code=code)
+
+    @property
+    def code(self) -> int:
+        return self.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except CLIError as e:
+    except GeoVLError as e:  # every user-facing error: message (and hint), no traceback
         print(f"geovl: error: {e}", file=sys.stderr)
-        return e.code
+        if e.hint:
+            print(f"geovl: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("geovl: interrupted", file=sys.stderr)
         return 130
@@ -79,29 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_lazy(target: str):
-    """``"geovl.data.convert:run"`` → a function that imports the target only when called.
-
-    Known fatal errors from the data/model layers become :class:`CLIError` (no traceback)."""
+    """``"geovl.commands.convert:run"`` → a function that imports the target only when called."""
 
     def _call(args):
         mod_name, fn = target.split(":")
-        mod = importlib.import_module(mod_name)
-        try:
-            return getattr(mod, fn)(args)
-        except CLIError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            from .errors import GeoVLError
-
-            if isinstance(e, GeoVLError) or type(e).__name__ in USER_ERRORS:
-                raise CLIError(str(e)) from e
-            raise
+        return getattr(importlib.import_module(mod_name), fn)(args)
 
     return _call
-
-
-# Exception class names that are user errors (bad file, bad option): printed, not traced.
-USER_ERRORS = {"DatasetFileError", "ConvertError", "UnknownModelType", "RecipeError", "ImageError", "ModelFolderError", "InspectError", "DownloadError", "ModelSetupError", "TinyModelError", "NonFiniteLoss", "MergeError", "ResumeError"}
 
 
 if __name__ == "__main__":  # pragma: no cover

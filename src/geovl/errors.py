@@ -27,3 +27,8 @@ class GeoVLError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+class RecipeError(GeoVLError, ValueError):
+    """A bad training-recipe value (``geovl train``; also the reward settings that :mod:`geovl.rewards`
+    checks for GRPO). Lives here so that rewards, a lower layer than train, can raise it."""

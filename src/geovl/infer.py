@@ -24,8 +24,7 @@ from typing import TextIO
 
 from .data.schema import user_turn
 from .imagery.decode import ImageError, load_image
-from .log import get_logger
-from .serve.engine import ChatRequest, GenerationParams
+from .inference.engine import ChatRequest, GenerationParams
 
 
 def load_for_model(path: str | os.PathLike, preprocess=None, bands=None):
@@ -52,10 +51,13 @@ CUBE_SUFFIXES = (".hdr", ".img", ".npy")  # ENVI and .npy cubes: only a spectral
 def request_image(path: str | os.PathLike, engine, bands=None):
     """What a request carries for an image file: encoded bytes, or for a model with a spectral projector the
     cube path (checked now: bands and wavelengths must match the projector)."""
-    if getattr(engine, "spectral", None) is not None:
-        engine.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
+    from .inference.capabilities import cube_reader, input_spec
+
+    cubes = cube_reader(engine)
+    if cubes is not None:
+        cubes.cube(Path(path))  # ImageError (bad_cube) names the file and the mismatch
         return Path(path)
-    return image_bytes(path, getattr(engine, "preprocess", None), bands)
+    return image_bytes(path, input_spec(engine).preprocess, bands)
 
 
 def build_request(images: list[bytes], question: str) -> ChatRequest:
@@ -129,63 +131,3 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
     if counts["rejected"] == 0:
         rej_path.unlink(missing_ok=True)
     return counts
-
-
-def run(args) -> int:
-    from .cli import CLIError
-    from .commands.eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
-    from .serve import EngineError
-
-    if args.images is None and args.data is None and not args.image:
-        raise CLIError("give --image PATH (repeatable), --images LIST.txt or --data FILE")
-    if (args.image or args.images) and not args.question:
-        raise CLIError("--question is required with --image / --images")
-    if (args.images or args.data) and not args.out:
-        raise CLIError("--out results.jsonl is required with --images / --data")
-    if args.compare_gt and not args.data:
-        raise CLIError("--compare-gt needs --data (a dataset with reference answers)")
-    quant = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else "none"
-    if quant != "none" and args.api:
-        raise CLIError("--load-in-4bit/--load-in-8bit apply to local models, not --api")
-    params = params_from_args(args)
-    if args.image:  # read the images before loading the model: a typo fails fast (cubes: checked once the model is known)
-        for p in args.image:
-            if Path(p).suffix.lower() in CUBE_SUFFIXES:
-                if not Path(p).is_file():
-                    raise CLIError(f"{p}: no such file / 文件不存在")
-            else:
-                try:
-                    loaded = load_for_model(p, local_preprocess(args), getattr(args, "bands", None))
-                except ImageError as e:
-                    raise CLIError(f"{p}: {e} / 影像无法读取") from None
-                if "band_order" in loaded.meta:  # rasters: say which bands the model is shown
-                    get_logger("geovl.infer").info(f"[波段 bands] {p}: {loaded.meta['band_order']}")
-    engine = open_engine_from_args(args, quantization=quant)
-    try:
-        if args.image:
-            # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
-            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image]
-            request = build_request(images, args.question)
-            answer = stream_answer(engine, request, params)
-            if args.out:
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                rec = {"images": list(args.image), "question": args.question, "prediction": answer}
-                Path(args.out).write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
-        elif args.images:
-            c = infer_list(engine, args.images, args.question, args.out, params, progress=not args.no_progress)
-            msg = f"answered {c['written']} of {c['read']} images → {c['out']}"
-            if c["rejected"]:
-                msg += f"; {c['rejected']} unreadable (see the .rejects.jsonl)"
-            print(msg + " / 已完成推理")
-        else:
-            from .evaluate.generate import run_predictions
-
-            counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, compare_gt=args.compare_gt, progress=not args.no_progress)
-            if args.compare_gt:  # structured answers: parsed fields and per-field scores per record
-                from .evaluate.structured import annotate_predictions
-
-                annotate_predictions(args.out)
-            print_summary(counts)
-    except EngineError as e:
-        raise CLIError(str(e)) from e
-    return 0

@@ -29,12 +29,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import GeoVLError
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "geovl_merge.json"
 
 
-class MergeError(ValueError):
+class MergeError(GeoVLError, ValueError):
     """An adapter / weights folder that cannot be merged into the given base (named, with the reason)."""
 
 
@@ -422,24 +425,3 @@ def _export_vision_input(tmp: Path, pre, adapter: Path, base: Path) -> dict | No
         _log(f"{cls.kind} vision input from {src}: {kept}, kept beside the weights")
     return kept
 
-
-def run(args) -> int:
-    import signal
-    import threading
-
-    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: merge() removes its temporary folder
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
-    try:
-        info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    what = (
-        f"{info['lora_tensors']} LoRA + {info['modules_to_save_tensors']} fully trained tensors merged"
-        if info["kind"] == "lora"
-        else f"{info['tensors']} full fine-tuned tensors validated"
-    )
-    print(f"merged {info['family']} model written to {args.out} ({what}); load it with AutoModelForImageTextToText / vLLM")
-    return 0

@@ -78,7 +78,8 @@ def _run(args) -> int:
     from geovl.geo.ask import build_grounded, detect_lang, measure_inputs, render_images
     from geovl.geo.ask_boxes import boxes_geojson, boxes_text, is_where_question, locate_answer
     from geovl.geo.errors import MeasureError
-    from geovl.serve import EngineError
+    from geovl.inference.capabilities import input_spec
+    from geovl.inference import EngineError
 
     from .eval import local_preprocess, open_engine_from_args, params_from_args
 
@@ -100,8 +101,8 @@ def _run(args) -> int:
     engine = open_engine_from_args(args)
     try:
         gp = build_grounded(args.image, args.question, before_path=args.before, bands=args.bands, lang=lang,
-                            preprocess=getattr(engine, "preprocess", None), measurement=m,
-                            rendered=rendered if getattr(engine, "preprocess", None) == pre else None)
+                            preprocess=input_spec(engine).preprocess, measurement=m,
+                            rendered=rendered if input_spec(engine).preprocess == pre else None)
         def locate(answer: str):  # "where": the answer's boxes on the (later) raster, written as GeoJSON if asked
             info = locate_answer(engine, args.image, gp.renders[-1], answer, args.pixel_size)
             if args.geojson:

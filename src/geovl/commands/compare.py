@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import run_lazy
+from ..cli import CLIError, run_lazy
 
 
 def register(sub) -> None:
@@ -20,4 +20,29 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=0.02, help="relative tolerance for area/number (default 0.02)")
     p.add_argument("--data", metavar="DATASET", help="the dataset both files predicted (to draw the boxes of changed grounding samples)")
     p.add_argument("--max-rows", type=int, default=200, help="changed samples listed per section in the reports")
-    p.set_defaults(func=run_lazy("geovl.evaluate.compare:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.compare:run"))
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from geovl.evaluate.compare import compare_files, default_out_dir, format_comparison, parse_names
+    from geovl.evaluate.compare_boxes import add_grounding  # box metrics and pictures of changed grounding samples
+    from geovl.evaluate.compare_report import write_report
+    from geovl.evaluate.score import PredictionsFileError, write_json
+
+    if args.tolerance < 0:
+        raise CLIError(f"--tolerance must be >= 0, got {args.tolerance}")
+    try:
+        names = parse_names(args.names)
+        result = compare_files(args.before, args.after, args.tolerance, names)
+    except (PredictionsFileError, ValueError) as e:
+        raise CLIError(str(e)) from e
+    out = Path(args.out) if args.out else default_out_dir(args.before, args.after)
+    add_grounding(result, args.before, args.after, getattr(args, "data", None), out)
+    paths = write_report(result, out, max_rows=args.max_rows)
+    write_json(result, out / "compare.json")
+    print(f"{result['n_matched']} matched samples ({args.before} → {args.after})")
+    print(format_comparison(result))
+    print(f"\nreport: {paths['html']}  (also {paths['md'].name}, {paths['png'].name}, compare.json in {out})")
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..cli import run_lazy
 
@@ -62,4 +63,60 @@ def register(sub) -> None:
                    "(default: rejected with reason all_nodata)")
     p.add_argument("--limit", type=int, metavar="N", help="convert only the first N input records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_lazy("geovl.data.convert:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.data_convert:run"))
+
+
+def options_from_args(args: Any):
+    """The :class:`~geovl.data.convert.ConvertOptions` of ``geovl data convert``'s arguments."""
+    from pathlib import Path
+
+    from geovl.data.convert import ConvertOptions
+
+    g = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return ConvertOptions(
+        fmt=g("from_") or g("fmt"),
+        input=Path(g("input")),
+        output=Path(g("output")),
+        split_prefix=g("split_prefix"),
+        images_root=Path(g("images_root")) if g("images_root") else None,
+        split=g("split"),
+        seed=int(g("seed", 0) or 0),
+        preset=g("preset"),
+        mapping=Path(g("mapping")) if g("mapping") else None,
+        bin_counts=bool(g("bin_counts", False)),
+        max_pixels=g("max_pixels"),
+        question=g("question"),
+        limit=g("limit"),
+        progress=not g("no_progress", False),
+        classes=g("classes"),
+        boxes=g("boxes"),
+        bands=g("bands"),
+        keep_nodata=bool(g("keep_nodata", False)),
+    )
+
+
+def run(args) -> int:
+    import sys
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from geovl.data.convert import convert
+
+    opts = options_from_args(args)
+    with warnings.catch_warnings():
+        # RSVQA and many plain TIFFs carry no geotransform: expected, not worth a warning per run.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        summary = convert(opts, log=print)
+    if not summary["conserved"]:  # pragma: no cover - a bug, never expected
+        print("geovl: error: counts do not conserve (written + rejected != read)", file=sys.stderr)
+        return 1
+    if summary["read"] > 0 and summary["written"] == 0:
+        top = max(summary["rejected_by_reason"].items(), key=lambda kv: kv[1])[0]
+        print(
+            f"geovl: error: no record was written (all {summary['read']} rejected, mostly {top!r}); "
+            f"see {summary['rejects']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -22,4 +22,40 @@ def register(sub) -> None:
     p.add_argument("--gpu-memory", metavar="SIZE", help="e.g. 24GiB: estimate each sample's training memory and flag what would not fit "
                    "(default: the recipe's gpu_memory)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run_lazy("geovl.data.inspect:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.data_inspect:run"))
+
+
+def run(args) -> int:
+    import json
+
+    from geovl.data.inspect import format_report, inspect_dataset
+    from geovl.models.memory import parse_size, plan_from
+
+    plan, gpu = None, getattr(args, "gpu_memory", None)
+    if getattr(args, "recipe", None):  # the memory guard with the recipe's batch size, precision and checkpointing
+        from geovl.train.recipe import SFTRecipe, load_recipe
+
+        over = [f"train_data={args.file}"] + ([f"model={args.model}"] if args.model else [])
+        recipe = load_recipe(args.recipe, over, SFTRecipe)
+        plan, gpu = plan_from(recipe), gpu or recipe.gpu_memory
+        args.model = args.model or recipe.model
+        # the pixel bounds training will use (options given here still win)
+        args.min_pixels = args.min_pixels if args.min_pixels is not None else recipe.min_pixels
+        args.max_pixels = args.max_pixels if args.max_pixels is not None else recipe.max_pixels
+    report = inspect_dataset(
+        args.file,
+        family=args.family,
+        model=args.model,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        budget=args.max_tokens,
+        preview=args.preview,
+        progress=not args.json,
+        gpu_memory=parse_size(gpu) if gpu else None,
+        plan=plan,
+    )
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    return 0

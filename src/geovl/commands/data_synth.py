@@ -56,7 +56,7 @@ def run(args) -> int:
     import sys
 
     from geovl.cli import CLIError
-    from geovl.data.synth import SynthError, synthesize
+    from geovl.synth import SynthError, synthesize
 
     try:
         summary = synthesize(

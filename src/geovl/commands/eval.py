@@ -61,7 +61,7 @@ def open_engine_from_args(args, quantization: str = "none"):
     import os
 
     from geovl.cli import CLIError
-    from geovl.serve import EngineError, open_engine
+    from geovl.inference import EngineError, open_engine
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -82,7 +82,7 @@ def open_engine_from_args(args, quantization: str = "none"):
 
 def params_from_args(args):
     from geovl.cli import CLIError
-    from geovl.serve import EngineError, GenerationParams
+    from geovl.inference import EngineError, GenerationParams
 
     try:
         return GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
@@ -117,7 +117,7 @@ def print_summary(counts: dict) -> None:
 def run(args) -> int:
     from geovl.cli import CLIError
     from geovl.evaluate.generate import run_predictions
-    from geovl.serve import EngineError
+    from geovl.inference import EngineError
 
     if args.limit is not None and args.limit < 0:
         raise CLIError(f"--limit must be >= 0, got {args.limit}")
@@ -138,7 +138,7 @@ def run_dialogue_mode(args, params) -> int:
     """``geovl eval --dialogue``: :func:`geovl.evaluate.dialogue.run_dialogues`."""
     from geovl.cli import CLIError
     from geovl.evaluate.dialogue import print_dialogue_summary, run_dialogues
-    from geovl.serve import EngineError
+    from geovl.inference import EngineError
 
     if args.forced_choice:
         raise CLIError("--forced-choice and --dialogue cannot be combined (dialogue answers are free text)")
@@ -154,11 +154,11 @@ def run_dialogue_mode(args, params) -> int:
 def local_preprocess(args):
     """The preprocessing config a local model will use (None for ``--api`` or when absent), read
     before the model loads so inputs are rendered and checked first — the engine's own rule
-    (:func:`geovl.serve.adapter.preprocess_for`)."""
+    (:func:`geovl.inference.adapter.preprocess_for`)."""
     from pathlib import Path
 
     from geovl.cli import CLIError
-    from geovl.serve.adapter import preprocess_for, resolve_folders
+    from geovl.inference.adapter import preprocess_for, resolve_folders
 
     model = getattr(args, "model", None)
     if getattr(args, "api", None) or not model or not Path(model).is_dir():

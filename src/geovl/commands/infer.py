@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import run_lazy
+from ..cli import CLIError, run_lazy
 from .eval import add_engine_args
 
 
@@ -36,4 +36,70 @@ def register(sub) -> None:
     q.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (bitsandbytes; CUDA only)")
     q.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (bitsandbytes; CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_lazy("geovl.infer:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.infer:run"))
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from geovl.imagery.decode import ImageError
+    from geovl.log import get_logger
+    from geovl.infer import CUBE_SUFFIXES, build_request, infer_list, load_for_model, request_image, stream_answer
+    from geovl.inference import EngineError
+
+    from .eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
+
+    if args.images is None and args.data is None and not args.image:
+        raise CLIError("give --image PATH (repeatable), --images LIST.txt or --data FILE")
+    if (args.image or args.images) and not args.question:
+        raise CLIError("--question is required with --image / --images")
+    if (args.images or args.data) and not args.out:
+        raise CLIError("--out results.jsonl is required with --images / --data")
+    if args.compare_gt and not args.data:
+        raise CLIError("--compare-gt needs --data (a dataset with reference answers)")
+    quant = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else "none"
+    if quant != "none" and args.api:
+        raise CLIError("--load-in-4bit/--load-in-8bit apply to local models, not --api")
+    params = params_from_args(args)
+    if args.image:  # read the images before loading the model: a typo fails fast (cubes: checked once the model is known)
+        for p in args.image:
+            if Path(p).suffix.lower() in CUBE_SUFFIXES:
+                if not Path(p).is_file():
+                    raise CLIError(f"{p}: no such file / 文件不存在")
+            else:
+                try:
+                    loaded = load_for_model(p, local_preprocess(args), getattr(args, "bands", None))
+                except ImageError as e:
+                    raise CLIError(f"{p}: {e} / 影像无法读取") from None
+                if "band_order" in loaded.meta:  # rasters: say which bands the model is shown
+                    get_logger("geovl.infer").info(f"[波段 bands] {p}: {loaded.meta['band_order']}")
+    engine = open_engine_from_args(args, quantization=quant)
+    try:
+        if args.image:
+            # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
+            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image]
+            request = build_request(images, args.question)
+            answer = stream_answer(engine, request, params)
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                rec = {"images": list(args.image), "question": args.question, "prediction": answer}
+                Path(args.out).write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+        elif args.images:
+            c = infer_list(engine, args.images, args.question, args.out, params, progress=not args.no_progress)
+            msg = f"answered {c['written']} of {c['read']} images → {c['out']}"
+            if c["rejected"]:
+                msg += f"; {c['rejected']} unreadable (see the .rejects.jsonl)"
+            print(msg + " / 已完成推理")
+        else:
+            from geovl.evaluate.generate import run_predictions
+
+            counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, compare_gt=args.compare_gt, progress=not args.no_progress)
+            if args.compare_gt:  # structured answers: parsed fields and per-field scores per record
+                from geovl.evaluate.structured import annotate_predictions
+
+                annotate_predictions(args.out)
+            print_summary(counts)
+    except EngineError as e:
+        raise CLIError(str(e)) from e
+    return 0

@@ -72,7 +72,7 @@ def _run(args) -> int:
     from geovl.geo.errors import MeasureError
     from geovl.geo.mapper import map_raster
     from geovl.geo.tiles import TileGrid
-    from geovl.serve import EngineError
+    from geovl.inference import EngineError
 
     from .eval import open_engine_from_args, params_from_args
 

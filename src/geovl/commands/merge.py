@@ -23,4 +23,28 @@ def register(sub) -> None:
         help="weight dtype of the merged model (default auto: the base model's dtype)",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.set_defaults(func=run_lazy("geovl.merge:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.merge:run"))
+
+
+def run(args) -> int:
+    import signal
+    import threading
+
+    from geovl.merge import merge
+
+    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: merge() removes its temporary folder
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    try:
+        info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    what = (
+        f"{info['lora_tensors']} LoRA + {info['modules_to_save_tensors']} fully trained tensors merged"
+        if info["kind"] == "lora"
+        else f"{info['tensors']} full fine-tuned tensors validated"
+    )
+    print(f"merged {info['family']} model written to {args.out} ({what}); load it with AutoModelForImageTextToText / vLLM")
+    return 0

@@ -15,4 +15,12 @@ def register(sub) -> None:
     p.add_argument("--hub", choices=["huggingface", "modelscope"], default="huggingface")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--revision", help="branch, tag or commit")
-    p.set_defaults(func=run_lazy("geovl.models.download:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.model_download:run"))
+
+
+def run(args) -> int:
+    from geovl.models.download import download
+
+    path = download(args.name, args.out, hub=args.hub, revision=args.revision)
+    print(f"downloaded {args.name} from {args.hub} to {path}")
+    return 0

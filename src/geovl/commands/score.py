@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import run_lazy
+from ..cli import CLIError, run_lazy
 
 
 def register(sub) -> None:
@@ -20,4 +20,27 @@ def register(sub) -> None:
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="relative tolerance for area/number answers (default 0.02)"
     )
-    p.set_defaults(func=run_lazy("geovl.evaluate.score:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.score:run"))
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from geovl.evaluate.score import PredictionsFileError, default_metrics_path, format_metrics, score_file, write_json
+
+    if args.tolerance < 0:
+        raise CLIError(f"--tolerance must be >= 0, got {args.tolerance}")
+    try:
+        _, metrics = score_file(args.preds, args.tolerance)
+    except PredictionsFileError as e:
+        raise CLIError(str(e)) from e
+    out = Path(args.out) if args.out else default_metrics_path(args.preds)
+    write_json(metrics, out)
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    else:
+        print(f"{args.preds}: {metrics['n']} samples, tolerance {args.tolerance:g}")
+        print(format_metrics(metrics))
+        print(f"\nmetrics → {out}")
+    return 0

@@ -71,7 +71,7 @@ def quantization_of(args) -> str:
 
 def open_local_engine(args, batch_size: int = 8):
     from geovl.cli import CLIError
-    from geovl.serve import EngineError, LocalEngine
+    from geovl.inference import EngineError, LocalEngine
 
     try:
         return LocalEngine(

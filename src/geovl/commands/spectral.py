@@ -355,7 +355,7 @@ def run_evaluate_sam(args) -> int:
 def run_vlm_map(args) -> int:
     from geovl.cli import CLIError
     from geovl.imagery.decode import ImageError
-    from geovl.serve.engine import EngineError, LocalEngine
+    from geovl.inference.engine import EngineError, LocalEngine
     from geovl.spectral.vlm_map import (check_grid_options, output_paths, probability_question, require_matching_bands,
                                         saved_projector, vlm_map)
 

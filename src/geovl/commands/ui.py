@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import run_lazy
+from ..cli import CLIError, run_lazy
 from .serve import add_model_args
 
 
@@ -33,4 +33,41 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=int, default=8, help="images per conversation")
     p.add_argument("--no-geo", action="store_true",
                    help="plain chat only: no GeoTIFF measurement, grounded answers or flags maps in the side panel")
-    p.set_defaults(func=run_lazy("geovl.serve.webapp:run"))
+    p.set_defaults(func=run_lazy("geovl.commands.ui:run"))
+
+
+def run(args) -> int:
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from geovl.inference import EngineError
+    from geovl.ui.webapp import ChatApp, launch
+
+    from .serve import open_local_engine
+
+    if bool(args.api) == bool(args.model):
+        raise CLIError("give either --model FOLDER (a local model) or --api URL (an OpenAI-compatible server)")
+    for name in ("max_new_tokens", "max_upload_bytes", "max_images"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.api:
+        if args.adapter:
+            raise CLIError("--adapter cannot be used with --api (the server decides which weights it serves)")
+        from geovl.inference import open_engine
+
+        try:
+            engine = open_engine(api=args.api, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"))
+        except EngineError as e:
+            raise CLIError(str(e)) from e
+        where = engine.base_url
+    else:
+        engine, where = open_local_engine(args), None
+    extension = None
+    if not getattr(args, "no_geo", False):
+        from geovl.ui.geo_panel import GeoPanel
+
+        extension = GeoPanel(engine)
+    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
+                  where=where, extension=extension)
+    launch(app, host=args.host, port=args.port, share=args.share)
+    return 0

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..errors import GeoVLError
+
+
 ADAPTERS = {
     "rsvqa": "geovl.data.adapters.rsvqa",
     "llava": "geovl.data.adapters.llava",
@@ -32,13 +35,13 @@ ADAPTERS = {
 }
 
 
-class ConvertError(Exception):
+class ConvertError(GeoVLError):
     """A fatal conversion problem (bad file, bad option). The message names the file."""
 
 
 @dataclass
 class ConvertOptions:
-    """Everything an adapter may read. Built from CLI args by :func:`options_from_args`."""
+    """Everything an adapter may read. Built from CLI args by ``geovl.commands.data_convert.options_from_args``."""
 
     fmt: str
     input: Path
@@ -75,30 +78,6 @@ class ConvertOptions:
         from ..imagery.decode import DEFAULT_MAX_PIXELS
 
         return int(self.max_pixels) if self.max_pixels else DEFAULT_MAX_PIXELS
-
-
-def options_from_args(args: Any) -> ConvertOptions:
-    g = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    return ConvertOptions(
-        fmt=g("from_") or g("fmt"),
-        input=Path(g("input")),
-        output=Path(g("output")),
-        split_prefix=g("split_prefix"),
-        images_root=Path(g("images_root")) if g("images_root") else None,
-        split=g("split"),
-        seed=int(g("seed", 0) or 0),
-        preset=g("preset"),
-        mapping=Path(g("mapping")) if g("mapping") else None,
-        bin_counts=bool(g("bin_counts", False)),
-        max_pixels=g("max_pixels"),
-        question=g("question"),
-        limit=g("limit"),
-        progress=not g("no_progress", False),
-        classes=g("classes"),
-        boxes=g("boxes"),
-        bands=g("bands"),
-        keep_nodata=bool(g("keep_nodata", False)),
-    )
 
 
 class ImageCache:
@@ -328,28 +307,3 @@ def format_summary(s: dict) -> str:
     rate = s.get("records_per_second")
     lines.append(f"  time {s['seconds']:.1f} s" + (f", {rate:g} records/s" if rate else ""))
     return "\n".join(lines)
-
-
-def run(args) -> int:
-    """CLI entry point (``geovl data convert``)."""
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
-    opts = options_from_args(args)
-    with warnings.catch_warnings():
-        # RSVQA and many plain TIFFs carry no geotransform: expected, not worth a warning per run.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        summary = convert(opts, log=print)
-    if not summary["conserved"]:  # pragma: no cover - a bug, never expected
-        print("geovl: error: counts do not conserve (written + rejected != read)", file=sys.stderr)
-        return 1
-    if summary["read"] > 0 and summary["written"] == 0:
-        top = max(summary["rejected_by_reason"].items(), key=lambda kv: kv[1])[0]
-        print(
-            f"geovl: error: no record was written (all {summary['read']} rejected, mostly {top!r}); "
-            f"see {summary['rejects']}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0

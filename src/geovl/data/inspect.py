@@ -16,11 +16,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import GeoVLError
 from .io import count_samples, read_samples
 from .schema import message_text
 
 
-class InspectError(ValueError):
+class InspectError(GeoVLError, ValueError):
     pass
 
 
@@ -255,36 +256,3 @@ def format_report(r: dict) -> str:
         for m in p["messages"]:
             lines.append(f"  {m['role']}: {m['content']}")
     return "\n".join(lines)
-
-
-def run(args) -> int:
-    from ..models.memory import parse_size, plan_from
-
-    plan, gpu = None, getattr(args, "gpu_memory", None)
-    if getattr(args, "recipe", None):
-        from ..train.recipe import SFTRecipe, load_recipe
-
-        over = [f"train_data={args.file}"] + ([f"model={args.model}"] if args.model else [])
-        recipe = load_recipe(args.recipe, over, SFTRecipe)
-        plan, gpu = plan_from(recipe), gpu or recipe.gpu_memory
-        args.model = args.model or recipe.model
-        # the pixel bounds training will use (options given here still win)
-        args.min_pixels = args.min_pixels if args.min_pixels is not None else recipe.min_pixels
-        args.max_pixels = args.max_pixels if args.max_pixels is not None else recipe.max_pixels
-    report = inspect_dataset(
-        args.file,
-        family=args.family,
-        model=args.model,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        budget=args.max_tokens,
-        preview=args.preview,
-        progress=not args.json,
-        gpu_memory=parse_size(gpu) if gpu else None,
-        plan=plan,
-    )
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-    else:
-        print(format_report(report))
-    return 0

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..fileio import UTF8_BOM, JsonlLineError  # noqa: F401  (UTF8_BOM re-exported for the adapters)
+from ..errors import GeoVLError
 from .schema import Counts, SampleError, validate_sample
 
 PART = pa.struct([("type", pa.string()), ("text", pa.string())])
@@ -52,7 +53,7 @@ ARROW_SCHEMA = pa.schema(
 ROW_GROUP = 64  # rows per Parquet row group: bounded memory, fast sequential reads
 
 
-class DatasetFileError(Exception):
+class DatasetFileError(GeoVLError):
     """A fatal problem with a whole file (unreadable, wrong schema). Names the file."""
 
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..errors import GeoVLError
+
+
 QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
 MAX_ID_CHARS = 256  # an id is a key in rejects, predictions and reports; a longer one is a broken record
 
 
-class SampleError(ValueError):
+class SampleError(GeoVLError, ValueError):
     """A record that cannot become a valid sample; ``reason`` is a short slug for rejects files."""
 
     def __init__(self, reason: str, detail: str = ""):

@@ -18,7 +18,6 @@ from .score import (
     group_metrics,
     read_predictions,
     score_record,
-    write_json,
 )
 from .significance import BOOTSTRAP_REPS, BOOTSTRAP_SEED, CONFIDENCE, bootstrap_delta_ci, mcnemar_exact, verdict
 from .table import format_table, pct
@@ -185,26 +184,3 @@ def parse_names(text: str | None) -> tuple[str, str]:
 def default_out_dir(before, after) -> Path:
     b, a = Path(before), Path(after)
     return a.parent / f"compare_{b.stem}_vs_{a.stem}"
-
-
-def run(args) -> int:
-    from ..cli import CLIError
-    from .compare_report import write_report
-
-    if args.tolerance < 0:
-        raise CLIError(f"--tolerance must be >= 0, got {args.tolerance}")
-    try:
-        names = parse_names(args.names)
-        result = compare_files(args.before, args.after, args.tolerance, names)
-    except (PredictionsFileError, ValueError) as e:
-        raise CLIError(str(e)) from e
-    out = Path(args.out) if args.out else default_out_dir(args.before, args.after)
-    from .compare_boxes import add_grounding  # box metrics and pictures of changed grounding samples
-
-    add_grounding(result, args.before, args.after, getattr(args, "data", None), out)
-    paths = write_report(result, out, max_rows=args.max_rows)
-    write_json(result, out / "compare.json")
-    print(f"{result['n_matched']} matched samples ({args.before} → {args.after})")
-    print(format_comparison(result))
-    print(f"\nreport: {paths['html']}  (also {paths['md'].name}, {paths['png'].name}, compare.json in {out})")
-    return 0

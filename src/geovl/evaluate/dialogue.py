@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..data.schema import SampleError, assistant_turn, count_image_parts, message_text, validate_sample
-from ..serve.engine import ChatRequest, GenerationParams
+from ..inference.engine import ChatRequest, GenerationParams
 from .generate import SAMPLE_ERRORS, _generate_or_isolate, run_chunked
 
 

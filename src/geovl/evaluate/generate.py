@@ -23,7 +23,7 @@ from pathlib import Path
 from ..data.io import count_samples, read_samples, rejects_path_for
 from ..data.schema import SampleError, count_image_parts, message_text, validate_sample
 from ..imagery.decode import ImageError
-from ..serve.engine import ChatRequest, GenerationParams, PromptTooLong
+from ..inference.engine import ChatRequest, GenerationParams, PromptTooLong
 
 SAMPLE_ERRORS = (ImageError, PromptTooLong)  # problems of one sample: rejected, the rest of its chunk goes on
 
@@ -166,8 +166,12 @@ def _generate_or_isolate(engine, requests: list[ChatRequest], params: Generation
 
 def cube_inputs(sample: dict, root: Path) -> list[Path]:
     """The cube files standing in for a sample's images (a :class:`SampleError` ``no_cube`` if there are none)."""
-    from ..spectral import SpectralError
-    from ..spectral.vision_input import sample_cube_paths
+    import sys
+
+    from ..models.vision_input import implementation
+
+    spectral = sys.modules[implementation("spectral").__module__]  # registered by name: spectral sits above evaluate
+    SpectralError, sample_cube_paths = spectral.SpectralError, spectral.sample_cube_paths
 
     try:
         paths = sample_cube_paths(sample, root)
@@ -196,7 +200,7 @@ def box_frame_for(engine, sample: dict) -> dict | None:
     if sample.get("qtype") != "grounding" or getattr(engine, "family", None) is None or getattr(engine, "processor", None) is None:
         return None
     from ..data.schema import SampleError
-    from ..models.box_format import sample_frame
+    from ..data.box_render import sample_frame
     from ..models.preprocess import PreprocessConfig
 
     lo, hi = PreprocessConfig.bounds_of(engine.processor)
@@ -296,11 +300,13 @@ def run_predictions(
     ``forced_choice``: yes/no and choice questions are answered by picking the candidate answer
     with the highest log-probability (local engines only) instead of free generation.
 
-    A model with a spectral projector (``engine.spectral``) is given each sample's hyperspectral cube
+    A model with a spectral projector (``engine.inputs.kind == "cube"``) is given each sample's hyperspectral cube
     (``meta.cube``, relative to ``spectral_root``, default the folder of ``data``) instead of its image;
     a sample without a readable cube goes to the rejects file."""
-    if forced_choice and not hasattr(engine, "choice_logprobs"):
-        from ..serve.engine import EngineError
+    from ..inference.capabilities import can_score_choices, input_spec
+
+    if forced_choice and not can_score_choices(engine):
+        from ..inference.engine import EngineError
 
         raise EngineError("--forced-choice needs a local model (answer log-probabilities); the remote engine cannot provide them")
     choices = choice_candidates(data, limit) if forced_choice else {}
@@ -310,7 +316,7 @@ def run_predictions(
     correct = 0
     by_qtype: Counter = Counter()
     cube_root = Path(spectral_root) if spectral_root else Path(data).parent
-    spectral = getattr(engine, "spectral", None) is not None
+    spectral = input_spec(engine).reads_cubes
 
     def prepare(sample):
         req, ref = split_prompt(sample)

@@ -37,8 +37,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from ..errors import GeoVLError
 from ..data.schema import user_turn
-from ..serve.engine import ChatRequest, EngineError, GenerationParams
+from ..inference.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
 from ..fileio import iter_jsonl, write_jsonl
 from .records import PredictionsFileError, check_record
@@ -48,7 +49,7 @@ _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 LANGS = ("zh", "en")
 
 
-class JudgeError(ValueError):
+class JudgeError(GeoVLError, ValueError):
     """A user-facing problem with the judge inputs (answers file, template, output folder)."""
 
 
@@ -281,50 +282,3 @@ def rescore(judgments_file, out_dir) -> dict:
     dst = out_dir / "judgments.jsonl"
     write_jsonl(dst, recs)
     return {"turns": len(recs), "out": str(dst), "errors": sum(1 for r in recs if r.get("status") == "error")}
-
-
-# -- command -----------------------------------------------------------------------------------------
-def run(args) -> int:
-    from ..cli import CLIError
-    from .judge_stats import JudgmentsFileError, format_stats, read_judgments, write_stats
-
-    if not args.out:
-        raise CLIError("--out DIR is required (judgments.jsonl, stats.json and stats.md are written there)")
-    try:
-        if args.judgments:
-            if args.answers or args.model or args.api:
-                raise CLIError("--judgments re-parses saved judge outputs; it takes no --answers/--model/--api")
-            c = rescore(args.judgments, args.out)
-            print(f"re-parsed {c['turns']} judgments from {args.judgments} → {c['out']} / 已重新解析")
-        else:
-            if not args.answers:
-                raise CLIError("give --answers FILE (from `geovl eval --dialogue`) or --judgments FILE to re-parse; see `geovl judge -h`")
-            if not (args.model or args.api):
-                raise CLIError("give the judge: --model FOLDER [--adapter A] or --api URL / 需要指定评审模型")
-            if args.limit is not None and args.limit < 0:
-                raise CLIError(f"--limit must be >= 0, got {args.limit}")
-            template, tname = load_template(args.template, args.lang)
-            dialogues = read_answers(args.answers)  # a bad file fails before a model is loaded
-            from ..commands.eval import open_engine_from_args, params_from_args
-
-            params = params_from_args(args)
-            if params.temperature != 0:
-                print("note: the judge samples (--temperature > 0); greedy (0) is the reproducible default", file=sys.stderr)
-            engine = open_engine_from_args(args)
-            try:
-                c = judge_answers(engine, dialogues, args.out, template, tname, params, resume=args.resume, limit=args.limit, progress=not args.no_progress, source=str(args.answers))
-            except EngineError as e:
-                raise CLIError(f"judge call failed: {e} (finished turns are kept; rerun with --resume)") from e
-            msg = f"judged {c['judged']} turns of {c['dialogues']} dialogues"
-            if c["skipped"]:
-                msg += f", {c['skipped']} already done"
-            if c["errors"]:
-                msg += f", {c['errors']} failed calls (rerun with --resume to retry them)"
-            print(msg + f" → {c['out']} / 评审完成")
-        recs = read_judgments(args.out)
-    except (JudgeError, JudgmentsFileError) as e:
-        raise CLIError(str(e)) from e
-    s = write_stats(recs, args.out, args.overall_weight, Path(args.out).name)
-    print(format_stats(s))
-    print(f"\nstats → {Path(args.out) / 'stats.json'}; details: geovl judge stats {args.out}")
-    return 0

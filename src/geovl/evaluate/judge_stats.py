@@ -31,6 +31,7 @@ import textwrap
 from pathlib import Path
 
 from ..fileio import iter_jsonl, write_json
+from ..errors import GeoVLError
 from .judge_parse import DIMENSIONS, KEYS, LABELS, OVERALL
 from .table import format_table
 
@@ -38,7 +39,7 @@ STATUSES = ("ok", "partial", "unparseable", "error")
 MAX_PRINTED = 20  # dialogues printed by `geovl judge stats` (all of them go to stats.md)
 
 
-class JudgmentsFileError(ValueError):
+class JudgmentsFileError(GeoVLError, ValueError):
     """A judgments file that cannot be read; the message names the file (and line)."""
 
 
@@ -231,44 +232,19 @@ def write_stats(records: list[dict], out_dir, overall_weight: float = 1.0, title
     return s
 
 
-def run(args) -> int:
-    """``geovl judge stats DIR [--overall-weight W] [--compare DIR2 --names A,B] [--out OUT]``."""
-    from ..cli import CLIError
-
-    if args.overall_weight < 0:
-        raise CLIError(f"--overall-weight must be >= 0, got {args.overall_weight}")
-    try:
-        first = read_judgments(args.dir)
-        second = read_judgments(args.compare) if args.compare else None
-    except JudgmentsFileError as e:
-        raise CLIError(str(e)) from e
-    folder = lambda p: judgments_path(p).parent  # noqa: E731
-    if second is None:
-        s = write_stats(first, folder(args.dir), args.overall_weight, Path(args.dir).name)
-        print(format_stats(s))
-        rows = dialogue_rows(s)
-        print("\n" + format_table(DIALOGUE_HEADERS, rows[:MAX_PRINTED], right=[False] + [True] * (len(DIALOGUE_HEADERS) - 1)))
-        if len(rows) > MAX_PRINTED:
-            print(f"… {len(rows) - MAX_PRINTED} more dialogues in stats.md / 其余对话见 stats.md")
-        print(f"\nstats → {folder(args.dir) / 'stats.json'}, {folder(args.dir) / 'stats.md'}")
-        return 0
-    names = [n.strip() for n in (args.names or "before,after").split(",")]
-    if len(names) != 2 or not all(names):
-        raise CLIError(f"--names needs two comma-separated labels, got {args.names!r}")
-    a, b = summarize(first, args.overall_weight), summarize(second, args.overall_weight)
+def write_comparison(a: dict, b: dict, names: list[str], dir_a, dir_b, out, overall_weight: float = 1.0) -> tuple[str, dict]:
+    """Compare two summaries (:func:`summarize`): ``compare.md``, ``compare.json`` and ``compare.png`` in ``out``.
+    Returns the comparison table as text and the comparison (:func:`compare`)."""
     c = compare(a, b, names)
-    out = Path(args.out) if args.out else folder(args.compare) / f"compare_{folder(args.dir).name}"
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     headers, rows = compare_rows(c)
     text = format_table(headers, rows, right=[False] + [True] * 5)
-    print(f"{names[0]}: {args.dir} ({a['n_turns']} turns)   {names[1]}: {args.compare} ({b['n_turns']} turns)")
-    print(text)
     md = f"# Judge scores: {names[0]} vs {names[1]} / 评审得分对比\n\n"
-    md += f"- {names[0]}: `{args.dir}` ({a['n_turns']} judged turns)\n- {names[1]}: `{args.compare}` ({b['n_turns']} judged turns)\n"
-    md += f"- scores ×10 (0–100); combined score with overall weight {args.overall_weight:g}\n\n"
+    md += f"- {names[0]}: `{dir_a}` ({a['n_turns']} judged turns)\n- {names[1]}: `{dir_b}` ({b['n_turns']} judged turns)\n"
+    md += f"- scores ×10 (0–100); combined score with overall weight {overall_weight:g}\n\n"
     md += markdown_table(headers, rows) + "\n\n![chart](compare.png)\n"
     (out / "compare.md").write_text(md, encoding="utf-8")
     write_json(out / "compare.json", {**c, "before": a, "after": b})
     render_compare_chart(c, out / "compare.png")
-    print(f"\nreport → {out / 'compare.md'}, {out / 'compare.png'}, {out / 'compare.json'}")
-    return 0
+    return text, c

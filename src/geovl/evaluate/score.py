@@ -176,23 +176,3 @@ def write_json(obj, path) -> None:
 def default_metrics_path(preds) -> Path:
     p = Path(preds)
     return p.with_name(p.stem + ".metrics.json")
-
-
-def run(args) -> int:
-    from ..cli import CLIError
-
-    if args.tolerance < 0:
-        raise CLIError(f"--tolerance must be >= 0, got {args.tolerance}")
-    try:
-        _, metrics = score_file(args.preds, args.tolerance)
-    except PredictionsFileError as e:
-        raise CLIError(str(e)) from e
-    out = Path(args.out) if args.out else default_metrics_path(args.preds)
-    write_json(metrics, out)
-    if args.json:
-        print(json.dumps(metrics, ensure_ascii=False, indent=2))
-    else:
-        print(f"{args.preds}: {metrics['n']} samples, tolerance {args.tolerance:g}")
-        print(format_metrics(metrics))
-        print(f"\nmetrics → {out}")
-    return 0

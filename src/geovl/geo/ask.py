@@ -25,7 +25,7 @@ rasters, the model's preprocessing config when training wrote one) and sent as P
 
 Python API (for the web app / HTTP API)::
 
-    from geovl.serve import open_engine
+    from geovl.inference import open_engine
     from geovl.geo.ask import grounded_answer, stream_grounded_answer
     engine = open_engine(model="out/final")
     ga = grounded_answer(engine, "after.tif", "耕地面积约为多少公顷？", before_path="before.tif",
@@ -47,6 +47,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ..inference.capabilities import input_spec
 from .errors import MeasureError
 
 HEADER = {"zh": "测量结果（来自地理配准影像，非模型估计）：", "en": "Measurements (from the georeferenced rasters, not model estimates):"}
@@ -94,7 +95,7 @@ class GroundedPrompt:
         return [user_turn(self.prompt, len(self.images))]
 
     def request(self):
-        from ..serve.engine import ChatRequest
+        from ..inference.engine import ChatRequest
 
         return ChatRequest(self.messages, list(self.images))
 
@@ -162,16 +163,16 @@ def render_images(image_path, before_path=None, preprocess=None, bands=None) -> 
 
 def _prepare(engine, image_path, question, before_path, classes, lang, measure_kw) -> GroundedPrompt:
     return build_grounded(image_path, question, before_path=before_path, classes=classes, lang=lang,
-                          preprocess=getattr(engine, "preprocess", None), **measure_kw)
+                          preprocess=input_spec(engine).preprocess, **measure_kw)
 
 
 def grounded_answer(engine, image_path, question: str, before_path=None, classes=None, lang: str | None = None,
                     params=None, **measure_kw) -> GroundedAnswer:
     """Answer ``question`` about ``image_path`` with the measured figures in the model's context.
 
-    ``engine``: any :class:`geovl.serve.Engine` (local or remote). ``measure_kw``: ``before_classes``,
+    ``engine``: any :class:`geovl.inference.Engine` (local or remote). ``measure_kw``: ``before_classes``,
     ``class_table``, ``aoi``, ``aoi_crs``, ``pixel_size``, ``rules``, ``bands``, ``measurement``."""
-    from ..serve.engine import GenerationParams
+    from ..inference.engine import GenerationParams
 
     gp = _prepare(engine, image_path, question, before_path, classes, lang, measure_kw)
     answer = engine.generate([gp.request()], params or GenerationParams())[0]
@@ -222,7 +223,7 @@ def stream_grounded_answer(engine, image_path, question: str, before_path=None, 
                            params=None, **measure_kw) -> GroundedStream:
     """The streaming variant of :func:`grounded_answer` (same arguments). Measurement and rendering
     happen here (errors raise at once); generation starts when the stream is iterated."""
-    from ..serve.engine import GenerationParams
+    from ..inference.engine import GenerationParams
 
     gp = _prepare(engine, image_path, question, before_path, classes, lang, measure_kw)
     return GroundedStream(engine, gp, params or GenerationParams())

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path, write_json
+from ..inference.capabilities import input_spec
 from .errors import MeasureError
 
 SCHEMA = "geovl.detect/1"
@@ -267,7 +268,7 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
 
     from ..data.schema import user_turn
     from ..models.box_format import engine_frame, parse_text
-    from ..serve.engine import ChatRequest, GenerationParams
+    from ..inference.engine import ChatRequest, GenerationParams
     from .geodesy import pixel_areas
     from .tiles import TileGrid, png_bytes, read_rgb, render_spec
     from .units import convert
@@ -304,8 +305,8 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
         except MeasureError as e:
             notes.append({"en": f"no areas: {e}", "zh": f"未计算面积：{e}"})
         grid = TileGrid(ds.width, ds.height, tile, overlap)
-        spec = render_spec(ds.count, ds.descriptions, getattr(engine, "preprocess", None), bands)
-        bspec = render_spec(bds.count, bds.descriptions, getattr(engine, "preprocess", None), bands) if bds is not None else None
+        spec = render_spec(ds.count, ds.descriptions, input_spec(engine).preprocess, bands)
+        bspec = render_spec(bds.count, bds.descriptions, input_spec(engine).preprocess, bands) if bds is not None else None
         frame = engine_frame(engine, tile, tile)
         if frame is None:
             notes.append({"en": "remote model: its box numbers are read as pixels of the tile image",

@@ -9,7 +9,7 @@ How it works:
    rasters), padded to ``tile × tile``.
 2. Windows whose pixels are all nodata (dataset mask) are skipped and recorded as ``nodata``.
 3. The others go through the engine in batches of ``batch_size`` (``engine.generate`` with one
-   :class:`~geovl.serve.engine.ChatRequest` per tile: the image, then the question). The answer is
+   :class:`~geovl.inference.engine.ChatRequest` per tile: the image, then the question). The answer is
    read as yes / no / unknown (:func:`geovl.evaluate.normalize.parse_yes_no`). ``P(yes)`` comes
    from ``engine.choice_logprobs`` over the candidates 是/否 (Chinese question) or yes/no when the
    engine is local, else from the answer (1 / 0, none when unknown). With
@@ -50,6 +50,7 @@ import numpy as np
 
 from ..fileio import atomic_path, write_text
 from ..imagery.tiles import TileJournal, TilingError, window_list
+from ..inference.capabilities import can_score_choices, input_spec
 from .errors import MeasureError
 
 CODES = {"yes": 1, "no": 0, "unknown": 255}
@@ -117,7 +118,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
     from rasterio.errors import RasterioIOError
     from tqdm import tqdm
 
-    from ..serve.engine import GenerationParams
+    from ..inference.engine import GenerationParams
     from .ask import detect_lang
     from .tiles import TileGrid, png_bytes, read_rgb, render_spec
 
@@ -129,7 +130,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
         raise MapError(f"--flag-if must be yes or no, got {o.flag_if!r}")
     if o.answer_from not in ("text", "choice"):
         raise MapError(f"answer_from must be text or choice, got {o.answer_from!r}")
-    has_lp = callable(getattr(engine, "choice_logprobs", None))
+    has_lp = can_score_choices(engine)
     if o.answer_from == "choice" and not has_lp:
         raise MapError("--answer-from choice needs a local model (--model): a remote server gives no log-probabilities")
     if o.batch_size < 1 or o.png_size < 16:
@@ -156,7 +157,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
             raise MapError(f"{raster}: has no CRS (not georeferenced) — a flags map must be placed on the ground; "
                            "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE")
         grid = TileGrid(ds.width, ds.height, o.tile, o.overlap)
-        spec = render_spec(ds.count, ds.descriptions, getattr(engine, "preprocess", None), o.bands, ds.colorinterp)
+        spec = render_spec(ds.count, ds.descriptions, input_spec(engine).preprocess, o.bands, ds.colorinterp)
         t = ds.transform
         header = {"schema": SCHEMA, "raster": str(Path(raster).resolve()), "width": ds.width, "height": ds.height,
                   "count": ds.count, "crs": ds.crs.to_wkt(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
@@ -212,7 +213,7 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
 
 def _answer_batch(engine, batch, question, cands, answer_from, has_lp, params, counts) -> list[dict]:
     from ..data.schema import user_turn
-    from ..serve.engine import ChatRequest
+    from ..inference.engine import ChatRequest
 
     reqs = [ChatRequest([user_turn(question, 1)], [png]) for _, _, _, png, _ in batch]
     lps = None

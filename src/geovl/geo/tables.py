@@ -101,7 +101,7 @@ DERIVED = [  # what each class holds: see the rules in geovl.geo.indices
 
 
 def synth_table() -> ClassTable:
-    from ..data.synth.classes import CLASSES, NODATA
+    from ..data.landcover_classes import CLASSES, NODATA
 
     return ClassTable("synth", {c.id: ClassInfo(c.id, c.key, c.en, c.zh, None) for c in CLASSES}, (NODATA,), "truth")
 
@@ -182,3 +182,18 @@ def auto_table(codes, raster_path=None) -> ClassTable:
         t.source = "auto-detected (all codes are WorldCover codes)"
         return t
     return ClassTable("generic", {}, (), "custom", "no class table given: classes are named by their codes")
+
+
+def auto_class_table(class_paths: list[str]):
+    """The auto-detected table of uploaded class rasters from their codes alone (WorldCover when every
+    code is one, else generic) — never from a ``classes.json`` that happens to lie near the upload."""
+    import numpy as np
+    import rasterio
+
+    codes: set[int] = set()
+    for p in class_paths:
+        with rasterio.open(p) as ds:
+            band = ds.read(1, masked=True)
+        vals = band.compressed()
+        codes |= {int(v) for v in np.unique(vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals)}
+    return auto_table(codes, None)  # never looks beside the temporary files for a classes.json

@@ -32,12 +32,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import GeoVLError
+
+
 MAX_RENDER_PIXELS = 4096 * 4096  # renderings larger than this are read decimated
 DEFAULT_STRETCH = (2.0, 98.0)
 GDAL_CACHE_MB = 64  # GDAL's block cache while rendering (its default, 5 % of RAM, held ~1 GB on a 12000² read)
 
 
-class RenderError(ValueError):
+class RenderError(GeoVLError, ValueError):
     """A render setting does not fit the raster (message names the setting)."""
 
 

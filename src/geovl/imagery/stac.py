@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from ..errors import GeoVLError
+
+
 DEFAULT_ORDER = ("blue", "green", "red", "nir")
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "ftp://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz")
 ENV_REMOTE = "GEOVL_STAC_REMOTE"
 
 
-class StacError(ValueError):
+class StacError(GeoVLError, ValueError):
     """A user-facing STAC input error naming the item (or folder) and what is wrong."""
 
 

@@ -11,6 +11,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import GeoVLError
+
+
 HUBS = {
     "huggingface": os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
     "modelscope": os.environ.get("MODELSCOPE_DOMAIN", "https://www.modelscope.cn"),
@@ -18,7 +21,7 @@ HUBS = {
 CONNECT_TIMEOUT_S = 5.0
 
 
-class DownloadError(RuntimeError):
+class DownloadError(GeoVLError, RuntimeError):
     pass
 
 
@@ -75,9 +78,3 @@ def fetch_for_training(name: str) -> Path:
     if (cache / "config.json").is_file():
         return cache
     return download(name, cache)
-
-
-def run(args) -> int:
-    path = download(args.name, args.out, hub=args.hub, revision=args.revision)
-    print(f"downloaded {args.name} from {args.hub} to {path}")
-    return 0

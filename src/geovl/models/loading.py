@@ -13,10 +13,11 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import GeoVLError
 from .registry import Family, get_family
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(GeoVLError, ValueError):
     """A model folder that cannot be used (named in the message with what is wrong)."""
 
 

@@ -16,12 +16,15 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import GeoVLError
+
+
 ENV_VAR = "GEOVL_QWEN_TIKTOKEN"
 NUM_RANKS = 151_643
 INSTALL_HINT = "pip install --no-deps dashscope==2.0.2"
 
 
-class QwenVocabNotFound(FileNotFoundError):
+class QwenVocabNotFound(GeoVLError, FileNotFoundError):
     """The qwen.tiktoken file is not available (dashscope wheel not installed, env var not set)."""
 
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import GeoVLError
+
 _N = r"\d+"
 
 
@@ -241,7 +243,7 @@ FAMILIES: dict[str, Family] = {
 CLI_NAMES = {f.cli_name: f.key for f in FAMILIES.values()}
 
 
-class UnknownModelType(ValueError):
+class UnknownModelType(GeoVLError, ValueError):
     pass
 
 

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import GeoVLError
 from .registry import Family, get_family
 
 # processor / video-processor / config class names per family (transformers 5.x)
@@ -32,7 +33,7 @@ TEXT_KV_HEADS = 2
 META_FILE = "geovl_tiny.json"
 
 
-class TinyModelError(ValueError):
+class TinyModelError(GeoVLError, ValueError):
     """Bad arguments for a tiny model (size, pixel bounds, output folder)."""
 
 

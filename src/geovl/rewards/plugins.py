@@ -9,7 +9,7 @@ with other names and functions imported from elsewhere are ignored.
 :func:`resolve_rewards` combines the selected built-ins with the plugin's functions and the
 weights ``{name: weight}`` (default 1.0 each). Errors are :class:`RewardPluginError` (a file that
 does not load, has no ``*_reward`` function, or a name clash) or
-:class:`geovl.train.recipe.RecipeError` (unknown built-in names, unknown names in the weights —
+:class:`geovl.errors.RecipeError` (also ``geovl.train.recipe.RecipeError``) (unknown built-in names, unknown names in the weights —
 the message lists the rewards that were found).
 """
 
@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..train.recipe import RecipeError
+from ..errors import GeoVLError, RecipeError
 from .funcs import BUILTIN_REWARDS
 
 __all__ = ["RewardPluginError", "load_reward_file", "resolve_rewards"]
 
 
-class RewardPluginError(ValueError):
+class RewardPluginError(GeoVLError, ValueError):
     pass
 
 

@@ -22,7 +22,7 @@
 - Georeferenced measurement and grounded answers: ``POST /v1/geo/measure``, ``POST /v1/geo/ask`` and
   the ``"geovl": {"grounded": true}`` extension of chat completions (:mod:`geovl.serve.geo_api`).
 - Boxes: a non-streaming answer that locates objects also carries them as data in the response's
-  extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.serve.answer_boxes`: pixels of the last
+  extension member ``"geovl": {"boxes": {...}}`` (:mod:`geovl.inference.answer_boxes`: pixels of the last
   image, read back through the model's own box convention); OpenAI clients ignore the extra member
   (``completion.model_extra["geovl"]`` in the official Python client). A streamed answer carries them in
   the same member of its final chunk (the one with ``finish_reason``), read once the text is complete.
@@ -45,8 +45,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import GeoVLError
+from ..imagery.decode import ImageError
+from ..inference.engine import EngineError
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
-from .engine import EngineError
 from .images import ImageLimits, ImageRefError, check_request_images, fetch_image
 from .openai_format import (APIError, build_request, check_json, chunk, completion, convert_messages, generation_params, new_id, parse_body,
                             parse_json, usage_dict)
@@ -243,6 +245,10 @@ def create_app(engine, config: ServerConfig):
     async def _stopping(request, exc):
         return _error_response(APIError(503, f"{exc} / 服务器正在关闭", "server_shutting_down"))
 
+    @app.exception_handler(GeoVLError)
+    async def _user_error(request, exc: GeoVLError):  # a user-facing error no route turned into an APIError
+        return _error_response(APIError(400, str(exc), "invalid_request"))
+
     @app.exception_handler(Exception)
     async def _internal(request, exc):  # pragma: no cover - a bug, logged with its traceback
         log.exception("internal error")
@@ -316,7 +322,7 @@ def create_app(engine, config: ServerConfig):
             req = build_request(parsed, images)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
         params = await check_prompt(engine, req, params, config, explicit)
-        from .answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
+        from ..inference.answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -354,10 +360,10 @@ async def check_prompt(engine, req, params, config: ServerConfig, explicit_max_t
         n = await run_in_threadpool(count, req)
     except EngineError as e:  # e.g. control tokens in the text
         raise APIError(400, str(e), "invalid_text", "messages") from None
-    except Exception as e:  # noqa: BLE001 - a corrupt image header
-        if type(e).__name__ == "ImageError":
-            raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
-        raise
+    except ImageError as e:  # a corrupt image header
+        raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
+    except GeoVLError as e:  # any other user-facing error: the client's request, not the server
+        raise APIError(400, str(e), "invalid_request") from None
     context = getattr(engine, "context_length", None)
     if n > config.max_prompt_tokens:
         raise APIError(400, f"the prompt is {n} tokens, over this server's limit of {config.max_prompt_tokens} (--max-prompt-tokens) / 提示过长",
@@ -403,10 +409,10 @@ async def answer(batcher: MicroBatcher, req, params, build, request=None):
         raise APIError(400, str(e), "engine_error") from None
     except ShuttingDown:
         raise
-    except Exception as e:  # noqa: BLE001 - undecodable image in the processor, ...
-        if type(e).__name__ == "ImageError":
-            raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
-        raise
+    except ImageError as e:  # undecodable image in the processor, a cube that does not fit the projector
+        raise APIError(400, f"image could not be processed: {e}", "invalid_image") from None
+    except GeoVLError as e:  # any other user-facing error: the client's request, not the server
+        raise APIError(400, str(e), "invalid_request") from None
     finally:
         if watch is not None:
             watch.cancel()
@@ -468,7 +474,7 @@ async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bo
                     e = APIError(503, f"{err}", "server_shutting_down")
                 else:
                     log.warning("stream failed: %s", err)
-                    bad = isinstance(err, EngineError) or type(err).__name__ == "ImageError"
+                    bad = isinstance(err, GeoVLError)  # EngineError, ImageError, ...: the request's fault
                     e = APIError(400 if bad else 500, f"generation failed: {type(err).__name__}: {err}", "stream_error")
                 yield _event(e.body())
             break

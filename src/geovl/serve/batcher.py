@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .engine import ChatRequest, GenerationParams
+from ..inference.engine import ChatRequest, GenerationParams
 
 
 class QueueFull(RuntimeError):

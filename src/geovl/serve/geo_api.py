@@ -38,7 +38,9 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .engine import EngineError
+from ..geo.tables import auto_class_table
+from ..inference.capabilities import input_spec
+from ..inference.engine import EngineError
 from .images import ImageRefError, check_image, fetch_image, image_format
 from .openai_format import APIError, check_json, generation_params, parse_json, usage_dict, validation_message
 
@@ -205,23 +207,6 @@ def _write_geotiffs(blobs: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, 
     return out
 
 
-def auto_class_table(class_paths: list[str]):
-    """The auto-detected table of uploaded class rasters from their codes alone (WorldCover when every
-    code is one, else generic) — never from a ``classes.json`` that happens to lie near the upload."""
-    import numpy as np
-    import rasterio
-
-    from ..geo.tables import auto_table
-
-    codes: set[int] = set()
-    for p in class_paths:
-        with rasterio.open(p) as ds:
-            band = ds.read(1, masked=True)
-        vals = band.compressed()
-        codes |= {int(v) for v in np.unique(vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals)}
-    return auto_table(codes, None)  # never looks beside the temporary files for a classes.json
-
-
 def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     """(Measurement, paths) of the checked rasters with the request's options (runs in a worker thread)."""
     from ..geo.ask import measure_inputs
@@ -270,7 +255,7 @@ def _grounded(engine, opts, question: str, blobs: dict[str, bytes]):
         m, path = measure_files(opts, blobs, tmp)
         try:
             gp = build_grounded(path["image"], question, before_path=path.get("before"), bands=opts.bands, lang=opts.lang,
-                                preprocess=getattr(engine, "preprocess", None), measurement=m)
+                                preprocess=input_spec(engine).preprocess, measurement=m)
         except MeasureError as e:
             raise APIError(400, _strip(str(e), tmp), "measure_error") from None
         member = {"grounded": True, "measurement": _strip(m.to_json(), tmp), "context": _strip(gp.context, tmp),

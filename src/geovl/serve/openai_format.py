@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import SEED_RANGE, ChatRequest, GenerationParams
+from ..inference.engine import SEED_RANGE, ChatRequest, GenerationParams
 
 MAX_JSON_DEPTH = 64  # nesting of objects/arrays in a request body
 

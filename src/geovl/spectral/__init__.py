@@ -16,6 +16,8 @@ Modules (import them directly; this package imports nothing heavy):
 - :mod:`.projector` ``SpectralProjector``: N bands → 3 channels (1×1 conv) for a Qwen-VL image processor
 """
 
+from ..errors import GeoVLError
 
-class SpectralError(Exception):
+
+class SpectralError(GeoVLError):
     """A user-facing problem with a cube, a library or an option. The message names the file."""

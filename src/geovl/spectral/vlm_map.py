@@ -123,7 +123,7 @@ def probability_question(lang: str) -> str:
 def probability_request(block: np.ndarray, question: str):
     """One chat request: the window's ``(bands, h, w)`` array as the image, then the question."""
     from geovl.data.schema import user_turn
-    from geovl.serve.engine import ChatRequest
+    from geovl.inference.engine import ChatRequest
 
     return ChatRequest([user_turn(question, 1)], [block])
 
@@ -202,14 +202,16 @@ def no_projector(model) -> SpectralError:
 
 
 def require_projector(engine, model) -> None:
-    if getattr(engine, "spectral", None) is None:
+    from geovl.inference.capabilities import cube_reader
+
+    if cube_reader(engine) is None:
         raise no_projector(model)
 
 
 def saved_projector(model, adapter=None):
     """The :class:`~geovl.spectral.projector.SpectralProjector` saved beside a model (adapter folder first), read
     without loading the model — so a wrong model or cube is refused before a long model load. Refuses none."""
-    from geovl.serve.adapter import resolve_folders
+    from geovl.inference.adapter import resolve_folders
 
     from .projector import SpectralProjector
     from .vision_input import has_projector
@@ -312,10 +314,10 @@ def _answer_windows(cube: Cube, engine, grid: TileGrid, question: str, params, r
 def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
             lang: str = "en", blend: str = "taper", max_new_tokens: int = MAX_NEW_TOKENS,
             progress: bool = False, meta: dict | None = None, resume: bool = False) -> dict:
-    """Map ``cube`` with ``engine`` (a spectral :class:`~geovl.serve.engine.LocalEngine`) into ``out``
+    """Map ``cube`` with ``engine`` (a spectral :class:`~geovl.inference.engine.LocalEngine`) into ``out``
     (+ PNG + JSON, see the module docstring). ``resume`` continues an interrupted run of the same cube,
     tiling, question and model from its journal. Returns the summary."""
-    from geovl.serve.engine import GenerationParams
+    from geovl.inference.engine import GenerationParams
 
     from .readers import write_geotiff
     from .render import write_png

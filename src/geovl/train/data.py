@@ -329,8 +329,8 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
     def _family_form(self, s: dict) -> dict:
         """Grounding answers in the family's own box convention, rescaled for the run's pixel bounds
-        (:func:`geovl.models.box_format.render_sample`); other samples unchanged."""
-        from ..models.box_format import render_sample
+        (:func:`geovl.data.box_render.render_sample`); other samples unchanged."""
+        from ..data.box_render import render_sample
 
         return render_sample(s, self.family, self.min_pixels, self.max_pixels)
 

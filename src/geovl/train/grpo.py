@@ -67,7 +67,7 @@ def load_policy(recipe: GRPORecipe):
     from peft import PeftModel
 
     from ..models.preprocess import PreprocessConfig
-    from ..serve.adapter import has_processor, is_adapter_folder, resolve_folders
+    from ..inference.adapter import has_processor, is_adapter_folder, resolve_folders
     from .model_setup import ModelSetupError, load_model_and_processor, setup_trainable, training_vision_input
 
     src = Path(recipe.model)

@@ -78,7 +78,7 @@ class GRPOPrompts(MeasuredSamples):
         try:
             row = _prompt_row(s)
             if s["qtype"] == "grounding":
-                from ..models.box_format import sample_frame
+                from ..data.box_render import sample_frame
 
                 sample_frame(s, self.family, self.min_pixels, self.max_pixels)  # boxes on one image
         except SampleError as e:
@@ -102,7 +102,7 @@ class GRPOPrompts(MeasuredSamples):
         s = self.sample(i)
         row = _prompt_row(s)
         if s["qtype"] == "grounding":  # the rewards read the policy's boxes back into stored-image pixels
-            from ..models.box_format import sample_frame
+            from ..data.box_render import sample_frame
 
             row["meta"]["box_frame"] = sample_frame(s, self.family, self.min_pixels, self.max_pixels).as_dict()
         if self.spectral:

@@ -14,10 +14,11 @@ from collections import OrderedDict
 
 import torch
 
+from ..errors import GeoVLError
 from ..models.registry import Family, get_family
 
 
-class ModelSetupError(ValueError):
+class ModelSetupError(GeoVLError, ValueError):
     pass
 
 

@@ -42,9 +42,7 @@ from trl import GRPOConfig, SFTConfig
 
 from ..errors import GeoVLError
 
-
-class RecipeError(GeoVLError, ValueError):
-    pass
+from ..errors import RecipeError  # noqa: F401 - re-exported: geovl.train.recipe.RecipeError
 
 
 # geovl's earlier names of upstream fields → (upstream field, value transform)

@@ -25,12 +25,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import GeoVLError
+
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_FILE = "adapter_model.safetensors"
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(GeoVLError, RuntimeError):
     """A checkpoint that cannot be resumed exactly (named, with what is missing or damaged)."""
 
 

@@ -27,11 +27,13 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from ..errors import GeoVLError
+
 
 RANK_STATE_ENV = "GEOVL_RANK_STATE"  # =1: each rank writes OUT/rank{N}.json at the end (see RankStateCallback)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(GeoVLError, RuntimeError):
     pass
 
 
@@ -327,7 +329,6 @@ class SaveExtrasCallback(TrainerCallback):
         if ckpt.is_dir():
             self.processor.save_pretrained(ckpt)
             self.preprocess.save(ckpt)
-
 
 
 def trainable_fingerprint(model) -> tuple[str, int]:

@@ -1,8 +1,9 @@
-"""The land-cover class table of the synthetic county scenes, and the documented constants.
+"""The land-cover classes of the geovl county scenes: ids, keys, English/Chinese names, legend colours.
 
-Class ids are what the class-map GeoTIFFs and ``scenes.jsonl`` use; ``0`` is nodata and never
-appears in a generated scene. Names are given in English and Chinese; ``rgb`` is a display colour
-for legends (not the colour a class is rendered with in the images).
+Class ids are what the class-map GeoTIFFs and ``scenes.jsonl`` of ``geovl data synth`` use; ``0`` is
+nodata and never appears in a generated scene. Names are given in English and Chinese; ``rgb`` is a
+display colour for legends (not the colour a class is rendered with in the images). A neutral, low
+module: the generator (:mod:`geovl.synth`) and measurement (:mod:`geovl.geo.tables`) both read it.
 """
 
 from __future__ import annotations
@@ -44,23 +45,6 @@ CLASSES: tuple[LandClass, ...] = (
 BY_ID = {c.id: c for c in CLASSES}
 BY_KEY = {c.key: c for c in CLASSES}
 N_IDS = max(BY_ID) + 1  # size of lookup tables indexed by class id
-
-# Classes whose presence is asked (each is present in about half of the scenes by construction).
-PRESENCE_KEYS = ("cropland", "forest", "water", "bare", "road")
-# Classes whose area is asked / compared.
-AREA_KEYS = ("cropland", "forest", "water", "bare", "builtup")
-
-# Rural / urban rule: built-up share = (built-up land + building pixels) / all pixels.
-URBAN_THRESHOLD = 0.25
-
-BAND_NAMES = ["B2 blue", "B3 green", "B4 red", "B8 NIR"]
-REFLECTANCE_SCALE = 10000  # uint16 = reflectance x 10000, like Sentinel-2 L2A
-
-DEFAULT_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N (eastern China)
-# Upper-left corner of scene 0: about 116.3 E, 36.7 N (a county on the North China Plain).
-DEFAULT_ORIGIN = (440_000.0, 4_065_000.0)
-DEFAULT_PIXEL_SIZE = 10.0  # metres, like Sentinel-2 10 m bands
-SCENES_PER_ROW = 16  # scenes are laid out on a grid of distinct footprints east/south of the origin
 
 
 def class_table() -> list[dict]:

@@ -1,6 +1,6 @@
 """GeoTIFF measurement and maps in the web app: the "测量与地图 / Measurements & maps" panel.
 
-:class:`GeoPanel` is a :class:`~geovl.serve.webapp.ChatApp` extension (``ChatApp(engine,
+:class:`GeoPanel` is a :class:`~geovl.ui.webapp.ChatApp` extension (``ChatApp(engine,
 extension=GeoPanel(engine))``; ``geovl ui`` does this unless ``--no-geo``):
 
 - **Uploads.** GeoTIFFs attached in the chat with a CRS join the conversation's *geo session* (the
@@ -17,7 +17,7 @@ extension=GeoPanel(engine))``; ``geovl ui`` does this unless ``--no-geo``):
   Without them the index-derived classes are used and the panel says so.
 - **Panel.** Areas per class and date (m², km², 公顷, 亩, share; zh/en names), changed area, net
   change per class, change matrix, largest patches, method, uncertainty and notes
-  (:mod:`geovl.serve.geo_view`), and a map preview: the true-colour later image with the change
+  (:mod:`geovl.ui.geo_view`), and a map preview: the true-colour later image with the change
   patches outlined.
 - **"生成疑似问题图 / Map flagged tiles".** :func:`geovl.geo.mapper.map_raster` over the later image
   with the question in the message box (else the last question asked): forced yes/no choice for a
@@ -143,7 +143,7 @@ class GeoPanel:
         if m is None:
             try:
                 if supplied and spec is None:  # auto: from the codes, not from files that happen to lie near the uploads
-                    from .geo_api import auto_class_table
+                    from ..geo.tables import auto_class_table
 
                     spec = auto_class_table([c for c in (c_before, c_after) if c] or [r["path"] for r in (before, after) if r])
                 m = measure_inputs(after["path"], before and before["path"], c_after, c_before, class_table=spec)
@@ -246,7 +246,8 @@ class GeoPanel:
         import gradio as gr
 
         from ..geo.mapper import map_raster
-        from .engine import GenerationParams
+        from ..inference.capabilities import can_score_choices
+        from ..inference.engine import GenerationParams
 
         geo = conv.extras.get("geo") if conv is not None else None
         if not geo or not geo["rasters"]:
@@ -258,7 +259,7 @@ class GeoPanel:
         try:
             m, inputs = self.measure(geo, classes, order, table)
             d = self._dir(geo) / f"map-{uuid.uuid4().hex[:8]}"
-            local = callable(getattr(self.engine, "choice_logprobs", None))
+            local = can_score_choices(self.engine)
             summary = map_raster(self.engine, inputs["after_path"], question, d / "flags.tif", tile=tile, overlap=min(32, tile // 4),
                                  batch_size=self.map_batch_size, geojson=d / "flags.geojson", png=d / "overview.png",
                                  answer_from="choice" if local else "text", progress=False,

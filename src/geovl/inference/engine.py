@@ -18,8 +18,10 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
+from ..errors import GeoVLError
 
-class EngineError(RuntimeError):
+
+class EngineError(GeoVLError, RuntimeError):
     """A user-facing inference problem (bad request, unreachable server, bad option)."""
 
 
@@ -95,6 +97,9 @@ class Engine(Protocol):
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[str]: ...
 
     def stream(self, request: ChatRequest, params: GenerationParams) -> Iterator[str]: ...
+
+
+# optional capabilities (choice scoring, cube inputs, the input spec): geovl.inference.capabilities
 
 
 def decode_image(data: bytes, preprocess=None):
@@ -239,6 +244,15 @@ class LocalEngine:
         self._count_lock, self._count_tokenizer = threading.Lock(), None
         self._torch = torch
         self._hook = self._language_model().register_forward_hook(self._count_forward)
+
+    @property
+    def inputs(self):
+        """What this model reads (:class:`~geovl.inference.capabilities.InputSpec`): cubes with a spectral projector, else images."""
+        from .capabilities import CUBE, IMAGE, InputSpec
+
+        if self.spectral is not None:
+            return InputSpec(kind=CUBE, n_bands=self.spectral.n_bands, preprocess=self.preprocess)
+        return InputSpec(kind=IMAGE, preprocess=self.preprocess)
 
     # -- instrumentation ---------------------------------------------------------------------
     def _language_model(self):

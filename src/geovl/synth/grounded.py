@@ -45,7 +45,7 @@ class GroundedScene:
         return self.out / self.paths[kind][date]
 
     def measurement(self, dates: tuple[str, ...]):
-        from ...geo.measure import measure_raster
+        from ..geo.measure import measure_raster
 
         if dates not in self._m:
             after = dates[-1]
@@ -57,7 +57,7 @@ class GroundedScene:
         return self._m[dates]
 
     def image(self, date: str) -> bytes:
-        from ...geo.tiles import image_for_model
+        from ..geo.tiles import image_for_model
 
         if date not in self._img:
             self._img[date] = image_for_model(self.file("geotiffs", date))[0]
@@ -84,7 +84,7 @@ def candidates(truth: dict) -> dict[str, list[tuple]]:
 
 
 def _answer(m2: float, unit: str, lang: str) -> tuple[str, dict]:
-    from ...geo.units import DECIMALS, all_units, fmt
+    from ..geo.units import DECIMALS, all_units, fmt
 
     value = all_units(m2)[unit]
     num = fmt(value, unit)
@@ -96,7 +96,7 @@ def _answer(m2: float, unit: str, lang: str) -> tuple[str, dict]:
 
 def ask_grounded(rng: np.random.Generator, task: str, spec: tuple, truth: dict, lang: str, scene: GroundedScene) -> qa.Question:
     """One grounded question (see the module docstring)."""
-    from ...geo.ask import prompt_text
+    from ..geo.ask import prompt_text
 
     zh = lang == "zh"
     unit = qa._pick(rng, qa.UNITS_BY_LANG[lang])

@@ -56,7 +56,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_too_many": "本次对话已有 {n} 张影像，最多允许 {max} 张；请清空对话后再上传。",
         "err_bad_image": "影像 {name} 无法使用：{why}",
         "err_nothing_to_retry": "没有可以重新生成的回答。",
-        # -- the measurement & map panel (geovl.serve.geo_panel) --
+        # -- the measurement & map panel (geovl.ui.geo_panel) --
         "geo_classes_label": "地类图（可选）：单波段分类 GeoTIFF，两期时按前、后时相顺序上传；可另附类别表 JSON",
         "geo_table_label": "类别表（用于上传的地类图）",
         "geo_table_auto": "自动识别",
@@ -155,7 +155,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_too_many": "This conversation already has {n} images; at most {max} are allowed. Clear the chat to upload more.",
         "err_bad_image": "Image {name} cannot be used: {why}",
         "err_nothing_to_retry": "There is no answer to regenerate.",
-        # -- the measurement & map panel (geovl.serve.geo_panel) --
+        # -- the measurement & map panel (geovl.ui.geo_panel) --
         "geo_classes_label": "Class rasters (optional): single-band categorical GeoTIFFs, for two dates before then after; a class-table JSON may be added",
         "geo_table_label": "Class table (for uploaded class rasters)",
         "geo_table_auto": "Auto-detect",

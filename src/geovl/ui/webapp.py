@@ -10,7 +10,7 @@ the prompt. Answers stream from ``engine.stream`` (any engine: local model or an
 server). The measurement panel is filled by an optional ``panel_hook(PanelContext) -> PanelResult``
 called after every answer.
 
-An optional ``extension`` (``ChatApp(engine, extension=ext)``; :class:`geovl.serve.geo_panel.GeoPanel`
+An optional ``extension`` (``ChatApp(engine, extension=ext)``; :class:`geovl.ui.geo_panel.GeoPanel`
 is the one geovl ships) adds controls to the panel and may take over a turn:
 
 - ``ext.build(app, lang)`` — called inside the panel group: create components;
@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.schema import assistant_turn, user_turn
-from .engine import ChatRequest, EngineError, GenerationParams
+from ..inference.capabilities import cube_reader, input_spec
+from ..inference.engine import ChatRequest, GenerationParams
+from ..serve.images import ImageLimits, ImageRefError, check_image, image_format
 from .i18n import LANGS, quick_questions, t
-from .images import ImageLimits, ImageRefError, check_image, image_format
 
 log = logging.getLogger("geovl.ui")
 
@@ -132,17 +133,17 @@ class ChatApp:
             with open(path, "rb") as f:
                 raw = f.read()
             check_image(raw, self.limits)
-            spectral = getattr(self.engine, "spectral", None)
-            if spectral is not None:  # the model reads the cube itself (a multi-band GeoTIFF); the chat shows bands 1-3
+            spec, cubes = input_spec(self.engine), cube_reader(self.engine)
+            if cubes is not None:  # the model reads the cube itself (a multi-band GeoTIFF); the chat shows bands 1-3
                 if image_format(raw) != "TIFF":
-                    raise ImageError("bad_cube", f"this model reads {spectral.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
-                                                 f"/ 此模型读取 {spectral.n_bands} 波段 GeoTIFF 高光谱数据")
-                self.engine.cube(raw)  # band count and wavelengths checked now, named in the error
+                    raise ImageError("bad_cube", f"this model reads {spec.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
+                                                 f"/ 此模型读取 {spec.n_bands} 波段 GeoTIFF 高光谱数据")
+                cubes.cube(raw)  # band count and wavelengths checked now, named in the error
                 data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
             else:  # rasters rendered with the model's settings (geovl.imagery.render): what it sees is shown
                 from ..imagery.render import RenderSettings
 
-                render = RenderSettings.from_preprocess(getattr(self.engine, "preprocess", None))
+                render = RenderSettings.from_preprocess(spec.preprocess)
                 data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes,
                                                 render=render).data  # EXIF-upright, rasters → PNG
         except ImageRefError as e:
@@ -210,13 +211,13 @@ class ChatApp:
 
     def box_panel(self, images: list[bytes], answer: str, lang: str) -> PanelResult | None:
         """When the answer locates objects: the last image with the boxes drawn, and their GeoJSON
-        (pixel coordinates) to download (:mod:`geovl.serve.answer_boxes`); None otherwise."""
+        (pixel coordinates) to download (:mod:`geovl.inference.answer_boxes`); None otherwise."""
         import json
 
         from PIL import Image
 
         from ..evaluate.box_draw import draw_boxes
-        from .answer_boxes import answer_boxes, boxes_geojson
+        from ..inference.answer_boxes import answer_boxes, boxes_geojson
 
         info = answer_boxes(self.engine, images, answer)
         if info is None:
@@ -408,37 +409,3 @@ def launch(app: ChatApp, host: str = "127.0.0.1", port: int = 7860, share: bool 
         mcp_server=False,
         footer_links=[],
     )
-
-
-def run(args) -> int:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from geovl.cli import CLIError
-
-    if bool(args.api) == bool(args.model):
-        raise CLIError("give either --model FOLDER (a local model) or --api URL (an OpenAI-compatible server)")
-    for name in ("max_new_tokens", "max_upload_bytes", "max_images"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.api:
-        if args.adapter:
-            raise CLIError("--adapter cannot be used with --api (the server decides which weights it serves)")
-        from geovl.serve import open_engine
-
-        try:
-            engine = open_engine(api=args.api, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"))
-        except EngineError as e:
-            raise CLIError(str(e)) from e
-        where = engine.base_url
-    else:
-        from geovl.commands.serve import open_local_engine
-
-        engine, where = open_local_engine(args), None
-    extension = None
-    if not getattr(args, "no_geo", False):
-        from .geo_panel import GeoPanel
-
-        extension = GeoPanel(engine)
-    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
-                  where=where, extension=extension)
-    launch(app, host=args.host, port=args.port, share=args.share)
-    return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..boxes import answer_text, box_dict
+from ..data.boxes import answer_text, box_dict
 from .classes import WATER
 
 WATER_MIN_SHARE = 0.01

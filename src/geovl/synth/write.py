@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...imagery.geotiff import Raster, write_raster
-from ..io import DatasetWriter
-from ..schema import assistant_turn, user_turn
+from ..errors import GeoVLError
+from ..imagery.geotiff import Raster, write_raster
+from ..data.io import DatasetWriter
+from ..data.schema import assistant_turn, user_turn
 from . import qa
 from .classes import (
     AREA_KEYS,
@@ -48,12 +49,12 @@ from .grounded import GroundedScene, ask_grounded
 from .render import MATERIALS, png_bytes
 from .scene import Scene, make_scene
 
-GENERATOR = "geovl.data.synth"
+GENERATOR = "geovl.data.synth"  # the files' generator id (unchanged since the generator moved to geovl.synth: older outputs carry it)
 DEFAULT_SPLIT = "train=0.8,test=0.2"
 DEFAULT_QUESTIONS = len(qa.TASKS)  # one question of every task per scene and language
 
 
-class SynthError(ValueError):
+class SynthError(GeoVLError, ValueError):
     """Bad arguments or an output directory that cannot be used."""
 
 
