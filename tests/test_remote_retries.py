@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from geovl.data.schema import user_turn
-from geovl.serve.engine import ChatRequest, EngineError, GenerationParams
-from geovl.serve.remote import RemoteEngine
+from geovl.inference.engine import ChatRequest, EngineError, GenerationParams
+from geovl.inference.remote import RemoteEngine
 
 
 class ScriptedHandler(BaseHTTPRequestHandler):
@@ -126,7 +126,7 @@ def test_a_bad_request_is_not_retried(fake):
 
 
 def test_eval_cli_option_reaches_the_engine(fake):
-    from geovl.serve import open_engine
+    from geovl.inference import open_engine
 
     assert open_engine(api=fake.url, model="m").max_retries == 2
     assert open_engine(api=fake.url, model="m", api_retries=5).client.max_retries == 5

@@ -214,7 +214,7 @@ def test_vlm_map_resumes_from_its_journal(final, big_cube, tmp_path):
     only the unanswered windows and gives the map of an uninterrupted run."""
     import rasterio
 
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
     from geovl.spectral.readers import open_cube
     from geovl.spectral.vlm_map import vlm_map
 

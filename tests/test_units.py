@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geovl import units
-from geovl.data.synth import qa
+from geovl.synth import qa
 from geovl.evaluate import quantities
 from geovl.evaluate.quantities import find_quantity
 from geovl.geo import units as geo_units

@@ -65,7 +65,7 @@ def test_unknown_kind_is_a_clear_error(tmp_path, tiny_model_dir):
     import shutil
 
     from geovl.models.loading import ModelFolderError
-    from geovl.serve.engine import LocalEngine
+    from geovl.inference.engine import LocalEngine
 
     m = tmp_path / "model"
     shutil.copytree(tiny_model_dir("qwen2-vl"), m)

@@ -29,8 +29,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from ...units import AREA_UNITS
-from ...units import round_half_up as _round_half_up
+from ..units import AREA_UNITS
+from ..units import round_half_up as _round_half_up
 from .classes import AREA_KEYS, BY_KEY, PRESENCE_KEYS, URBAN_THRESHOLD
 
 TASKS = ("presence", "count", "area", "compare", "rural_urban", "change_count", "change_increase", "change_area")
