@@ -100,3 +100,40 @@ def test_a_cli_subprocess_writes_diagnostics_to_stderr_and_quiet_hides_them(tmp_
     assert loud.stdout == quiet.stdout == ""
     assert loud.stderr.splitlines() == ["info line", "error: bad"]
     assert quiet.stderr.splitlines() == ["error: bad"]
+
+
+def test_deepspeed_logger_never_writes_to_stdout():
+    """DeepSpeed's logger has a stdout handler ("Setting accelerator to CPU" on import): once geovl's logging
+    is configured, its records reach stderr and stdout stays clean for JSON output."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "from geovl.log import get_logger\n"
+        "get_logger()\n"
+        "lg = logging.getLogger('DeepSpeed'); lg.setLevel(logging.INFO); lg.propagate = False\n"
+        "lg.addHandler(logging.StreamHandler(sys.stdout))  # as deepspeed.utils.logging does, after geovl\n"
+        "lg.warning('accelerator message')\n"
+        "lg.debug('hidden at INFO')\n"
+        "print('{\"ok\": 1}')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == '{"ok": 1}\n'
+    assert "accelerator message" in r.stderr and "hidden at INFO" not in r.stderr
+
+
+def test_real_deepspeed_import_keeps_stdout_clean():
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}  # auto-detect: it logs its choice
+    code = "from geovl.log import get_logger\nget_logger()\nimport deepspeed\nprint('clean')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == "clean\n"

@@ -62,6 +62,23 @@ def _level_from_env() -> int:
     return level if isinstance(level, int) else DEFAULT_LEVEL
 
 
+# Libraries whose logger writes to standard *output*: DeepSpeed adds a stdout handler to its "DeepSpeed" logger
+# when imported (transformers/accelerate import it whenever it is installed) and logs e.g. "Setting accelerator
+# to CPU" there, which would corrupt what a command prints on stdout (JSON, JSONL). Their records go to standard
+# error through geovl's handler instead (at geovl's level).
+STDOUT_LIBRARY_LOGGERS = ("DeepSpeed",)
+
+
+class _ToStderr(logging.Filter):
+    """On a library logger: hand each record to geovl's stderr handler and keep it from the library's own
+    (stdout) handlers. A logger filter, so it holds for handlers the library adds after this one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _handler is not None and record.levelno >= logging.getLogger(ROOT).getEffectiveLevel():
+            _handler.handle(record)
+        return False
+
+
 def _configure() -> logging.Logger:
     global _handler
     root = logging.getLogger(ROOT)
@@ -71,6 +88,8 @@ def _configure() -> logging.Logger:
         root.addHandler(_handler)
         root.setLevel(_level_from_env())
         root.propagate = False  # one line per message, also when a host application configures the root logger
+        for name in STDOUT_LIBRARY_LOGGERS:
+            logging.getLogger(name).addFilter(_ToStderr())
     return root
 
 
