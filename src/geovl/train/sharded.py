@@ -1,0 +1,127 @@
+"""Sharded engines (DeepSpeed ZeRO-3, FSDP2): every rank runs the vision tower in every forward pass.
+
+Why: under ZeRO-3 / FSDP2 a module's weights are gathered from all ranks (a collective) each time the
+module runs. A Qwen-VL forward runs the vision tower only when its batch holds images, so when one rank's
+batch has images and another's has none, the ranks issue different collectives: gloo aborts ("Received
+data size doesn't match expected size. Is there a distributed collective mismatch in your code?"),
+NCCL hangs until its timeout. The same happens in backward, where the vision tower's gradients are
+reduced across ranks.
+
+The fix (:func:`keep_vision_tower_in_step`): forward hooks on the model. When a forward pass reaches the
+language model without having run the vision tower (a text-only batch), the vision tower runs on a
+tiny dummy image (one merged patch) at the point where it would have run, and ``0 ×`` the sum of its
+outputs is added to the input embeddings. The ranks then gather and reduce the same weights in the same
+order; the loss, the logits and the gradients are unchanged (the dummy contributes exact zeros).
+Different numbers of images per rank need nothing: the tower runs once per forward either way.
+
+The hooks are cheap no-ops unless the vision tower's weights are actually sharded (ZeRO-3 partitioned
+parameters or FSDP2 DTensors) and more than one process runs; decode steps of ``generate`` (a filled KV
+cache, no vision input on any rank by construction) are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_HOOKED = "_geovl_vision_keepalive"
+
+
+def _vl_core(model):
+    """The module that owns both ``visual`` and ``language_model`` (Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``*Model``)."""
+    for m in model.modules():
+        if hasattr(m, "visual") and hasattr(m, "language_model") and isinstance(m.visual, torch.nn.Module):
+            return m
+    return None
+
+
+def _sharded(module) -> bool:
+    """True when the module's weights live partitioned across ranks (ZeRO-3 or FSDP2)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    for p in module.parameters():
+        if hasattr(p, "ds_id") or type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+            return True
+    return False
+
+
+def dummy_vision_input(visual) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel_values, grid_thw) of the smallest image the tower accepts: one temporal patch of
+    ``merge × merge`` spatial patches, i.e. one visual token after the merger."""
+    cfg = visual.config
+    merge = int(getattr(cfg, "spatial_merge_size", 2))
+    patch = int(getattr(cfg, "patch_size", 14))
+    temporal = int(getattr(cfg, "temporal_patch_size", 2))
+    channels = int(getattr(cfg, "in_channels", getattr(cfg, "in_chans", 3)))
+    grid = torch.tensor([[1, merge, merge]], dtype=torch.long)
+    p = next(visual.parameters())
+    device = p.device if p.device.type != "meta" else torch.device("cpu")
+    pixels = torch.zeros(merge * merge, channels * temporal * patch * patch, dtype=p.dtype, device=device)
+    return pixels, grid.to(device)
+
+
+def _sum_floats(out) -> torch.Tensor | None:
+    """Sum of every floating tensor in a (nested) model output."""
+    if torch.is_tensor(out):
+        return out.float().sum() if out.is_floating_point() else None
+    if isinstance(out, dict):
+        vals = out.values()
+    elif isinstance(out, (list, tuple)):
+        vals = out
+    elif hasattr(out, "to_tuple"):
+        vals = out.to_tuple()
+    else:
+        return None
+    total = None
+    for v in vals:
+        s = _sum_floats(v)
+        if s is not None:
+            total = s if total is None else total + s
+    return total
+
+
+def _has_filled_cache(kwargs) -> bool:
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        return False
+    try:
+        return int(cache.get_seq_length()) > 0
+    except Exception:  # an unknown cache object: be safe, treat as a decode step
+        return True
+
+
+def keep_vision_tower_in_step(model) -> bool:
+    """Install the hooks described in the module docstring on ``model`` (idempotent). Returns False when the model
+    has no Qwen-VL vision tower (nothing to do)."""
+    core = _vl_core(model)
+    if core is None:
+        return False
+    if getattr(core, _HOOKED, False):
+        return True
+    state = {"ran": False, "decode": False}
+
+    def on_core(module, args, kwargs):
+        state["ran"] = False
+        state["decode"] = _has_filled_cache(kwargs)
+
+    def on_visual(module, args, output):
+        state["ran"] = True
+
+    def on_language_model(module, args, kwargs):
+        if state["ran"] or state["decode"] or kwargs.get("inputs_embeds") is None or not _sharded(core.visual):
+            return None
+        pixels, grid = dummy_vision_input(core.visual)
+        total = _sum_floats(core.visual(pixels, grid_thw=grid))
+        state["ran"] = True
+        if total is None:
+            return None
+        emb = kwargs["inputs_embeds"]
+        kwargs["inputs_embeds"] = emb + (0.0 * total).to(emb.dtype)
+        return args, kwargs
+
+    core.register_forward_pre_hook(on_core, with_kwargs=True)
+    core.visual.register_forward_hook(on_visual)
+    core.language_model.register_forward_pre_hook(on_language_model, with_kwargs=True)
+    setattr(core, _HOOKED, True)
+    return True
