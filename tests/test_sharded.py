@@ -1,0 +1,202 @@
+"""Sharded engines on the CPU, two processes (gloo): DeepSpeed ZeRO-2 / ZeRO-3 (``DS_ACCELERATOR=cpu``, launched with
+torchrun and the shipped recipes/deepspeed/*.json) and FSDP2 (``accelerate launch`` with the settings of the shipped
+recipes/fsdp/fsdp2.json), on the tiny Qwen2.5-VL and Qwen3-VL models.
+
+Each case trains 4 steps on batches that mix samples without images, with one and with two images, so that at some
+step one rank's batch has no image while the other's has some (the ZeRO-3 / FSDP "hang" case: gloo aborts with a
+collective mismatch without geovl.train.sharded) — the rank files prove it happened. Then:
+- a copy of the run cut back to its step-2 checkpoint resumes from the ZeRO / FSDP checkpoint and ends with exactly the
+  uninterrupted run's final weights;
+- LoRA: the final adapter merges (``geovl merge``) into a folder stock transformers loads, with the adapter's logits;
+- full tuning: ``final/`` loads with stock transformers, and the weights consolidated from the step-4 shards
+  (DeepSpeed's zero_to_fp32 / torch.distributed.checkpoint) equal it.
+A ZeRO-3 checkpoint resumed with another number of processes is refused before anything is loaded, naming both sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sft_util import FAST, multi_turn_sample, qa_samples, run_cli, write_dataset
+
+pytest.importorskip("deepspeed", reason="deepspeed is not installed (make install installs it)")
+
+ROOT = Path(__file__).resolve().parents[1]
+DS_CONFIGS = {"zero2": ROOT / "recipes/deepspeed/zero2.json", "zero3": ROOT / "recipes/deepspeed/zero3.json"}
+FSDP_CONFIG = ROOT / "recipes/fsdp/fsdp2.json"
+STEPS = ["max_steps=4", "save_steps=2", "lr=1e-2", "warmup_ratio=0", "save_total_limit=null"]
+TUNING = {"lora": ["tune_merger=full"], "full": ["tune_llm=full", "tune_merger=full", "tune_vision=full", "lr=1e-3"]}
+TIMEOUT = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    import geovl
+
+    src = str(Path(geovl.__file__).parents[1])  # the geovl this test imports
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), DS_ACCELERATOR="cpu",
+                OMP_NUM_THREADS="1", GEOVL_RANK_STATE="1")
+
+
+def launcher(engine: str, nproc: int = 2) -> list[str]:
+    """The launch command line of an engine, up to the module to run."""
+    bindir = Path(sys.executable).parent
+    if engine == "fsdp2":
+        cfg = json.loads(FSDP_CONFIG.read_text())
+        flags = [f"--fsdp_{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in cfg.items()]
+        return [str(bindir / "accelerate"), "launch", "--use_fsdp", *flags, "--num_processes", str(nproc), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m"]
+    return [str(bindir / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()), "-m"]
+
+
+def launch(engine: str, kind: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    extra = [f"deepspeed={DS_CONFIGS[engine]}"] if engine in DS_CONFIGS else []
+    cmd = [*launcher(engine, nproc), "geovl", "train", kind, *map(str, args), *extra]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+IMAGES = {f"s{i}": 0 if i % 3 == 0 else 1 for i in range(10)} | {"mt0": 2, "mt1": 2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded")
+    samples = qa_samples(10) + [multi_turn_sample("mt0", 1), multi_turn_sample("mt1", 7)]
+    assert {s["id"]: len(s["images"]) for s in samples} == IMAGES
+    (root / "r.yaml").write_text("{}\n")
+    return write_dataset(root / "mixed.parquet", samples), root / "r.yaml"
+
+
+def _step_images(out: Path) -> list[tuple[int, int]]:
+    """Per training step: (images in rank 0's batch, images in rank 1's batch), from the rank files."""
+    ids = [json.loads((out / f"rank{r}.json").read_text())["sample_ids"] for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 4 * 2
+    return [tuple(sum(IMAGES[i] for i in ids[r][k : k + 2]) for r in (0, 1)) for k in range(0, 8, 2)]
+
+
+def _weights(folder: Path) -> dict:
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return load_file(str(folder / name))
+
+
+def _inputs(model_dir: Path):
+    from transformers import AutoProcessor
+
+    from sft_util import png
+    import io
+    from PIL import Image
+
+    proc = AutoProcessor.from_pretrained(model_dir)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there water?"}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    return proc(text=[text], images=[Image.open(io.BytesIO(png(56, 56, 3))).convert("RGB")], return_tensors="pt")
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model.eval()(**inputs).logits
+
+
+def _consolidated(engine: str, ckpt: Path, tmp: Path) -> dict:
+    """The full fp32 state dict consolidated from a checkpoint's shards (module-tree names)."""
+    if engine in DS_CONFIGS:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    from accelerate.utils import merge_fsdp_weights
+
+    shards = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("pytorch_model_fsdp")]
+    assert len(shards) == 1, sorted(p.name for p in ckpt.iterdir())
+    merge_fsdp_weights(str(shards[0]), str(tmp), safe_serialization=True)
+    return load_file(str(tmp / "model.safetensors"))
+
+
+CASES = [
+    ("zero3", "qwen2.5-vl", "lora"),
+    ("zero3", "qwen3-vl", "full"),
+    ("zero2", "qwen3-vl", "lora"),
+    ("zero2", "qwen2.5-vl", "full"),
+    ("fsdp2", "qwen2.5-vl", "lora"),
+    ("fsdp2", "qwen3-vl", "full"),
+]
+
+
+@pytest.mark.parametrize("engine,family,tuning", CASES, ids=["-".join(c) for c in CASES])
+def test_sft_mixed_batches_resume_consolidate_merge(engine, family, tuning, tiny_model_dir, data, tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText
+
+    base = tiny_model_dir(family)
+    train_data, recipe = data
+    whole = tmp_path / "whole"
+    args = [recipe, f"model={base}", f"train_data={train_data}", *FAST, *STEPS, *TUNING[tuning]]
+    p = launch(engine, "sft", [*args, f"output_dir={whole}"])
+    assert p.returncode == 0, p.stderr[-4000:]
+    steps = _step_images(whole)
+    assert any(0 in s and max(s) > 0 for s in steps), steps  # one rank without images while the other has some
+    assert any(s[0] != s[1] and min(s) > 0 for s in steps) or any(sorted(s) == [0, 2] or sorted(s) == [0, 3] for s in steps), steps
+    summary = json.loads((whole / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    final = _weights(whole / "final")
+
+    # resume: the run cut back to its step-2 checkpoint continues to the same final weights
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut, ignore=shutil.ignore_patterns("checkpoint-4", "final", "train_summary.json", "rank*.json"))
+    p = launch(engine, "sft", [*args, f"output_dir={cut}", "resume=true"])
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "resuming from" in p.stderr and "checkpoint-2" in p.stderr
+    resumed = _weights(cut / "final")
+    assert resumed.keys() == final.keys()
+    assert not [k for k in final if not torch.equal(resumed[k], final[k])]
+
+    inputs = _inputs(base)
+    plain = _logits(AutoModelForImageTextToText.from_pretrained(base), inputs)
+    if tuning == "lora":
+        from peft import PeftModel
+
+        merged_dir = tmp_path / "merged"
+        rc, err = run_cli(capsys, "merge", "--base", base, "--adapter", whole / "final", "--out", merged_dir)
+        assert rc == 0, err[-2000:]
+        merged = AutoModelForImageTextToText.from_pretrained(merged_dir)  # stock transformers, no peft
+        ref = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), str(whole / "final"))
+        got = _logits(merged, inputs)
+        assert (got - _logits(ref, inputs)).abs().max() <= 1e-5
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(whole / "final")  # stock transformers
+        got = _logits(model, inputs)
+        # the shards of the last checkpoint, consolidated, are the final weights
+        sd = _consolidated(engine, whole / "checkpoint-4", tmp_path / "consolidated")
+        fresh = AutoModelForImageTextToText.from_pretrained(base)
+        missing, unexpected = fresh.load_state_dict(sd, strict=False)
+        assert not unexpected and all("lm_head" in k or "embed" in k for k in missing), (missing, unexpected)
+        assert (got - _logits(fresh, inputs)).abs().max() <= 1e-5
+    assert (got - plain).abs().max() > 1e-3  # training changed the model
+
+
+def test_zero3_checkpoint_with_another_world_size_is_refused(tiny_model_dir, data, tmp_path):
+    base = tiny_model_dir("qwen2.5-vl")
+    train_data, recipe = data
+    out = tmp_path / "z3"
+    args = [recipe, f"model={base}", f"train_data={train_data}", *FAST, "max_steps=2", "save_steps=2", f"output_dir={out}"]
+    p = launch("zero3", "sft", args)
+    assert p.returncode == 0, p.stderr[-4000:]
+    shutil.rmtree(out / "final")
+    (out / "checkpoint-2" / "trainer_state.json").touch()
+    p = launch("zero3", "sft", [*args, "max_steps=4", "resume=true"], nproc=1)
+    assert p.returncode == 2, p.stderr[-4000:]
+    assert "checkpoint-2" in p.stderr and "2 processes" in p.stderr and "1 process" in p.stderr, p.stderr[-3000:]
+    assert "zero_to_fp32" in p.stderr
+    assert not (out / "final").exists()
