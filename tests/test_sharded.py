@@ -147,7 +147,7 @@ def test_sft_mixed_batches_resume_consolidate_merge(engine, family, tuning, tiny
     assert p.returncode == 0, p.stderr[-4000:]
     steps = _step_images(whole)
     assert any(0 in s and max(s) > 0 for s in steps), steps  # one rank without images while the other has some
-    assert any(s[0] != s[1] and min(s) > 0 for s in steps) or any(sorted(s) == [0, 2] or sorted(s) == [0, 3] for s in steps), steps
+    assert len({n for s in steps for n in s if n}) > 1, steps  # and batches with different numbers of images
     summary = json.loads((whole / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     final = _weights(whole / "final")
@@ -194,7 +194,6 @@ def test_zero3_checkpoint_with_another_world_size_is_refused(tiny_model_dir, dat
     p = launch("zero3", "sft", args)
     assert p.returncode == 0, p.stderr[-4000:]
     shutil.rmtree(out / "final")
-    (out / "checkpoint-2" / "trainer_state.json").touch()
     p = launch("zero3", "sft", [*args, "max_steps=4", "resume=true"], nproc=1)
     assert p.returncode == 2, p.stderr[-4000:]
     assert "checkpoint-2" in p.stderr and "2 processes" in p.stderr and "1 process" in p.stderr, p.stderr[-3000:]

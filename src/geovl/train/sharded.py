@@ -21,7 +21,13 @@ cache, no vision input on any rank by construction) are skipped.
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import torch
+
+from ..errors import GeoVLError
 
 _HOOKED = "_geovl_vision_keepalive"
 
@@ -125,3 +131,41 @@ def keep_vision_tower_in_step(model) -> bool:
     core.language_model.register_forward_pre_hook(on_language_model, with_kwargs=True)
     setattr(core, _HOOKED, True)
     return True
+
+
+class ShardedCheckpointError(GeoVLError, ValueError):
+    """A sharded (DeepSpeed ZeRO) checkpoint this launch cannot resume: saved by another number of processes."""
+
+
+def zero_checkpoint_world_size(checkpoint: str | Path) -> int | None:
+    """How many data-parallel processes saved a DeepSpeed ZeRO checkpoint (its per-rank optimizer shards), or None
+    when ``checkpoint`` holds no ZeRO shards (DDP, FSDP or single-process checkpoints)."""
+    ck = Path(checkpoint)
+    latest = ck / "latest"
+    tag_dirs = [ck / latest.read_text(encoding="utf-8").strip()] if latest.is_file() else sorted(ck.glob("global_step*"))
+    ranks = set()
+    for d in tag_dirs:
+        for f in d.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt"):
+            m = re.search(r"zero_pp_rank_(\d+)_mp_rank_", f.name)
+            if m:
+                ranks.add(int(m.group(1)))
+    return len(ranks) or None
+
+
+def check_resume_world_size(checkpoint: str | Path, world_size: int | None = None) -> None:
+    """Refuse, before anything loads, to resume a ZeRO checkpoint with a different number of processes.
+
+    DeepSpeed 0.19 cannot re-partition ZeRO optimizer state on load ("Automatic adjustment of ZeRO's optimizer state
+    partitioning with a new world size is not currently supported", raised deep inside the Trainer after the model is
+    built); FSDP2 checkpoints (torch.distributed.checkpoint) re-shard by themselves and pass."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    saved = zero_checkpoint_world_size(checkpoint)
+    if saved is None or saved == world:
+        return
+    plural = lambda n: f"{n} process" + ("es" if n != 1 else "")  # noqa: E731
+    raise ShardedCheckpointError(
+        f"{checkpoint}: a DeepSpeed ZeRO checkpoint saved by {plural(saved)}, but this run has {plural(world)}; "
+        "DeepSpeed cannot re-partition its optimizer state to another world size. "
+        f"Resume with {plural(saved)} (torchrun --nproc_per_node {saved} ...), or consolidate the weights "
+        f"(python {Path(checkpoint) / 'zero_to_fp32.py'} {checkpoint} OUT_DIR --safe_serialization) and start a new run from them"
+    )
