@@ -87,6 +87,16 @@ def _sum_floats(out) -> torch.Tensor | None:
     return total
 
 
+def used_outputs(out):
+    """The parts of a vision-tower output that a real forward feeds to the language model: the merged image features
+    (``pooler_output``) and Qwen3-VL's deepstack features — not the pre-merger ``last_hidden_state``. ZeRO-3 counts a
+    module's backward once per output tensor that gradients reach, so the dummy must reach the same ones as a real call
+    (else the ranks' recorded module traces differ: "Detected a disagreement on list length between rank0 and rank1")."""
+    if torch.is_tensor(out) or not hasattr(out, "pooler_output") or out.pooler_output is None:
+        return out
+    return [out.pooler_output, *(getattr(out, "deepstack_features", None) or [])]
+
+
 def _has_filled_cache(kwargs) -> bool:
     cache = kwargs.get("past_key_values")
     if cache is None:
@@ -118,7 +128,7 @@ def keep_vision_tower_in_step(model) -> bool:
         if state["ran"] or state["decode"] or kwargs.get("inputs_embeds") is None or not _sharded(core.visual):
             return None
         pixels, grid = dummy_vision_input(core.visual)
-        total = _sum_floats(core.visual(pixels, grid_thw=grid))
+        total = _sum_floats(used_outputs(core.visual(pixels, grid_thw=grid)))
         state["ran"] = True
         if total is None:
             return None
