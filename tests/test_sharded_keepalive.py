@@ -43,12 +43,12 @@ def test_keepalive_runs_tower_on_text_batch_and_changes_nothing(family, tiny_mod
     core = sharded._vl_core(model)
     core.visual.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
 
-    # not sharded (one process): the hooks stay out of the way
+    # one process: the hooks stay out of the way
     loss1, _, g1 = _loss_and_grads(model, batch)
     assert calls == [] and torch.equal(loss1, loss0) and g1.keys() == g0.keys()
 
-    # sharded: the tower runs once per forward on a one-token dummy image, and changes nothing else
-    monkeypatch.setattr(sharded, "_sharded", lambda module: True)
+    # several processes: the tower runs once per forward on a one-token dummy image, and changes nothing else
+    monkeypatch.setattr(sharded, "_active", lambda module: True)
     loss2, logits2, g2 = _loss_and_grads(model, batch)
     assert len(calls) == 1
     merge = model.config.vision_config.spatial_merge_size

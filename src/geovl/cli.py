@@ -92,7 +92,7 @@ def run_lazy(target: str):
 
 
 # Exception class names that are user errors (bad file, bad option): printed, not traced.
-USER_ERRORS = {"DatasetFileError", "ConvertError", "UnknownModelType", "RecipeError", "ImageError", "ModelFolderError", "InspectError", "DownloadError", "ModelSetupError", "TinyModelError", "NonFiniteLoss", "MergeError", "ResumeError", "ShardedCheckpointError"}
+USER_ERRORS = {"DatasetFileError", "ConvertError", "UnknownModelType", "RecipeError", "ImageError", "ModelFolderError", "InspectError", "DownloadError", "ModelSetupError", "TinyModelError", "NonFiniteLoss", "MergeError", "ResumeError", "ShardedCheckpointError", "FSDPUnavailable"}
 
 
 if __name__ == "__main__":  # pragma: no cover

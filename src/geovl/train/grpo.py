@@ -96,6 +96,8 @@ class GRPORecipe:
     precision: str = "auto"
     attn_implementation: str | None = None
     deepspeed: str | None = None
+    fsdp: str | None = None  # as in SFT: TrainingArguments.fsdp / fsdp_config
+    fsdp_config: str | None = None
     # -- logging and checkpoints --------------------------------------------------------------
     logging_steps: int = 10
     save_steps: int = 500

@@ -69,6 +69,8 @@ class SFTRecipe:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (see recipes/deepspeed/)
+    fsdp: str | None = None  # TrainingArguments.fsdp, e.g. full_shard (with fsdp_config: recipes/fsdp/fsdp2.json)
+    fsdp_config: str | None = None  # path to an FSDP JSON config (TrainingArguments.fsdp_config)
     # -- logging and checkpoints --------------------------------------------------------------
     logging_steps: int = 10
     save_steps: int = 500

@@ -111,6 +111,9 @@ def preflight(recipe) -> None:
                 f"deepspeed={ds}: the deepspeed package is not installed (pip install deepspeed; it needs CUDA GPUs). "
                 "Remove the deepspeed key to train with plain DDP / a single device."
             )
+    from .sharded import check_fsdp
+
+    check_fsdp(get("fsdp"), get("fsdp_config"), cuda)
     check_report_to(get("report_to", []))
 
 
@@ -147,6 +150,8 @@ def common_trainer_kwargs(recipe, has_eval: bool, dtype) -> dict:
         disable_tqdm=not recipe.progress_bar,
         use_liger_kernel=recipe.use_liger,
         deepspeed=recipe.deepspeed,
+        fsdp=getattr(recipe, "fsdp", None) or None,
+        fsdp_config=getattr(recipe, "fsdp_config", None),
         # a text-only batch leaves the vision tower / merger without gradients on that rank: DDP must know
         ddp_find_unused_parameters=True,
     )

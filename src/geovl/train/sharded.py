@@ -1,4 +1,4 @@
-"""Sharded engines (DeepSpeed ZeRO-3, FSDP2): every rank runs the vision tower in every forward pass.
+"""Distributed engines (DeepSpeed ZeRO, FSDP2, DDP): every rank runs the vision tower in every forward pass.
 
 Why: under ZeRO-3 / FSDP2 a module's weights are gathered from all ranks (a collective) each time the
 module runs. A Qwen-VL forward runs the vision tower only when its batch holds images, so when one rank's
@@ -14,9 +14,13 @@ outputs is added to the input embeddings. The ranks then gather and reduce the s
 order; the loss, the logits and the gradients are unchanged (the dummy contributes exact zeros).
 Different numbers of images per rank need nothing: the tower runs once per forward either way.
 
-The hooks are cheap no-ops unless the vision tower's weights are actually sharded (ZeRO-3 partitioned
-parameters or FSDP2 DTensors) and more than one process runs; decode steps of ``generate`` (a filled KV
-cache, no vision input on any rank by construction) are skipped.
+ZeRO-1/2 (and DDP without ``find_unused_parameters``) break the same way in backward when part of the tower (the
+merger) trains: a rank without images has no gradient for it, and ZeRO-2's gradient buckets differ between ranks
+(gloo: "Received data size doesn't match expected size", measured here with ZeRO-2 on a mixed batch).
+
+The hooks are cheap no-ops in a single process, and when the tower's weights are neither sharded (ZeRO-3
+partitioned parameters, FSDP2 DTensors) nor trained; decode steps of ``generate`` (a filled KV cache, no
+vision input on any rank by construction) are skipped.
 """
 
 from __future__ import annotations
@@ -40,14 +44,15 @@ def _vl_core(model):
     return None
 
 
-def _sharded(module) -> bool:
-    """True when the module's weights live partitioned across ranks (ZeRO-3 or FSDP2)."""
+def _active(module) -> bool:
+    """True in a multi-process run when the vision tower's weights are sharded (ZeRO-3 partitioned parameters, FSDP2
+    DTensors: every forward gathers them) or any of them trains (ZeRO-1/2 and DDP reduce its gradients every step)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
     for p in module.parameters():
-        if hasattr(p, "ds_id") or type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+        if p.requires_grad or hasattr(p, "ds_id") or type(p).__name__ == "DTensor":
             return True
     return False
 
@@ -125,7 +130,7 @@ def keep_vision_tower_in_step(model) -> bool:
         state["ran"] = True
 
     def on_language_model(module, args, kwargs):
-        if state["ran"] or state["decode"] or kwargs.get("inputs_embeds") is None or not _sharded(core.visual):
+        if state["ran"] or state["decode"] or kwargs.get("inputs_embeds") is None or not _active(core.visual):
             return None
         pixels, grid = dummy_vision_input(core.visual)
         total = _sum_floats(used_outputs(core.visual(pixels, grid_thw=grid)))
@@ -179,3 +184,35 @@ def check_resume_world_size(checkpoint: str | Path, world_size: int | None = Non
         f"Resume with {plural(saved)} (torchrun --nproc_per_node {saved} ...), or consolidate the weights "
         f"(python {Path(checkpoint) / 'zero_to_fp32.py'} {checkpoint} OUT_DIR --safe_serialization) and start a new run from them"
     )
+
+
+class FSDPUnavailable(GeoVLError, ValueError):
+    """FSDP asked for where accelerate cannot run it."""
+
+
+def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
+    """Refuse ``fsdp`` where it would not shard, and a missing or broken ``fsdp_config`` file, before anything loads.
+
+    accelerate (1.15) turns FSDP on only for GPU-like devices: on a CPU it leaves the run as plain multi-process DDP
+    without a word (checked here: the FSDP plugin is dropped and every rank holds all weights), so a recipe asking
+    for FSDP on a CPU is refused instead of silently training something else."""
+    import json
+
+    if not fsdp:
+        return
+    if fsdp_config:
+        path = Path(fsdp_config)
+        if not path.is_file():
+            raise FSDPUnavailable(f"fsdp_config={path}: file not found (the shipped one: recipes/fsdp/fsdp2.json)")
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise FSDPUnavailable(f"{path}: not valid JSON ({e})") from None
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise FSDPUnavailable(
+            f"fsdp={fsdp}: FSDP needs GPUs — accelerate enables it only on CUDA (and other accelerator) devices and on a "
+            "CPU would silently train plain DDP instead. Remove fsdp/fsdp_config on this machine, or shard with "
+            "DeepSpeed, which runs on CPUs too: deepspeed=recipes/deepspeed/zero3.json"
+        )
