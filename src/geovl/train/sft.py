@@ -108,7 +108,7 @@ def preflight(recipe) -> None:
             raise RecipeError(f"{ds}: not valid JSON ({e})") from e
         if importlib.util.find_spec("deepspeed") is None:
             raise RecipeError(
-                f"deepspeed={ds}: the deepspeed package is not installed (pip install deepspeed; it needs CUDA GPUs). "
+                f"deepspeed={ds}: the deepspeed package is not installed (pip install --no-build-isolation deepspeed==0.19.8; it runs on CPUs too). "
                 "Remove the deepspeed key to train with plain DDP / a single device."
             )
     from .sharded import check_fsdp
