@@ -9,10 +9,12 @@ reduced across ranks.
 
 The fix (:func:`keep_vision_tower_in_step`): forward hooks on the model. When a forward pass reaches the
 language model without having run the vision tower (a text-only batch), the vision tower runs on a
-tiny dummy image (one merged patch) at the point where it would have run, and ``0 ×`` the sum of its
-outputs is added to the input embeddings. The ranks then gather and reduce the same weights in the same
+tiny dummy image (one merged patch) at the point where it would have run, and ``0 ×`` the sum of the
+outputs a real call feeds the language model (:func:`used_outputs`) is added to the input embeddings. The ranks then gather and reduce the same weights in the same
 order; the loss, the logits and the gradients are unchanged (the dummy contributes exact zeros).
 Different numbers of images per rank need nothing: the tower runs once per forward either way.
+Tested on CPU with DeepSpeed ZeRO-2/3 (tests/test_sharded.py); the FSDP2 (DTensor) case is not, since accelerate
+does not run FSDP on CPUs.
 
 ZeRO-1/2 (and DDP without ``find_unused_parameters``) break the same way in backward when part of the tower (the
 merger) trains: a rank without images has no gradient for it, and ZeRO-2's gradient buckets differ between ranks
