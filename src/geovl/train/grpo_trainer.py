@@ -38,6 +38,11 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
         super().__init__(*args, **kwargs)
+        if self.accelerator.num_processes > 1:
+            # TRL 1.16 gathers the prompt images for its logs (gather_object) only on ranks whose batch has images: with
+            # a text-only batch on another rank the ranks wait in different collectives for ever (measured here under
+            # ZeRO-2/3: step 2 hung). The images are only logged, so multi-process runs do not log them.
+            self.log_multimodal = False
         if self.ref_model is not None:
             # TRL loads a full fine-tune's reference model from its folder without our vision input (e.g. a spectral
             # projector): give it a frozen copy of the starting one, so the KL term compares the policy with the

@@ -234,7 +234,7 @@ class GeoVLOptions:
 
             if importlib.util.find_spec("deepspeed") is None:
                 raise RecipeError(
-                    f"deepspeed={ds}: the deepspeed package is not installed (pip install deepspeed). "
+                    f"deepspeed={ds}: the deepspeed package is not installed (pip install --no-build-isolation deepspeed==0.19.8; it runs on CPUs too). "
                     "Remove the deepspeed key to train with plain DDP / a single device."
                 )
             self.deepspeed = str(ds)

@@ -51,6 +51,9 @@ def last_checkpoint(output_dir: str | Path, complete: bool = False) -> Path | No
         return found[-1] if found else None
     for p in reversed(found):
         if (p / "trainer_state.json").is_file():
+            from .sharded import check_resume_world_size
+
+            check_resume_world_size(p)  # a ZeRO checkpoint of another world size: refused before anything loads
             return p
         _log(f"skipping {p}: incomplete (no trainer_state.json; the run stopped while saving it)")
     return None
@@ -94,6 +97,9 @@ def preflight(recipe) -> None:
     packing_tokens = getattr(recipe, "packing_tokens", None)  # SFT only
     if packing_tokens is not None and packing_tokens < 1:
         raise RecipeError(f"packing_tokens must be at least 1, got {packing_tokens}")
+    from .sharded import check_fsdp
+
+    check_fsdp(recipe.fsdp, recipe.fsdp_config, cuda)
     check_report_to(recipe.report_to)
 
 

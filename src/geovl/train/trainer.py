@@ -115,6 +115,9 @@ class PartsAndVisionInputMixin:
         self.add_callback(ResumeChecks(self))
 
     def create_optimizer(self, model=None):
+        from .sharded import keep_vision_tower_in_step  # ZeRO-3 / FSDP2: no collective mismatch on text-only batches
+
+        keep_vision_tower_in_step(self.model)
         if self.optimizer is None and self._param_groups_fn is not None:
             opt_model = self.model if model is None else model
             groups = self._param_groups_fn(opt_model)
