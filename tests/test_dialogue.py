@@ -289,7 +289,10 @@ def test_remote_dialogue_and_canned_judge(bench, stub, tmp_path, capsys):
     assert sum(1 for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url") == 2
 
     jdir = tmp_path / "judged"
-    judge = ["judge", "--answers", str(ans), "--judge", "--api", url, "--out", str(jdir), "--no-progress", "--lang", "en"]
+    # --api-retries 0: the stub's HTTP 500s must reach the judge (with the client's default retries the second attempt
+    # of a call would already succeed; tests/test_remote_retries.py covers those retries)
+    judge = ["judge", "--answers", str(ans), "--judge", "--api", url, "--out", str(jdir), "--no-progress", "--lang", "en",
+             "--api-retries", "0"]
     assert main(judge) == 0
     assert "1 failed calls" in capsys.readouterr().out
     recs = {(r["id"], r["turn"]): r for r in map(json.loads, (jdir / "judgments.jsonl").read_text(encoding="utf-8").splitlines())}
