@@ -179,6 +179,10 @@ class GeoVLOptions:
             if isinstance(e, RecipeError):
                 raise
             raise RecipeError(f"recipe refused by {type(self).__mro__[2].__name__}: {e}") from e
+        if self.deepspeed:  # upstream started torch.distributed and armed zero.Init: DeepSpeed's comm must see that group
+            from .sharded import ready_deepspeed_comm
+
+            ready_deepspeed_comm()
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise RecipeError("per_device_train_batch_size (batch_size) and gradient_accumulation_steps (grad_accum) must be at least 1")
 

@@ -150,6 +150,29 @@ def keep_vision_tower_in_step(model) -> bool:
     return True
 
 
+def ready_deepspeed_comm() -> bool:
+    """Make DeepSpeed's communication layer use the process group that is already up (before a model is loaded).
+
+    Building a recipe with ``deepspeed`` (a ``TrainingArguments``) starts ``torch.distributed`` in each launched process
+    and registers the DeepSpeed config, so that ``from_pretrained`` builds the model inside ZeRO-3's ``zero.Init``. On
+    CPUs (``use_cpu``) transformers starts the group through accelerate's CPU path, which leaves ``deepspeed.comm``
+    uninitialised; ``zero.Init`` then reads its config with a world size of 1 and refuses the batch sizes the recipe
+    filled in for all ranks ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size
+    4 != 2 * 1 * 1"). Wrapping the existing group (``deepspeed.init_distributed`` on an initialised group creates no new
+    one) gives ``zero.Init`` the real world size. No-op in a single process and when DeepSpeed's layer is up already.
+    Returns whether DeepSpeed's layer is initialised afterwards."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    import deepspeed
+    import deepspeed.comm as ds_comm
+
+    if not ds_comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+    return ds_comm.is_initialized()
+
+
 class ShardedCheckpointError(GeoVLError, ValueError):
     """A sharded (DeepSpeed ZeRO) checkpoint this launch cannot resume: saved by another number of processes."""
 
