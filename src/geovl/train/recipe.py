@@ -252,6 +252,10 @@ class GeoVLOptions:
             if self.fsdp_config not in (None, {}):
                 raise RecipeError(f"fsdp={self.fsdp} names a shipped config: leave fsdp_config out (or give fsdp options + fsdp_config)")
             self.fsdp, self.fsdp_config = "full_shard auto_wrap", cfg
+        if isinstance(self.fsdp_config, str) and self.fsdp_config:  # a path: upstream opens it in __post_init__
+            from .sharded import read_fsdp_config_file
+
+            read_fsdp_config_file(self.fsdp_config)  # missing / broken: FSDPUnavailable naming the file
 
     def _choices(self) -> dict:
         return {}

@@ -221,18 +221,10 @@ def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
     accelerate (1.15) turns FSDP on only for GPU-like devices: on a CPU it leaves the run as plain multi-process DDP
     without a word (checked here: the FSDP plugin is dropped and every rank holds all weights), so a recipe asking
     for FSDP on a CPU is refused instead of silently training something else."""
-    import json
-
     if not fsdp:
         return
     if isinstance(fsdp_config, (str, Path)) and fsdp_config:  # a path (a recipe's fsdp=NAME is read into a dict already)
-        path = Path(fsdp_config)
-        if not path.is_file():
-            raise FSDPUnavailable(f"fsdp_config={path}: file not found (the shipped one: recipes/fsdp/fsdp2.json)")
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise FSDPUnavailable(f"{path}: not valid JSON ({e})") from None
+        read_fsdp_config_file(fsdp_config)
     if cuda is None:
         cuda = torch.cuda.is_available()
     if not cuda:
@@ -241,3 +233,20 @@ def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
             "CPU would silently train plain DDP instead. Remove fsdp/fsdp_config on this machine, or shard with "
             "DeepSpeed, which runs on CPUs too: deepspeed=recipes/deepspeed/zero3.json"
         )
+
+
+def read_fsdp_config_file(fsdp_config: str | Path) -> dict:
+    """The mapping in an ``fsdp_config`` JSON file; a missing, unreadable or non-mapping file is refused naming it
+    (a recipe checks it when it is built, before transformers opens it and before anything loads)."""
+    import json
+
+    path = Path(fsdp_config)
+    if not path.is_file():
+        raise FSDPUnavailable(f"fsdp_config={path}: file not found (the shipped one: recipes/fsdp/fsdp2.json)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FSDPUnavailable(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise FSDPUnavailable(f"{path}: an FSDP config must be a JSON object {{key: value}}, got {type(cfg).__name__}")
+    return cfg
