@@ -179,6 +179,10 @@ class GeoVLOptions:
             if isinstance(e, RecipeError):
                 raise
             raise RecipeError(f"recipe refused by {type(self).__mro__[2].__name__}: {e}") from e
+        if self.deepspeed:  # upstream started torch.distributed and armed zero.Init: DeepSpeed's comm must see that group
+            from .sharded import ready_deepspeed_comm
+
+            ready_deepspeed_comm()
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise RecipeError("per_device_train_batch_size (batch_size) and gradient_accumulation_steps (grad_accum) must be at least 1")
 
@@ -248,6 +252,10 @@ class GeoVLOptions:
             if self.fsdp_config not in (None, {}):
                 raise RecipeError(f"fsdp={self.fsdp} names a shipped config: leave fsdp_config out (or give fsdp options + fsdp_config)")
             self.fsdp, self.fsdp_config = "full_shard auto_wrap", cfg
+        if isinstance(self.fsdp_config, str) and self.fsdp_config:  # a path: upstream opens it in __post_init__
+            from .sharded import read_fsdp_config_file
+
+            read_fsdp_config_file(self.fsdp_config)  # missing / broken: FSDPUnavailable naming the file
 
     def _choices(self) -> dict:
         return {}

@@ -150,6 +150,29 @@ def keep_vision_tower_in_step(model) -> bool:
     return True
 
 
+def ready_deepspeed_comm() -> bool:
+    """Make DeepSpeed's communication layer use the process group that is already up (before a model is loaded).
+
+    Building a recipe with ``deepspeed`` (a ``TrainingArguments``) starts ``torch.distributed`` in each launched process
+    and registers the DeepSpeed config, so that ``from_pretrained`` builds the model inside ZeRO-3's ``zero.Init``. On
+    CPUs (``use_cpu``) transformers starts the group through accelerate's CPU path, which leaves ``deepspeed.comm``
+    uninitialised; ``zero.Init`` then reads its config with a world size of 1 and refuses the batch sizes the recipe
+    filled in for all ranks ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size
+    4 != 2 * 1 * 1"). Wrapping the existing group (``deepspeed.init_distributed`` on an initialised group creates no new
+    one) gives ``zero.Init`` the real world size. No-op in a single process and when DeepSpeed's layer is up already.
+    Returns whether DeepSpeed's layer is initialised afterwards."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    import deepspeed
+    import deepspeed.comm as ds_comm
+
+    if not ds_comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+    return ds_comm.is_initialized()
+
+
 class ShardedCheckpointError(GeoVLError, ValueError):
     """A sharded (DeepSpeed ZeRO) checkpoint this launch cannot resume: saved by another number of processes."""
 
@@ -198,18 +221,10 @@ def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
     accelerate (1.15) turns FSDP on only for GPU-like devices: on a CPU it leaves the run as plain multi-process DDP
     without a word (checked here: the FSDP plugin is dropped and every rank holds all weights), so a recipe asking
     for FSDP on a CPU is refused instead of silently training something else."""
-    import json
-
     if not fsdp:
         return
     if isinstance(fsdp_config, (str, Path)) and fsdp_config:  # a path (a recipe's fsdp=NAME is read into a dict already)
-        path = Path(fsdp_config)
-        if not path.is_file():
-            raise FSDPUnavailable(f"fsdp_config={path}: file not found (the shipped one: recipes/fsdp/fsdp2.json)")
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise FSDPUnavailable(f"{path}: not valid JSON ({e})") from None
+        read_fsdp_config_file(fsdp_config)
     if cuda is None:
         cuda = torch.cuda.is_available()
     if not cuda:
@@ -218,3 +233,20 @@ def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
             "CPU would silently train plain DDP instead. Remove fsdp/fsdp_config on this machine, or shard with "
             "DeepSpeed, which runs on CPUs too: deepspeed=recipes/deepspeed/zero3.json"
         )
+
+
+def read_fsdp_config_file(fsdp_config: str | Path) -> dict:
+    """The mapping in an ``fsdp_config`` JSON file; a missing, unreadable or non-mapping file is refused naming it
+    (a recipe checks it when it is built, before transformers opens it and before anything loads)."""
+    import json
+
+    path = Path(fsdp_config)
+    if not path.is_file():
+        raise FSDPUnavailable(f"fsdp_config={path}: file not found (the shipped one: recipes/fsdp/fsdp2.json)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FSDPUnavailable(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise FSDPUnavailable(f"{path}: an FSDP config must be a JSON object {{key: value}}, got {type(cfg).__name__}")
+    return cfg
