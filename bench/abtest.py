@@ -76,8 +76,17 @@ def _git() -> dict:
         p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return p.stdout.strip() if p.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench", ":(exclude)bench/results",
-                 "pyproject.toml", "requirements.txt")
+    status = git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "bench",
+        ":(exclude)bench/results",
+        "pyproject.toml",
+        "requirements.txt",
+    )
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
@@ -99,7 +108,10 @@ def environment(*packages: str) -> dict:
     return {
         "git": _git(),
         "machine": {
-            "cpu_model": _cpu_model(), "cpus": os.cpu_count(), "cpus_usable": affinity, "platform": platform.platform(),
+            "cpu_model": _cpu_model(),
+            "cpus": os.cpu_count(),
+            "cpus_usable": affinity,
+            "platform": platform.platform(),
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
             "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         },  # fmt: skip
@@ -177,7 +189,13 @@ def finish(out: Path, body: Callable[[dict], dict], name: str, packages: tuple[s
         print(f"FAILED {name}" + (f" (side {side})" if side else "") + f": {err.splitlines()[0] if err else ''}\n→ {out}",
               file=sys.stderr)  # fmt: skip
         return 1
-    result = {"benchmark": name, "status": "ok", **result, "environment": env, "seconds": round(time.perf_counter() - t0, 1)}
+    result = {
+        "benchmark": name,
+        "status": "ok",
+        **result,
+        "environment": env,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"→ {out} ({result['seconds']} s)", file=sys.stderr)
@@ -193,7 +211,11 @@ def behind(r: dict, what: str) -> str | None:
     median is ≥ 1; otherwise says whether every round was below 1× or the range includes 1×."""
     if r["median"] >= 1.0:
         return None
-    how = "below 1× in every round" if r["max"] < 1.0 else "median below 1×, but the range includes 1×: no measured difference in this run"
+    how = (
+        "below 1× in every round"
+        if r["max"] < 1.0
+        else "median below 1×, but the range includes 1×: no measured difference in this run"
+    )
     return f"{what}: {fmt_ratio(r)}, {how}"
 
 
@@ -216,7 +238,13 @@ class CallCounter:
         self.reset()
 
     def reset(self):
-        self.c = {"forward_calls": 0, "prefill_calls": 0, "prefill_positions": 0, "vision_calls": 0, "vision_patches": 0}
+        self.c = {
+            "forward_calls": 0,
+            "prefill_calls": 0,
+            "prefill_positions": 0,
+            "vision_calls": 0,
+            "vision_patches": 0,
+        }
 
     def __enter__(self):
         llm_fwd, vis_fwd = self._orig
@@ -249,11 +277,17 @@ class CallCounter:
 # -- subprocess workers (bench_sft, bench_grpo) ------------------------------------------------------
 
 
-def parse_args(description: str, default_out: Path, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, default_out: Path, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, default=default_out, help=f"result JSON (default {default_out})")
-    ap.add_argument("--quick", action="store_true", default=quick_from_env(), help="small size (also QUICK=1 in the environment)")
-    ap.add_argument("--repeats", type=int, default=MIN_REPEATS, help=f"interleaved rounds, >= {MIN_REPEATS} (default {MIN_REPEATS})")
+    ap.add_argument(
+        "--quick", action="store_true", default=quick_from_env(), help="small size (also QUICK=1 in the environment)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=MIN_REPEATS, help=f"interleaved rounds, >= {MIN_REPEATS} (default {MIN_REPEATS})"
+    )
     ap.add_argument("--worker", choices=["geovl", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)

@@ -38,7 +38,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from abtest import MIN_REPEATS, behind, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread  # noqa: E402
 from serve_util import Server, data_uri, free_port, png  # noqa: E402
 
-QUESTIONS = ["Is there water in the scene?", "图中有没有耕地？", "Are there buildings near the road?", "疑似违规建设的分布区域？"]
+QUESTIONS = [
+    "Is there water in the scene?",
+    "图中有没有耕地？",
+    "Are there buildings near the road?",
+    "疑似违规建设的分布区域？",
+]
 SIZES = [(112, 112), (224, 168), (168, 84)]
 
 
@@ -46,7 +51,10 @@ def make_requests(n: int) -> list[dict]:
     imgs = [data_uri(png(100 + i, *SIZES[i % len(SIZES)])) for i in range(20)]
     reqs = []
     for i in range(n):
-        content = [{"type": "image_url", "image_url": {"url": imgs[i % len(imgs)]}}, {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]
+        content = [
+            {"type": "image_url", "image_url": {"url": imgs[i % len(imgs)]}},
+            {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]},
+        ]
         reqs.append({"messages": [{"role": "user", "content": content}], "stream": i % 4 == 3})
     return reqs
 
@@ -85,7 +93,9 @@ def one(client, model: str, req: dict, max_tokens: int) -> dict:
     try:
         if req["stream"]:
             ttft, parts = None, []
-            for ch in client.chat.completions.create(model=model, messages=req["messages"], max_tokens=max_tokens, stream=True):
+            for ch in client.chat.completions.create(
+                model=model, messages=req["messages"], max_tokens=max_tokens, stream=True
+            ):
                 if ch.choices and ch.choices[0].delta.content:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
@@ -166,6 +176,7 @@ def main() -> int:
                 texts.setdefault(label, t)
                 summary["texts"] = t
                 return summary
+
             return go
 
         try:
@@ -188,38 +199,70 @@ def main() -> int:
         for rs in runs.values():
             for r in rs:
                 r.pop("texts")
-        keys = ("requests_per_s", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "peak_server_rss_mib", "engine_generate_calls")
+        keys = (
+            "requests_per_s",
+            "latency_p50_ms",
+            "latency_p95_ms",
+            "ttft_p50_ms",
+            "ttft_p95_ms",
+            "peak_server_rss_mib",
+            "engine_generate_calls",
+        )
         b, u = runs[b_label], runs[u_label]
         thr = ratio(b, u, "requests_per_s", "requests/s with micro-batching over without, same concurrency, per round")
         lat = ratio(u, b, "latency_p50_ms", "p50 latency without micro-batching over with, per round")
-        seq = ratio(b, runs["sequential"], "requests_per_s", "requests/s batched at concurrency over sequential, per round")
+        seq = ratio(
+            b, runs["sequential"], "requests_per_s", "requests/s batched at concurrency over sequential, per round"
+        )
         calls = {label: spread([r["engine_generate_calls"] for r in rs], 0) for label, rs in runs.items()}
         return {
             "what": "geovl serve, tiny random model, one image per request, greedy, every 4th request streamed",
-            "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": f"{b_label}, {u_label}, sequential in rounds",
+            "size": "quick" if args.quick else "full",
+            "repeats": args.repeats,
+            "order": f"{b_label}, {u_label}, sequential in rounds",
             "settings": {
-                "shared": {"family": args.family, "tiny": True, "vocab": "small", "max_tokens": args.max_tokens, "requests": n_req,
-                           "streamed": sum(r["stream"] for r in reqs), "client": "official openai client, threads",
-                           "warm_up": "8 requests per server before the rounds"},
+                "shared": {
+                    "family": args.family,
+                    "tiny": True,
+                    "vocab": "small",
+                    "max_tokens": args.max_tokens,
+                    "requests": n_req,
+                    "streamed": sum(r["stream"] for r in reqs),
+                    "client": "official openai client, threads",
+                    "warm_up": "8 requests per server before the rounds",
+                },
                 b_label: f"geovl serve --batch-window-ms 10 --max-batch-size {conc}; {conc} client threads",
                 u_label: f"geovl serve --batch-window-ms 0 --max-batch-size {conc}; {conc} client threads",
                 "sequential": "the batching server, 1 client thread",
             },  # fmt: skip
-            "counts": {"engine_generate_calls": calls, "answers_differing_from_sequential": differing,
-                       "answers_stable_across_rounds": stable, "errors": 0},
-            "summary": {label: {k: spread([r[k] for r in rs], 2) for k in keys if rs[0].get(k) is not None} for label, rs in runs.items()},
-            "ratios": {"throughput_batched_over_unbatched": thr, "p50_latency_unbatched_over_batched": lat,
-                       "throughput_batched_over_sequential": seq},
+            "counts": {
+                "engine_generate_calls": calls,
+                "answers_differing_from_sequential": differing,
+                "answers_stable_across_rounds": stable,
+                "errors": 0,
+            },
+            "summary": {
+                label: {k: spread([r[k] for r in rs], 2) for k in keys if rs[0].get(k) is not None}
+                for label, rs in runs.items()
+            },
+            "ratios": {
+                "throughput_batched_over_unbatched": thr,
+                "p50_latency_unbatched_over_batched": lat,
+                "throughput_batched_over_sequential": seq,
+            },
             "behind": behind(thr, "requests/s with micro-batching vs without"),
             "runs": runs,
             "table": {
                 "name": "API (`bench_api.py`)",
                 "baseline": f"the same server with micro-batching off, same {conc} client threads",
                 "counts": f"{n_req} requests × {args.repeats} rounds per side, 0 errors; engine generate calls for the "
-                          f"{n_req - sum(r['stream'] for r in reqs)} non-streamed requests {calls[b_label]['median']:.0f} vs "
-                          f"{calls[u_label]['median']:.0f} (median); answers differing from sequential: "
-                          f"{differing[b_label]} / {differing[u_label]}",
-                "ratios": [["requests/s", "throughput_batched_over_unbatched"], ["p50 latency (unbatched / batched)", "p50_latency_unbatched_over_batched"]],
+                f"{n_req - sum(r['stream'] for r in reqs)} non-streamed requests {calls[b_label]['median']:.0f} vs "
+                f"{calls[u_label]['median']:.0f} (median); answers differing from sequential: "
+                f"{differing[b_label]} / {differing[u_label]}",
+                "ratios": [
+                    ["requests/s", "throughput_batched_over_unbatched"],
+                    ["p50 latency (unbatched / batched)", "p50_latency_unbatched_over_batched"],
+                ],
             },  # fmt: skip
         }
 

@@ -54,13 +54,17 @@ def make_llava(folder: Path, n: int, size: int = 48) -> Path:
                 names.append(f"images/{name}")
                 k += 1
             if n_img == 2:
-                conv = [{"from": "human", "value": "<image>\n<image>\nCompare the two scenes."},
-                        {"from": "gpt", "value": f"The second one is brighter ({i})."},
-                        {"from": "human", "value": "Which has more water?"},
-                        {"from": "gpt", "value": "The first."}]
+                conv = [
+                    {"from": "human", "value": "<image>\n<image>\nCompare the two scenes."},
+                    {"from": "gpt", "value": f"The second one is brighter ({i})."},
+                    {"from": "human", "value": "Which has more water?"},
+                    {"from": "gpt", "value": "The first."},
+                ]
             else:
-                conv = [{"from": "human", "value": "<image>\n这张影像里有水体吗？"},
-                        {"from": "gpt", "value": "有" if i % 2 else "没有"}]
+                conv = [
+                    {"from": "human", "value": "<image>\n这张影像里有水体吗？"},
+                    {"from": "gpt", "value": "有" if i % 2 else "没有"},
+                ]
             line = json.dumps({"id": f"r{i}", "image": names, "conversations": conv}, ensure_ascii=False)
             f.write(line + "\n")
             fl.write(("  " if i == 0 else ", ") + line + "\n")  # the same records as one JSON list
@@ -69,8 +73,20 @@ def make_llava(folder: Path, n: int, size: int = 48) -> Path:
 
 
 def run_convert(src: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "geovl", "data", "convert", "--from", "llava", "--input", str(src),
-           "--output", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geovl",
+        "data",
+        "convert",
+        "--from",
+        "llava",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     _, status, usage = os.wait4(p.pid, 0)
@@ -121,29 +137,49 @@ def main() -> int:
         ratios = {}
         for kind in ("jsonl", "json_list"):
             a, b = runs[f"{kind}:N"], runs[f"{kind}:10N"]
-            ratios[f"{kind}_peak_rss_10N_over_N"] = ratio(b, a, "peak_rss_mb", f"{kind}: peak RSS of 10N records over N, per round")
-            ratios[f"{kind}_records_per_s_10N_over_N"] = ratio(b, a, "records_per_second", f"{kind}: records/s at 10N over N, per round")
+            ratios[f"{kind}_peak_rss_10N_over_N"] = ratio(
+                b, a, "peak_rss_mb", f"{kind}: peak RSS of 10N records over N, per round"
+            )
+            ratios[f"{kind}_records_per_s_10N_over_N"] = ratio(
+                b, a, "records_per_second", f"{kind}: records/s at 10N over N, per round"
+            )
         summary = {key: {k: spread([r[k] for r in rs], 1) for k in ("records_per_second", "peak_rss_mb", "convert_seconds")}
                    for key, rs in runs.items()}  # fmt: skip
         j = summary
         return {
             "what": "geovl data convert --from llava (JSONL and the same records as a JSON list; distinct noisy 48x48 PNG per "
-                    "image, 1/3 two-image two-turn), N vs 10N records",
-            "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": ", ".join(order) + " in rounds",
-            "settings": {"shared": {"n": n, "records_10n": 10 * n, "generate_seconds": gen,
-                                    "command": "python -m geovl data convert --from llava --input F --output O --no-progress"}},
-            "counts": {key: {"records": rs[0]["records"], "written": rs[0]["written"], "output_mb": rs[0]["output_mb"]} for key, rs in runs.items()},
+            "image, 1/3 two-image two-turn), N vs 10N records",
+            "size": "quick" if args.quick else "full",
+            "repeats": args.repeats,
+            "order": ", ".join(order) + " in rounds",
+            "settings": {
+                "shared": {
+                    "n": n,
+                    "records_10n": 10 * n,
+                    "generate_seconds": gen,
+                    "command": "python -m geovl data convert --from llava --input F --output O --no-progress",
+                }
+            },
+            "counts": {
+                key: {"records": rs[0]["records"], "written": rs[0]["written"], "output_mb": rs[0]["output_mb"]}
+                for key, rs in runs.items()
+            },
             "summary": summary,
             "ratios": ratios,
             "behind": None,
             "runs": runs,
             "table": {
                 "name": "convert (`bench_convert.py`)",
-                "baseline": "the same converter on N = {:,} records (10N = {:,}); a scaling check, no other tool".format(n, 10 * n),
+                "baseline": "the same converter on N = {:,} records (10N = {:,}); a scaling check, no other tool".format(
+                    n, 10 * n
+                ),
                 "counts": f"peak RSS JSONL {j['jsonl:N']['peak_rss_mb']['median']:.0f} → {j['jsonl:10N']['peak_rss_mb']['median']:.0f} MB, "
-                          f"JSON list {j['json_list:N']['peak_rss_mb']['median']:.0f} → {j['json_list:10N']['peak_rss_mb']['median']:.0f} MB; "
-                          f"all records written, 0 rejects",
-                "ratios": [["peak RSS 10N/N (JSONL)", "jsonl_peak_rss_10N_over_N"], ["peak RSS 10N/N (JSON list)", "json_list_peak_rss_10N_over_N"]],
+                f"JSON list {j['json_list:N']['peak_rss_mb']['median']:.0f} → {j['json_list:10N']['peak_rss_mb']['median']:.0f} MB; "
+                f"all records written, 0 rejects",
+                "ratios": [
+                    ["peak RSS 10N/N (JSONL)", "jsonl_peak_rss_10N_over_N"],
+                    ["peak RSS 10N/N (JSON list)", "json_list_peak_rss_10N_over_N"],
+                ],
             },  # fmt: skip
         }
 

@@ -28,7 +28,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from abtest import MIN_REPEATS, CallCounter, behind, exact_same, finish, fmt_ratio, interleave, quick_from_env, ratio, spread
+
+from abtest import (
+    MIN_REPEATS,
+    CallCounter,
+    behind,
+    exact_same,
+    finish,
+    fmt_ratio,
+    interleave,
+    quick_from_env,
+    ratio,
+    spread,
+)
 
 QUESTIONS = [
     "Is there water in this image?",
@@ -172,9 +184,18 @@ def main(argv=None) -> int:
             }
         e, h, o = runs["engine"], runs["hf_batched"], runs["one_by_one"]
         ratios = {
-            "engine_over_hf_batched": ratio(e, h, "samples_per_s", "samples/s of LocalEngine over plain batched generate (b=8, left-padded), per round"),
-            "engine_over_one_by_one": ratio(e, o, "samples_per_s", "samples/s of LocalEngine over one generate per sample, per round"),
-            "hf_batched_over_one_by_one": ratio(h, o, "samples_per_s", "samples/s of plain batched generate over one per sample, per round"),
+            "engine_over_hf_batched": ratio(
+                e,
+                h,
+                "samples_per_s",
+                "samples/s of LocalEngine over plain batched generate (b=8, left-padded), per round",
+            ),
+            "engine_over_one_by_one": ratio(
+                e, o, "samples_per_s", "samples/s of LocalEngine over one generate per sample, per round"
+            ),
+            "hf_batched_over_one_by_one": ratio(
+                h, o, "samples_per_s", "samples/s of plain batched generate over one per sample, per round"
+            ),
         }
         for rs in runs.values():
             for r in rs:
@@ -183,12 +204,26 @@ def main(argv=None) -> int:
         ce, ch, co = sides["engine"]["counts"], sides["hf_batched"]["counts"], sides["one_by_one"]["counts"]
         return {
             "what": "eval throughput: one generate per sample vs plain batched generate (b=8, left padding) vs LocalEngine (b=8)",
-            "size": "quick" if args.quick else "full", "repeats": args.repeats, "order": "one_by_one, hf_batched, engine in rounds",
+            "size": "quick" if args.quick else "full",
+            "repeats": args.repeats,
+            "order": "one_by_one, hf_batched, engine in rounds",
             "settings": {
-                "shared": {"model": {"folder": "tiny (geovl.models.tiny.build_tiny)" if args.model is None else args.model,
-                                     **{k: meta[k] for k in ("family", "vocab", "seed", "hidden", "layers", "vision_depth", "parameters") if k in meta}},
-                           "samples": n, "image_sizes": sorted({f"{w}x{h}" for w, h in SIZES}), "max_new_tokens": args.max_new_tokens,
-                           "greedy": True, "dtype": "float32", "warm_up": "one batch per run, not counted"},
+                "shared": {
+                    "model": {
+                        "folder": "tiny (geovl.models.tiny.build_tiny)" if args.model is None else args.model,
+                        **{
+                            k: meta[k]
+                            for k in ("family", "vocab", "seed", "hidden", "layers", "vision_depth", "parameters")
+                            if k in meta
+                        },
+                    },
+                    "samples": n,
+                    "image_sizes": sorted({f"{w}x{h}" for w, h in SIZES}),
+                    "max_new_tokens": args.max_new_tokens,
+                    "greedy": True,
+                    "dtype": "float32",
+                    "warm_up": "one batch per run, not counted",
+                },
                 "one_by_one": "AutoProcessor + AutoModelForImageTextToText, model.generate per sample",
                 "hf_batched": f"same, processor padding_side='left', model.generate on batches of {bs} in dataset order",
                 "engine": f"geovl.inference.LocalEngine(batch_size={bs}): left padding, batches sorted by estimated prompt length",
@@ -202,10 +237,13 @@ def main(argv=None) -> int:
                 "name": "eval (`bench_eval.py`)",
                 "baseline": f"one `generate` per sample; plain `model.generate` on left-padded batches of {bs}",
                 "counts": f"LLM forwards/sample {co['forward_calls_per_sample']:.1f} / {ch['forward_calls_per_sample']:.1f} / "
-                          f"{ce['forward_calls_per_sample']:.1f}; prefill padding {co['prefill_padding_share']:.0%} / "
-                          f"{ch['prefill_padding_share']:.0%} / {ce['prefill_padding_share']:.0%} (one-by-one / batched / engine); "
-                          f"{sides['engine']['identical_to_one_by_one']}/{n} engine answers identical to one-by-one",
-                "ratios": [["engine vs batched generate", "engine_over_hf_batched"], ["engine vs one-by-one", "engine_over_one_by_one"]],
+                f"{ce['forward_calls_per_sample']:.1f}; prefill padding {co['prefill_padding_share']:.0%} / "
+                f"{ch['prefill_padding_share']:.0%} / {ce['prefill_padding_share']:.0%} (one-by-one / batched / engine); "
+                f"{sides['engine']['identical_to_one_by_one']}/{n} engine answers identical to one-by-one",
+                "ratios": [
+                    ["engine vs batched generate", "engine_over_hf_batched"],
+                    ["engine vs one-by-one", "engine_over_one_by_one"],
+                ],
             },  # fmt: skip
         }
 

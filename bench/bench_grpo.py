@@ -34,7 +34,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
+from abtest import (
+    CallCounter,
+    exact_same,
+    finish,
+    fmt_ratio,
+    interleave,
+    parse_args,
+    peak_rss_mb,
+    ratio,
+    run_worker,
+    serve_worker,
+    spread,
+)
+from abtest import behind as behind_note
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"full": {"samples": 192, "steps": 80}, "quick": {"samples": 24, "steps": 6}}
@@ -177,7 +190,9 @@ def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
         use_cpu=True, bf16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
         disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
-    trainer = TimedGRPOTrainer(model=m, reward_funcs=[rs_reward], args=args, train_dataset=ds, processing_class=processor)
+    trainer = TimedGRPOTrainer(
+        model=m, reward_funcs=[rs_reward], args=args, train_dataset=ds, processing_class=processor
+    )
     with CallCounter() as cnt:
         result = trainer.train()
     return {
@@ -227,37 +242,52 @@ def main() -> int:
         behind = behind_note(cps, "geovl GRPO completions/s vs TRL's")
         return {
             "what": "where a GRPO step spends its time: geovl train grpo vs a plain TRL GRPOTrainer, same tiny model / data / "
-                    "reward / settings, each run a fresh subprocess, sides interleaved",
-            "size": size_name, "repeats": a.repeats, "order": "geovl, trl alternating",
+            "reward / settings, each run a fresh subprocess, sides interleaved",
+            "size": size_name,
+            "repeats": a.repeats,
+            "order": "geovl, trl alternating",
             "settings": {
-                "shared": {"model": "tiny Qwen2.5-VL (hidden 128, 2 LLM layers, 2 vision blocks), 112 px images (16 visual tokens)",
-                           **size, "num_generations": NUM_GEN, "completions_per_step": BATCH, "max_completion_length": MAX_COMPLETION,
-                           "lr": LR, "seed": SEED, "beta": 0.0, "temperature": 1.0, "reward": "rs_reward (routed rules)",
-                           "trained": "everything (full fine-tuning)"},
+                "shared": {
+                    "model": "tiny Qwen2.5-VL (hidden 128, 2 LLM layers, 2 vision blocks), 112 px images (16 visual tokens)",
+                    **size,
+                    "num_generations": NUM_GEN,
+                    "completions_per_step": BATCH,
+                    "max_completion_length": MAX_COMPLETION,
+                    "lr": LR,
+                    "seed": SEED,
+                    "beta": 0.0,
+                    "temperature": 1.0,
+                    "reward": "rs_reward (routed rules)",
+                    "trained": "everything (full fine-tuning)",
+                },
                 "geovl": "geovl train grpo: tune_llm/vision/merger=full, tune_embeddings=true, lr_scheduler=constant, "
-                         "min_pixels=3136, max_pixels=12544",
+                "min_pixels=3136, max_pixels=12544",
                 "trl": "GRPOTrainer: prompt + image columns, processor padding_side=left, bf16=False, use_cpu=True, "
-                       "gradient_checkpointing=False, lr_scheduler_type=constant, dataloader_num_workers=0",
+                "gradient_checkpointing=False, lr_scheduler_type=constant, dataloader_num_workers=0",
                 "timers": "generation = _generate_and_score_completions; loss forward = compute_loss; backward = rest of "
-                          "training_step; other = train runtime minus those (optimizer, logging, data)",
+                "training_step; other = train runtime minus those (optimizer, logging, data)",
             },  # fmt: skip
             "counts": {side: {k: rs[0][k] for k in COUNTS} for side, rs in runs.items()},
             "counts_note": "completions are sampled (temperature 1), so forward calls can differ between rounds "
-                           "(generation stops early when all completions end)",
-            "counts_stable_across_rounds": {side: all(exact_same(rs, k) for k in ("completions", "vision_calls")) for side, rs in runs.items()},
+            "(generation stops early when all completions end)",
+            "counts_stable_across_rounds": {
+                side: all(exact_same(rs, k) for k in ("completions", "vision_calls")) for side, rs in runs.items()
+            },
             "summary": {side: {k: spread([r[k] for r in rs], 4) for k in keys} for side, rs in runs.items()},
-            "ratios": {"completions_per_s_geovl_over_trl": cps,
-                       "peak_rss_geovl_over_trl": ratio(ours, peer, "peak_rss_mb", "geovl peak RSS over TRL's, per round")},
+            "ratios": {
+                "completions_per_s_geovl_over_trl": cps,
+                "peak_rss_geovl_over_trl": ratio(ours, peer, "peak_rss_mb", "geovl peak RSS over TRL's, per round"),
+            },
             "behind": behind,
             "runs": runs,
             "table": {
                 "name": "GRPO (`bench_grpo.py`)",
                 "baseline": "TRL `GRPOTrainer`, same settings (no faster CPU knob: vLLM generation needs a GPU)",
                 "counts": f"{ours[0]['completions']} completions per run on both; generation "
-                          f"{spread([r['generate_share'] for r in ours])['median']:.0%} vs {spread([r['generate_share'] for r in peer])['median']:.0%} "
-                          f"of a step; vision calls {ours[0]['vision_calls']} vs {peer[0]['vision_calls']}; LLM forwards "
-                          f"{ours[0]['forward_calls']} vs {peer[0]['forward_calls']}; peak RSS "
-                          f"{spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} vs {spread([r['peak_rss_mb'] for r in peer])['median']:,.0f} MB",
+                f"{spread([r['generate_share'] for r in ours])['median']:.0%} vs {spread([r['generate_share'] for r in peer])['median']:.0%} "
+                f"of a step; vision calls {ours[0]['vision_calls']} vs {peer[0]['vision_calls']}; LLM forwards "
+                f"{ours[0]['forward_calls']} vs {peer[0]['forward_calls']}; peak RSS "
+                f"{spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} vs {spread([r['peak_rss_mb'] for r in peer])['median']:,.0f} MB",
                 "ratios": [["completions/s", "completions_per_s_geovl_over_trl"]],
             },  # fmt: skip
         }

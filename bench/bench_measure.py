@@ -29,9 +29,17 @@ from affine import Affine
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLDCOVER = np.array([10, 20, 30, 40, 50, 60, 80, 90], np.uint8)
-SIG = np.array([  # blue, green, red, NIR DN (reflectance × 10000) per pattern class
-    [400, 600, 300, 3500], [300, 500, 250, 4500], [700, 800, 900, 2000], [900, 1000, 1100, 1300],
-    [600, 500, 400, 100], [1200, 1300, 1400, 1600]], np.uint16)
+SIG = np.array(
+    [  # blue, green, red, NIR DN (reflectance × 10000) per pattern class
+        [400, 600, 300, 3500],
+        [300, 500, 250, 4500],
+        [700, 800, 900, 2000],
+        [900, 1000, 1100, 1300],
+        [600, 500, 400, 100],
+        [1200, 1300, 1400, 1600],
+    ],
+    np.uint16,
+)
 GOAL_MB = 1536
 
 
@@ -41,9 +49,21 @@ def _strips(h: int, rows: int = 512):
 
 
 def write_classes(path: Path, n: int) -> None:
-    prof = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint8", "nodata": 0,
-            "crs": "EPSG:32650", "transform": Affine(10.0, 0, 300_000, 0, -10.0, 5_000_000), "tiled": True,
-            "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    prof = {
+        "driver": "GTiff",
+        "width": n,
+        "height": n,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": 0,
+        "crs": "EPSG:32650",
+        "transform": Affine(10.0, 0, 300_000, 0, -10.0, 5_000_000),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
     cols = np.arange(n)
     with rasterio.open(path, "w", **prof) as dst:
         for r0, r1 in _strips(n):
@@ -54,9 +74,22 @@ def write_classes(path: Path, n: int) -> None:
 
 
 def write_image(path: Path, n: int) -> None:
-    prof = {"driver": "GTiff", "width": n, "height": n, "count": 4, "dtype": "uint16", "nodata": None,
-            "crs": "EPSG:32650", "transform": Affine(10.0, 0, 300_000, 0, -10.0, 5_000_000), "tiled": True,
-            "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2, "BIGTIFF": "IF_SAFER"}
+    prof = {
+        "driver": "GTiff",
+        "width": n,
+        "height": n,
+        "count": 4,
+        "dtype": "uint16",
+        "nodata": None,
+        "crs": "EPSG:32650",
+        "transform": Affine(10.0, 0, 300_000, 0, -10.0, 5_000_000),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "predictor": 2,
+        "BIGTIFF": "IF_SAFER",
+    }
     cols = np.arange(n)
     with rasterio.open(path, "w", **prof) as dst:
         for r0, r1 in _strips(n):
@@ -74,8 +107,10 @@ def main() -> int:
     rows = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="geovl-bench-measure-") as tmp:
-        for kind, big, writer, extra in (("classes_1band_uint8", cls_n, write_classes, ["--class-table", "worldcover"]),
-                                         ("image_4band_uint16", img_n, write_image, [])):
+        for kind, big, writer, extra in (
+            ("classes_1band_uint8", cls_n, write_classes, ["--class-table", "worldcover"]),
+            ("image_4band_uint16", img_n, write_image, []),
+        ):
             for n in (big // 2, big):
                 path = Path(tmp) / f"{kind}_{n}.tif"
                 tg = time.perf_counter()
@@ -85,32 +120,61 @@ def main() -> int:
                 doc = r["doc"]
                 valid = doc["dates"]["image"]["valid_pixels"]
                 rows[f"{kind}:{n}"] = {
-                    "kind": kind, "size": [n, n], "pixels": n * n, "file_mb": round(path.stat().st_size / 2**20, 1),
-                    "generate_seconds": round(gen, 1), "measure_wall_seconds": round(r["wall"], 2),
-                    "pixels_per_second": round(n * n / r["wall"]), "peak_rss_mb": r["peak_rss_mb"],
-                    "valid_pixels": valid, "within_goal": r["peak_rss_mb"] <= GOAL_MB}
+                    "kind": kind,
+                    "size": [n, n],
+                    "pixels": n * n,
+                    "file_mb": round(path.stat().st_size / 2**20, 1),
+                    "generate_seconds": round(gen, 1),
+                    "measure_wall_seconds": round(r["wall"], 2),
+                    "pixels_per_second": round(n * n / r["wall"]),
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "valid_pixels": valid,
+                    "within_goal": r["peak_rss_mb"] <= GOAL_MB,
+                }
                 print(f"{kind} {n}²: {rows[f'{kind}:{n}']}", file=sys.stderr, flush=True)
                 path.unlink()
     ratios = {}
     for kind, big in (("classes_1band_uint8", cls_n), ("image_4band_uint16", img_n)):
         a, b = rows[f"{kind}:{big // 2}"], rows[f"{kind}:{big}"]
-        ratios[kind] = {"pixels": round(b["pixels"] / a["pixels"], 2),
-                        "wall_seconds": round(b["measure_wall_seconds"] / a["measure_wall_seconds"], 2),
-                        "peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)}
+        ratios[kind] = {
+            "pixels": round(b["pixels"] / a["pixels"], 2),
+            "wall_seconds": round(b["measure_wall_seconds"] / a["measure_wall_seconds"], 2),
+            "peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
+        }
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    dirty = bool(
+        subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout
+    )
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     result = {
         "benchmark": "geovl measure --json on a one-band uint8 class raster and a 4-band uint16 image (tiled deflate "
-                     "GeoTIFFs, EPSG:32650), each in its own subprocess; peak RSS = the child's VmHWM at exit",
-        "quick": quick, "goal_peak_rss_mb": GOAL_MB,
+        "GeoTIFFs, EPSG:32650), each in its own subprocess; peak RSS = the child's VmHWM at exit",
+        "quick": quick,
+        "goal_peak_rss_mb": GOAL_MB,
         "git_commit": commit + ("-dirty" if dirty else ""),
-        "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "versions": {"numpy": np.__version__, "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__},
-        "runs": rows, "ratios_large_over_small": ratios, "total_seconds": round(time.perf_counter() - t_all, 1),
+        "runs": rows,
+        "ratios_large_over_small": ratios,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
         "note": "Wall times on a shared 2-core machine vary run to run; compare the ratios of one run. "
-                "Linear time: wall ratio ≈ pixel ratio (4); bounded memory: peak RSS ratio ≈ 1.",
+        "Linear time: wall ratio ≈ pixel ratio (4); bounded memory: peak RSS ratio ≈ 1.",
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
@@ -138,10 +202,12 @@ def _run(path: Path, extra: list[str]) -> dict:
 
 # The child prints its own peak RSS (VmHWM of its address space) at exit. ru_maxrss from wait4 is not
 # used: Linux carries the forking parent's RSS into it across exec, and the parent holds the writer's strips.
-CHILD = ("import atexit, sys\n"
-         "atexit.register(lambda: sys.stderr.write(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))))\n"
-         "from geovl.cli import main\n"
-         "sys.exit(main(sys.argv[1:]))")
+CHILD = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))))\n"
+    "from geovl.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))"
+)
 
 
 if __name__ == "__main__":

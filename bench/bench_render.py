@@ -38,8 +38,19 @@ def write_scene(path: Path, n: int) -> None:
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=4, dtype="uint16", crs="EPSG:32650",
-                       transform=from_origin(0, 0, 10, 10), tiled=True, compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=n,
+        height=n,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=from_origin(0, 0, 10, 10),
+        tiled=True,
+        compress="deflate",
+    ) as dst:
         row = (np.arange(n, dtype=np.uint32) % 4000 + 100).astype(np.uint16)
         blk = np.broadcast_to(row, (4, 512, n)).copy()
         for y in range(0, n, 512):
@@ -69,20 +80,27 @@ def main() -> int:
         peak = spread([r["peak_rss_mb"] for r in runs], 1)
         return {
             "what": "the one render path (geovl.geo.tiles.image_for_model, as ask/infer) on a tiled deflate GeoTIFF "
-                    "without overviews, in a fresh process per run",
+            "without overviews, in a fresh process per run",
             "size": "quick" if a.quick else "full",
-            "settings": {"scene": f"{n}x{n}x4 uint16", "decoded_bytes": n * n * 4 * 2, "rendered_px": runs[0]["out"],
-                         "runs": MIN_REPEATS},
+            "settings": {
+                "scene": f"{n}x{n}x4 uint16",
+                "decoded_bytes": n * n * 4 * 2,
+                "rendered_px": runs[0]["out"],
+                "runs": MIN_REPEATS,
+            },
             "peak_rss_mb": peak,
             "render_seconds": spread([r["seconds"] for r in runs], 2),
             "rss_budget_mb": RSS_BUDGET_MB,
             "within_budget": peak["max"] <= RSS_BUDGET_MB,
             "repeats": MIN_REPEATS,
-            "table": {"kind": "memory", "name": "render (`bench_render.py`)",
-                      "baseline": "none: a memory check (peak RSS against the 1.5 GB budget)",
-                      "counts": f"{n}×{n}×4 uint16 ({n * n * 8 / 1e9:.2f} GB decoded) rendered to "
-                                f"{runs[0]['out'][0]}×{runs[0]['out'][1]} px; time {spread([r['seconds'] for r in runs], 2)['median']} s (median)",
-                      "value": "peak_rss_mb"},
+            "table": {
+                "kind": "memory",
+                "name": "render (`bench_render.py`)",
+                "baseline": "none: a memory check (peak RSS against the 1.5 GB budget)",
+                "counts": f"{n}×{n}×4 uint16 ({n * n * 8 / 1e9:.2f} GB decoded) rendered to "
+                f"{runs[0]['out'][0]}×{runs[0]['out'][1]} px; time {spread([r['seconds'] for r in runs], 2)['median']} s (median)",
+                "value": "peak_rss_mb",
+            },
         }
 
     return finish(a.out, body, "render")

@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from abtest import MIN_REPEATS, SideFailed, behind as behind_note, finish, fmt_ratio, interleave, quick_from_env, ratio, spread, vm_hwm_mb
+
+from abtest import MIN_REPEATS, SideFailed, finish, fmt_ratio, interleave, quick_from_env, ratio, spread, vm_hwm_mb
+from abtest import behind as behind_note
 
 ROOT = Path(__file__).resolve().parents[1]
 RSS_LIMIT_MB = 1536
@@ -61,13 +63,18 @@ def make_cube(path: Path, bands: int, size: int, chunk_rows: int = 50, seed: int
     freq = rng.uniform(0.002, 0.02, (K, 2))
     phase = rng.uniform(0, 2 * np.pi, (K, 2))
     xx = np.arange(size, dtype=np.float32)
-    with EnviWriter(path, bands, size, size, "int16", wavelengths=wl, fwhm=fwhm,
-                    good_bands=water_vapour_mask(wl), scale=10000) as w:
+    with EnviWriter(
+        path, bands, size, size, "int16", wavelengths=wl, fwhm=fwhm, good_bands=water_vapour_mask(wl), scale=10000
+    ) as w:
         for r0 in range(0, size, chunk_rows):
             h = min(chunk_rows, size - r0)
             yy = np.arange(r0, r0 + h, dtype=np.float32)[:, None]
-            logits = np.stack([3 * np.sin(freq[k, 0] * xx[None] + phase[k, 0]) * np.cos(freq[k, 1] * yy + phase[k, 1])
-                               for k in range(K)])  # (K, h, size)
+            logits = np.stack(
+                [
+                    3 * np.sin(freq[k, 0] * xx[None] + phase[k, 0]) * np.cos(freq[k, 1] * yy + phase[k, 1])
+                    for k in range(K)
+                ]
+            )  # (K, h, size)
             ab = np.exp(logits)
             ab /= ab.sum(0, keepdims=True)
             refl = np.einsum("kb,khw->bhw", E, ab, optimize=True)
@@ -91,8 +98,12 @@ def child(mode: str, cube_path: str, out: str) -> None:
         t0 = time.perf_counter()
         summary = sam_map(cube, lib, out)
         secs = time.perf_counter() - t0
-        res = {"seconds": secs, "windows": summary["windows"], "rows_per_window": summary["rows_per_window"],
-               "bands_used": summary["bands_used"]}
+        res = {
+            "seconds": secs,
+            "windows": summary["windows"],
+            "rows_per_window": summary["rows_per_window"],
+            "bands_used": summary["bands_used"],
+        }
     else:
         kernel = {"in_memory_same_kernel": classify_block, "in_memory_naive": sam_numpy}[mode]
         t0 = time.perf_counter()
@@ -103,7 +114,12 @@ def child(mode: str, cube_path: str, out: str) -> None:
         cls, ang = kernel(data, L)
         secs = time.perf_counter() - t0 + prep
         np.save(out, cls)
-        res = {"seconds": secs, "prepare_seconds": round(prep, 3), "bands_used": int(len(bidx)), "kernel": kernel.__name__}
+        res = {
+            "seconds": secs,
+            "prepare_seconds": round(prep, 3),
+            "bands_used": int(len(bidx)),
+            "kernel": kernel.__name__,
+        }
     res["pixels"] = cube.rows * cube.cols
     res["vm_hwm_mb"] = vm_hwm_mb()
     print(json.dumps(res))
@@ -182,7 +198,11 @@ def main() -> int:
             (work / "big_sam.tif").unlink(missing_ok=True)
 
             small_hdr = make_cube(work / "small.img", a.bands, small, seed=1)
-            outs = {"chunked": work / "small_sam.tif", "in_memory_same_kernel": work / "same.npy", "in_memory_naive": work / "naive.npy"}
+            outs = {
+                "chunked": work / "small_sam.tif",
+                "in_memory_same_kernel": work / "same.npy",
+                "in_memory_naive": work / "naive.npy",
+            }
             runs = interleave({m: (lambda i, m=m: run_child(m, small_hdr, outs[m])) for m in MODES}, a.repeats)
             maps = {m: _class_map(outs[m]) for m in MODES}
         finally:
@@ -192,10 +212,18 @@ def main() -> int:
         fair = ratio(runs["chunked"], runs["in_memory_same_kernel"], "pixels_per_second",
                      "chunked (disk → GeoTIFF) pixels/s over the same kernel (classify_block) on the cube in memory, per round",
                      goal=RATIO_TARGET)  # fmt: skip
-        naive = ratio(runs["chunked"], runs["in_memory_naive"], "pixels_per_second",
-                      "chunked pixels/s over sam_numpy (arccos of every record) in memory: the old, slower-kernel baseline")
-        kern = ratio(runs["in_memory_same_kernel"], runs["in_memory_naive"], "pixels_per_second",
-                     "kernel effect alone: classify_block over sam_numpy, both in memory")
+        naive = ratio(
+            runs["chunked"],
+            runs["in_memory_naive"],
+            "pixels_per_second",
+            "chunked pixels/s over sam_numpy (arccos of every record) in memory: the old, slower-kernel baseline",
+        )
+        kern = ratio(
+            runs["in_memory_same_kernel"],
+            runs["in_memory_naive"],
+            "pixels_per_second",
+            "kernel effect alone: classify_block over sam_numpy, both in memory",
+        )
         behind = behind_note(fair, "chunked pixels/s vs the same kernel on the cube already in memory (goal ≥ 0.8×)")
         if behind:
             behind += "; what the chunked path buys is bounded memory on cubes larger than RAM"
@@ -204,32 +232,40 @@ def main() -> int:
                        "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs[m]], 1)} for m in MODES}  # fmt: skip
         return {
             "what": "chunked spectral angle mapper (geovl spectral map) vs the same kernel in memory (and the old naive kernel)",
-            "size": "quick" if a.quick else "full", "repeats": a.repeats, "order": ", ".join(MODES) + " in rounds",
+            "size": "quick" if a.quick else "full",
+            "repeats": a.repeats,
+            "order": ", ".join(MODES) + " in rounds",
             "settings": {
-                "shared": {"library": "minerals+background (10 USGS splib07 records)", "bands": a.bands,
-                           "threads": os.environ.get("OMP_NUM_THREADS", "2") + " (OMP_NUM_THREADS of each child)"},
+                "shared": {
+                    "library": "minerals+background (10 USGS splib07 records)",
+                    "bands": a.bands,
+                    "threads": os.environ.get("OMP_NUM_THREADS", "2") + " (OMP_NUM_THREADS of each child)",
+                },
                 "chunked": "geovl.spectral.sam.sam_map (all of it timed: library resampling, reading, classification, GeoTIFF; "
-                           "module imports done before timing on every side): "
-                           "raw int16 strips read one ahead in a thread, classify_block per strip, GeoTIFF written one behind in a thread",
+                "module imports done before timing on every side): "
+                "raw int16 strips read one ahead in a thread, classify_block per strip, GeoTIFF written one behind in a thread",
                 "in_memory_same_kernel": "library resampling (prepare) + classify_block on the whole cube (used bands, float32) "
-                                         "already in memory; loading not timed",
+                "already in memory; loading not timed",
                 "in_memory_naive": "prepare + sam_numpy on the same in-memory cube: arccos of all K angles per pixel, then argmin",
             },  # fmt: skip
             "note": note,
             "big": big_res,
             "fits": {"shape": [a.bands, small, small], "class_map_agreement_with_same_kernel": agree},
             "summary": summary,
-            "ratios": {"chunked_over_same_kernel_in_memory": fair, "chunked_over_naive_in_memory": naive,
-                       "same_kernel_over_naive_in_memory": kern},
+            "ratios": {
+                "chunked_over_same_kernel_in_memory": fair,
+                "chunked_over_naive_in_memory": naive,
+                "same_kernel_over_naive_in_memory": kern,
+            },
             "behind": behind,
             "runs": runs,
             "table": {
                 "name": "SAM (`bench_sam.py`)",
                 "baseline": "the **same kernel** (`classify_block`) on the cube already in memory",
                 "counts": f"{big_res['file_gb']} GB cube mapped at {big_res['peak_rss_mb']:.0f} MB peak RSS "
-                          f"({big_res['windows']} windows); in-memory side peaks at "
-                          f"{summary['in_memory_same_kernel']['peak_rss_mb']['median']:.0f} MB on the "
-                          f"{small}×{small} cube vs {summary['chunked']['peak_rss_mb']['median']:.0f} MB chunked",
+                f"({big_res['windows']} windows); in-memory side peaks at "
+                f"{summary['in_memory_same_kernel']['peak_rss_mb']['median']:.0f} MB on the "
+                f"{small}×{small} cube vs {summary['chunked']['peak_rss_mb']['median']:.0f} MB chunked",
                 "ratios": [["pixels/s chunked vs same kernel in memory", "chunked_over_same_kernel_in_memory"]],
             },  # fmt: skip
         }

@@ -31,7 +31,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from abtest import CallCounter, behind as behind_note, exact_same, finish, fmt_ratio, interleave, parse_args, peak_rss_mb, ratio, run_worker, serve_worker, spread
+from abtest import (
+    CallCounter,
+    exact_same,
+    finish,
+    fmt_ratio,
+    interleave,
+    parse_args,
+    peak_rss_mb,
+    ratio,
+    run_worker,
+    serve_worker,
+    spread,
+)
+from abtest import behind as behind_note
 
 HERE = Path(__file__).resolve().parent
 SIZES = {
@@ -41,8 +54,10 @@ SIZES = {
 LR = 1e-4
 SEED = 0
 LORA = dict(r=16, alpha=32, dropout=0.0)
-TRL_KNOBS = ("remove_unused_columns=False, max_length=None, bf16=False, use_cpu=True, assistant_only_loss=True, "
-             "gradient_checkpointing=False, dataloader_num_workers=0")
+TRL_KNOBS = (
+    "remove_unused_columns=False, max_length=None, bf16=False, use_cpu=True, assistant_only_loss=True, "
+    "gradient_checkpointing=False, dataloader_num_workers=0"
+)
 TRL_GROUPED = 'train_sampling_strategy="group_by_length", length_column_name="length" (precomputed exact token counts)'
 TRL_DEFAULT = 'train_sampling_strategy="random" (the default)'
 
@@ -71,7 +86,12 @@ def build_inputs(root: Path, size: dict) -> tuple[Path, Path]:
 
     model = build_tiny("qwen2.5-vl", root / "model", hidden=128, layers=4, max_pixels=size["max_pixels"])
     rng = np.random.default_rng(SEED)
-    qa = [("Is there water in this scene?", "yes"), ("图中有森林吗？", "没有"), ("How many buildings are there?", "3"), ("这是什么地类？", "耕地")]
+    qa = [
+        ("Is there water in this scene?", "yes"),
+        ("图中有森林吗？", "没有"),
+        ("How many buildings are there?", "3"),
+        ("这是什么地类？", "耕地"),
+    ]
     data = root / "bench.parquet"
     with DatasetWriter(data) as w:
         for i in range(size["samples"]):
@@ -163,12 +183,21 @@ def worker_trl(model: Path, data: Path, out: Path, size: dict) -> dict:
         gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0,
         disable_tqdm=True, train_sampling_strategy=size["trl_sampling"], length_column_name="length", remove_unused_columns=False,
     )  # fmt: skip
-    trainer = CountingSFTTrainer(model=m, args=args, train_dataset=ds, processing_class=processor, peft_config=peft_config)
+    trainer = CountingSFTTrainer(
+        model=m, args=args, train_dataset=ds, processing_class=processor, peft_config=peft_config
+    )
     with CallCounter() as cnt:
         result = trainer.train()
     refused = None
     try:  # what peers cannot do: pack vision samples to remove padding
-        SFTTrainer(model=trainer.model, args=SFTConfig(output_dir=str(out / "p"), packing=True, max_length=None, bf16=False, use_cpu=True, report_to=[]), train_dataset=ds, processing_class=processor)
+        SFTTrainer(
+            model=trainer.model,
+            args=SFTConfig(
+                output_dir=str(out / "p"), packing=True, max_length=None, bf16=False, use_cpu=True, report_to=[]
+            ),
+            train_dataset=ds,
+            processing_class=processor,
+        )
     except ValueError as e:
         refused = str(e)
     return {
@@ -204,8 +233,16 @@ def behind_notes(tps_grouped: dict, tps_default: dict) -> str | None:
     """The result file's ``behind``: below 1× against TRL grouped (its goal) and below the 1.3× goal against TRL default."""
     notes = [behind_note(tps_grouped, "geovl packed real tokens/s vs TRL length-grouped (goal ≥ 1.0×)")]
     if tps_default["median"] < 1.3:
-        where = "below 1× in every round" if tps_default["max"] < 1 else "the range includes 1×" if tps_default["min"] <= 1 else "above 1× in every round"
-        notes.append(f"geovl packed real tokens/s vs TRL default: {fmt_ratio(tps_default)}, {where}; goal ≥ 1.3× not met")
+        where = (
+            "below 1× in every round"
+            if tps_default["max"] < 1
+            else "the range includes 1×"
+            if tps_default["min"] <= 1
+            else "above 1× in every round"
+        )
+        notes.append(
+            f"geovl packed real tokens/s vs TRL default: {fmt_ratio(tps_default)}, {where}; goal ≥ 1.3× not met"
+        )
     return "; ".join(n for n in notes if n) or None
 
 
@@ -221,7 +258,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
             root = Path(tmp)
             model, data = build_inputs(root, size)
-            trl = lambda i, how: _derive(run_worker(__file__, "trl", model, data, root / f"trl_{how}{i}", {**size, "trl_sampling": how}))  # noqa: E731
+
+            def trl(i, how):
+                return _derive(
+                    run_worker(__file__, "trl", model, data, root / f"trl_{how}{i}", {**size, "trl_sampling": how})
+                )
+
             runs = interleave({
                 "geovl": lambda i: _derive(run_worker(__file__, "geovl", model, data, root / f"geovl{i}", size)),
                 "trl_grouped": lambda i: trl(i, "group_by_length"),
@@ -236,7 +278,9 @@ def main() -> int:
             raise RuntimeError(f"geovl ran {[r['steps'] for r in ours]} steps, expected one per packed row ({rows})")
         for side, rs in runs.items():
             if rs[0]["real_tokens"] != ours[0]["real_tokens"]:
-                raise RuntimeError(f"the sides trained on different real tokens: geovl {ours[0]['real_tokens']} vs {side} {rs[0]['real_tokens']}")
+                raise RuntimeError(
+                    f"the sides trained on different real tokens: geovl {ours[0]['real_tokens']} vs {side} {rs[0]['real_tokens']}"
+                )
         refused = grouped[0].get("packing_refused")
         for rs in (grouped, default):
             for r in rs:
@@ -244,28 +288,48 @@ def main() -> int:
         if grouped[0]["sampler"] != "LengthGroupedSampler":
             raise RuntimeError(f"TRL grouped side did not use the length-grouped sampler: {grouped[0]['sampler']}")
         keys = ("real_tokens_per_s", "train_runtime_s", "padding_share", "peak_rss_mb", "train_loss")
-        tps_g = ratio(ours, grouped, "real_tokens_per_s", "geovl packed real tokens/s over TRL length-grouped, per round", goal=1.0)
-        tps_d = ratio(ours, default, "real_tokens_per_s", "geovl packed real tokens/s over TRL default (random batches), per round", goal=1.3)
+        tps_g = ratio(
+            ours,
+            grouped,
+            "real_tokens_per_s",
+            "geovl packed real tokens/s over TRL length-grouped, per round",
+            goal=1.0,
+        )
+        tps_d = ratio(
+            ours,
+            default,
+            "real_tokens_per_s",
+            "geovl packed real tokens/s over TRL default (random batches), per round",
+            goal=1.3,
+        )
         rss = ratio(ours, grouped, "peak_rss_mb", "geovl peak RSS over TRL length-grouped's, per round")
         behind = behind_notes(tps_g, tps_d)
         sides = ("geovl", "trl_grouped", "trl_default")
         pad = {k: runs[k][0]["padding_share"] for k in sides}
         return {
             "what": "geovl packed SFT vs TRL SFTTrainer length-grouped and default; same tiny Qwen2.5-VL / data / LoRA; "
-                    "every sample once on every side; each run a fresh subprocess, sides interleaved",
-            "size": size_name, "repeats": a.repeats, "order": "geovl, trl_grouped, trl_default in rounds",
+            "every sample once on every side; each run a fresh subprocess, sides interleaved",
+            "size": size_name,
+            "repeats": a.repeats,
+            "order": "geovl, trl_grouped, trl_default in rounds",
             "settings": {
-                "shared": {"model": "tiny Qwen2.5-VL (hidden 128, 4 LLM layers, 2 vision blocks)", **size,
-                           "lr": LR, "seed": SEED, "lora": LORA, "trained": "LoRA on LLM linears + full merger"},
+                "shared": {
+                    "model": "tiny Qwen2.5-VL (hidden 128, 4 LLM layers, 2 vision blocks)",
+                    **size,
+                    "lr": LR,
+                    "seed": SEED,
+                    "lora": LORA,
+                    "trained": "LoRA on LLM linears + full merger",
+                },
                 "geovl": f"geovl train sft packing=true epochs=1 batch_size={size['batch']} (rows of ≤ batch × mean length "
-                         f"tokens: {ours[0]['packing']['budget_tokens']}), tune_llm=lora, tune_vision=freeze, tune_merger=full, "
-                         "num_workers=0, attention sdpa",
+                f"tokens: {ours[0]['packing']['budget_tokens']}), tune_llm=lora, tune_vision=freeze, tune_merger=full, "
+                "num_workers=0, attention sdpa",
                 "trl_grouped": TRL_KNOBS + "; " + TRL_GROUPED + f"; max_steps={steps}; LoRA via peft_config, "
-                               "modules_to_save=[model.visual.merger]",
+                "modules_to_save=[model.visual.merger]",
                 "trl_default": TRL_KNOBS + "; " + TRL_DEFAULT + f"; max_steps={steps}; LoRA as above",
                 "trl_megabatch": f"the stock LengthGroupedSampler sorts within random mega-batches of "
-                                 f"min(N // (4·batch), 50)·batch = {_megabatch(size)} samples (N = {size['samples']}); "
-                                 "it offers no knob for that size",
+                f"min(N // (4·batch), 50)·batch = {_megabatch(size)} samples (N = {size['samples']}); "
+                "it offers no knob for that size",
             },  # fmt: skip
             "counts": {
                 "real_tokens": {k: runs[k][0]["real_tokens"] for k in sides},
@@ -273,14 +337,27 @@ def main() -> int:
                 "padding_share": pad,
                 "steps": {k: runs[k][0]["steps"] for k in sides},
                 "packing": ours[0]["packing"],
-                **{k: {s: runs[s][0][k] for s in sides} for k in ("forward_calls", "prefill_positions", "vision_calls", "vision_patches")},
-                "stable_across_rounds": all(exact_same(rs, "padded_tokens") and exact_same(rs, "real_tokens") for k, rs in runs.items() if k != "trl_default"),
+                **{
+                    k: {s: runs[s][0][k] for s in sides}
+                    for k in ("forward_calls", "prefill_positions", "vision_calls", "vision_patches")
+                },
+                "stable_across_rounds": all(
+                    exact_same(rs, "padded_tokens") and exact_same(rs, "real_tokens")
+                    for k, rs in runs.items()
+                    if k != "trl_default"
+                ),
             },
             "summary": {side: {k: spread([r[k] for r in rs]) for k in keys} for side, rs in runs.items()},
-            "ratios": {"real_tokens_per_s_geovl_over_trl_grouped": tps_g, "real_tokens_per_s_geovl_over_trl_default": tps_d,
-                       "peak_rss_geovl_over_trl_grouped": rss},
-            "goals": {"padding_zero": pad["geovl"] == 0.0, "vs_trl_grouped_ge_1.0_by_median": tps_g["goal_met_by_median"],
-                      "vs_trl_default_ge_1.3_by_median": tps_d["goal_met_by_median"]},
+            "ratios": {
+                "real_tokens_per_s_geovl_over_trl_grouped": tps_g,
+                "real_tokens_per_s_geovl_over_trl_default": tps_d,
+                "peak_rss_geovl_over_trl_grouped": rss,
+            },
+            "goals": {
+                "padding_zero": pad["geovl"] == 0.0,
+                "vs_trl_grouped_ge_1.0_by_median": tps_g["goal_met_by_median"],
+                "vs_trl_default_ge_1.3_by_median": tps_d["goal_met_by_median"],
+            },
             "trl_packing_refused": refused,
             "behind": behind,
             "runs": runs,
@@ -288,22 +365,26 @@ def main() -> int:
                 "name": "SFT (`bench_sft.py`)",
                 "baseline": "TRL `SFTTrainer` **with** stock length grouping (precomputed `length` column), and TRL's default random batches",
                 "counts": f"geovl packed (packing=true) vs TRL grouped vs TRL default: padding {pad['geovl']:.1%} / "
-                          f"{pad['trl_grouped']:.1%} / {pad['trl_default']:.1%}; real tokens {ours[0]['real_tokens']:,} each; steps "
-                          f"{rows} / {steps} / {steps}; vision calls {ours[0]['vision_calls']} / {grouped[0]['vision_calls']} / "
-                          f"{default[0]['vision_calls']}; peak RSS {spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} / "
-                          f"{spread([r['peak_rss_mb'] for r in grouped])['median']:,.0f} / "
-                          f"{spread([r['peak_rss_mb'] for r in default])['median']:,.0f} MB",
-                "ratios": [["real tokens/s vs TRL grouped (goal ≥ 1.0×)", "real_tokens_per_s_geovl_over_trl_grouped"],
-                           ["vs TRL default (goal ≥ 1.3×)", "real_tokens_per_s_geovl_over_trl_default"]],
+                f"{pad['trl_grouped']:.1%} / {pad['trl_default']:.1%}; real tokens {ours[0]['real_tokens']:,} each; steps "
+                f"{rows} / {steps} / {steps}; vision calls {ours[0]['vision_calls']} / {grouped[0]['vision_calls']} / "
+                f"{default[0]['vision_calls']}; peak RSS {spread([r['peak_rss_mb'] for r in ours])['median']:,.0f} / "
+                f"{spread([r['peak_rss_mb'] for r in grouped])['median']:,.0f} / "
+                f"{spread([r['peak_rss_mb'] for r in default])['median']:,.0f} MB",
+                "ratios": [
+                    ["real tokens/s vs TRL grouped (goal ≥ 1.0×)", "real_tokens_per_s_geovl_over_trl_grouped"],
+                    ["vs TRL default (goal ≥ 1.3×)", "real_tokens_per_s_geovl_over_trl_default"],
+                ],
             },
         }
 
     rc = finish(a.out, body, "sft")
     if rc == 0:
         r = json.loads(a.out.read_text())
-        print(f"real tokens/s geovl packed / TRL grouped: {fmt_ratio(r['ratios']['real_tokens_per_s_geovl_over_trl_grouped'])}; "
-              f"/ TRL default: {fmt_ratio(r['ratios']['real_tokens_per_s_geovl_over_trl_default'])}; padding "
-              + " / ".join(f"{k} {v:.1%}" for k, v in r["counts"]["padding_share"].items()))
+        print(
+            f"real tokens/s geovl packed / TRL grouped: {fmt_ratio(r['ratios']['real_tokens_per_s_geovl_over_trl_grouped'])}; "
+            f"/ TRL default: {fmt_ratio(r['ratios']['real_tokens_per_s_geovl_over_trl_default'])}; padding "
+            + " / ".join(f"{k} {v:.1%}" for k, v in r["counts"]["padding_share"].items())
+        )
     return rc
 
 

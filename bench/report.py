@@ -31,7 +31,9 @@ def _fmt(r: dict) -> str:
     if 0.98 <= r["min"] and r["max"] <= 1.02:
         where = "within 2 % of 1× in every round"
     else:
-        where = "> 1× in every round" if r["min"] > 1 else "< 1× in every round" if r["max"] < 1 else "range includes 1×"
+        where = (
+            "> 1× in every round" if r["min"] > 1 else "< 1× in every round" if r["max"] < 1 else "range includes 1×"
+        )
     return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}; {where})"
 
 
@@ -48,8 +50,12 @@ def row(name: str, res: dict | None) -> str:
         verdict = "within" if v["max"] <= budget else "**over**"
         cell = f"peak RSS {v['median']:,.0f} MB ({v['min']:,.0f}–{v['max']:,.0f}) over {res['repeats']} runs; {verdict} the {budget:,} MB budget"
         env = res["environment"]
-        run = f"{res['size']}, {env['machine']['cpus']} CPUs, {env['git']['commit'][:7] if env['git']['commit'] else '?'}"
-        return f"| {_cell(t['name'])} | {_cell(t['baseline'])} | {_cell(t['counts'])} | {_cell(cell)} ({_cell(run)}) | |"
+        run = (
+            f"{res['size']}, {env['machine']['cpus']} CPUs, {env['git']['commit'][:7] if env['git']['commit'] else '?'}"
+        )
+        return (
+            f"| {_cell(t['name'])} | {_cell(t['baseline'])} | {_cell(t['counts'])} | {_cell(cell)} ({_cell(run)}) | |"
+        )
     ratios = "; ".join(f"{label} {_fmt(res['ratios'][key])}" for label, key in t["ratios"])
     env = res["environment"]
     run = f"{res['size']}, {res['repeats']} rounds, {env['machine']['cpus']} CPUs, {env['git']['commit'][:7] if env['git']['commit'] else '?'}"

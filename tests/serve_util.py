@@ -43,7 +43,13 @@ def data_uri(b: bytes, mime: str = "image/png") -> str:
 
 def server_env() -> dict:
     env = dict(os.environ)
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     env.pop("GEOVL_API_KEY", None)
     return env
 
@@ -63,7 +69,9 @@ class Server:
 
     def start(self) -> "Server":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+        )
         return self
 
     def log(self) -> str:

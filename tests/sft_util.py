@@ -28,7 +28,9 @@ def png(w: int, h: int, seed: int = 0) -> bytes:
     return b.getvalue()
 
 
-def qa_samples(n: int = 12, sizes=((56, 84), (112, 56), (84, 84), (140, 112)), text_only_every: int = 3, seed: int = 0) -> list[dict]:
+def qa_samples(
+    n: int = 12, sizes=((56, 84), (112, 56), (84, 84), (140, 112)), text_only_every: int = 3, seed: int = 0
+) -> list[dict]:
     """Single-turn yes/no samples in English and Chinese; every ``text_only_every``-th has no image."""
     out = []
     for i in range(n):
@@ -78,8 +80,17 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def train(capsys, model: Path, data: Path, out: Path, *overrides: str, recipe: Path | None = None, resume: bool = False) -> tuple[int, str]:
-    args = ["train", "sft", str(recipe) if recipe else _empty_recipe(out), f"model={model}", f"train_data={data}", f"output_dir={out}"]
+def train(
+    capsys, model: Path, data: Path, out: Path, *overrides: str, recipe: Path | None = None, resume: bool = False
+) -> tuple[int, str]:
+    args = [
+        "train",
+        "sft",
+        str(recipe) if recipe else _empty_recipe(out),
+        f"model={model}",
+        f"train_data={data}",
+        f"output_dir={out}",
+    ]
     args += FAST + list(overrides)
     if resume:
         args.append("--resume")
@@ -109,5 +120,8 @@ def sft_recipes() -> list[Path]:
     import yaml
 
     root = Path(__file__).resolve().parents[1] / "recipes"
-    return sorted(p for p in root.glob("*.yaml")
-                  if not p.stem.startswith("grpo") and not (yaml.safe_load(p.read_text()) or {}).get("spectral"))
+    return sorted(
+        p
+        for p in root.glob("*.yaml")
+        if not p.stem.startswith("grpo") and not (yaml.safe_load(p.read_text()) or {}).get("spectral")
+    )

@@ -10,9 +10,9 @@ import numpy as np
 import openai
 from PIL import Image
 
+from geovl.inference.answer_boxes import answer_boxes, boxes_geojson
 from geovl.models.box_format import frame_for, render
 from geovl.models.registry import get_family
-from geovl.inference.answer_boxes import answer_boxes, boxes_geojson
 from serve_util import data_uri, png
 
 
@@ -31,7 +31,10 @@ class BoxEngine:
     def __init__(self):
         self.family = get_family("qwen2.5-vl")
         self.processor = _Proc()
-        self.truth = [{"bbox": [10.0, 20.0, 60.0, 50.0], "label": "building"}, {"bbox": [70.0, 5.0, 100.0, 40.0], "label": "building"}]
+        self.truth = [
+            {"bbox": [10.0, 20.0, 60.0, 50.0], "label": "building"},
+            {"bbox": [70.0, 5.0, 100.0, 40.0], "label": "building"},
+        ]
 
     def _text(self, req):
         if not req.images:
@@ -56,14 +59,26 @@ def test_api_returns_boxes_as_an_extension_the_openai_client_keeps():
     with TestClient(app, base_url="http://127.0.0.1") as http:  # the API answers loopback Host names only
         client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="EMPTY", http_client=http)
         img = png(1, 112, 84)
-        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_uri(img)}}, {"type": "text", "text": "Locate every building"}]}])
+        r = client.chat.completions.create(
+            model="m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_uri(img)}},
+                        {"type": "text", "text": "Locate every building"},
+                    ],
+                }
+            ],
+        )
         assert r.choices[0].message.content.startswith('[{"bbox_2d"')  # the text is untouched
         boxes = r.model_extra["geovl"]["boxes"]
         assert boxes["image"] == 0 and (boxes["width"], boxes["height"]) == (112, 84)
         for got, want in zip(boxes["boxes"], eng.truth):
             assert got["label"] == "building"
-            assert max(abs(a - b) for a, b in zip(got["bbox"], want["bbox"])) <= 1.0  # ≤ one resized pixel (112 → 112 px)
+            assert (
+                max(abs(a - b) for a, b in zip(got["bbox"], want["bbox"])) <= 1.0
+            )  # ≤ one resized pixel (112 → 112 px)
         # a text-only request has no boxes member
         r2 = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
         assert r2.model_extra.get("geovl") is None
@@ -133,8 +148,20 @@ def test_streamed_answer_carries_boxes_on_its_final_chunk_with_the_openai_client
     with TestClient(app, base_url="http://127.0.0.1") as http:
         client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="EMPTY", http_client=http)
         img = png(6, 112, 84)
-        stream = client.chat.completions.create(model="m", stream=True, stream_options={"include_usage": True}, messages=[
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(img)}}, {"type": "text", "text": "框出所有建筑"}]}])
+        stream = client.chat.completions.create(
+            model="m",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_uri(img)}},
+                        {"type": "text", "text": "框出所有建筑"},
+                    ],
+                }
+            ],
+        )
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text.startswith('[{"bbox_2d"')  # the streamed text is untouched
@@ -148,7 +175,9 @@ def test_streamed_answer_carries_boxes_on_its_final_chunk_with_the_openai_client
             assert max(abs(a - b) for a, b in zip(got["bbox"], want["bbox"])) <= 1.0
         assert chunks[-1].usage is not None and chunks[-1].choices == []  # the usage chunk still comes last
         # an answer without boxes: no extension member on any chunk
-        plain = list(client.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "hello"}]))
+        plain = list(
+            client.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "hello"}])
+        )
         assert "".join(c.choices[0].delta.content or "" for c in plain if c.choices) == "hello"
         assert all((c.model_extra or {}).get("geovl") is None for c in plain)
         assert plain[-1].choices[0].finish_reason == "stop"

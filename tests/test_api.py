@@ -52,7 +52,15 @@ def test_plain_and_streamed_completion_with_an_image_equal_the_local_engine(setu
     img = png(1)
     req = ChatRequest([user_turn("Is there water in the scene?", 1)], [img])
     want, want_usage = local(setup["engine"], req)
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(img)}}, {"type": "text", "text": "Is there water in the scene?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_uri(img)}},
+                {"type": "text", "text": "Is there water in the scene?"},
+            ],
+        }
+    ]
     c = client(setup["open"])
 
     resp = c.chat.completions.create(model="tiny", messages=messages, max_tokens=MAX)
@@ -66,7 +74,11 @@ def test_plain_and_streamed_completion_with_an_image_equal_the_local_engine(setu
     assert resp.usage.total_tokens == n_prompt + want_usage["completion_tokens"]
     assert resp.choices[0].finish_reason == want_usage["finish_reason"]
 
-    chunks = list(c.chat.completions.create(model="tiny", messages=messages, max_tokens=MAX, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=MAX, stream=True, stream_options={"include_usage": True}
+        )
+    )
     deltas = [ch.choices[0].delta.content or "" for ch in chunks if ch.choices]
     assert "".join(deltas) == want
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -78,7 +90,12 @@ def test_plain_and_streamed_completion_with_an_image_equal_the_local_engine(setu
 
 
 def test_raw_sse_ends_with_done(setup):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Describe the county."}], "max_tokens": 4, "stream": True}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Describe the county."}],
+        "max_tokens": 4,
+        "stream": True,
+    }
     with httpx.stream("POST", setup["open"].url + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
@@ -92,44 +109,82 @@ def test_multi_turn_with_images_in_earlier_turns_and_a_system_message(setup):
         {"role": "system", "content": [text_part("You are a remote-sensing expert.")]},
         user_turn("Compare the two images: what changed?", 2),
         assistant_turn("a new road"),
-        {"role": "user", "content": [text_part("And in this one? "), {"type": "image"}, text_part(" Is it the same area?")]},
+        {
+            "role": "user",
+            "content": [text_part("And in this one? "), {"type": "image"}, text_part(" Is it the same area?")],
+        },
     ]
     req = ChatRequest(geo, [a, b, c_img])
     want, _ = local(setup["engine"], req)
     messages = [
         {"role": "system", "content": "You are a remote-sensing expert."},
-        {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_uri(a)}},
-            {"type": "image_url", "image_url": {"url": data_uri(b, "image/jpeg")}},
-            {"type": "text", "text": "Compare the two images: what changed?"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_uri(a)}},
+                {"type": "image_url", "image_url": {"url": data_uri(b, "image/jpeg")}},
+                {"type": "text", "text": "Compare the two images: what changed?"},
+            ],
+        },
         {"role": "assistant", "content": "a new road"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "And in this one? "},
-            {"type": "image_url", "image_url": {"url": data_uri(c_img)}},
-            {"type": "text", "text": " Is it the same area?"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "And in this one? "},
+                {"type": "image_url", "image_url": {"url": data_uri(c_img)}},
+                {"type": "text", "text": " Is it the same area?"},
+            ],
+        },
     ]
-    got = client(setup["open"]).chat.completions.create(model="tiny", messages=messages, max_tokens=MAX).choices[0].message.content
+    got = (
+        client(setup["open"])
+        .chat.completions.create(model="tiny", messages=messages, max_tokens=MAX)
+        .choices[0]
+        .message.content
+    )
     assert got == want
     # the earlier images matter: without them the answer is different
-    text_only = ChatRequest([geo[0], user_turn("Compare the two images: what changed?"), geo[2], user_turn("And in this one?  Is it the same area?")], [])
+    text_only = ChatRequest(
+        [
+            geo[0],
+            user_turn("Compare the two images: what changed?"),
+            geo[2],
+            user_turn("And in this one?  Is it the same area?"),
+        ],
+        [],
+    )
     assert local(setup["engine"], text_only)[0] != want
     # RemoteEngine (used by `geovl eval --api`) over the same server gives the local answers too
     remote = RemoteEngine(setup["open"].url, concurrency=3)
-    reqs = [req, ChatRequest([user_turn("有没有水体？", 1)], [png(5)]), ChatRequest([user_turn("What is remote sensing?")], [])]
-    assert remote.generate(reqs, GenerationParams(max_new_tokens=MAX)) == setup["engine"].generate(reqs, GenerationParams(max_new_tokens=MAX))
+    reqs = [
+        req,
+        ChatRequest([user_turn("有没有水体？", 1)], [png(5)]),
+        ChatRequest([user_turn("What is remote sensing?")], []),
+    ]
+    assert remote.generate(reqs, GenerationParams(max_new_tokens=MAX)) == setup["engine"].generate(
+        reqs, GenerationParams(max_new_tokens=MAX)
+    )
     assert "".join(remote.stream(req, GenerationParams(max_new_tokens=MAX))) == want
     remote.close()
 
 
 def test_concurrent_requests_are_answered_as_one_by_one(setup):
-    reqs = [ChatRequest([user_turn(f"Question {i}: is there a road?", 1)], [png(10 + i, 56 + 14 * i, 84)]) for i in range(6)]
+    reqs = [
+        ChatRequest([user_turn(f"Question {i}: is there a road?", 1)], [png(10 + i, 56 + 14 * i, 84)]) for i in range(6)
+    ]
     want = [local(setup["engine"], r)[0] for r in reqs]
     c = client(setup["open"])
 
     def ask(i):
-        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(reqs[i].images[0])}}, {"type": "text", "text": f"Question {i}: is there a road?"}]}]
+        msg = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_uri(reqs[i].images[0])}},
+                    {"type": "text", "text": f"Question {i}: is there a road?"},
+                ],
+            }
+        ]
         return c.chat.completions.create(model="tiny", messages=msg, max_tokens=MAX).choices[0].message.content
 
     with ThreadPoolExecutor(6) as pool:
@@ -140,9 +195,22 @@ def test_concurrent_requests_are_answered_as_one_by_one(setup):
 def test_seeded_sampling_is_reproducible_and_matches_local(setup):
     req = ChatRequest([user_turn("Describe this scene.", 1)], [png(7)])
     want, _ = local(setup["engine"], req, temperature=0.9, top_p=0.95, seed=123, max_new_tokens=12)
-    msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(png(7))}}, {"type": "text", "text": "Describe this scene."}]}]
+    msg = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_uri(png(7))}},
+                {"type": "text", "text": "Describe this scene."},
+            ],
+        }
+    ]
     c = client(setup["open"])
-    got = [c.chat.completions.create(model="tiny", messages=msg, max_tokens=12, temperature=0.9, top_p=0.95, seed=123).choices[0].message.content for _ in range(2)]
+    got = [
+        c.chat.completions.create(model="tiny", messages=msg, max_tokens=12, temperature=0.9, top_p=0.95, seed=123)
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert got == [want, want]
     greedy, _ = local(setup["engine"], req, max_new_tokens=12)
     assert want != greedy, "sampling at temperature 0.9 differs from greedy with this seed"
@@ -153,10 +221,17 @@ def test_models_health_and_api_key(setup):
     assert [m.id for m in client(keyed, KEY).models.list()] == ["tiny"]
     assert [m.id for m in client(open_).models.list()] == ["tiny"]
     health = httpx.get(keyed.url + "/health").json()  # open for probes
-    assert (health["status"], health["model"]) == ("ok", "tiny") and health["engine_calls"] <= health["batched_requests"]
+    assert (health["status"], health["model"]) == ("ok", "tiny") and health["engine_calls"] <= health[
+        "batched_requests"
+    ]
 
     msg = [{"role": "user", "content": "Is the area rural or urban?"}]
-    right = client(keyed, KEY).chat.completions.create(model="tiny", messages=msg, max_tokens=MAX).choices[0].message.content
+    right = (
+        client(keyed, KEY)
+        .chat.completions.create(model="tiny", messages=msg, max_tokens=MAX)
+        .choices[0]
+        .message.content
+    )
     assert right == local(setup["engine"], ChatRequest([user_turn("Is the area rural or urban?")], []))[0]
     with pytest.raises(openai.AuthenticationError) as e:
         client(keyed, "wrong-key").chat.completions.create(model="tiny", messages=msg, max_tokens=MAX)
@@ -181,7 +256,11 @@ def test_errors_over_http_use_the_openai_shape(setup):
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=100000)
     assert e.value.body["code"] == "max_tokens_too_large" and "2048" in e.value.body["message"]
-    r = httpx.post(setup["open"].url + "/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers={"content-type": "application/json"})
+    r = httpx.post(
+        setup["open"].url + "/v1/chat/completions",
+        content=b'{"model": "tiny", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
 
 
@@ -223,15 +302,34 @@ def test_jpeg2000_upload_answers_like_the_geotiff(setup, tmp_path):
     rng = np.random.default_rng(4)
     data = (rng.integers(200, 4000, (4, 48, 64))).astype(np.uint16)
     raw = {}
-    for name, kw in (("tif", {"driver": "GTiff"}), ("jp2", {"driver": "JP2OpenJPEG", "QUALITY": "100", "REVERSIBLE": "YES"})):
+    for name, kw in (
+        ("tif", {"driver": "GTiff"}),
+        ("jp2", {"driver": "JP2OpenJPEG", "QUALITY": "100", "REVERSIBLE": "YES"}),
+    ):
         path = tmp_path / f"a.{name}"
-        with rasterio.open(path, "w", width=64, height=48, count=4, dtype="uint16", crs="EPSG:32650",
-                           transform=from_origin(440000, 4065000, 10, 10), **kw) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            width=64,
+            height=48,
+            count=4,
+            dtype="uint16",
+            crs="EPSG:32650",
+            transform=from_origin(440000, 4065000, 10, 10),
+            **kw,
+        ) as dst:
             dst.write(data)
         raw[name] = path.read_bytes()
     q = "Is there water in the scene?"
     want, _ = local(setup["engine"], ChatRequest([user_turn(q, 1)], [raw["tif"]]))
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(raw["jp2"], "image/jp2")}},
-                                             {"type": "text", "text": q}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_uri(raw["jp2"], "image/jp2")}},
+                {"type": "text", "text": q},
+            ],
+        }
+    ]
     resp = client(setup["open"]).chat.completions.create(model="tiny", messages=messages, max_tokens=MAX)
     assert resp.choices[0].message.content == want

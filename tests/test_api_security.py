@@ -66,7 +66,12 @@ def bomb_png(w: int = 20000, h: int = 20000) -> bytes:
     row = b"\x00" * (1 + (w + 7) // 8)
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +100,10 @@ def engine(tiny_model_dir):
 def make_client(engine, tree, **limits):
     kw = dict(max_image_bytes=MAX_IMAGE_BYTES, max_pixels=4_000_000, max_images=3, allowed_dir=str(tree["allowed"]))
     kw.update(limits)
-    app = create_app(engine, ServerConfig(served_model_name="tiny", limits=ImageLimits(**kw), max_tokens_limit=64, default_max_tokens=6))
+    app = create_app(
+        engine,
+        ServerConfig(served_model_name="tiny", limits=ImageLimits(**kw), max_tokens_limit=64, default_max_tokens=6),
+    )
     return TestClient(app, base_url="http://127.0.0.1")
 
 
@@ -107,7 +115,10 @@ def client(engine, tree):
 
 def ask(client, urls, text="What is here?", **extra):
     content = [{"type": "image_url", "image_url": {"url": u}} for u in urls] + [{"type": "text", "text": text}]
-    return client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 6, **extra})
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 6, **extra},
+    )
 
 
 def error(r, status: int, code: str) -> str:
@@ -200,7 +211,10 @@ def test_http_images_when_allowed_are_size_limited(engine, tree):
         with make_client(engine, tree, allow_http=True) as c:
             ok = ask(c, [base + "/ok.png"])
             assert ok.status_code == 200
-            assert ok.json()["choices"][0]["message"]["content"] == ask(c, [data_uri(png(1))]).json()["choices"][0]["message"]["content"]
+            assert (
+                ok.json()["choices"][0]["message"]["content"]
+                == ask(c, [data_uri(png(1))]).json()["choices"][0]["message"]["content"]
+            )
             error(ask(c, [base + "/big.png"]), 413, "image_too_large")
             error(ask(c, [base + "/bomb.png"]), 413, "image_too_many_pixels")
             error(ask(c, [base + "/text"]), 400, "invalid_image")
@@ -236,7 +250,11 @@ def test_bad_image_data(client):
         (data_uri(b"this is not an image at all, just text"), 400, "invalid_image"),
         (data_uri(png(5)[:200]), 400, "invalid_image"),  # truncated PNG
         (data_uri(b""), 400, "invalid_image"),
-        ("data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * (MAX_IMAGE_BYTES + 10)).decode(), 413, "image_too_large"),
+        (
+            "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * (MAX_IMAGE_BYTES + 10)).decode(),
+            413,
+            "image_too_large",
+        ),
         ("   ", 422, "invalid_schema"),
     ]
     for url, status, code in cases:
@@ -254,7 +272,11 @@ def test_request_limits(client, monkeypatch):
     assert fetched == [], "no image is read when there are too many"
     # the limit counts images of all turns
     turns = [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(png(i))}} for i in range(2)] + [{"type": "text", "text": "a"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": data_uri(png(i))}} for i in range(2)]
+            + [{"type": "text", "text": "a"}],
+        },
         {"role": "assistant", "content": "b"},
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(png(i))}} for i in range(2)]},
     ]
@@ -270,19 +292,41 @@ def test_request_limits(client, monkeypatch):
 
 def test_malformed_requests(client):
     def post(body, raw=False):
-        return client.post("/v1/chat/completions", content=body if raw else None, json=None if raw else body, headers={"content-type": "application/json"})
+        return client.post(
+            "/v1/chat/completions",
+            content=body if raw else None,
+            json=None if raw else body,
+            headers={"content-type": "application/json"},
+        )
 
     error(post(b"{not json", raw=True), 400, "invalid_json")
     error(post(b"\xff\xfe", raw=True), 400, "invalid_json")
     error(post([1, 2]), 422, "invalid_schema")
     assert "messages" in error(post({"model": "tiny"}), 422, "invalid_schema")
-    assert "temperature" in error(post({"messages": [{"role": "user", "content": "x"}], "temperature": 5}), 422, "invalid_schema")
+    assert "temperature" in error(
+        post({"messages": [{"role": "user", "content": "x"}], "temperature": 5}), 422, "invalid_schema"
+    )
     assert "top_p" in error(post({"messages": [{"role": "user", "content": "x"}], "top_p": 0}), 422, "invalid_schema")
     error(post({"messages": [{"role": "tool", "content": "x"}]}), 400, "invalid_role")
     error(post({"messages": [{"role": "system", "content": "x"}]}), 400, "invalid_messages")
-    msg = error(post({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]}), 400, "invalid_content")
+    msg = error(
+        post({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]}),
+        400,
+        "invalid_content",
+    )
     assert "video_url" in msg
-    msg = error(post({"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": data_uri(png(1))}}]}, {"role": "user", "content": "x"}]}), 400, "invalid_content")
+    msg = error(
+        post(
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": data_uri(png(1))}}]},
+                    {"role": "user", "content": "x"},
+                ]
+            }
+        ),
+        400,
+        "invalid_content",
+    )
     assert "assistant" in msg
     error(post({"messages": [{"role": "user", "content": "x"}], "n": 2}), 400, "unsupported_parameter")
     error(post({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}), 404, "model_not_found")
@@ -308,16 +352,50 @@ sys.exit(main(sys.argv[2:]))
 def test_real_server_refuses_escapes_and_never_opens_outside_files(tiny_model_dir, tree, tmp_path):
     port = free_port()
     audit = tmp_path / "opened.txt"
-    argv = [str(audit), "serve", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--served-model-name", "tiny",
-            "--allowed-image-dir", str(tree["allowed"]), "--max-images", "2", "--max-pixels", "1000000", "--log-level", "warning"]
+    argv = [
+        str(audit),
+        "serve",
+        "--model",
+        str(tiny_model_dir(FAMILY)),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--allowed-image-dir",
+        str(tree["allowed"]),
+        "--max-images",
+        "2",
+        "--max-pixels",
+        "1000000",
+        "--log-level",
+        "warning",
+    ]
     server = Server(argv, tmp_path / "server.log", port, prefix=[sys.executable, "-c", AUDITED])
     with running(server):
         c = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
 
         def create(url):
-            return c.chat.completions.create(model="tiny", max_tokens=6, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is here?"}]}])
+            return c.chat.completions.create(
+                model="tiny",
+                max_tokens=6,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": url}},
+                            {"type": "text", "text": "What is here?"},
+                        ],
+                    }
+                ],
+            )
 
-        for ref in ("../outside/secret.png", str(tree["outside"] / "secret.png"), f"file://{tree['outside']}/secret.png", "link.png", "linkdir/secret.png"):
+        for ref in (
+            "../outside/secret.png",
+            str(tree["outside"] / "secret.png"),
+            f"file://{tree['outside']}/secret.png",
+            "link.png",
+            "linkdir/secret.png",
+        ):
             with pytest.raises(openai.PermissionDeniedError) as e:
                 create(ref)
             assert e.value.status_code == 403 and e.value.body["code"] == "path_not_allowed"
@@ -325,7 +403,10 @@ def test_real_server_refuses_escapes_and_never_opens_outside_files(tiny_model_di
             create("bomb.png")
         assert e.value.status_code == 413 and "20000x20000" in e.value.body["message"]
         with pytest.raises(openai.BadRequestError) as e:
-            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ok.png"}}] * 3}])
+            c.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ok.png"}}] * 3}],
+            )
         assert e.value.body["code"] == "too_many_images"
         inside = create("sub/inner.png").choices[0].message.content
         assert inside == create(data_uri(png(2))).choices[0].message.content
@@ -357,23 +438,48 @@ def band_bomb_tif(path, bands: int = 500, size: int = 1000) -> bytes:
     import rasterio
     from rasterio.transform import from_origin
 
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=bands, dtype="uint16", tiled=True,
-                       blockxsize=256, blockysize=256, sparse_ok=True, compress="deflate", crs="EPSG:32650",
-                       transform=from_origin(500000, 4000000, 10, 10)):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=bands,
+        dtype="uint16",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        sparse_ok=True,
+        compress="deflate",
+        crs="EPSG:32650",
+        transform=from_origin(500000, 4000000, 10, 10),
+    ):
         pass
     return Path(path).read_bytes()
 
 
 def many_pages_tif(pages: int, w: int, h: int) -> bytes:
     """A classic little-endian TIFF of ``pages`` IFDs of w×h 8-bit grey — header and directories only."""
-    entries = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (277, 3, 1), (278, 4, h), (279, 4, w * h)]
+    entries = [
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8),
+        (277, 3, 1),
+        (278, 4, h),
+        (279, 4, w * h),
+    ]
     ifd_size = 2 + 12 * len(entries) + 4
     out = bytearray(b"II*\x00" + struct.pack("<I", 8))
     for i in range(pages):
         nxt = 0 if i == pages - 1 else 8 + (i + 1) * ifd_size
         out += struct.pack("<H", len(entries))
         for tag, typ, val in entries:
-            out += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val))
+            out += struct.pack("<HHI", tag, typ, 1) + (
+                struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val)
+            )
         out += struct.pack("<I", nxt)
     return bytes(out)
 
@@ -390,7 +496,10 @@ def small_geotiff(path, crs: str = "EPSG:32650") -> bytes:
     return Path(path).read_bytes()
 
 
-AOI = {"type": "Polygon", "coordinates": [[[500000, 4000000], [500200, 4000000], [500200, 3999800], [500000, 3999800], [500000, 4000000]]]}
+AOI = {
+    "type": "Polygon",
+    "coordinates": [[[500000, 4000000], [500200, 4000000], [500200, 3999800], [500000, 3999800], [500000, 4000000]]],
+}
 
 
 def test_tiff_band_bomb_refused_from_the_header_on_every_path(client, tmp_path, monkeypatch, engine):
@@ -455,7 +564,9 @@ class _Listener(http.server.BaseHTTPRequestHandler):
         self.hits.append(self.path)
         self.send_response(200)
         self.end_headers()
-        self.wfile.write(b'GEOGCS["x",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]]')
+        self.wfile.write(
+            b'GEOGCS["x",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]]'
+        )
 
     do_HEAD = do_GET
 
@@ -469,26 +580,62 @@ def test_crs_inputs_never_reach_the_network_or_files(client, tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     prj = tmp_path / "outside.prj"
-    prj.write_text('PROJCS["WGS 84 / UTM zone 50N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
-                   'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
-                   'PARAMETER["central_meridian",117],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],UNIT["metre",1]]')
+    prj.write_text(
+        'PROJCS["WGS 84 / UTM zone 50N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+        'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+        'PARAMETER["central_meridian",117],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],UNIT["metre",1]]'
+    )
     tif = data_uri(small_geotiff(tmp_path / "c.tif"), "image/tiff")
-    bad = [url + "/crs.wkt", f"/vsicurl/{url}/v.wkt", str(prj), f"+proj=longlat +nadgrids={url}/g.gsb", "+init=epsg:4326", "file:" + str(prj)]
+    bad = [
+        url + "/crs.wkt",
+        f"/vsicurl/{url}/v.wkt",
+        str(prj),
+        f"+proj=longlat +nadgrids={url}/g.gsb",
+        "+init=epsg:4326",
+        "file:" + str(prj),
+    ]
     try:
         for crs in bad:
-            r = client.post("/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": AOI, "aoi_crs": crs})
+            r = client.post(
+                "/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": AOI, "aoi_crs": crs}
+            )
             error(r, 400, "invalid_crs")
             member = AOI | {"crs": {"type": "name", "properties": {"name": crs}}}
-            error(client.post("/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": member}), 400, "invalid_crs")
-        chat = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, "geovl": {"aoi": AOI, "aoi_crs": url + "/c"},
-                                                         "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": tif}},
-                                                                                                   {"type": "text", "text": "How much cropland?"}]}]})
+            error(
+                client.post("/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": member}),
+                400,
+                "invalid_crs",
+            )
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "max_tokens": 4,
+                "geovl": {"aoi": AOI, "aoi_crs": url + "/c"},
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": tif}},
+                            {"type": "text", "text": "How much cropland?"},
+                        ],
+                    }
+                ],
+            },
+        )
         error(chat, 400, "invalid_crs")
     finally:
         srv.shutdown()
     assert _Listener.hits == [], f"GDAL fetched {_Listener.hits}"
-    for good in ("EPSG:32650", "urn:ogc:def:crs:EPSG::32650", "+proj=utm +zone=50 +datum=WGS84 +units=m", prj.read_text()):
-        r = client.post("/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": AOI, "aoi_crs": good})
+    for good in (
+        "EPSG:32650",
+        "urn:ogc:def:crs:EPSG::32650",
+        "+proj=utm +zone=50 +datum=WGS84 +units=m",
+        prj.read_text(),
+    ):
+        r = client.post(
+            "/v1/geo/measure", json={"classes": tif, "class_table": "worldcover", "aoi": AOI, "aoi_crs": good}
+        )
         assert r.status_code == 200, (good, r.text)
         aoi = find_key(r.json(), "crs_from")
         assert aoi["crs_from"] == "argument" and aoi["crs"] == "EPSG:32650" and aoi["pixels"] == 400, aoi
@@ -508,13 +655,17 @@ def find_key(doc, key: str):
 
 def oai(test_client) -> openai.OpenAI:
     """The official client talking to an in-process app."""
-    return openai.OpenAI(base_url=str(test_client.base_url) + "/v1", api_key="x", http_client=test_client, max_retries=0)
+    return openai.OpenAI(
+        base_url=str(test_client.base_url) + "/v1", api_key="x", http_client=test_client, max_retries=0
+    )
 
 
 def test_streams_count_against_the_queue_limit(engine, tree):
     """Fault 5: with the engine busy, a streaming request waits in the one queue like a plain one;
     over ``max_queue`` it gets 503 at once (before: every stream got its own thread, never a 503)."""
-    app = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=64, default_max_tokens=4, max_queue=2))
+    app = create_app(
+        engine, ServerConfig(served_model_name="tiny", max_tokens_limit=64, default_max_tokens=4, max_queue=2)
+    )
     with TestClient(app, base_url="http://127.0.0.1") as tc:
         batcher = app.state.batcher
         c = oai(tc)
@@ -522,7 +673,9 @@ def test_streams_count_against_the_queue_limit(engine, tree):
 
         def stream(i):
             try:
-                s = c.chat.completions.create(model="tiny", max_tokens=3, stream=True, messages=[{"role": "user", "content": f"q{i}"}])
+                s = c.chat.completions.create(
+                    model="tiny", max_tokens=3, stream=True, messages=[{"role": "user", "content": f"q{i}"}]
+                )
                 results.append(("ok", "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)))
             except openai.APIStatusError as e:
                 results.append((e.status_code, e.body["code"]))
@@ -554,15 +707,25 @@ def test_prompt_tokens_are_counted_and_refused_before_generation(engine, tree, m
     """Fault 6: a prompt over the model's context (4,096 positions) or over ``max_prompt_tokens`` is a
     400 ``context_length_exceeded`` before any generation; text far over the limit is refused without
     tokenizing it; an explicit max_tokens that does not fit is refused, a default one is lowered."""
-    app = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=4096, default_max_tokens=512, max_prompt_tokens=100_000))
+    app = create_app(
+        engine,
+        ServerConfig(
+            served_model_name="tiny", max_tokens_limit=4096, default_max_tokens=512, max_prompt_tokens=100_000
+        ),
+    )
     with TestClient(app, base_url="http://127.0.0.1") as tc:
         c = oai(tc)
-        n_words = engine.count_prompt_tokens(__import__("geovl.inference", fromlist=["ChatRequest"]).ChatRequest(
-            [{"role": "user", "content": [{"type": "text", "text": "field " * 100}]}]))
+        n_words = engine.count_prompt_tokens(
+            __import__("geovl.inference", fromlist=["ChatRequest"]).ChatRequest(
+                [{"role": "user", "content": [{"type": "text", "text": "field " * 100}]}]
+            )
+        )
         words = 4500 * 100 // n_words  # comfortably over 4,096 tokens
         before = engine.stats.samples
         with pytest.raises(openai.BadRequestError) as e:
-            c.chat.completions.create(model="tiny", max_tokens=4, messages=[{"role": "user", "content": "field " * words}])
+            c.chat.completions.create(
+                model="tiny", max_tokens=4, messages=[{"role": "user", "content": "field " * words}]
+            )
         assert e.value.body["code"] == "context_length_exceeded" and "4096" in e.value.body["message"]
         msgs = [{"role": "user", "content": "field " * (words // 2)}]  # ~2,250 tokens: fits, but not with 3,000 more
         with pytest.raises(openai.BadRequestError) as e:
@@ -571,7 +734,9 @@ def test_prompt_tokens_are_counted_and_refused_before_generation(engine, tree, m
         assert engine.stats.samples == before, "a refused prompt reached the engine"
         r = c.chat.completions.create(model="tiny", max_tokens=2, messages=msgs)
         assert r.usage.prompt_tokens > 2000 and r.usage.completion_tokens <= 2
-    small = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=64, default_max_tokens=4, max_prompt_tokens=50))
+    small = create_app(
+        engine, ServerConfig(served_model_name="tiny", max_tokens_limit=64, default_max_tokens=4, max_prompt_tokens=50)
+    )
     counted = []
     real = engine.count_prompt_tokens
     monkeypatch.setattr(engine, "count_prompt_tokens", lambda req: counted.append(1) or real(req))
@@ -586,7 +751,11 @@ def test_prompt_tokens_are_counted_and_refused_before_generation(engine, tree, m
         assert e.value.body["code"] == "context_length_exceeded" and counted == [1]
         r = tc.post("/v1/geo/ask", json={"question": "x" * 211_000, "image": data_uri(png(1))})
         assert error(r, 400, "context_length_exceeded") and counted == [1]
-        assert c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "field"}]).choices[0].finish_reason
+        assert (
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "field"}])
+            .choices[0]
+            .finish_reason
+        )
 
 
 class _Trickle(http.server.BaseHTTPRequestHandler):
@@ -640,12 +809,15 @@ def test_http_download_has_a_total_deadline(engine, tree):
         assert _Trickle.done.wait(60)
     finally:
         srv.shutdown()
-    assert _Trickle.sent and _Trickle.sent[0] < chunks, f"the whole slow download was read ({_Trickle.sent} of {chunks} chunks)"
+    assert _Trickle.sent and _Trickle.sent[0] < chunks, (
+        f"the whole slow download was read ({_Trickle.sent} of {chunks} chunks)"
+    )
 
 
 def test_request_validation_errors_are_4xx_in_the_openai_shape(client, tmp_path):
     """Fault 9: hostile JSON and parameters are clear 4xx errors, never 500s; control tokens typed by
     a user are refused, never turned into real tokens."""
+
     def raw(body: bytes):
         return client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
 
@@ -661,12 +833,18 @@ def test_request_validation_errors_are_4xx_in_the_openai_shape(client, tmp_path)
         assert "control token" in msg
     tiny = ask(client, [], text="hello", temperature=1e-300, max_tokens=4)
     assert tiny.status_code == 200, tiny.text
-    assert tiny.json()["choices"][0]["message"]["content"] == ask(client, [], text="hello", temperature=0, max_tokens=4).json()["choices"][0]["message"]["content"]
+    assert (
+        tiny.json()["choices"][0]["message"]["content"]
+        == ask(client, [], text="hello", temperature=0, max_tokens=4).json()["choices"][0]["message"]["content"]
+    )
     tif = data_uri(small_geotiff(tmp_path / "c.tif"), "image/tiff")
     table = {"classes": [{"code": 10**40, "en": "huge"}, {"code": 40, "en": "crop"}]}
     msg = error(client.post("/v1/geo/measure", json={"classes": tif, "class_table": table}), 400, "measure_error")
     assert "outside" in msg
-    r = client.post("/v1/geo/measure", json={"classes": tif, "class_table": {"classes": [{"code": 10, "en": "tree"}, {"code": 40, "en": "crop"}]}})
+    r = client.post(
+        "/v1/geo/measure",
+        json={"classes": tif, "class_table": {"classes": [{"code": 10, "en": "tree"}, {"code": 40, "en": "crop"}]}},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -686,11 +864,21 @@ def test_prompt_tokens_usage_is_real_for_tiff_images(client, tmp_path):
     Image.fromarray(rgb.transpose(1, 2, 0)).save(buf, format="PNG")
     c = oai(client)
     counts = {}
-    for name, uri in (("tif", data_uri((tmp_path / "scene.tif").read_bytes(), "image/tiff")), ("png", data_uri(buf.getvalue()))):
+    for name, uri in (
+        ("tif", data_uri((tmp_path / "scene.tif").read_bytes(), "image/tiff")),
+        ("png", data_uri(buf.getvalue())),
+    ):
         content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "What is here?"}]
         r = c.chat.completions.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": content}])
-        s = list(c.chat.completions.create(model="tiny", max_tokens=2, stream=True, stream_options={"include_usage": True},
-                                           messages=[{"role": "user", "content": content}]))
+        s = list(
+            c.chat.completions.create(
+                model="tiny",
+                max_tokens=2,
+                stream=True,
+                stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": content}],
+            )
+        )
         counts[name] = (r.usage.prompt_tokens, s[-1].usage.prompt_tokens)
     assert counts["tif"] == counts["png"], counts
     assert counts["png"][0] < 200
@@ -710,9 +898,23 @@ def test_host_allow_list_json_only_bodies_and_no_redirects(engine, tree):
         for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
             r = c.post("/v1/chat/completions", content=body, headers={"content-type": ctype} if ctype else {})
             error(r, 415, "unsupported_media_type")
-        error(c.post("/v1/geo/measure", content="{}", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
-        assert c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
-        r = c.post("/v1/chat/completions/", content=body, headers={"content-type": "application/json", "host": "localhost"}, follow_redirects=False)
+        error(
+            c.post("/v1/geo/measure", content="{}", headers={"content-type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+        )
+        assert (
+            c.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"}
+            ).status_code
+            == 200
+        )
+        r = c.post(
+            "/v1/chat/completions/",
+            content=body,
+            headers={"content-type": "application/json", "host": "localhost"},
+            follow_redirects=False,
+        )
         assert r.status_code == 404 and "location" not in r.headers
     app = create_app(engine, ServerConfig(served_model_name="tiny", allowed_hosts=("localhost", ".lan.example")))
     with TestClient(app, base_url="http://gpu1.lan.example") as c:
@@ -743,10 +945,32 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
     import socket
 
     port = free_port()
-    argv = ["serve", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--served-model-name", "tiny",
-            "--max-tokens-limit", "2000", "--body-timeout", "1", "--header-timeout", "1", "--shutdown-grace", "30", "--log-level", "warning"]
+    argv = [
+        "serve",
+        "--model",
+        str(tiny_model_dir(FAMILY)),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--max-tokens-limit",
+        "2000",
+        "--body-timeout",
+        "1",
+        "--header-timeout",
+        "1",
+        "--shutdown-grace",
+        "30",
+        "--log-level",
+        "warning",
+    ]
     server = Server(argv, tmp_path / "server.log", port)
-    long = dict(model="tiny", max_tokens=1500, temperature=0, messages=[{"role": "user", "content": "Describe the county in detail."}])
+    long = dict(
+        model="tiny",
+        max_tokens=1500,
+        temperature=0,
+        messages=[{"role": "user", "content": "Describe the county in detail."}],
+    )
     with running(server):
         c = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         # fault 4: three streams dropped after their first words
@@ -763,10 +987,14 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
         calls = _health(server)["engine_calls"]
         s = c.chat.completions.create(stream=True, **long)
         next(ch for ch in s if ch.choices and ch.choices[0].delta.content)
-        payload = json.dumps({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        payload = json.dumps(
+            {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+            )
             _until(lambda: _health(server)["queued"] == 1, "the plain request waits behind the stream")
         _until(lambda: _health(server)["queued"] == 0, "the server noticed the client left")
         s.close()
@@ -778,8 +1006,10 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
 
         # fault 14: a body sent too slowly
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{\"model\"")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"model"'
+            )
             reply = b""
             while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
                 part = sock.recv(4096)
@@ -803,13 +1033,19 @@ def test_real_server_dropped_streams_slow_clients_and_sigterm(tiny_model_dir, tm
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=long | {"stream": True}, timeout=120) as r:
             lines = r.iter_lines()
             for line in lines:
-                if line.startswith("data: {") and (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content"):
+                if line.startswith("data: {") and (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get(
+                    "content"
+                ):
                     break
             queued: list = []
 
             def plain():
                 try:
-                    queued.append(c.chat.completions.create(max_tokens=4, model="tiny", messages=[{"role": "user", "content": "hi"}]))
+                    queued.append(
+                        c.chat.completions.create(
+                            max_tokens=4, model="tiny", messages=[{"role": "user", "content": "hi"}]
+                        )
+                    )
                 except openai.APIStatusError as e:
                     queued.append((e.status_code, e.body))
 
@@ -832,20 +1068,33 @@ def test_request_bodies_in_flight_share_one_memory_cap(engine, tree):
     """Fault 6 (memory): bodies held by requests in flight count against one server-wide cap; a body
     that would go over it is a 503 while another request holds its bytes, and the bytes come back
     when that request is answered."""
-    app = create_app(engine, ServerConfig(served_model_name="tiny", max_tokens_limit=8, default_max_tokens=2, max_inflight_body_bytes=3000))
+    app = create_app(
+        engine,
+        ServerConfig(served_model_name="tiny", max_tokens_limit=8, default_max_tokens=2, max_inflight_body_bytes=3000),
+    )
     text = "field " * 300  # a ~1.9 KB body
     budget = app.state.body_budget
     with TestClient(app, base_url="http://127.0.0.1") as tc:
         c = oai(tc)
         first: list = []
         with app.state.batcher.engine_lock:
-            t = threading.Thread(target=lambda: first.append(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}])))
+            t = threading.Thread(
+                target=lambda: first.append(
+                    c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}])
+                )
+            )
             t.start()
-            _until(lambda: app.state.batcher.running() == 1, "the first request holds its body and waits for the engine")
+            _until(
+                lambda: app.state.batcher.running() == 1, "the first request holds its body and waits for the engine"
+            )
             assert budget.used > 1500
             with pytest.raises(openai.APIStatusError) as e:
                 c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}])
-            assert e.value.status_code == 503 and e.value.body["code"] == "server_busy" and "in flight" in e.value.body["message"]
+            assert (
+                e.value.status_code == 503
+                and e.value.body["code"] == "server_busy"
+                and "in flight" in e.value.body["message"]
+            )
         t.join(120)
         assert first and first[0].choices[0].message.content is not None
         assert budget.used == 0

@@ -1,4 +1,4 @@
-""""Where" questions in `geovl ask`: the answer's boxes through the family convention, scaled to the
+""" "Where" questions in `geovl ask`: the answer's boxes through the family convention, scaled to the
 raster, placed on the map (map CRS + WGS 84 lon/lat) and measured (m², 公顷, 亩), in --json, the text
 output and --geojson. The engine stand-in answers a fixed box in Qwen2.5-VL's convention for the image
 it is shown (everything after the model's text is real); a real tiny model checks the plumbing."""
@@ -50,7 +50,7 @@ class BoxAnswer:
     def stream(self, req, params=None):
         text = self._text(req)
         for i in range(0, len(text), 5):
-            yield text[i:i + 5]
+            yield text[i : i + 5]
 
 
 def _tif(path, size=112, crs="EPSG:32650"):
@@ -64,15 +64,28 @@ def _tif(path, size=112, crs="EPSG:32650"):
 
 
 def _classes(path, size):
-    prof = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": "EPSG:32650",
-            "transform": from_origin(500000, 4400000, 10, 10)}
+    prof = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32650",
+        "transform": from_origin(500000, 4400000, 10, 10),
+    }
     with rasterio.open(path, "w", **prof) as ds:
         ds.write(np.full((1, size, size), 50, np.uint8))  # ESA WorldCover 50: built-up
     return path
 
 
 def test_where_questions():
-    for q in ("框出所有建筑", "新增建筑在哪里？", "Where are the new buildings?", "Locate every pond", "标出水体的位置"):
+    for q in (
+        "框出所有建筑",
+        "新增建筑在哪里？",
+        "Where are the new buildings?",
+        "Locate every pond",
+        "标出水体的位置",
+    ):
         assert is_where_question(q), q
     for q in ("耕地面积约为多少公顷？", "How much cropland is there?", "Is there water?"):
         assert not is_where_question(q), q
@@ -91,7 +104,11 @@ def test_boxes_land_on_the_map_with_their_areas(tmp_path, shown):
     b = info["boxes"][0]
     assert b["pixel_bbox"] == pytest.approx([10, 20, 60, 50], abs=1e-6) and b["label"] == "building"
     # 50 × 30 pixels of 10 m × 10 m = 150 000 m² = 15 ha = 225 亩
-    assert b["area_m2"] == pytest.approx(150000.0) and b["area_ha"] == pytest.approx(15.0) and b["area_mu"] == pytest.approx(225.0)
+    assert (
+        b["area_m2"] == pytest.approx(150000.0)
+        and b["area_ha"] == pytest.approx(15.0)
+        and b["area_mu"] == pytest.approx(225.0)
+    )
     xs = sorted({p[0] for p in b["map_ring"]})
     ys = sorted({p[1] for p in b["map_ring"]})
     assert xs == pytest.approx([500100.0, 500600.0]) and ys == pytest.approx([4399500.0, 4399800.0])
@@ -129,15 +146,29 @@ def test_ask_cli_where_question_json_text_and_geojson(tmp_path, capsys, monkeypa
     tif = _tif(tmp_path / "s.tif", size=224)
     eng = BoxAnswer([20, 40, 120, 90], (224, 224))
     monkeypatch.setattr(ev, "open_engine_from_args", lambda args, *a, **k: eng)
-    base = ["ask", "--image", str(tif), "--classes", str(_classes(tmp_path / "c.tif", 224)), "--class-table", "worldcover",
-            "--model", str(tmp_path / "m"), "--question"]
+    base = [
+        "ask",
+        "--image",
+        str(tif),
+        "--classes",
+        str(_classes(tmp_path / "c.tif", 224)),
+        "--class-table",
+        "worldcover",
+        "--model",
+        str(tmp_path / "m"),
+        "--question",
+    ]
     out_gj = tmp_path / "b.geojson"
     assert main(base + ["Locate every building", "--json", "--geojson", str(out_gj)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["answer"].startswith('[{"bbox_2d"')
     b = doc["boxes"]["boxes"][0]
     # 100 × 50 pixels of 100 m² = 500 000 m² = 50 公顷 = 750 亩
-    assert b["pixel_bbox"] == pytest.approx([20, 40, 120, 90]) and b["area_ha"] == pytest.approx(50.0) and b["area_mu"] == pytest.approx(750.0)
+    assert (
+        b["pixel_bbox"] == pytest.approx([20, 40, 120, 90])
+        and b["area_ha"] == pytest.approx(50.0)
+        and b["area_mu"] == pytest.approx(750.0)
+    )
     gj = json.loads(out_gj.read_text("utf-8"))
     assert len(gj["features"]) == 1 and gj["features"][0]["properties"]["area_m2"] == pytest.approx(500000.0)
     assert gj["features"][0]["geometry"]["coordinates"][0] == b["lonlat_ring"]
@@ -155,9 +186,28 @@ def test_ask_cli_where_question_with_a_tiny_model(tmp_path, tiny_model_dir, caps
     """A real (random) tiny model: whatever it answers, the where-question plumbing runs end to end."""
     tif = _tif(tmp_path / "s.tif")
     out_gj = tmp_path / "t.geojson"
-    rc = main(["ask", "--image", str(tif), "--classes", str(_classes(tmp_path / "c.tif", 112)), "--class-table", "worldcover",
-               "--question", "框出所有建筑", "--model", str(tiny_model_dir("qwen2.5-vl")),
-               "--device", "cpu", "--max-new-tokens", "8", "--json", "--geojson", str(out_gj)])
+    rc = main(
+        [
+            "ask",
+            "--image",
+            str(tif),
+            "--classes",
+            str(_classes(tmp_path / "c.tif", 112)),
+            "--class-table",
+            "worldcover",
+            "--question",
+            "框出所有建筑",
+            "--model",
+            str(tiny_model_dir("qwen2.5-vl")),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "8",
+            "--json",
+            "--geojson",
+            str(out_gj),
+        ]
+    )
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert isinstance(doc["boxes"]["parsed"], bool) and doc["boxes"]["shown_size"] == [112, 112]

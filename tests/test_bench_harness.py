@@ -18,7 +18,9 @@ import report  # noqa: E402
 
 def test_interleave_runs_sides_alternately_and_needs_three_rounds():
     order = []
-    runs = abtest.interleave({"a": lambda i: order.append(("a", i)) or {"x": i}, "b": lambda i: order.append(("b", i)) or {"x": 10 + i}}, 3)
+    runs = abtest.interleave(
+        {"a": lambda i: order.append(("a", i)) or {"x": i}, "b": lambda i: order.append(("b", i)) or {"x": 10 + i}}, 3
+    )
     assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
     assert [r["x"] for r in runs["b"]] == [10, 11, 12] and [r["round"] for r in runs["a"]] == [0, 1, 2]
     with pytest.raises(ValueError, match=">= 3"):
@@ -70,7 +72,10 @@ def test_call_counter_counts_forwards_prefill_and_vision(tmp_path):
     model_dir = build_tiny("qwen2.5-vl", tmp_path / "m", vocab="small", seed=0)
     proc = AutoProcessor.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in ("Is there water?", "图中有多少栋建筑物？请数一数")]
+    msgs = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        for q in ("Is there water?", "图中有多少栋建筑物？请数一数")
+    ]
     texts = [proc.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
     imgs = [Image.new("RGB", (112, 112), "green"), Image.new("RGB", (168, 112), "blue")]
     inputs = proc(text=texts, images=imgs, return_tensors="pt", padding=True)
@@ -98,19 +103,29 @@ def test_report_regenerates_table_between_markers(tmp_path):
     res.mkdir()
     (res / "sft.json").write_text(json.dumps(_ok("sft", 1.5, 1.2, 2.0)))
     (res / "grpo.json").write_text(json.dumps(_ok("grpo", 0.8, 0.7, 1.1, behind="slower than TRL")))
-    (res / "sam.json").write_text(json.dumps({"status": "failed", "failed_side": "chunked", "error": "RuntimeError: disk full\ntrace"}))
+    (res / "sam.json").write_text(
+        json.dumps({"status": "failed", "failed_side": "chunked", "error": "RuntimeError: disk full\ntrace"})
+    )
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nintro\n{report.START}\nold hand-written table\n{report.END}\n\n## next\n", encoding="utf-8")
+    readme.write_text(
+        f"# x\n\nintro\n{report.START}\nold hand-written table\n{report.END}\n\n## next\n", encoding="utf-8"
+    )
     assert report.main(["--readme", str(readme), "--results", str(res), "--check"]) == 1
     assert report.main(["--readme", str(readme), "--results", str(res)]) == 0
     text = readme.read_text(encoding="utf-8")
     assert "old hand-written table" not in text and text.startswith("# x\n\nintro\n") and text.endswith("\n\n## next\n")
-    assert "| sft bench | peer \\| tuned | padding 4.1 % vs 9.0 % | tokens/s 1.50× (1.20–2.00; > 1× in every round) (quick, 3 rounds, 2 CPUs, 0123456) |  |" in text
+    assert (
+        "| sft bench | peer \\| tuned | padding 4.1 % vs 9.0 % | tokens/s 1.50× (1.20–2.00; > 1× in every round) (quick, 3 rounds, 2 CPUs, 0123456) |  |"
+        in text
+    )
     assert "tokens/s 0.80× (0.70–1.10; range includes 1×)" in text and "**behind:** slower than TRL" in text
     assert "| sam | | | **FAILED** (chunked): RuntimeError: disk full | |" in text
     assert "| eval | | | not run | |" in text
     assert report.main(["--readme", str(readme), "--results", str(res), "--check"]) == 0
-    assert report._fmt({"median": 1.004, "min": 1.002, "max": 1.011}) == "1.00× (1.00–1.01; within 2 % of 1× in every round)"
+    assert (
+        report._fmt({"median": 1.004, "min": 1.002, "max": 1.011})
+        == "1.00× (1.00–1.01; within 2 % of 1× in every round)"
+    )
 
 
 def test_committed_readme_table_matches_committed_results():
@@ -119,5 +134,7 @@ def test_committed_readme_table_matches_committed_results():
 
 def test_behind_note_says_whether_the_range_includes_one():
     assert abtest.behind({"median": 1.2, "min": 0.9, "max": 1.5}, "x") is None
-    assert abtest.behind({"median": 0.5, "min": 0.4, "max": 0.7}, "x") == "x: 0.50× (0.40–0.70), below 1× in every round"
+    assert (
+        abtest.behind({"median": 0.5, "min": 0.4, "max": 0.7}, "x") == "x: 0.50× (0.40–0.70), below 1× in every round"
+    )
     assert "no measured difference" in abtest.behind({"median": 0.9, "min": 0.6, "max": 1.3}, "x")

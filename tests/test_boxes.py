@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from geovl.data.box_render import render_sample
 from geovl.data.boxes import answer_text, box_dict
 from geovl.data.schema import SampleError, make_sample, validate_sample
-from geovl.data.box_render import render_sample
 from geovl.models.box_format import BoxFrame, parse_syntax, parse_text, render
 from geovl.models.registry import FAMILIES, get_family
 
@@ -32,11 +32,13 @@ def grounding(boxes, images=None, mode="all", qtype="grounding"):
         answer = answer_text(boxes)
     except (TypeError, ValueError, KeyError, OverflowError):  # the bad boxes of the rejection tests
         answer = "[]"
-    return make_sample("g1", "Locate every building", answer, images=images, qtype=qtype,
-                       meta={"boxes": boxes, "grounding": mode})
+    return make_sample(
+        "g1", "Locate every building", answer, images=images, qtype=qtype, meta={"boxes": boxes, "grounding": mode}
+    )
 
 
 # ---- dataset convention: validation -----------------------------------------------------------------
+
 
 def test_valid_boxes_pass_and_whole_image_box_is_inside():
     s = grounding([box_dict([0, 0, 64, 48], "building"), box_dict([1.5, 2, 10, 20.25], "建筑")])
@@ -72,14 +74,29 @@ def test_bad_boxes_are_rejected_with_the_reason(box, reason):
 
 def test_box_image_index_is_required_with_several_images_and_checked_per_image():
     imgs = [png(64, 48), png(32, 32)]
-    ok = make_sample("m", "框出新增建筑", "[]", images=imgs, qtype="grounding",
-                     meta={"boxes": [{"bbox": [0, 0, 60, 40], "label": "building", "image": 0}]})
+    ok = make_sample(
+        "m",
+        "框出新增建筑",
+        "[]",
+        images=imgs,
+        qtype="grounding",
+        meta={"boxes": [{"bbox": [0, 0, 60, 40], "label": "building", "image": 0}]},
+    )
     validate_sample(ok)
     with pytest.raises(SampleError) as e:  # fits image 0 (64x48) but not image 1 (32x32)
-        make_sample("m", "q", "[]", images=imgs, qtype="grounding", meta={"boxes": [{"bbox": [0, 0, 60, 40], "label": "b", "image": 1}]})
+        make_sample(
+            "m",
+            "q",
+            "[]",
+            images=imgs,
+            qtype="grounding",
+            meta={"boxes": [{"bbox": [0, 0, 60, 40], "label": "b", "image": 1}]},
+        )
     assert e.value.reason == "box_outside_image"
     with pytest.raises(SampleError) as e:
-        make_sample("m", "q", "[]", images=imgs, qtype="grounding", meta={"boxes": [{"bbox": [0, 0, 6, 4], "label": "b"}]})
+        make_sample(
+            "m", "q", "[]", images=imgs, qtype="grounding", meta={"boxes": [{"bbox": [0, 0, 6, 4], "label": "b"}]}
+        )
     assert e.value.reason == "box_bad_image"
 
 
@@ -112,6 +129,7 @@ def test_boxes_survive_a_parquet_round_trip(tmp_path):
 
 # ---- family conventions --------------------------------------------------------------------------------
 
+
 def test_family_styles_follow_the_model_cards():
     assert get_family("qwen2-vl").box_style == "qwen2"
     assert get_family("qwen2.5-vl").box_style == "abs_json"
@@ -123,7 +141,10 @@ def test_family_styles_follow_the_model_cards():
     # Qwen2.5-VL: pixels of the resized image — 1000x500 under the defaults resizes to 1008x504
     f25 = get_family("qwen2.5-vl").box_frame(1000, 500)
     assert (f25.resized_w, f25.resized_h) == (1008, 504)
-    assert render(f25, [box_dict([100, 50, 300, 250], "building")]) == '[{"bbox_2d": [101, 50, 302, 252], "label": "building"}]'
+    assert (
+        render(f25, [box_dict([100, 50, 300, 250], "building")])
+        == '[{"bbox_2d": [101, 50, 302, 252], "label": "building"}]'
+    )
     f3 = get_family("qwen3-vl").box_frame(1000, 500)
     assert render(f3, [box_dict([100, 50, 300, 250], "水体")]) == '[{"bbox_2d": [100, 100, 300, 500], "label": "水体"}]'
 
@@ -208,7 +229,10 @@ def test_rendered_boxes_tokenize_and_parse_back_after_decoding(family, tiny_mode
 def test_render_sample_rewrites_only_the_answer_of_grounding_samples():
     s = grounding([box_dict([8, 8, 40, 30], "building")])
     out = render_sample(s, get_family("qwen2-vl"))
-    assert "<|box_start|>" in out["messages"][-1]["content"][0]["text"] and out["answer"] == out["messages"][-1]["content"][0]["text"]
+    assert (
+        "<|box_start|>" in out["messages"][-1]["content"][0]["text"]
+        and out["answer"] == out["messages"][-1]["content"][0]["text"]
+    )
     assert s["messages"][-1]["content"][0]["text"] == answer_text(s["meta"]["boxes"])  # the input is untouched
     other = make_sample("o", "q", "yes", images=[png(8, 8)], qtype="yes_no")
     assert render_sample(other, get_family("qwen2-vl")) is other
@@ -217,7 +241,10 @@ def test_render_sample_rewrites_only_the_answer_of_grounding_samples():
 @pytest.mark.parametrize(
     "text, n",
     [
-        ('```json\n[\n\t{"bbox_2d": [1, 2, 3, 4], "label": "a"},\n\t{"bbox_2d": [5, 6, 7, 8], "label": "b"}\n]\n```', 2),
+        (
+            '```json\n[\n\t{"bbox_2d": [1, 2, 3, 4], "label": "a"},\n\t{"bbox_2d": [5, 6, 7, 8], "label": "b"}\n]\n```',
+            2,
+        ),
         ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", 1),
         ("a(1,2),(3,4) b(5,6),(7,8)", 2),
         ("[1, 2, 3, 4]", 1),
@@ -260,8 +287,14 @@ def test_sft_labels_and_grpo_rows_use_the_family_convention(family, tiny_model_d
     lo, hi = PreprocessConfig.bounds_of(proc)
     boxes = [box_dict([10, 12, 90, 60], "building"), box_dict([100, 70, 150, 110], "building")]
     good = grounding(boxes, images=[png(160, 120)])
-    span = make_sample("span", "框出所有建筑", "[]", images=[png(160, 120), png(160, 120)], qtype="grounding",
-                       meta={"boxes": [dict(boxes[0], image=0), dict(boxes[1], image=1)]})
+    span = make_sample(
+        "span",
+        "框出所有建筑",
+        "[]",
+        images=[png(160, 120), png(160, 120)],
+        qtype="grounding",
+        meta={"boxes": [dict(boxes[0], image=0), dict(boxes[1], image=1)]},
+    )
     with DatasetWriter(tmp_path / "g.parquet") as w:
         w.write(good)
         w.write(span)
@@ -273,7 +306,9 @@ def test_sft_labels_and_grpo_rows_use_the_family_convention(family, tiny_model_d
     want = fam.render_boxes(boxes, 160, 120, lo, hi)
     assert want in text
     back = fam.parse_boxes(text, 160, 120, lo, hi)
-    assert [round(v) for v in back[0]["bbox"]] == [10, 12, 90, 60] or _err_in_resized_px(fam.box_frame(160, 120, lo, hi), boxes[0]["bbox"], back[0]["bbox"]) <= 1
+    assert [round(v) for v in back[0]["bbox"]] == [10, 12, 90, 60] or _err_in_resized_px(
+        fam.box_frame(160, 120, lo, hi), boxes[0]["bbox"], back[0]["bbox"]
+    ) <= 1
     prompts = GRPOPrompts([tmp_path / "g.parquet"], proc, fam, None, None, lo, hi, progress=False)
     row = prompts.row(0)
     assert BoxFrame.from_dict(row["meta"]["box_frame"]) == fam.box_frame(160, 120, lo, hi)

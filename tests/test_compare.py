@@ -98,7 +98,13 @@ def test_changed_rows_and_unmatched_ids(files):
     assert [c["id"] for c in res["fixed"]] == ["y1", "c1", "a1"]
     assert [c["id"] for c in res["broken"]] == ["y2", "o1"]
     y2 = res["broken"][0]
-    assert (y2["question"], y2["reference"], y2["before"], y2["after"], y2["change"]) == ("q?", "否", "否", "是的", "broken")
+    assert (y2["question"], y2["reference"], y2["before"], y2["after"], y2["change"]) == (
+        "q?",
+        "否",
+        "否",
+        "是的",
+        "broken",
+    )
     assert res["only_in_before"] == ["b_only"]
     assert res["only_in_after"] == ["a_only1", "a_only2"]
     assert res["mismatched"] == []
@@ -111,7 +117,10 @@ def test_cli_prints_table_and_report_path(report):
     out, printed = report
     assert "base acc" in printed and "tuned acc" in printed
     count_line = next(line for line in printed.splitlines() if line.startswith("count"))
-    assert re.search(r"count\s+2\s+50\.0%\s+100\.0%\s+\+50\.0 pp\s+1\s+0\s+1\s+\[\+0\.0, \+100\.0\] pp\s+no measurable change/无可测变化$", count_line)
+    assert re.search(
+        r"count\s+2\s+50\.0%\s+100\.0%\s+\+50\.0 pp\s+1\s+0\s+1\s+\[\+0\.0, \+100\.0\] pp\s+no measurable change/无可测变化$",
+        count_line,
+    )
     overall = next(line for line in printed.splitlines() if line.startswith("overall"))
     assert "57.1%" in overall and "71.4%" in overall and "+14.3 pp" in overall
     assert "1 id(s) only in base" in printed and "2 id(s) only in tuned" in printed
@@ -129,14 +138,19 @@ def test_report_files(report):
     assert data["names"] == ["base", "tuned"] and data["overall"]["fixed"] == 3
     assert data["only_in_after"] == ["a_only1", "a_only2"]
     count = next(r for r in data["by_qtype"] if r["qtype"] == "count")
-    assert count["mcnemar_p"] == 1.0 and count["delta_ci95"] == [0.0, 1.0] and count["verdict"] == "no measurable change"
+    assert (
+        count["mcnemar_p"] == 1.0 and count["delta_ci95"] == [0.0, 1.0] and count["verdict"] == "no measurable change"
+    )
     assert data["overall"]["mcnemar_p"] == 1.0  # 3 fixed vs 2 broken: 2·P(X ≤ 2 | 5, ½) = 2·16/32 → capped at 1
 
 
 def test_markdown_report(report):
     md = (report[0] / "report.md").read_text(encoding="utf-8")
     assert "![accuracy by question type](chart.png)" in md
-    assert "| count | 2 | 50.0% | 100.0% | +50.0 pp | 1 | 0 | 1 | [+0.0, +100.0] pp | no measurable change/无可测变化 |" in md
+    assert (
+        "| count | 2 | 50.0% | 100.0% | +50.0 pp | 1 | 0 | 1 | [+0.0, +100.0] pp | no measurable change/无可测变化 |"
+        in md
+    )
     assert "| overall/总体 (micro) | 7 | 57.1% | 71.4% | +14.3 pp | 3 | 2 | 1 |" in md
     assert "exact McNemar" in md and "paired percentile bootstrap" in md
     assert "## Fixed / 修正 (3)" in md and "## Broken / 退步 (2)" in md
@@ -151,7 +165,7 @@ def test_html_report_is_self_contained(report):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert '<meta charset="utf-8">' in page
     assert "What is &lt;b&gt;this&lt;/b&gt; | feature?" in page and "<b>this</b>" not in page
-    assert "<th>McNemar p</th>" in page and "<td class=\"n\">[+0.0, +100.0] pp</td>" in page
+    assert "<th>McNemar p</th>" in page and '<td class="n">[+0.0, +100.0] pp</td>' in page
     assert "chart.png" not in page  # the chart is embedded, not linked
     m = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert m
@@ -242,8 +256,12 @@ def test_bootstrap_interval_null_and_large_effect():
 
 def test_compare_reports_significance(tmp_path):
     """A large, consistent gain is flagged as a gain with a small p; the table shows both."""
-    before = write_jsonl(tmp_path / "b.jsonl", [rec(f"s{i}", "yes_no", "yes", "no" if i < 40 else "yes") for i in range(100)])
-    after = write_jsonl(tmp_path / "a.jsonl", [rec(f"s{i}", "yes_no", "yes", "yes" if i != 99 else "no") for i in range(100)])
+    before = write_jsonl(
+        tmp_path / "b.jsonl", [rec(f"s{i}", "yes_no", "yes", "no" if i < 40 else "yes") for i in range(100)]
+    )
+    after = write_jsonl(
+        tmp_path / "a.jsonl", [rec(f"s{i}", "yes_no", "yes", "yes" if i != 99 else "no") for i in range(100)]
+    )
     res = compare_files(before, after)
     row = res["by_qtype"][0]
     assert (row["fixed"], row["broken"]) == (40, 1)

@@ -23,8 +23,17 @@ def test_compare_reports_grounding_and_draws_changed_boxes(tmp_path):
     from geovl.cli import main
 
     boxes = [box_dict([5, 5, 25, 25], "building"), box_dict([40, 10, 70, 40], "building")]
-    samples = [make_sample(f"s{i}", "Locate every building", answer_text(boxes), [_png()], qtype="grounding",
-                           meta={"boxes": boxes, "grounding": "all"}) for i in range(3)]
+    samples = [
+        make_sample(
+            f"s{i}",
+            "Locate every building",
+            answer_text(boxes),
+            [_png()],
+            qtype="grounding",
+            meta={"boxes": boxes, "grounding": "all"},
+        )
+        for i in range(3)
+    ]
     with DatasetWriter(tmp_path / "d.parquet") as w:
         for s in samples:
             w.write(s)
@@ -33,10 +42,30 @@ def test_compare_reports_grounding_and_draws_changed_boxes(tmp_path):
     for name, texts in preds.items():
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for s, t in zip(samples, texts):
-                f.write(json.dumps({"id": s["id"], "qtype": "grounding", "question": "q", "reference": s["answer"],
-                                    "prediction": t, "meta": s["meta"]}) + "\n")
-    rc = main(["compare", str(tmp_path / "before.jsonl"), str(tmp_path / "after.jsonl"), "--out", str(tmp_path / "rep"),
-               "--data", str(tmp_path / "d.parquet")])
+                f.write(
+                    json.dumps(
+                        {
+                            "id": s["id"],
+                            "qtype": "grounding",
+                            "question": "q",
+                            "reference": s["answer"],
+                            "prediction": t,
+                            "meta": s["meta"],
+                        }
+                    )
+                    + "\n"
+                )
+    rc = main(
+        [
+            "compare",
+            str(tmp_path / "before.jsonl"),
+            str(tmp_path / "after.jsonl"),
+            "--out",
+            str(tmp_path / "rep"),
+            "--data",
+            str(tmp_path / "d.parquet"),
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "rep" / "compare.json").read_text())
     g = res["grounding"]["metrics"]
@@ -44,7 +73,9 @@ def test_compare_reports_grounding_and_draws_changed_boxes(tmp_path):
     assert g["before"]["recall_at_0_5"] == 4 / 6 and g["after"]["recall_at_0_5"] == 5 / 6
     assert {(i["id"], i["change"]) for i in res["grounding"]["images"]} == {("s0", "fixed"), ("s2", "broken")}
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "Grounding / 目标定位" in page and page.count("data:image/png;base64,") == 1 + 4  # chart + 2 samples x 2 runs
+    assert (
+        "Grounding / 目标定位" in page and page.count("data:image/png;base64,") == 1 + 4
+    )  # chart + 2 samples x 2 runs
     assert "F1@0.5" in (tmp_path / "rep" / "report.md").read_text()
     # the drawn picture has green (reference) and red (prediction) pixels
     img = np.asarray(Image.open(res["grounding"]["images"][1]["files"]["after"]).convert("RGB"))
@@ -70,10 +101,23 @@ def test_compare_gives_grounding_metrics_exact_mcnemar_and_bootstrap(tmp_path, c
     for side in ("before", "after"):
         with open(tmp_path / f"{side}.jsonl", "w") as f:
             for rid, boxes, mode, pb, pa in rows:
-                f.write(json.dumps({"id": rid, "qtype": "grounding", "question": "q", "reference": answer_text(boxes),
-                                    "prediction": pb if side == "before" else pa,
-                                    "meta": {"boxes": boxes, "grounding": mode}}) + "\n")
-    assert main(["compare", str(tmp_path / "before.jsonl"), str(tmp_path / "after.jsonl"), "--out", str(tmp_path / "rep")]) == 0
+                f.write(
+                    json.dumps(
+                        {
+                            "id": rid,
+                            "qtype": "grounding",
+                            "question": "q",
+                            "reference": answer_text(boxes),
+                            "prediction": pb if side == "before" else pa,
+                            "meta": {"boxes": boxes, "grounding": mode},
+                        }
+                    )
+                    + "\n"
+                )
+    assert (
+        main(["compare", str(tmp_path / "before.jsonl"), str(tmp_path / "after.jsonl"), "--out", str(tmp_path / "rep")])
+        == 0
+    )
     res = json.loads((tmp_path / "rep" / "compare.json").read_text())
     assert "grounding_tests" not in res
     t = {r["qtype"]: r for r in res["grounding"]["tests"]}
@@ -82,9 +126,19 @@ def test_compare_gives_grounding_metrics_exact_mcnemar_and_bootstrap(tmp_path, c
     assert r["mcnemar_p"] == 0.625 and r["delta"] == 0.4
     assert r["delta_ci95"] == list(bootstrap_delta_ci(3, 1, 5)) and r["delta_ci95"][0] < 0 < r["delta_ci95"][1]
     assert r["verdict"] == "no measurable change"
-    assert res["grounding"]["metrics"]["before"]["acc_at_0_5"] == 0.4 and res["grounding"]["metrics"]["after"]["acc_at_0_5"] == 0.8
+    assert (
+        res["grounding"]["metrics"]["before"]["acc_at_0_5"] == 0.4
+        and res["grounding"]["metrics"]["after"]["acc_at_0_5"] == 0.8
+    )
     a = t["all_matched_at_0_5"]
-    assert (a["n"], a["fixed"], a["broken"], a["mcnemar_p"], a["delta_ci95"], a["verdict"]) == (4, 4, 0, 0.125, [1.0, 1.0], "gain")
+    assert (a["n"], a["fixed"], a["broken"], a["mcnemar_p"], a["delta_ci95"], a["verdict"]) == (
+        4,
+        4,
+        0,
+        0.125,
+        [1.0, 1.0],
+        "gain",
+    )
     c = t["count_from_boxes"]  # the referring answers always give one box; the unparsed ones give none
     assert (c["n"], c["fixed"], c["broken"], c["mcnemar_p"]) == (9, 4, 0, 0.125)
     out = capsys.readouterr().out

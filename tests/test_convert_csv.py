@@ -40,8 +40,28 @@ def _write_csv(path: Path, header, rows, encoding="utf-8-sig", extra_lines=()):
 
 
 DEFECT_ROWS = [
-    (["D001", "imgs/crack1.png", "墙体结构开裂，可能导致渗水", "尽快用环氧树脂灌缝修补；定期巡检", "中等", "外墙出现约30厘米的斜向裂缝"], None),
-    (["D002", "imgs/spall.jpg", "混凝土剥落伤人", "设置警戒区，凿除松动部分并重新抹灰", "严重", "阳台底板混凝土剥落，钢筋外露"], None),
+    (
+        [
+            "D001",
+            "imgs/crack1.png",
+            "墙体结构开裂，可能导致渗水",
+            "尽快用环氧树脂灌缝修补；定期巡检",
+            "中等",
+            "外墙出现约30厘米的斜向裂缝",
+        ],
+        None,
+    ),
+    (
+        [
+            "D002",
+            "imgs/spall.jpg",
+            "混凝土剥落伤人",
+            "设置警戒区，凿除松动部分并重新抹灰",
+            "严重",
+            "阳台底板混凝土剥落，钢筋外露",
+        ],
+        None,
+    ),
     (["D003", "imgs/stain.png", "轻微渗水", "检查防水层", "轻微", "顶棚有水渍\n面积约0.5平方米"], None),
     (["D004", "imgs/crack1.png", "风险", "建议", "很高", "描述"], "bad_field_value"),
     (["D005", "imgs/crack1.png", "风险", "建议", "", "描述"], "empty_field"),
@@ -65,8 +85,21 @@ def defect(tmp_path_factory):
     _img(root / "secret.png", 9)
     _write_csv(d / "缺陷.csv", DEFECT_COLS, [r for r, _ in DEFECT_ROWS], extra_lines=["\n"])
     out = root / "out" / "defect.parquet"
-    rc = main(["data", "convert", "--from", "csv", "--preset", "building-defect", "--input", str(d / "缺陷.csv"),
-               "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "building-defect",
+            "--input",
+            str(d / "缺陷.csv"),
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return {"dir": d, "out": out, "px": px}
 
@@ -81,9 +114,14 @@ def test_defect_counts(defect):
     assert s["written"] == 3
     assert s["rejected_by_reason"] == dict(sorted(exp.items()))
     assert s["conserved"]
-    rej = [json.loads(x) for x in defect["out"].with_name("defect.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert rej[0] == {"source": "缺陷.csv#row4", "reason": "bad_field_value",
-                      "detail": "风险等级 = '很高' not in ['轻微', '中等', '严重']"}
+    rej = [
+        json.loads(x) for x in defect["out"].with_name("defect.rejects.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert rej[0] == {
+        "source": "缺陷.csv#row4",
+        "reason": "bad_field_value",
+        "detail": "风险等级 = '很高' not in ['轻微', '中等', '严重']",
+    }
 
 
 def test_defect_structured_samples(defect):
@@ -94,9 +132,14 @@ def test_defect_structured_samples(defect):
     assert s["messages"][0]["content"] == [{"type": "image"}, {"type": "text", "text": QUESTION}]
     assert s["answer"] == (
         "风险：墙体结构开裂，可能导致渗水\n风险等级：中等\n纠正和预防建议：尽快用环氧树脂灌缝修补；定期巡检\n"
-        "缺陷描述：外墙出现约30厘米的斜向裂缝")
-    assert s["meta"]["fields"] == {"风险": "墙体结构开裂，可能导致渗水", "风险等级": "中等",
-                                   "纠正和预防建议": "尽快用环氧树脂灌缝修补；定期巡检", "缺陷描述": "外墙出现约30厘米的斜向裂缝"}
+        "缺陷描述：外墙出现约30厘米的斜向裂缝"
+    )
+    assert s["meta"]["fields"] == {
+        "风险": "墙体结构开裂，可能导致渗水",
+        "风险等级": "中等",
+        "纠正和预防建议": "尽快用环氧树脂灌缝修补；定期巡检",
+        "缺陷描述": "外墙出现约30厘米的斜向裂缝",
+    }
     assert s["meta"]["lang"] == "zh" and s["meta"]["preset"] == "building-defect" and s["meta"]["image_id"] == "D001"
     assert got["D003"]["meta"]["fields"]["缺陷描述"] == "顶棚有水渍\n面积约0.5平方米"
     for k, path in (("D001", "imgs/crack1.png"), ("D002", "imgs/spall.jpg"), ("D003", "imgs/stain.png")):
@@ -132,13 +175,33 @@ def test_image_question_answer_preset(tmp_path):
     tbl.parent.mkdir()
     _write_csv(tbl, ["image_path", "question", "answer", "qtype"], [r for r, _ in IQA_ROWS])
     out = tmp_path / "iqa.jsonl"
-    rc = main(["data", "convert", "--from", "csv", "--preset", "image-question-answer", "--input", str(tbl),
-               "--images-root", str(tmp_path / "imgs"), "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "image-question-answer",
+            "--input",
+            str(tbl),
+            "--images-root",
+            str(tmp_path / "imgs"),
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     s = json.loads((tmp_path / "iqa.summary.json").read_text())
     assert s["written"] == 3
-    assert s["rejected_by_reason"] == {"bad_qtype": 1, "empty_answer": 1, "empty_question": 1,
-                                       "missing_image": 1, "path_escape": 1}
+    assert s["rejected_by_reason"] == {
+        "bad_qtype": 1,
+        "empty_answer": 1,
+        "empty_question": 1,
+        "missing_image": 1,
+        "path_escape": 1,
+    }
     got = list(read_samples(out))
     assert [g["qtype"] for g in got] == ["yes_no", "count", "open"]
     assert [g["meta"]["lang"] for g in got] == ["en", "zh", "en"]
@@ -150,8 +213,23 @@ def test_question_override_and_optional_qtype_column(tmp_path):
     tbl = tmp_path / "t.csv"
     _write_csv(tbl, ["image_path", "answer"], [["a.png", "farmland"]])
     out = tmp_path / "t.parquet"
-    rc = main(["data", "convert", "--from", "csv", "--preset", "image-question-answer", "--input", str(tbl),
-               "--question", "这是什么地类？", "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "image-question-answer",
+            "--input",
+            str(tbl),
+            "--question",
+            "这是什么地类？",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     (s,) = list(read_samples(out))
     assert s["messages"][0]["content"][1]["text"] == "这是什么地类？" and s["qtype"] == "open"
@@ -161,12 +239,30 @@ def test_custom_mapping_gb18030_and_meta_columns(tmp_path):
     _img(tmp_path / "p.png", 4)
     (tmp_path / "m.yaml").write_text(
         "name: landuse\nencoding: gb18030\nimage_column: 图片\nquestion: 该地块的土地利用类型是什么？\n"
-        "answer_column: 地类\nqtype: choice\nmeta_columns: [县]\nlang: zh\n", encoding="utf-8")
+        "answer_column: 地类\nqtype: choice\nmeta_columns: [县]\nlang: zh\n",
+        encoding="utf-8",
+    )
     tbl = tmp_path / "t.csv"
     _write_csv(tbl, ["图片", "地类", "县"], [["p.png", "耕地", "海淀"]], encoding="gb18030")
     out = tmp_path / "o.parquet"
-    assert main(["data", "convert", "--from", "csv", "--mapping", str(tmp_path / "m.yaml"), "--input", str(tbl),
-                 "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "csv",
+                "--mapping",
+                str(tmp_path / "m.yaml"),
+                "--input",
+                str(tbl),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (s,) = list(read_samples(out))
     assert s["answer"] == "耕地" and s["qtype"] == "choice" and s["meta"]["县"] == "海淀"
 
@@ -180,23 +276,41 @@ def test_fatal_errors_name_file_and_column(tmp_path, capsys):
     tbl = tmp_path / "defects.csv"
     _write_csv(tbl, [c for c in DEFECT_COLS if c != "data_风险等级"], [["D1", "a.png", "r", "s", "d"]])
     out = tmp_path / "o.parquet"
-    rc, err = _fatal(["data", "convert", "--from", "csv", "--preset", "building-defect", "--input", str(tbl),
-                      "--output", str(out)], capsys)
+    rc, err = _fatal(
+        ["data", "convert", "--from", "csv", "--preset", "building-defect", "--input", str(tbl), "--output", str(out)],
+        capsys,
+    )
     assert rc != 0 and "defects.csv" in err and "data_风险等级" in err
-    rc, err = _fatal(["data", "convert", "--from", "csv", "--preset", "no-such", "--input", str(tbl),
-                      "--output", str(out)], capsys)
+    rc, err = _fatal(
+        ["data", "convert", "--from", "csv", "--preset", "no-such", "--input", str(tbl), "--output", str(out)], capsys
+    )
     assert rc != 0 and "no-such" in err and "building-defect" in err
     rc, err = _fatal(["data", "convert", "--from", "csv", "--input", str(tbl), "--output", str(out)], capsys)
     assert rc != 0 and "--preset" in err
     bad_map = tmp_path / "bad.yaml"
     bad_map.write_text("image_column: x\nquestion: q\nanswer_template: '{missing}'\n", encoding="utf-8")
-    rc, err = _fatal(["data", "convert", "--from", "csv", "--mapping", str(bad_map), "--input", str(tbl),
-                      "--output", str(out)], capsys)
+    rc, err = _fatal(
+        ["data", "convert", "--from", "csv", "--mapping", str(bad_map), "--input", str(tbl), "--output", str(out)],
+        capsys,
+    )
     assert rc != 0 and "bad.yaml" in err and "missing" in err
     gbk = tmp_path / "gbk.csv"
     _write_csv(gbk, ["image_path", "question", "answer"], [["a.png", "问题", "答案"]], encoding="gb18030")
-    rc, err = _fatal(["data", "convert", "--from", "csv", "--preset", "image-question-answer", "--input", str(gbk),
-                      "--output", str(out)], capsys)
+    rc, err = _fatal(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "image-question-answer",
+            "--input",
+            str(gbk),
+            "--output",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc != 0 and "gbk.csv" in err and "encoding" in err
     assert not list(tmp_path.glob("o.*"))
     with pytest.raises(ConvertError, match="unknown key"):
@@ -208,7 +322,20 @@ def test_fatal_errors_name_file_and_column(tmp_path, capsys):
 def test_all_rows_rejected_exits_nonzero(tmp_path, capsys):
     tbl = tmp_path / "t.csv"
     _write_csv(tbl, ["image_path", "question", "answer"], [["missing.png", "q", "a"]])
-    rc, err = _fatal(["data", "convert", "--from", "csv", "--preset", "image-question-answer", "--input", str(tbl),
-                      "--output", str(tmp_path / "o.parquet")], capsys)
+    rc, err = _fatal(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "image-question-answer",
+            "--input",
+            str(tbl),
+            "--output",
+            str(tmp_path / "o.parquet"),
+        ],
+        capsys,
+    )
     assert rc == 1 and "missing_image" in err and "o.rejects.jsonl" in err
     assert json.loads((tmp_path / "o.rejects.jsonl").read_text())["reason"] == "missing_image"

@@ -40,24 +40,54 @@ def G(v):
 
 
 GOOD = [
-    {"id": "mm1", "image": ["a.png", "b.jpg"], "conversations": [
-        H("<image>\n<image>\nCompare the two scenes."), G("Scene A has water."),
-        H("Which has more buildings?"), G("B")]},
-    {"id": "mm2", "image": ["a.png", "c.png", "d.png"], "conversations": [
-        H("First: <image>\nSecond:<image> and third <image>\nWhat changed?"), G("Nothing.")]},
-    {"id": "mm3", "image": ["a.png", "b.jpg"], "conversations": [
-        H("<image>\nDescribe."), G("A lake."), H("Now this one: <image>"), G("A field.")]},
-    {"id": "s1", "image": "sub/e.png", "qtype": "yes_no", "conversations": [
-        {"from": "system", "value": "You are an EO analyst."}, {"from": "user", "value": "<image>\nIs there water?"},
-        {"from": "assistant", "value": "yes"}]},
+    {
+        "id": "mm1",
+        "image": ["a.png", "b.jpg"],
+        "conversations": [
+            H("<image>\n<image>\nCompare the two scenes."),
+            G("Scene A has water."),
+            H("Which has more buildings?"),
+            G("B"),
+        ],
+    },
+    {
+        "id": "mm2",
+        "image": ["a.png", "c.png", "d.png"],
+        "conversations": [H("First: <image>\nSecond:<image> and third <image>\nWhat changed?"), G("Nothing.")],
+    },
+    {
+        "id": "mm3",
+        "image": ["a.png", "b.jpg"],
+        "conversations": [H("<image>\nDescribe."), G("A lake."), H("Now this one: <image>"), G("A field.")],
+    },
+    {
+        "id": "s1",
+        "image": "sub/e.png",
+        "qtype": "yes_no",
+        "conversations": [
+            {"from": "system", "value": "You are an EO analyst."},
+            {"from": "user", "value": "<image>\nIs there water?"},
+            {"from": "assistant", "value": "yes"},
+        ],
+    },
     {"id": "t1", "conversations": [H("你好，介绍一下遥感。"), G("遥感是……")]},
-    {"id": 64, "image": ["a.png", "c.png"], "conversations": [  # MMDU-45k layout, integer id
-        H("Image1: <image>\nImage2: <image>\n### Questions:\nQ: Compare the two images."), G("They differ."),
-        H("Q: Which is greener?"), G("Image2.")]},
+    {
+        "id": 64,
+        "image": ["a.png", "c.png"],
+        "conversations": [  # MMDU-45k layout, integer id
+            H("Image1: <image>\nImage2: <image>\n### Questions:\nQ: Compare the two images."),
+            G("They differ."),
+            H("Q: Which is greener?"),
+            G("Image2."),
+        ],
+    },
     {"id": "rot", "image": "rot.jpg", "conversations": [H("<image>\nWhat is shown?"), G("A gradient.")]},
 ]
 BAD = [
-    ({"id": "b1", "image": ["a.png", "b.jpg"], "conversations": [H("<image>\nOne tag only"), G("x")]}, "tag_count_mismatch"),
+    (
+        {"id": "b1", "image": ["a.png", "b.jpg"], "conversations": [H("<image>\nOne tag only"), G("x")]},
+        "tag_count_mismatch",
+    ),
     ({"id": "b2", "image": "a.png", "conversations": [H("<image>\nQ"), G("A"), H("dangling")]}, "bad_roles"),
     ({"id": "b3", "image": "a.png", "conversations": [H("<image>\nQ"), H("again"), G("A")]}, "bad_roles"),
     ({"id": "b4", "image": "nope.png", "conversations": [H("<image>\nQ"), G("A")]}, "missing_image"),
@@ -79,9 +109,15 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("llava")
     d = root / "data"
     (d / "sub").mkdir(parents=True)
-    px = {"a.png": _png(d / "a.png", 1), "c.png": _png(d / "c.png", 3), "d.png": _png(d / "d.png", 4),
-          "sub/e.png": _png(d / "sub" / "e.png", 5)}
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(d / "b.jpg", quality=90)
+    px = {
+        "a.png": _png(d / "a.png", 1),
+        "c.png": _png(d / "c.png", 3),
+        "d.png": _png(d / "d.png", 4),
+        "sub/e.png": _png(d / "sub" / "e.png", 5),
+    }
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+        d / "b.jpg", quality=90
+    )
     _png(d / "big.png", 6, size=(100, 100))
     _png(root / "outside.png", 7)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
@@ -101,8 +137,22 @@ def data(tmp_path_factory):
 
 
 def _convert(src: Path, out: Path, *extra) -> int:
-    return main(["data", "convert", "--from", "llava", "--input", str(src), "--output", str(out),
-                 "--max-pixels", str(MAXPX), "--no-progress", *extra])
+    return main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "llava",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--max-pixels",
+            str(MAXPX),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +195,24 @@ def test_multi_image_multi_turn_placement(converted, data):
     assert np.array_equal(_pixels(mm1["images"][0]), data["px"]["a.png"])
     assert np.array_equal(_pixels(mm1["images"][1]), np.asarray(Image.open(data["dir"] / "b.jpg").convert("RGB")))
     assert got["mm2"]["messages"][0]["content"] == [
-        txt("First: "), img, txt("Second:"), img, txt(" and third "), img, txt("What changed?")]
+        txt("First: "),
+        img,
+        txt("Second:"),
+        img,
+        txt(" and third "),
+        img,
+        txt("What changed?"),
+    ]
     assert [_pixels(b).tobytes() for b in got["mm2"]["images"]] == [
-        data["px"][k].tobytes() for k in ("a.png", "c.png", "d.png")]
+        data["px"][k].tobytes() for k in ("a.png", "c.png", "d.png")
+    ]
     assert got["64"]["messages"][0]["content"] == [
-        txt("Image1: "), img, txt("Image2: "), img, txt("### Questions:\nQ: Compare the two images.")]
+        txt("Image1: "),
+        img,
+        txt("Image2: "),
+        img,
+        txt("### Questions:\nQ: Compare the two images."),
+    ]
     assert got["64"]["answer"] == "Image2." and got["64"]["meta"]["image_paths"] == ["a.png", "c.png"]
     mm3 = got["mm3"]["messages"]
     assert mm3[0]["content"] == [img, txt("Describe.")] and mm3[2]["content"] == [txt("Now this one: "), img]
@@ -187,7 +250,11 @@ def test_jsonl_input_same_samples_plus_bad_json(converted, data, tmp_path):
 
 def test_split_at_tags_unit():
     assert split_at_tags("<image>\nQ") == [{"type": "image"}, {"type": "text", "text": "Q"}]
-    assert split_at_tags("a<image>b") == [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]
+    assert split_at_tags("a<image>b") == [
+        {"type": "text", "text": "a"},
+        {"type": "image"},
+        {"type": "text", "text": "b"},
+    ]
     assert split_at_tags("<image>\n<image>\n") == [{"type": "image"}, {"type": "image"}]
 
 
@@ -209,12 +276,34 @@ def test_json_array_streaming_reader(tmp_path, monkeypatch):
 def test_fatal_errors(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("this is not json\n{}", encoding="utf-8")
-    rc = main(["data", "convert", "--from", "llava", "--input", str(bad), "--output", str(tmp_path / "o.parquet"),
-               "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "llava",
+            "--input",
+            str(bad),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "bad.json" in err
-    rc = main(["data", "convert", "--from", "llava", "--input", str(tmp_path / "nope.json"),
-               "--output", str(tmp_path / "o.parquet"), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "llava",
+            "--input",
+            str(tmp_path / "nope.json"),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--no-progress",
+        ]
+    )
     assert rc != 0 and "nope.json" in capsys.readouterr().err
     rc = main(["data", "convert", "--from", "llava", "--input", str(bad), "--output", str(tmp_path / "o.csv")])
     assert rc != 0 and ".parquet" in capsys.readouterr().err
@@ -263,17 +352,42 @@ def test_split_by_image_end_to_end(tmp_path):
     for i in range(60):  # 3 questions per image ...
         recs.append({"id": f"q{i}", "image": f"p{i % 20}.png", "conversations": [H(f"<image>\nQ{i}"), G("A")]})
     for i in range(8):  # ... plus pairs, some of which may straddle two splits
-        recs.append({"id": f"pair{i}", "image": [f"p{i}.png", f"p{20 + i % 4}.png"],
-                     "conversations": [H("<image><image>\nCompare"), G("same")]})
+        recs.append(
+            {
+                "id": f"pair{i}",
+                "image": [f"p{i}.png", f"p{20 + i % 4}.png"],
+                "conversations": [H("<image><image>\nCompare"), G("same")],
+            }
+        )
     src = d / "x.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
 
     def run(seed, name):
         out = tmp_path / name / "ds.parquet"
-        assert main(["data", "convert", "--from", "llava", "--input", str(src), "--output", str(out),
-                     "--split", "train=0.7,test=0.3", "--seed", str(seed), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "convert",
+                    "--from",
+                    "llava",
+                    "--input",
+                    str(src),
+                    "--output",
+                    str(out),
+                    "--split",
+                    "train=0.7,test=0.3",
+                    "--seed",
+                    str(seed),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         summ = json.loads((tmp_path / name / "ds.summary.json").read_text())
-        parts = {sp: {s["id"]: s for s in read_samples(tmp_path / name / f"ds.{sp}.parquet")} for sp in ("train", "test")}
+        parts = {
+            sp: {s["id"]: s for s in read_samples(tmp_path / name / f"ds.{sp}.parquet")} for sp in ("train", "test")
+        }
         return summ, parts
 
     summ, parts = run(7, "a")

@@ -29,10 +29,16 @@ def _encoded(seed, fmt="PNG", size=(16, 12)):
 
 def _rec(id, images, question="What is this?", answer="water", qtype="open", **kw):
     n = len(images)
-    rec = {"id": id, "messages": [
-        {"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": question}]},
-        {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-        "images": images, "qtype": qtype, "answer": answer}
+    rec = {
+        "id": id,
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "images": images,
+        "qtype": qtype,
+        "answer": answer,
+    }
     rec.update(kw)
     return rec
 
@@ -59,7 +65,10 @@ def src(tmp_path_factory):
     bad = [
         ('{"id": "x", "messages": [', "bad_json"),
         ({k: v for k, v in _rec("b1", []).items() if k != "qtype"}, "bad_schema"),
-        ({**_rec("b2", []), "messages": [{"role": "robot", "content": [{"type": "text", "text": "hi"}]}]}, "bad_schema"),
+        (
+            {**_rec("b2", []), "messages": [{"role": "robot", "content": [{"type": "text", "text": "hi"}]}]},
+            "bad_schema",
+        ),
         ({**_rec("b3", ["imgs/a.png"]), "images": ["imgs/a.png", "imgs/a.png"]}, "image_count_mismatch"),
         (_rec("b4", ["../outside.png"]), "path_escape"),
         (_rec("b5", ["imgs/none.png"]), "missing_image"),
@@ -81,8 +90,24 @@ def src(tmp_path_factory):
 
 def test_counts_and_reasons(src, tmp_path):
     out = tmp_path / "o.parquet"
-    assert main(["data", "convert", "--from", "messages", "--input", str(src["dir"] / "in.jsonl"),
-                 "--output", str(out), "--max-pixels", str(MAXPX), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "messages",
+                "--input",
+                str(src["dir"] / "in.jsonl"),
+                "--output",
+                str(out),
+                "--max-pixels",
+                str(MAXPX),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "o.summary.json").read_text())
     exp = {}
     for _, r in src["bad"]:
@@ -102,8 +127,15 @@ def test_counts_and_reasons(src, tmp_path):
 
 def test_own_jsonl_output_converts_back_identically(tmp_path):
     samples = [
-        make_sample(f"s{i}", f"Q{i}?", f"A{i}", images=[_encoded(10 + i)], qtype="open", source=f"x#{i}",
-                    meta={"i": i, "lang": "en"})
+        make_sample(
+            f"s{i}",
+            f"Q{i}?",
+            f"A{i}",
+            images=[_encoded(10 + i)],
+            qtype="open",
+            source=f"x#{i}",
+            meta={"i": i, "lang": "en"},
+        )
         for i in range(5)
     ]
     first = tmp_path / "first.jsonl"
@@ -113,15 +145,28 @@ def test_own_jsonl_output_converts_back_identically(tmp_path):
             w.write(s)
     assert (tmp_path / "first_images").is_dir()
     out = tmp_path / "second.parquet"
-    assert main(["data", "convert", "--from", "messages", "--input", str(first), "--output", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["data", "convert", "--from", "messages", "--input", str(first), "--output", str(out), "--no-progress"])
+        == 0
+    )
     back = list(read_samples(out))
     assert back == samples
 
 
 def test_not_a_file_is_fatal(tmp_path, capsys):
-    rc = main(["data", "convert", "--from", "messages", "--input", str(tmp_path), "--output",
-               str(tmp_path / "o.parquet"), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "messages",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--no-progress",
+        ]
+    )
     assert rc != 0 and str(tmp_path) in capsys.readouterr().err
 
 
@@ -142,7 +187,9 @@ def _ok_file(tmp_path: Path, n: int) -> Path:
 def test_limit_and_progress_bar(tmp_path, capsys):
     src = _ok_file(tmp_path, 6)
     out = tmp_path / "o.parquet"
-    assert main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--limit", "4"]) == 0
+    assert (
+        main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--limit", "4"]) == 0
+    )
     cap = capsys.readouterr()
     assert "convert messages" in cap.err and "4/4" in cap.err  # tqdm on stderr
     assert "conserved: yes" in cap.out and "读取" in cap.out
@@ -153,8 +200,26 @@ def test_limit_and_progress_bar(tmp_path, capsys):
 def test_split_with_jsonl_outputs(tmp_path):
     src = _ok_file(tmp_path, 12)
     out = tmp_path / "o.jsonl"
-    assert main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out),
-                 "--split", "train=0.5,test=0.5", "--seed", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "messages",
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--split",
+                "train=0.5,test=0.5",
+                "--seed",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     train = list(read_samples(tmp_path / "o.train.jsonl"))
     test = list(read_samples(tmp_path / "o.test.jsonl"))
     assert len(train) + len(test) == 12 and train and test
@@ -163,17 +228,32 @@ def test_split_with_jsonl_outputs(tmp_path):
     assert (tmp_path / "o.rejects.jsonl").read_text() == ""
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--preset", "building-defect"], "--preset"),
-    (["--bin-counts"], "--bin-counts"),
-    (["--question", "q"], "--question"),
-    (["--split", "train=0.8,test=0.1"], "sum to 1"),
-    (["--max-pixels", "0"], "--max-pixels"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--preset", "building-defect"], "--preset"),
+        (["--bin-counts"], "--bin-counts"),
+        (["--question", "q"], "--question"),
+        (["--split", "train=0.8,test=0.1"], "sum to 1"),
+        (["--max-pixels", "0"], "--max-pixels"),
+    ],
+)
 def test_option_errors(tmp_path, capsys, extra, needle):
     src = _ok_file(tmp_path, 1)
-    rc = main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(tmp_path / "o.parquet"),
-               "--no-progress", *extra])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "messages",
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--no-progress",
+            *extra,
+        ]
+    )
     assert rc != 0 and needle in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*"))
 
@@ -190,15 +270,24 @@ def test_chat_form_with_inline_images_and_inferred_qtypes(tmp_path):
     uri = "data:image/png;base64," + base64.b64encode(b).decode()
 
     def chat(question, answer, *parts, **kw):
-        return {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": question}]},
-                             {"role": "assistant", "content": answer}], **kw}
+        return {
+            "messages": [
+                {"role": "user", "content": [*parts, {"type": "text", "text": question}]},
+                {"role": "assistant", "content": answer},
+            ],
+            **kw,
+        }
 
     recs = [
         chat("图中是否有水体？", "是", {"type": "image", "image": "imgs/a.png"}),
         chat("How many buildings are there?", "3", {"type": "image_url", "image_url": {"url": uri}}, id="c2"),
         chat("耕地面积约为多少公顷？", "约12公顷", {"type": "image", "url": "imgs/b.png"}),
-        chat("Describe the scene.", "Fields and a river.", {"type": "image", "image": "imgs/a.png"},
-             {"type": "image", "image": "imgs/b.png"}),
+        chat(
+            "Describe the scene.",
+            "Fields and a river.",
+            {"type": "image", "image": "imgs/a.png"},
+            {"type": "image", "image": "imgs/b.png"},
+        ),
         chat("Report the defects.", '{"risk": "low"}', {"type": "image", "image": "imgs/a.png"}, qtype="structured"),
         chat("Is there water?", "yes", {"type": "image"}),  # no reference: nothing to load
         {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "Is there water?"}]},
@@ -206,14 +295,22 @@ def test_chat_form_with_inline_images_and_inferred_qtypes(tmp_path):
     src = tmp_path / "chat.jsonl"
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
     out = tmp_path / "chat.parquet"
-    assert main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    )
     summary = json.loads((tmp_path / "chat.summary.json").read_text())
     assert summary["read"] == 7 and summary["written"] == 5 and summary["rejected"] == 2 and summary["conserved"]
     assert summary["rejected_by_reason"] == {"bad_schema": 2}
     assert summary["qtype_inferred"] == 4
     got = {s["id"]: s for s in read_samples(out)}
     assert set(got) == {"chat-L1", "c2", "chat-L3", "chat-L4", "chat-L5"}
-    assert [got[i]["qtype"] for i in ("chat-L1", "c2", "chat-L3", "chat-L4", "chat-L5")] == ["yes_no", "count", "area", "open", "structured"]
+    assert [got[i]["qtype"] for i in ("chat-L1", "c2", "chat-L3", "chat-L4", "chat-L5")] == [
+        "yes_no",
+        "count",
+        "area",
+        "open",
+        "structured",
+    ]
     assert got["chat-L3"]["answer"] == "约12公顷" and got["c2"]["answer"] == "3"
     assert got["chat-L4"]["messages"][0]["content"][:2] == [{"type": "image"}, {"type": "image"}]
     assert got["chat-L1"]["meta"]["qtype_inferred"] is True and "qtype_inferred" not in got["chat-L5"]["meta"]

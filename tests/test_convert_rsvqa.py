@@ -27,20 +27,43 @@ MAX_PIXELS = 4096  # our test images are 32x32 = 1024 px; the "too large" one is
 
 def _img(i, questions_ids, active=True, sensor="S2", res="10m"):
     return {
-        "id": i, "date_added": 1579864752.93 + i, "original_name": f"{1200 + i}.png", "sensor": sensor,
-        "upperleft_map_x": 600000.0 + 2560 * i, "upperleft_map_y": 5800000.0, "res_x": res, "res_y": res,
-        "people_id": 0, "type": "0", "questions_ids": questions_ids, "active": active,
+        "id": i,
+        "date_added": 1579864752.93 + i,
+        "original_name": f"{1200 + i}.png",
+        "sensor": sensor,
+        "upperleft_map_x": 600000.0 + 2560 * i,
+        "upperleft_map_y": 5800000.0,
+        "res_x": res,
+        "res_y": res,
+        "people_id": 0,
+        "type": "0",
+        "questions_ids": questions_ids,
+        "active": active,
     }
 
 
 def _q(i, img_id, qtype, text, answers_ids=None, active=True):
-    return {"id": i, "date_added": 1579864753.07 + i / 1e4, "img_id": img_id, "people_id": 0, "type": qtype,
-            "question": text, "answers_ids": [i] if answers_ids is None else answers_ids, "active": active}
+    return {
+        "id": i,
+        "date_added": 1579864753.07 + i / 1e4,
+        "img_id": img_id,
+        "people_id": 0,
+        "type": qtype,
+        "question": text,
+        "answers_ids": [i] if answers_ids is None else answers_ids,
+        "active": active,
+    }
 
 
 def _a(i, answer, question_id=None, active=True):
-    return {"id": i, "date_added": 1579864753.08 + i / 1e4, "question_id": i if question_id is None else question_id,
-            "people_id": 0, "answer": answer, "active": active}
+    return {
+        "id": i,
+        "date_added": 1579864753.08 + i / 1e4,
+        "question_id": i if question_id is None else question_id,
+        "people_id": 0,
+        "answer": answer,
+        "active": active,
+    }
 
 
 def _write_split(folder: Path, prefix: str, images, questions, answers):
@@ -55,38 +78,63 @@ def _rgb8(seed):
 # 17 questions: (type, text, answer) plus what must happen to each
 QUESTIONS = [
     # image 0: 8-bit georeferenced RGB TIFF (like the Sentinel-2 RSVQA-LR patches)
-    ("presence", "Is a road present?", "yes"),                      # 0 written
+    ("presence", "Is a road present?", "yes"),  # 0 written
     ("comp", "Are there more buildings than water areas?", "no"),  # 1 written
-    ("rural_urban", "Is it a rural or an urban area", "rural"),    # 2 written
-    ("count", "How many buildings are there?", "34"),              # 3 written
-    ("count", "What is the number of roads?", "0"),                # 4 written
+    ("rural_urban", "Is it a rural or an urban area", "rural"),  # 2 written
+    ("count", "How many buildings are there?", "34"),  # 3 written
+    ("count", "What is the number of roads?", "0"),  # 4 written
     # image 1: 16-bit TIFF
-    ("presence", "Is a water area present?", "yes"),               # 5 written
-    ("count", "How many grass areas are there?", "1162"),          # 6 written
+    ("presence", "Is a water area present?", "yes"),  # 5 written
+    ("count", "How many grass areas are there?", "1162"),  # 6 written
     # image 2: inactive image (belongs to another split)
-    ("presence", "Is there a farmland?", "no"),                    # 7 inactive question
-    ("presence", "Is there a forest?", "yes"),                     # 8 active question, inactive image
+    ("presence", "Is there a farmland?", "no"),  # 7 inactive question
+    ("presence", "Is there a forest?", "yes"),  # 8 active question, inactive image
     # image 3: tif file missing
-    ("presence", "Is there a park?", "no"),                        # 9 missing_image
+    ("presence", "Is there a park?", "no"),  # 9 missing_image
     # image 4: corrupt tif
-    ("presence", "Is there a lake?", "no"),                        # 10 undecodable_image
+    ("presence", "Is there a lake?", "no"),  # 10 undecodable_image
     # image 5: 80x80 > --max-pixels
-    ("presence", "Is there a river?", "yes"),                      # 11 image_too_large
+    ("presence", "Is there a river?", "yes"),  # 11 image_too_large
     # image 0 again, bad answers
-    ("presence", "Is a small building present?", "yes"),           # 12 inactive answer
-    ("presence", "Is a large building present?", ""),              # 13 empty_answer
-    ("count", "How many parkings are there?", "many"),             # 14 bad_field_value
-    ("presence", "Is a church present?", "no"),                    # 15 answer_mismatch
-    ("presence", "   ", "no"),                                     # 16 empty_question
-    ("presence", "Is there a bridge?", "yes"),                     # 17 missing_answer (answers_ids out of range)
+    ("presence", "Is a small building present?", "yes"),  # 12 inactive answer
+    ("presence", "Is a large building present?", ""),  # 13 empty_answer
+    ("count", "How many parkings are there?", "many"),  # 14 bad_field_value
+    ("presence", "Is a church present?", "no"),  # 15 answer_mismatch
+    ("presence", "   ", "no"),  # 16 empty_question
+    ("presence", "Is there a bridge?", "yes"),  # 17 missing_answer (answers_ids out of range)
 ]
 EXPECTED_REJECTS = {
-    "inactive": 3, "missing_image": 1, "undecodable_image": 1, "image_too_large": 1,
-    "empty_answer": 1, "bad_field_value": 1, "answer_mismatch": 1, "empty_question": 1, "missing_answer": 1,
+    "inactive": 3,
+    "missing_image": 1,
+    "undecodable_image": 1,
+    "image_too_large": 1,
+    "empty_answer": 1,
+    "bad_field_value": 1,
+    "answer_mismatch": 1,
+    "empty_question": 1,
+    "missing_answer": 1,
 }
 WRITTEN = [0, 1, 2, 3, 4, 5, 6]
-IMG_OF_Q = {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1, 7: 2, 8: 2, 9: 3, 10: 4, 11: 5,
-            12: 0, 13: 0, 14: 0, 15: 0, 16: 0, 17: 0}
+IMG_OF_Q = {
+    0: 0,
+    1: 0,
+    2: 0,
+    3: 0,
+    4: 0,
+    5: 1,
+    6: 1,
+    7: 2,
+    8: 2,
+    9: 3,
+    10: 4,
+    11: 5,
+    12: 0,
+    13: 0,
+    14: 0,
+    15: 0,
+    16: 0,
+    17: 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +155,7 @@ def lr(tmp_path_factory):
     images = [_img(i, qs_of.get(i, []), active=(i != 2)) for i in range(6)]
     questions, answers = [], []
     for i, (t, text, ans) in enumerate(QUESTIONS):
-        questions.append(_q(i, IMG_OF_Q[i], t, text, active=(i != 7),
-                            answers_ids=[999] if i == 17 else None))
+        questions.append(_q(i, IMG_OF_Q[i], t, text, active=(i != 7), answers_ids=[999] if i == 17 else None))
         answers.append(_a(i, ans, active=(i != 12), question_id=(3 if i == 15 else None)))
     _write_split(root, PREFIX, images, questions, answers)
     return {"root": root, "px0": px0, "px1": px1}
@@ -117,8 +164,23 @@ def lr(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lr_out(lr, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "lr.parquet"
-    rc = main(["data", "convert", "--from", "rsvqa", "--input", str(lr["root"]), "--split-prefix", PREFIX,
-               "--output", str(out), "--max-pixels", str(MAX_PIXELS), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "rsvqa",
+            "--input",
+            str(lr["root"]),
+            "--split-prefix",
+            PREFIX,
+            "--output",
+            str(out),
+            "--max-pixels",
+            str(MAX_PIXELS),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -205,8 +267,21 @@ def test_each_image_decoded_once(lr, tmp_path, monkeypatch):
 
     monkeypatch.setattr(dec, "load_image", counting)
     out = tmp_path / "once.jsonl"
-    rc = main(["data", "convert", "--from", "rsvqa", "--input", str(lr["root"]), "--output", str(out),
-               "--max-pixels", str(MAX_PIXELS), "--no-progress"])  # prefix auto-detected
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "rsvqa",
+            "--input",
+            str(lr["root"]),
+            "--output",
+            str(out),
+            "--max-pixels",
+            str(MAX_PIXELS),
+            "--no-progress",
+        ]
+    )  # prefix auto-detected
     assert rc == 0
     assert calls.count("0.tif") == 1 and calls.count("1.tif") == 1
     # JSONL round trip gives the same samples as Parquet would
@@ -229,8 +304,21 @@ def test_hr_area_bins_and_data_folder(tmp_path):
     _write_split(folder, "USGS_split_test_phili", images, questions, answers)
     for binned in (False, True):
         out = tmp_path / f"hr{int(binned)}.parquet"
-        argv = ["data", "convert", "--from", "rsvqa", "--input", str(folder), "--images-root", str(imgroot),
-                "--split-prefix", "USGS_split_test_phili", "--output", str(out), "--no-progress"]
+        argv = [
+            "data",
+            "convert",
+            "--from",
+            "rsvqa",
+            "--input",
+            str(folder),
+            "--images-root",
+            str(imgroot),
+            "--split-prefix",
+            "USGS_split_test_phili",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
         assert main(argv + (["--bin-counts"] if binned else [])) == 0
         got = {s["meta"]["question_id"]: s for s in read_samples(out)}
         assert len(got) == 7
@@ -239,8 +327,14 @@ def test_hr_area_bins_and_data_folder(tmp_path):
             assert got[0]["answer"] == "10632m2" and got[0]["meta"]["value"] == 10632 and got[0]["meta"]["unit"] == "m2"
         else:
             assert [got[i]["answer"] for i in range(7)] == [
-                "more than 1000", "0", "between 1 and 10", "more than 1000", "yes", "between 11 and 100",
-                "between 101 and 1000"]
+                "more than 1000",
+                "0",
+                "between 1 and 10",
+                "more than 1000",
+                "yes",
+                "between 11 and 100",
+                "between 101 and 1000",
+            ]
             assert got[0]["qtype"] == "choice" and got[0]["meta"]["raw_answer"] == "10632m2"
             assert got[4]["qtype"] == "yes_no" and "raw_answer" not in got[4]["meta"]
         assert got[0]["meta"]["sensor"] == "ULTRACAM_EAGLE_FALCON"
@@ -249,7 +343,15 @@ def test_hr_area_bins_and_data_folder(tmp_path):
 
 def test_bins_edges():
     assert [bin_value(v) for v in (0, 1, 10, 11, 100, 101, 1000, 1001)] == [
-        BINS[0], BINS[1], BINS[1], BINS[2], BINS[2], BINS[3], BINS[3], BINS[4]]
+        BINS[0],
+        BINS[1],
+        BINS[1],
+        BINS[2],
+        BINS[2],
+        BINS[3],
+        BINS[3],
+        BINS[4],
+    ]
 
 
 def _run(argv, capsys):
@@ -307,8 +409,13 @@ def test_flag_only_split_files_use_all_questions(tmp_path):
     full_a = [_a(0, "yes"), _a(1, "3")]
     (d / "all_questions.json").write_text(json.dumps({"questions": full_q}))
     (d / "all_answers.json").write_text(json.dumps({"answers": full_a}))
-    _write_split(d, "LR_split_test", [_img(0, [0, 1])], [{"id": 0, "active": False}, {"id": 1, "active": True}],
-                 [{"id": 0, "active": False}, {"id": 1, "active": True}])
+    _write_split(
+        d,
+        "LR_split_test",
+        [_img(0, [0, 1])],
+        [{"id": 0, "active": False}, {"id": 1, "active": True}],
+        [{"id": 0, "active": False}, {"id": 1, "active": True}],
+    )
     out = tmp_path / "o.parquet"
     assert main(["data", "convert", "--from", "rsvqa", "--input", str(d), "--output", str(out), "--no-progress"]) == 0
     (s,) = list(read_samples(out))

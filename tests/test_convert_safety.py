@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sft_util import run_cli
 
 from geovl.data.io import read_samples
+from sft_util import run_cli
 
 
 def _png(seed: int, size=(24, 16)) -> bytes:
@@ -37,8 +37,16 @@ def _pixels(data: bytes) -> np.ndarray:
 
 def _rec(id, image: str | None, answer="water") -> dict:
     content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": "What is this?"}]
-    return {"id": id, "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-            "images": [image] if image else [], "qtype": "open", "answer": answer}
+    return {
+        "id": id,
+        "messages": [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "images": [image] if image else [],
+        "qtype": "open",
+        "answer": answer,
+    }
 
 
 def _write_jsonl(path: Path, recs) -> Path:
@@ -49,7 +57,9 @@ def _write_jsonl(path: Path, recs) -> Path:
 
 
 def _convert(capsys, src: Path, out: Path, *extra) -> tuple[int, str]:
-    return run_cli(capsys, "data", "convert", "--from", "messages", "--input", src, "--output", out, "--no-progress", *extra)
+    return run_cli(
+        capsys, "data", "convert", "--from", "messages", "--input", src, "--output", out, "--no-progress", *extra
+    )
 
 
 def _error_line(rc: int, err: str) -> str:
@@ -72,7 +82,9 @@ def src(tmp_path):
 
 def test_jsonl_output_keeps_each_records_own_image_whatever_the_ids(src, tmp_path, capsys):
     ids = ["a/b", "a_b", "a?b"]
-    inp = _write_jsonl(src / "in.jsonl", [_rec(i, f"{n}.png") for n, i in enumerate(ids)] + [_rec("same-as-0", "0.png")])
+    inp = _write_jsonl(
+        src / "in.jsonl", [_rec(i, f"{n}.png") for n, i in enumerate(ids)] + [_rec("same-as-0", "0.png")]
+    )
     out = tmp_path / "out" / "o.jsonl"
     rc, err = _convert(capsys, inp, out)
     assert rc == 0, err
@@ -91,36 +103,72 @@ def test_jsonl_output_keeps_each_records_own_image_whatever_the_ids(src, tmp_pat
 
 @pytest.mark.parametrize("ext", ["jsonl", "parquet"])
 def test_unusable_ids_reject_their_record_and_the_rest_converts(src, tmp_path, capsys, ext):
-    recs = [_rec("ok1", "0.png"), _rec("x" * 300, "1.png"), _rec("line\nbreak", "2.png"), _rec("\ud800", "2.png"), _rec("ok2", "1.png")]
+    recs = [
+        _rec("ok1", "0.png"),
+        _rec("x" * 300, "1.png"),
+        _rec("line\nbreak", "2.png"),
+        _rec("\ud800", "2.png"),
+        _rec("ok2", "1.png"),
+    ]
     inp = _write_jsonl(src / "in.jsonl", recs)
     out = tmp_path / f"o.{ext}"
     rc, err = _convert(capsys, inp, out)
     assert rc == 0, err
     assert [s["id"] for s in read_samples(out)] == ["ok1", "ok2"]
     rejects = [json.loads(ln) for ln in (tmp_path / "o.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [(r["source"], r["reason"]) for r in rejects] == [("in.jsonl#L2", "bad_id"), ("in.jsonl#L3", "bad_id"), ("in.jsonl#L4", "bad_id")]
+    assert [(r["source"], r["reason"]) for r in rejects] == [
+        ("in.jsonl#L2", "bad_id"),
+        ("in.jsonl#L3", "bad_id"),
+        ("in.jsonl#L4", "bad_id"),
+    ]
     assert "300 characters" in rejects[0]["detail"]
     s = json.loads((tmp_path / "o.summary.json").read_text())
     assert (s["read"], s["written"], s["rejected"], s["conserved"]) == (5, 2, 3, True)
 
 
 def test_a_non_utf8_line_is_rejected_with_its_number_and_the_rest_converts(src, tmp_path, capsys):
-    bad = (json.dumps(_rec("bad", "0.png"), ensure_ascii=False).replace("water", "wat\u00e9r").encode("utf-8")
-           .replace("wat\u00e9r".encode(), b"wat\xe9r") + b"\n")  # Latin-1 byte in a UTF-8 file
+    bad = (
+        json.dumps(_rec("bad", "0.png"), ensure_ascii=False)
+        .replace("water", "wat\u00e9r")
+        .encode("utf-8")
+        .replace("wat\u00e9r".encode(), b"wat\xe9r")
+        + b"\n"
+    )  # Latin-1 byte in a UTF-8 file
     inp = _write_jsonl(src / "in.jsonl", [_rec("ok1", "0.png"), bad, _rec("ok2", "1.png")])
     rc, err = _convert(capsys, inp, tmp_path / "o.parquet")
     assert rc == 0, err
     assert [s["id"] for s in read_samples(tmp_path / "o.parquet")] == ["ok1", "ok2"]
     (rej,) = [json.loads(ln) for ln in (tmp_path / "o.rejects.jsonl").read_text().splitlines()]
-    assert rej["reason"] == "bad_encoding" and rej["source"] == "in.jsonl#L2" and rej["detail"].startswith("line 2: not UTF-8")
+    assert (
+        rej["reason"] == "bad_encoding"
+        and rej["source"] == "in.jsonl#L2"
+        and rej["detail"].startswith("line 2: not UTF-8")
+    )
     s = json.loads((tmp_path / "o.summary.json").read_text())
     assert (s["read"], s["written"], s["rejected"], s["conserved"]) == (3, 2, 1, True)
 
     # the same for LLaVA JSONL (the one line reader)
     llava = [{"id": "l1", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}]
-    lines = json.dumps(llava[0]).encode() + b"\n" + b'{"id": "l2", "conversations": "\xff"}\n' + json.dumps({**llava[0], "id": "l3"}).encode() + b"\n"
+    lines = (
+        json.dumps(llava[0]).encode()
+        + b"\n"
+        + b'{"id": "l2", "conversations": "\xff"}\n'
+        + json.dumps({**llava[0], "id": "l3"}).encode()
+        + b"\n"
+    )
     (src / "l.jsonl").write_bytes(lines)
-    rc, err = run_cli(capsys, "data", "convert", "--from", "llava", "--input", src / "l.jsonl", "--output", tmp_path / "l.parquet", "--no-progress")
+    rc, err = run_cli(
+        capsys,
+        "data",
+        "convert",
+        "--from",
+        "llava",
+        "--input",
+        src / "l.jsonl",
+        "--output",
+        tmp_path / "l.parquet",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert [s["id"] for s in read_samples(tmp_path / "l.parquet")] == ["l1", "l3"]
     (rej,) = [json.loads(ln) for ln in (tmp_path / "l.rejects.jsonl").read_text().splitlines()]
@@ -129,16 +177,44 @@ def test_a_non_utf8_line_is_rejected_with_its_number_and_the_rest_converts(src, 
 
 def test_csv_unclosed_quote_fails_naming_the_line_instead_of_swallowing_rows(tmp_path, capsys):
     table = tmp_path / "t.csv"
-    table.write_text('question,answer\nIs it water?,yes\n"Is it a field?,no\nIs it a road?,no\nIs it "dry",no\n', encoding="utf-8")
+    table.write_text(
+        'question,answer\nIs it water?,yes\n"Is it a field?,no\nIs it a road?,no\nIs it "dry",no\n', encoding="utf-8"
+    )
     mapping = tmp_path / "m.yaml"
     mapping.write_text("question_column: question\nanswer_column: answer\n")
-    rc, err = run_cli(capsys, "data", "convert", "--from", "csv", "--mapping", mapping, "--input", table, "--output", tmp_path / "o.parquet", "--no-progress")
+    rc, err = run_cli(
+        capsys,
+        "data",
+        "convert",
+        "--from",
+        "csv",
+        "--mapping",
+        mapping,
+        "--input",
+        table,
+        "--output",
+        tmp_path / "o.parquet",
+        "--no-progress",
+    )
     line = _error_line(rc, err)
     assert str(table) in line and "starts on line 3" in line and "quote" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml", "t.csv"]
     # a quoted cell over several lines is still one valid cell
     table.write_text('question,answer\n"Is it\nwater?",yes\nIs it a road?,no\n', encoding="utf-8")
-    rc, err = run_cli(capsys, "data", "convert", "--from", "csv", "--mapping", mapping, "--input", table, "--output", tmp_path / "o.parquet", "--no-progress")
+    rc, err = run_cli(
+        capsys,
+        "data",
+        "convert",
+        "--from",
+        "csv",
+        "--mapping",
+        mapping,
+        "--input",
+        table,
+        "--output",
+        tmp_path / "o.parquet",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert [s["answer"] for s in read_samples(tmp_path / "o.parquet")] == ["yes", "no"]
 

@@ -30,24 +30,37 @@ def _png(seed=0, size=(16, 12), mode="RGB") -> bytes:
 
 
 def _samples(n=5):
-    return [make_sample(f"id{i}", f"问题 {i}?", f"answer {i}", images=[_png(i)] * (i % 3), qtype="open",
-                        source=f"src#{i}", meta={"i": i, "lang": "zh"}) for i in range(n)]
+    return [
+        make_sample(
+            f"id{i}",
+            f"问题 {i}?",
+            f"answer {i}",
+            images=[_png(i)] * (i % 3),
+            qtype="open",
+            source=f"src#{i}",
+            meta={"i": i, "lang": "zh"},
+        )
+        for i in range(n)
+    ]
 
 
 # ------------------------------------------------------------------------------ schema
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda s: s.pop("messages"), "bad_schema"),
-    (lambda s: s.update(id=""), "bad_schema"),
-    (lambda s: s.update(qtype="essay"), "bad_qtype"),
-    (lambda s: s.update(images=[]), "image_count_mismatch"),
-    (lambda s: s["messages"][1]["content"][0].update(text="  "), "empty_answer"),
-    (lambda s: s["messages"][0].update(content=[{"type": "text", "text": ""}]), "empty_question"),
-    (lambda s: s["messages"][1]["content"].append({"type": "image"}), "bad_schema"),
-    (lambda s: s.update(images=[b""]), "bad_schema"),
-    (lambda s: s.update(meta="x"), "bad_schema"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda s: s.pop("messages"), "bad_schema"),
+        (lambda s: s.update(id=""), "bad_schema"),
+        (lambda s: s.update(qtype="essay"), "bad_qtype"),
+        (lambda s: s.update(images=[]), "image_count_mismatch"),
+        (lambda s: s["messages"][1]["content"][0].update(text="  "), "empty_answer"),
+        (lambda s: s["messages"][0].update(content=[{"type": "text", "text": ""}]), "empty_question"),
+        (lambda s: s["messages"][1]["content"].append({"type": "image"}), "bad_schema"),
+        (lambda s: s.update(images=[b""]), "bad_schema"),
+        (lambda s: s.update(meta="x"), "bad_schema"),
+    ],
+)
 def test_validate_sample_reasons(mutate, reason):
     s = make_sample("a", "q", "a", images=[_png()])
     mutate(s)
@@ -81,8 +94,13 @@ def test_writer_round_trip_and_rejects(tmp_path, ext):
         assert not w.write(dict(samples[0]))  # duplicate id
         w.read_one()
         w.reject("file#9", "missing_image", "x.png")
-    assert w.counts.as_dict() == {"read": 7, "written": 5, "rejected": 2,
-                                  "rejected_by_reason": {"duplicate_id": 1, "missing_image": 1}, "conserved": True}
+    assert w.counts.as_dict() == {
+        "read": 7,
+        "written": 5,
+        "rejected": 2,
+        "rejected_by_reason": {"duplicate_id": 1, "missing_image": 1},
+        "conserved": True,
+    }
     assert list(read_samples(out)) == samples
     assert count_samples(out) == 5
     rej = [json.loads(x) for x in rejects_path_for(out).read_text().splitlines()]
@@ -197,7 +215,9 @@ def test_exif_orientation_6(tmp_path):
 
 def test_tiffs_16bit_georeferenced_and_bytes(tmp_path):
     data = np.stack([np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * (k + 1) for k in range(4)])
-    r = Raster(data, "EPSG:4326", (0.001, 0.0, 116.3, 0.0, -0.001, 39.9), nodata=None, band_names=["b", "g", "r", "nir"])
+    r = Raster(
+        data, "EPSG:4326", (0.001, 0.0, 116.3, 0.0, -0.001, 39.9), nodata=None, band_names=["b", "g", "r", "nir"]
+    )
     write_raster(tmp_path / "g.tif", r)
     img = load_image(tmp_path / "g.tif")
     assert img.meta["crs"] == "EPSG:4326" and img.meta["bands"] == 4 and img.meta["dtype"] == "uint16"

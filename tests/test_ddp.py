@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from sft_util import FAST, adapter, qa_samples, write_dataset
 
 

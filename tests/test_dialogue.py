@@ -66,7 +66,22 @@ def bench(tmp_path_factory):
         Image.fromarray(arr).save(root / name)
     (root / "bench.json").write_text(json.dumps(DIALOGUES, ensure_ascii=False), encoding="utf-8")
     out = root / "bench.parquet"
-    assert main(["data", "convert", "--from", "llava", "--input", str(root / "bench.json"), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "llava",
+                "--input",
+                str(root / "bench.json"),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -146,7 +161,21 @@ def test_history_holds_the_models_own_answers(bench, engine, tmp_path):
 
 def test_cli_eval_dialogue_and_resume(bench, tiny, tmp_path, capsys):
     out = tmp_path / "ans.jsonl"
-    args = ["eval", "--dialogue", "--model", str(tiny), "--device", "cpu", "--data", str(bench), "--out", str(out), "--max-new-tokens", "6", "--no-progress"]
+    args = [
+        "eval",
+        "--dialogue",
+        "--model",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--data",
+        str(bench),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "answered 4 of 4 dialogues (8 turns)" in capsys.readouterr().out
     full = out.read_text(encoding="utf-8").splitlines()
@@ -164,7 +193,9 @@ def test_rejects_conserve(bench, engine, tmp_path):
     path = tmp_path / "mixed.jsonl"
     good = list(read_samples(bench))
     bad_img = dict(good[2], id="bad-image", images=[b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])
-    bad_roles = dict(good[3], id="bad-roles", messages=[assistant_turn("hi"), user_turn("q"), assistant_turn("a")], images=[])
+    bad_roles = dict(
+        good[3], id="bad-roles", messages=[assistant_turn("hi"), user_turn("q"), assistant_turn("a")], images=[]
+    )
     with DatasetWriter(path) as w:
         for s in [good[0], bad_img, bad_roles, good[3]]:
             w.read_one()
@@ -173,7 +204,10 @@ def test_rejects_conserve(bench, engine, tmp_path):
     c = run_dialogues(engine, path, out, GenerationParams(max_new_tokens=4), progress=False)
     assert (c["read"], c["predicted"], c["rejected"]) == (4, 2, 2)
     rej = [json.loads(x) for x in out.with_name("mixed_answers.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert sorted((r["id"], r["reason"]) for r in rej) == [("bad-image", "undecodable_image"), ("bad-roles", "bad_roles")]
+    assert sorted((r["id"], r["reason"]) for r in rej) == [
+        ("bad-image", "undecodable_image"),
+        ("bad-roles", "bad_roles"),
+    ]
     assert [json.loads(x)["id"] for x in out.read_text(encoding="utf-8").splitlines()] == ["d1", "d4"]
 
 
@@ -194,7 +228,9 @@ def test_tiny_model_as_judge_is_unparseable_and_counted(answers, tiny, tmp_path,
     for r in recs:
         assert isinstance(r["raw"], str) and r["judge"] == engine_name(tiny)
         assert r["status"] == "unparseable" and r["scores"] == {}
-        assert {k: r[k] for k in ("scores", "status", "missing")} == {k: parse_judgment(r["raw"])[k] for k in ("scores", "status", "missing")}
+        assert {k: r[k] for k in ("scores", "status", "missing")} == {
+            k: parse_judgment(r["raw"])[k] for k in ("scores", "status", "missing")
+        }
     s = json.loads((jdir / "stats.json").read_text(encoding="utf-8"))
     assert s["status"] == {"ok": 0, "partial": 0, "unparseable": N_TURNS, "error": 0}
     assert s["n_turns"] == N_TURNS and s["n_scored"] == 0 and s["overall"] is None
@@ -280,22 +316,67 @@ def stub():
 def test_remote_dialogue_and_canned_judge(bench, stub, tmp_path, capsys):
     url = f"http://127.0.0.1:{stub.server_address[1]}/v1"
     ans = tmp_path / "remote_answers.jsonl"
-    assert main(["eval", "--dialogue", "--api", url, "--data", str(bench), "--out", str(ans), "--max-new-tokens", "64", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dialogue",
+                "--api",
+                url,
+                "--data",
+                str(bench),
+                "--out",
+                str(ans),
+                "--max-new-tokens",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     recs = {r["id"]: r for r in map(json.loads, ans.read_text(encoding="utf-8").splitlines())}
     assert recs["d1"]["turns"][2]["prediction"] == "answer 3: Summarise the changes."
     # the request for d1's third turn carried the stub's own earlier answers and both images
     body = next(b for b in stub.state["bodies"] if _text(b["messages"][-1]["content"]) == "Summarise the changes.")
-    assert [m["content"] for m in body["messages"] if m["role"] == "assistant"] == ["answer 1: Compare the two scenes.", "answer 2: Which has more buildings?"]
-    assert sum(1 for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url") == 2
+    assert [m["content"] for m in body["messages"] if m["role"] == "assistant"] == [
+        "answer 1: Compare the two scenes.",
+        "answer 2: Which has more buildings?",
+    ]
+    assert (
+        sum(
+            1
+            for m in body["messages"]
+            if isinstance(m["content"], list)
+            for p in m["content"]
+            if p["type"] == "image_url"
+        )
+        == 2
+    )
 
     jdir = tmp_path / "judged"
     # --api-retries 0: the stub's HTTP 500s must reach the judge (with the client's default retries the second attempt
     # of a call would already succeed; tests/test_remote_retries.py covers those retries)
-    judge = ["judge", "--answers", str(ans), "--judge", "--api", url, "--out", str(jdir), "--no-progress", "--lang", "en",
-             "--api-retries", "0"]
+    judge = [
+        "judge",
+        "--answers",
+        str(ans),
+        "--judge",
+        "--api",
+        url,
+        "--out",
+        str(jdir),
+        "--no-progress",
+        "--lang",
+        "en",
+        "--api-retries",
+        "0",
+    ]
     assert main(judge) == 0
     assert "1 failed calls" in capsys.readouterr().out
-    recs = {(r["id"], r["turn"]): r for r in map(json.loads, (jdir / "judgments.jsonl").read_text(encoding="utf-8").splitlines())}
+    recs = {
+        (r["id"], r["turn"]): r
+        for r in map(json.loads, (jdir / "judgments.jsonl").read_text(encoding="utf-8").splitlines())
+    }
     assert len(recs) == N_TURNS
     failed = recs[("d1", 2)]
     assert failed["status"] == "error" and "HTTP 500" in failed["error"] and failed["raw"] is None
@@ -329,11 +410,16 @@ def test_remote_dialogue_and_canned_judge(bench, stub, tmp_path, capsys):
 
     # --judgments: re-parse the raw texts without any judge (stored parses deliberately wiped)
     wiped = tmp_path / "wiped.jsonl"
-    wiped.write_text("".join(json.dumps({**r, "scores": {}, "status": "unparseable"}, ensure_ascii=False) + "\n" for r in recs2), encoding="utf-8")
+    wiped.write_text(
+        "".join(json.dumps({**r, "scores": {}, "status": "unparseable"}, ensure_ascii=False) + "\n" for r in recs2),
+        encoding="utf-8",
+    )
     calls = len(stub.state["judge_calls"])
     assert main(["judge", "--judgments", str(wiped), "--out", str(tmp_path / "reparsed")]) == 0
     assert len(stub.state["judge_calls"]) == calls
-    again = [json.loads(x) for x in (tmp_path / "reparsed" / "judgments.jsonl").read_text(encoding="utf-8").splitlines()]
+    again = [
+        json.loads(x) for x in (tmp_path / "reparsed" / "judgments.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [(r["scores"], r["status"]) for r in again] == [(r["scores"], r["status"]) for r in recs2]
     assert json.loads((tmp_path / "reparsed" / "stats.json").read_text(encoding="utf-8")) == s
 
@@ -343,7 +429,25 @@ def test_remote_dialogue_and_canned_judge(bench, stub, tmp_path, capsys):
     assert main(judge + ["--resume", "--template", str(tpl)]) == 2
     assert "another template" in capsys.readouterr().err
     # a custom template: placeholders replaced in one pass, other braces left alone
-    assert main(["judge", "--answers", str(ans), "--api", url, "--out", str(tmp_path / "custom"), "--template", str(tpl), "--limit", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "--answers",
+                str(ans),
+                "--api",
+                url,
+                "--out",
+                str(tmp_path / "custom"),
+                "--template",
+                str(tpl),
+                "--limit",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(stub.state["prompts"][-3:]) == [  # the 3 turns of the first dialogue (concurrent calls)
         "JUDGE Compare the two scenes. || Scene A has water, scene B has buildings. || answer 1: Compare the two scenes. 1/2 {unknown}",
         "JUDGE Summarise the changes. || Water in A, buildings in B. || answer 3: Summarise the changes. 3/2 {unknown}",
@@ -351,7 +455,9 @@ def test_remote_dialogue_and_canned_judge(bench, stub, tmp_path, capsys):
     ]
     bad = tmp_path / "bad_tpl.txt"
     bad.write_text("no placeholders here", encoding="utf-8")
-    assert main(["judge", "--answers", str(ans), "--api", url, "--out", str(tmp_path / "x"), "--template", str(bad)]) == 2
+    assert (
+        main(["judge", "--answers", str(ans), "--api", url, "--out", str(tmp_path / "x"), "--template", str(bad)]) == 2
+    )
     assert "lacks the placeholder(s) {question}, {answer}" in capsys.readouterr().err
 
 
@@ -359,9 +465,26 @@ def test_judge_cli_errors(answers, tmp_path, capsys):
     assert main(["judge", "--answers", str(answers), "--out", str(tmp_path / "o")]) == 2
     assert "give the judge" in capsys.readouterr().err
     assert main(["judge", "--model", "x", "--out", str(tmp_path / "o")]) == 2
-    assert main(["judge", "--answers", str(tmp_path / "missing.jsonl"), "--model", "x", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["judge", "--answers", str(tmp_path / "missing.jsonl"), "--model", "x", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "no such answers file" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "turns": "nope"}\n', encoding="utf-8")
-    assert main(["judge", "--answers", str(bad), "--api", "http://127.0.0.1:9/v1", "--model", "m", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--answers",
+                str(bad),
+                "--api",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "bad.jsonl:1: 'turns' must be a list" in capsys.readouterr().err

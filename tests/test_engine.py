@@ -135,12 +135,22 @@ def test_preprocess_raster_bands_render_geotiffs(tiny_model_dir, tmp_path):
 
     from geovl.imagery.decode import ImageError
     from geovl.imagery.geotiff import read_raster, render_rgb
-    from geovl.models.preprocess import PreprocessConfig
     from geovl.inference.engine import decode_image
+    from geovl.models.preprocess import PreprocessConfig
 
     tif = tmp_path / "s2.tif"
     bands = np.random.default_rng(0).integers(0, 5000, (4, 40, 56)).astype("uint16")
-    with rasterio.open(tif, "w", driver="GTiff", width=56, height=40, count=4, dtype="uint16", crs="EPSG:32650", transform=from_origin(0, 0, 10, 10)) as d:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=56,
+        height=40,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=from_origin(0, 0, 10, 10),
+    ) as d:
         d.write(bands)
     folder = tmp_path / "m"
     shutil.copytree(tiny_model_dir("qwen2-vl"), folder)
@@ -173,7 +183,16 @@ def trained(tiny_model_dir, tmp_path_factory):
     with DatasetWriter(data) as w:
         for i in range(8):
             w.read_one()
-            w.write(make_sample(f"s{i}", "Is there water?", ["yes", "no"][i % 2], [png(100 + i, 112, 112)], qtype="yes_no", source=f"t#{i}"))
+            w.write(
+                make_sample(
+                    f"s{i}",
+                    "Is there water?",
+                    ["yes", "no"][i % 2],
+                    [png(100 + i, 112, 112)],
+                    qtype="yes_no",
+                    source=f"t#{i}",
+                )
+            )
     base = tiny_model_dir("qwen2.5-vl")
     recipe = SFTRecipe(
         model=str(base), train_data=[str(data)], output_dir=str(root / "run"), max_steps=2, per_device_train_batch_size=4,
@@ -267,7 +286,19 @@ def test_adapter_for_another_base_model_is_refused_naming_both(trained, tiny_mod
     from geovl.cli import main
 
     capsys.readouterr()
-    rc = main(["eval", "--model", str(q2), "--adapter", str(final), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "p.jsonl")])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(q2),
+            "--adapter",
+            str(final),
+            "--data",
+            str(tmp_path / "d.jsonl"),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "geovl: error: adapter" in err and str(q2) in err and "Traceback" not in err
 

@@ -27,7 +27,9 @@ def stub_answer(body: dict) -> str:
     user = [m for m in body["messages"] if m["role"] == "user"][-1]
     parts = user["content"] if isinstance(user["content"], list) else [{"type": "text", "text": user["content"]}]
     text = "".join(p.get("text", "") for p in parts if p["type"] == "text")
-    n_img = sum(1 for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url")
+    n_img = sum(
+        1 for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"
+    )
     return ANSWERS.get(text, f"echo {text} with {n_img} images")
 
 
@@ -45,7 +47,9 @@ class StubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/v1/models":
-            return self._json({"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": "test"}]})
+            return self._json(
+                {"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": "test"}]}
+            )
         self._json({"error": {"message": "not found"}}, 404)
 
     def do_POST(self):
@@ -65,12 +69,22 @@ class StubHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         words = answer.split(" ")
-        pieces = [{"role": "assistant", "content": ""}] + [{"content": w if i == 0 else " " + w} for i, w in enumerate(words)]
+        pieces = [{"role": "assistant", "content": ""}] + [
+            {"content": w if i == 0 else " " + w} for i, w in enumerate(words)
+        ]
         for d in pieces:
-            chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": d, "finish_reason": None}],
+            }
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
-        end = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        end = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
 
 
@@ -120,7 +134,10 @@ def test_remote_engine_sends_openai_payloads_and_streams_sse(stub):
         ],
         [a, b],
     )
-    reqs = [ChatRequest([user_turn(f"q{i}", 1)], [png(10 + i)]) for i in range(6)] + [multi, ChatRequest([user_turn("Is there water?")], [])]
+    reqs = [ChatRequest([user_turn(f"q{i}", 1)], [png(10 + i)]) for i in range(6)] + [
+        multi,
+        ChatRequest([user_turn("Is there water?")], []),
+    ]
     params = GenerationParams(max_new_tokens=7, temperature=0.5, top_p=0.8, seed=3)
     out = eng.generate(reqs, params)
     assert out == [f"echo q{i} with 1 images" for i in range(6)] + ["echo How? with 2 images", "yes"]
@@ -202,11 +219,20 @@ def dataset(tmp_path_factory):
             bad["qtype"] = "riddle"
             lines.append(bad)
             continue
-        q, ans, lang = [("Is there water?", "yes", "en"), ("有水吗？", "有", "zh"), ("Is there water?", "no", "en")][i % 3]
+        q, ans, lang = [("Is there water?", "yes", "en"), ("有水吗？", "有", "zh"), ("Is there water?", "no", "en")][
+            i % 3
+        ]
         imgs = [png(i)] if i % 4 or i == 12 else []
-        s = make_sample(f"s{i:02d}", q, ans, imgs, qtype="yes_no", source=f"data.jsonl#{i}", meta={"lang": lang, "scene": i})
+        s = make_sample(
+            f"s{i:02d}", q, ans, imgs, qtype="yes_no", source=f"data.jsonl#{i}", meta={"lang": lang, "scene": i}
+        )
         if i == 7:  # multi-turn: an earlier exchange, the question of interest last
-            s["messages"] = [user_turn("Describe the scene.", 1), assistant_turn("Fields."), user_turn(q), assistant_turn(ans)]
+            s["messages"] = [
+                user_turn("Describe the scene.", 1),
+                assistant_turn("Fields."),
+                user_turn(q),
+                assistant_turn(ans),
+            ]
         if i == 12:
             s["images"] = [b"\x89PNG\r\n\x1a\n" + b"garbage" * 20]
         lines.append(s)
@@ -238,7 +264,10 @@ def test_eval_cli_local_batched_equals_one_by_one_and_resumes(tiny_model_dir, da
     assert (r7["question"], r7["reference"], r7["lang"], r7["meta"]["scene"]) == ("有水吗？", "有", "zh", 7)
     assert next(r for r in r8 if r["id"] == "s01")["lang"] == "zh"
     rej = read_jsonl(tmp_path / "p8.rejects.jsonl")
-    assert [(r["source"], r["id"], r["reason"]) for r in rej] == [("f#bad", "bad", "bad_qtype"), ("data.jsonl#12", "s12", "undecodable_image")]
+    assert [(r["source"], r["id"], r["reason"]) for r in rej] == [
+        ("f#bad", "bad", "bad_qtype"),
+        ("data.jsonl#12", "s12", "undecodable_image"),
+    ]
 
     # resume: 3 done + a torn line from a crash → only the rest is predicted, same result
     part = tmp_path / "part.jsonl"
@@ -256,7 +285,22 @@ def test_eval_cli_over_api_and_infer_compare_gt(stub, dataset, tmp_path, capsys)
     server, url = stub
     server.log.clear()
     out = tmp_path / "api.jsonl"
-    rc = main(["eval", "--api", url, "--api-key", "K", "--data", str(dataset), "--out", str(out), "--max-new-tokens", "3", "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--api",
+            url,
+            "--api-key",
+            "K",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     recs = read_jsonl(out)
     assert len(recs) == 12 and all(r["prediction"] == ANSWERS[r["question"]] for r in recs)
@@ -264,12 +308,18 @@ def test_eval_cli_over_api_and_infer_compare_gt(stub, dataset, tmp_path, capsys)
     first = next(r["body"] for r in server.log if r["body"]["messages"][-1]["content"][0].get("image_url"))
     sample1 = json.loads(open(dataset, encoding="utf-8").readlines()[1])
     assert first["messages"][-1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
-    urls = {r["body"]["messages"][-1]["content"][0]["image_url"]["url"] for r in server.log if r["body"]["messages"][-1]["content"][0].get("image_url")}
+    urls = {
+        r["body"]["messages"][-1]["content"][0]["image_url"]["url"]
+        for r in server.log
+        if r["body"]["messages"][-1]["content"][0].get("image_url")
+    }
     assert sample1["images"][0] in urls  # the stored PNG bytes, as they are
 
     # infer --data --compare-gt: the stub says "yes"/"有", so the "no" samples are wrong
     res = tmp_path / "gt.jsonl"
-    assert main(["infer", "--api", url, "--data", str(dataset), "--out", str(res), "--compare-gt", "--no-progress"]) == 0
+    assert (
+        main(["infer", "--api", url, "--data", str(dataset), "--out", str(res), "--compare-gt", "--no-progress"]) == 0
+    )
     recs = read_jsonl(res)
     assert [r["correct"] for r in recs] == [r["reference"] in ("yes", "有") for r in recs]
     assert sum(r["correct"] for r in recs) == 9
@@ -297,7 +347,17 @@ def test_infer_cli_streams_reads_geotiff_and_lists(tiny_model_dir, tmp_path, cap
     Image.open(io.BytesIO(png(3))).save(tmp_path / "a.png")
     tif = tmp_path / "b.tif"
     band = np.random.default_rng(4).integers(0, 4000, (4, 64, 64)).astype("uint16")
-    with rasterio.open(tif, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:32650", transform=from_origin(500000, 4000000, 10, 10)) as d:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=from_origin(500000, 4000000, 10, 10),
+    ) as d:
         d.write(band)
     eng = LocalEngine(model)
     p = GenerationParams(max_new_tokens=5)
@@ -307,13 +367,45 @@ def test_infer_cli_streams_reads_geotiff_and_lists(tiny_model_dir, tmp_path, cap
     eng.close()
 
     capsys.readouterr()
-    assert main(["infer", "--model", model, "--image", str(tmp_path / "a.png"), "--image", str(tif), "-q", "水体？", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                model,
+                "--image",
+                str(tmp_path / "a.png"),
+                "--image",
+                str(tif),
+                "-q",
+                "水体？",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == both + "\n"
 
     lst = tmp_path / "list.txt"
     lst.write_text(f"a.png\n\n# a comment\nmissing.png\n{tif}\n", encoding="utf-8")
     out = tmp_path / "r.jsonl"
-    rc = main(["infer", "--model", model, "--images", str(lst), "-q", "Water?", "--out", str(out), "--max-new-tokens", "5", "--no-progress"])
+    rc = main(
+        [
+            "infer",
+            "--model",
+            model,
+            "--images",
+            str(lst),
+            "-q",
+            "Water?",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "5",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert read_jsonl(out) == [
         {"image": "a.png", "question": "Water?", "prediction": singles[0]},
@@ -335,5 +427,8 @@ def test_infer_cli_user_errors(tiny_model_dir, tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "--model" in capsys.readouterr().err
-    assert main(["eval", "--model", str(tmp_path / "nomodel"), "--data", "x.jsonl", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["eval", "--model", str(tmp_path / "nomodel"), "--data", "x.jsonl", "--out", str(tmp_path / "o.jsonl")])
+        == 2
+    )
     assert "model folder not found" in capsys.readouterr().err

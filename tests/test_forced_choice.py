@@ -41,9 +41,15 @@ def _manual_logprob(engine, req: ChatRequest, answer: str) -> float:
 
 def test_choice_logprobs_equal_teacher_forced_sums(engine):
     reqs = [
-        ChatRequest([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "图中是否有水体？"}]}], [_png((0, 0, 255))]),
+        ChatRequest(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "图中是否有水体？"}]}],
+            [_png((0, 0, 255))],
+        ),
         ChatRequest([{"role": "user", "content": [{"type": "text", "text": "Is this rural or urban?"}]}], []),
-        ChatRequest([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there forest?"}]}], [_png((0, 90, 0), (168, 112))]),
+        ChatRequest(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there forest?"}]}],
+            [_png((0, 90, 0), (168, 112))],
+        ),
     ]
     cands = [["是", "否"], ["rural", "urban", "suburban area"], ["yes", "no"]]
     got = engine.choice_logprobs(reqs, cands)  # batched with left padding, mixed image/text-only
@@ -69,8 +75,13 @@ def test_eval_forced_choice_picks_the_argmax(engine, tmp_path):
     data = tmp_path / "d.parquet"
     with DatasetWriter(data) as w:
         for i, (q, a, qt, lang) in enumerate(
-            [("图中是否有水体？", "是", "yes_no", "zh"), ("Is there water?", "no", "yes_no", "en"), ("Rural or urban?", "rural", "choice", "en"),
-             ("Rural or urban?", "urban", "choice", "en"), ("How many buildings?", "3", "count", "en")]
+            [
+                ("图中是否有水体？", "是", "yes_no", "zh"),
+                ("Is there water?", "no", "yes_no", "en"),
+                ("Rural or urban?", "rural", "choice", "en"),
+                ("Rural or urban?", "urban", "choice", "en"),
+                ("How many buildings?", "3", "count", "en"),
+            ]
         ):
             w.read_one()
             w.write(make_sample(f"s{i}", q, a, [_png((i * 40, 100, 200))], qt, f"t#{i}", meta={"lang": lang}))
@@ -82,5 +93,7 @@ def test_eval_forced_choice_picks_the_argmax(engine, tmp_path):
     for r in recs[:4]:
         scores = r["forced_choice"]
         assert r["prediction"] == max(scores, key=scores.get)
-        assert set(scores) == ({"是", "否"} if r["lang"] == "zh" else {"yes", "no"} if r["qtype"] == "yes_no" else {"rural", "urban"})
+        assert set(scores) == (
+            {"是", "否"} if r["lang"] == "zh" else {"yes", "no"} if r["qtype"] == "yes_no" else {"rural", "urban"}
+        )
     assert "forced_choice" not in recs[4]  # counts are generated freely

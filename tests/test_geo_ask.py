@@ -10,24 +10,41 @@ import pytest
 import rasterio
 
 from geovl.cli import main
-from geovl.synth import synthesize
-from geovl.geo.ask import (HEADER, QUESTION, TWO_IMAGES, build_grounded, detect_lang, grounded_answer, prompt_text,
-                           stream_grounded_answer)
+from geovl.geo.ask import (
+    HEADER,
+    QUESTION,
+    TWO_IMAGES,
+    build_grounded,
+    detect_lang,
+    grounded_answer,
+    prompt_text,
+    stream_grounded_answer,
+)
 from geovl.geo.errors import MeasureError
 from geovl.geo.measure import measure_raster
 from geovl.geo.tiles import image_for_model
 from geovl.geo.units import all_units, fmt
+from geovl.synth import synthesize
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("ask") / "s"
-    synthesize(out, scenes=2, size=224, langs="en", questions_per_scene=1, split="train=1", tasks="presence", progress=False)
+    synthesize(
+        out, scenes=2, size=224, langs="en", questions_per_scene=1, split="train=1", tasks="presence", progress=False
+    )
     scenes = [json.loads(x) for x in (out / "scenes.jsonl").read_text("utf-8").splitlines()]
     sc = scenes[1]  # seed 0, scene 1: cropland on both dates, forest → cropland and cropland → building
     assert sc["before"]["class_pixels"]["cropland"] and sc["change"]["cropland_net_pixels"] > 0
-    files = {k: out / sc[kind][d] for kind, d, k in (("geotiffs", "after", "image"), ("geotiffs", "before", "before"),
-                                                      ("class_maps", "after", "classes"), ("class_maps", "before", "before_classes"))}
+    files = {
+        k: out / sc[kind][d]
+        for kind, d, k in (
+            ("geotiffs", "after", "image"),
+            ("geotiffs", "before", "before"),
+            ("class_maps", "after", "classes"),
+            ("class_maps", "before", "before_classes"),
+        )
+    }
     return out, sc, files
 
 
@@ -47,15 +64,20 @@ class Recorder:
     def stream(self, request, params=None):
         self.requests.append(request)
         for i in range(0, len(self.answer), 3):
-            yield self.answer[i:i + 3]
+            yield self.answer[i : i + 3]
 
 
 def test_prompt_layout_and_language():
     assert detect_lang("耕地面积约为多少公顷？") == "zh" and detect_lang("How much cropland?") == "en"
     assert detect_lang("Is there 水体?") == "zh" and detect_lang("") == "en"
-    assert prompt_text("CTX\nLINE2", " 问？ ", "zh", 1) == "测量结果（来自地理配准影像，非模型估计）：\nCTX\nLINE2\n问题：问？"
-    assert prompt_text("C", "Q?", "en", 2) == ("Image 1 is the earlier date, image 2 the later date.\n"
-                                               "Measurements (from the georeferenced rasters, not model estimates):\nC\nQuestion: Q?")
+    assert (
+        prompt_text("CTX\nLINE2", " 问？ ", "zh", 1)
+        == "测量结果（来自地理配准影像，非模型估计）：\nCTX\nLINE2\n问题：问？"
+    )
+    assert prompt_text("C", "Q?", "en", 2) == (
+        "Image 1 is the earlier date, image 2 the later date.\n"
+        "Measurements (from the georeferenced rasters, not model estimates):\nC\nQuestion: Q?"
+    )
     with pytest.raises(MeasureError):
         prompt_text("C", "Q", "fr", 1)
 
@@ -76,12 +98,20 @@ def test_grounded_answer_request_and_exact_figures(synth):
     assert req.messages == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ga.prompt}]}]
     assert req.images == [image_for_model(f["image"])[0]]
     doc = ga.to_json()
-    assert set(doc) >= {"answer", "measurement", "context", "prompt"} and json.loads(json.dumps(doc, ensure_ascii=False))
+    assert set(doc) >= {"answer", "measurement", "context", "prompt"} and json.loads(
+        json.dumps(doc, ensure_ascii=False)
+    )
 
     # two dates, English, streamed: images before then after; change figures in the context
     eng = Recorder("about 1.00 ha")
-    s = stream_grounded_answer(eng, f["image"], "How much new cropland is there?", before_path=f["before"],
-                               classes=f["classes"], before_classes=f["before_classes"])
+    s = stream_grounded_answer(
+        eng,
+        f["image"],
+        "How much new cropland is there?",
+        before_path=f["before"],
+        classes=f["classes"],
+        before_classes=f["before_classes"],
+    )
     assert eng.requests == [] and s.lang == "en" and s.prompt.startswith(TWO_IMAGES["en"] + "\n" + HEADER["en"])
     pieces = list(s)
     assert len(pieces) > 1 and "".join(pieces) == "about 1.00 ha" and s.result().answer == "about 1.00 ha"
@@ -96,15 +126,32 @@ def test_ask_cli_tiny_model_json_and_stream(synth, tiny_model_dir, capsys):
     out, sc, f = synth
     model = str(tiny_model_dir("qwen2-vl"))
     q = "耕地面积约为多少公顷？"
-    base = ["ask", "--image", str(f["image"]), "--classes", str(f["classes"]), "--question", q, "--model", model,
-            "--device", "cpu", "--max-new-tokens", "6"]
+    base = [
+        "ask",
+        "--image",
+        str(f["image"]),
+        "--classes",
+        str(f["classes"]),
+        "--question",
+        q,
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "6",
+    ]
     assert main(base + ["--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert isinstance(doc["answer"], str) and doc["lang"] == "zh"
     classes = {c["key"]: c for c in doc["measurement"]["dates"]["image"]["classes"]}
     px = sc["after"]["class_pixels"]
     for key in ("cropland", "forest", "water", "builtup"):
-        assert classes[key]["pixels"] == px[key] and classes[key]["ha"] == px[key] / 100 and classes[key]["m2"] == px[key] * 100.0
+        assert (
+            classes[key]["pixels"] == px[key]
+            and classes[key]["ha"] == px[key] / 100
+            and classes[key]["m2"] == px[key] * 100.0
+        )
     m = measure_raster(f["image"], classes=f["classes"])
     assert doc["context"] == m.context_text("zh") and doc["prompt"] == prompt_text(doc["context"], q, "zh", 1)
     assert doc["measurement"]["class_table"]["name"] == "synth"  # auto-detected beside the synth data
@@ -158,7 +205,18 @@ def test_ask_renders_images_before_loading_the_model(synth, tmp_path, capsys, mo
         raise MeasureError(f"{path}: cannot render the raster (test)")
 
     monkeypatch.setattr(tiles, "image_for_model", unrenderable)
-    rc = main(["ask", "--image", str(f["image"]), "--classes", str(f["classes"]), "--question", "Is there water?",
-               "--model", str(tmp_path / "no-model")])
+    rc = main(
+        [
+            "ask",
+            "--image",
+            str(f["image"]),
+            "--classes",
+            str(f["classes"]),
+            "--question",
+            "Is there water?",
+            "--model",
+            str(tmp_path / "no-model"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "cannot render the raster (test)" in err and "no-model" not in err

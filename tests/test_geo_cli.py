@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from geovl.cli import main
-from geovl.synth import synthesize
 from geovl.imagery.geotiff import Raster, read_raster, write_raster
+from geovl.synth import synthesize
 
 UTM = (10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
 
@@ -22,9 +22,15 @@ def scene(tmp_path_factory):
     recs = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
     rec = max(recs, key=lambda r: r["change"]["changed_pixels"])
     assert rec["change"]["changed_pixels"] > 0
-    return {k: out / rec[group][date] for k, group, date in [
-        ("after", "geotiffs", "after"), ("before", "geotiffs", "before"),
-        ("after_cls", "class_maps", "after"), ("before_cls", "class_maps", "before")]} | {"rec": rec, "root": out}
+    return {
+        k: out / rec[group][date]
+        for k, group, date in [
+            ("after", "geotiffs", "after"),
+            ("before", "geotiffs", "before"),
+            ("after_cls", "class_maps", "after"),
+            ("before_cls", "class_maps", "before"),
+        ]
+    } | {"rec": rec, "root": out}
 
 
 def _run(capsys, *argv):
@@ -55,8 +61,14 @@ def test_text_json_context_and_out(scene, capsys, tmp_path):
     rc, out, err = _run(capsys, scene["after"], "--before", scene["before"], "--out", dest, "--wgs84", "--top", "3")
     assert rc == 0 and "wrote" in err
     files = sorted(p.name for p in dest.iterdir())
-    assert files == ["after_classes_derived.tif", "before_classes_derived.tif", "changes.geojson", "changes_4326.geojson",
-                     "measurement.json", "report.txt"]
+    assert files == [
+        "after_classes_derived.tif",
+        "before_classes_derived.tif",
+        "changes.geojson",
+        "changes_4326.geojson",
+        "measurement.json",
+        "report.txt",
+    ]
     saved = json.loads((dest / "measurement.json").read_text())
     assert saved["classes_source"] == "derived" and saved["index_rules"]["thresholds"]["dense_ndvi"] == 0.6
     fc = json.loads((dest / "changes.geojson").read_text())
@@ -65,7 +77,9 @@ def test_text_json_context_and_out(scene, capsys, tmp_path):
     derived = read_raster(dest / "after_classes_derived.tif")
     assert derived.nodata == 0 and derived.crs == "EPSG:32650" and set(np.unique(derived.data)) <= {1, 2, 3, 4, 5}
     pixels = {c["code"]: c["pixels"] for c in saved["dates"]["after"]["classes"]}
-    assert {int(k): int(v) for k, v in zip(*np.unique(derived.data, return_counts=True))} == {k: v for k, v in pixels.items() if v}
+    assert {int(k): int(v) for k, v in zip(*np.unique(derived.data, return_counts=True))} == {
+        k: v for k, v in pixels.items() if v
+    }
 
 
 def _err(capsys, *argv) -> str:
@@ -102,24 +116,31 @@ def test_bad_inputs(scene, capsys, tmp_path):
     assert "empty.tif: every pixel is nodata" in _err(capsys, empty)
     # AOI outside the raster
     aoi = tmp_path / "elsewhere.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[120.0, 30.0], [120.1, 30.0], [120.1, 30.1], [120.0, 30.0]]]}))
+    aoi.write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[120.0, 30.0], [120.1, 30.0], [120.1, 30.1], [120.0, 30.0]]]})
+    )
     assert "elsewhere.geojson: the AOI does not cover" in _err(capsys, scene["after_cls"], "--aoi", aoi)
     # a reflectance image with too few bands to derive classes
     rgb = tmp_path / "rgb.tif"
     write_raster(rgb, Raster(data[:3], r.crs, r.transform, None, []))
     assert "rgb.tif: 3 band(s)" in _err(capsys, rgb)
     # mixing supplied and derived classes between the dates
-    assert "same kind of classes" in _err(capsys, scene["after"], "--classes", scene["after_cls"], "--before", scene["before"])
+    assert "same kind of classes" in _err(
+        capsys, scene["after"], "--classes", scene["after_cls"], "--before", scene["before"]
+    )
     # missing files, bad options
     assert "missing.tif: file not found" in _err(capsys, tmp_path / "missing.tif")
-    assert "not_a_table.json: class table not found" in _err(capsys, scene["after_cls"], "--class-table", tmp_path / "not_a_table.json")
+    assert "not_a_table.json: class table not found" in _err(
+        capsys, scene["after_cls"], "--class-table", tmp_path / "not_a_table.json"
+    )
     assert "--wgs84" in _err(capsys, scene["after_cls"], "--wgs84")
     assert "--pixel-size" in _err(capsys, nocrs, "--pixel-size", "-3")
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     assert "notes.tif: not a readable raster" in _err(capsys, text)
     assert "EPSG:4326 GeoJSON needs a raster with a CRS" in _err(
-        capsys, nocrs, "--before", nocrs, "--pixel-size", "10", "--out", tmp_path / "o", "--wgs84")
+        capsys, nocrs, "--before", nocrs, "--pixel-size", "10", "--out", tmp_path / "o", "--wgs84"
+    )
 
 
 def test_help_lists_measure(capsys):

@@ -45,9 +45,15 @@ class SeeingEngine:
             from scipy import ndimage
 
             lab, n = ndimage.label((img == 255).all(axis=2))
-            boxes = [{"bbox": [s[1].start, s[0].start, s[1].stop, s[0].stop], "label": "building"} for s in ndimage.find_objects(lab)]
+            boxes = [
+                {"bbox": [s[1].start, s[0].start, s[1].stop, s[0].stop], "label": "building"}
+                for s in ndimage.find_objects(lab)
+            ]
             h, w = img.shape[:2]
-            lo, hi = self.processor.image_processor.size["shortest_edge"], self.processor.image_processor.size["longest_edge"]
+            lo, hi = (
+                self.processor.image_processor.size["shortest_edge"],
+                self.processor.image_processor.size["longest_edge"],
+            )
             out.append(render(frame_for(self.family, w, h, lo, hi), boxes))
         return out
 
@@ -70,7 +76,8 @@ SEAM_RECTS = [
     (40, 30, 75, 40),  # wider than the overlap: cut in both tiles
     (58, 50, 70, 58),  # cut by tile (1,0)'s right edge, whole in tile (1,1)
     (140, 140, 150, 150),  # the raster's corner, in the last partial tile
-    (100, 70, 108, 78), (110, 70, 118, 78),  # two neighbours: two objects
+    (100, 70, 108, 78),
+    (110, 70, 118, 78),  # two neighbours: two objects
 ]
 
 
@@ -81,22 +88,29 @@ def _bboxes(summary):
 
 def test_seams_and_the_last_partial_tile(tmp_path):
     tif = write_tif(tmp_path / "a.tif", SEAM_RECTS)
-    s = detect_raster(SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False)
+    s = detect_raster(
+        SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False
+    )
     assert s["grid"]["tiles"] == 9 and s["counts"]["unparsed"] == 0
     gj, got = _bboxes(s)
     assert len(got) == len(SEAM_RECTS), got
     for want in SEAM_RECTS:
         best = min(got, key=lambda b: sum(abs(a - c) for a, c in zip(b, want)))
         assert max(abs(a - c) for a, c in zip(best, want)) <= 1.5, (want, got)
+
     def near(want):
-        return min(gj["features"], key=lambda f: sum(abs(a - c) for a, c in zip(f["properties"]["pixel_bbox"], want)))["properties"]
+        return min(gj["features"], key=lambda f: sum(abs(a - c) for a, c in zip(f["properties"]["pixel_bbox"], want)))[
+            "properties"
+        ]
 
     assert near((50, 10, 60, 20))["tiles"] == 2  # one feature from two tiles
     assert near((40, 30, 75, 40))["tiles"] == 2
 
 
 def test_projected_crs_lands_on_the_ground(tmp_path):
-    tif = write_tif(tmp_path / "p.tif", [(0, 20, 20, 50)], size=(100, 120))  # 20 x 30 px of 10 m at the central meridian
+    tif = write_tif(
+        tmp_path / "p.tif", [(0, 20, 20, 50)], size=(100, 120)
+    )  # 20 x 30 px of 10 m at the central meridian
     s = detect_raster(SeeingEngine(), tif, "框出所有建筑", tmp_path / "out", tile=64, overlap=16, progress=False)
     gj, (bb,) = _bboxes(s)
     f = gj["features"][0]
@@ -121,20 +135,28 @@ def test_projected_crs_lands_on_the_ground(tmp_path):
     native = read_wkb_polygon(t.column("geometry")[0].as_py())
     x1, y1, x2, y2 = bb
     want = [from_origin(500000, 4400000, 10, 10) @ c for c in ((x1, y1), (x2, y1), (x2, y2), (x1, y2))]
-    assert [v for q in sorted(native[:4]) for v in q] == pytest.approx([v for q in sorted(want) for v in q], abs=1e-2)  # pixel_bbox is rounded to 1/1000 px
+    assert [v for q in sorted(native[:4]) for v in q] == pytest.approx(
+        [v for q in sorted(want) for v in q], abs=1e-2
+    )  # pixel_bbox is rounded to 1/1000 px
 
 
 def test_epsg4326_geotiff(tmp_path):
     tr = from_origin(116.0, 40.0, 0.001, 0.001)
     tif = write_tif(tmp_path / "g.tif", [(10, 20, 30, 50)], size=(80, 80), crs="EPSG:4326", transform=tr)
-    s = detect_raster(SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False)
+    s = detect_raster(
+        SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False
+    )
     gj, (bb,) = _bboxes(s)
     ring = gj["features"][0]["geometry"]["coordinates"][0]
     lon1, lat1 = tr @ (bb[0], bb[1])
     lon2, lat2 = tr @ (bb[2], bb[3])
     e = 1e-6  # pixel_bbox is rounded to 1/1000 px = 1e-6 degree here
-    assert min(p[0] for p in ring) == pytest.approx(lon1, abs=e) and max(p[0] for p in ring) == pytest.approx(lon2, abs=e)
-    assert max(p[1] for p in ring) == pytest.approx(lat1, abs=e) and min(p[1] for p in ring) == pytest.approx(lat2, abs=e)
+    assert min(p[0] for p in ring) == pytest.approx(lon1, abs=e) and max(p[0] for p in ring) == pytest.approx(
+        lon2, abs=e
+    )
+    assert max(p[1] for p in ring) == pytest.approx(lat1, abs=e) and min(p[1] for p in ring) == pytest.approx(
+        lat2, abs=e
+    )
     assert abs(lon1 - 116.01) <= 0.0015 and abs(lat1 - 39.98) <= 0.0015  # the box placed at pixel (10, 20)
     # area on the ellipsoid: ~ (Δlon · cos φ · 111.32 km) × (Δlat · 110.95 km)
     phi = math.radians((lat1 + lat2) / 2)
@@ -146,7 +168,9 @@ def test_rotated_transform_gives_the_rotated_quadrilateral(tmp_path):
     a = math.radians(30)
     tr = Affine(10 * math.cos(a), -10 * math.sin(a), 500000, -10 * math.sin(a), -10 * math.cos(a), 4400000)
     tif = write_tif(tmp_path / "r.tif", [(20, 20, 40, 30)], size=(64, 64), transform=tr)
-    s = detect_raster(SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False)
+    s = detect_raster(
+        SeeingEngine(), tif, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False
+    )
     assert any("rotated" in n["en"] for n in s["notes"])
     t = pq.read_table(s["outputs"]["geoparquet"])
     native = read_wkb_polygon(t.column("geometry")[0].as_py())
@@ -164,7 +188,9 @@ def test_no_crs_gives_pixel_coordinates_with_a_note(tmp_path):
     arr = np.full((80, 90, 3), 60, np.uint8)
     arr[10:30, 40:70] = 255
     Image.fromarray(arr).save(png)
-    s = detect_raster(SeeingEngine(), png, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False)
+    s = detect_raster(
+        SeeingEngine(), png, "Locate every building", tmp_path / "out", tile=64, overlap=16, progress=False
+    )
     gj = json.loads(open(s["outputs"]["geojson"]).read())
     assert gj["geovl"]["georeferenced"] is False and "pixel" in gj["geovl"]["coordinates"]
     assert any("not georeferenced" in n["en"] for n in gj["geovl"]["notes"])
@@ -183,7 +209,9 @@ def test_before_image_comes_first_and_must_share_the_grid(tmp_path):
     before = write_tif(tmp_path / "b.tif", [], size=(64, 64))
     after = write_tif(tmp_path / "a.tif", [(10, 10, 20, 20)], size=(64, 64))
     eng = SeeingEngine()
-    s = detect_raster(eng, after, "框出所有新增建筑", tmp_path / "out", before=before, tile=64, overlap=16, progress=False)
+    s = detect_raster(
+        eng, after, "框出所有新增建筑", tmp_path / "out", before=before, tile=64, overlap=16, progress=False
+    )
     assert s["counts"]["detections"] == 1 and all(len(r.images) == 2 for r in eng.requests)
     other = write_tif(tmp_path / "o.tif", [], size=(64, 70))
     with pytest.raises(DetectError, match="share one pixel grid"):
@@ -209,14 +237,31 @@ def test_cli_with_a_tiny_model_and_eval_records_the_box_frame(tiny_model_dir, tm
     from geovl.data.schema import make_sample
     from geovl.evaluate.generate import run_predictions
     from geovl.evaluate.score import score_file
+    from geovl.inference import GenerationParams, LocalEngine
     from geovl.models.box_format import BoxFrame, parse_text
     from geovl.models.preprocess import PreprocessConfig
-    from geovl.inference import GenerationParams, LocalEngine
 
     model = str(tiny_model_dir("qwen2.5-vl"))
     tif = write_tif(tmp_path / "a.tif", [(10, 10, 30, 30)], size=(100, 90))
-    rc = main(["detect", str(tif), "-q", "Locate every building", "--model", model, "--out", str(tmp_path / "det"),
-               "--tile", "64", "--overlap", "16", "--max-new-tokens", "24", "--no-progress"])
+    rc = main(
+        [
+            "detect",
+            str(tif),
+            "-q",
+            "Locate every building",
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / "det"),
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--max-new-tokens",
+            "24",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     summ = json.loads((tmp_path / "det" / "detections.json").read_text())
     assert summ["counts"]["asked"] == 4 and summ["grid"]["tiles"] == 4
@@ -227,11 +272,15 @@ def test_cli_with_a_tiny_model_and_eval_records_the_box_frame(tiny_model_dir, tm
     buf = io.BytesIO()
     Image.fromarray(np.full((90, 120, 3), 70, np.uint8)).save(buf, format="PNG")
     boxes = [box_dict([5, 5, 40, 30], "building")]
-    s = make_sample("g", "Locate every building", answer_text(boxes), [buf.getvalue()], qtype="grounding", meta={"boxes": boxes})
+    s = make_sample(
+        "g", "Locate every building", answer_text(boxes), [buf.getvalue()], qtype="grounding", meta={"boxes": boxes}
+    )
     with DatasetWriter(tmp_path / "g.parquet") as w:
         w.write(s)
     eng = LocalEngine(model, device="cpu", batch_size=2)
-    run_predictions(eng, tmp_path / "g.parquet", tmp_path / "p.jsonl", GenerationParams(max_new_tokens=16), progress=False)
+    run_predictions(
+        eng, tmp_path / "g.parquet", tmp_path / "p.jsonl", GenerationParams(max_new_tokens=16), progress=False
+    )
     rec = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     frame = BoxFrame.from_dict(rec["meta"]["box_frame"])
     lo, hi = PreprocessConfig.bounds_of(eng.processor)

@@ -65,7 +65,8 @@ def test_zone_area_literal_and_whole_ellipsoid():
     sphere = Ellipsoid("sphere", 6_371_000.0, 0.0)
     assert sphere.surface_area() == pytest.approx(4 * math.pi * 6_371_000.0**2, rel=1e-12)
     assert float(sphere.zone_area(10, 20, 360)) == pytest.approx(
-        2 * math.pi * 6_371_000.0**2 * (math.sin(math.radians(20)) - math.sin(math.radians(10))), rel=1e-12)
+        2 * math.pi * 6_371_000.0**2 * (math.sin(math.radians(20)) - math.sin(math.radians(10))), rel=1e-12
+    )
 
 
 def test_geographic_raster_end_to_end(tmp_path):
@@ -128,7 +129,11 @@ def test_web_mercator_switches_to_ellipsoidal_area():
 
 
 def test_pixel_size_and_missing_crs():
-    assert parse_pixel_size("10") == (10, 10) and parse_pixel_size("10,20") == (10, 20) and parse_pixel_size(2.5) == (2.5, 2.5)
+    assert (
+        parse_pixel_size("10") == (10, 10)
+        and parse_pixel_size("10,20") == (10, 20)
+        and parse_pixel_size(2.5) == (2.5, 2.5)
+    )
     for bad in ("0", "-1", "a", "1,2,3"):
         with pytest.raises(MeasureError, match="--pixel-size"):
             parse_pixel_size(bad)

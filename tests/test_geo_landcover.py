@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from geovl.synth import synthesize
-from geovl.synth.classes import BARE, BUILTUP, CROPLAND, FOREST, ROAD, WATER
 from geovl.geo.errors import MeasureError
 from geovl.geo.indices import IndexRules, classify, load_rules, parse_band_order
 from geovl.geo.measure import measure_raster
 from geovl.imagery.geotiff import Raster, band_roles, render_composite, render_rgb, write_raster
+from geovl.synth import synthesize
+from geovl.synth.classes import BARE, BUILTUP, CROPLAND, FOREST, ROAD, WATER
 
 # (blue, green, red, nir) reflectance x 10000 and the class the documented rules give
 PIXELS = [
@@ -65,8 +65,12 @@ def test_rules_file_band_order_and_offset(tmp_path):
     j = tmp_path / "rules.json"
     j.write_text(json.dumps({"thresholds": {"water_ndwi": 0.6}}))
     assert classify(data, None, load_rules(j))[0, 0] != 1  # water NDWI 0.56 < 0.6
-    for text, msg in [("{\"colour\": 1}", "keys bands, thresholds"), ("{\"thresholds\": {\"ndvi\": 1}}", "may set"),
-                      ("{\"bands\": {\"nir\": 0}}", "1-based"), ("{oops", "not a readable")]:
+    for text, msg in [
+        ('{"colour": 1}', "keys bands, thresholds"),
+        ('{"thresholds": {"ndvi": 1}}', "may set"),
+        ('{"bands": {"nir": 0}}', "1-based"),
+        ("{oops", "not a readable"),
+    ]:
         bad = tmp_path / "bad.json"
         bad.write_text(text)
         with pytest.raises(MeasureError, match=msg):
@@ -113,7 +117,10 @@ def test_derived_change_finds_forest_clearing(synth):
     cleared = 0
     for rec in scenes:
         m = measure_raster(root / rec["geotiffs"]["after"], before=root / rec["geotiffs"]["before"])
-        with rasterio.open(root / rec["class_maps"]["before"]) as a, rasterio.open(root / rec["class_maps"]["after"]) as b:
+        with (
+            rasterio.open(root / rec["class_maps"]["before"]) as a,
+            rasterio.open(root / rec["class_maps"]["after"]) as b,
+        ):
             tb, ta = a.read(1), b.read(1)
         db, da = m.maps["before"].codes, m.maps["after"].codes
         # every truly cleared forest pixel (forest -> bare land) is dense vegetation -> bare/other
@@ -157,7 +164,11 @@ def test_composites(synth):
     assert np.array_equal(render_composite(r, "false-nir"), render_rgb(r, (3, 2, 1)))
     bare = Raster(r.data, r.crs, r.transform, None, [])
     assert band_roles(bare, ("nir", "red", "green", "blue")) == {"nir": 0, "red": 1, "green": 2, "blue": 3}
-    assert band_roles(Raster(r.data, None, None, None, ["B5 red edge", "B4", "B3", "B8"])) == {"red": 1, "green": 2, "nir": 3}
+    assert band_roles(Raster(r.data, None, None, None, ["B5 red edge", "B4", "B3", "B8"])) == {
+        "red": 1,
+        "green": 2,
+        "nir": 3,
+    }
     with pytest.raises(ValueError, match="needs band"):
         render_composite(Raster(r.data[:3], None, None, None, []), "false-nir")
     fc = render_composite(r, "false-nir")
@@ -171,8 +182,12 @@ def test_composites(synth):
 
 def test_bands_found_from_descriptions_or_position(tmp_path):
     """Without --bands: band 5 is SWIR by position; shuffled bands are found by their descriptions."""
-    pix = [((1350, 1400, 1450, 1750), None), ((1350, 1400, 1450, 1750), None), ((230, 430, 240, 2900), None),
-           ((620, 560, 330, 160), None)]
+    pix = [
+        ((1350, 1400, 1450, 1750), None),
+        ((1350, 1400, 1450, 1750), None),
+        ((230, 430, 240, 2900), None),
+        ((620, 560, 330, 160), None),
+    ]
     data = _stack(pix, extra=[2000, 1000, 1200, 50])  # built (NDBI > 0), not built (NDBI < 0), forest, water
     t = (10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
     plain = tmp_path / "plain5.tif"

@@ -19,11 +19,11 @@ from PIL import Image
 from rasterio.warp import transform as warp
 
 from geovl.cli import main
-from geovl.synth import synthesize
 from geovl.geo.detect import read_wkb_polygon
 from geovl.geo.mapper import sidecar_path
 from geovl.geo.tiles import TileGrid, png_bytes, read_rgb, render_spec, window_polygon
 from geovl.imagery.geotiff import Raster, read_raster, write_raster
+from geovl.synth import synthesize
 
 W, H, TILE, OVERLAP = 600, 450, 224, 32
 STRIDE = TILE - OVERLAP
@@ -35,10 +35,18 @@ def mosaic(tmp_path_factory):
     """A 600 x 450 4-band mosaic stitched from six 240 px synth scenes (3 x 2), bottom-right corner
     (rows >= 384, cols >= 384) set to nodata 0, so tile (2, 2) is all nodata."""
     root = tmp_path_factory.mktemp("map")
-    synthesize(root / "synth", scenes=6, size=240, langs="en", questions_per_scene=1, split="train=1",
-               tasks="presence", progress=False)
+    synthesize(
+        root / "synth",
+        scenes=6,
+        size=240,
+        langs="en",
+        questions_per_scene=1,
+        split="train=1",
+        tasks="presence",
+        progress=False,
+    )
     tiles = [read_raster(root / "synth" / f"scenes/s{i:05d}/after.tif") for i in range(6)]
-    rows = [np.concatenate([t.data for t in tiles[r * 3:(r + 1) * 3]], axis=2) for r in range(2)]
+    rows = [np.concatenate([t.data for t in tiles[r * 3 : (r + 1) * 3]], axis=2) for r in range(2)]
     data = np.concatenate(rows, axis=1)[:, :H, :W].copy()
     data[:, 384:, 384:] = 0
     assert (data[:, :384] > 0).all()  # real reflectance is never exactly 0 here
@@ -66,8 +74,13 @@ def test_tile_grid_arithmetic():
     t = Affine(10.0, 0.0, 440000.0, 0.0, -10.0, 4065000.0)
     assert g.out_transform(t) == Affine(1920.0, 0.0, 440000.0, 0.0, -1920.0, 4065000.0)
     poly = window_polygon(t, (384, 192, 216, 224))
-    assert poly["coordinates"][0] == [[443840.0, 4063080.0], [443840.0, 4060840.0], [446000.0, 4060840.0],
-                                      [446000.0, 4063080.0], [443840.0, 4063080.0]]  # counter-clockwise, closed
+    assert poly["coordinates"][0] == [
+        [443840.0, 4063080.0],
+        [443840.0, 4060840.0],
+        [446000.0, 4060840.0],
+        [446000.0, 4063080.0],
+        [443840.0, 4063080.0],
+    ]  # counter-clockwise, closed
     for bad in ((224, 224), (224, 300), (8, 0)):
         with pytest.raises(ValueError):
             TileGrid(100, 100, *bad)
@@ -117,9 +130,35 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
     monkeypatch.setattr(LocalEngine, "choice_logprobs", counting)
     out, gj, png = tmp_path / "flags.tif", tmp_path / "flags.geojson", tmp_path / "overview.png"
     gpq = tmp_path / "flags.parquet"
-    argv = ["map", str(path), "--question", QUESTION, "--out", str(out), "--model", model, "--device", "cpu",
-            "--tile", str(TILE), "--overlap", str(OVERLAP), "--batch-size", "3", "--answer-from", "choice",
-            "--geojson", str(gj), "--geoparquet", str(gpq), "--png", str(png), "--label", "疑似违规建设: 新增建筑位于耕地", "--no-progress"]
+    argv = [
+        "map",
+        str(path),
+        "--question",
+        QUESTION,
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--tile",
+        str(TILE),
+        "--overlap",
+        str(OVERLAP),
+        "--batch-size",
+        "3",
+        "--answer-from",
+        "choice",
+        "--geojson",
+        str(gj),
+        "--geoparquet",
+        str(gpq),
+        "--png",
+        str(png),
+        "--label",
+        "疑似违规建设: 新增建筑位于耕地",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["tiles"], summary["nodata"], summary["run"], summary["done_before"]) == (9, 1, 8, 0)
@@ -158,7 +197,9 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
     assert main(argv[:-1] + ["--resume", "--flag-if", "no", "--no-progress"]) == 0
     s2 = json.loads(capsys.readouterr().out)
     assert calls == [] and s2["run"] == 0 and s2["done_before"] == 9
-    feats_no = {(f["properties"]["row"], f["properties"]["col"]): f for f in json.loads(gj.read_text("utf-8"))["features"]}
+    feats_no = {
+        (f["properties"]["row"], f["properties"]["col"]): f for f in json.loads(gj.read_text("utf-8"))["features"]
+    }
     assert set(feats_no) == {tuple(map(int, rc)) for rc in np.argwhere(code == 0)}
     check_outlines(png, wins, set(feats_no), answered)
     parquet_no = _parquet_rings(gpq)
@@ -178,7 +219,6 @@ def test_map_tiny_model_choice_geotiff_geojson_png_and_resume(mosaic, tiny_model
         assert p["question"] == QUESTION and p["label"] == "疑似违规建设: 新增建筑位于耕地"
         assert p["p_yes"] == pytest.approx(float(prob[r, c]), abs=1e-6)
     assert len(feats_yes) + len(feats_no) == 8 and (2, 2) not in {**feats_yes, **feats_no}
-
 
     # resume after losing the last 3 records and half a line: only those tiles run again
     lines = sidecar_path(out).read_text("utf-8").splitlines(keepends=True)
@@ -227,8 +267,15 @@ class Stub(BaseHTTPRequestHandler):
         text = next(p["text"] for p in parts if p["type"] == "text")
         self.server.seen.append(text)
         answer = water_answer(base64.b64decode(url.split(",", 1)[1]))
-        self._send({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
+        self._send(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +301,30 @@ def test_map_remote_text_answers_windowed_reads(mosaic, stub, tmp_path, capsys, 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
     out, gj = tmp_path / "w.tif", tmp_path / "w.geojson"
     server.seen.clear()
-    assert main(["map", str(path), "-q", QUESTION, "--out", str(out), "--api", url, "--geojson", str(gj),
-                 "--png", str(tmp_path / "w.png"), "--png-size", "300", "--batch-size", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "map",
+                str(path),
+                "-q",
+                QUESTION,
+                "--out",
+                str(out),
+                "--api",
+                url,
+                "--geojson",
+                str(gj),
+                "--png",
+                str(tmp_path / "w.png"),
+                "--png-size",
+                "300",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert server.seen == [QUESTION] * 8 and summary["engine_requests"] == {"generate": 8, "choice_logprobs": 0}
     # every read of the mosaic was a window of one tile or a decimated overview (never the whole raster)
@@ -277,13 +346,16 @@ def test_map_remote_text_answers_windowed_reads(mosaic, stub, tmp_path, capsys, 
     bands, _, _, _ = _read_flags(out)
     for (r, c), ans in expect.items():
         assert bands[0, r, c] == codes[ans]
-        assert (np.isnan(bands[1, r, c]) if ans == "hard to say" else bands[1, r, c] == codes[ans])
+        assert np.isnan(bands[1, r, c]) if ans == "hard to say" else bands[1, r, c] == codes[ans]
     assert set(expect.values()) >= {"yes", "no"}  # the mosaic has tiles with and without water
     feats = json.loads(gj.read_text("utf-8"))["features"]
-    assert {(f["properties"]["row"], f["properties"]["col"]) for f in feats} == {rc for rc, a in expect.items() if a == "yes"}
+    assert {(f["properties"]["row"], f["properties"]["col"]) for f in feats} == {
+        rc for rc, a in expect.items() if a == "yes"
+    }
     assert all(f["properties"]["probability"] == 1.0 and f["properties"]["answer"] == "yes" for f in feats)
-    assert summary["answers"] == {k: list(expect.values()).count(v) for k, v in
-                                  (("yes", "yes"), ("no", "no"), ("unknown", "hard to say"))}
+    assert summary["answers"] == {
+        k: list(expect.values()).count(v) for k, v in (("yes", "yes"), ("no", "no"), ("unknown", "hard to say"))
+    }
     assert Image.open(tmp_path / "w.png").size == (300, 225)
 
 
@@ -336,6 +408,8 @@ def test_flags_map_is_a_cloud_optimized_geotiff(tmp_path):
         assert ds.transform == t and ds.crs.to_epsg() == 32650 and ds.descriptions == ("code", "P(yes)")
         assert ds.tags()["geovl_question"] == "q"
         got = ds.read()
-        assert np.array_equal(np.isnan(got), np.isnan(data)) and np.array_equal(got[~np.isnan(got)], data[~np.isnan(data)])
+        assert np.array_equal(np.isnan(got), np.isnan(data)) and np.array_equal(
+            got[~np.isnan(got)], data[~np.isnan(data)]
+        )
         ov = ds.read(1, out_shape=(175, 250))  # from the 4x overview: nearest keeps the codes 0/1
         assert set(np.unique(ov[~np.isnan(ov)])) <= {0.0, 1.0}

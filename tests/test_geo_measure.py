@@ -12,11 +12,11 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
-from geovl.synth import synthesize
-from geovl.synth.classes import BY_KEY
 from geovl.geo.errors import MeasureError
 from geovl.geo.measure import measure_raster
 from geovl.imagery.geotiff import Raster, read_raster, write_raster
+from geovl.synth import synthesize
+from geovl.synth.classes import BY_KEY
 
 PIXEL = 10.0
 
@@ -68,7 +68,10 @@ def test_change_matrix_equals_ground_truth(measured):
         assert m.change.changed_pixels == truth["changed_pixels"]
         assert m.change.changed_m2 == truth["changed_pixels"] * PIXEL**2
         crop = m.gain_loss("cropland")
-        assert crop["gain_pixels"] == truth["cropland_gain_pixels"] and crop["loss_pixels"] == truth["cropland_loss_pixels"]
+        assert (
+            crop["gain_pixels"] == truth["cropland_gain_pixels"]
+            and crop["loss_pixels"] == truth["cropland_loss_pixels"]
+        )
         assert crop["net_m2"] == truth["cropland_net_pixels"] * PIXEL**2
         assert m.gain_loss("forest")["loss_pixels"] == truth["forest_loss_pixels"]
         assert m.change.common_pixels == 96 * 96
@@ -111,7 +114,10 @@ def test_geojson_patches_are_valid_and_sum_to_changed_area(synth, measured):
         assert sum(f["properties"]["pixels"] for f in feats) == m.change.changed_pixels
         areas = [f["properties"]["area_m2"] for f in feats]
         assert areas == sorted(areas, reverse=True)
-        with rasterio.open(root / rec["class_maps"]["before"]) as a, rasterio.open(root / rec["class_maps"]["after"]) as b:
+        with (
+            rasterio.open(root / rec["class_maps"]["before"]) as a,
+            rasterio.open(root / rec["class_maps"]["after"]) as b,
+        ):
             before, after, transform = a.read(1), b.read(1), b.transform
         for f in feats:
             p = f["properties"]
@@ -120,14 +126,21 @@ def test_geojson_patches_are_valid_and_sum_to_changed_area(synth, measured):
                 assert ring[0] == ring[-1] and len(ring) >= 5
                 xy = np.asarray(ring)
                 assert np.all((xy[:, 0] - transform.c) % PIXEL == 0) and np.all((transform.f - xy[:, 1]) % PIXEL == 0)
-            inside = rasterize([(f["geometry"], 1)], out_shape=before.shape, transform=transform, fill=0, dtype="uint8") == 1
+            inside = (
+                rasterize([(f["geometry"], 1)], out_shape=before.shape, transform=transform, fill=0, dtype="uint8") == 1
+            )
             assert int(inside.sum()) == p["pixels"] and p["area_m2"] == p["pixels"] * PIXEL**2
             assert (before[inside] == p["from_code"]).all() and (after[inside] == p["to_code"]).all()
             assert _component_is_4_connected(inside)
             assert p["area_mu"] == pytest.approx(p["area_m2"] * 15 / 1e4) and p["to_zh"] and p["from_en"]
         # every changed pixel is in exactly one feature
-        ids = rasterize([(f["geometry"], i + 1) for i, f in enumerate(feats)], out_shape=before.shape, transform=transform,
-                        fill=0, dtype="int32")
+        ids = rasterize(
+            [(f["geometry"], i + 1) for i, f in enumerate(feats)],
+            out_shape=before.shape,
+            transform=transform,
+            fill=0,
+            dtype="int32",
+        )
         assert np.array_equal(ids > 0, before != after)
 
 
@@ -161,8 +174,15 @@ def test_aoi_rectangle_gives_exact_pixel_counts(synth, tmp_path):
     y0, y1 = f + e * rows.start, f + e * rows.stop
     # 1) in the raster CRS, declared with an old-style crs member (as QGIS writes it)
     aoi = tmp_path / "aoi_utm.geojson"
-    aoi.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32650"}},
-                               "features": [{"type": "Feature", "properties": {}, "geometry": _rect(x0, y0, x1, y1)}]}))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32650"}},
+                "features": [{"type": "Feature", "properties": {}, "geometry": _rect(x0, y0, x1, y1)}],
+            }
+        )
+    )
     m = measure_raster(cls_path, aoi=aoi)
     assert m.aoi.crs_how == "file" and not m.aoi.partly_outside
     assert {cl.code: cl.pixels for cl in m.current.classes if cl.pixels} == {i: int(n) for i, n in enumerate(want) if n}
@@ -176,14 +196,27 @@ def test_aoi_rectangle_gives_exact_pixel_counts(synth, tmp_path):
     ys = [y0 - q, y0 - q, y1 + q, y1 + q, y0 - q]
     lon, lat = transform("EPSG:32650", "EPSG:4326", xs, ys)
     aoi84 = tmp_path / "aoi_wgs84.geojson"
-    aoi84.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lon, lat)))]}}))
+    aoi84.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lon, lat)))]},
+            }
+        )
+    )
     m84 = measure_raster(cls_path, aoi=aoi84)
     assert m84.aoi.crs_how == "lon/lat coordinates" and m84.aoi.crs == "EPSG:4326"
     assert [cl.pixels for cl in m84.current.classes] == [cl.pixels for cl in m.current.classes]
     # 3) a MultiPolygon of two disjoint rectangles, one partly outside the raster
     xa, ya = c + a * 96, f + e * 96  # lower-right corner of the raster
-    multi = {"type": "MultiPolygon", "coordinates": [_rect(x0, y0, x1, y1)["coordinates"],
-                                                     _rect(xa - 5 * a, ya - 5 * e, xa + 50, ya - 50)["coordinates"]]}
+    multi = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            _rect(x0, y0, x1, y1)["coordinates"],
+            _rect(xa - 5 * a, ya - 5 * e, xa + 50, ya - 50)["coordinates"],
+        ],
+    }
     aoim = tmp_path / "aoi_multi.geojson"
     aoim.write_text(json.dumps(multi))
     mm = measure_raster(cls_path, aoi=aoim)
@@ -267,7 +300,11 @@ def test_worldcover_and_dynamic_world_tables(tmp_path):
     assert "72%" in m2.to_json()["uncertainty"]["en"]
     # a custom table file; codes missing from it get generic names
     table = tmp_path / "table.json"
-    table.write_text(json.dumps({"name": "county", "nodata": 0, "classes": [{"code": 40, "key": "farm", "en": "farmland", "zh": "农田"}]}))
+    table.write_text(
+        json.dumps(
+            {"name": "county", "nodata": 0, "classes": [{"code": 40, "key": "farm", "en": "farmland", "zh": "农田"}]}
+        )
+    )
     m3 = measure_raster(p, class_table=table)
     assert m3.current.get("farm").pixels == 3 and m3.current.get(80).en == "class 80" and m3.table.name == "county"
     bad = tmp_path / "bad_table.json"

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from geovl.data.schema import user_turn
-from geovl.synth import synthesize
 from geovl.geo.ask import build_grounded, grounded_answer
 from geovl.geo.tiles import image_for_model
 from geovl.geo.units import all_units, fmt
 from geovl.inference import ChatRequest, GenerationParams, LocalEngine
+from geovl.synth import synthesize
 from geovl.ui.i18n import t
 from serve_util import Server, free_port, running
 
@@ -47,13 +47,28 @@ def norm(s: str) -> str:
 @pytest.fixture(scope="module")
 def county(tmp_path_factory):
     out = tmp_path_factory.mktemp("geoweb") / "county"
-    synthesize(out, scenes=2, seed=4, size=112, langs="en", questions_per_scene=1, split="train=1", tasks="presence", progress=False)
+    synthesize(
+        out,
+        scenes=2,
+        seed=4,
+        size=112,
+        langs="en",
+        questions_per_scene=1,
+        split="train=1",
+        tasks="presence",
+        progress=False,
+    )
     scenes = [json.loads(x) for x in (out / "scenes.jsonl").read_text("utf-8").splitlines()]
     sc = max(scenes, key=lambda s: s["change"]["cropland_gain_pixels"] + s["change"]["cropland_loss_pixels"])
     assert sc["after"]["class_pixels"]["cropland"] and sc["change"]["cropland_gain_pixels"]
-    f = {"after": out / sc["geotiffs"]["after"], "before": out / sc["geotiffs"]["before"],
-         "after_classes": out / sc["class_maps"]["after"], "before_classes": out / sc["class_maps"]["before"],
-         "table": out / "classes.json", "png": out / sc["images"]["after"]}
+    f = {
+        "after": out / sc["geotiffs"]["after"],
+        "before": out / sc["geotiffs"]["before"],
+        "after_classes": out / sc["class_maps"]["after"],
+        "before_classes": out / sc["class_maps"]["before"],
+        "table": out / "classes.json",
+        "png": out / sc["images"]["after"],
+    }
     return sc, f
 
 
@@ -113,12 +128,33 @@ def test_grounded_chat_and_panel_share_one_measurement(engine, county, tmp_path)
     app = app_with(engine, tmp_path)
     q = "耕地面积变化了多少公顷？"
     classes = [str(f["before_classes"]), str(f["after_classes"])]
-    outs, last = drain(app.respond({"text": q, "files": [str(f["before"]), str(f["after"])]}, [], Conversation(), "zh", 0.0, MAX_NEW,
-                                   classes, "auto", "synth"))
+    outs, last = drain(
+        app.respond(
+            {"text": q, "files": [str(f["before"]), str(f["after"])]},
+            [],
+            Conversation(),
+            "zh",
+            0.0,
+            MAX_NEW,
+            classes,
+            "auto",
+            "synth",
+        )
+    )
     _, history, conv, panel_md, panel_img = last
-    want = grounded_answer(engine, f["after"], q, before_path=f["before"], classes=f["after_classes"], before_classes=f["before_classes"],
-                           class_table="synth", params=GenerationParams(max_new_tokens=MAX_NEW))
-    assert history[-1]["content"].strip() == want.answer and conv.messages[-1]["content"][0]["text"].strip() == want.answer
+    want = grounded_answer(
+        engine,
+        f["after"],
+        q,
+        before_path=f["before"],
+        classes=f["after_classes"],
+        before_classes=f["before_classes"],
+        class_table="synth",
+        params=GenerationParams(max_new_tokens=MAX_NEW),
+    )
+    assert (
+        history[-1]["content"].strip() == want.answer and conv.messages[-1]["content"][0]["text"].strip() == want.answer
+    )
     # the panel came first (before generation), then the answer streamed, then the panel says it was grounded
     assert t("geo_generating", "zh") in outs[0][3] and "耕地 cropland" in outs[0][3]
     assert panel_md.endswith(t("geo_grounded", "zh")) and Path(panel_img.value["path"]).is_file()
@@ -130,8 +166,13 @@ def test_grounded_chat_and_panel_share_one_measurement(engine, county, tmp_path)
         for c in d.classes:
             if c.pixels:
                 u = all_units(c.m2)
-                assert f"{fmt(u['km2'], 'km2')}平方公里（{fmt(u['ha'], 'ha')}公顷，{fmt(u['mu'], 'mu')}亩）" in want.prompt
-                assert f"| {fmt(u['m2'], 'm2')} | {fmt(u['km2'], 'km2')} | {fmt(u['ha'], 'ha')} | {fmt(u['mu'], 'mu')} |" in panel_md
+                assert (
+                    f"{fmt(u['km2'], 'km2')}平方公里（{fmt(u['ha'], 'ha')}公顷，{fmt(u['mu'], 'mu')}亩）" in want.prompt
+                )
+                assert (
+                    f"| {fmt(u['m2'], 'm2')} | {fmt(u['km2'], 'km2')} | {fmt(u['ha'], 'ha')} | {fmt(u['mu'], 'mu')} |"
+                    in panel_md
+                )
     net = m.gain_loss("cropland")["net_m2"]
     assert net == sc["change"]["cropland_net_pixels"] * 100
     assert f"+{fmt(all_units(net)['ha'], 'ha')}" in panel_md and "变化矩阵" in panel_md and "最大变化图斑" in panel_md
@@ -152,23 +193,52 @@ def test_follow_ups_retries_plain_images_no_crs_and_order(county, tmp_path):
     rec = Recorder()
     app = app_with(rec, tmp_path)
     cls = [str(f["before_classes"]), str(f["after_classes"])]
-    _, (_, hist, conv, _, _) = drain(app.respond({"text": "How much cropland?", "files": [str(f["before"]), str(f["after"])]},
-                                                 [], Conversation(), "en", 0.0, 8, cls, "upload", "synth"))
-    first = build_grounded(f["after"], "How much cropland?", before_path=f["before"], classes=f["after_classes"],
-                           before_classes=f["before_classes"], class_table="synth")
+    _, (_, hist, conv, _, _) = drain(
+        app.respond(
+            {"text": "How much cropland?", "files": [str(f["before"]), str(f["after"])]},
+            [],
+            Conversation(),
+            "en",
+            0.0,
+            8,
+            cls,
+            "upload",
+            "synth",
+        )
+    )
+    first = build_grounded(
+        f["after"],
+        "How much cropland?",
+        before_path=f["before"],
+        classes=f["after_classes"],
+        before_classes=f["before_classes"],
+        class_table="synth",
+    )
     assert rec.requests[-1].messages == first.messages and rec.requests[-1].images == first.images
     # follow-up without images: grounded again, on the same rasters, with the new question
-    _, (_, hist, conv, _, _) = drain(app.respond({"text": "And the bare land?", "files": []}, hist, conv, "en", 0.0, 8, cls, "upload", "synth"))
+    _, (_, hist, conv, _, _) = drain(
+        app.respond({"text": "And the bare land?", "files": []}, hist, conv, "en", 0.0, 8, cls, "upload", "synth")
+    )
     req = rec.requests[-1]
-    assert len(req.messages) == 1 and req.images == first.images and req.messages[0]["content"][-1]["text"].endswith("Question: And the bare land?")
+    assert (
+        len(req.messages) == 1
+        and req.images == first.images
+        and req.messages[0]["content"][-1]["text"].endswith("Question: And the bare land?")
+    )
     _, (_, hist, conv, _, _) = drain(app.retry(hist, conv, "en", 0.0, 8, cls, "upload", "synth"))
     assert rec.requests[-1].messages == req.messages
     # reversed order: the first upload is the later date; table "auto" for uploads = from the codes only
-    _, (_, _, _, md, _) = drain(app.respond({"text": "And now?", "files": []}, hist, conv, "en", 0.0, 8, cls, "reversed", "auto"))
+    _, (_, _, _, md, _) = drain(
+        app.respond({"text": "And now?", "files": []}, hist, conv, "en", 0.0, 8, cls, "reversed", "auto")
+    )
     assert "before `after.tif` → after `before.tif` (by reversed upload order)" in md
     # a plain PNG keeps the plain path: the whole conversation, the PNG included, goes to engine.stream
     n = len(rec.requests)
-    _, (_, hist2, conv2, md2, _) = drain(app.respond({"text": "What is this?", "files": [str(f["png"])]}, hist, conv, "en", 0.0, 8, cls, "upload", "auto"))
+    _, (_, hist2, conv2, md2, _) = drain(
+        app.respond(
+            {"text": "What is this?", "files": [str(f["png"])]}, hist, conv, "en", 0.0, 8, cls, "upload", "auto"
+        )
+    )
     req = rec.requests[n]
     assert req.messages == conv2.messages[:-1] and len(req.images) == 3 and not conv2.extras["geo"]["grounded"]
     assert t("geo_grounded", "en") not in md2  # the panel no longer claims grounding for this answer
@@ -179,22 +249,49 @@ def test_follow_ups_retries_plain_images_no_crs_and_order(county, tmp_path):
     nocrs = tmp_path / "nocrs.tif"
     with pytest.warns(Warning):
         write_raster(nocrs, Raster((np.random.default_rng(0).random((4, 40, 40)) * 3000).astype("uint16")))
-    outs, (_, _, conv3, _, _) = drain(app.respond({"text": "Is there water?", "files": [str(nocrs)]}, [], Conversation(), "en", 0.0, 8, None, "auto", "auto"))
+    outs, (_, _, conv3, _, _) = drain(
+        app.respond(
+            {"text": "Is there water?", "files": [str(nocrs)]}, [], Conversation(), "en", 0.0, 8, None, "auto", "auto"
+        )
+    )
     assert panel_text(outs) == t("geo_no_crs", "en", names="`nocrs.tif`") and conv3.extras["geo"]["rasters"] == []
     assert rec.requests[-1].messages == [user_turn("Is there water?", 1)]
     # ... and in a conversation that has a measurement, the note stays above it after the (plain) answer
-    outs, (_, _, conv3b, md3b, _) = drain(app.respond({"text": "Water?", "files": [str(nocrs)]}, hist2, conv2, "en", 0.0, 8, cls, "upload", "auto"))
+    outs, (_, _, conv3b, md3b, _) = drain(
+        app.respond({"text": "Water?", "files": [str(nocrs)]}, hist2, conv2, "en", 0.0, 8, cls, "upload", "auto")
+    )
     assert md3b.startswith(t("geo_no_crs", "en", names="`nocrs.tif`") + "\n\n**Images**: before `after.tif`")
-    assert "(table: generic)" in md3b and str(f["after"].parent) not in md3b  # no auto-detection beside uploads, no paths
+    assert (
+        "(table: generic)" in md3b and str(f["after"].parent) not in md3b
+    )  # no auto-detection beside uploads, no paths
     assert t("geo_grounded", "en") not in md3b and not conv3b.extras["geo"]["grounded"]
     # one class raster for two dates: a clear message in the panel; the answer takes the plain path
-    outs, (_, _, conv4, _, _) = drain(app.respond({"text": "q", "files": [str(f["before"]), str(f["after"])]}, [], Conversation(), "en", 0.0, 8,
-                                                  [str(f["after_classes"])], "auto", "auto"))
-    assert panel_text(outs).startswith("**Measurement failed**: 1 class raster(s) uploaded for 2 date(s)") and not conv4.extras["geo"]["grounded"]
+    outs, (_, _, conv4, _, _) = drain(
+        app.respond(
+            {"text": "q", "files": [str(f["before"]), str(f["after"])]},
+            [],
+            Conversation(),
+            "en",
+            0.0,
+            8,
+            [str(f["after_classes"])],
+            "auto",
+            "auto",
+        )
+    )
+    assert (
+        panel_text(outs).startswith("**Measurement failed**: 1 class raster(s) uploaded for 2 date(s)")
+        and not conv4.extras["geo"]["grounded"]
+    )
     assert rec.requests[-1].messages == [user_turn("q", 2)]
     # no class raster: derived classes, and the panel says so
-    _, (_, _, _, md5, _) = drain(app.respond({"text": "q", "files": [str(f["after"])]}, [], Conversation(), "zh", 0.0, 8, None, "auto", "auto"))
-    assert t("geo_classes_derived", "zh") in md5 and "classes derived from spectral indices" in rec.requests[-1].messages[0]["content"][-1]["text"]
+    _, (_, _, _, md5, _) = drain(
+        app.respond({"text": "q", "files": [str(f["after"])]}, [], Conversation(), "zh", 0.0, 8, None, "auto", "auto")
+    )
+    assert (
+        t("geo_classes_derived", "zh") in md5
+        and "classes derived from spectral indices" in rec.requests[-1].messages[0]["content"][-1]["text"]
+    )
 
 
 def test_map_button_writes_the_flags_map_and_downloads(county, tmp_path):
@@ -209,12 +306,25 @@ def test_map_button_writes_the_flags_map_and_downloads(county, tmp_path):
     cls = [str(f["before_classes"]), str(f["after_classes"]), str(f["table"])]  # classes.json: the class table
     with pytest.raises(gr.Error, match="GeoTIFF"):
         app.extension.make_map(Conversation(), {"text": "q"}, cls, "auto", "auto", 56, "en")
-    _, (_, _, conv, _, _) = drain(app.respond({"text": "Are there new buildings?", "files": [str(f["before"]), str(f["after"])]},
-                                              [], Conversation(), "en", 0.0, 8, cls, "auto", "auto"))
+    _, (_, _, conv, _, _) = drain(
+        app.respond(
+            {"text": "Are there new buildings?", "files": [str(f["before"]), str(f["after"])]},
+            [],
+            Conversation(),
+            "en",
+            0.0,
+            8,
+            cls,
+            "auto",
+            "auto",
+        )
+    )
     n = len(rec.requests)
     md, img, files = app.extension.make_map(conv, {"text": "", "files": []}, cls, "auto", "auto", 56, "en")
     tiles = rec.requests[n:]
-    assert len(tiles) == 9 and all(r.messages == [user_turn("Are there new buildings?", 1)] for r in tiles)  # 3 x 3 tiles of 56 px
+    assert len(tiles) == 9 and all(
+        r.messages == [user_turn("Are there new buildings?", 1)] for r in tiles
+    )  # 3 x 3 tiles of 56 px
     assert "9 tiles (56 px, overlap 14 px): yes 9, no 0" in md and "**9 flagged**" in md and "Areas per class" in md
     names = sorted(Path(x["path"]).name for x in files.value)
     assert names == ["changes.geojson", "flags.geojson", "flags.tif", "measurement.json", "overview.png"]
@@ -232,7 +342,11 @@ def test_map_button_writes_the_flags_map_and_downloads(county, tmp_path):
 def ui(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("geo-ui")
     port = free_port()
-    server = Server(["ui", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--max-new-tokens", str(MAX_NEW)], tmp / "ui.log", port)
+    server = Server(
+        ["ui", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--max-new-tokens", str(MAX_NEW)],
+        tmp / "ui.log",
+        port,
+    )
     with running(server, path="/"):
         yield {"server": server, "tmp": tmp}
 
@@ -245,8 +359,18 @@ def browser(ui):
 
     opts = Options()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1500,1400", f"--user-data-dir={ui['tmp'] / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1500,1400",
+        f"--user-data-dir={ui['tmp'] / 'chrome-profile'}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -283,12 +407,22 @@ def test_geotiffs_in_the_browser_panel_grounded_answer_and_map(ui, browser, coun
         return [e.text for e in d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot']")]
 
     d.get(ui["server"].url)
-    wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#geo-map-btn") and "测量与地图" in d.find_element(By.CSS_SELECTOR, "#panel-heading").text)
+    wait.until(
+        lambda _: (
+            d.find_elements(By.CSS_SELECTOR, "#geo-map-btn")
+            and "测量与地图" in d.find_element(By.CSS_SELECTOR, "#panel-heading").text
+        )
+    )
     # class maps + classes.json into the panel (before, then after), the two GeoTIFFs into the chat box
     d.find_element(By.CSS_SELECTOR, "#geo-classes input[type='file']").send_keys(
-        "\n".join(str(up / f[k].name) for k in ("before_classes", "after_classes", "table")))
-    wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#geo-classes .file-preview tr, #geo-classes tbody tr")) >= 3)
-    d.find_element(By.CSS_SELECTOR, "#msg-input input[type='file']").send_keys(f"{up / 'before.tif'}\n{up / 'after.tif'}")
+        "\n".join(str(up / f[k].name) for k in ("before_classes", "after_classes", "table"))
+    )
+    wait.until(
+        lambda _: len(d.find_elements(By.CSS_SELECTOR, "#geo-classes .file-preview tr, #geo-classes tbody tr")) >= 3
+    )
+    d.find_element(By.CSS_SELECTOR, "#msg-input input[type='file']").send_keys(
+        f"{up / 'before.tif'}\n{up / 'after.tif'}"
+    )
     wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#msg-input .thumbnails .thumbnail-item")) >= 2)
     q = "耕地面积变化了多少公顷？"
     box = d.find_element(By.CSS_SELECTOR, "#msg-input textarea")
@@ -302,21 +436,40 @@ def test_geotiffs_in_the_browser_panel_grounded_answer_and_map(ui, browser, coun
     share = sc["after"]["class_pixels"]["cropland"] / (112 * 112)
     assert after_row[4] == fmt(share, "share")
     panel = d.find_element(By.CSS_SELECTOR, "#panel-content").text
-    assert "变化矩阵" in panel and norm("类别表：synth") in norm(panel) and norm("前时相 before.tif → 后时相 after.tif") in norm(panel)
+    assert (
+        "变化矩阵" in panel
+        and norm("类别表：synth") in norm(panel)
+        and norm("前时相 before.tif → 后时相 after.tif") in norm(panel)
+    )
 
     # the chat answer is the grounded answer (measured figures in the prompt)
-    want = grounded_answer(engine, f["after"], q, before_path=f["before"], classes=f["after_classes"], before_classes=f["before_classes"],
-                           class_table="synth", params=GenerationParams(max_new_tokens=MAX_NEW))
+    want = grounded_answer(
+        engine,
+        f["after"],
+        q,
+        before_path=f["before"],
+        classes=f["after_classes"],
+        before_classes=f["before_classes"],
+        class_table="synth",
+        params=GenerationParams(max_new_tokens=MAX_NEW),
+    )
     images = [image_for_model(f["before"])[0], image_for_model(f["after"])[0]]
     plain = engine.generate([ChatRequest([user_turn(q, 2)], images)], GenerationParams(max_new_tokens=MAX_NEW))[0]
     assert norm(want.answer) != norm(plain), "the grounded prompt changes the answer"
     wait.until(lambda _: bots() and norm(bots()[-1]) == norm(want.answer), f"answer never became {want.answer!r}")
-    wait.until(lambda _: t("geo_grounded", "zh").split("：")[0].strip("*") in d.find_element(By.CSS_SELECTOR, "#panel-content").text)
+    wait.until(
+        lambda _: (
+            t("geo_grounded", "zh").split("：")[0].strip("*") in d.find_element(By.CSS_SELECTOR, "#panel-content").text
+        )
+    )
     assert d.find_elements(By.CSS_SELECTOR, "#panel-map img")
 
     # the map button: flags map over the later image, preview and downloads
     d.find_element(By.CSS_SELECTOR, "#geo-map-btn").click()
-    wait.until(lambda _: "疑似问题图" in d.find_element(By.CSS_SELECTOR, "#panel-content").text, "the map summary never appeared")
+    wait.until(
+        lambda _: "疑似问题图" in d.find_element(By.CSS_SELECTOR, "#panel-content").text,
+        "the map summary never appeared",
+    )
     wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#geo-files a, #geo-files tbody tr")) >= 5)
     panel = d.find_element(By.CSS_SELECTOR, "#panel-content").text
     assert "共 1 个图块（224 像素" in panel

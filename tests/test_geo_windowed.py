@@ -29,8 +29,19 @@ GRIDS = {
 def _write(path, data, crs, transform, nodata=None, **extra):
     data = np.asarray(data)
     data = data[None] if data.ndim == 2 else data
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, **extra) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **extra,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -60,8 +71,9 @@ def _same(windowed, whole, exact: bool):
         assert windowed.change.m2 == pytest.approx(whole.change.m2, rel=1e-12, abs=1e-6)
         if exact:
             assert np.array_equal(windowed.change.m2, whole.change.m2)
-        assert [(p.from_code, p.to_code, p.pixels) for p in windowed.change.patches] == \
-               [(p.from_code, p.to_code, p.pixels) for p in whole.change.patches]
+        assert [(p.from_code, p.to_code, p.pixels) for p in windowed.change.patches] == [
+            (p.from_code, p.to_code, p.pixels) for p in whole.change.patches
+        ]
     assert windowed.notes == whole.notes
 
 
@@ -88,8 +100,15 @@ def test_windowed_aoi_and_auto_table(tmp_path):
     x0, y0 = t @ (9.5, 4.5)
     x1, y1 = t @ (60.2, 41.7)
     aoi = tmp_path / "aoi.geojson"
-    aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                               "crs": {"type": "name", "properties": {"name": "EPSG:32650"}}}))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "Polygon",
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+                "crs": {"type": "name", "properties": {"name": "EPSG:32650"}},
+            }
+        )
+    )
     whole = measure_raster(read_raster(path), aoi=aoi)
     got = measure_raster(path, aoi=aoi, window=(6, 17))
     _same(got, whole, exact=True)
@@ -115,6 +134,7 @@ def test_windowed_derived_classes_and_class_raster(tmp_path):
 
 # -- scale/offset tags (finding 3) --------------------------------------------------------------------
 
+
 def test_scale_offset_tags_apply_to_index_classes(tmp_path):
     """Landsat Collection-2 surface reflectance: uint16, ρ = DN × 2.75e-5 − 0.2. Without the tags clear
     water was classed built-up and dense vegetation sparse."""
@@ -123,8 +143,17 @@ def test_scale_offset_tags_apply_to_index_classes(tmp_path):
     refl = np.array([water, forest], np.float64).T[:, None, :]  # (4, 1, 2)
     dn = np.round((refl + 0.2) / 2.75e-5).astype(np.uint16)
     path = tmp_path / "lc09_sr.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=2, height=1, count=4, dtype="uint16", crs="EPSG:32650",
-                       transform=GRIDS["utm"][1]) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=2,
+        height=1,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=GRIDS["utm"][1],
+    ) as dst:
         dst.write(dn)
         dst.scales = (2.75e-5,) * 4
         dst.offsets = (-0.2,) * 4
@@ -135,11 +164,14 @@ def test_scale_offset_tags_apply_to_index_classes(tmp_path):
 
 # -- guards -----------------------------------------------------------------------------------------
 
+
 def test_continuous_raster_as_classes_is_refused(tmp_path):
     crs, t = GRIDS["utm"]
     dem = (np.arange(40 * 40, dtype=np.int32).reshape(40, 40) % 1000 + 200).astype(np.uint16)
     path = _write(tmp_path / "dem.tif", dem, crs, t)
-    with pytest.raises(MeasureError, match=r"dem\.tif: more than 256 distinct values .*continuous raster.*--class-table"):
+    with pytest.raises(
+        MeasureError, match=r"dem\.tif: more than 256 distinct values .*continuous raster.*--class-table"
+    ):
         measure_raster(path)
     refl = _write(tmp_path / "b4.tif", (dem / 1e4).astype(np.float32), crs, t)
     with pytest.raises(MeasureError, match=r"b4\.tif: float32 values and no class table"):
@@ -176,7 +208,9 @@ def test_geostationary_full_disk_is_not_measured_as_planar(tmp_path):
     aoi.write_text(json.dumps({"type": "Polygon", "coordinates": [[[-e, -e], [e, -e], [e, e], [-e, e], [-e, -e]]]}))
     a, b = (measure_raster(x, class_table="worldcover", aoi=aoi) for x in (path, read_raster(path)))
     assert a.current.valid_m2 == pytest.approx(m.current.valid_m2, rel=1e-12)
-    assert a.aoi.area_m2 == pytest.approx(b.aoi.area_m2, rel=1e-12) and a.aoi.area_m2 >= a.current.valid_m2 * (1 - 1e-12)
+    assert a.aoi.area_m2 == pytest.approx(b.aoi.area_m2, rel=1e-12) and a.aoi.area_m2 >= a.current.valid_m2 * (
+        1 - 1e-12
+    )
     bad, _, _ = _goes(tmp_path, 40, "goes_all_valid.tif", nodata_off_disk=False)
     with pytest.raises(MeasureError, match="outside the projection's valid area"):
         measure_raster(bad, class_table="worldcover")
@@ -185,20 +219,28 @@ def test_geostationary_full_disk_is_not_measured_as_planar(tmp_path):
 
 def test_gcp_only_raster_says_warp_first(tmp_path):
     path = tmp_path / "l1.tif"
-    gcps = [GroundControlPoint(0, 0, 116.0, 40.0), GroundControlPoint(0, 10, 116.1, 40.0),
-            GroundControlPoint(10, 0, 116.0, 39.9), GroundControlPoint(10, 10, 116.1, 39.9)]
-    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
-                       gcps=gcps, crs=CRS.from_epsg(4326)) as dst:
+    gcps = [
+        GroundControlPoint(0, 0, 116.0, 40.0),
+        GroundControlPoint(0, 10, 116.1, 40.0),
+        GroundControlPoint(10, 0, 116.0, 39.9),
+        GroundControlPoint(10, 10, 116.1, 39.9),
+    ]
+    with rasterio.open(
+        path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8", gcps=gcps, crs=CRS.from_epsg(4326)
+    ) as dst:
         dst.write(np.ones((1, 10, 10), np.uint8))
     with rasterio.open(path) as ds:
         assert ds.crs is None and len(ds.gcps[0]) == 4
-    with pytest.raises(MeasureError, match=r"l1\.tif: georeferenced only by 4 ground control points.*gdalwarp -t_srs EPSG:4326"):
+    with pytest.raises(
+        MeasureError, match=r"l1\.tif: georeferenced only by 4 ground control points.*gdalwarp -t_srs EPSG:4326"
+    ):
         measure_raster(path, class_table="worldcover")
 
 
 def test_shapefile_aoi_gets_a_conversion_hint(tmp_path):
     try:
         import fiona  # noqa: F401
+
         pytest.skip("fiona is installed: shapefiles are read")
     except ImportError:
         pass
@@ -272,4 +314,6 @@ def test_large_two_date_grid_skips_patches_with_a_note(tmp_path, monkeypatch):
     got = measure_raster(after, before=before, class_table="worldcover", window=(8, 30))
     assert got.maps == {} and got.change.patches == [] and whole.change.patches
     assert np.array_equal(got.change.pixels, whole.change.pixels) and np.array_equal(got.change.m2, whole.change.m2)
-    assert any("change patches (GeoJSON) are not computed above 1,000 pixels (3,763 here)" in n["en"] for n in got.notes)
+    assert any(
+        "change patches (GeoJSON) are not computed above 1,000 pixels (3,763 here)" in n["en"] for n in got.notes
+    )

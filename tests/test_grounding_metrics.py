@@ -36,8 +36,12 @@ def frame(family):
 def call(fn, texts, boxes, mode="all", family="qwen2.5-vl", qtype="grounding"):
     meta = {"boxes": boxes, "grounding": mode, "box_frame": frame(family).as_dict()}
     n = len(texts)
-    return fn([[{"role": "assistant", "content": t}] for t in texts], answer=["ref"] * n, qtype=[qtype] * n,
-              meta=[json.dumps(meta)] * n)
+    return fn(
+        [[{"role": "assistant", "content": t}] for t in texts],
+        answer=["ref"] * n,
+        qtype=[qtype] * n,
+        meta=[json.dumps(meta)] * n,
+    )
 
 
 def test_iou_and_matching_basics():
@@ -72,7 +76,10 @@ def test_exact_boxes_score_exactly_one_shifted_less_junk_zero():
     boxes = [box(40, 30, 120, 90), box(200, 100, 280, 200)]
     fr = get_family("qwen2.5-vl").box_frame(W, H)  # default bounds: 400x300 → 392x308; on-grid boxes stay exact
     exact = json.dumps([{"bbox_2d": fr.to_model(b["bbox"]), "label": "building"} for b in boxes])
-    meta = {"boxes": [box(*[v for v in fr.from_model(fr.to_model(b["bbox"]))]) for b in boxes], "box_frame": fr.as_dict()}
+    meta = {
+        "boxes": [box(*[v for v in fr.from_model(fr.to_model(b["bbox"]))]) for b in boxes],
+        "box_frame": fr.as_dict(),
+    }
     kw = dict(answer=["r"] * 4, qtype=["grounding"] * 4, meta=[meta] * 4)
     shifted = json.dumps([{"bbox_2d": [v + 6 for v in fr.to_model(b["bbox"])], "label": "building"} for b in boxes])
     far = json.dumps([{"bbox_2d": [v + 60 for v in fr.to_model(b["bbox"])], "label": "building"} for b in boxes])
@@ -122,12 +129,20 @@ def test_junk_never_raises_and_scores_zero_unless_it_says_nothing(text):
 
 # ---- geovl score ------------------------------------------------------------------------------------
 
+
 def _rec(i, prediction, boxes, mode="all", frame_=None, lang="en"):
     meta = {"boxes": boxes, "grounding": mode}
     if frame_:
         meta["box_frame"] = frame_
-    return {"id": str(i), "qtype": "grounding", "question": "Locate every building", "reference": "[]",
-            "prediction": prediction, "lang": lang, "meta": meta}
+    return {
+        "id": str(i),
+        "qtype": "grounding",
+        "question": "Locate every building",
+        "reference": "[]",
+        "prediction": prediction,
+        "lang": lang,
+        "meta": meta,
+    }
 
 
 def test_geovl_score_reports_grounding_metrics(tmp_path):
@@ -175,6 +190,10 @@ def test_mean_iou_per_object_counts_missed_objects_as_zero():
     assert res["object_iou"] == pytest.approx(0.25)
     assert score_boxes([box(20, 0, 30, 10), box(0, 0, 10, 10)], ref)["object_iou"] == 1.0
     assert score_boxes(None, ref)["object_iou"] == 0.0 and score_boxes([], [])["object_iou"] is None
-    s = summarize_grounding([dict(score_boxes([box(0, 0, 10, 5)], ref), count_correct=False),
-                             dict(score_boxes([box(0, 0, 10, 10)], ref[:1]), count_correct=True)])
+    s = summarize_grounding(
+        [
+            dict(score_boxes([box(0, 0, 10, 5)], ref), count_correct=False),
+            dict(score_boxes([box(0, 0, 10, 10)], ref[:1]), count_correct=True),
+        ]
+    )
     assert s["mean_object_iou"] == pytest.approx((0.5 + 0 + 1) / 3)

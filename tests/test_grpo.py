@@ -10,17 +10,17 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_FAMILIES
-from sft_util import FAST, png, progress, run_cli, write_dataset
 
+from conftest import TINY_FAMILIES
 from geovl.data.schema import make_sample
+from sft_util import FAST, png, progress, run_cli, write_dataset
 
 # a reward with signal on an untrained model: sampled completions differ in length, so the group
 # advantages are non-zero and the weights move (the rule rewards are all 0 on junk text)
-PLUGIN = '''
+PLUGIN = """
 def length_reward(completions, **kwargs):
     return [min(1.0, len(c[0]["content"]) / 24) for c in completions]
-'''
+"""
 QUESTIONS = [
     ("How many buildings are in the image?", "3", "count", {}),
     ("耕地面积约为多少公顷？", "12.34公顷", "area", {"gt": {"m2": 123400.0}}),
@@ -38,7 +38,9 @@ def files(tmp_path_factory):
     for i in range(8):
         q, a, t, meta = QUESTIONS[i % len(QUESTIONS)]
         samples.append(make_sample(f"s{i}", q, a, [png(56, 56 + 28 * (i % 2), i)], qtype=t, meta=meta))
-    samples += [make_sample(f"big{i}", "How many buildings?", "2", [png(224, 224, 50 + i)], qtype="count") for i in range(2)]
+    samples += [
+        make_sample(f"big{i}", "How many buildings?", "2", [png(224, 224, 50 + i)], qtype="count") for i in range(2)
+    ]
     data = write_dataset(root / "train.parquet", samples)
     plugin = root / "len_rewards.py"
     plugin.write_text(PLUGIN)
@@ -78,8 +80,18 @@ class VisionCalls:
 
 
 def _grpo(capsys, files, model, out, *extra, resume=False):
-    args = ["train", "grpo", files["recipe"], f"model={model}", f"train_data={files['data']}", f"output_dir={out}",
-            f"reward_file={files['plugin']}", f"max_prompt_length={MAX_PROMPT}", *GRPO_FAST, *extra]
+    args = [
+        "train",
+        "grpo",
+        files["recipe"],
+        f"model={model}",
+        f"train_data={files['data']}",
+        f"output_dir={out}",
+        f"reward_file={files['plugin']}",
+        f"max_prompt_length={MAX_PROMPT}",
+        *GRPO_FAST,
+        *extra,
+    ]
     if resume:
         args.append("--resume")
     return run_cli(capsys, *args)
@@ -90,8 +102,17 @@ def _start(capsys, family, tiny_model_dir, tmp_path):
     base = tiny_model_dir(family)
     if family == "qwen2-vl":  # an SFT LoRA run's final/ adapter continues training
         sft = tmp_path / "sft"
-        rc, err = run_cli(capsys, "train", "sft", files_recipe(tmp_path), f"model={base}", f"train_data={_sft_data(tmp_path)}",
-                          f"output_dir={sft}", "max_steps=1", *FAST)
+        rc, err = run_cli(
+            capsys,
+            "train",
+            "sft",
+            files_recipe(tmp_path),
+            f"model={base}",
+            f"train_data={_sft_data(tmp_path)}",
+            f"output_dir={sft}",
+            "max_steps=1",
+            *FAST,
+        )
         assert rc == 0, err[-2000:]
         return sft / "final", []
     if family == "qwen2.5-vl":  # full fine-tuning of the LLM + merger (checkpoint key layout ≠ module tree: issue 21)
@@ -106,7 +127,10 @@ def files_recipe(tmp_path):
 
 
 def _sft_data(tmp_path):
-    return write_dataset(tmp_path / "sft.parquet", [make_sample(f"t{i}", "How many buildings?", str(i), [png(56, 56, i)], qtype="count") for i in range(4)])
+    return write_dataset(
+        tmp_path / "sft.parquet",
+        [make_sample(f"t{i}", "How many buildings?", str(i), [png(56, 56, i)], qtype="count") for i in range(4)],
+    )
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -163,7 +187,10 @@ def test_grpo_trains_saves_resumes_and_reloads(family, files, tiny_model_dir, tm
 
     # the result loads for inference (geovl eval / serve use this engine) and generates
     engine = LocalEngine(str(out / "final"))
-    req = ChatRequest([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many buildings?"}]}], [png(56, 56, 7)])
+    req = ChatRequest(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many buildings?"}]}],
+        [png(56, 56, 7)],
+    )
     answers = engine.generate([req], GenerationParams(max_new_tokens=4))
     assert len(answers) == 1 and isinstance(answers[0], str)
     engine.close()

@@ -43,14 +43,22 @@ def _px(data: bytes) -> np.ndarray:
 
 
 def _convert(tmp_path, image_name, *extra) -> tuple[int, list[dict], list[dict]]:
-    rec = {"id": "s1", "messages": [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there water?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}],
-        "images": [image_name], "qtype": "yes_no", "answer": "yes"}
+    rec = {
+        "id": "s1",
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there water?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+        ],
+        "images": [image_name],
+        "qtype": "yes_no",
+        "answer": "yes",
+    }
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(rec) + "\n")
     out = tmp_path / "out.parquet"
-    rc = main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress", *extra])
+    rc = main(
+        ["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress", *extra]
+    )
     rows = list(read_samples(out)) if out.exists() else []
     rej = tmp_path / "out.rejects.jsonl"
     rejects = [json.loads(x) for x in rej.read_text().splitlines()] if rej.exists() else []
@@ -60,8 +68,8 @@ def _convert(tmp_path, image_name, *extra) -> tuple[int, list[dict], list[dict]]
 def test_convert_infer_ask_and_api_give_the_model_identical_input(tmp_path, capsys):
     from geovl.geo.tiles import image_for_model
     from geovl.infer import image_bytes
-    from geovl.models.preprocess import PreprocessConfig
     from geovl.inference.engine import decode_image
+    from geovl.models.preprocess import PreprocessConfig
 
     tif = _write(tmp_path / "bgrn.tif", _bgrn(), **PROFILE)
     rc, rows, _ = _convert(tmp_path, "bgrn.tif")
@@ -121,7 +129,9 @@ def test_jp2_vrt_envi_render_like_the_geotiff(tmp_path):
     files["envi"], files["envi header"] = tmp_path / "e.img", tmp_path / "e.hdr"
     with rasterio.Env() as env:
         if "JP2OpenJPEG" in env.drivers():
-            files["jp2"] = _write(tmp_path / "a.jp2", data, driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES", **PROFILE)
+            files["jp2"] = _write(
+                tmp_path / "a.jp2", data, driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES", **PROFILE
+            )
     for what, f in files.items():
         img = load_image(f)
         assert img.data[:4] == b"\x89PNG", what
@@ -201,9 +211,13 @@ def test_all_nodata_images_rejected_in_conversion_unless_kept(tmp_path):
 def _vrt(path, src, width, height, count=4):
     bands = "".join(
         f'<VRTRasterBand dataType="UInt16" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">{src.name}'
-        f'</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>' for b in range(1, count + 1))
-    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
-                    f'<SRS>EPSG:32650</SRS><GeoTransform>440000,10,0,4065000,0,-10</GeoTransform>{bands}</VRTDataset>')
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b in range(1, count + 1)
+    )
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+        f"<SRS>EPSG:32650</SRS><GeoTransform>440000,10,0,4065000,0,-10</GeoTransform>{bands}</VRTDataset>"
+    )
     return path
 
 
@@ -227,11 +241,45 @@ def test_ask_and_infer_show_band_order_and_check_images_before_loading_the_model
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir("qwen2-vl"), model)
-    assert main(["infer", "--image", str(tif), "-q", "water?", "--model", str(model), "--device", "cpu",
-                 "--max-new-tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--image",
+                str(tif),
+                "-q",
+                "water?",
+                "--model",
+                str(model),
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "R,G,B = bands 3,2,1" in capsys.readouterr().err
-    assert main(["ask", "--image", str(tif), "-q", "How much water?", "--model", str(model), "--device", "cpu",
-                 "--max-new-tokens", "2", "--bands", "blue,green,red,nir"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "--image",
+                str(tif),
+                "-q",
+                "How much water?",
+                "--model",
+                str(model),
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "2",
+                "--bands",
+                "blue,green,red,nir",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "[波段 bands]" in out and "R,G,B = bands 3,2,1" in out
 
@@ -259,7 +307,7 @@ def test_inspect_with_model_uses_the_models_processor_pixel_bounds(tmp_path, tin
     proc = load_processor(model)
     PreprocessConfig.load(model).apply(proc)
     grid = proc.image_processor(images=[img], return_tensors="np")["image_grid_thw"][0]
-    real = int(np.prod(grid)) // proc.image_processor.merge_size ** 2
+    real = int(np.prod(grid)) // proc.image_processor.merge_size**2
     r = inspect_dataset(str(data), model=str(model), progress=False)
     assert r["visual_tokens_per_image"]["p100"] == real
     assert r["pixel_bounds"]["max_pixels"] == 240 * 28 * 28
@@ -295,10 +343,9 @@ def test_training_records_the_render_settings_of_its_converted_data(tmp_path):
 def test_webapp_shows_and_sends_what_the_model_sees(tmp_path):
     """Before: with a model's rgb_bands the web app showed bands 1-3 and sent the raw TIFF for the engine to render."""
     from geovl.infer import image_bytes
+    from geovl.inference.capabilities import InputSpec
     from geovl.models.preprocess import PreprocessConfig
     from geovl.ui.webapp import ChatApp
-
-    from geovl.inference.capabilities import InputSpec
 
     class Engine:  # ChatApp only reads these attributes to load an image
         name = "stub"

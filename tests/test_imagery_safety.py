@@ -13,8 +13,15 @@ from PIL import Image
 
 from geovl.errors import GeoVLError
 from geovl.imagery import decode, safety
-from geovl.imagery.safety import (ImageError, ImageLimits, ImageRefError, ImageTooLarge, check_image, image_format,
-                                  read_header)
+from geovl.imagery.safety import (
+    ImageError,
+    ImageLimits,
+    ImageRefError,
+    ImageTooLarge,
+    check_image,
+    image_format,
+    read_header,
+)
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -34,7 +41,14 @@ def encoded(fmt: str, **kw) -> bytes:
 
 
 def test_one_signature_table():
-    for fmt, want in [("PNG", "PNG"), ("JPEG", "JPEG"), ("GIF", "GIF"), ("BMP", "BMP"), ("WEBP", "WEBP"), ("TIFF", "TIFF")]:
+    for fmt, want in [
+        ("PNG", "PNG"),
+        ("JPEG", "JPEG"),
+        ("GIF", "GIF"),
+        ("BMP", "BMP"),
+        ("WEBP", "WEBP"),
+        ("TIFF", "TIFF"),
+    ]:
         assert image_format(encoded(fmt)) == want
     assert image_format(b"MM\x00+" + b"\0" * 12) == "TIFF" and image_format(b"\xff\x4f\xff\x51") == "JPEG2000"
     assert image_format(b"<VRTDataset>") is None and image_format(b"") is None

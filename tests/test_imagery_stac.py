@@ -14,10 +14,10 @@ import pytest
 import rasterio
 
 from geovl.cli import main
-from geovl.synth import synthesize
 from geovl.geo.measure import measure_raster
 from geovl.geo.tiles import image_for_model
 from geovl.imagery.stac import StacError, is_stac, stac_inputs
+from geovl.synth import synthesize
 
 NAMES = ("blue", "green", "red", "nir")
 
@@ -25,7 +25,9 @@ NAMES = ("blue", "green", "red", "nir")
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     out = tmp_path_factory.mktemp("stac")
-    synthesize(out / "synth", scenes=2, seed=5, size=64, langs="en", questions_per_scene=1, split="train=1", progress=False)
+    synthesize(
+        out / "synth", scenes=2, seed=5, size=64, langs="en", questions_per_scene=1, split="train=1", progress=False
+    )
     rec = json.loads((out / "synth" / "scenes.jsonl").read_text().splitlines()[0])
     four = out / "synth" / rec["geotiffs"]["after"]
     with rasterio.open(four) as ds:
@@ -43,16 +45,27 @@ def scene(tmp_path_factory):
 def _item(folder, scene, names=NAMES, href=None, key_style="eo"):
     with rasterio.open(scene["four"]) as ds:
         b = ds.bounds
-    item = pystac.Item(id="scene-1", geometry={"type": "Polygon", "coordinates": [[[b.left, b.bottom], [b.right, b.bottom],
-                       [b.right, b.top], [b.left, b.top], [b.left, b.bottom]]]}, bbox=list(b),
-                       datetime=datetime(2024, 6, 1, tzinfo=timezone.utc), properties={})
+    item = pystac.Item(
+        id="scene-1",
+        geometry={
+            "type": "Polygon",
+            "coordinates": [
+                [[b.left, b.bottom], [b.right, b.bottom], [b.right, b.top], [b.left, b.top], [b.left, b.bottom]]
+            ],
+        },
+        bbox=list(b),
+        datetime=datetime(2024, 6, 1, tzinfo=timezone.utc),
+        properties={},
+    )
     for i, name in enumerate(NAMES):
         if name not in names:
             continue
         target = href or os.path.relpath(scene["bands"] / f"B{i + 1}.tif", folder)  # relative to the item JSON
         extra = {"eo:bands": [{"name": f"B{i + 1}", "common_name": name}]} if key_style == "eo" else {}
-        item.add_asset(f"B{i + 1}" if key_style == "eo" else name,
-                       pystac.Asset(href=target, media_type=pystac.MediaType.COG, roles=["data"], extra_fields=extra))
+        item.add_asset(
+            f"B{i + 1}" if key_style == "eo" else name,
+            pystac.Asset(href=target, media_type=pystac.MediaType.COG, roles=["data"], extra_fields=extra),
+        )
     item.add_asset("thumbnail", pystac.Asset(href="thumb.png", roles=["thumbnail"]))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "item.json"
@@ -128,12 +141,51 @@ def test_ask_and_map_take_an_item_like_the_four_band_file(scene, tmp_path, capsy
     model = str(tiny_model_dir("qwen2-vl"))
     runs = {}
     for name, src in (("item", item), ("four", scene["four"])):
-        assert main(["ask", "--image", str(src), "-q", "How much water?", "--model", model, "--device", "cpu",
-                     "--max-new-tokens", "3", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "ask",
+                    "--image",
+                    str(src),
+                    "-q",
+                    "How much water?",
+                    "--model",
+                    model,
+                    "--device",
+                    "cpu",
+                    "--max-new-tokens",
+                    "3",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         doc = json.loads(capsys.readouterr().out)
         out = tmp_path / f"{name}_flags.tif"
-        assert main(["map", str(src), "-q", "Is there water?", "--out", str(out), "--model", model, "--device", "cpu",
-                     "--tile", "32", "--overlap", "0", "--no-progress", "--answer-from", "choice"]) == 0
+        assert (
+            main(
+                [
+                    "map",
+                    str(src),
+                    "-q",
+                    "Is there water?",
+                    "--out",
+                    str(out),
+                    "--model",
+                    model,
+                    "--device",
+                    "cpu",
+                    "--tile",
+                    "32",
+                    "--overlap",
+                    "0",
+                    "--no-progress",
+                    "--answer-from",
+                    "choice",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
         with rasterio.open(out) as ds:
             runs[name] = (doc, ds.read())
@@ -147,8 +199,11 @@ def test_coarser_asset_resampled_onto_the_finest_grid_and_raster_bands_scale(sce
     nodata from ``raster:bands`` when the file has none."""
     item_path = _item(tmp_path / "items", scene)
     with rasterio.open(scene["four"]) as ds:
-        p = {k: ds.profile[k] for k in ("crs", "dtype")} | {"width": ds.width // 2, "height": ds.height // 2,
-                                                           "transform": ds.transform @ rasterio.Affine.scale(2)}
+        p = {k: ds.profile[k] for k in ("crs", "dtype")} | {
+            "width": ds.width // 2,
+            "height": ds.height // 2,
+            "transform": ds.transform @ rasterio.Affine.scale(2),
+        }
     coarse = scene["data"][3, ::2, ::2]
     with rasterio.open(tmp_path / "nir20.tif", "w", driver="GTiff", count=1, **p) as dst:
         dst.write(coarse, 1)
@@ -182,9 +237,18 @@ def test_item_as_an_image_reference_in_conversion(scene, tmp_path):
     rows = []
     for n, img in enumerate((good, four, bad)):
         rel = str(img.relative_to(tmp_path))  # image references inside the input's folder
-        rows.append({"id": f"s{n}", "messages": [
-            {"role": "user", "content": [{"type": "image", "image": rel}, {"type": "text", "text": "Is there water?"}]},
-            {"role": "assistant", "content": "yes"}]})
+        rows.append(
+            {
+                "id": f"s{n}",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "image": rel}, {"type": "text", "text": "Is there water?"}],
+                    },
+                    {"role": "assistant", "content": "yes"},
+                ],
+            }
+        )
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.parquet"

@@ -31,7 +31,16 @@ def dataset(tmp_path_factory):
         w.read_one()
         w.write(make_sample("txt", "How many buildings?", "3", [], "count", "b.csv#1"))
         w.read_one()
-        w.write(make_sample("two", "Compare the two images.", "The second has more water.", [_png(224, 224), _png(112, 224)], "open", "b.csv#2"))
+        w.write(
+            make_sample(
+                "two",
+                "Compare the two images.",
+                "The second has more water.",
+                [_png(224, 224), _png(112, 224)],
+                "open",
+                "b.csv#2",
+            )
+        )
     return path, sizes
 
 

@@ -112,7 +112,14 @@ def test_never_raises_on_junk(raw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("创造性丰富视觉感知总体评分：:/ 0123456789八十分{}'\",-|*\nCreativityOveralScore")), max_size=200))
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            list("创造性丰富视觉感知总体评分：:/ 0123456789八十分{}'\",-|*\nCreativityOveralScore")
+        ),
+        max_size=200,
+    )
+)
 def test_fuzz_scores_always_in_range(text):
     got = parse_judgment(text)
     assert set(got["scores"]) <= set(KEYS)

@@ -108,14 +108,20 @@ def test_compare_two_runs(run_dir, tmp_path, capsys):
     c = compare(summarize(read_judgments(run_dir)), summarize(read_judgments(after)), ("base", "tuned"))
     row = {r["key"]: r for r in c["rows"]}
     assert row["creativity"]["a"] == pytest.approx(50) and row["creativity"]["b"] == pytest.approx(60)
-    assert row["creativity"]["delta"] == pytest.approx(10) and (row["creativity"]["n_a"], row["creativity"]["n_b"]) == (3, 3)
+    assert row["creativity"]["delta"] == pytest.approx(10) and (row["creativity"]["n_a"], row["creativity"]["n_b"]) == (
+        3,
+        3,
+    )
     assert row["overall"]["b"] == pytest.approx(70) and row["overall"]["delta"] == pytest.approx(-15)
     # tuned combined, weight 1: (47+9)/7 = 8, (42+7)/7 = 7, (30+5)/7 = 5 → mean 20/3
     assert row["combined"]["b"] == pytest.approx(200 / 3)
     assert row["combined"]["delta"] == pytest.approx(200 / 3 - 1250 / 21)
 
     out_dir = tmp_path / "cmp"
-    assert main(["judge", "stats", str(run_dir), "--compare", str(after), "--names", "base,tuned", "--out", str(out_dir)]) == 0
+    assert (
+        main(["judge", "stats", str(run_dir), "--compare", str(after), "--names", "base,tuned", "--out", str(out_dir)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "base" in printed and "tuned" in printed and "+10.0" in printed
     md = (out_dir / "compare.md").read_text(encoding="utf-8")

@@ -147,14 +147,23 @@ def _cycle_path(graph: dict[str, set[str]], comp: set[str]) -> list[str]:
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     """``library module -> commands/cli/serve/ui module`` lines (library: every package not in TOP)."""
-    return sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
-                  if package_of(m) not in TOP and package_of(t) in TOP and t != "geovl")
+    return sorted(
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        for t in ts
+        if package_of(m) not in TOP and package_of(t) in TOP and t != "geovl"
+    )
 
 
 def rewards_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
     """(rewards module, imported geovl module) pairs outside rewards and the leaf utilities."""
-    return {(m, t) for m, ts in graph.items() if package_of(m) == "rewards" for t in ts
-            if package_of(t) not in LEAVES | {"rewards", "geovl"}}
+    return {
+        (m, t)
+        for m, ts in graph.items()
+        if package_of(m) == "rewards"
+        for t in ts
+        if package_of(t) not in LEAVES | {"rewards", "geovl"}
+    }
 
 
 # -- the checker itself can fail -------------------------------------------------------------------
@@ -176,7 +185,10 @@ def test_imports_are_found_inside_functions_and_relative(tmp_path):
     (pkg / "serve" / "api.py").write_text("from ..geo import ask\n")
     (pkg / "geo" / "ask.py").write_text("def f():\n    from ..serve.api import x\n    import geovl.serve\n")
     g = module_graph(tmp_path)
-    assert g["geovl.geo.ask"] == {"geovl.serve.api", "geovl.serve"} and g["geovl.serve.api"] == {"geovl.geo", "geovl.geo.ask"}
+    assert g["geovl.geo.ask"] == {"geovl.serve.api", "geovl.serve"} and g["geovl.serve.api"] == {
+        "geovl.geo",
+        "geovl.geo.ask",
+    }
     assert find_cycles(package_graph(g)) == [["geo", "serve", "geo"]]
     assert upward_imports(g) == ["geovl.geo.ask -> geovl.serve", "geovl.geo.ask -> geovl.serve.api"]
     (pkg / "rewards").mkdir()
@@ -197,7 +209,9 @@ def test_no_cycle_between_packages(graph):
     pg = package_graph(graph)
     cycles = find_cycles(pg)
     mutual = sorted(f"{a} ↔ {b}" for a in pg for b in pg[a] if a < b and a in pg.get(b, ()))
-    assert not cycles, "package import cycles: " + "; ".join(" → ".join(c) for c in cycles) + " (mutual: " + ", ".join(mutual) + ")"
+    assert not cycles, (
+        "package import cycles: " + "; ".join(" → ".join(c) for c in cycles) + " (mutual: " + ", ".join(mutual) + ")"
+    )
 
 
 def test_library_never_imports_commands_cli_serve_or_ui(graph):
@@ -208,7 +222,8 @@ def test_library_never_imports_commands_cli_serve_or_ui(graph):
 def test_rewards_imports_only_leaf_utilities(graph):
     extra = rewards_imports(graph) - REWARDS_PENDING
     assert not extra, "rewards imports beyond the leaf utilities (errors/fileio/units/log):\n" + "\n".join(
-        f"{m} -> {t}" for m, t in sorted(extra))
+        f"{m} -> {t}" for m, t in sorted(extra)
+    )
     assert not REWARDS_PENDING - rewards_imports(graph), "an import left rewards: remove it from REWARDS_PENDING"
 
 
@@ -219,6 +234,10 @@ def test_run_handlers_live_in_commands(graph):
         if package_of(mod) == "commands":
             continue
         for node in ast.parse(f.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("run") and [a.arg for a in node.args.args] == ["args"]:
+            if (
+                isinstance(node, ast.FunctionDef)
+                and node.name.startswith("run")
+                and [a.arg for a in node.args.args] == ["args"]
+            ):
                 found.append(f"{mod}.{node.name}")
     assert set(found) <= {"geovl.train.sft.run", "geovl.train.grpo.run"}, found

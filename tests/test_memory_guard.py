@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sft_util import qa_samples, run_cli, train, write_dataset
 
 from geovl.models import memory as M
+from sft_util import qa_samples, run_cli, train, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

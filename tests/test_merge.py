@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from sft_util import qa_samples, run_cli, train, write_dataset
 
 from conftest import TINY_FAMILIES
+from sft_util import qa_samples, run_cli, train, write_dataset
 
 # what each family's run trains: together they cover LoRA, DoRA, vision LoRA, merger + deepstack mergers
 RUNS = {
@@ -54,7 +54,9 @@ def _inputs(folder):
     proc = AutoProcessor.from_pretrained(folder)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 140, 3), dtype=np.uint8))
     msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Is there water?"}]}]
-    return proc.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    return proc.apply_chat_template(
+        msgs, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
 
 
 def _logits(model, inputs):
@@ -71,7 +73,16 @@ def test_merged_model_equals_base_plus_adapter(runs, tmp_path, capsys, family):
     out = tmp_path / "merged"
     rc, err = run_cli(capsys, "merge", "--base", base, "--adapter", run / "final", "--out", out)
     assert rc == 0, err[-2000:]
-    for f in ("model.safetensors", "config.json", "generation_config.json", "processor_config.json", "tokenizer.json", "chat_template.jinja", "geovl_preprocess.json", "geovl_merge.json"):
+    for f in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "geovl_preprocess.json",
+        "geovl_merge.json",
+    ):
         assert (out / f).is_file(), f
     info = json.loads((out / "geovl_merge.json").read_text())
     n_file = len(load_file(str(run / "final" / "adapter_model.safetensors")))
@@ -157,7 +168,9 @@ def test_full_fine_tune_is_validated_and_copied(tiny_model_dir, tmp_path, capsys
     b = _logits(AutoModelForImageTextToText.from_pretrained(run / "final"), inputs)
     assert torch.equal(a, b)
     # full weights of another family: refused
-    rc, err = run_cli(capsys, "merge", "--base", tiny_model_dir("qwen2-vl"), "--adapter", run / "final", "--out", tmp_path / "bad")
+    rc, err = run_cli(
+        capsys, "merge", "--base", tiny_model_dir("qwen2-vl"), "--adapter", run / "final", "--out", tmp_path / "bad"
+    )
     assert rc == 2 and "qwen2_5_vl" in err and "qwen2_vl" in err
     # an existing non-empty output folder is not overwritten without --force
     rc, err = run_cli(capsys, "merge", "--base", base, "--adapter", run / "final", "--out", out)
@@ -193,7 +206,12 @@ def test_tied_embeddings_stay_tied_or_are_untied_when_trained_apart(tiny_model_d
             fam_mts = ["model.language_model.embed_tokens", "lm_head"]
             pm = get_peft_model(
                 AutoModelForImageTextToText.from_pretrained(base),
-                LoraConfig(r=4, target_modules=r"model\.language_model\.layers\.\d+\.self_attn\.q_proj", modules_to_save=fam_mts, ensure_weight_tying=False),
+                LoraConfig(
+                    r=4,
+                    target_modules=r"model\.language_model\.layers\.\d+\.self_attn\.q_proj",
+                    modules_to_save=fam_mts,
+                    ensure_weight_tying=False,
+                ),
             )
             with torch.no_grad():
                 for n, p in pm.named_parameters():

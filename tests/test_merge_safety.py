@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sft_util import qa_samples, run_cli, train, write_dataset
 
 # `geovl merge` in a subprocess that signals itself once the merged weights are in the temporary folder
@@ -65,8 +66,13 @@ def test_killed_merge_temp_folder_is_removed_by_the_next_merge(full, capsys):
     import fcntl
 
     base, ft, out = full
-    p = subprocess.run([sys.executable, "-c", SIGNALLER, "SIGKILL", *_merge_args(base, ft, out)], env=_env(),
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", SIGNALLER, "SIGKILL", *_merge_args(base, ft, out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == -9, p.stderr[-2000:]
     (stale,) = _temps(out.parent)  # what kill -9 leaves: a hidden folder with the full weights
     assert stale.name.startswith(".out.geovl-merge-") and (stale / "model.safetensors").stat().st_size > 100_000
@@ -88,8 +94,13 @@ def test_killed_merge_temp_folder_is_removed_by_the_next_merge(full, capsys):
 
 def test_sigterm_removes_the_temp_folder(full):
     base, ft, out = full
-    p = subprocess.run([sys.executable, "-c", SIGNALLER, "SIGTERM", *_merge_args(base, ft, out)], env=_env(),
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", SIGNALLER, "SIGTERM", *_merge_args(base, ft, out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 128 + 15, p.stderr[-2000:]
     assert _temps(out.parent) == [] and not out.exists()
 

@@ -89,8 +89,15 @@ def test_image_question_forward_and_generate(family, loaded):
 
     model, proc = loaded(family)
     fam = get_family(family)
-    msgs = [{"role": "user", "content": [{"type": "image", "image": _image(300, 500)}, {"type": "text", "text": "图中是否有水体？"}]}]
-    inputs = proc.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt", add_generation_prompt=True)
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _image(300, 500)}, {"type": "text", "text": "图中是否有水体？"}],
+        }
+    ]
+    inputs = proc.apply_chat_template(
+        msgs, tokenize=True, return_dict=True, return_tensors="pt", add_generation_prompt=True
+    )
     ids = inputs["input_ids"][0].tolist()
     lo, hi = proc.image_processor.size["shortest_edge"], proc.image_processor.size["longest_edge"]
     assert ids.count(model.config.image_token_id) == fam.image_tokens(300, 500, lo, hi)
@@ -135,7 +142,10 @@ def test_assistant_mask_is_exactly_the_answers(family, loaded):
     _, proc = loaded(family)
     answer1, answer2 = "有，水体位于图像左上角。", "3"
     msgs = [
-        {"role": "user", "content": [{"type": "image", "image": _image(224, 224, 1)}, {"type": "text", "text": "Is there water?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _image(224, 224, 1)}, {"type": "text", "text": "Is there water?"}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": answer1}]},
         {"role": "user", "content": "How many buildings are there?"},
         {"role": "assistant", "content": answer2},
@@ -189,10 +199,16 @@ def test_chat_template_renders_like_qwen2_vl(loaded):
     assert r == sys_default + "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
     msgs = [
         {"role": "system", "content": "You are a remote sensing expert."},
-        {"role": "user", "content": [
-            {"type": "image"}, {"image": "a.png"}, {"type": "video"}, {"image_url": {"url": "x"}},
-            {"type": "text", "text": "Compare."},
-        ]},  # fmt: skip
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"image": "a.png"},
+                {"type": "video"},
+                {"image_url": {"url": "x"}},
+                {"type": "text", "text": "Compare."},
+            ],
+        },  # fmt: skip
         {"role": "assistant", "content": "Done."},
     ]
     r = tok.apply_chat_template(msgs, tokenize=False)
@@ -203,7 +219,8 @@ def test_chat_template_renders_like_qwen2_vl(loaded):
     )
     r = tok.apply_chat_template(msgs[1:2], tokenize=False, add_vision_id=True, add_generation_prompt=False)
     assert r == (
-        sys_default + f"<|im_start|>user\nPicture 1: {v}Picture 2: {v}Video 1: <|vision_start|><|video_pad|><|vision_end|>"
+        sys_default
+        + f"<|im_start|>user\nPicture 1: {v}Picture 2: {v}Video 1: <|vision_start|><|video_pad|><|vision_end|>"
         f"Picture 3: {v}Compare.<|im_end|>\n"
     )
 
@@ -297,7 +314,12 @@ def test_short_answers_are_forced_to_single_tokens_even_in_a_starved_vocab():
     one a single token without changing how any text round-trips."""
     import json
 
-    from geovl.models.tokenizer import SINGLE_TOKEN_ANSWERS, SPECIAL_TOKENS, build_small_tokenizer, small_vocab_and_merges
+    from geovl.models.tokenizer import (
+        SINGLE_TOKEN_ANSWERS,
+        SPECIAL_TOKENS,
+        build_small_tokenizer,
+        small_vocab_and_merges,
+    )
 
     tok = build_small_tokenizer(300)
     trained = len(json.loads(small_vocab_and_merges(300)[0]))

@@ -158,8 +158,23 @@ def test_parse_number(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", JUNK + [LONG, "yes", "no", "abc", "一些", "十分", "km2", "somewhere", "1e999", "no idea", "I have no idea how many",
-             "无法判断", "不知道有没有"]
+    "text",
+    JUNK
+    + [
+        LONG,
+        "yes",
+        "no",
+        "abc",
+        "一些",
+        "十分",
+        "km2",
+        "somewhere",
+        "1e999",
+        "no idea",
+        "I have no idea how many",
+        "无法判断",
+        "不知道有没有",
+    ],
 )
 def test_parse_number_none(text):
     assert parse_number(text) is None
@@ -209,7 +224,14 @@ def test_find_quantity_keeps_the_written_value_and_unit():
 def test_area_units_are_equivalent(x):
     """x km² == 100x 公顷 == 1500x 亩 == 1e6 x m² (written with repr, so no rounding in the text)."""
     expected = x * 1e6
-    for text in (f"{x!r} km²", f"{x!r}平方公里", f"{100 * x!r}公顷", f"{100 * x!r} ha", f"{1500 * x!r}亩", f"{1e6 * x!r} m2"):
+    for text in (
+        f"{x!r} km²",
+        f"{x!r}平方公里",
+        f"{100 * x!r}公顷",
+        f"{100 * x!r} ha",
+        f"{1500 * x!r}亩",
+        f"{1e6 * x!r} m2",
+    ):
         value, kind = parse_quantity(text)
         assert kind == "area"
         assert math.isclose(value, expected, rel_tol=1e-9), text

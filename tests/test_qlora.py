@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
 from sft_util import qa_samples, run_cli, train, write_dataset
 
 pytest.importorskip("bitsandbytes")

@@ -57,7 +57,9 @@ def test_chat_template_matches_the_official_qwen2_vl_rendering(qwen_tok):
         + [151644, 77091, 198] + answer + [151645, 198]
     )  # fmt: skip
     assert [i for i, m in zip(ids, enc["assistant_masks"]) if m] == answer + [151645]
-    gen = qwen_tok.apply_chat_template(msgs[:1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    gen = qwen_tok.apply_chat_template(msgs[:1], tokenize=True, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
     assert gen == ids[: len(gen)] and gen[-3:] == [151644, 77091, 198]
 
 
@@ -72,7 +74,12 @@ def test_tiny_model_with_real_vocab_loads_and_generates(tiny_model_dir):
     proc = AutoProcessor.from_pretrained(d)
     assert type(proc).__name__ == "Qwen2_5_VLProcessor"
     cfg = model.config
-    assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (151655, 151656, 151652, 151653)
+    assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (
+        151655,
+        151656,
+        151652,
+        151653,
+    )
     assert cfg.text_config.vocab_size == 151_657 and cfg.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
@@ -80,12 +87,19 @@ def test_tiny_model_with_real_vocab_loads_and_generates(tiny_model_dir):
         {"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "What is shown?"}]},
         {"role": "assistant", "content": "A red square."},
     ]
-    enc = proc.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt")
+    enc = proc.apply_chat_template(
+        msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
     ids = enc["input_ids"][0].tolist()
     assert ids[: len(SYSTEM_PREFIX_IDS)] == SYSTEM_PREFIX_IDS
     assert ids.count(151655) == 64  # 224² at patch 14, merge 2
-    assert proc.tokenizer.decode([i for i, m in zip(ids, enc["assistant_masks"][0].tolist()) if m]) == "A red square.<|im_end|>"
-    prompt = proc.apply_chat_template(msgs[:1], tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    assert (
+        proc.tokenizer.decode([i for i, m in zip(ids, enc["assistant_masks"][0].tolist()) if m])
+        == "A red square.<|im_end|>"
+    )
+    prompt = proc.apply_chat_template(
+        msgs[:1], tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert out.shape[1] == prompt["input_ids"].shape[1] + 2
@@ -128,7 +142,9 @@ def test_missing_vocab_gives_a_clear_error(monkeypatch, tmp_path, capsys):
         qwen_vocab.find_qwen_tiktoken()
     monkeypatch.delenv("GEOVL_QWEN_TIKTOKEN")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dashscope" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "dashscope" else real_find_spec(name, *a)
+    )
     with pytest.raises(qwen_vocab.QwenVocabNotFound, match=r"pip install --no-deps dashscope==2\.0\.2"):
         qwen_vocab.find_qwen_tiktoken()
     # the CLI reports it without a traceback and writes nothing

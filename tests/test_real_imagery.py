@@ -50,8 +50,14 @@ def raw(tif):
     import rasterio
 
     with rasterio.open(tif) as ds:
-        return {"data": ds.read(), "mask": ds.dataset_mask() > 0, "profile": ds.profile, "crs": ds.crs,
-                "transform": ds.transform, "colorinterp": [c.name for c in ds.colorinterp]}
+        return {
+            "data": ds.read(),
+            "mask": ds.dataset_mask() > 0,
+            "profile": ds.profile,
+            "crs": ds.crs,
+            "transform": ds.transform,
+            "colorinterp": [c.name for c in ds.colorinterp],
+        }
 
 
 def _px(data: bytes) -> np.ndarray:
@@ -96,14 +102,22 @@ def test_png_twin_is_kept_as_stored_and_equals_the_geotiff(tif, raw):
 
 def test_data_convert_of_a_record_pointing_at_the_real_file(tif, raw, tmp_path):
     shutil.copy(tif, tmp_path / "osbs.tif")
-    rec = {"id": "osbs", "messages": [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Are there trees?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}],
-        "images": ["osbs.tif"], "qtype": "yes_no", "answer": "yes"}
+    rec = {
+        "id": "osbs",
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Are there trees?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+        ],
+        "images": ["osbs.tif"],
+        "qtype": "yes_no",
+        "answer": "yes",
+    }
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(rec) + "\n")
     out = tmp_path / "out.parquet"
-    assert main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    )
     rows = list(read_samples(out))
     rej = tmp_path / "out.rejects.jsonl"
     assert len(rows) == 1 and (not rej.exists() or rej.read_text().strip() == "")
@@ -133,9 +147,19 @@ def test_measure_areas_of_a_class_map_from_the_real_pixels(raw, tmp_path, capsys
     with rasterio.open(path, "w", **prof) as o:
         o.write(cls, 1)
     table = tmp_path / "exg.json"
-    table.write_text(json.dumps({"name": "exg", "nodata": 0, "classes": [
-        {"code": 1, "key": "veg", "en": "vegetation", "zh": "植被"},
-        {"code": 2, "key": "other", "en": "other", "zh": "其他"}]}, ensure_ascii=False))
+    table.write_text(
+        json.dumps(
+            {
+                "name": "exg",
+                "nodata": 0,
+                "classes": [
+                    {"code": 1, "key": "veg", "en": "vegetation", "zh": "植被"},
+                    {"code": 2, "key": "other", "en": "other", "zh": "其他"},
+                ],
+            },
+            ensure_ascii=False,
+        )
+    )
     capsys.readouterr()
     assert main(["measure", str(path), "--class-table", str(table), "--json", "--no-progress"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -163,23 +187,33 @@ def test_measure_areas_of_a_class_map_from_the_real_pixels(raw, tmp_path, capsys
     aa, f = 6378137.0, 1 / 298.257223563
     e2 = f * (2 - f)
     s2 = 1 - e2 * np.sin(lat) ** 2
-    gauss_r = np.sqrt(aa * (1 - e2) / s2 ** 1.5 * aa / np.sqrt(s2))
-    k = 0.9996 * (1 + ((cx - 500_000) / 0.9996) ** 2 / (2 * gauss_r ** 2))
-    assert doc["area_method"]["ellipsoid_to_planar_ratio"] == pytest.approx(1 / k ** 2, rel=1e-7)
+    gauss_r = np.sqrt(aa * (1 - e2) / s2**1.5 * aa / np.sqrt(s2))
+    k = 0.9996 * (1 + ((cx - 500_000) / 0.9996) ** 2 / (2 * gauss_r**2))
+    assert doc["area_method"]["ellipsoid_to_planar_ratio"] == pytest.approx(1 / k**2, rel=1e-7)
     # --area ellipsoidal sums per-pixel areas on the ellipsoid: 0.1 m pixels are ~1e-8 rad wide, where a
     # shoelace on absolute radians cancelled catastrophically (pixels ±30 % off, ratio 1.000568 before the fix)
     capsys.readouterr()
-    assert main(["measure", str(path), "--class-table", str(table), "--json", "--no-progress", "--area", "ellipsoidal"]) == 0
+    assert (
+        main(["measure", str(path), "--class-table", str(table), "--json", "--no-progress", "--area", "ellipsoidal"])
+        == 0
+    )
     ell = json.loads(capsys.readouterr().out)
     assert ell["area_method"]["method"] == "ellipsoidal"
     d = ell["dates"]["image"]
-    assert d["valid_area"]["m2"] == pytest.approx(n_valid * px_area / k ** 2, rel=1e-7)
+    assert d["valid_area"]["m2"] == pytest.approx(n_valid * px_area / k**2, rel=1e-7)
     for c in d["classes"]:
-        assert c["m2"] == pytest.approx(c["pixels"] * px_area / k ** 2, rel=1e-7)
+        assert c["m2"] == pytest.approx(c["pixels"] * px_area / k**2, rel=1e-7)
 
 
-@pytest.mark.parametrize("name", ["2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_541000_4977000_image_crop.png",
-                                  "AWPE Pigeon Lake 2020 DJI_0005.JPG", "SOAP_031.png"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "2019_YELL_2_528000_4978000_image_crop2.png",
+        "2019_YELL_2_541000_4977000_image_crop.png",
+        "AWPE Pigeon Lake 2020 DJI_0005.JPG",
+        "SOAP_031.png",
+    ],
+)
 def test_real_photos_header_size_check_and_plain_path(name):
     """NEON crops and a DJI drone JPEG: header = Pillow's size/bands; kept byte for byte; the size
     check refuses them from the header alone when over a pixel limit."""

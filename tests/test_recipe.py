@@ -12,11 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sft_util import run_cli, sft_recipes
 from transformers import TrainingArguments
 from trl import GRPOConfig, SFTConfig
 
-from geovl.train.recipe import ALIASES, CHOICES, GRPORecipe, RecipeError, SFTRecipe, load_recipe, parse_overrides, save_recipe
+from geovl.train.recipe import (
+    ALIASES,
+    CHOICES,
+    GRPORecipe,
+    RecipeError,
+    SFTRecipe,
+    load_recipe,
+    parse_overrides,
+    save_recipe,
+)
+from sft_util import run_cli, sft_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sft_recipes()  # every recipes/*.yaml but the GRPO ones
@@ -25,9 +34,19 @@ REQUIRED = ["model=m", "train_data=d.parquet"]
 
 
 def test_overrides_are_yaml_scalars_and_lists():
-    o = parse_overrides(["lr=2e-5", "train_data=[a.parquet,b.parquet]", "eval_data=null", "report_to=", "tune_llm=full"])
-    assert o == {"lr": "2e-5", "train_data": ["a.parquet", "b.parquet"], "eval_data": None, "report_to": None, "tune_llm": "full"}
-    r = load_recipe(None, REQUIRED + ["lr=2e-5", "max_steps=6", "report_to=tensorboard", "gradient_checkpointing=yes", "epochs=2"])
+    o = parse_overrides(
+        ["lr=2e-5", "train_data=[a.parquet,b.parquet]", "eval_data=null", "report_to=", "tune_llm=full"]
+    )
+    assert o == {
+        "lr": "2e-5",
+        "train_data": ["a.parquet", "b.parquet"],
+        "eval_data": None,
+        "report_to": None,
+        "tune_llm": "full",
+    }
+    r = load_recipe(
+        None, REQUIRED + ["lr=2e-5", "max_steps=6", "report_to=tensorboard", "gradient_checkpointing=yes", "epochs=2"]
+    )
     assert (r.lr, r.max_steps, r.report_to, r.gradient_checkpointing, r.epochs) == (2e-5, 6, ["tensorboard"], True, 2.0)
     assert r.train_data == ["d.parquet"]  # a single file becomes a list
 
@@ -42,7 +61,10 @@ def test_file_then_command_line(tmp_path):
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("bach_size=4", ["unknown recipe key", "'bach_size'", "did you mean 'batch_size'", "Valid keys:", "lora_alpha"]),
+        (
+            "bach_size=4",
+            ["unknown recipe key", "'bach_size'", "did you mean 'batch_size'", "Valid keys:", "lora_alpha"],
+        ),
         ("batch_size=four", ["batch_size", "expected an integer", "'four'"]),
         ("max_steps=2.5", ["max_steps", "expected an integer"]),
         ("lr=fast", ["lr", "expected a number"]),
@@ -111,7 +133,12 @@ def test_upstream_knobs_reach_the_training_arguments():
     assert trainer_args(d, {"llm": (5, 10), "merger": (0, 3), "vision": (0, 9)}).ddp_find_unused_parameters is False
     assert d.ddp_find_unused_parameters is None  # the recipe keeps the user's (absent) value
     # geovl's derived defaults
-    assert (d.per_device_eval_batch_size, d.data_seed, d.logging_first_step, d.remove_unused_columns) == (4, 42, True, False)
+    assert (d.per_device_eval_batch_size, d.data_seed, d.logging_first_step, d.remove_unused_columns) == (
+        4,
+        42,
+        True,
+        False,
+    )
     assert d.use_cpu is (not torch.cuda.is_available()) and d.bf16 is False and d.fp16 is False
     e = load_recipe(None, REQUIRED + ["eval_data=e.parquet", "save_steps=50"])
     assert e.eval_strategy.value == "steps" and e.eval_steps == 50
@@ -126,7 +153,13 @@ def test_short_names_mean_the_upstream_fields():
                                          "dataloader_num_workers=1", "disable_tqdm=true", "train_sampling_strategy=random",
                                          "activation_checkpointing=true"])  # fmt: skip
     assert short == long
-    assert (short.lr, short.epochs, short.batch_size, short.grad_accum, short.lr_scheduler) == (2e-5, 3.0, 2, 8, "linear")
+    assert (short.lr, short.epochs, short.batch_size, short.grad_accum, short.lr_scheduler) == (
+        2e-5,
+        3.0,
+        2,
+        8,
+        "linear",
+    )
     assert short.activation_checkpointing is True and short.gradient_checkpointing is True
     assert short.activation_checkpointing_kwargs == {"use_reentrant": False}
     with pytest.raises(RecipeError, match="both 'lr' and 'learning_rate'"):
@@ -175,7 +208,11 @@ def test_deepspeed_and_fsdp_short_names(tmp_path, monkeypatch):
     (tmp_path / "fsdp" / "tiny.yaml").write_text("version: 2\nauto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
     monkeypatch.setattr(rmod, "recipes_dir", lambda: tmp_path)
     r = load_recipe(None, REQUIRED + ["fsdp=tiny"])
-    assert r.fsdp is True and r.fsdp_config["version"] == 2 and r.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert (
+        r.fsdp is True
+        and r.fsdp_config["version"] == 2
+        and r.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    )
     assert load_recipe(save_recipe(r, tmp_path / "saved")) == r
     with pytest.raises(RecipeError, match="tiny"):
         load_recipe(None, REQUIRED + ["fsdp=huge"])
@@ -192,7 +229,9 @@ def test_every_file_in_recipes_loads_and_its_saved_form_loads_back(tmp_path):
 
 
 def test_grpo_recipe_keeps_its_reward_mapping_and_gives_trl_a_list(tmp_path):
-    g = load_recipe(None, REQUIRED + ["reward_weights={count_reward: 2.0}", "num_generations=2", "batch_size=2"], GRPORecipe)
+    g = load_recipe(
+        None, REQUIRED + ["reward_weights={count_reward: 2.0}", "num_generations=2", "batch_size=2"], GRPORecipe
+    )
     assert isinstance(g, GRPOConfig) and g.reward_weights == {"count_reward": 2.0}
     assert (g.lr, g.lora_dropout, g.loss_type, g.max_completion_length) == (1e-5, 0.0, "dapo", 32)
     t = g.trainer_config([1.0, 2.0])
@@ -222,12 +261,16 @@ def test_required_keys_and_not_a_mapping(tmp_path):
 def test_machine_derived_values_are_not_saved_but_user_values_are(tmp_path):
     derived = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED), tmp_path / "a").read_text())
     assert "use_cpu" not in derived and "bf16" not in derived and derived["fp16"] is False
-    given = yaml.safe_load(save_recipe(load_recipe(None, REQUIRED + ["use_cpu=true", "bf16=false"]), tmp_path / "b").read_text())
+    given = yaml.safe_load(
+        save_recipe(load_recipe(None, REQUIRED + ["use_cpu=true", "bf16=false"]), tmp_path / "b").read_text()
+    )
     assert given["use_cpu"] is True and given["bf16"] is False
 
 
 def test_save_and_reload_is_identical(tmp_path):
-    r = load_recipe(None, REQUIRED + ["lr=3e-4", "tune_vision=lora", "report_to=[]", "eval_data=e.parquet", "lr_merger=1e-5"])
+    r = load_recipe(
+        None, REQUIRED + ["lr=3e-4", "tune_vision=lora", "report_to=[]", "eval_data=e.parquet", "lr_merger=1e-5"]
+    )
     p = save_recipe(r, tmp_path)
     assert load_recipe(p) == r
     assert yaml.safe_load(p.read_text())["tune_vision"] == "lora"
@@ -316,7 +359,12 @@ def test_deepspeed_configs(name, stage, offload):
     z = cfg["zero_optimization"]
     assert z["stage"] == stage
     assert _autos(cfg) <= HF_AUTO_KEYS, _autos(cfg) - HF_AUTO_KEYS
-    assert {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled"} <= _autos(cfg)
+    assert {
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "bf16.enabled",
+    } <= _autos(cfg)
     # no optimizer/scheduler sections: the Trainer's optimizer (per-part learning rates) and schedule are used
     assert "optimizer" not in cfg and "scheduler" not in cfg and cfg["zero_allow_untested_optimizer"] is True
     assert deepspeed_offloads_optimizer(cfg) is offload
@@ -336,5 +384,7 @@ def test_deepspeed_without_the_package_is_a_clear_error(tiny_model_dir, tmp_path
     )  # fmt: skip
     assert rc == 2 and "deepspeed package is not installed" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
-    rc, err = run_cli(capsys, "train", "sft", p, "model=m", "train_data=d.parquet", f"deepspeed={tmp_path / 'nope.json'}")
+    rc, err = run_cli(
+        capsys, "train", "sft", p, "model=m", "train_data=d.parquet", f"deepspeed={tmp_path / 'nope.json'}"
+    )
     assert rc == 2 and "config file not found" in err and "zero2.json" in err

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from sft_util import FAST, adapter, qa_samples, run_cli, train, write_dataset
 
 from geovl.train.recipe import load_recipe
+from sft_util import FAST, adapter, qa_samples, run_cli, train, write_dataset
 
 
 def _free_port() -> int:
@@ -26,7 +26,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("launch") / "d.parquet", qa_samples(12))  # 3 steps × 2 × 2 ranks: one epoch
+    return write_dataset(
+        tmp_path_factory.mktemp("launch") / "d.parquet", qa_samples(12)
+    )  # 3 steps × 2 × 2 ranks: one epoch
 
 
 def test_saved_recipe_reproduces_the_run(tiny_model_dir, data, tmp_path, capsys):
@@ -112,7 +114,9 @@ def test_nproc_refusals(tmp_path, capsys, monkeypatch):
     assert rc == 2 and f"--nproc {have + 1}" in err and f"has {have}" in err and "Traceback" not in err
     rc, err = run_cli(capsys, "train", "sft", recipe, "--nproc", "1", "--nnodes", "2", "--node-rank", "0")
     assert rc == 2 and "--master-addr" in err
-    rc, err = run_cli(capsys, "train", "sft", recipe, "--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h")
+    rc, err = run_cli(
+        capsys, "train", "sft", recipe, "--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h"
+    )
     assert rc == 2 and "0..1" in err
     monkeypatch.setenv("WORLD_SIZE", "2")
     rc, err = run_cli(capsys, "train", "sft", recipe, "--nproc", "2")

@@ -9,8 +9,16 @@ from geovl.evaluate import score
 from geovl.evaluate.judge import JudgeError, read_answers
 from geovl.evaluate.records import PredictionsFileError, check_record, prediction_record, read_predictions
 
-GOOD = {"id": 7, "qtype": "count", "question": "How many?", "reference": 3, "prediction": None, "source": "s",
-        "meta": {"lang": "en"}, "extra": [1]}
+GOOD = {
+    "id": 7,
+    "qtype": "count",
+    "question": "How many?",
+    "reference": 3,
+    "prediction": None,
+    "source": "s",
+    "meta": {"lang": "en"},
+    "extra": [1],
+}
 
 
 def test_check_normalises_a_good_record():
@@ -20,13 +28,16 @@ def test_check_normalises_a_good_record():
     assert check_record({**GOOD, "prediction": {"a": "中"}}, "x")["prediction"] == '{"a": "中"}'
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"qtype": ""}, "f.jsonl:3: 'qtype' must be a non-empty string"),
-    ({"id": ""}, "f.jsonl:3: 'id' must be a non-empty string"),
-    ({"id": [1]}, "f.jsonl:3: 'id' must be a non-empty string"),
-    ({"meta": [1]}, "f.jsonl:3: 'meta' must be an object"),
-    ({"prediction": ...}, "f.jsonl:3: missing required field(s) prediction"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"qtype": ""}, "f.jsonl:3: 'qtype' must be a non-empty string"),
+        ({"id": ""}, "f.jsonl:3: 'id' must be a non-empty string"),
+        ({"id": [1]}, "f.jsonl:3: 'id' must be a non-empty string"),
+        ({"meta": [1]}, "f.jsonl:3: 'meta' must be an object"),
+        ({"prediction": ...}, "f.jsonl:3: missing required field(s) prediction"),
+    ],
+)
 def test_broken_rules_are_clear_errors(change, message):
     rec = {**GOOD, **change}
     rec = {k: v for k, v in rec.items() if v is not ...}
@@ -39,8 +50,16 @@ def test_broken_rules_are_clear_errors(change, message):
 
 def test_the_writer_checks_the_same_schema():
     rec = prediction_record("a1", "yes_no", "Is it?", "yes", "no", source="d", lang="en", meta={"k": 1})
-    assert rec == {"id": "a1", "qtype": "yes_no", "question": "Is it?", "reference": "yes", "prediction": "no",
-                   "source": "d", "lang": "en", "meta": {"k": 1}}
+    assert rec == {
+        "id": "a1",
+        "qtype": "yes_no",
+        "question": "Is it?",
+        "reference": "yes",
+        "prediction": "no",
+        "source": "d",
+        "lang": "en",
+        "meta": {"k": 1},
+    }
     with pytest.raises(PredictionsFileError, match="prediction record 'a2': 'qtype' must be a non-empty string"):
         prediction_record("a2", None, "q", "r", "p")
 

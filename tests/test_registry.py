@@ -61,7 +61,9 @@ def test_lora_targets_match_the_real_module_tree(family, trees):
     assert merger <= merger_modules
     if family == "qwen3-vl":
         deep = {n for n in merger if "deepstack_merger_list" in n}
-        assert deep and {n.split(".")[3] for n in deep} == {str(i) for i in range(len(model.config.vision_config.deepstack_visual_indexes))}
+        assert deep and {n.split(".")[3] for n in deep} == {
+            str(i) for i in range(len(model.config.vision_config.deepstack_visual_indexes))
+        }
     # towers never cross
     assert not any(n.startswith("model.visual") for n in _matching(fam.lora_targets(("llm",)), modules))
     assert not any(not n.startswith("model.visual.blocks.") for n in _matching(fam.lora_targets(("vision",)), modules))
@@ -92,7 +94,9 @@ def test_part_of_classifies_every_parameter(family, trees):
     # vision embedding regex names real modules
     modules = {n for n, _ in model.named_modules()}
     assert _matching(fam.vision_embed, modules)
-    assert fam.vision_blocks and _matching(fam.vision_blocks, modules) == {f"model.visual.blocks.{i}" for i in range(model.config.vision_config.depth)}
+    assert fam.vision_blocks and _matching(fam.vision_blocks, modules) == {
+        f"model.visual.blocks.{i}" for i in range(model.config.vision_config.depth)
+    }
 
 
 SIZES = [(224, 224), (300, 500), (1000, 200), (56, 56), (28, 28), (20, 900), (4000, 3000), (33, 47)]
@@ -111,7 +115,10 @@ def test_image_tokens_equal_the_real_processor(family, tiny_model_dir):
     # (processor, bounds to give the registry): the tiny model's folder, tiny defaults, real-model defaults
     tiny_defaults = tiny_processor(fam, tiny.tokenizer)
     real_defaults = tiny_processor(fam, tiny.tokenizer, fam.default_min_pixels, fam.default_max_pixels)
-    cases = [(p, p.image_processor.size["shortest_edge"], p.image_processor.size["longest_edge"]) for p in (tiny, tiny_defaults, real_defaults)]
+    cases = [
+        (p, p.image_processor.size["shortest_edge"], p.image_processor.size["longest_edge"])
+        for p in (tiny, tiny_defaults, real_defaults)
+    ]
     assert cases[0][1:] == cases[1][1:] == ((2 * fam.factor) ** 2, (16 * fam.factor) ** 2)
     assert cases[2][1:] == (fam.default_min_pixels, fam.default_max_pixels)
     pad = tiny.tokenizer.convert_tokens_to_ids("<|image_pad|>")

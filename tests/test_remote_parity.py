@@ -34,10 +34,20 @@ def dataset(tmp_path_factory):
     samples = [
         make_sample("en1", "Is there water in the scene?", "yes", [png(1)], qtype="yes_no", meta={"lang": "en"}),
         make_sample("zh1", "图中有没有耕地？", "有", [png(2, 168, 56)], qtype="yes_no", meta={"lang": "zh"}),
-        make_sample("two", "Compare the two images: what changed?", "a new road", [png(3), jpeg(4)], meta={"lang": "en"}),
+        make_sample(
+            "two", "Compare the two images: what changed?", "a new road", [png(3), jpeg(4)], meta={"lang": "en"}
+        ),
         make_sample("tif", "What land cover dominates?", "forest", [geotiff(root)], meta={"lang": "en"}),
         make_sample("txt", "What is remote sensing?", "observing the Earth from afar", [], meta={"lang": "en"}),
-        make_sample("sys", "Count the buildings.", "3", [png(6, 70, 70)], qtype="count", system="You are a remote-sensing expert.", meta={"lang": "en"}),
+        make_sample(
+            "sys",
+            "Count the buildings.",
+            "3",
+            [png(6, 70, 70)],
+            qtype="count",
+            system="You are a remote-sensing expert.",
+            meta={"lang": "en"},
+        ),
     ]
     multi = make_sample("multi", "x", "y", [png(7)], meta={"lang": "zh"})
     multi["messages"] = [
@@ -64,7 +74,11 @@ def read(p):
 def test_eval_and_infer_over_the_api_equal_the_local_engine(tiny_model_dir, dataset, tmp_path, capsys):
     model = str(tiny_model_dir(FAMILY))
     port = free_port()
-    server = Server(["serve", "--model", model, "--port", str(port), "--served-model-name", "geo-tiny", "--log-level", "warning"], tmp_path / "server.log", port)
+    server = Server(
+        ["serve", "--model", model, "--port", str(port), "--served-model-name", "geo-tiny", "--log-level", "warning"],
+        tmp_path / "server.log",
+        port,
+    )
     common = ["--data", str(dataset), "--max-new-tokens", "10", "--no-progress"]
     with running(server):
         local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
@@ -83,7 +97,9 @@ def test_eval_and_infer_over_the_api_equal_the_local_engine(tiny_model_dir, data
         from geovl.ui.webapp import ChatApp, Conversation
 
         app = ChatApp(RemoteEngine(server.url), where=server.url)
-        *_, (_, history, conv, _, _) = app.respond({"text": "有没有违规建设？", "files": [str(img)]}, [], Conversation(), "zh", 0.0, 12)
+        *_, (_, history, conv, _, _) = app.respond(
+            {"text": "有没有违规建设？", "files": [str(img)]}, [], Conversation(), "zh", 0.0, 12
+        )
         ui_answer = history[-1]["content"]
     r_local, r_remote = read(local), read(remote)
     assert [r["id"] for r in r_local] == ["en1", "zh1", "two", "tif", "txt", "sys", "multi"]

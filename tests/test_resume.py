@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sft_util import FAST, adapter, qa_samples, train, write_dataset
 
 from conftest import TINY_FAMILIES
+from sft_util import FAST, adapter, qa_samples, write_dataset
 
-FULL = ["max_steps=4", "save_steps=2", "tune_llm=full", "tune_vision=full", "tune_merger=full", "lr=1e-3", "warmup_ratio=0"]
+FULL = [
+    "max_steps=4",
+    "save_steps=2",
+    "tune_llm=full",
+    "tune_vision=full",
+    "tune_merger=full",
+    "lr=1e-3",
+    "warmup_ratio=0",
+]
 
 # Runs `geovl train sft` and kills its own process with SIGKILL in the middle of saving checkpoint-4: after the
 # weights are written, before the optimizer state and trainer_state.json (a real kill -9, no cleanup of any kind).
@@ -47,7 +55,17 @@ def _weights(folder: Path) -> dict:
 def _args(model, data, out, *extra):
     recipe = Path(str(out) + ".yaml")
     recipe.write_text("{}\n")
-    return ["train", "sft", str(recipe), f"model={model}", f"train_data={data}", f"output_dir={out}", *FAST, *FULL, *extra]
+    return [
+        "train",
+        "sft",
+        str(recipe),
+        f"model={model}",
+        f"train_data={data}",
+        f"output_dir={out}",
+        *FAST,
+        *FULL,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -63,9 +81,13 @@ def test_full_fine_tune_killed_and_resumed_equals_uninterrupted(family, tiny_mod
 
     src = str(Path(geovl.__file__).parents[1])  # the geovl this test imports
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-c", KILLER, *_args(model, data, out)], env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", KILLER, *_args(model, data, out)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == -9, p.stderr[-2000:]
-    assert (out / "checkpoint-4" / "model.safetensors").is_file() and not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert (out / "checkpoint-4" / "model.safetensors").is_file() and not (
+        out / "checkpoint-4" / "trainer_state.json"
+    ).exists()
     assert not (out / "final").exists()
 
     capsys.readouterr()
@@ -95,7 +117,9 @@ def _stopped_run(model, data, tmp_path, *extra):
     return out
 
 
-def test_damaged_or_foreign_full_checkpoints_are_refused_naming_file_and_tensors(tiny_model_dir, data, tmp_path, capsys):
+def test_damaged_or_foreign_full_checkpoints_are_refused_naming_file_and_tensors(
+    tiny_model_dir, data, tmp_path, capsys
+):
     from sft_util import run_cli
 
     out = _stopped_run(tiny_model_dir("qwen2.5-vl"), data, tmp_path)
@@ -173,7 +197,9 @@ def test_lora_adapter_checkpoint_must_hold_every_adapter_tensor(tiny_model_dir, 
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
-def test_spectral_full_fine_tune_resume_restores_weights_and_projector(tiny_model_dir, spectral_scenes, tmp_path, capsys):
+def test_spectral_full_fine_tune_resume_restores_weights_and_projector(
+    tiny_model_dir, spectral_scenes, tmp_path, capsys
+):
     import shutil
 
     from geovl.cli import main

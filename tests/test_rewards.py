@@ -188,6 +188,7 @@ def test_number_checks_against_the_measured_value_in_meta():
 
 # ----------------------------------------------------------------------------------- choice
 
+
 def test_choice():
     assert choice_score("农村", "rural") == 1.0
     assert choice_score("This is a rural area.", "农村") == 1.0
@@ -197,6 +198,7 @@ def test_choice():
 
 
 # ----------------------------------------------------------------------------------- BLEU and open
+
 
 def test_tokenize_cjk_characters_and_words():
     assert tokenize("图中有3栋 buildings, ok") == ["图", "中", "有", "3", "栋", "buildings", ",", "ok"]
@@ -329,7 +331,9 @@ def test_kwargs_variants():
     assert count_reward(["3"], answer=["3"], prompts=prompts) == [1.0]
     assert yes_no_reward(["3"], answer=["3"], prompts=prompts) == [None]
     # meta as JSON text, TRL's extra kwargs ignored, `solution` accepted as the reference column
-    assert number_reward(["12.34 ha"], answer=["约12公顷"], qtype=["area"], meta=['{"gt": {"m2": 123400}}'], trainer_state=None) == [1.0]
+    assert number_reward(
+        ["12.34 ha"], answer=["约12公顷"], qtype=["area"], meta=['{"gt": {"m2": 123400}}'], trainer_state=None
+    ) == [1.0]
     assert open_reward(["a river"], solution=["a river"], qtype=["open"]) == [1.0]
     with pytest.raises(ValueError, match="'answer'"):
         rs_reward(["3"], qtype=["count"])

@@ -7,10 +7,10 @@ import math
 import textwrap
 
 import pytest
-from sft_util import run_cli
 
 from geovl.rewards import DEFAULT_REWARDS, RewardPluginError, load_reward_file, resolve_rewards
 from geovl.train.recipe import RecipeError
+from sft_util import run_cli
 
 PLUGIN = '''
 import math
@@ -112,25 +112,62 @@ def _json(capsys, *argv):
 
 
 def test_rewards_score_one_answer(capsys):
-    rc, out, err = _json(capsys, "rewards", "score", "--question", "耕地面积约为多少平方公里？", "--prediction", "约1.5平方公里", "--reference", "150 ha")
+    rc, out, err = _json(
+        capsys,
+        "rewards",
+        "score",
+        "--question",
+        "耕地面积约为多少平方公里？",
+        "--prediction",
+        "约1.5平方公里",
+        "--reference",
+        "150 ha",
+    )
     assert rc == 0, err
     assert out["kind"] == "number" and out["routed_by"] == "question"
     assert out["rewards"]["number_reward"] == 1.0 and out["rewards"]["count_reward"] is None
     assert out["rs_reward"] == 1.0 and out["total"] == 1.0
     assert out["selected"] == list(DEFAULT_REWARDS)
 
-    rc, out, err = _json(capsys, "rewards", "score", "--qtype", "count", "--prediction", "There are 4.", "--reference", "3", "--compact")
+    rc, out, err = _json(
+        capsys, "rewards", "score", "--qtype", "count", "--prediction", "There are 4.", "--reference", "3", "--compact"
+    )
     assert rc == 0 and out["kind"] == "count" and out["routed_by"] == "qtype"
     assert out["rs_reward"] == pytest.approx(math.exp(-1)) and out["rewards"]["format_reward"] == 0.0
 
-    rc, out, err = _json(capsys, "rewards", "score", "--qtype", "area", "--prediction", "12.34公顷", "--reference", "约12公顷", "--meta", '{"gt": {"m2": 123400}}')
+    rc, out, err = _json(
+        capsys,
+        "rewards",
+        "score",
+        "--qtype",
+        "area",
+        "--prediction",
+        "12.34公顷",
+        "--reference",
+        "约12公顷",
+        "--meta",
+        '{"gt": {"m2": 123400}}',
+    )
     assert rc == 0 and out["rs_reward"] == 1.0
 
 
 def test_rewards_score_with_a_plugin_and_weights(capsys, plugin):
     rc, out, err = _json(
-        capsys, "rewards", "score", "--question", "Is there water?", "--prediction", "yes", "--reference", "yes",
-        "--reward-file", plugin, "--rewards", "rs_reward", "--weights", '{"short_reward": 0.5, "mentions_reward": 2}',
+        capsys,
+        "rewards",
+        "score",
+        "--question",
+        "Is there water?",
+        "--prediction",
+        "yes",
+        "--reference",
+        "yes",
+        "--reward-file",
+        plugin,
+        "--rewards",
+        "rs_reward",
+        "--weights",
+        '{"short_reward": 0.5, "mentions_reward": 2}',
     )
     assert rc == 0, err
     assert out["rewards"]["short_reward"] == 1.0 and out["rewards"]["mentions_reward"] == 1.0
@@ -145,7 +182,9 @@ def test_rewards_score_errors(capsys, tmp_path):
     assert rc == 2 and str(bad) in err and "syntax error" in err and "Traceback" not in err
     rc, _, err = _json(capsys, "rewards", "score", "--prediction", "a")
     assert rc == 2 and "--reference" in err
-    rc, _, err = _json(capsys, "rewards", "score", "--prediction", "a", "--reference", "b", "--weights", '{"zzz_reward": 1}')
+    rc, _, err = _json(
+        capsys, "rewards", "score", "--prediction", "a", "--reference", "b", "--weights", '{"zzz_reward": 1}'
+    )
     assert rc == 2 and "zzz_reward" in err and "count_reward" in err
     rc, _, err = _json(capsys, "rewards", "score", "--prediction", "a", "--reference", "b", "--meta", "[1]")
     assert rc == 2 and "--meta" in err
@@ -171,14 +210,16 @@ def test_rewards_score_a_predictions_file(capsys, tmp_path):
 
 def test_grpo_recipe_reward_errors_stop_before_any_model_loads(capsys, tmp_path, plugin):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
-        model: {tmp_path / 'no-model-here'}
-        train_data: [{tmp_path / 'no-data.parquet'}]
-        output_dir: {tmp_path / 'out'}
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        model: {tmp_path / "no-model-here"}
+        train_data: [{tmp_path / "no-data.parquet"}]
+        output_dir: {tmp_path / "out"}
         reward_file: {plugin}
         reward_weights: {{short_reward: 1.0, typo_reward: 2.0}}
         report_to: []
-    """))
+    """)
+    )
     rc, err = run_cli(capsys, "train", "grpo", recipe)
     assert rc == 2 and "typo_reward" in err and "mentions_reward, short_reward" in err
     assert not (tmp_path / "out").exists()

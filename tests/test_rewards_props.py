@@ -11,22 +11,69 @@ from hypothesis import strategies as st
 from geovl.evaluate.normalize import normalize_text
 from geovl.rewards import BUILTIN_REWARDS
 from geovl.rewards.bleu import sentence_bleu
-from geovl.rewards.rules import SCORES, brevity_score, choice_score, count_score, format_score, number_score, score, yes_no_score
+from geovl.rewards.rules import (
+    SCORES,
+    brevity_score,
+    choice_score,
+    count_score,
+    format_score,
+    number_score,
+    score,
+    yes_no_score,
+)
 
 KINDS = sorted(SCORES)
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # text that looks like model output: answers, numbers with units, markup, junk
 PIECES = st.sampled_from(
-    ["yes", "no", "是", "否", "没有", "3", "三", "1.5", "-2", "1e9", "1,234", "万", "平方公里", "km²", "ha", "公顷", "亩",
-     "m", "km", "%", "<answer>", "</answer>", "<think>", "<|im_end|>", " ", "。", "?", "nan", "inf", "约", "about",
-     "\x00", "\n", "百分之", "分之", "rural", "农村"]
+    [
+        "yes",
+        "no",
+        "是",
+        "否",
+        "没有",
+        "3",
+        "三",
+        "1.5",
+        "-2",
+        "1e9",
+        "1,234",
+        "万",
+        "平方公里",
+        "km²",
+        "ha",
+        "公顷",
+        "亩",
+        "m",
+        "km",
+        "%",
+        "<answer>",
+        "</answer>",
+        "<think>",
+        "<|im_end|>",
+        " ",
+        "。",
+        "?",
+        "nan",
+        "inf",
+        "约",
+        "about",
+        "\x00",
+        "\n",
+        "百分之",
+        "分之",
+        "rural",
+        "农村",
+    ]
 )
 ANSWERS = st.one_of(st.text(max_size=40), st.lists(PIECES, max_size=8).map("".join))
 META = st.one_of(
     st.none(),
     st.just({}),
-    st.fixed_dictionaries({"gt": st.fixed_dictionaries({"m2": st.one_of(st.floats(allow_nan=True), st.text(max_size=3), st.none())})}),
+    st.fixed_dictionaries(
+        {"gt": st.fixed_dictionaries({"m2": st.one_of(st.floats(allow_nan=True), st.text(max_size=3), st.none())})}
+    ),
     st.fixed_dictionaries({"choices": st.lists(st.text(max_size=5), max_size=3)}),
 )
 
@@ -42,8 +89,19 @@ def test_every_rule_is_bounded_and_never_raises(kind, pred, ref, meta):
 
 @FAST
 @given(
-    preds=st.lists(st.one_of(ANSWERS, st.none(), st.integers(), st.lists(st.fixed_dictionaries({"role": st.just("assistant"), "content": ANSWERS}), max_size=2)), min_size=1, max_size=4),
-    qtype=st.one_of(st.none(), st.sampled_from(["", "yes_no", "count", "area", "number", "open", "choice", "structured", "bogus"])),
+    preds=st.lists(
+        st.one_of(
+            ANSWERS,
+            st.none(),
+            st.integers(),
+            st.lists(st.fixed_dictionaries({"role": st.just("assistant"), "content": ANSWERS}), max_size=2),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    qtype=st.one_of(
+        st.none(), st.sampled_from(["", "yes_no", "count", "area", "number", "open", "choice", "structured", "bogus"])
+    ),
     question=st.one_of(st.none(), ANSWERS),
     ref=ANSWERS,
 )
@@ -71,8 +129,19 @@ def test_exact_match_rules_are_symmetric(a, b):
 
 
 # unit spellings and their size in m² (1 km² = 100 公顷 = 1500 亩 = 10⁶ m²)
-AREA_UNITS = [("平方公里", 1e6), (" km²", 1e6), (" km2", 1e6), (" square kilometres", 1e6), ("公顷", 1e4), (" ha", 1e4),
-              (" hectares", 1e4), ("亩", 1e6 / 1500), (" m2", 1.0), ("平方米", 1.0), (" m²", 1.0)]
+AREA_UNITS = [
+    ("平方公里", 1e6),
+    (" km²", 1e6),
+    (" km2", 1e6),
+    (" square kilometres", 1e6),
+    ("公顷", 1e4),
+    (" ha", 1e4),
+    (" hectares", 1e4),
+    ("亩", 1e6 / 1500),
+    (" m2", 1.0),
+    ("平方米", 1.0),
+    (" m²", 1.0),
+]
 LENGTH_UNITS = [("公里", 1e3), (" km", 1e3), ("米", 1.0), (" m", 1.0), (" cm", 1e-2), ("厘米", 1e-2)]
 
 
@@ -95,7 +164,12 @@ def test_the_same_area_in_any_units_scores_one_both_ways(m2, a, b, prefix):
 
 
 @FAST
-@given(metres=st.floats(min_value=0.01, max_value=1e7), a=st.sampled_from(LENGTH_UNITS), b=st.sampled_from(LENGTH_UNITS), c=st.sampled_from(AREA_UNITS))
+@given(
+    metres=st.floats(min_value=0.01, max_value=1e7),
+    a=st.sampled_from(LENGTH_UNITS),
+    b=st.sampled_from(LENGTH_UNITS),
+    c=st.sampled_from(AREA_UNITS),
+)
 def test_lengths_convert_and_never_match_areas(metres, a, b, c):
     assert number_score(_spell(metres, a), _spell(metres, b)) == 1.0
     assert number_score(_spell(metres, a), _spell(metres, c)) == 0.0
@@ -110,7 +184,11 @@ def test_number_reward_decays_with_relative_error(m2, f):
 
 
 @FAST
-@given(r=st.integers(min_value=0, max_value=500), d1=st.integers(min_value=0, max_value=50), d2=st.integers(min_value=0, max_value=50))
+@given(
+    r=st.integers(min_value=0, max_value=500),
+    d1=st.integers(min_value=0, max_value=50),
+    d2=st.integers(min_value=0, max_value=50),
+)
 def test_count_reward_is_monotone_in_the_error(r, d1, d2):
     assume(d1 < d2)
     assert count_score(str(r + d1), str(r)) > count_score(str(r + d2), str(r))

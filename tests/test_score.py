@@ -67,7 +67,14 @@ def test_per_qtype_metrics(scored):
     q = m["by_qtype"]
     assert list(q) == ["yes_no", "count", "number", "area", "choice", "open", "structured"]
     assert q["yes_no"] == {"n": 3, "correct": 1, "accuracy": 1 / 3, "unparsed": 1}
-    assert q["count"] == {"n": 3, "correct": 1, "accuracy": 1 / 3, "unparsed": 0, "within_1": 2 / 3, "mean_abs_err": 2.0}
+    assert q["count"] == {
+        "n": 3,
+        "correct": 1,
+        "accuracy": 1 / 3,
+        "unparsed": 0,
+        "within_1": 2 / 3,
+        "mean_abs_err": 2.0,
+    }
     assert q["area"] == {
         "n": 4, "correct": 1, "accuracy": 0.25, "unparsed": 1, "n_rel_err": 3,
         "mean_rel_err": (0 + 0.05 + 0.2) / 3, "median_rel_err": 0.05, "within_10pct": 0.5,

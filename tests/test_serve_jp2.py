@@ -34,10 +34,15 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("jp2")
     data = _bgrn()
     out = {}
-    for name, driver, kw in (("tif", "GTiff", {}), ("jp2", "JP2OpenJPEG", {"QUALITY": "100", "REVERSIBLE": "YES"}),
-                             ("j2k", "JP2OpenJPEG", {"QUALITY": "100", "REVERSIBLE": "YES", "CODEC": "J2K"})):
+    for name, driver, kw in (
+        ("tif", "GTiff", {}),
+        ("jp2", "JP2OpenJPEG", {"QUALITY": "100", "REVERSIBLE": "YES"}),
+        ("j2k", "JP2OpenJPEG", {"QUALITY": "100", "REVERSIBLE": "YES", "CODEC": "J2K"}),
+    ):
         path = d / f"a.{name}"
-        with rasterio.open(path, "w", driver=driver, width=W, height=H, count=4, dtype="uint16", **PROFILE, **kw) as dst:
+        with rasterio.open(
+            path, "w", driver=driver, width=W, height=H, count=4, dtype="uint16", **PROFILE, **kw
+        ) as dst:
             dst.write(data)
         out[name] = path.read_bytes()
     return out

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from sft_util import multi_turn_sample, png, qa_samples, train, write_dataset
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import make_sample
@@ -20,6 +19,7 @@ from geovl.models.preprocess import PreprocessConfig
 from geovl.models.registry import get_family
 from geovl.train.data import SFTCollator, SFTDataset
 from geovl.train.trainer import LengthGroupedOrder, padding_fraction
+from sft_util import multi_turn_sample, png, qa_samples, train, write_dataset
 
 
 def _proc(folder):
@@ -54,7 +54,12 @@ def test_budgets_drop_whole_samples_and_count_them(tiny_model_dir, tmp_path, cap
     assert dropped["big"]["detail"].startswith("256 visual tokens > max_visual_tokens=100")
     assert dropped["big"]["file"] == str(data)
     summary = json.loads((out / "train_summary.json").read_text())["samples"]
-    assert summary == {"read": 6, "kept": 3, "dropped": 3, "dropped_by_reason": {"over_visual_token_budget": 2, "over_max_length": 1}}
+    assert summary == {
+        "read": 6,
+        "kept": 3,
+        "dropped": 3,
+        "dropped_by_reason": {"over_visual_token_budget": 2, "over_max_length": 1},
+    }
     assert "3 kept of 6" in err and "dropped whole (never truncated): 3" in err
 
     # the kept samples are whole: every image token present, nothing cut at max_length
@@ -134,7 +139,11 @@ def test_mixed_text_only_and_image_batch_equals_one_by_one(tiny_model_dir, tmp_p
 
     folder = tiny_model_dir(family)
     proc = _proc(folder)
-    samples = [make_sample("t", "Name a river in Sichuan.", "The Min River.", []), qa_samples(2)[1], multi_turn_sample()]
+    samples = [
+        make_sample("t", "Name a river in Sichuan.", "The Min River.", []),
+        qa_samples(2)[1],
+        multi_turn_sample(),
+    ]
     data = write_dataset(tmp_path / "d.parquet", samples)
     ds = SFTDataset([data], proc, get_family(family), progress=False)
     feats = [ds[i] for i in range(3)]
@@ -151,8 +160,14 @@ def test_mixed_text_only_and_image_batch_equals_one_by_one(tiny_model_dir, tmp_p
             alone.pop("sample_ids")
             single = model(**alone).logits[0]
             n = f["input_ids"].shape[0]
-            assert torch.allclose(together[i, :n], single, atol=1e-5), (family, i, (together[i, :n] - single).abs().max())
-    assert (batch["labels"][0] != -100).sum() > 0 and (batch["attention_mask"].sum(1).tolist() == [f["input_ids"].shape[0] for f in feats])
+            assert torch.allclose(together[i, :n], single, atol=1e-5), (
+                family,
+                i,
+                (together[i, :n] - single).abs().max(),
+            )
+    assert (batch["labels"][0] != -100).sum() > 0 and (
+        batch["attention_mask"].sum(1).tolist() == [f["input_ids"].shape[0] for f in feats]
+    )
 
 
 def test_length_grouped_order():
@@ -165,7 +180,9 @@ def test_length_grouped_order():
     # it is transformers' own length grouping (mega-batches of 50 batches), seeded with seed + epoch
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-    assert isinstance(s, LengthGroupedSampler) and flat == get_length_grouped_indices(lengths, 4, 50, torch.Generator().manual_seed(7))
+    assert isinstance(s, LengthGroupedSampler) and flat == get_length_grouped_indices(
+        lengths, 4, 50, torch.Generator().manual_seed(7)
+    )
     assert [len(b) for b in b0[:-1]] == [4] * 50 and len(b0[-1]) == 3  # only the last batch is short
     assert max(lengths[i] for i in b0[0]) == max(lengths)  # the longest batch first
     assert s.batches() == b0  # same seed and epoch -> same order (what resume relies on)

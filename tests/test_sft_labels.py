@@ -7,13 +7,13 @@ import io
 import pytest
 import torch
 from PIL import Image
-from sft_util import multi_turn_sample, png, qa_samples, write_dataset
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import make_sample
 from geovl.models.preprocess import PreprocessConfig
 from geovl.models.registry import get_family
 from geovl.train.data import IGNORE, SFTDataset, assistant_label_mask, encode_sample, newline_led_ids
+from sft_util import multi_turn_sample, png, qa_samples, write_dataset
 
 
 def _processor(folder):
@@ -47,7 +47,10 @@ def _with_pil(s: dict) -> list[dict]:
     """The sample's messages with PIL images in the image parts (what processor.apply_chat_template takes)."""
     imgs = iter(Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"])
     return [
-        {"role": m["role"], "content": [{"type": "image", "image": next(imgs)} if p["type"] == "image" else p for p in m["content"]]}
+        {
+            "role": m["role"],
+            "content": [{"type": "image", "image": next(imgs)} if p["type"] == "image" else p for p in m["content"]],
+        }
         for m in s["messages"]
     ]
 
@@ -80,7 +83,9 @@ def test_mask_equals_the_processors_assistant_mask(tiny_model_dir, family):
     proc = _processor(tiny_model_dir(family))
     s = multi_turn_sample(seed=3)
     ours = _encode(proc, s)
-    ref = proc.apply_chat_template(_with_pil(s), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt")
+    ref = proc.apply_chat_template(
+        _with_pil(s), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
     assert torch.equal(ours["input_ids"], ref["input_ids"][0])
     assert torch.equal(ours["labels"] != IGNORE, ref["assistant_masks"][0].bool())
     assert torch.equal(ours["pixel_values"], ref["pixel_values"])
@@ -96,7 +101,9 @@ def test_marker_search_with_the_real_qwen_vocabulary(tiny_model_dir):
     spans = [tok.decode(sp) for sp in _spans(enc["labels"])]
     assert spans == ["Cropland, mostly wheat.<|im_end|>", "第二张森林更多。<|im_end|>"]
     assert all(sp[-1] == 151645 for sp in _spans(enc["labels"]))  # each span ends on <|im_end|>
-    ref = proc.apply_chat_template(_with_pil(s), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt")
+    ref = proc.apply_chat_template(
+        _with_pil(s), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
     assert torch.equal(enc["labels"] != IGNORE, ref["assistant_masks"][0].bool())
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sft_util import progress, qa_samples, run_cli, sft_recipes, write_dataset
 
 from geovl.train.recipe import load_recipe
+from sft_util import progress, qa_samples, run_cli, sft_recipes, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sft_recipes()  # every recipes/*.yaml but the GRPO ones
@@ -36,7 +36,11 @@ def test_shipped_recipe_trains_six_steps(path, tiny_model_dir, data, tmp_path, c
     final = out / "final"
     lora = shipped.tune_llm == "lora" or shipped.tune_vision == "lora"
     weights = final / ("adapter_model.safetensors" if lora else "model.safetensors")
-    assert weights.is_file() and (final / "geovl_preprocess.json").is_file() and (final / "processor_config.json").is_file()
+    assert (
+        weights.is_file()
+        and (final / "geovl_preprocess.json").is_file()
+        and (final / "processor_config.json").is_file()
+    )
     # the resolved recipe (file + overrides) is saved in the run folder and in final/
     resolved = load_recipe(path, argv)
     assert load_recipe(out / "recipe.yaml") == resolved == load_recipe(final / "recipe.yaml")

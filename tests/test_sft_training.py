@@ -9,15 +9,18 @@ import shutil
 
 import pytest
 import torch
-from sft_util import adapter, png, progress, qa_samples, train, write_dataset
 
 from geovl.data.schema import make_sample
+from sft_util import adapter, png, progress, qa_samples, train, write_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     # mixed sizes + text-only so grouping, padding and image concatenation are all exercised
-    return write_dataset(tmp_path_factory.mktemp("training") / "d.parquet", qa_samples(12, sizes=((56, 84), (140, 112), (84, 84), (196, 56))))
+    return write_dataset(
+        tmp_path_factory.mktemp("training") / "d.parquet",
+        qa_samples(12, sizes=((56, 84), (140, 112), (84, 84), (196, 56))),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,9 @@ def test_workers_and_gradient_checkpointing_do_not_change_the_result(model, data
     rc, err = train(capsys, model, data, tmp_path / "ref", "max_steps=3", "lr=1e-2")
     assert rc == 0, err[-2000:]
     monkeypatch.setattr(mu, "checkpoint", counting)
-    rc, err = train(capsys, model, data, tmp_path / "gc", "max_steps=3", "lr=1e-2", "gradient_checkpointing=true", "num_workers=2")
+    rc, err = train(
+        capsys, model, data, tmp_path / "gc", "max_steps=3", "lr=1e-2", "gradient_checkpointing=true", "num_workers=2"
+    )
     assert rc == 0, err[-2000:]
     assert calls["n"] >= 3 * 2  # every decoder layer went through activation checkpointing, every step
     ref, gc = adapter(tmp_path / "ref" / "final"), adapter(tmp_path / "gc" / "final")
@@ -103,7 +108,9 @@ def test_progress_and_tensorboard_logs(model, data, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "logs"
-    rc, err = train(capsys, model, data, out, "max_steps=4", "report_to=[tensorboard]", f"eval_data={data}", "eval_steps=2")
+    rc, err = train(
+        capsys, model, data, out, "max_steps=4", "report_to=[tensorboard]", f"eval_data={data}", "eval_steps=2"
+    )
     assert rc == 0, err[-2000:]
     evals = [r for r in progress(out) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all(math.isfinite(r["eval_loss"]) for r in evals)
@@ -129,7 +136,14 @@ def test_progress_and_tensorboard_logs(model, data, tmp_path, capsys):
 def _assert_self_contained(folder, family="qwen2_5_vl"):
     from transformers import AutoProcessor
 
-    for f in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "tokenizer.json", "chat_template.jinja", "geovl_preprocess.json"):
+    for f in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "geovl_preprocess.json",
+    ):
         assert (folder / f).is_file(), folder / f
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["modules_to_save"] == ["model.visual.merger"]
@@ -160,7 +174,9 @@ def test_checkpoints_are_self_contained_and_resume_is_exact(model, data, tmp_pat
     assert rc == 0, err[-2000:]
     assert "resuming from" in err and "checkpoint-3" in err
     resumed = adapter(out / "final")
-    assert _same(resumed, uninterrupted, atol=1e-6), max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed)
+    assert _same(resumed, uninterrupted, atol=1e-6), max(
+        (resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed
+    )
     assert json.loads((out / "train_summary.json").read_text())["steps"] == 6
 
     # a finished run is not silently overwritten; --resume without a checkpoint is a clear error

@@ -9,12 +9,12 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-from sft_util import adapter, qa_samples, train, write_dataset
 
 from conftest import TINY_FAMILIES
 from geovl.models.registry import get_family
 from geovl.train.model_setup import ModelSetupError, param_groups, setup_trainable, trainable_table
 from geovl.train.recipe import load_recipe
+from sft_util import adapter, qa_samples, train, write_dataset
 
 
 def _recipe(*over):
@@ -50,10 +50,14 @@ def test_lora_targets_and_freezing_come_from_the_registry(tiny_model_dir, family
     assert len(llm_lora) == 2 * 7  # q k v o gate up down in both layers
     assert not any("lora_A" in n for n in names if ".merger" in n or "deepstack" in n or "lm_head" in n or "embed" in n)
     trainable = _trainable(m)
-    merger_params = {n for n in dict(m.named_parameters()) if fam.part_of(n) == "merger" and ".original_module." not in n}
+    merger_params = {
+        n for n in dict(m.named_parameters()) if fam.part_of(n) == "merger" and ".original_module." not in n
+    }
     assert merger_params and merger_params <= trainable
     if family == "qwen3-vl":  # the deepstack mergers are mergers: trained with the merger
-        assert any("deepstack_merger_list.0" in x for x in mts) and any("deepstack_merger_list" in n for n in merger_params)
+        assert any("deepstack_merger_list.0" in x for x in mts) and any(
+            "deepstack_merger_list" in n for n in merger_params
+        )
     # everything trainable is a LoRA weight or part of a trained module copy
     assert all("lora_" in n or ".modules_to_save." in n for n in trainable)
 
@@ -70,7 +74,9 @@ def test_full_and_frozen_parts_without_lora(tiny_model_dir, family):
     m, mts = setup_trainable(_model(folder), fam, _recipe("tune_llm=full", "tune_vision=freeze", "tune_merger=freeze"))
     parts = {fam.part_of(n) for n in _trainable(m)}
     assert mts == [] and parts == {"llm"}  # embeddings follow tune_embeddings, not tune_llm
-    m, _ = setup_trainable(_model(folder), fam, _recipe("tune_llm=freeze", "tune_vision=full", "tune_merger=full", "tune_embeddings=true"))
+    m, _ = setup_trainable(
+        _model(folder), fam, _recipe("tune_llm=freeze", "tune_vision=full", "tune_merger=full", "tune_embeddings=true")
+    )
     assert {fam.part_of(n) for n in _trainable(m)} == {"vision", "merger", "embed", "lm_head"}
     with pytest.raises(ModelSetupError, match="nothing would train"):
         setup_trainable(_model(folder), fam, _recipe("tune_llm=freeze", "tune_vision=freeze", "tune_merger=freeze"))
@@ -87,9 +93,13 @@ def test_per_part_learning_rates_reach_the_optimizer(tiny_model_dir, tmp_path):
     from geovl.train.trainer import GeoVLTrainer
 
     fam = get_family("qwen3-vl")
-    recipe = _recipe("tune_vision=lora", "tune_merger=full", "lr=1e-3", "lr_vision=1e-5", "lr_merger=2e-4", "weight_decay=0.1")
+    recipe = _recipe(
+        "tune_vision=lora", "tune_merger=full", "lr=1e-3", "lr_vision=1e-5", "lr_merger=2e-4", "weight_decay=0.1"
+    )
     model, _ = setup_trainable(_model(tiny_model_dir("qwen3-vl")), fam, recipe)
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=recipe.lr, weight_decay=0.1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=recipe.lr, weight_decay=0.1
+    )
     trainer = GeoVLTrainer(model=model, args=args, param_groups_fn=lambda m: param_groups(m, fam, recipe))
     opt = trainer.create_optimizer()
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -106,7 +116,9 @@ def test_per_part_learning_rates_reach_the_optimizer(tiny_model_dir, tmp_path):
         no_decay = params[n].ndim < 2 or "norm" in n.lower() or n.endswith(".bias")
         assert wd == (0.0 if no_decay else 0.1), n
     assert {g["lr"] for g in opt.param_groups} == {1e-5, 2e-4, 1e-3}
-    assert any(g["weight_decay"] == 0.1 for g in opt.param_groups) and any(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    assert any(g["weight_decay"] == 0.1 for g in opt.param_groups) and any(
+        g["weight_decay"] == 0.0 for g in opt.param_groups
+    )
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -114,7 +126,20 @@ def test_vision_lora_and_merger_really_train(tiny_model_dir, data, tmp_path, cap
     fam = get_family(family)
     base = tiny_model_dir(family)
     out = tmp_path / "run"
-    rc, err = train(capsys, base, data, out, "max_steps=2", "tune_vision=lora", "tune_merger=full", "lr=1e-2", "lora_r=4", "lora_alpha=8", "lora_dropout=0.1", "warmup_ratio=0")
+    rc, err = train(
+        capsys,
+        base,
+        data,
+        out,
+        "max_steps=2",
+        "tune_vision=lora",
+        "tune_merger=full",
+        "lr=1e-2",
+        "lora_r=4",
+        "lora_alpha=8",
+        "lora_dropout=0.1",
+        "warmup_ratio=0",
+    )
     assert rc == 0, err[-2000:]
     ad = adapter(out / "final")
     cfg = json.loads((out / "final" / "adapter_config.json").read_text())
@@ -150,7 +175,9 @@ def test_dora_adapter(tiny_model_dir, data, tmp_path, capsys):
 def test_full_fine_tune_writes_full_weights(tiny_model_dir, data, tmp_path, capsys):
     base = tiny_model_dir("qwen3-vl")
     out = tmp_path / "full"
-    rc, err = train(capsys, base, data, out, "max_steps=2", "tune_llm=full", "tune_vision=full", "tune_merger=full", "lr=1e-3")
+    rc, err = train(
+        capsys, base, data, out, "max_steps=2", "tune_llm=full", "tune_vision=full", "tune_merger=full", "lr=1e-3"
+    )
     assert rc == 0, err[-2000:]
     final = out / "final"
     assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()

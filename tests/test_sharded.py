@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from sft_util import FAST, multi_turn_sample, qa_samples, run_cli, write_dataset
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (make install installs it)")
@@ -41,7 +42,14 @@ FSDP_CONFIG = ROOT / "recipes/fsdp/fsdp2.json"
 # batches in the file's order (ORDER): geovl's default length grouping (transformers' get_length_grouped_indices, one
 # mega-batch sorted longest first) puts the four short text-only samples into the same steps on both ranks, and a
 # random order leaves whether any step mixes to the seed
-STEPS = ["max_steps=4", "save_steps=2", "lr=1e-2", "warmup_ratio=0", "save_total_limit=null", "train_sampling_strategy=sequential"]
+STEPS = [
+    "max_steps=4",
+    "save_steps=2",
+    "lr=1e-2",
+    "warmup_ratio=0",
+    "save_total_limit=null",
+    "train_sampling_strategy=sequential",
+]
 TUNING = {"lora": ["tune_merger=full"], "full": ["tune_llm=full", "tune_merger=full", "tune_vision=full", "lr=1e-3"]}
 TIMEOUT = 300  # seconds per launch; a tiny run takes 30-90 s even on 2 busy cores
 
@@ -56,8 +64,13 @@ def _env() -> dict:
     import geovl
 
     src = str(Path(geovl.__file__).parents[1])  # the geovl this test imports
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), DS_ACCELERATOR="cpu",
-                OMP_NUM_THREADS="1", GEOVL_RANK_STATE="1")
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        GEOVL_RANK_STATE="1",
+    )
 
 
 def launcher(engine: str, nproc: int = 2) -> list[str]:
@@ -69,7 +82,9 @@ def launcher(engine: str, nproc: int = 2) -> list[str]:
 def launch(engine: str, kind: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     cmd = [*launcher(engine, nproc), "geovl", "train", kind, *map(str, args), f"deepspeed={DS_CONFIGS[engine]}"]
     # its own process group: on a timeout the ranks die with the launcher (a hung rank must not outlive the test)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -108,11 +123,12 @@ def _weights(folder: Path) -> dict:
 
 
 def _inputs(model_dir: Path):
+    import io
+
+    from PIL import Image
     from transformers import AutoProcessor
 
     from sft_util import png
-    import io
-    from PIL import Image
 
     proc = AutoProcessor.from_pretrained(model_dir)
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there water?"}]}]
@@ -159,7 +175,9 @@ def test_sft_mixed_batches_resume_consolidate_merge(engine, family, tuning, tiny
 
     # resume: the run cut back to its step-2 checkpoint continues to the same final weights
     cut = tmp_path / "cut"
-    shutil.copytree(whole, cut, ignore=shutil.ignore_patterns("checkpoint-4", "final", "train_summary.json", "rank*.json"))
+    shutil.copytree(
+        whole, cut, ignore=shutil.ignore_patterns("checkpoint-4", "final", "train_summary.json", "rank*.json")
+    )
     p = launch(engine, "sft", [*args, f"output_dir={cut}", "resume=true"])
     assert p.returncode == 0, p.stderr[-4000:]
     assert "resuming from" in p.stderr and "checkpoint-2" in p.stderr
@@ -195,7 +213,15 @@ def test_zero3_checkpoint_with_another_world_size_is_refused(tiny_model_dir, dat
     base = tiny_model_dir("qwen2.5-vl")
     train_data, recipe = data
     out = tmp_path / "z3"
-    args = [recipe, f"model={base}", f"train_data={train_data}", *FAST, "max_steps=2", "save_steps=2", f"output_dir={out}"]
+    args = [
+        recipe,
+        f"model={base}",
+        f"train_data={train_data}",
+        *FAST,
+        "max_steps=2",
+        "save_steps=2",
+        f"output_dir={out}",
+    ]
     p = launch("zero3", "sft", args)
     assert p.returncode == 0, p.stderr[-4000:]
     shutil.rmtree(out / "final")
@@ -209,10 +235,10 @@ def test_zero3_checkpoint_with_another_world_size_is_refused(tiny_model_dir, dat
     assert not (out / "final").exists()
 
 
-GRPO_PLUGIN = '''
+GRPO_PLUGIN = """
 def length_reward(completions, **kwargs):
     return [min(1.0, len(c[0]["content"]) / 24) for c in completions]
-'''
+"""
 GRPO_CASES = [("zero3", "qwen2.5-vl"), ("zero2", "qwen3-vl")]
 
 
@@ -220,22 +246,40 @@ GRPO_CASES = [("zero3", "qwen2.5-vl"), ("zero2", "qwen3-vl")]
 def test_grpo_mixed_prompts_resume_and_merge(engine, family, tiny_model_dir, tmp_path, capsys):
     """GRPO (LoRA + merger) on prompts without images, with one and with two images: trains 2 steps, resumes from
     the step-1 sharded checkpoint to the same final adapter, which merges into a folder stock transformers loads."""
-    from geovl.data.schema import make_sample
-    from sft_util import png
     from transformers import AutoModelForImageTextToText
 
-    qs = [("How many buildings are in the image?", "3", "count"), ("Is there water in the image?", "yes", "yes_no"),
-          ("图中有多少栋建筑？", "5", "count"), ("Is there a road?", "no", "yes_no")]
-    samples = [make_sample(f"g{i}", qs[i % 4][0], qs[i % 4][1], [png(56, 56, i + k) for k in range(i % 3)], qtype=qs[i % 4][2])
-               for i in range(8)]
+    from geovl.data.schema import make_sample
+    from sft_util import png
+
+    qs = [
+        ("How many buildings are in the image?", "3", "count"),
+        ("Is there water in the image?", "yes", "yes_no"),
+        ("图中有多少栋建筑？", "5", "count"),
+        ("Is there a road?", "no", "yes_no"),
+    ]
+    samples = [
+        make_sample(f"g{i}", qs[i % 4][0], qs[i % 4][1], [png(56, 56, i + k) for k in range(i % 3)], qtype=qs[i % 4][2])
+        for i in range(8)
+    ]
     data = write_dataset(tmp_path / "grpo.parquet", samples)
     plugin = tmp_path / "len_rewards.py"
     plugin.write_text(GRPO_PLUGIN)
     recipe = tmp_path / "grpo.yaml"
     recipe.write_text("reward_funcs: [rs_reward]\n")
     base = tiny_model_dir(family)
-    args = [recipe, f"model={base}", f"train_data={data}", f"reward_file={plugin}", *FAST, "num_generations=2",
-            "max_completion_length=4", "save_steps=1", "max_steps=2", "lr=1e-2", "save_total_limit=null"]
+    args = [
+        recipe,
+        f"model={base}",
+        f"train_data={data}",
+        f"reward_file={plugin}",
+        *FAST,
+        "num_generations=2",
+        "max_completion_length=4",
+        "save_steps=1",
+        "max_steps=2",
+        "lr=1e-2",
+        "save_total_limit=null",
+    ]
     whole = tmp_path / "whole"
     p = launch(engine, "grpo", [*args, f"output_dir={whole}"])
     assert p.returncode == 0, p.stderr[-4000:]
@@ -245,7 +289,9 @@ def test_grpo_mixed_prompts_resume_and_merge(engine, family, tiny_model_dir, tmp
     assert any(not torch.equal(final[k], v) for k, v in _weights(whole / "checkpoint-1").items())  # step 2 moved them
 
     cut = tmp_path / "cut"
-    shutil.copytree(whole, cut, ignore=shutil.ignore_patterns("checkpoint-2", "final", "train_summary.json", "rank*.json"))
+    shutil.copytree(
+        whole, cut, ignore=shutil.ignore_patterns("checkpoint-2", "final", "train_summary.json", "rank*.json")
+    )
     p = launch(engine, "grpo", [*args, f"output_dir={cut}", "resume=true"])
     assert p.returncode == 0, p.stderr[-4000:]
     assert "resuming from" in p.stderr and "checkpoint-1" in p.stderr
@@ -272,8 +318,18 @@ def test_fsdp2_config_becomes_an_fsdp2_plugin():
 def test_fsdp_on_cpu_is_refused_before_loading(tiny_model_dir, data, tmp_path, capsys):
     train_data, recipe = data
     base = [recipe, f"model={tiny_model_dir('qwen2.5-vl')}", f"train_data={train_data}", *FAST]
-    rc, err = run_cli(capsys, "train", "sft", *base, f"output_dir={tmp_path / 'f'}", "fsdp=full_shard", f"fsdp_config={FSDP_CONFIG}")
+    rc, err = run_cli(
+        capsys, "train", "sft", *base, f"output_dir={tmp_path / 'f'}", "fsdp=full_shard", f"fsdp_config={FSDP_CONFIG}"
+    )
     assert rc == 2 and "FSDP needs GPUs" in err and "deepspeed=recipes/deepspeed/zero3.json" in err, err
     assert not (tmp_path / "f").exists()  # nothing written
-    rc, err = run_cli(capsys, "train", "sft", *base, f"output_dir={tmp_path / 'g'}", "fsdp=full_shard", f"fsdp_config={tmp_path / 'no.json'}")
+    rc, err = run_cli(
+        capsys,
+        "train",
+        "sft",
+        *base,
+        f"output_dir={tmp_path / 'g'}",
+        "fsdp=full_shard",
+        f"fsdp_config={tmp_path / 'no.json'}",
+    )
     assert rc == 2 and "no.json: file not found" in err, err

@@ -69,8 +69,9 @@ def test_missing_library_tells_how_to_install(monkeypatch, tmp_path):
 
 def test_env_override_and_bad_file(monkeypatch, tmp_path, usgs):
     p = tmp_path / "lib.npz"
-    np.savez(p, grid=usgs.wavelengths / 1000, rule=np.array(usgs.names), label=np.array(usgs.records),
-             spectra=usgs.spectra)
+    np.savez(
+        p, grid=usgs.wavelengths / 1000, rule=np.array(usgs.names), label=np.array(usgs.records), spectra=usgs.spectra
+    )
     monkeypatch.setenv(L.ENV, str(p))
     assert L.find_library_file() == p and len(L.load_usgs()) == 77
     bad = tmp_path / "bad.npz"
@@ -90,7 +91,11 @@ def test_sensor_tables():
         assert inside.any() and not g.good[inside].any()
     assert g.good.sum() == 330 - (~g.good).sum() and (~g.good).sum() > 20
     a = aviris()
-    assert a.bands == 224 and 9 < np.diff(a.centres).mean() < 10 and not a.good[(a.centres > 1360) & (a.centres < 1440)].any()
+    assert (
+        a.bands == 224
+        and 9 < np.diff(a.centres).mean() < 10
+        and not a.good[(a.centres > 1360) & (a.centres < 1440)].any()
+    )
     assert get_sensor("GF5B").bands == 330
     with pytest.raises(SpectralError, match="unknown sensor"):
         get_sensor("landsat")

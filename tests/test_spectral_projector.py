@@ -73,7 +73,11 @@ def test_save_load_reproduces_outputs_exactly(tmp_path):
     q = SpectralProjector.load(tmp_path)
     x = _cube(3)
     assert torch.equal(p(x), q(x))
-    assert q.config() == p.config() and json.loads((tmp_path / CONFIG).read_text())["rgb_wavelengths"] == [860, 650, 550]
+    assert q.config() == p.config() and json.loads((tmp_path / CONFIG).read_text())["rgb_wavelengths"] == [
+        860,
+        650,
+        550,
+    ]
 
 
 def test_load_is_strict(tmp_path):

@@ -32,8 +32,16 @@ def _data(dtype: str, shape=(5, 7, 9), seed=0) -> np.ndarray:
 def test_envi_roundtrip_exact(tmp_path, interleave, byte_order):
     for dt in DTYPES:
         d = _data(dt)
-        hdr = write_envi(tmp_path / f"c_{dt}.img", d, interleave=interleave, byte_order=byte_order, header_offset=17,
-                         wavelengths=WL_UM, wavelength_units="Micrometers", **GEO)
+        hdr = write_envi(
+            tmp_path / f"c_{dt}.img",
+            d,
+            interleave=interleave,
+            byte_order=byte_order,
+            header_offset=17,
+            wavelengths=WL_UM,
+            wavelength_units="Micrometers",
+            **GEO,
+        )
         with open_cube(hdr) as c:
             assert c.fmt == "envi" and c.dtype == np.dtype(dt) and c.shape == d.shape
             assert c.interleave == interleave and c.byte_order == byte_order and c.header_offset == 17
@@ -60,8 +68,9 @@ def test_gdal_reads_what_we_write(tmp_path):
 
 
 def test_wavelength_units_and_lookup(tmp_path):
-    hdr = write_envi(tmp_path / "um.img", _data("f4"), wavelengths=WL_UM, wavelength_units="micrometers",
-                     fwhm=[0.01] * 5, **GEO)
+    hdr = write_envi(
+        tmp_path / "um.img", _data("f4"), wavelengths=WL_UM, wavelength_units="micrometers", fwhm=[0.01] * 5, **GEO
+    )
     c = open_cube(hdr)
     assert np.allclose(c.wavelengths, [450, 550, 650, 860, 1650])
     assert np.allclose(c.fwhm, 10.0)
@@ -88,8 +97,9 @@ def test_no_wavelengths_lookup_error(tmp_path):
 def test_nodata_scale_bbl_and_map_info(tmp_path):
     d = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4) * 10
     d[1, 0, 0] = -9999
-    hdr = write_envi(tmp_path / "n.img", d, wavelengths=[500, 600], good_bands=[True, False], nodata=-9999,
-                     scale=10000, **GEO)
+    hdr = write_envi(
+        tmp_path / "n.img", d, wavelengths=[500, 600], good_bands=[True, False], nodata=-9999, scale=10000, **GEO
+    )
     c = open_cube(hdr)
     assert c.nodata == -9999 and c.scale == 10000 and c.good_bands.tolist() == [True, False]
     f = c.read_float()
@@ -100,8 +110,14 @@ def test_nodata_scale_bbl_and_map_info(tmp_path):
     # map info alone (no WKT): the UTM zone gives the CRS; the reference pixel is honoured
     text = (tmp_path / "n.hdr").read_text().splitlines()
     text = [t for t in text if not t.startswith("coordinate system string")]
-    text = [("map info = {UTM, 2, 3, 500030.0, 3999940.0, 30.0, 30.0, 51, North, WGS-84, units=Meters}"
-             if t.startswith("map info") else t) for t in text]
+    text = [
+        (
+            "map info = {UTM, 2, 3, 500030.0, 3999940.0, 30.0, 30.0, 51, North, WGS-84, units=Meters}"
+            if t.startswith("map info")
+            else t
+        )
+        for t in text
+    ]
     (tmp_path / "n.hdr").write_text("\n".join(text) + "\n")
     c = open_cube(hdr)
     assert c.crs == "EPSG:32651" and c.transform == (30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
@@ -181,8 +197,16 @@ def test_geotiff_roundtrip_keeps_crs(tmp_path):
     from rasterio.crs import CRS
 
     d = _data("i2")
-    p = write_cube_geotiff(tmp_path / "c.tif", d, wavelengths=[450, 550, 650, 860, 1650], fwhm=[5, 5, 5, 10, 10],
-                           good_bands=[1, 1, 1, 1, 0], nodata=-32768, scale=10000, **GEO)
+    p = write_cube_geotiff(
+        tmp_path / "c.tif",
+        d,
+        wavelengths=[450, 550, 650, 860, 1650],
+        fwhm=[5, 5, 5, 10, 10],
+        good_bands=[1, 1, 1, 1, 0],
+        nodata=-32768,
+        scale=10000,
+        **GEO,
+    )
     with open_cube(p) as c:
         assert c.fmt == "geotiff" and np.array_equal(c.read(), d)
         assert CRS.from_user_input(c.crs) == CRS.from_epsg(32650) and c.transform == GEO["transform"]
@@ -211,8 +235,9 @@ def test_geotiff_imagery_domain_wavelengths(tmp_path):
 @pytest.mark.parametrize("layout", ["bands-first", "bands-last"])
 def test_npy_layouts(tmp_path, layout):
     d = _data("f4", (4, 6, 5))
-    write_npy(tmp_path / "c.npy", d, layout=layout, wavelength=[0.5, 0.6, 0.7, 0.8], wavelength_units="um",
-              nodata=-1.0, **GEO)
+    write_npy(
+        tmp_path / "c.npy", d, layout=layout, wavelength=[0.5, 0.6, 0.7, 0.8], wavelength_units="um", nodata=-1.0, **GEO
+    )
     assert json.loads((tmp_path / "c.json").read_text())["layout"] == layout
     c = open_cube(tmp_path / "c.npy")
     assert c.shape == d.shape and np.array_equal(c.read(), d) and c.wavelengths.tolist() == [500, 600, 700, 800]

@@ -46,11 +46,15 @@ def test_stretches_and_nodata():
     data = np.stack([np.arange(100, dtype=np.float32).reshape(10, 10)] * 3)
     data[:, 0, 0] = np.nan
     c = array_cube(data, wl)
-    rgb = R.render(c, {"kind": "bands", "wavelengths": [700, 600, 500], "stretch": {"mode": "fixed", "min": 0, "max": 99}})
+    rgb = R.render(
+        c, {"kind": "bands", "wavelengths": [700, 600, 500], "stretch": {"mode": "fixed", "min": 0, "max": 99}}
+    )
     assert rgb.shape == (10, 10, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [0, 0, 0]  # nodata → black
     assert rgb[9, 9, 0] == 255 and rgb[5, 0, 1] == round(50 / 99 * 255)
-    pct = R.render(c, {"kind": "bands", "wavelengths": [700, 600, 500], "stretch": {"mode": "percentile", "lo": 10, "hi": 90}})
+    pct = R.render(
+        c, {"kind": "bands", "wavelengths": [700, 600, 500], "stretch": {"mode": "percentile", "lo": 10, "hi": 90}}
+    )
     lo, hi = np.percentile(np.arange(1, 100), [10, 90])
     assert pct[0, 1, 0] == 0 and pct[9, 9, 0] == 255
     assert pct[5, 0, 0] == round((50 - lo) / (hi - lo) * 255)
@@ -66,7 +70,9 @@ def test_band_depth_flat_sloped_and_absorption():
     wl = np.arange(2000.0, 2500.0, 5.0)
     flat = array_cube(np.full((wl.size, 2, 3), 0.4, np.float32), wl)
     assert np.allclose(R.band_depth(flat, "AlOH"), 0.0, atol=1e-6)
-    sloped = array_cube(np.broadcast_to((0.2 + wl / 5000).astype(np.float32)[:, None, None], (wl.size, 2, 3)).copy(), wl)
+    sloped = array_cube(
+        np.broadcast_to((0.2 + wl / 5000).astype(np.float32)[:, None, None], (wl.size, 2, 3)).copy(), wl
+    )
     assert np.allclose(R.band_depth(sloped, 2200), 0.0, atol=1e-6)
     # a 20 % deep triangular absorption centred at 2200 on a flat 0.5 continuum
     refl = 0.5 * (1 - 0.2 * np.clip(1 - np.abs(wl - 2200) / 40, 0, 1))
@@ -89,7 +95,9 @@ def test_band_depth_of_real_minerals():
         pytest.skip(str(e))
     s = gf5b()
     E = resample(lib.filled(), lib.wavelengths, s.centres, s.fwhm)
-    cube = array_cube(E.T[:, :, None].astype(np.float32), s.centres, fwhm=s.fwhm, good_bands=s.good)  # one pixel per record
+    cube = array_cube(
+        E.T[:, :, None].astype(np.float32), s.centres, fwhm=s.fwhm, good_bands=s.good
+    )  # one pixel per record
     aloh = R.band_depth(cube, 2200)[:, 0]
     mgoh = R.band_depth(cube, "MgOH")[:, 0]
     fe3 = R.band_depth(cube, "Fe3")[:, 0]
@@ -126,8 +134,22 @@ def test_cli_render_png_and_geotiff(tmp_path, envi_cube, capsys):
     from PIL import Image
 
     hdr, data, wl = envi_cube
-    assert main(["spectral", "render", str(hdr), "--wavelengths", "2200,1650,600", "--out", str(tmp_path / "x.png"),
-                 "--spec-out", str(tmp_path / "spec.json")]) == 0
+    assert (
+        main(
+            [
+                "spectral",
+                "render",
+                str(hdr),
+                "--wavelengths",
+                "2200,1650,600",
+                "--out",
+                str(tmp_path / "x.png"),
+                "--spec-out",
+                str(tmp_path / "spec.json"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["rendering"]["bands"] == [180, 125, 20]
     img = np.asarray(Image.open(tmp_path / "x.png"))
@@ -139,11 +161,16 @@ def test_cli_render_png_and_geotiff(tmp_path, envi_cube, capsys):
         assert ds.count == 3 and ds.crs.to_epsg() == 32650 and tuple(ds.transform)[:6] == GEO["transform"]
     # a saved spec (or a geovl_preprocess.json carrying one) re-renders identically
     (tmp_path / "pre.json").write_text(json.dumps({"rendering": json.loads((tmp_path / "spec.json").read_text())}))
-    assert main(["spectral", "render", str(hdr), "--spec", str(tmp_path / "pre.json"), "--out", str(tmp_path / "y.png")]) == 0
+    assert (
+        main(["spectral", "render", str(hdr), "--spec", str(tmp_path / "pre.json"), "--out", str(tmp_path / "y.png")])
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(tmp_path / "y.png")), img)
     assert not list(tmp_path.glob("*.partial"))
     capsys.readouterr()
-    assert main(["spectral", "render", str(hdr), "--wavelengths", "2700,1650,600", "--out", str(tmp_path / "z.png")]) == 2
+    assert (
+        main(["spectral", "render", str(hdr), "--wavelengths", "2700,1650,600", "--out", str(tmp_path / "z.png")]) == 2
+    )
     assert "2700 nm is outside" in capsys.readouterr().err and not (tmp_path / "z.png").exists()
 
 
@@ -151,8 +178,23 @@ def test_cli_depth_and_index_keep_crs(tmp_path, envi_cube, capsys):
     import rasterio
 
     hdr, data, wl = envi_cube
-    assert main(["spectral", "depth", str(hdr), "--feature", "2200", "--out", str(tmp_path / "d.tif"),
-                 "--rows", "5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "spectral",
+                "depth",
+                str(hdr),
+                "--feature",
+                "2200",
+                "--out",
+                str(tmp_path / "d.tif"),
+                "--rows",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(tmp_path / "d.tif") as ds:
         got = ds.read(1)
         assert ds.crs.to_epsg() == 32650 and tuple(ds.transform)[:6] == GEO["transform"] and ds.dtypes[0] == "float32"
@@ -163,9 +205,26 @@ def test_cli_depth_and_index_keep_crs(tmp_path, envi_cube, capsys):
     t = (wl[i[2200]] - wl[i[2120]]) / (wl[i[2250]] - wl[i[2120]])
     cont = r[i[2120]] + (r[i[2250]] - r[i[2120]]) * t
     assert np.allclose(got[1:], (1 - r[i[2200]] / cont)[1:], atol=1e-5)
-    assert main(["spectral", "depth", str(hdr), "--feature", "1500", "--shoulders", "1400,1600",
-                 "--out", str(tmp_path / "d2.tif"), "--no-progress"]) == 0
-    assert main(["spectral", "index", str(hdr), "--nd", "860,650", "--out", str(tmp_path / "n.tif"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "spectral",
+                "depth",
+                str(hdr),
+                "--feature",
+                "1500",
+                "--shoulders",
+                "1400,1600",
+                "--out",
+                str(tmp_path / "d2.tif"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["spectral", "index", str(hdr), "--nd", "860,650", "--out", str(tmp_path / "n.tif"), "--no-progress"]) == 0
+    )
     with rasterio.open(tmp_path / "n.tif") as ds:
         nd = ds.read(1)
     a, b = r[int(np.argmin(np.abs(wl - 860)))], r[int(np.argmin(np.abs(wl - 650)))]

@@ -35,14 +35,23 @@ def scene(lib, tmp_path_factory):
     s = aviris()
     E = resample(lib.filled(), lib.wavelengths, s.centres, s.fwhm)  # (K, B)
     K = len(lib)
-    truth = (np.add.outer(np.arange(12), np.arange(10)) % K)
+    truth = np.add.outer(np.arange(12), np.arange(10)) % K
     bright = np.linspace(0.6, 1.3, 120).reshape(12, 10)
     refl = E[truth].transpose(2, 0, 1) * bright[None]
     data = np.round(refl * 10000).astype(np.int16)
     data[:, :4] = -9999
     d = tmp_path_factory.mktemp("sam")
-    hdr = write_envi(d / "c.img", data, interleave="bil", wavelengths=s.centres, fwhm=s.fwhm, good_bands=s.good,
-                     nodata=-9999, scale=10000, **GEO)
+    hdr = write_envi(
+        d / "c.img",
+        data,
+        interleave="bil",
+        wavelengths=s.centres,
+        fwhm=s.fwhm,
+        good_bands=s.good,
+        nodata=-9999,
+        scale=10000,
+        **GEO,
+    )
     return hdr, truth
 
 
@@ -58,8 +67,9 @@ def test_classify_recovers_library_and_nodata(scene, lib):
     assert ang[4:].max() < 0.01
     c2, a2 = sam_numpy(cube.read_float(bidx), L, max_angle=0.05)
     assert np.array_equal(c2, cls) and np.allclose(a2, ang, atol=2e-3)  # float32 arccos near 0
-    tight, _ = classify_block(cube.read_float(bidx) * np.linspace(1, 1.2, len(bidx))[:, None, None].astype(np.float32),
-                              L, max_angle=1e-4)
+    tight, _ = classify_block(
+        cube.read_float(bidx) * np.linspace(1, 1.2, len(bidx))[:, None, None].astype(np.float32), L, max_angle=1e-4
+    )
     assert (tight[4:] == 0).all()  # worse than max_angle → unclassified
 
 
@@ -113,8 +123,25 @@ def test_cli_map_and_evaluate_sam(scene, tmp_path, capsys):
     import rasterio
 
     hdr, truth = scene
-    assert main(["spectral", "map", str(hdr), "--method", "sam", "--library", "minerals", "--out", str(tmp_path / "m.tif"),
-                 "--rows", "5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "spectral",
+                "map",
+                str(hdr),
+                "--method",
+                "sam",
+                "--library",
+                "minerals",
+                "--out",
+                str(tmp_path / "m.tif"),
+                "--rows",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["windows"] == 3 and out["nodata"] == 40
     with rasterio.open(tmp_path / "m.tif") as ds:
@@ -122,8 +149,27 @@ def test_cli_map_and_evaluate_sam(scene, tmp_path, capsys):
     minerals = truth < 7
     assert np.array_equal(cls[4:][minerals[4:]].astype(int), truth[4:][minerals[4:]] + 1)
     try:
-        main(["spectral", "synth", "--out", str(tmp_path / "syn"), "--scenes", "6", "--size", "32", "--seed", "3",
-              "--split", "train=0.5,test=0.5", "--formats", "envi", "--lang", "en", "--no-progress"])
+        main(
+            [
+                "spectral",
+                "synth",
+                "--out",
+                str(tmp_path / "syn"),
+                "--scenes",
+                "6",
+                "--size",
+                "32",
+                "--seed",
+                "3",
+                "--split",
+                "train=0.5,test=0.5",
+                "--formats",
+                "envi",
+                "--lang",
+                "en",
+                "--no-progress",
+            ]
+        )
     finally:
         capsys.readouterr()
     assert main(["spectral", "evaluate-sam", str(tmp_path / "syn"), "--out", str(tmp_path / "ev.json")]) == 0
@@ -157,8 +203,17 @@ def test_chunked_raw_strips_are_bit_identical_to_the_float_cube(lib, tmp_path, i
     data = np.round(np.einsum("hwk,kb->bhw", ab, E) * 10000 + rng.normal(0, 30, (s.bands, 13, 11))).astype(np.int16)
     data[:, 2, 3] = -9999
     data[:, 7, :] = -9999
-    hdr = write_envi(tmp_path / "c.img", data, interleave=interleave, wavelengths=s.centres, fwhm=s.fwhm,
-                     good_bands=s.good, nodata=-9999, scale=10000, **GEO)
+    hdr = write_envi(
+        tmp_path / "c.img",
+        data,
+        interleave=interleave,
+        wavelengths=s.centres,
+        fwhm=s.fwhm,
+        good_bands=s.good,
+        nodata=-9999,
+        scale=10000,
+        **GEO,
+    )
     cube = open_cube(hdr)
     L, bidx = prepare(cube, lib)
     want_c, want_a = classify_block(cube.read_float(bidx), L)

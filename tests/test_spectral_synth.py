@@ -23,8 +23,26 @@ def synth_dir(tmp_path_factory):
     except SpectralError as e:
         pytest.skip(str(e))
     d = tmp_path_factory.mktemp("spsynth") / "out"
-    assert main(["spectral", "synth", "--out", str(d), "--scenes", str(N_SCENES), "--size", str(SIZE), "--seed", "7",
-                 "--split", "train=0.5,test=0.5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "spectral",
+                "synth",
+                "--out",
+                str(d),
+                "--scenes",
+                str(N_SCENES),
+                "--size",
+                str(SIZE),
+                "--seed",
+                "7",
+                "--split",
+                "train=0.5,test=0.5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -72,11 +90,17 @@ def test_qa_answers_match_ground_truth(synth_dir):
             q = smp["messages"][0]["content"][-1]["text"]
             if m["task"] == "alteration":
                 assert smp["qtype"] == "yes_no"
-                assert smp["answer"] == {"zh": ("是", "否"), "en": ("yes", "no")}[m["lang"]][0 if sc["alteration"] else 1]
+                assert (
+                    smp["answer"] == {"zh": ("是", "否"), "en": ("yes", "no")}[m["lang"]][0 if sc["alteration"] else 1]
+                )
                 assert q.startswith("图中是否存在蚀变？" if m["lang"] == "zh" else "Is there alteration")
             elif m["task"] == "main_mineral":
                 assert smp["qtype"] == "choice" and smp["answer"] in m["choices"]
-                want = {"zh": "无", "en": "none"}[m["lang"]] if sc["main_mineral"] == "none" else NAMES[sc["main_mineral"]][m["lang"]]
+                want = (
+                    {"zh": "无", "en": "none"}[m["lang"]]
+                    if sc["main_mineral"] == "none"
+                    else NAMES[sc["main_mineral"]][m["lang"]]
+                )
                 assert smp["answer"] == want and all(c in q for c in m["choices"])
             else:
                 assert smp["qtype"] == "number" and smp["answer"] == f"{sc['probability']:.2f}"
@@ -87,8 +111,9 @@ def test_qa_answers_match_ground_truth(synth_dir):
 def test_loads_with_datasets(synth_dir):
     from datasets import load_dataset
 
-    ds = load_dataset("parquet", data_files={"train": str(synth_dir / "train.parquet"),
-                                             "test": str(synth_dir / "test.parquet")})
+    ds = load_dataset(
+        "parquet", data_files={"train": str(synth_dir / "train.parquet"), "test": str(synth_dir / "test.parquet")}
+    )
     assert ds["train"].num_rows + ds["test"].num_rows == N_SCENES * 6
     row = ds["test"][0]
     assert json.loads(row["meta"])["cube"].startswith("scenes/") and row["images"][0][:8] == b"\x89PNG\r\n\x1a\n"
@@ -138,16 +163,50 @@ def test_ground_truth_agrees_with_cube(synth_dir):
 def test_deterministic_for_a_seed(synth_dir, tmp_path):
     from geovl.data.io import read_samples
 
-    main(["spectral", "synth", "--out", str(tmp_path / "a"), "--scenes", "3", "--size", str(SIZE), "--seed", "7",
-          "--split", "train=0.5,test=0.5", "--formats", "envi", "--no-progress"])
-    main(["spectral", "synth", "--out", str(tmp_path / "b"), "--scenes", "3", "--size", str(SIZE), "--seed", "8",
-          "--formats", "envi", "--no-progress"])
+    main(
+        [
+            "spectral",
+            "synth",
+            "--out",
+            str(tmp_path / "a"),
+            "--scenes",
+            "3",
+            "--size",
+            str(SIZE),
+            "--seed",
+            "7",
+            "--split",
+            "train=0.5,test=0.5",
+            "--formats",
+            "envi",
+            "--no-progress",
+        ]
+    )
+    main(
+        [
+            "spectral",
+            "synth",
+            "--out",
+            str(tmp_path / "b"),
+            "--scenes",
+            "3",
+            "--size",
+            str(SIZE),
+            "--seed",
+            "8",
+            "--formats",
+            "envi",
+            "--no-progress",
+        ]
+    )
     for s in _scenes(tmp_path / "a"):  # same seed → identical scenes (the first 3 of the fixture)
-        assert (tmp_path / "a" / s["cube"].replace(".hdr", ".img")).read_bytes() == \
-               (synth_dir / s["cube"].replace(".hdr", ".img")).read_bytes()
+        assert (tmp_path / "a" / s["cube"].replace(".hdr", ".img")).read_bytes() == (
+            synth_dir / s["cube"].replace(".hdr", ".img")
+        ).read_bytes()
         assert (tmp_path / "a" / s["image"]).read_bytes() == (synth_dir / s["image"]).read_bytes()
     a = {s["id"]: s for s in _scenes(tmp_path / "a")}
     ref = {s["id"]: s for s in _scenes(synth_dir)}
+
     def strip(s):  # the split depends on the scene count; the GeoTIFF was not written in run a
         return {k: v for k, v in s.items() if k not in ("split", "cube_geotiff")}
 
@@ -161,7 +220,10 @@ def test_deterministic_for_a_seed(synth_dir, tmp_path):
 def test_synth_refuses_non_empty_dir_and_bad_options(synth_dir, tmp_path, capsys):
     assert main(["spectral", "synth", "--out", str(synth_dir), "--scenes", "1", "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["spectral", "synth", "--out", str(tmp_path / "x"), "--scenes", "1", "--formats", "hdf", "--no-progress"]) == 2
+    assert (
+        main(["spectral", "synth", "--out", str(tmp_path / "x"), "--scenes", "1", "--formats", "hdf", "--no-progress"])
+        == 2
+    )
     assert "--formats" in capsys.readouterr().err
 
 
@@ -170,8 +232,18 @@ def test_aviris_sensor(tmp_path):
     from geovl.spectral.synth_write import synthesize
 
     try:
-        s = synthesize(tmp_path / "av", 2, sensor="aviris", size=16, seed=1, split="test=1", formats="geotiff",
-                       langs="en", rendering="swir", progress=False)
+        s = synthesize(
+            tmp_path / "av",
+            2,
+            sensor="aviris",
+            size=16,
+            seed=1,
+            split="test=1",
+            formats="geotiff",
+            langs="en",
+            rendering="swir",
+            progress=False,
+        )
     except SpectralError as e:
         pytest.skip(str(e))
     assert s["bands"] == 224 and s["samples"] == 2 * 3

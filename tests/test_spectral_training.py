@@ -12,15 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FAMILIES
-from sft_util import train
 
+from conftest import TINY_FAMILIES
 from geovl.data.io import read_samples
 from geovl.spectral.projector import SpectralProjector
+from sft_util import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECTRAL = ["spectral=true", "lr_spectral=0.05", "tune_llm=lora", "max_steps=3", "save_steps=3", "lr_scheduler=constant",
-            "warmup_ratio=0", "min_pixels=1024", "max_pixels=1024"]
+SPECTRAL = [
+    "spectral=true",
+    "lr_spectral=0.05",
+    "tune_llm=lora",
+    "max_steps=3",
+    "save_steps=3",
+    "lr_scheduler=constant",
+    "warmup_ratio=0",
+    "min_pixels=1024",
+    "max_pixels=1024",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,9 @@ def _run(family, hs, tiny_model_dir, tmp_path_factory, capsys, runs):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_sft_trains_the_projector_and_saves_it_beside_the_adapter(family, hs, tiny_model_dir, tmp_path_factory, capsys, runs):
+def test_sft_trains_the_projector_and_saves_it_beside_the_adapter(
+    family, hs, tiny_model_dir, tmp_path_factory, capsys, runs
+):
     out, err = _run(family, hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     final = out / "final"
     assert "spectral projector: 330 bands (400–2500 nm) → RGB" in err
@@ -82,14 +93,28 @@ def test_gradients_reach_the_projector_through_the_frozen_tower(family, hs, tiny
         p.requires_grad_(False)
     projector.conv.requires_grad_(True)
     text = proc.apply_chat_template(s["messages"], tokenize=False)
-    enc = proc(text=[text], images=[vi.cube_tensor(hs / s["meta"]["cube"], projector)], return_tensors="pt", **vi.PROCESSOR_KWARGS)
-    assert enc["pixel_values"].shape[1] == 330 * proc.image_processor.temporal_patch_size * proc.image_processor.patch_size**2
+    enc = proc(
+        text=[text],
+        images=[vi.cube_tensor(hs / s["meta"]["cube"], projector)],
+        return_tensors="pt",
+        **vi.PROCESSOR_KWARGS,
+    )
+    assert (
+        enc["pixel_values"].shape[1]
+        == 330 * proc.image_processor.temporal_patch_size * proc.image_processor.patch_size**2
+    )
     model(**enc, labels=enc["input_ids"]).loss.backward()
     g = projector.conv.weight.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith(vi.ATTR))
     # an RGB picture where the model wants cubes is a clear error, not a silent reshape
-    rgb = proc(text=[text], images=[torch.rand(3, 32, 32)], return_tensors="pt", do_rescale=False, input_data_format="channels_first")
+    rgb = proc(
+        text=[text],
+        images=[torch.rand(3, 32, 32)],
+        return_tensors="pt",
+        do_rescale=False,
+        input_data_format="channels_first",
+    )
     with pytest.raises(Exception, match="330-band cube"):
         model(**rgb)
     assert si.n_bands == 330
@@ -111,9 +136,11 @@ def _logits(engine, reqs):
         return engine.model(**engine.encode(reqs)).logits
 
 
-def test_engine_load_reproduces_outputs_and_merge_keeps_the_projector(hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path):
-    from geovl.merge import merge
+def test_engine_load_reproduces_outputs_and_merge_keeps_the_projector(
+    hs, tiny_model_dir, tmp_path_factory, capsys, runs, tmp_path
+):
     from geovl.inference.engine import LocalEngine
+    from geovl.merge import merge
 
     out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     reqs = _requests(hs)
@@ -125,8 +152,11 @@ def test_engine_load_reproduces_outputs_and_merge_keeps_the_projector(hs, tiny_m
     assert torch.equal(a.spectral.projector.conv.weight, saved.conv.weight)
     assert torch.equal(la, _logits(LocalEngine(str(out / "final"), device="cpu"), reqs))
     # the projector matters: the untrained (init) projector gives other logits
-    a.spectral.projector.load_state_dict(SpectralProjector(saved.wavelengths, saved.rgb_wavelengths, saved.good_bands,
-                                                           saved.mean, saved.std).state_dict())
+    a.spectral.projector.load_state_dict(
+        SpectralProjector(
+            saved.wavelengths, saved.rgb_wavelengths, saved.good_bands, saved.mean, saved.std
+        ).state_dict()
+    )
     assert not torch.allclose(la, _logits(a, reqs), atol=1e-4)
 
     info = merge(tiny_model_dir("qwen2.5-vl"), out / "final", tmp_path / "merged")
@@ -151,7 +181,9 @@ def test_resume_restores_the_projector(hs, tiny_model_dir, tmp_path, capsys):
     rc, err = train(capsys, model, hs / "train.parquet", part, *common, "max_steps=4", resume=True)
     assert rc == 0, err[-2000:]
     a, b = SpectralProjector.load(whole / "final"), SpectralProjector.load(part / "final")
-    assert torch.allclose(a.conv.weight, b.conv.weight, atol=1e-6) and torch.allclose(a.conv.bias, b.conv.bias, atol=1e-6)
+    assert torch.allclose(a.conv.weight, b.conv.weight, atol=1e-6) and torch.allclose(
+        a.conv.bias, b.conv.bias, atol=1e-6
+    )
     assert not torch.allclose(a.conv.weight, SpectralProjector.load(part / "checkpoint-2").conv.weight)
 
 
@@ -167,7 +199,12 @@ def test_eval_feeds_cubes_and_rejects_samples_without_one(hs, tiny_model_dir, tm
     meta["cube"] = "scenes/nowhere/cube.hdr"
     rows[1]["meta"] = json.dumps(meta) if isinstance(rows[1]["meta"], str) else meta
     data = tmp_path / "test.parquet"
-    pq.write_table(pq.read_table(hs / "test.parquet").schema.empty_table().from_pylist(rows, schema=pq.read_schema(hs / "test.parquet")), data)
+    pq.write_table(
+        pq.read_table(hs / "test.parquet")
+        .schema.empty_table()
+        .from_pylist(rows, schema=pq.read_schema(hs / "test.parquet")),
+        data,
+    )
     eng = LocalEngine(str(out / "final"), device="cpu")
     counts = run_predictions(eng, data, tmp_path / "p.jsonl", spectral_root=hs, progress=False, forced_choice=True)
     assert counts["read"] == 6 and counts["predicted"] == 5 and counts["rejected"] == 1
@@ -200,18 +237,35 @@ def test_training_a_spectral_model_needs_spectral_true(hs, tiny_model_dir, tmp_p
     rc, err = train(capsys, merged, hs / "train.parquet", tmp_path / "again", "max_steps=1")
     assert rc != 0 and "has a spectral projector" in err and "spectral=true" in err
     # continuing with spectral=true starts from the saved projector, not a new one
-    rc, err = train(capsys, merged, hs / "train.parquet", tmp_path / "again2", *SPECTRAL[:1], "max_steps=1", "tune_llm=lora",
-                    "min_pixels=1024", "max_pixels=1024")
+    rc, err = train(
+        capsys,
+        merged,
+        hs / "train.parquet",
+        tmp_path / "again2",
+        *SPECTRAL[:1],
+        "max_steps=1",
+        "tune_llm=lora",
+        "min_pixels=1024",
+        "max_pixels=1024",
+    )
     assert rc == 0, err[-2000:]
     assert f"continued from {merged}" in err
 
 
 def test_shipped_hyperspectral_recipe_runs(hs, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    rc, err = train(capsys, tiny_model_dir("qwen3-vl"), hs / "train.parquet", out, "max_steps=2",
-                    recipe=ROOT / "recipes" / "hyperspectral-tiny.yaml")
+    rc, err = train(
+        capsys,
+        tiny_model_dir("qwen3-vl"),
+        hs / "train.parquet",
+        out,
+        "max_steps=2",
+        recipe=ROOT / "recipes" / "hyperspectral-tiny.yaml",
+    )
     assert rc == 0, err[-2000:]
-    assert (out / "final" / "spectral_projector.safetensors").is_file() and (out / "final" / "model.safetensors").is_file()
+    assert (out / "final" / "spectral_projector.safetensors").is_file() and (
+        out / "final" / "model.safetensors"
+    ).is_file()
     from safetensors import safe_open
 
     with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:  # full fine-tuning: still not in the weights
@@ -223,28 +277,55 @@ def test_api_answers_a_geotiff_cube_like_the_local_engine(hs, tiny_model_dir, tm
     import base64
 
     import openai
-    from serve_util import Server, free_port, running
 
     from geovl.data.schema import user_turn
     from geovl.inference.engine import ChatRequest, GenerationParams, LocalEngine
+    from serve_util import Server, free_port, running
 
     out, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     s = next(iter(read_samples(hs / "test.parquet")))
     tif = (hs / s["meta"]["cube_geotiff"]).read_bytes()
     q = "Is there alteration in this image? Answer yes or no."
-    want = LocalEngine(str(out / "final"), device="cpu").generate([ChatRequest([user_turn(q, 1)], [tif])], GenerationParams(max_new_tokens=6))[0]
-    server = Server(["serve", "--model", str(out / "final"), "--served-model-name", "hs", "--log-level", "warning",
-                     "--port", str(p := free_port())], tmp_path / "serve.log", p)
+    want = LocalEngine(str(out / "final"), device="cpu").generate(
+        [ChatRequest([user_turn(q, 1)], [tif])], GenerationParams(max_new_tokens=6)
+    )[0]
+    server = Server(
+        [
+            "serve",
+            "--model",
+            str(out / "final"),
+            "--served-model-name",
+            "hs",
+            "--log-level",
+            "warning",
+            "--port",
+            str(p := free_port()),
+        ],
+        tmp_path / "serve.log",
+        p,
+    )
     with running(server):
         c = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=120)
         uri = "data:image/tiff;base64," + base64.b64encode(tif).decode()
-        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": q}]}]
+        msg = [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": q}]}
+        ]
         got = c.chat.completions.create(model="hs", messages=msg, max_tokens=6, temperature=0)
         assert got.choices[0].message.content == want
         # an RGB PNG is not a cube: a clear 4xx naming the problem, not a crash
         png = (hs / s["meta"]["image"]).read_bytes()
-        bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-                                            {"type": "text", "text": q}]}]
+        bad = [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()},
+                    },
+                    {"type": "text", "text": q},
+                ],
+            }
+        ]
         with pytest.raises(openai.BadRequestError, match="330-band cubes"):
             c.chat.completions.create(model="hs", messages=bad, max_tokens=6)
 
@@ -259,9 +340,24 @@ def length_reward(completions, **kwargs):
 def _spectral_grpo(capsys, start, hs, out, plugin, *extra, resume=False):
     from sft_util import FAST, run_cli
 
-    args = ["train", "grpo", ROOT / "recipes" / "grpo-demo-tiny.yaml", f"model={start}", f"train_data={hs / 'train.parquet'}",
-            f"output_dir={out}", f"reward_file={plugin}", "reward_funcs=[number_reward]", *FAST, "num_generations=2",
-            "max_completion_length=4", "save_steps=1", "max_steps=2", "lr=1e-3", "lr_spectral=0.05", *extra]
+    args = [
+        "train",
+        "grpo",
+        ROOT / "recipes" / "grpo-demo-tiny.yaml",
+        f"model={start}",
+        f"train_data={hs / 'train.parquet'}",
+        f"output_dir={out}",
+        f"reward_file={plugin}",
+        "reward_funcs=[number_reward]",
+        *FAST,
+        "num_generations=2",
+        "max_completion_length=4",
+        "save_steps=1",
+        "max_steps=2",
+        "lr=1e-3",
+        "lr_spectral=0.05",
+        *extra,
+    ]
     return run_cli(capsys, *args, *(["--resume"] if resume else []))
 
 
@@ -276,7 +372,15 @@ def test_grpo_trains_a_spectral_model_on_cubes(start, hs, tiny_model_dir, tmp_pa
         sft, _ = _run("qwen2.5-vl", hs, tiny_model_dir, tmp_path_factory, capsys, runs)
     else:  # a full fine-tune with a KL term: TRL's reference model (loaded from the folder) gets a frozen projector copy
         sft = tmp_path / "sft"
-        rc, err = train(capsys, tiny_model_dir("qwen3-vl"), hs / "train.parquet", sft, *SPECTRAL, "tune_llm=full", "tune_merger=full")
+        rc, err = train(
+            capsys,
+            tiny_model_dir("qwen3-vl"),
+            hs / "train.parquet",
+            sft,
+            *SPECTRAL,
+            "tune_llm=full",
+            "tune_merger=full",
+        )
         assert rc == 0, err[-2000:]
         extra = ["tune_llm=full", "beta=0.1"]
     sft_proj = SpectralProjector.load(sft / "final")

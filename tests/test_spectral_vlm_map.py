@@ -10,18 +10,35 @@ import json
 
 import numpy as np
 import pytest
-from sft_util import run_cli, train, write_dataset
 
 from geovl.cli import main
-
 from geovl.spectral import SpectralError
 from geovl.spectral.cube import Window
-from geovl.spectral.vlm_map import (NODATA_RGB, RAMP, ProbabilityMap, colour_ramp, parse_probability, taper_1d,
-                                    window_grid, window_starts)
+from geovl.spectral.vlm_map import (
+    NODATA_RGB,
+    RAMP,
+    ProbabilityMap,
+    colour_ramp,
+    parse_probability,
+    taper_1d,
+    window_grid,
+    window_starts,
+)
+from sft_util import run_cli, train, write_dataset
 
 FAMILY = "qwen2-vl"
-SPECTRAL = ["spectral=true", "lr_spectral=0.05", "tune_llm=lora", "lr=5e-3", "max_steps=10", "save_steps=10",
-            "lr_scheduler=constant", "warmup_ratio=0", "min_pixels=1024", "max_pixels=1024"]
+SPECTRAL = [
+    "spectral=true",
+    "lr_spectral=0.05",
+    "tune_llm=lora",
+    "lr=5e-3",
+    "max_steps=10",
+    "save_steps=10",
+    "lr_scheduler=constant",
+    "warmup_ratio=0",
+    "min_pixels=1024",
+    "max_pixels=1024",
+]
 GEO = dict(crs="EPSG:32650", transform=(30.0, 0.0, 500000.0, 0.0, -30.0, 4500000.0))
 NODATA = -9999
 
@@ -45,8 +62,10 @@ def final(hs, tiny_model_dir, tmp_path_factory, capsys, _runs):
     if "final" not in _runs:
         from geovl.data.io import read_samples
 
-        data = write_dataset(hs / "probability-train.parquet",
-                             [s for s in read_samples(hs / "train.parquet") if s["meta"]["task"] == "probability"])
+        data = write_dataset(
+            hs / "probability-train.parquet",
+            [s for s in read_samples(hs / "train.parquet") if s["meta"]["task"] == "probability"],
+        )
         out = tmp_path_factory.mktemp("vlm-map-run") / "run"
         rc, err = train(capsys, tiny_model_dir(FAMILY), data, out, *SPECTRAL)
         assert rc == 0, err[-3000:]
@@ -65,8 +84,9 @@ def big_cube(tmp_path_factory):
     data = make_scene(7, 0, 80, s, endmembers(s)).cube[:, :64, :].copy()
     data[:, :32, :32] = NODATA
     path = tmp_path_factory.mktemp("big") / "cube.tif"
-    write_cube_geotiff(path, data, wavelengths=s.centres, fwhm=s.fwhm, good_bands=s.good, nodata=NODATA,
-                       scale=REFLECTANCE_SCALE, **GEO)
+    write_cube_geotiff(
+        path, data, wavelengths=s.centres, fwhm=s.fwhm, good_bands=s.good, nodata=NODATA, scale=REFLECTANCE_SCALE, **GEO
+    )
     return path
 
 
@@ -116,7 +136,9 @@ def test_probability_map_mean_and_taper_blends():
     assert np.isclose(out[0, 2], 0.4) and np.isclose(out[1, 2], 0.2) and np.isclose(out[3, 3], 0.4)
     assert np.isnan(out[4]).all()  # row 4: no window
 
-    assert np.allclose(taper_1d(4, 2), [1 / 3, 2 / 3, 2 / 3, 1 / 3]) and np.allclose(taper_1d(7, 2), [1 / 3, 2 / 3, 1, 1, 1, 2 / 3, 1 / 3])
+    assert np.allclose(taper_1d(4, 2), [1 / 3, 2 / 3, 2 / 3, 1 / 3]) and np.allclose(
+        taper_1d(7, 2), [1 / 3, 2 / 3, 1, 1, 1, 2 / 3, 1 / 3]
+    )
     t = ProbabilityMap(4, 6, overlap=2, blend="taper")
     t.add(a, 0.2, valid)
     t.add(b, 0.6, valid)
@@ -163,8 +185,25 @@ def test_vlm_map_cli_writes_a_georeferenced_probability_map(final, big_cube, tmp
     from PIL import Image
 
     out = tmp_path / "maps" / "prob.tif"
-    rc, printed, err = cli(capsys, "spectral", "vlm-map", big_cube, "--model", final, "--out", out, "--tile", "32",
-                           "--overlap", "8", "--batch-size", "4", "--device", "cpu", "--no-progress")
+    rc, printed, err = cli(
+        capsys,
+        "spectral",
+        "vlm-map",
+        big_cube,
+        "--model",
+        final,
+        "--out",
+        out,
+        "--tile",
+        "32",
+        "--overlap",
+        "8",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert rc == 0, err[-3000:]
     assert _files(out.parent) == ["prob.json", "prob.png", "prob.tif"]  # no .partial left
     summary = json.loads((out.parent / "prob.json").read_text())
@@ -250,8 +289,16 @@ def test_vlm_map_api_zh_mean_blend_and_a_cube_smaller_than_a_tile(final, hs, tmp
     scene = json.loads((hs / "scenes.jsonl").read_text().splitlines()[0])
     engine = LocalEngine(str(final), device="cpu", batch_size=2)
     with open_cube(hs / scene["cube"]) as cube:  # 32 × 32 ENVI cube, tile 64: one window of 32 × 32
-        s = vlm_map(cube, engine, tmp_path / "one.tif", png=tmp_path / "preview" / "one-preview.png", tile=64,
-                    overlap=16, lang="zh", blend="mean")
+        s = vlm_map(
+            cube,
+            engine,
+            tmp_path / "one.tif",
+            png=tmp_path / "preview" / "one-preview.png",
+            tile=64,
+            overlap=16,
+            lang="zh",
+            blend="mean",
+        )
     assert s["windows"] == 1 and s["skipped_nodata"] == 0 and s["tile"] == 64
     assert s["question"].startswith("该区域的成矿概率") and s["forward_calls"] == engine.stats.forward_calls > 0
     assert (tmp_path / "preview" / "one-preview.png").is_file() and (tmp_path / "one.json").is_file()
@@ -268,8 +315,9 @@ def test_vlm_map_api_zh_mean_blend_and_a_cube_smaller_than_a_tile(final, hs, tmp
 def test_vlm_map_refuses_a_model_without_projector(tiny_model_dir, big_cube, tmp_path, capsys):
     model = tiny_model_dir(FAMILY)
     out = tmp_path / "o" / "prob.tif"
-    rc, err = run_cli(capsys, "spectral", "vlm-map", big_cube, "--model", model, "--out", out, "--device", "cpu",
-                      "--no-progress")
+    rc, err = run_cli(
+        capsys, "spectral", "vlm-map", big_cube, "--model", model, "--out", out, "--device", "cpu", "--no-progress"
+    )
     assert rc == 2 and f"{model}: this model has no spectral projector" in err and "光谱投影器" in err
     assert _files(out.parent) == []
 
@@ -280,9 +328,14 @@ def test_vlm_map_api_refuses_before_writing(tiny_model_dir, final, big_cube, tmp
     from geovl.spectral.vlm_map import vlm_map
 
     plain = LocalEngine(str(tiny_model_dir(FAMILY)), device="cpu")
-    with open_cube(big_cube) as cube, pytest.raises(SpectralError, match="plain-model: this model has no spectral projector"):
+    with (
+        open_cube(big_cube) as cube,
+        pytest.raises(SpectralError, match="plain-model: this model has no spectral projector"),
+    ):
         vlm_map(cube, plain, tmp_path / "a.tif", meta={"model": "plain-model"})
-    write_cube_geotiff(tmp_path / "few.tif", np.full((5, 40, 40), 0.3, np.float32), wavelengths=[500, 600, 700, 800, 900])
+    write_cube_geotiff(
+        tmp_path / "few.tif", np.full((5, 40, 40), 0.3, np.float32), wavelengths=[500, 600, 700, 800, 900]
+    )
     with open_cube(tmp_path / "few.tif") as cube, pytest.raises(SpectralError, match="few.tif: the cube has 5 bands"):
         vlm_map(cube, LocalEngine(str(final), device="cpu"), tmp_path / "b.tif")
     assert _files(tmp_path) == ["few.tif"]
@@ -298,22 +351,41 @@ def test_vlm_map_refuses_cubes_with_other_bands(final, tmp_path, capsys):
     gf = get_sensor("gf5b")
     shifted = tmp_path / "shifted.tif"
     write_cube_geotiff(shifted, np.full((gf.bands, 40, 40), 0.3, np.float32), wavelengths=gf.centres + 5.0)
-    for cube, msg in ((other, f"{other}: the cube has {av.bands} bands but the model's spectral projector takes 330"),
-                      (shifted, f"{shifted}: band 1 is at")):
+    for cube, msg in (
+        (other, f"{other}: the cube has {av.bands} bands but the model's spectral projector takes 330"),
+        (shifted, f"{shifted}: band 1 is at"),
+    ):
         out = tmp_path / f"o-{cube.stem}" / "prob.tif"
-        rc, err = run_cli(capsys, "spectral", "vlm-map", cube, "--model", final, "--out", out, "--device", "cpu",
-                          "--no-progress")
+        rc, err = run_cli(
+            capsys, "spectral", "vlm-map", cube, "--model", final, "--out", out, "--device", "cpu", "--no-progress"
+        )
         assert rc == 2 and msg in err, err[-2000:]
         assert _files(out.parent) == []
     # option errors come before the model is loaded
     rc, err = run_cli(capsys, "spectral", "vlm-map", other, "--model", final, "--out", tmp_path / "p.png")
     assert rc == 2 and "--out must be a GeoTIFF" in err
-    rc, err = run_cli(capsys, "spectral", "vlm-map", other, "--model", final, "--out", tmp_path / "p.tif", "--tile", "32",
-                      "--overlap", "32")
+    rc, err = run_cli(
+        capsys,
+        "spectral",
+        "vlm-map",
+        other,
+        "--model",
+        final,
+        "--out",
+        tmp_path / "p.tif",
+        "--tile",
+        "32",
+        "--overlap",
+        "32",
+    )
     assert rc == 2 and "--overlap must be >= 0 and smaller than --tile (32)" in err
-    rc, err = run_cli(capsys, "spectral", "vlm-map", tmp_path / "nowhere.tif", "--model", final, "--out", tmp_path / "p.tif")
+    rc, err = run_cli(
+        capsys, "spectral", "vlm-map", tmp_path / "nowhere.tif", "--model", final, "--out", tmp_path / "p.tif"
+    )
     assert rc == 2 and f"{tmp_path / 'nowhere.tif'}: no such file" in err
-    rc, err = run_cli(capsys, "spectral", "vlm-map", other, "--model", tmp_path / "no-model", "--out", tmp_path / "p.tif")
+    rc, err = run_cli(
+        capsys, "spectral", "vlm-map", other, "--model", tmp_path / "no-model", "--out", tmp_path / "p.tif"
+    )
     assert rc == 2 and f"{tmp_path / 'no-model'}: no such model folder" in err
     assert not (tmp_path / "p.tif").exists()
 
@@ -329,18 +401,45 @@ def test_compare_on_eval_predictions(final, hs, tmp_path, capsys):
     from geovl.spectral.sam import evaluate_sam
 
     preds = tmp_path / "p.jsonl"
-    rc, err = run_cli(capsys, "eval", "--model", final, "--data", hs / "test.parquet", "--out", preds, "--device", "cpu",
-                      "--max-new-tokens", "8", "--no-progress")
+    rc, err = run_cli(
+        capsys,
+        "eval",
+        "--model",
+        final,
+        "--data",
+        hs / "test.parquet",
+        "--out",
+        preds,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "8",
+        "--no-progress",
+    )
     assert rc == 0, err[-2000:]
-    rc, printed, err = cli(capsys, "spectral", "compare", hs, "--predictions", preds, "--out", tmp_path / "t.json",
-                           "--md", tmp_path / "t.md")
+    rc, printed, err = cli(
+        capsys,
+        "spectral",
+        "compare",
+        hs,
+        "--predictions",
+        preds,
+        "--out",
+        tmp_path / "t.json",
+        "--md",
+        tmp_path / "t.md",
+    )
     assert rc == 0, err[-2000:]
     n = len(_scenes(hs))
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["scenes"] == n == 3 and t["langs"] == ["en", "zh"]
     assert t["counts"]["answers"] == 3 * 2 * n and t["counts"]["missing"] == 0 and t["missing"] == []
-    assert [r["metric"] for r in t["table"]] == ["alteration_accuracy", "main_mineral_accuracy", "probability_mae",
-                                                 "probability_within_0.1"]
+    assert [r["metric"] for r in t["table"]] == [
+        "alteration_accuracy",
+        "main_mineral_accuracy",
+        "probability_mae",
+        "probability_within_0.1",
+    ]
     assert all(r["n_vlm"] == 2 * n and r["n_sam"] == n for r in t["table"])
     assert [r["scene"] for r in t["rows"]] == [s["id"] for s in _scenes(hs)]
     ev = evaluate_sam(hs, "test")  # SAM's column agrees with geovl spectral evaluate-sam
@@ -358,8 +457,15 @@ def _record(scene, lang, task, prediction, **meta):
 
     truth = {k: scene[k] for k in ("alteration", "main_mineral", "probability")}
     q = {t: (qq, a) for t, _, qq, a in questions(truth, lang)}[task]
-    return {"id": f"{scene['id']}-{lang}-{task}", "qtype": QTYPE[task], "question": q[0], "reference": q[1],
-            "prediction": prediction, "lang": lang, "meta": {"scene": scene["id"], "task": task, **meta}}
+    return {
+        "id": f"{scene['id']}-{lang}-{task}",
+        "qtype": QTYPE[task],
+        "question": q[0],
+        "reference": q[1],
+        "prediction": prediction,
+        "lang": lang,
+        "meta": {"scene": scene["id"], "task": task, **meta},
+    }
 
 
 def _known_answers(hs) -> list[dict]:
@@ -376,8 +482,14 @@ def _known_answers(hs) -> list[dict]:
         off = p - 0.05 if p >= 0.5 else p + 0.05
         recs += [
             _record(s, "en", "alteration", "Yes, there is alteration." if s["alteration"] else "No."),
-            _record(s, "en", "main_mineral", f"The main alteration mineral is {name(s['main_mineral'], 'en')}."
-                    if i == 0 else name(s["main_mineral"], "en")),
+            _record(
+                s,
+                "en",
+                "main_mineral",
+                f"The main alteration mineral is {name(s['main_mineral'], 'en')}."
+                if i == 0
+                else name(s["main_mineral"], "en"),
+            ),
             _record(s, "en", "probability", f"{off:.2f}"),
             _record(s, "zh", "alteration", "否" if s["alteration"] else "是"),
             _record(s, "zh", "probability", [f"概率为{p:.2f}", "1.5", "不确定"][i]),
@@ -386,7 +498,9 @@ def _known_answers(hs) -> list[dict]:
             recs.append(_record(s, "zh", "main_mineral", name(s["main_mineral"], "zh") if i == 0 else "我不知道"))
     train_scene = _scenes(hs, "train")[0]
     recs.append(_record(train_scene, "en", "alteration", "yes"))  # outside the split: counted, not used
-    recs.append({"id": "other", "qtype": "yes_no", "question": "?", "reference": "yes", "prediction": "yes", "meta": {}})
+    recs.append(
+        {"id": "other", "qtype": "yes_no", "question": "?", "reference": "yes", "prediction": "yes", "meta": {}}
+    )
     return recs
 
 
@@ -407,7 +521,9 @@ def test_compare_exact_accuracies_from_known_answers(hs, tmp_path, capsys):
     assert vlm["probability"]["n"] == 6 and vlm["probability"]["unparsed"] == 2
     assert vlm["probability"]["probability_mae"] == pytest.approx(0.15 / 4)
     assert vlm["probability"]["probability_within_0.1"] == pytest.approx(4 / 6)
-    assert en["probability"]["probability_mae"] == pytest.approx(0.05) and zh["probability"]["probability_mae"] == pytest.approx(0.0)
+    assert en["probability"]["probability_mae"] == pytest.approx(0.05) and zh["probability"][
+        "probability_mae"
+    ] == pytest.approx(0.0)
     assert zh["probability"]["probability_within_0.1"] == pytest.approx(1 / 3)
     row = {r["metric"]: r for r in t["table"]}
     assert row["main_mineral_accuracy"]["vlm"] == 0.8 and row["main_mineral_accuracy"]["n_vlm"] == 5
@@ -433,8 +549,9 @@ def test_compare_errors_name_the_file(hs, tmp_path, capsys):
     rc, err = run_cli(capsys, "spectral", "compare", hs, "--predictions", tmp_path / "none.jsonl")
     assert rc == 2 and f"{tmp_path / 'none.jsonl'}: no such predictions file" in err
     unrelated = tmp_path / "unrelated.jsonl"
-    unrelated.write_text(json.dumps({"id": "a", "qtype": "yes_no", "question": "?", "reference": "yes",
-                                     "prediction": "yes"}) + "\n")
+    unrelated.write_text(
+        json.dumps({"id": "a", "qtype": "yes_no", "question": "?", "reference": "yes", "prediction": "yes"}) + "\n"
+    )
     rc, err = run_cli(capsys, "spectral", "compare", hs, "--predictions", unrelated)
     assert rc == 2 and f"{unrelated}: no prediction matches a scene of this split" in err
     rc, err = run_cli(capsys, "spectral", "compare", tmp_path, "--predictions", unrelated)

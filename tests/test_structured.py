@@ -48,14 +48,30 @@ def defects(tmp_path_factory):
     root = tmp_path_factory.mktemp("defects")
     (root / "imgs").mkdir()
     for i, name in enumerate(("crack.png", "spall.png", "stain.png")):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "imgs" / name)
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            root / "imgs" / name
+        )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(COLS)
     w.writerows(ROWS)
     (root / "巡检.csv").write_bytes(buf.getvalue().encode("utf-8-sig"))
     out = root / "defects.parquet"
-    rc = main(["data", "convert", "--from", "csv", "--preset", "building-defect", "--input", str(root / "巡检.csv"), "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "csv",
+            "--preset",
+            "building-defect",
+            "--input",
+            str(root / "巡检.csv"),
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -64,7 +80,11 @@ def test_schema_is_read_from_the_preset():
     preset = yaml.safe_load((PRESET_DIR / "building-defect.yaml").read_text(encoding="utf-8"))
     s = load_schema("building-defect")
     assert s.fields == tuple(preset["fields"]) == FIELDS
-    assert s.allowed == {"风险等级": tuple(preset["fields"]["风险等级"]["allowed"])} == {"风险等级": ("轻微", "中等", "严重")}
+    assert (
+        s.allowed
+        == {"风险等级": tuple(preset["fields"]["风险等级"]["allowed"])}
+        == {"风险等级": ("轻微", "中等", "严重")}
+    )
     assert s.template == preset["answer_template"]
     assert s.aliases["data_风险等级"] == "风险等级" and s.level_fields == ["风险等级"]
 
@@ -72,7 +92,9 @@ def test_schema_is_read_from_the_preset():
 def test_converted_samples_render_with_the_same_template(defects):
     samples = list(read_samples(defects))
     assert [s["id"] for s in samples] == ["D001", "D002", "D003", "D004", "D005", "D006"]
-    rejects = [json.loads(x) for x in defects.with_name("defects.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    rejects = [
+        json.loads(x) for x in defects.with_name("defects.rejects.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert sorted(r["reason"] for r in rejects) == ["bad_field_value", "bad_row", "empty_field", "missing_image"]
     schema = load_schema("building-defect")
     for s, row in zip(samples, ROWS):
@@ -209,4 +231,6 @@ def test_infer_compare_gt_writes_fields_per_image(defects, tiny_model_dir, tmp_p
     # the same file scored again: every reference level lands in the invalid column
     assert main(["score", str(out), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)["structured"]["building-defect"]
-    assert m["fields"]["风险等级"]["confusion"] == {lv: {"轻微": 0, "中等": 0, "严重": 0, "invalid": 2} for lv in ("轻微", "中等", "严重")}
+    assert m["fields"]["风险等级"]["confusion"] == {
+        lv: {"轻微": 0, "中等": 0, "严重": 0, "invalid": 2} for lv in ("轻微", "中等", "严重")
+    }

@@ -15,11 +15,11 @@ from PIL import Image
 
 from geovl.data.io import read_samples
 from geovl.data.schema import message_text, validate_sample
+from geovl.imagery.geotiff import read_raster
 from geovl.synth import BY_ID, BY_KEY, URBAN_THRESHOLD, SynthError, make_scene, synthesize
 from geovl.synth.classes import BARE, BUILDING, BUILTUP, CROPLAND, FOREST, ROAD, WATER
 from geovl.synth.qa import UNITS, area_value, round_half_up
 from geovl.synth.write import parse_split, scene_transform, split_counts
-from geovl.imagery.geotiff import read_raster
 
 N_SCENES, SIZE, SEED, PIXEL = 12, 160, 3, 10.0
 ARGS = dict(scenes=N_SCENES, seed=SEED, size=SIZE, langs=("zh", "en"), pixel_size=PIXEL, progress=False)
@@ -30,7 +30,9 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "a"
     summary = synthesize(out, **ARGS)
     samples = {name: list(read_samples(out / f"{name}.parquet")) for name in ("train", "test")}
-    scenes = {json.loads(line)["id"]: json.loads(line) for line in (out / "scenes.jsonl").read_text("utf-8").splitlines()}
+    scenes = {
+        json.loads(line)["id"]: json.loads(line) for line in (out / "scenes.jsonl").read_text("utf-8").splitlines()
+    }
     return out, summary, samples, scenes
 
 
@@ -110,7 +112,12 @@ def test_counts_per_qtype_task_and_language(all_samples):
     assert per_lang == {"zh": N_SCENES * 8, "en": N_SCENES * 8}
     qtypes = Counter(s["qtype"] for s in all_samples)
     # per scene and language: presence, compare, change_increase | count, change_count | area, change_area | rural_urban
-    assert qtypes == {"yes_no": 3 * 2 * N_SCENES, "count": 2 * 2 * N_SCENES, "area": 2 * 2 * N_SCENES, "choice": 2 * N_SCENES}
+    assert qtypes == {
+        "yes_no": 3 * 2 * N_SCENES,
+        "count": 2 * 2 * N_SCENES,
+        "area": 2 * 2 * N_SCENES,
+        "choice": 2 * N_SCENES,
+    }
     per_scene_lang_task = Counter((s["meta"]["scene"], s["meta"]["lang"], s["meta"]["task"]) for s in all_samples)
     assert set(per_scene_lang_task.values()) == {1} and len(per_scene_lang_task) == N_SCENES * 2 * 8
     assert len({s["id"] for s in all_samples}) == len(all_samples)
@@ -136,7 +143,9 @@ def test_split_is_by_scene(run):
 def test_load_with_datasets(run, all_samples):
     datasets = pytest.importorskip("datasets")
     out = run[0]
-    ds = datasets.load_dataset("parquet", data_files={"train": str(out / "train.parquet"), "test": str(out / "test.parquet")})
+    ds = datasets.load_dataset(
+        "parquet", data_files={"train": str(out / "train.parquet"), "test": str(out / "test.parquet")}
+    )
     assert ds["train"].num_rows + ds["test"].num_rows == len(all_samples)
     row = ds["test"][0]
     assert set(row) >= {"id", "messages", "images", "qtype", "answer", "source", "meta"}
@@ -241,15 +250,28 @@ def test_change_ground_truth_matches_class_maps(run, class_maps):
         assert ch["changed_pixels"] == int(changed.sum()) == sum(ch["transitions"].values())
         recount = Counter(f"{BY_ID[x].key}->{BY_ID[y].key}" for x, y in zip(b[changed], a[changed]))
         assert dict(recount) == ch["transitions"]
-        assert set(ch["transitions"]) <= {"cropland->building", "bare->building", "builtup->building",
-                                          "forest->cropland", "bare->cropland", "forest->bare"}
+        assert set(ch["transitions"]) <= {
+            "cropland->building",
+            "bare->building",
+            "builtup->building",
+            "forest->cropland",
+            "bare->cropland",
+            "forest->bare",
+        }
         for c in BY_KEY.values():
             assert rec["before"]["class_pixels"][c.key] == int((b == c.id).sum())
             assert rec["after"]["class_pixels"][c.key] == int((a == c.id).sum())
         assert ch["cropland_net_pixels"] == int((a == CROPLAND).sum()) - int((b == CROPLAND).sum())
-        assert ch["new_buildings"] == len(ch["new_building_boxes"]) == rec["after"]["buildings"]["count"] - rec["before"]["buildings"]["count"]
+        assert (
+            ch["new_buildings"]
+            == len(ch["new_building_boxes"])
+            == rec["after"]["buildings"]["count"] - rec["before"]["buildings"]["count"]
+        )
         # old buildings stay where they were
-        assert rec["after"]["buildings"]["boxes"][: rec["before"]["buildings"]["count"]] == rec["before"]["buildings"]["boxes"]
+        assert (
+            rec["after"]["buildings"]["boxes"][: rec["before"]["buildings"]["count"]]
+            == rec["before"]["buildings"]["boxes"]
+        )
         # changes never add or remove a whole class (presence is stable between dates)
         for c in BY_KEY.values():
             if c.key != "building":
@@ -371,7 +393,9 @@ def test_same_question_gets_both_answers(run, all_samples):
 
 
 def _tree(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "summary.json"}
+    return {
+        str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "summary.json"
+    }
 
 
 def test_deterministic_byte_identical(run, tmp_path):
@@ -391,8 +415,25 @@ def test_cli_in_process(tmp_path, capsys):
     from geovl.cli import main
 
     out = tmp_path / "cli"
-    argv = ["data", "synth", "--out", str(out), "--scenes", "3", "--size", "96", "--lang", "en",
-            "--pixel-size", "30", "--questions-per-scene", "5", "--split", "train=0.5,val=0.5", "--no-progress"]
+    argv = [
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--scenes",
+        "3",
+        "--size",
+        "96",
+        "--lang",
+        "en",
+        "--pixel-size",
+        "30",
+        "--questions-per-scene",
+        "5",
+        "--split",
+        "train=0.5,val=0.5",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 15 and summary["by_lang"] == {"en": 15}
@@ -415,7 +456,9 @@ def test_cli_in_process(tmp_path, capsys):
 
 def test_many_questions_per_scene_are_distinct(tmp_path):
     out = tmp_path / "k20"
-    summary = synthesize(out, scenes=2, seed=5, size=64, langs="en", questions_per_scene=20, split="train=1", progress=False)
+    summary = synthesize(
+        out, scenes=2, seed=5, size=64, langs="en", questions_per_scene=20, split="train=1", progress=False
+    )
     rows = list(read_samples(out / "train.parquet"))
     assert summary["samples"] == len(rows) == 40 and summary["splits"]["train"]["scenes"] == 2
     keys = [(r["meta"]["scene"], r["meta"]["date"], message_text(r["messages"][0])) for r in rows]

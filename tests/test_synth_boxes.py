@@ -52,7 +52,9 @@ def test_boxes_are_exact_on_the_scene_truth(synth):
                 cls = sc.layout(s["meta"]["dates"][0]).classes
                 assert (cls[y0:y1, x0:x1] == BUILDING).all()
                 # the box is tight: the ring around it is not building
-                assert (cls[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] == BUILDING).sum() == (y1 - y0) * (x1 - x0)
+                assert (cls[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] == BUILDING).sum() == (y1 - y0) * (
+                    x1 - x0
+                )
             elif task == "box_new_buildings":
                 assert (sc.after.layout.classes[y0:y1, x0:x1] == BUILDING).all()
                 assert not (sc.before.classes[y0:y1, x0:x1] == BUILDING).any()

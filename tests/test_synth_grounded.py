@@ -11,12 +11,11 @@ import pytest
 from geovl.cli import main
 from geovl.data.io import read_samples
 from geovl.data.schema import message_text, validate_sample
-from geovl.synth import SynthError, synthesize
-from geovl.synth import qa
-from geovl.synth.write import parse_tasks
 from geovl.evaluate.normalize import parse_quantity
 from geovl.geo.ask import build_grounded
 from geovl.geo.units import all_units, fmt
+from geovl.synth import SynthError, qa, synthesize
+from geovl.synth.write import parse_tasks
 
 N_SCENES = 3
 
@@ -42,7 +41,9 @@ def ask_inputs(out, scene, dates):
 def test_samples_validate_and_tasks(run):
     out, summary, rows, scenes = run
     assert (out / "train.rejects.jsonl").read_text() == "" and summary["samples"] == len(rows) > 0
-    assert set(summary["by_task"]) == {"grounded_area", "grounded_change"} and summary["by_qtype"] == {"area": len(rows)}
+    assert set(summary["by_task"]) == {"grounded_area", "grounded_change"} and summary["by_qtype"] == {
+        "area": len(rows)
+    }
     for r in rows:
         validate_sample(r)
         m = r["meta"]
@@ -62,8 +63,12 @@ def test_context_equals_what_ask_builds(run):
         assert r["images"] == gp.images, r["id"]
         assert r["messages"][0]["content"][: len(gp.images)] == [{"type": "image"}] * len(gp.images)
         # language detected from the question gives the same prompt
-        assert build_grounded(question=m["question"], measurement=gp.measurement,
-                              **ask_inputs(out, scenes[m["scene"]], m["dates"])).prompt == gp.prompt
+        assert (
+            build_grounded(
+                question=m["question"], measurement=gp.measurement, **ask_inputs(out, scenes[m["scene"]], m["dates"])
+            ).prompt
+            == gp.prompt
+        )
 
 
 def test_answers_quote_the_measured_number(run):
@@ -80,12 +85,19 @@ def test_answers_quote_the_measured_number(run):
         elif gt["kind"] == "changed":
             assert gt["pixels"] == sc["change"]["changed_pixels"]
         else:
-            pair = {k: v for k, v in sc["change"]["transitions"].items()
-                    if (k.split("->")[1] if gt["kind"] == "gain" else k.split("->")[0]) == gt["class"]}
+            pair = {
+                k: v
+                for k, v in sc["change"]["transitions"].items()
+                if (k.split("->")[1] if gt["kind"] == "gain" else k.split("->")[0]) == gt["class"]
+            }
             assert gt["pixels"] == sum(pair.values()) > 0
         num = fmt(all_units(gt["m2"])[gt["unit"]], gt["unit"])
         u = qa.UNITS[gt["unit"]]
-        assert r["answer"] == (f"约{num}{u.zh}" if m["lang"] == "zh" else f"about {num} {u.en}") == message_text(r["messages"][1])
+        assert (
+            r["answer"]
+            == (f"约{num}{u.zh}" if m["lang"] == "zh" else f"about {num} {u.en}")
+            == message_text(r["messages"][1])
+        )
         assert gt["answer_value"] == num and num in message_text(r["messages"][0])  # quoted from the context
         value, kind = parse_quantity(r["answer"])  # what a numeric reward reads
         half = 0.5 * 10 ** -gt["decimals"] * float(u.m2)
@@ -97,9 +109,26 @@ def test_ask_cli_prompt_matches_a_synth_sample(run, tiny_model_dir, capsys):
     out, _, rows, scenes = run
     r = next(x for x in rows if x["meta"]["task"] == "grounded_change" and x["meta"]["lang"] == "zh")
     kw = ask_inputs(out, scenes[r["meta"]["scene"]], r["meta"]["dates"])
-    argv = ["ask", "--image", str(kw["image_path"]), "--before", str(kw["before_path"]), "--classes", str(kw["classes"]),
-            "--before-classes", str(kw["before_classes"]), "--question", r["meta"]["question"],
-            "--model", str(tiny_model_dir("qwen2-vl")), "--device", "cpu", "--max-new-tokens", "4", "--json"]
+    argv = [
+        "ask",
+        "--image",
+        str(kw["image_path"]),
+        "--before",
+        str(kw["before_path"]),
+        "--classes",
+        str(kw["classes"]),
+        "--before-classes",
+        str(kw["before_classes"]),
+        "--question",
+        r["meta"]["question"],
+        "--model",
+        str(tiny_model_dir("qwen2-vl")),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["prompt"] == message_text(r["messages"][0])
@@ -111,10 +140,38 @@ def test_task_selection_keeps_defaults(tmp_path, capsys):
     assert parse_tasks("all,grounded") == qa.ALL_TASKS and parse_tasks("grounded_change") == ("grounded_change",)
     with pytest.raises(SynthError, match="grounded"):
         parse_tasks("grounded_areas")
-    s = synthesize(tmp_path / "mix", scenes=1, size=96, langs="en", tasks="all,grounded", questions_per_scene=10,
-                   split="train=1", progress=False)
+    s = synthesize(
+        tmp_path / "mix",
+        scenes=1,
+        size=96,
+        langs="en",
+        tasks="all,grounded",
+        questions_per_scene=10,
+        split="train=1",
+        progress=False,
+    )
     assert s["by_task"] == {t: 1 for t in qa.ALL_TASKS}
     out = tmp_path / "cli"
-    assert main(["data", "synth", "--out", str(out), "--scenes", "1", "--size", "96", "--lang", "zh",
-                 "--tasks", "grounded_area", "--questions-per-scene", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--scenes",
+                "1",
+                "--size",
+                "96",
+                "--lang",
+                "zh",
+                "--tasks",
+                "grounded_area",
+                "--questions-per-scene",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["by_task"] == {"grounded_area": 2}

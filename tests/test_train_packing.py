@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from sft_util import multi_turn_sample, png, qa_samples, train, write_dataset
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import make_sample
 from geovl.models.registry import get_family
 from geovl.train.data import IGNORE, SFTCollator, SFTDataset
 from geovl.train.packing import PackingError, check_packable, enable_packing, pack_rows, packed_position_ids
+from sft_util import multi_turn_sample, png, qa_samples, train, write_dataset
 
 
 def _samples():
@@ -43,13 +43,22 @@ def test_packed_row_equals_each_sample_alone(tiny_model_dir, tmp_path, family, a
     coll = SFTCollator(proc.tokenizer.pad_token_id)
     row = coll([{"packed": feats}])
     lens = [f["input_ids"].shape[0] for f in feats]
-    assert row["input_ids"].shape == (1, sum(lens)) and "attention_mask" not in row and row["packed_seq_lens"].tolist() == lens
+    assert (
+        row["input_ids"].shape == (1, sum(lens))
+        and "attention_mask" not in row
+        and row["packed_seq_lens"].tolist() == lens
+    )
     assert row["sample_ids"] == ["s1", "t", "mt0", "w"] and row["image_grid_thw"].shape[0] == 4  # 1 + 0 + 2 + 1 images
 
     # labels: exactly each sample's assistant tokens, decoded
     lab = row["labels"][0]
     text = proc.tokenizer.decode(lab[lab != IGNORE])
-    assert text.replace(" ", "") == "yes<|im_end|>TheMinRiver.<|im_end|>Cropland,mostlywheat.<|im_end|>第二张森林更多。<|im_end|>有<|im_end|>".replace(" ", "")
+    assert (
+        text.replace(" ", "")
+        == "yes<|im_end|>TheMinRiver.<|im_end|>Cropland,mostlywheat.<|im_end|>第二张森林更多。<|im_end|>有<|im_end|>".replace(
+            " ", ""
+        )
+    )
 
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn).eval()
     check_packable(model)
@@ -68,9 +77,12 @@ def test_packed_row_equals_each_sample_alone(tiny_model_dir, tmp_path, family, a
             alone.pop("sample_ids")
             ref = model(**alone)
             k = f["image_grid_thw"].shape[0] if "image_grid_thw" in f else 0
-            own, _ = model.model.get_rope_index(f["input_ids"][None], f["mm_token_type_ids"][None],
-                                                image_grid_thw=f.get("image_grid_thw"))
-            assert torch.equal(pos[1:, :, start : start + n], own) and pos[0, 0, start : start + n].tolist() == list(range(n))
+            own, _ = model.model.get_rope_index(
+                f["input_ids"][None], f["mm_token_type_ids"][None], image_grid_thw=f.get("image_grid_thw")
+            )
+            assert torch.equal(pos[1:, :, start : start + n], own) and pos[0, 0, start : start + n].tolist() == list(
+                range(n)
+            )
             seg = packed_logits[start : start + n]
             diff = (seg - ref.logits[0]).abs().max().item()
             assert diff < 1e-4, (family, attn, f["sample_id"], diff)
@@ -80,7 +92,7 @@ def test_packed_row_equals_each_sample_alone(tiny_model_dir, tmp_path, family, a
             counts.append(int((f["labels"][1:] != IGNORE).sum()))
             start, img = start + n, img + k
         # the row's loss is the token-weighted mean of the samples' losses (a padded batch's loss too)
-        expect = sum(l * c for l, c in zip(losses, counts)) / sum(counts)
+        expect = sum(loss * c for loss, c in zip(losses, counts)) / sum(counts)
         assert abs(out.loss.item() - expect) < 1e-5
 
         # the check can fail: the same row without per-sample positions lets samples see each other
@@ -119,8 +131,17 @@ def test_packed_training_run_has_no_padding(tiny_model_dir, tmp_path, capsys):
     folder = tiny_model_dir("qwen2.5-vl")
     samples = qa_samples(10, text_only_every=4)
     data = write_dataset(tmp_path / "d.parquet", samples)
-    rc, err = train(capsys, folder, data, tmp_path / "run", "packing=true", "epochs=1", "group_by_length=true",
-                    "lora_dropout=0", "warmup_ratio=0")
+    rc, err = train(
+        capsys,
+        folder,
+        data,
+        tmp_path / "run",
+        "packing=true",
+        "epochs=1",
+        "group_by_length=true",
+        "lora_dropout=0",
+        "warmup_ratio=0",
+    )
     assert rc == 0, err
     s = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert s["padding_fraction"] == 0.0 and s["packing"]["samples"] == 10

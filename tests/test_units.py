@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from geovl import units
-from geovl.synth import qa
 from geovl.evaluate import quantities
 from geovl.evaluate.quantities import find_quantity
 from geovl.geo import units as geo_units
+from geovl.synth import qa
 
 
 def test_exact_relations_and_conversion():

@@ -64,8 +64,8 @@ def test_unknown_kind_is_a_clear_error(tmp_path, tiny_model_dir):
     # the engine refuses such a folder naming it (a model folder error, not a traceback deep inside)
     import shutil
 
-    from geovl.models.loading import ModelFolderError
     from geovl.inference.engine import LocalEngine
+    from geovl.models.loading import ModelFolderError
 
     m = tmp_path / "model"
     shutil.copytree(tiny_model_dir("qwen2-vl"), m)
@@ -130,10 +130,16 @@ def test_spectral_round_trip_through_the_interface(tiny_model_dir, tmp_path):
     assert back.describe()["n_bands"] == 40 and back.describe()["wavelengths"] == si.projector.wavelengths
     # the same input through both models: identical logits
     cube = torch.rand(40, 28, 28)
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], tokenize=False)
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], tokenize=False
+    )
     with torch.no_grad():
-        la = model(**proc(text=[text], images=[si.prepare(cube.numpy())], return_tensors="pt", **si.processor_kwargs)).logits
-        lb = model2(**proc2(text=[text], images=[back.prepare(cube.numpy())], return_tensors="pt", **back.processor_kwargs)).logits
+        la = model(
+            **proc(text=[text], images=[si.prepare(cube.numpy())], return_tensors="pt", **si.processor_kwargs)
+        ).logits
+        lb = model2(
+            **proc2(text=[text], images=[back.prepare(cube.numpy())], return_tensors="pt", **back.processor_kwargs)
+        ).logits
     assert torch.equal(la, lb)
 
     # restore (resume) is strict and exact: another projector's values are overwritten by the saved ones
@@ -151,5 +157,7 @@ def test_marker_without_its_files_is_named(tiny_model_dir, tmp_path):
 
     model, proc, fam = load_model_folder(tiny_model_dir("qwen2-vl"))
     folder = _marker(tmp_path / "m", vision_input="spectral", spectral={"n_bands": 330})
-    with pytest.raises(vi.VisionInputError, match="reads 330-band cubes but spectral_projector.json/.safetensors are missing"):
+    with pytest.raises(
+        vi.VisionInputError, match="reads 330-band cubes but spectral_projector.json/.safetensors are missing"
+    ):
         vi.load(model, fam, proc, folder, preprocess=PreprocessConfig.load(folder))

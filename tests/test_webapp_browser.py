@@ -49,7 +49,11 @@ def engine(tiny_model_dir):
 def ui(tiny_model_dir, tmp_path_factory, engine):
     tmp = tmp_path_factory.mktemp("ui")
     port = free_port()
-    server = Server(["ui", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--max-new-tokens", str(MAX_NEW)], tmp / "ui.log", port)
+    server = Server(
+        ["ui", "--model", str(tiny_model_dir(FAMILY)), "--port", str(port), "--max-new-tokens", str(MAX_NEW)],
+        tmp / "ui.log",
+        port,
+    )
     with running(server, path="/"):
         yield {"server": server, "engine": engine, "tmp": tmp}
 
@@ -66,7 +70,12 @@ def test_string_tables_match():
 
     assert set(STRINGS["zh"]) == set(STRINGS["en"])
     assert all(len(QUICK_QUESTIONS[lang]) == 4 for lang in LANGS)
-    assert QUICK_QUESTIONS["zh"] == ["本季度耕地面积变化情况？", "疑似违规建设的分布区域？", "保护区边界是否被占用？", "近一年土地利用结构趋势？"]
+    assert QUICK_QUESTIONS["zh"] == [
+        "本季度耕地面积变化情况？",
+        "疑似违规建设的分布区域？",
+        "保护区边界是否被占用？",
+        "近一年土地利用结构趋势？",
+    ]
     for lang in LANGS:
         card = t("limits_card", lang, where="x", max_mb=20, max_images=8)
         assert "{" not in card and "20" in card and "8" in card
@@ -89,11 +98,17 @@ def test_conversation_keeps_images_in_place_retry_clear_and_panel_hook(engine, t
     b.write_bytes(png(32, 70, 70))
     params = GenerationParams(max_new_tokens=MAX_NEW)
 
-    outs, last = drain(app.respond({"text": "两张影像有什么变化？", "files": [str(a), str(b)]}, [], Conversation(), "zh", 0.0, MAX_NEW))
+    outs, last = drain(
+        app.respond({"text": "两张影像有什么变化？", "files": [str(a), str(b)]}, [], Conversation(), "zh", 0.0, MAX_NEW)
+    )
     msg_box, history, conv, panel_md, _ = last
-    want1 = engine.generate([ChatRequest([user_turn("两张影像有什么变化？", 2)], [png(31), png(32, 70, 70)])], params)[0]
+    want1 = engine.generate([ChatRequest([user_turn("两张影像有什么变化？", 2)], [png(31), png(32, 70, 70)])], params)[
+        0
+    ]
     assert history[-1] == {"role": "assistant", "content": want1}
-    assert [p["path"] for p in history[0]["content"][:2]] == [str(a), str(b)] and history[0]["content"][2] == "两张影像有什么变化？"
+    assert [p["path"] for p in history[0]["content"][:2]] == [str(a), str(b)] and history[0]["content"][
+        2
+    ] == "两张影像有什么变化？"
     assert conv.images == [png(31), png(32, 70, 70)] and conv.messages[-1] == assistant_turn(want1)
     assert len(outs) >= 3, "the answer is streamed in several updates"
     assert panel_md == "2 images; zh" and seen[-1].answer == want1 and seen[-1].images == conv.images
@@ -165,8 +180,18 @@ def browser(ui):  # only requested by the Chromium test
 
     opts = Options()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1400,1050", f"--user-data-dir={ui['tmp'] / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1050",
+        f"--user-data-dir={ui['tmp'] / 'chrome-profile'}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -183,7 +208,9 @@ def test_bilingual_page_upload_quick_question_streaming_and_follow_up(ui, browse
     from selenium.webdriver.support.ui import WebDriverWait
 
     d = browser
-    wait = WebDriverWait(d, 90, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])  # the page re-renders
+    wait = WebDriverWait(
+        d, 90, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )  # the page re-renders
 
     def text(css: str) -> str:
         els = d.find_elements(By.CSS_SELECTOR, css)
@@ -202,7 +229,8 @@ def test_bilingual_page_upload_quick_question_streaming_and_follow_up(ui, browse
             and text("#clear-btn") == t("clear", lang)
             and t("about_card", lang).splitlines()[0].strip("# ") in text("#about-card")
             and t("limits_card", lang).splitlines()[0].strip("# ") in text("#limits-card")
-            and d.find_element(By.CSS_SELECTOR, "#msg-input textarea").get_attribute("placeholder") == t("input_placeholder", lang)
+            and d.find_element(By.CSS_SELECTOR, "#msg-input textarea").get_attribute("placeholder")
+            == t("input_placeholder", lang)
         )
 
     d.get(ui["server"].url)
@@ -231,7 +259,9 @@ def test_bilingual_page_upload_quick_question_streaming_and_follow_up(ui, browse
     a1 = engine.generate([ChatRequest([user_turn(q1, 1)], [img])], params)[0]
     wait.until(lambda _: bots() and bots()[0].strip())  # the assistant message is no longer empty
     wait.until(lambda _: norm(bots()[0]) == norm(a1), f"first answer never became {a1!r}")
-    assert d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='user'] img"), "the uploaded image is shown in the chat"
+    assert d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='user'] img"), (
+        "the uploaded image is shown in the chat"
+    )
     assert not d.find_elements(By.CSS_SELECTOR, "#msg-input .thumbnails img"), "the message box was emptied"
 
     # a follow-up without a new image: answered with the earlier image in the prompt

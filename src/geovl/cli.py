@@ -53,10 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn Qwen-VL models into Earth-observation experts: data → fine-tuning → evaluation → serving.",
     )
     parser.add_argument("--version", action="version", version=f"geovl {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more diagnostics on stderr (debug messages); env GEOVL_LOG_LEVEL sets it too")
-    parser.add_argument("-q", "--quiet", action="count", default=0,
-                        help="fewer diagnostics on stderr: warnings and errors only (-qq: errors only)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more diagnostics on stderr (debug messages); env GEOVL_LOG_LEVEL sets it too",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        help="fewer diagnostics on stderr: warnings and errors only (-qq: errors only)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name, _ in COMMAND_MODULES:
         mod = importlib.import_module(f"geovl.commands.{mod_name}")

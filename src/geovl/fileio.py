@@ -35,7 +35,9 @@ class JsonlLineError(GeoVLError, ValueError):
 
     def __init__(self, path, line: int, reason: str, detail: str):
         self.path, self.line, self.reason, self.detail = str(path), line, reason, detail
-        what = {"bad_encoding": "not UTF-8 text", "bad_json": "not valid JSON", "not_object": "not a JSON object"}[reason]
+        what = {"bad_encoding": "not UTF-8 text", "bad_json": "not valid JSON", "not_object": "not a JSON object"}[
+            reason
+        ]
         super().__init__(f"{self.path}:{line}: {what} ({detail})")
 
 
@@ -49,7 +51,7 @@ def iter_jsonl(path, errors: str = "raise", objects: bool = False, error_class=N
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
             err = None
             try:
                 line = raw.decode("utf-8")

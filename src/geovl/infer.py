@@ -118,10 +118,14 @@ def infer_list(engine, list_file, question: str, out, params: GenerationParams, 
                     batch.append((ref, build_request([request_image(p, engine)], question)))
                 except ImageError as e:
                     counts["rejected"] += 1
-                    frej.write(json.dumps({"source": ref, "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n")
+                    frej.write(
+                        json.dumps({"source": ref, "reason": e.reason, "detail": e.detail}, ensure_ascii=False) + "\n"
+                    )
             preds = engine.generate([r for _, r in batch], params) if batch else []
             for (ref, _), pred in zip(batch, preds):
-                fout.write(json.dumps({"image": ref, "question": question, "prediction": pred}, ensure_ascii=False) + "\n")
+                fout.write(
+                    json.dumps({"image": ref, "question": question, "prediction": pred}, ensure_ascii=False) + "\n"
+                )
             counts["written"] += len(batch)
             fout.flush()
             if bar is not None:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from .errors import GeoVLError
 
-
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "geovl_merge.json"
@@ -61,7 +60,9 @@ def adapter_kind(folder: Path) -> str:
         if not any((folder / f).is_file() for f in ADAPTER_FILES):
             raise MergeError(f"{folder}: has {ADAPTER_CONFIG} but no adapter_model.safetensors")
         return "lora"
-    if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()):
+    if (folder / "config.json").is_file() and (
+        any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()
+    ):
         return "full"
     raise MergeError(
         f"{folder}: neither a LoRA adapter ({ADAPTER_CONFIG} + adapter_model.safetensors) nor full weights "
@@ -108,7 +109,9 @@ def read_adapter_tensors(folder: Path) -> dict:
     try:
         return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged zip / pickle
-        raise MergeError(f"{folder / 'adapter_model.bin'}: not a readable adapter file ({str(e).strip().splitlines()[0][:300]})") from e
+        raise MergeError(
+            f"{folder / 'adapter_model.bin'}: not a readable adapter file ({str(e).strip().splitlines()[0][:300]})"
+        ) from e
 
 
 def _resolve_dtype(dtype: str, base: Path):
@@ -135,7 +138,11 @@ def merge_lora(base_model, adapter: Path):
     try:
         peft_model = PeftModel.from_pretrained(base_model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
-        what = f"tensor {e} is expected by the adapter but missing" if isinstance(e, KeyError) else str(e).strip().splitlines()[0][:500]
+        what = (
+            f"tensor {e} is expected by the adapter but missing"
+            if isinstance(e, KeyError)
+            else str(e).strip().splitlines()[0][:500]
+        )
         raise MergeError(
             f"{adapter}: the adapter does not fit this base model ({what}); merge it with the base it was trained on"
         ) from e
@@ -145,16 +152,26 @@ def merge_lora(base_model, adapter: Path):
     if missing or unexpected:
         parts = []
         if unexpected:
-            parts.append(f"{len(unexpected)} tensor(s) in the adapter file match nothing in the base model: {_names(unexpected)}")
+            parts.append(
+                f"{len(unexpected)} tensor(s) in the adapter file match nothing in the base model: {_names(unexpected)}"
+            )
         if missing:
             parts.append(f"{len(missing)} tensor(s) the adapter config needs are not in the file: {_names(missing)}")
         raise MergeError(
-            f"{adapter}: " + "; ".join(parts) + ". The adapter was made for a different base model, or the file is damaged; "
+            f"{adapter}: "
+            + "; ".join(parts)
+            + ". The adapter was made for a different base model, or the file is damaged; "
             "merge it with the base it was trained on (see the run's recipe.yaml)."
         )
-    differ = [k for k, v in file_sd.items() if not torch.equal(loaded[k].detach().to("cpu", torch.float32), v.to(torch.float32))]
+    differ = [
+        k
+        for k, v in file_sd.items()
+        if not torch.equal(loaded[k].detach().to("cpu", torch.float32), v.to(torch.float32))
+    ]
     if differ:
-        raise MergeError(f"{adapter}: {len(differ)} adapter tensor(s) did not load with their file values: {_names(differ)}")
+        raise MergeError(
+            f"{adapter}: {len(differ)} adapter tensor(s) did not load with their file values: {_names(differ)}"
+        )
     n_lora = sum(1 for k in file_sd if ".lora_" in k)
     merged = peft_model.merge_and_unload()
     left = [n for n, _ in merged.named_modules() if "lora_" in n.split(".")[-1] or n.endswith("modules_to_save")]
@@ -176,7 +193,10 @@ def load_full(weights: Path, base: Path, dtype):
         raise MergeError(f"{weights}: cannot load the weights ({str(e).splitlines()[0][:500]})") from e
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
-        raise MergeError(f"{weights}: the weights do not match their own config: " + "; ".join(f"{k}: {_names(map(str, v))}" for k, v in bad.items()))
+        raise MergeError(
+            f"{weights}: the weights do not match their own config: "
+            + "; ".join(f"{k}: {_names(map(str, v))}" for k, v in bad.items())
+        )
     base_shapes = _meta_shapes(base)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     absent = set(base_shapes) - set(own)
@@ -224,7 +244,9 @@ def _check_saved(folder: Path, model) -> None:
         seen.add(v.data_ptr())
         unique[tuple(v.shape)] += 1
     if saved != unique:  # pragma: no cover - would be a transformers bug
-        raise MergeError(f"{folder}: saved weights differ from the merged model (shapes {dict(unique - saved)} missing, {dict(saved - unique)} extra)")
+        raise MergeError(
+            f"{folder}: saved weights differ from the merged model (shapes {dict(unique - saved)} missing, {dict(saved - unique)} extra)"
+        )
 
 
 def _settle_tied_embeddings(model, base_tied: bool) -> str | None:
@@ -261,9 +283,14 @@ def _load_processor(folder: Path):
     return proc
 
 
-def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto", overwrite: bool = False) -> dict:
+def merge(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    out: str | os.PathLike,
+    dtype: str = "auto",
+    overwrite: bool = False,
+) -> dict:
     """Merge ``adapter`` (a LoRA run folder or full weights) into ``base``; write ``out``. Returns a report."""
-    import torch
     from transformers import AutoModelForImageTextToText
 
     from .models.loading import load_processor, load_weights, read_family
@@ -284,7 +311,9 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
         raise MergeError(f"{out}: --out must differ from --base and --adapter")
     torch_dtype = _resolve_dtype(dtype, base)
     base_cfg = json.loads((base / "config.json").read_text())
-    base_tied = bool(base_cfg.get("tie_word_embeddings") or (base_cfg.get("text_config") or {}).get("tie_word_embeddings"))
+    base_tied = bool(
+        base_cfg.get("tie_word_embeddings") or (base_cfg.get("text_config") or {}).get("tie_word_embeddings")
+    )
 
     if kind == "lora":
         _log(f"loading base {base} ({family.display}, {str(torch_dtype).replace('torch.', '')}) …")
@@ -301,7 +330,11 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
     report["embeddings"] = _settle_tied_embeddings(model, base_tied)
 
     # the run saved the processor it trained with (pixel bounds, chat template); else the base's
-    proc_src = adapter if (adapter / "processor_config.json").is_file() or (adapter / "preprocessor_config.json").is_file() else base
+    proc_src = (
+        adapter
+        if (adapter / "processor_config.json").is_file() or (adapter / "preprocessor_config.json").is_file()
+        else base
+    )
     processor = _load_processor(proc_src) if proc_src == adapter else load_processor(base)
     pre = PreprocessConfig.load(adapter) or PreprocessConfig.load(base)
     if pre is None:
@@ -317,7 +350,9 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if not (tmp / "chat_template.jinja").is_file() and not (tmp / "chat_template.json").is_file():  # pragma: no cover
+        if (
+            not (tmp / "chat_template.jinja").is_file() and not (tmp / "chat_template.json").is_file()
+        ):  # pragma: no cover
             raise MergeError(f"{proc_src}: the processor has no chat template; vLLM and AutoProcessor need one")
         _check_saved(tmp, model)
         vision = _export_vision_input(tmp, pre, adapter, base)
@@ -341,7 +376,9 @@ def merge(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.Pat
         os.replace(tmp, out)
     except OSError as e:  # a full disk, a read-only folder: one line naming the file; nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MergeError(f"{e.filename or tmp}: {e.strerror or str(e).strip().splitlines()[0]}; nothing was written to {out}") from e
+        raise MergeError(
+            f"{e.filename or tmp}: {e.strerror or str(e).strip().splitlines()[0]}; nothing was written to {out}"
+        ) from e
     except BaseException:  # also KeyboardInterrupt and SIGTERM (see run)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -424,4 +461,3 @@ def _export_vision_input(tmp: Path, pre, adapter: Path, base: Path) -> dict | No
     if kept:
         _log(f"{cls.kind} vision input from {src}: {kept}, kept beside the weights")
     return kept
-

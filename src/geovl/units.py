@@ -23,8 +23,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-__all__ = ["AREA_UNITS", "AREA_KEYS", "AreaUnit", "QUANTITY_UNITS", "M2_PER_KM2", "M2_PER_HA", "M2_PER_MU",
-           "HA_PER_KM2", "MU_PER_KM2", "MU_PER_HA", "all_units", "convert", "round_half_up", "units_array"]
+__all__ = [
+    "AREA_UNITS",
+    "AREA_KEYS",
+    "AreaUnit",
+    "QUANTITY_UNITS",
+    "M2_PER_KM2",
+    "M2_PER_HA",
+    "M2_PER_MU",
+    "HA_PER_KM2",
+    "MU_PER_KM2",
+    "MU_PER_HA",
+    "all_units",
+    "convert",
+    "round_half_up",
+    "units_array",
+]
 
 M2_PER_KM2 = Fraction(1_000_000)
 M2_PER_HA = Fraction(10_000)

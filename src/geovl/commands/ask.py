@@ -40,23 +40,45 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--image", required=True, metavar="NEW.tif", help="the (later) image shown to the model and measured "
-                   "(also a STAC Item JSON or a catalog folder holding one Item)")
+    p.add_argument(
+        "--image",
+        required=True,
+        metavar="NEW.tif",
+        help="the (later) image shown to the model and measured "
+        "(also a STAC Item JSON or a catalog folder holding one Item)",
+    )
     p.add_argument("--before", metavar="OLD.tif", help="the earlier image of the same area (two dates: change figures)")
-    p.add_argument("--classes", metavar="C.tif", help="land-cover class raster of --image's date (else classes are "
-                   "derived from spectral indices)")
+    p.add_argument(
+        "--classes",
+        metavar="C.tif",
+        help="land-cover class raster of --image's date (else classes are derived from spectral indices)",
+    )
     p.add_argument("--before-classes", metavar="OC.tif", help="class raster of the earlier date")
-    p.add_argument("--class-table", metavar="TABLE", help="worldcover, dynamicworld, synth or a JSON class table (default: auto)")
+    p.add_argument(
+        "--class-table", metavar="TABLE", help="worldcover, dynamicworld, synth or a JSON class table (default: auto)"
+    )
     p.add_argument("--aoi", metavar="AOI.geojson", help="measure inside this Polygon/MultiPolygon only")
     p.add_argument("--aoi-crs", metavar="CRS", help="CRS of the AOI coordinates (default: as `geovl measure`)")
     p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres for rasters without a CRS")
-    p.add_argument("--bands", metavar="ORDER", help="band order, e.g. blue,green,red,nir (rendering and derived classes), or 1-based "
-                   "band numbers shown as R,G,B, e.g. 3,2,1 (rendering only)")
+    p.add_argument(
+        "--bands",
+        metavar="ORDER",
+        help="band order, e.g. blue,green,red,nir (rendering and derived classes), or 1-based "
+        "band numbers shown as R,G,B, e.g. 3,2,1 (rendering only)",
+    )
     p.add_argument("--question", "-q", required=True, help="the question (its language picks the context language)")
-    p.add_argument("--lang", choices=["zh", "en"], help="context language (default: zh when the question has CJK characters)")
-    p.add_argument("--json", action="store_true", help="print {answer, measurement, context, prompt} as JSON (no streaming)")
-    p.add_argument("--geojson", metavar="FILE", help="\"where\" questions: write the answer's boxes as RFC 7946 GeoJSON "
-                   "(WGS 84, with areas) / 定位类问题：把回答中的框写成 GeoJSON")
+    p.add_argument(
+        "--lang", choices=["zh", "en"], help="context language (default: zh when the question has CJK characters)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print {answer, measurement, context, prompt} as JSON (no streaming)"
+    )
+    p.add_argument(
+        "--geojson",
+        metavar="FILE",
+        help='"where" questions: write the answer\'s boxes as RFC 7946 GeoJSON '
+        "(WGS 84, with areas) / 定位类问题：把回答中的框写成 GeoJSON",
+    )
     p.add_argument("--show-prompt", action="store_true", help="also print the exact prompt text given to the model")
     add_engine_args(p)
     p.set_defaults(max_new_tokens=256)
@@ -78,8 +100,8 @@ def _run(args) -> int:
     from geovl.geo.ask import build_grounded, detect_lang, measure_inputs, render_images
     from geovl.geo.ask_boxes import boxes_geojson, boxes_text, is_where_question, locate_answer
     from geovl.geo.errors import MeasureError
-    from geovl.inference.capabilities import input_spec
     from geovl.inference import EngineError
+    from geovl.inference.capabilities import input_spec
 
     from .eval import local_preprocess, open_engine_from_args, params_from_args
 
@@ -89,34 +111,62 @@ def _run(args) -> int:
     lang = args.lang or detect_lang(args.question)
     where = is_where_question(args.question)
     if args.geojson and not where:
-        raise CLIError(f"--geojson is for questions that ask where objects are (框出/在哪里/where/locate …); "
-                       f"{args.question!r} does not")
+        raise CLIError(
+            f"--geojson is for questions that ask where objects are (框出/在哪里/where/locate …); "
+            f"{args.question!r} does not"
+        )
     try:  # measure and render first: bad rasters fail before a model is loaded
-        m = measure_inputs(args.image, args.before, args.classes, args.before_classes, args.class_table, args.aoi,
-                           args.aoi_crs, args.pixel_size, bands=args.bands)
+        m = measure_inputs(
+            args.image,
+            args.before,
+            args.classes,
+            args.before_classes,
+            args.class_table,
+            args.aoi,
+            args.aoi_crs,
+            args.pixel_size,
+            bands=args.bands,
+        )
         pre = local_preprocess(args)  # the model's render settings, read before the model loads
         rendered = render_images(args.image, args.before, pre, args.bands)  # unreadable images fail here too
     except MeasureError as e:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)
     try:
-        gp = build_grounded(args.image, args.question, before_path=args.before, bands=args.bands, lang=lang,
-                            preprocess=input_spec(engine).preprocess, measurement=m,
-                            rendered=rendered if input_spec(engine).preprocess == pre else None)
+        gp = build_grounded(
+            args.image,
+            args.question,
+            before_path=args.before,
+            bands=args.bands,
+            lang=lang,
+            preprocess=input_spec(engine).preprocess,
+            measurement=m,
+            rendered=rendered if input_spec(engine).preprocess == pre else None,
+        )
+
         def locate(answer: str):  # "where": the answer's boxes on the (later) raster, written as GeoJSON if asked
             info = locate_answer(engine, args.image, gp.renders[-1], answer, args.pixel_size)
             if args.geojson:
                 from pathlib import Path
 
-                Path(args.geojson).write_text(json.dumps(boxes_geojson(info, gp.question), ensure_ascii=False, indent=1) + "\n",
-                                              encoding="utf-8")
+                Path(args.geojson).write_text(
+                    json.dumps(boxes_geojson(info, gp.question), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+                )
             return info
 
         if args.json:
             answer = engine.generate([gp.request()], params)[0].strip()
-            doc = {"answer": answer, "measurement": m.to_json(), "context": gp.context, "prompt": gp.prompt,
-                   "question": gp.question, "lang": gp.lang, "images": gp.image_paths, "renders": gp.renders,
-                   "engine": engine.name}
+            doc = {
+                "answer": answer,
+                "measurement": m.to_json(),
+                "context": gp.context,
+                "prompt": gp.prompt,
+                "question": gp.question,
+                "lang": gp.lang,
+                "images": gp.image_paths,
+                "renders": gp.renders,
+                "engine": engine.name,
+            }
             if where:
                 doc["boxes"] = locate(answer)
             print(json.dumps(doc, ensure_ascii=False, indent=2))
@@ -144,4 +194,3 @@ def _run(args) -> int:
         if close:
             close()
     return 0
-

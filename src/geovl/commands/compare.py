@@ -18,7 +18,11 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report folder (default: compare_<before>_vs_<after> next to AFTER)")
     p.add_argument("--names", metavar="A,B", help="labels of the two runs, e.g. base,finetuned (default before,after)")
     p.add_argument("--tolerance", type=float, default=0.02, help="relative tolerance for area/number (default 0.02)")
-    p.add_argument("--data", metavar="DATASET", help="the dataset both files predicted (to draw the boxes of changed grounding samples)")
+    p.add_argument(
+        "--data",
+        metavar="DATASET",
+        help="the dataset both files predicted (to draw the boxes of changed grounding samples)",
+    )
     p.add_argument("--max-rows", type=int, default=200, help="changed samples listed per section in the reports")
     p.set_defaults(func=run_lazy("geovl.commands.compare:run"))
 

@@ -31,36 +31,68 @@ def register(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from", dest="from_", required=True, choices=["rsvqa", "llava", "csv", "messages", "coco", "dior-rsvg"],
-                   help="input format")
-    p.add_argument("--input", required=True, metavar="PATH",
-                   help="rsvqa: folder with the split JSONs; llava: .json/.jsonl; csv: table; messages: .jsonl; "
-                   "coco: instances .json; dior-rsvg: folder with Annotations/ and JPEGImages/")
-    p.add_argument("--output", required=True, metavar="OUT",
-                   help="OUT.parquet (canonical) or OUT.jsonl")
-    p.add_argument("--split-prefix", metavar="P",
-                   help="rsvqa: split file prefix, e.g. LR_split_test, USGS_split_test_phili (auto if only one)")
-    p.add_argument("--images-root", metavar="DIR",
-                   help="folder image paths are relative to (default: the input's folder)")
-    p.add_argument("--split", metavar="SPEC",
-                   help="split by image into OUT.<name>.<ext>, e.g. train=0.9,test=0.1")
+    p.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        choices=["rsvqa", "llava", "csv", "messages", "coco", "dior-rsvg"],
+        help="input format",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="rsvqa: folder with the split JSONs; llava: .json/.jsonl; csv: table; messages: .jsonl; "
+        "coco: instances .json; dior-rsvg: folder with Annotations/ and JPEGImages/",
+    )
+    p.add_argument("--output", required=True, metavar="OUT", help="OUT.parquet (canonical) or OUT.jsonl")
+    p.add_argument(
+        "--split-prefix",
+        metavar="P",
+        help="rsvqa: split file prefix, e.g. LR_split_test, USGS_split_test_phili (auto if only one)",
+    )
+    p.add_argument(
+        "--images-root", metavar="DIR", help="folder image paths are relative to (default: the input's folder)"
+    )
+    p.add_argument("--split", metavar="SPEC", help="split by image into OUT.<name>.<ext>, e.g. train=0.9,test=0.1")
     p.add_argument("--seed", type=int, default=0, help="seed for --split (default 0)")
     p.add_argument("--preset", metavar="NAME", help="csv: building-defect | image-question-answer")
     p.add_argument("--mapping", metavar="FILE.yaml", help="csv: your own column mapping (see the presets)")
-    p.add_argument("--bin-counts", action="store_true",
-                   help="rsvqa: map counts/areas to bins '0', 'between 1 and 10', ... 'more than 1000'")
-    p.add_argument("--max-pixels", type=int, metavar="N",
-                   help="reject images with more pixels than N (checked before decoding; default 64e6)")
+    p.add_argument(
+        "--bin-counts",
+        action="store_true",
+        help="rsvqa: map counts/areas to bins '0', 'between 1 and 10', ... 'more than 1000'",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="reject images with more pixels than N (checked before decoding; default 64e6)",
+    )
     p.add_argument("--question", metavar="TEXT", help="csv: fixed question text (replaces the mapping's)")
-    p.add_argument("--classes", metavar="A,B", help="coco: category names to keep (default all); one 'locate every X' sample per image and class")
-    p.add_argument("--boxes", choices=["0-1", "0-100", "0-1000"],
-                   help="llava: the scale of box numbers in the answers (required to convert boxes; never guessed)")
-    p.add_argument("--bands", metavar="SPEC", help="raster bands shown as R,G,B: 1-based numbers (3,2,1) or the file's band "
-                   "names in order (blue,green,red,nir); default: band descriptions / colour interpretation, else "
-                   "blue,green,red,nir for 4+ bands, else bands 1-3 (see geovl.imagery.render). Record the same setting "
-                   "in the model's geovl_preprocess.json (rgb_bands / band_order) so serving renders alike")
-    p.add_argument("--keep-nodata", action="store_true", help="keep images whose every pixel is nodata/fill "
-                   "(default: rejected with reason all_nodata)")
+    p.add_argument(
+        "--classes",
+        metavar="A,B",
+        help="coco: category names to keep (default all); one 'locate every X' sample per image and class",
+    )
+    p.add_argument(
+        "--boxes",
+        choices=["0-1", "0-100", "0-1000"],
+        help="llava: the scale of box numbers in the answers (required to convert boxes; never guessed)",
+    )
+    p.add_argument(
+        "--bands",
+        metavar="SPEC",
+        help="raster bands shown as R,G,B: 1-based numbers (3,2,1) or the file's band "
+        "names in order (blue,green,red,nir); default: band descriptions / colour interpretation, else "
+        "blue,green,red,nir for 4+ bands, else bands 1-3 (see geovl.imagery.render). Record the same setting "
+        "in the model's geovl_preprocess.json (rgb_bands / band_order) so serving renders alike",
+    )
+    p.add_argument(
+        "--keep-nodata",
+        action="store_true",
+        help="keep images whose every pixel is nodata/fill (default: rejected with reason all_nodata)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="convert only the first N input records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.data_convert:run"))

@@ -18,9 +18,15 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=int, help="upper pixel bound per image (default: the family's)")
     p.add_argument("--max-tokens", type=int, help="per-sample token budget: report samples over it")
     p.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples with images summarised")
-    p.add_argument("--recipe", help="SFT recipe: batch size, precision, gradient checkpointing, what trains (for --gpu-memory)")
-    p.add_argument("--gpu-memory", metavar="SIZE", help="e.g. 24GiB: estimate each sample's training memory and flag what would not fit "
-                   "(default: the recipe's gpu_memory)")
+    p.add_argument(
+        "--recipe", help="SFT recipe: batch size, precision, gradient checkpointing, what trains (for --gpu-memory)"
+    )
+    p.add_argument(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="e.g. 24GiB: estimate each sample's training memory and flag what would not fit "
+        "(default: the recipe's gpu_memory)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_lazy("geovl.commands.data_inspect:run"))
 

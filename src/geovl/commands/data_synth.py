@@ -24,12 +24,24 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; must be empty unless --overwrite)")
-    p.add_argument("--scenes", required=True, type=int, metavar="N", help="number of scenes (each has a before and an after image)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed and arguments -> identical files; default 0)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (created; must be empty unless --overwrite)"
+    )
+    p.add_argument(
+        "--scenes", required=True, type=int, metavar="N", help="number of scenes (each has a before and an after image)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed (same seed and arguments -> identical files; default 0)"
+    )
     p.add_argument("--size", type=int, default=224, metavar="PX", help="image side in pixels (default 224)")
     p.add_argument("--lang", default="zh,en", help="question languages, comma-separated: zh, en (default zh,en)")
-    p.add_argument("--pixel-size", type=float, default=10.0, metavar="M", help="ground pixel size in metres (default 10, like Sentinel-2)")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="ground pixel size in metres (default 10, like Sentinel-2)",
+    )
     p.add_argument(
         "--questions-per-scene",
         type=int,
@@ -37,16 +49,32 @@ def register(sub) -> None:
         metavar="K",
         help="questions per scene and language; 8 (default) asks each task once, tasks rotate when fewer",
     )
-    p.add_argument("--split", default="train=0.8,test=0.2", help="scene split NAME=FRACTION,... (default train=0.8,test=0.2)")
+    p.add_argument(
+        "--split", default="train=0.8,test=0.2", help="scene split NAME=FRACTION,... (default train=0.8,test=0.2)"
+    )
     p.add_argument("--max-buildings", type=int, default=6, metavar="N", help="most buildings in one image (default 6)")
-    p.add_argument("--tasks", default="all", help="question tasks, comma-separated (default all): presence, count, area, compare, "
-                   "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt); "
-                   "boxes (= box_buildings,box_new_buildings,box_water: qtype grounding with exact boxes)")
-    p.add_argument("--presence-classes", default=None, metavar="LIST",
-                   help="classes asked about in presence questions (default: cropland,forest,water,bare,road)")
-    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet",
-                   help="dataset file format (jsonl: images as files beside it; convert later with `geovl data convert --from messages`)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)")
+    p.add_argument(
+        "--tasks",
+        default="all",
+        help="question tasks, comma-separated (default all): presence, count, area, compare, "
+        "rural_urban, change_count, change_increase, change_area; grounded (= grounded_area,grounded_change: measured figures in the prompt); "
+        "boxes (= box_buildings,box_new_buildings,box_water: qtype grounding with exact boxes)",
+    )
+    p.add_argument(
+        "--presence-classes",
+        default=None,
+        metavar="LIST",
+        help="classes asked about in presence questions (default: cropland,forest,water,bare,road)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["parquet", "jsonl"],
+        default="parquet",
+        help="dataset file format (jsonl: images as files beside it; convert later with `geovl data convert --from messages`)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.data_synth:run"))
 

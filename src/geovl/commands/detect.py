@@ -26,14 +26,30 @@ examples:
 def register(sub) -> None:
     from .eval import add_engine_args
 
-    p = sub.add_parser("detect", help="locate objects tile by tile → GeoJSON / GeoParquet on the map (分块目标定位)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE.tif", help="the raster (GeoTIFF, or any image: pixel coordinates without a CRS; or a STAC Item JSON / catalog folder)")
+    p = sub.add_parser(
+        "detect",
+        help="locate objects tile by tile → GeoJSON / GeoParquet on the map (分块目标定位)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "image",
+        metavar="IMAGE.tif",
+        help="the raster (GeoTIFF, or any image: pixel coordinates without a CRS; or a STAC Item JSON / catalog folder)",
+    )
     p.add_argument("--question", "-q", required=True, help="what to locate, e.g. 框出所有建筑 / Locate every building")
-    p.add_argument("--before", metavar="OLD.tif", help="the earlier date on the same pixel grid (shown first, as in training)")
+    p.add_argument(
+        "--before", metavar="OLD.tif", help="the earlier date on the same pixel grid (shown first, as in training)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--tile", type=int, default=448, metavar="PX", help="tile side in pixels (default 448)")
-    p.add_argument("--overlap", type=int, default=64, metavar="PX", help="overlap between tiles (default 64; larger than the objects)")
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="overlap between tiles (default 64; larger than the objects)",
+    )
     p.add_argument("--bands", metavar="ORDER", help="band order for rendering, e.g. blue,green,red,nir")
     p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres (areas for an image without a CRS)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,8 +70,8 @@ def _run(args) -> int:
     import sys
 
     from geovl.cli import CLIError
-    from geovl.geo.errors import MeasureError
     from geovl.geo.detect import detect_raster
+    from geovl.geo.errors import MeasureError
     from geovl.geo.tiles import TileGrid
     from geovl.inference import EngineError
 
@@ -68,9 +84,20 @@ def _run(args) -> int:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)
     try:
-        summary = detect_raster(engine, args.image, args.question, args.out, before=args.before, tile=args.tile,
-                                overlap=args.overlap, batch_size=args.batch_size, params=params, bands=args.bands,
-                                pixel_size=args.pixel_size, progress=not args.no_progress)
+        summary = detect_raster(
+            engine,
+            args.image,
+            args.question,
+            args.out,
+            before=args.before,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            params=params,
+            bands=args.bands,
+            pixel_size=args.pixel_size,
+            progress=not args.no_progress,
+        )
     except (MeasureError, EngineError) as e:
         raise CLIError(str(e)) from e
     finally:
@@ -78,11 +105,13 @@ def _run(args) -> int:
         if close:
             close()
     c = summary["counts"]
-    print(f"tiles {c['tiles']} (nodata {c['nodata']}), answers unparsed {c['unparsed']}, boxes {c['boxes_raw']} → "
-          f"{c['detections']} after merging tile borders → {summary['outputs']['geojson']}\n"
-          f"共 {c['tiles']} 块，检测 {c['detections']} 个目标", file=sys.stderr)
+    print(
+        f"tiles {c['tiles']} (nodata {c['nodata']}), answers unparsed {c['unparsed']}, boxes {c['boxes_raw']} → "
+        f"{c['detections']} after merging tile borders → {summary['outputs']['geojson']}\n"
+        f"共 {c['tiles']} 块，检测 {c['detections']} 个目标",
+        file=sys.stderr,
+    )
     for n in summary["notes"]:
         print(f"note: {n['en']} / {n['zh']}", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
-

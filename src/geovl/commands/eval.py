@@ -9,11 +9,17 @@ from ..cli import run_lazy
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """The options that choose an inference engine (shared with ``geovl infer``)."""
-    p.add_argument("--model", help="model folder (or a LoRA run's final/ adapter folder); with --api: the served model name")
+    p.add_argument(
+        "--model", help="model folder (or a LoRA run's final/ adapter folder); with --api: the served model name"
+    )
     p.add_argument("--adapter", help="peft adapter folder (e.g. OUT/final of `geovl train sft`)")
-    p.add_argument("--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1")
+    p.add_argument(
+        "--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1"
+    )
     p.add_argument("--api-key", help="API key for --api (default: $OPENAI_API_KEY)")
-    p.add_argument("--api-retries", type=int, default=2, help="--api: retries of a request that got 429/5xx or no connection")
+    p.add_argument(
+        "--api-retries", type=int, default=2, help="--api: retries of a request that got 429/5xx or no connection"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (local models)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per batch (local) / concurrent requests (--api)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit in tokens")
@@ -51,8 +57,12 @@ def register(sub) -> None:
         "the history; one record per dialogue {id, source, turns: [{question, reference, prediction, n_images}], meta} "
         "for `geovl judge` / 多轮对话评测",
     )
-    p.add_argument("--spectral-root", metavar="DIR", help="models with a spectral projector: folder the samples' meta.cube paths "
-                   "are relative to (default: the dataset file's folder)")
+    p.add_argument(
+        "--spectral-root",
+        metavar="DIR",
+        help="models with a spectral projector: folder the samples' meta.cube paths "
+        "are relative to (default: the dataset file's folder)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.eval:run"))
 
@@ -85,7 +95,9 @@ def params_from_args(args):
     from geovl.inference import EngineError, GenerationParams
 
     try:
-        return GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        return GenerationParams(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        )
     except EngineError as e:
         raise CLIError(str(e)) from e
 
@@ -107,9 +119,13 @@ def print_summary(counts: dict) -> None:
     if counts["by_qtype"]:
         print("by qtype: " + ", ".join(f"{k} {v}" for k, v in counts["by_qtype"].items()))
     if counts.get("correct") is not None and counts["predicted"]:
-        print(f"correct: {counts['correct']} / {counts['predicted']} ({100 * counts['correct'] / counts['predicted']:.1f} %)")
+        print(
+            f"correct: {counts['correct']} / {counts['predicted']} ({100 * counts['correct'] / counts['predicted']:.1f} %)"
+        )
     if eng.get("forward_calls") and eng.get("samples"):
-        print(f"LLM forward calls: {eng['forward_calls']} ({eng['forward_calls'] / eng['samples']:.2f} per sample), generated tokens: {eng['generated_tokens']}")
+        print(
+            f"LLM forward calls: {eng['forward_calls']} ({eng['forward_calls'] / eng['samples']:.2f} per sample), generated tokens: {eng['generated_tokens']}"
+        )
     sys.stdout.flush()
     print_scores(counts["out"])
 
@@ -126,8 +142,17 @@ def run(args) -> int:
         return run_dialogue_mode(args, params)
     engine = open_engine_from_args(args)
     try:
-        counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress, forced_choice=args.forced_choice,
-                                 spectral_root=args.spectral_root)
+        counts = run_predictions(
+            engine,
+            args.data,
+            args.out,
+            params,
+            limit=args.limit,
+            resume=args.resume,
+            progress=not args.no_progress,
+            forced_choice=args.forced_choice,
+            spectral_root=args.spectral_root,
+        )
     except EngineError as e:
         raise CLIError(str(e)) from e
     print_summary(counts)
@@ -144,7 +169,9 @@ def run_dialogue_mode(args, params) -> int:
         raise CLIError("--forced-choice and --dialogue cannot be combined (dialogue answers are free text)")
     engine = open_engine_from_args(args)
     try:
-        counts = run_dialogues(engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress)
+        counts = run_dialogues(
+            engine, args.data, args.out, params, limit=args.limit, resume=args.resume, progress=not args.no_progress
+        )
     except EngineError as e:
         raise CLIError(str(e)) from e
     print_dialogue_summary(counts)

@@ -22,15 +22,25 @@ def register(sub) -> None:
     add_engine_args(p)
     p.set_defaults(max_new_tokens=128)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--image", action="append", metavar="PATH", help="image file (repeat for several images in one question)")
+    src.add_argument(
+        "--image", action="append", metavar="PATH", help="image file (repeat for several images in one question)"
+    )
     src.add_argument("--images", metavar="LIST.txt", help="text file with one image path per line (needs --out)")
     src.add_argument("--data", metavar="FILE", help="dataset file (.parquet/.jsonl) (needs --out)")
     p.add_argument("--question", "-q", help="the question (with --image / --images)")
-    p.add_argument("--bands", metavar="SPEC", help="with --image: raster bands shown as R,G,B — 1-based numbers (3,2,1) "
-                   "or the file's band names in order (blue,green,red,nir); ignored when the model's "
-                   "geovl_preprocess.json fixes rgb_bands/band_order (default: the rules of geovl.imagery.render)")
+    p.add_argument(
+        "--bands",
+        metavar="SPEC",
+        help="with --image: raster bands shown as R,G,B — 1-based numbers (3,2,1) "
+        "or the file's band names in order (blue,green,red,nir); ignored when the model's "
+        "geovl_preprocess.json fixes rgb_bands/band_order (default: the rules of geovl.imagery.render)",
+    )
     p.add_argument("--out", help="results file (.jsonl)")
-    p.add_argument("--compare-gt", action="store_true", help="with --data: add the reference answer and a correct flag (structured answers: parsed fields and per-field scores)")
+    p.add_argument(
+        "--compare-gt",
+        action="store_true",
+        help="with --data: add the reference answer and a correct flag (structured answers: parsed fields and per-field scores)",
+    )
     p.add_argument("--limit", type=int, default=None, help="with --data: only the first N samples")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (bitsandbytes; CUDA only)")
@@ -44,9 +54,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from geovl.imagery.decode import ImageError
-    from geovl.log import get_logger
     from geovl.infer import CUBE_SUFFIXES, build_request, infer_list, load_for_model, request_image, stream_answer
     from geovl.inference import EngineError
+    from geovl.log import get_logger
 
     from .eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
 
@@ -62,7 +72,9 @@ def run(args) -> int:
     if quant != "none" and args.api:
         raise CLIError("--load-in-4bit/--load-in-8bit apply to local models, not --api")
     params = params_from_args(args)
-    if args.image:  # read the images before loading the model: a typo fails fast (cubes: checked once the model is known)
+    if (
+        args.image
+    ):  # read the images before loading the model: a typo fails fast (cubes: checked once the model is known)
         for p in args.image:
             if Path(p).suffix.lower() in CUBE_SUFFIXES:
                 if not Path(p).is_file():
@@ -94,7 +106,15 @@ def run(args) -> int:
         else:
             from geovl.evaluate.generate import run_predictions
 
-            counts = run_predictions(engine, args.data, args.out, params, limit=args.limit, compare_gt=args.compare_gt, progress=not args.no_progress)
+            counts = run_predictions(
+                engine,
+                args.data,
+                args.out,
+                params,
+                limit=args.limit,
+                compare_gt=args.compare_gt,
+                progress=not args.no_progress,
+            )
             if args.compare_gt:  # structured answers: parsed fields and per-field scores per record
                 from geovl.evaluate.structured import annotate_predictions
 

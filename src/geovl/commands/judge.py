@@ -25,15 +25,42 @@ def register(sub) -> None:
     p.set_defaults(_group_parser=p)
     add_engine_args(p)
     p.set_defaults(max_new_tokens=1024, batch_size=4)
-    p.add_argument("--judge", action="store_true", help="optional marker for readability (`--judge --model M`): the engine options choose the judge model")
-    p.add_argument("--answers", metavar="FILE", help="answers JSONL from `geovl eval --dialogue` (or plain `geovl eval` predictions)")
-    p.add_argument("--out", metavar="DIR", help="output folder: judgments.jsonl, judge_config.json, stats.json, stats.md")
-    p.add_argument("--template", metavar="FILE", help="judge prompt template (placeholders {question} {reference} {answer} {turn} {n_images}); default: the built-in one for --lang")
+    p.add_argument(
+        "--judge",
+        action="store_true",
+        help="optional marker for readability (`--judge --model M`): the engine options choose the judge model",
+    )
+    p.add_argument(
+        "--answers",
+        metavar="FILE",
+        help="answers JSONL from `geovl eval --dialogue` (or plain `geovl eval` predictions)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder: judgments.jsonl, judge_config.json, stats.json, stats.md"
+    )
+    p.add_argument(
+        "--template",
+        metavar="FILE",
+        help="judge prompt template (placeholders {question} {reference} {answer} {turn} {n_images}); default: the built-in one for --lang",
+    )
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="language of the built-in template")
-    p.add_argument("--resume", action="store_true", help="keep finished judgments in DIR and judge only the remaining turns (and failed calls)")
-    p.add_argument("--judgments", metavar="FILE", help="re-parse the raw outputs of an earlier judgments.jsonl into --out without calling a judge")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished judgments in DIR and judge only the remaining turns (and failed calls)",
+    )
+    p.add_argument(
+        "--judgments",
+        metavar="FILE",
+        help="re-parse the raw outputs of an earlier judgments.jsonl into --out without calling a judge",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N dialogues")
-    p.add_argument("--overall-weight", type=float, default=1.0, help="weight of the judge's explicit overall score in the combined score (6 = the seed project's rule)")
+    p.add_argument(
+        "--overall-weight",
+        type=float,
+        default=1.0,
+        help="weight of the judge's explicit overall score in the combined score (6 = the seed project's rule)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.judge:run"))
 
@@ -50,7 +77,12 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("dir", help="judge output folder (or its judgments.jsonl)")
-    s.add_argument("--overall-weight", type=float, default=1.0, help="weight of the explicit overall score (6 = the seed project's rule)")
+    s.add_argument(
+        "--overall-weight",
+        type=float,
+        default=1.0,
+        help="weight of the explicit overall score (6 = the seed project's rule)",
+    )
     s.add_argument("--compare", metavar="DIR2", help="a second judge run (e.g. after fine-tuning) to compare with DIR")
     s.add_argument("--names", metavar="A,B", default="before,after", help="labels of DIR and DIR2")
     s.add_argument("--out", metavar="OUT", help="comparison folder (default: DIR2/compare_<DIR name>)")
@@ -77,7 +109,9 @@ def run(args) -> int:
             print(f"re-parsed {c['turns']} judgments from {args.judgments} → {c['out']} / 已重新解析")
         else:
             if not args.answers:
-                raise CLIError("give --answers FILE (from `geovl eval --dialogue`) or --judgments FILE to re-parse; see `geovl judge -h`")
+                raise CLIError(
+                    "give --answers FILE (from `geovl eval --dialogue`) or --judgments FILE to re-parse; see `geovl judge -h`"
+                )
             if not (args.model or args.api):
                 raise CLIError("give the judge: --model FOLDER [--adapter A] or --api URL / 需要指定评审模型")
             if args.limit is not None and args.limit < 0:
@@ -86,10 +120,24 @@ def run(args) -> int:
             dialogues = read_answers(args.answers)  # a bad file fails before a model is loaded
             params = params_from_args(args)
             if params.temperature != 0:
-                print("note: the judge samples (--temperature > 0); greedy (0) is the reproducible default", file=sys.stderr)
+                print(
+                    "note: the judge samples (--temperature > 0); greedy (0) is the reproducible default",
+                    file=sys.stderr,
+                )
             engine = open_engine_from_args(args)
             try:
-                c = judge_answers(engine, dialogues, args.out, template, tname, params, resume=args.resume, limit=args.limit, progress=not args.no_progress, source=str(args.answers))
+                c = judge_answers(
+                    engine,
+                    dialogues,
+                    args.out,
+                    template,
+                    tname,
+                    params,
+                    resume=args.resume,
+                    limit=args.limit,
+                    progress=not args.no_progress,
+                    source=str(args.answers),
+                )
             except EngineError as e:
                 raise CLIError(f"judge call failed: {e} (finished turns are kept; rerun with --resume)") from e
             msg = f"judged {c['judged']} turns of {c['dialogues']} dialogues"
@@ -111,8 +159,18 @@ def run_stats(args) -> int:
     """``geovl judge stats DIR [--overall-weight W] [--compare DIR2 --names A,B] [--out OUT]``."""
     from pathlib import Path
 
-    from geovl.evaluate.judge_stats import (DIALOGUE_HEADERS, MAX_PRINTED, JudgmentsFileError, dialogue_rows, format_stats, judgments_path,
-                                            read_judgments, summarize, write_comparison, write_stats)
+    from geovl.evaluate.judge_stats import (
+        DIALOGUE_HEADERS,
+        MAX_PRINTED,
+        JudgmentsFileError,
+        dialogue_rows,
+        format_stats,
+        judgments_path,
+        read_judgments,
+        summarize,
+        write_comparison,
+        write_stats,
+    )
     from geovl.evaluate.table import format_table
 
     if args.overall_weight < 0:
@@ -127,7 +185,10 @@ def run_stats(args) -> int:
         s = write_stats(first, folder(args.dir), args.overall_weight, Path(args.dir).name)
         print(format_stats(s))
         rows = dialogue_rows(s)
-        print("\n" + format_table(DIALOGUE_HEADERS, rows[:MAX_PRINTED], right=[False] + [True] * (len(DIALOGUE_HEADERS) - 1)))
+        print(
+            "\n"
+            + format_table(DIALOGUE_HEADERS, rows[:MAX_PRINTED], right=[False] + [True] * (len(DIALOGUE_HEADERS) - 1))
+        )
         if len(rows) > MAX_PRINTED:
             print(f"… {len(rows) - MAX_PRINTED} more dialogues in stats.md / 其余对话见 stats.md")
         print(f"\nstats → {folder(args.dir) / 'stats.json'}, {folder(args.dir) / 'stats.md'}")

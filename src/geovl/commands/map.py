@@ -34,21 +34,43 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raster", metavar="RASTER.tif", help="georeferenced raster (any size, any band count), or a STAC Item JSON / catalog folder")
+    p.add_argument(
+        "raster",
+        metavar="RASTER.tif",
+        help="georeferenced raster (any size, any band count), or a STAC Item JSON / catalog folder",
+    )
     p.add_argument("--question", "-q", required=True, help="a yes/no question asked about every tile")
     p.add_argument("--out", required=True, metavar="FLAGS.tif", help="per-tile answer/probability GeoTIFF")
     p.add_argument("--tile", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)")
-    p.add_argument("--overlap", type=int, default=32, metavar="PX", help="overlap between neighbouring tiles (default 32)")
-    p.add_argument("--bands", metavar="ORDER", help="band order for rendering, e.g. blue,green,red,nir (default: "
-                   "band descriptions, else blue,green,red,nir for 4+ bands)")
+    p.add_argument(
+        "--overlap", type=int, default=32, metavar="PX", help="overlap between neighbouring tiles (default 32)"
+    )
+    p.add_argument(
+        "--bands",
+        metavar="ORDER",
+        help="band order for rendering, e.g. blue,green,red,nir (default: "
+        "band descriptions, else blue,green,red,nir for 4+ bands)",
+    )
     p.add_argument("--flag-if", choices=["yes", "no"], default="yes", help="which answer flags a tile (default yes)")
-    p.add_argument("--answer-from", choices=["text", "choice"], default="text",
-                   help="text: the generated answer (default); choice: the more probable of yes/no (local models)")
+    p.add_argument(
+        "--answer-from",
+        choices=["text", "choice"],
+        default="text",
+        help="text: the generated answer (default); choice: the more probable of yes/no (local models)",
+    )
     p.add_argument("--label", help="label written on flagged features (default: the question)")
-    p.add_argument("--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (RFC 7946: WGS 84 lon/lat)")
-    p.add_argument("--geoparquet", metavar="FLAGS.parquet", help="also write the flagged tiles as GeoParquet (raster CRS)")
-    p.add_argument("--png", metavar="OVERVIEW.png", help="also write a downsampled overview with flagged tiles outlined")
-    p.add_argument("--png-size", type=int, default=1024, metavar="PX", help="longest side of the overview (default 1024)")
+    p.add_argument(
+        "--geojson", metavar="FLAGS.geojson", help="also write the flagged tiles as polygons (RFC 7946: WGS 84 lon/lat)"
+    )
+    p.add_argument(
+        "--geoparquet", metavar="FLAGS.parquet", help="also write the flagged tiles as GeoParquet (raster CRS)"
+    )
+    p.add_argument(
+        "--png", metavar="OVERVIEW.png", help="also write a downsampled overview with flagged tiles outlined"
+    )
+    p.add_argument(
+        "--png-size", type=int, default=1024, metavar="PX", help="longest side of the overview (default 1024)"
+    )
     p.add_argument("--resume", action="store_true", help="continue a run: skip the tiles in FLAGS.tiles.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,12 +107,27 @@ def _run(args) -> int:
         raise CLIError(str(e)) from e
     engine = open_engine_from_args(args)
     try:
-        summary = map_raster(engine, args.raster, args.question, args.out, tile=args.tile, overlap=args.overlap,
-                             batch_size=args.batch_size, bands=args.bands, flag_if=args.flag_if,
-                             answer_from=args.answer_from, label=args.label, geojson=args.geojson,
-                             geoparquet=args.geoparquet, png=args.png,
-                             png_size=args.png_size, resume=args.resume, overwrite=args.overwrite,
-                             progress=not args.no_progress, params=params)
+        summary = map_raster(
+            engine,
+            args.raster,
+            args.question,
+            args.out,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            bands=args.bands,
+            flag_if=args.flag_if,
+            answer_from=args.answer_from,
+            label=args.label,
+            geojson=args.geojson,
+            geoparquet=args.geoparquet,
+            png=args.png,
+            png_size=args.png_size,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            params=params,
+        )
     except (MeasureError, EngineError) as e:
         raise CLIError(str(e)) from e
     finally:
@@ -98,11 +135,13 @@ def _run(args) -> int:
         if close:
             close()
     a = summary["answers"]
-    print(f"tiles {summary['tiles']}: answered {a['yes'] + a['no'] + a['unknown']} (yes {a['yes']}, no {a['no']}, "
-          f"unknown {a['unknown']}), nodata {summary['nodata']}, run now {summary['run']}, from earlier run "
-          f"{summary['done_before']}; flagged {summary['flagged']} → {', '.join(summary['written'])}\n"
-          f"共 {summary['tiles']} 块：是 {a['yes']}，否 {a['no']}，无法判断 {a['unknown']}，无数据 {summary['nodata']}，"
-          f"标记 {summary['flagged']} 块", file=sys.stderr)
+    print(
+        f"tiles {summary['tiles']}: answered {a['yes'] + a['no'] + a['unknown']} (yes {a['yes']}, no {a['no']}, "
+        f"unknown {a['unknown']}), nodata {summary['nodata']}, run now {summary['run']}, from earlier run "
+        f"{summary['done_before']}; flagged {summary['flagged']} → {', '.join(summary['written'])}\n"
+        f"共 {summary['tiles']} 块：是 {a['yes']}，否 {a['no']}，无法判断 {a['unknown']}，无数据 {summary['nodata']}，"
+        f"标记 {summary['flagged']} 块",
+        file=sys.stderr,
+    )
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
-

@@ -32,30 +32,65 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", metavar="IMAGE.tif", help="the (later) image: multi-band reflectance, or a one-band class raster; "
-                   "also a STAC Item JSON or a catalog folder holding one Item (bands chosen by common name)")
+    p.add_argument(
+        "image",
+        metavar="IMAGE.tif",
+        help="the (later) image: multi-band reflectance, or a one-band class raster; "
+        "also a STAC Item JSON or a catalog folder holding one Item (bands chosen by common name)",
+    )
     p.add_argument("--before", metavar="OLD.tif", help="the earlier image of the same area (two-date change)")
-    p.add_argument("--classes", metavar="CLASSES.tif", help="land-cover class raster for IMAGE's date (one band, integer codes)")
+    p.add_argument(
+        "--classes", metavar="CLASSES.tif", help="land-cover class raster for IMAGE's date (one band, integer codes)"
+    )
     p.add_argument("--before-classes", metavar="OLD_CLASSES.tif", help="class raster of the earlier date")
-    p.add_argument("--class-table", metavar="TABLE", help="worldcover, dynamicworld, synth, or a JSON class table "
-                   "(default: auto — synth beside geovl synthetic data, worldcover when all codes fit, else codes)")
+    p.add_argument(
+        "--class-table",
+        metavar="TABLE",
+        help="worldcover, dynamicworld, synth, or a JSON class table "
+        "(default: auto — synth beside geovl synthetic data, worldcover when all codes fit, else codes)",
+    )
     p.add_argument("--aoi", metavar="AOI.geojson", help="measure inside this Polygon/MultiPolygon only")
-    p.add_argument("--aoi-crs", metavar="CRS", help="CRS of the AOI coordinates (default: the file's crs member, "
-                   "EPSG:4326 for lon/lat coordinates, else the raster CRS)")
+    p.add_argument(
+        "--aoi-crs",
+        metavar="CRS",
+        help="CRS of the AOI coordinates (default: the file's crs member, "
+        "EPSG:4326 for lon/lat coordinates, else the raster CRS)",
+    )
     p.add_argument("--pixel-size", metavar="M", help="ground pixel size in metres (X or X,Y) for rasters without a CRS")
-    p.add_argument("--area", choices=["auto", "planar", "ellipsoidal"], default="auto",
-                   help="projected rasters: planar map area, or area on the WGS 84 ellipsoid (default auto: planar "
-                   "unless the projection distorts areas by more than 1%%)")
-    p.add_argument("--bands", metavar="ORDER", help="band order of the reflectance images, e.g. blue,green,red,nir,swir "
-                   "(default blue,green,red,nir; other names skip a band)")
-    p.add_argument("--index-rules", metavar="FILE", help="JSON/YAML with bands, thresholds, offset of the index classifier")
-    p.add_argument("--top", type=int, default=0, metavar="N", help="keep only the N largest change patches (default 0: all)")
-    p.add_argument("--min-patch-pixels", type=int, default=1, metavar="N", help="drop change patches smaller than N pixels")
+    p.add_argument(
+        "--area",
+        choices=["auto", "planar", "ellipsoidal"],
+        default="auto",
+        help="projected rasters: planar map area, or area on the WGS 84 ellipsoid (default auto: planar "
+        "unless the projection distorts areas by more than 1%%)",
+    )
+    p.add_argument(
+        "--bands",
+        metavar="ORDER",
+        help="band order of the reflectance images, e.g. blue,green,red,nir,swir "
+        "(default blue,green,red,nir; other names skip a band)",
+    )
+    p.add_argument(
+        "--index-rules", metavar="FILE", help="JSON/YAML with bands, thresholds, offset of the index classifier"
+    )
+    p.add_argument(
+        "--top", type=int, default=0, metavar="N", help="keep only the N largest change patches (default 0: all)"
+    )
+    p.add_argument(
+        "--min-patch-pixels", type=int, default=1, metavar="N", help="drop change patches smaller than N pixels"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
-    p.add_argument("--context", choices=["zh", "en"], help="print the compact text given to a model (geovl ask) instead")
-    p.add_argument("--out", metavar="DIR", help="also write measurement.json, report.txt, changes.geojson (two dates), "
-                   "derived class maps")
-    p.add_argument("--wgs84", action="store_true", help="with --out: also write changes_4326.geojson (EPSG:4326, RFC 7946)")
+    p.add_argument(
+        "--context", choices=["zh", "en"], help="print the compact text given to a model (geovl ask) instead"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write measurement.json, report.txt, changes.geojson (two dates), derived class maps",
+    )
+    p.add_argument(
+        "--wgs84", action="store_true", help="with --out: also write changes_4326.geojson (EPSG:4326, RFC 7946)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.measure:run"))
 
@@ -79,12 +114,25 @@ def run(args) -> int:
         raise CLIError("--wgs84 writes changes_4326.geojson into --out DIR; give --out too")
     stack = ExitStack()
     try:
-        image, before = stack.enter_context(local_rasters(args.image, args.before, bands=args.bands))  # STAC → local VRT
+        image, before = stack.enter_context(
+            local_rasters(args.image, args.before, bands=args.bands)
+        )  # STAC → local VRT
         rules = load_rules(args.index_rules, args.bands)
-        m = measure_raster(image, classes=args.classes, before=before, before_classes=args.before_classes,
-                           class_table=args.class_table, aoi=args.aoi, aoi_crs=args.aoi_crs, pixel_size=args.pixel_size,
-                           rules=rules, area=args.area, top=args.top or None, min_patch_pixels=args.min_patch_pixels,
-                           progress=not args.no_progress)
+        m = measure_raster(
+            image,
+            classes=args.classes,
+            before=before,
+            before_classes=args.before_classes,
+            class_table=args.class_table,
+            aoi=args.aoi,
+            aoi_crs=args.aoi_crs,
+            pixel_size=args.pixel_size,
+            rules=rules,
+            area=args.area,
+            top=args.top or None,
+            min_patch_pixels=args.min_patch_pixels,
+            progress=not args.no_progress,
+        )
         doc = m.to_json()
         text = m.text()
         written = []
@@ -98,14 +146,20 @@ def run(args) -> int:
             if m.change is not None:
                 _write(out / "changes.geojson", json.dumps(m.geojson(), ensure_ascii=False) + "\n", written)
                 if args.wgs84:
-                    _write(out / "changes_4326.geojson", json.dumps(m.geojson(wgs84=True), ensure_ascii=False) + "\n", written)
+                    _write(
+                        out / "changes_4326.geojson",
+                        json.dumps(m.geojson(wgs84=True), ensure_ascii=False) + "\n",
+                        written,
+                    )
             written += m.write_class_rasters(out)
     except MeasureError as e:
         raise CLIError(str(e)) from e
     except MemoryError:
-        raise CLIError(f"{args.image}: out of memory while measuring — rasters are read in windows, so this is a "
-                       "whole-array step (two dates on different grids, change patches of a large grid): put both "
-                       "dates on one grid (gdalwarp), clip with --aoi, or use a machine with more memory / 内存不足") from None
+        raise CLIError(
+            f"{args.image}: out of memory while measuring — rasters are read in windows, so this is a "
+            "whole-array step (two dates on different grids, change patches of a large grid): put both "
+            "dates on one grid (gdalwarp), clip with --aoi, or use a machine with more memory / 内存不足"
+        ) from None
     finally:
         stack.close()
     if args.json:
@@ -122,4 +176,3 @@ def run(args) -> int:
 def _write(path, text: str, written: list) -> None:
     path.write_text(text, encoding="utf-8")
     written.append(str(path))
-

@@ -15,7 +15,9 @@ def register(sub) -> None:
         "safetensors weights, processor, chat template and geovl_preprocess.json. A full fine-tuning run's "
         "weights are validated against BASE and re-saved. 合并 LoRA 适配器到基座模型。",
     )
-    p.add_argument("--base", required=True, metavar="MODEL_DIR", help="the base model folder the adapter was trained on")
+    p.add_argument(
+        "--base", required=True, metavar="MODEL_DIR", help="the base model folder the adapter was trained on"
+    )
     p.add_argument("--adapter", required=True, metavar="RUN_DIR", help="a run's final/ (or checkpoint-N/) folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must be empty unless --force)")
     p.add_argument(
@@ -35,7 +37,9 @@ def run(args) -> int:
     def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: merge() removes its temporary folder
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         info = merge(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.force)
     finally:
@@ -46,5 +50,7 @@ def run(args) -> int:
         if info["kind"] == "lora"
         else f"{info['tensors']} full fine-tuned tensors validated"
     )
-    print(f"merged {info['family']} model written to {args.out} ({what}); load it with AutoModelForImageTextToText / vLLM")
+    print(
+        f"merged {info['family']} model written to {args.out} ({what}); load it with AutoModelForImageTextToText / vLLM"
+    )
     return 0

@@ -36,7 +36,9 @@ def register(sub) -> None:
     p.add_argument("--layers", type=int, default=2, help="LLM decoder layers")
     p.add_argument("--vision-depth", type=int, default=2, help="vision transformer blocks")
     p.add_argument("--min-pixels", type=int, default=None, help="image processor minimum pixels (default: (2·factor)²)")
-    p.add_argument("--max-pixels", type=int, default=None, help="image processor maximum pixels (default: (16·factor)²)")
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="image processor maximum pixels (default: (16·factor)²)"
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=run_lazy("geovl.commands.model_tiny:run"))
 

@@ -37,12 +37,23 @@ def register(sub) -> None:
     s.add_argument("--question", default="", help="the question (used to route when --qtype is not given)")
     s.add_argument("--prediction", help="the model's answer")
     s.add_argument("--reference", help="the reference answer")
-    s.add_argument("--qtype", default="", help="yes_no | count | number | area | choice | open | structured | grounding")
-    s.add_argument("--meta", help='sample metadata as JSON, e.g. \'{"gt": {"m2": 15000}}\' (a measured area) or \'{"choices": [...]}\'')
+    s.add_argument(
+        "--qtype", default="", help="yes_no | count | number | area | choice | open | structured | grounding"
+    )
+    s.add_argument(
+        "--meta",
+        help='sample metadata as JSON, e.g. \'{"gt": {"m2": 15000}}\' (a measured area) or \'{"choices": [...]}\'',
+    )
     s.add_argument("--predictions", metavar="FILE", help="predictions JSONL from `geovl eval`: print mean rewards")
     s.add_argument("--reward-file", metavar="PY", help="plugin file: its *_reward functions are added")
-    s.add_argument("--rewards", metavar="NAMES", help="comma-separated built-ins in the weighted total (default: the GRPO default set)")
-    s.add_argument("--weights", metavar="JSON", help='weights of the total, e.g. \'{"count_reward": 2}\' (default 1.0 each)')
+    s.add_argument(
+        "--rewards",
+        metavar="NAMES",
+        help="comma-separated built-ins in the weighted total (default: the GRPO default set)",
+    )
+    s.add_argument(
+        "--weights", metavar="JSON", help="weights of the total, e.g. '{\"count_reward\": 2}' (default 1.0 each)"
+    )
     s.add_argument("--compact", action="store_true", help="one-line JSON")
     s.set_defaults(func=run_lazy("geovl.commands.rewards:run"))
 
@@ -124,9 +135,19 @@ def _score_file(args, selected, weights, everything) -> dict:
     routed: list[float] = []
     totals: list[float] = []
     for rec in records:
-        row = {"answer": rec.get("reference") or "", "qtype": rec.get("qtype"), "question": rec.get("question") or "",
-               "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {}}
-        res = score_one(rec.get("prediction") or "", row, selected, weights, {n: everything[n] for n in selected} | {"rs_reward": everything["rs_reward"]})
+        row = {
+            "answer": rec.get("reference") or "",
+            "qtype": rec.get("qtype"),
+            "question": rec.get("question") or "",
+            "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {},
+        }
+        res = score_one(
+            rec.get("prediction") or "",
+            row,
+            selected,
+            weights,
+            {n: everything[n] for n in selected} | {"rs_reward": everything["rs_reward"]},
+        )
         routed.append(res["rs_reward"])
         totals.append(res["total"])
         by_qtype.setdefault(str(rec.get("qtype")), []).append(res["rs_reward"])
@@ -163,7 +184,7 @@ def run(args) -> int:
             except ValueError as e:
                 raise CLIError(f"--meta: not valid JSON ({e})") from e
             if not isinstance(meta, dict):
-                raise CLIError("--meta must be a JSON object, e.g. '{\"gt\": {\"m2\": 15000}}'")
+                raise CLIError('--meta must be a JSON object, e.g. \'{"gt": {"m2": 15000}}\'')
         row = {"answer": args.reference, "qtype": args.qtype or "", "question": args.question or "", "meta": meta}
         out = score_one(args.prediction, row, selected, weights, everything)
     json.dump(out, sys.stdout, ensure_ascii=False, indent=None if args.compact else 2)

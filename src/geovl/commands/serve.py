@@ -25,7 +25,7 @@ def register(sub) -> None:
         description=(
             "Serve a local model (+ adapter) at /v1/chat/completions (OpenAI format, streaming with stream=true), "
             "/v1/models and /health; GeoTIFF measurement and grounded answers at /v1/geo/measure, /v1/geo/ask and "
-            "with the request extension \"geovl\": {\"grounded\": true} (docs/serving.md). Binds 127.0.0.1 unless --host says otherwise. Images come as data: URIs; "
+            'with the request extension "geovl": {"grounded": true} (docs/serving.md). Binds 127.0.0.1 unless --host says otherwise. Images come as data: URIs; '
             "http(s) URLs only with --allow-http-images, local paths/file:// only inside --allowed-image-dir. "
             "以 OpenAI 兼容接口提供模型服务。"
         ),
@@ -34,32 +34,78 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: $GEOVL_API_KEY; none = open)")
-    p.add_argument("--served-model-name", default=None, help="model id in /v1/models and requests (default: the model folder name)")
+    p.add_argument(
+        "--api-key", default=None, help="require Authorization: Bearer KEY (default: $GEOVL_API_KEY; none = open)"
+    )
+    p.add_argument(
+        "--served-model-name", default=None, help="model id in /v1/models and requests (default: the model folder name)"
+    )
     p.add_argument("--allow-http-images", action="store_true", help="fetch http(s) image URLs (size and time limited)")
-    p.add_argument("--allowed-image-dir", default=None, metavar="DIR", help="allow local paths / file:// URLs inside DIR only")
+    p.add_argument(
+        "--allowed-image-dir", default=None, metavar="DIR", help="allow local paths / file:// URLs inside DIR only"
+    )
     p.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024, help="per image")
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="per image, read from the header before decoding")
-    p.add_argument("--max-decoded-bytes", type=int, default=256 * 1024 * 1024,
-                   help="per image: bands x pixels x bytes per sample over every TIFF page/overview, read from the header before decoding")
-    p.add_argument("--max-request-decoded-bytes", type=int, default=512 * 1024 * 1024,
-                   help="all images of one request together, decoded (from their headers, before decoding)")
+    p.add_argument(
+        "--max-decoded-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="per image: bands x pixels x bytes per sample over every TIFF page/overview, read from the header before decoding",
+    )
+    p.add_argument(
+        "--max-request-decoded-bytes",
+        type=int,
+        default=512 * 1024 * 1024,
+        help="all images of one request together, decoded (from their headers, before decoding)",
+    )
     p.add_argument("--max-images", type=int, default=8, help="per request (all turns)")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none (lowered to fit the context)")
-    p.add_argument("--max-prompt-tokens", type=int, default=32768,
-                   help="largest prompt (text + image tokens), counted before generation; the model's context also applies")
-    p.add_argument("--allowed-hosts", default=None, metavar="H1,H2",
-                   help="Host header values accepted besides localhost/127.0.0.1/::1 and the --host address ('.example.com' = "
-                        "any subdomain, '*' = any; DNS-rebinding protection)")
-    p.add_argument("--max-inflight-body-bytes", type=int, default=None,
-                   help="request body bytes held by all requests in flight together (503 over it; default: twice the per-request body limit)")
-    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client may take to send a request body (408 after)")
-    p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a new connection may take to send its request line and headers (JSON 408 and closed after)")
-    p.add_argument("--shutdown-grace", type=float, default=10.0,
-                   help="on SIGTERM, seconds a running batch may take to finish (queued requests get 503 at once, streams end with an error event)")
-    p.add_argument("--batch-window-ms", type=float, default=10.0, help="group requests arriving within this window (0 = no micro-batching)")
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=512,
+        help="max_tokens when a request gives none (lowered to fit the context)",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=32768,
+        help="largest prompt (text + image tokens), counted before generation; the model's context also applies",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        metavar="H1,H2",
+        help="Host header values accepted besides localhost/127.0.0.1/::1 and the --host address ('.example.com' = "
+        "any subdomain, '*' = any; DNS-rebinding protection)",
+    )
+    p.add_argument(
+        "--max-inflight-body-bytes",
+        type=int,
+        default=None,
+        help="request body bytes held by all requests in flight together (503 over it; default: twice the per-request body limit)",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a client may take to send a request body (408 after)"
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a new connection may take to send its request line and headers (JSON 408 and closed after)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, seconds a running batch may take to finish (queued requests get 503 at once, streams end with an error event)",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=10.0,
+        help="group requests arriving within this window (0 = no micro-batching)",
+    )
     p.add_argument("--max-batch-size", type=int, default=8, help="requests per generate call")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_lazy("geovl.commands.serve:run"))
@@ -97,8 +143,17 @@ def run(args) -> int:
     from geovl.cli import CLIError
     from geovl.serve.images import ImageLimits
 
-    for name in ("max_image_bytes", "max_pixels", "max_decoded_bytes", "max_request_decoded_bytes", "max_images", "max_tokens_limit", "default_max_tokens", "max_batch_size",
-                 "max_prompt_tokens"):
+    for name in (
+        "max_image_bytes",
+        "max_pixels",
+        "max_decoded_bytes",
+        "max_request_decoded_bytes",
+        "max_images",
+        "max_tokens_limit",
+        "default_max_tokens",
+        "max_batch_size",
+        "max_prompt_tokens",
+    ):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -117,7 +172,10 @@ def run(args) -> int:
         raise CLIError(f"--allowed-image-dir: {e}") from e
     api_key = args.api_key or os.environ.get("GEOVL_API_KEY") or None
     if not is_loopback(args.host) and not api_key:
-        print(f"geovl serve: warning: binding {args.host} without an API key: anyone on the network can use the model / 警告：未设置 API 密钥", file=sys.stderr)
+        print(
+            f"geovl serve: warning: binding {args.host} without an API key: anyone on the network can use the model / 警告：未设置 API 密钥",
+            file=sys.stderr,
+        )
 
     if args.max_inflight_body_bytes is not None and args.max_inflight_body_bytes < 1:
         raise CLIError(f"--max-inflight-body-bytes must be >= 1, got {args.max_inflight_body_bytes}")
@@ -131,8 +189,11 @@ def run(args) -> int:
         hosts.append(args.host)
     hosts += [h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip()]
     if args.allowed_hosts is None and not is_loopback(args.host):
-        print(f"geovl serve: note: only Host headers {', '.join(hosts)} are answered; add the names clients use with "
-              "--allowed-hosts / 仅接受上述主机名", file=sys.stderr)
+        print(
+            f"geovl serve: note: only Host headers {', '.join(hosts)} are answered; add the names clients use with "
+            "--allowed-hosts / 仅接受上述主机名",
+            file=sys.stderr,
+        )
 
     engine = open_local_engine(args, batch_size=args.max_batch_size)
     config = ServerConfig(

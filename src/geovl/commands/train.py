@@ -52,12 +52,36 @@ def register(sub) -> None:
 
 def _launch_args(p) -> None:
     a = p.add_argument_group("launching (several processes / machines) / 多卡与多机")
-    a.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="start N training processes on this machine (one per GPU; on a CPU-only machine at most one per core)")
-    a.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines taking part (each runs this command with its --node-rank)")
-    a.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0..M-1 (0: the one at --master-addr)")
-    a.add_argument("--master-addr", default=None, metavar="HOST", help="address of machine 0, reachable from all (with --nnodes > 1)")
-    a.add_argument("--master-port", type=int, default=None, metavar="PORT", help="a free TCP port on machine 0 (default 29500)")
+    a.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start N training processes on this machine (one per GPU; on a CPU-only machine at most one per core)",
+    )
+    a.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        metavar="M",
+        help="machines taking part (each runs this command with its --node-rank)",
+    )
+    a.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="this machine's number, 0..M-1 (0: the one at --master-addr)",
+    )
+    a.add_argument(
+        "--master-addr",
+        default=None,
+        metavar="HOST",
+        help="address of machine 0, reachable from all (with --nnodes > 1)",
+    )
+    a.add_argument(
+        "--master-port", type=int, default=None, metavar="PORT", help="a free TCP port on machine 0 (default 29500)"
+    )
 
 
 def run_sft(args) -> int:
@@ -83,8 +107,10 @@ def _run(args, cls) -> int:
     if launching and ("LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ):
         from ..train.recipe import RecipeError
 
-        raise RecipeError("--nproc/--nnodes given inside a launched process (torchrun / accelerate launch set WORLD_SIZE): "
-                          "let that launcher start the processes, or run `geovl train ... --nproc N` without it")
+        raise RecipeError(
+            "--nproc/--nnodes given inside a launched process (torchrun / accelerate launch set WORLD_SIZE): "
+            "let that launcher start the processes, or run `geovl train ... --nproc N` without it"
+        )
     if launching:  # bad keys and values fail here, once, before any process starts
         from ..train.recipe import SFTRecipe, recipe_kwargs
         from ..train.sft import preflight
@@ -141,18 +167,30 @@ def launch(args) -> int:
     if nproc < 1:
         raise RecipeError(f"--nproc {nproc}: give at least 1 process")
     if nproc > have:
-        raise RecipeError(f"--nproc {nproc}: this machine has {have} {what}; start at most {have} processes "
-                          f"(one per {'GPU' if what.startswith('CUDA') else 'core'})")
+        raise RecipeError(
+            f"--nproc {nproc}: this machine has {have} {what}; start at most {have} processes "
+            f"(one per {'GPU' if what.startswith('CUDA') else 'core'})"
+        )
     if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
-        raise RecipeError(f"--node-rank {args.node_rank} with --nnodes {args.nnodes}: the rank must be 0..{args.nnodes - 1}")
+        raise RecipeError(
+            f"--node-rank {args.node_rank} with --nnodes {args.nnodes}: the rank must be 0..{args.nnodes - 1}"
+        )
     if args.nnodes > 1 and not args.master_addr:
-        raise RecipeError(f"--nnodes {args.nnodes}: give --master-addr (the address of machine 0, the same on every machine)")
+        raise RecipeError(
+            f"--nnodes {args.nnodes}: give --master-addr (the address of machine 0, the same on every machine)"
+        )
     targs = ["--nproc_per_node", str(nproc), "--nnodes", str(args.nnodes)]
     if args.nnodes == 1 and args.master_port is None:
         targs.append("--standalone")  # a free port on this machine
     else:
-        targs += ["--node_rank", str(args.node_rank), "--master_addr", args.master_addr or "127.0.0.1",
-                  "--master_port", str(args.master_port or 29500)]
+        targs += [
+            "--node_rank",
+            str(args.node_rank),
+            "--master_addr",
+            args.master_addr or "127.0.0.1",
+            "--master_port",
+            str(args.master_port or 29500),
+        ]
     targs += ["--module", "geovl", *child_argv(args)]
     print(f"geovl: starting {nproc} process(es) on node {args.node_rank} of {args.nnodes}", file=sys.stderr, flush=True)
     try:

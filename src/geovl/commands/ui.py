@@ -22,17 +22,24 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(p, required=False)
-    p.add_argument("--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1")
+    p.add_argument(
+        "--api", metavar="URL", help="OpenAI-compatible server instead of a local model, e.g. http://localhost:8000/v1"
+    )
     p.add_argument("--api-key", help="API key for --api (default: $OPENAI_API_KEY)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--lang", choices=["zh", "en"], default="zh", help="initial language (switchable in the page)")
-    p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs internet; off by default)")
+    p.add_argument(
+        "--share", action="store_true", help="create a public gradio.live link (needs internet; off by default)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the answer-length slider")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024, help="per uploaded image")
     p.add_argument("--max-images", type=int, default=8, help="images per conversation")
-    p.add_argument("--no-geo", action="store_true",
-                   help="plain chat only: no GeoTIFF measurement, grounded answers or flags maps in the side panel")
+    p.add_argument(
+        "--no-geo",
+        action="store_true",
+        help="plain chat only: no GeoTIFF measurement, grounded answers or flags maps in the side panel",
+    )
     p.set_defaults(func=run_lazy("geovl.commands.ui:run"))
 
 
@@ -67,7 +74,14 @@ def run(args) -> int:
         from geovl.ui.geo_panel import GeoPanel
 
         extension = GeoPanel(engine)
-    app = ChatApp(engine, lang=args.lang, max_upload_bytes=args.max_upload_bytes, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
-                  where=where, extension=extension)
+    app = ChatApp(
+        engine,
+        lang=args.lang,
+        max_upload_bytes=args.max_upload_bytes,
+        max_images=args.max_images,
+        max_new_tokens=args.max_new_tokens,
+        where=where,
+        extension=extension,
+    )
     launch(app, host=args.host, port=args.port, share=args.share)
     return 0

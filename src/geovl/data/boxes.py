@@ -69,7 +69,9 @@ def validate_boxes(boxes, image_sizes: Sequence[tuple[int, int]]) -> None:
         if img is None:
             raise _error("box_bad_image", f"{where}: the sample has {len(image_sizes)} images; say which with 'image'")
         if not isinstance(img, int) or isinstance(img, bool) or not 0 <= img < len(image_sizes):
-            raise _error("box_bad_image", f"{where}: image {img!r} does not exist (the sample has {len(image_sizes)} image(s))")
+            raise _error(
+                "box_bad_image", f"{where}: image {img!r} does not exist (the sample has {len(image_sizes)} image(s))"
+            )
         x1, y1, x2, y2 = bb
         if x2 < x1 or y2 < y1:
             raise _error("box_inverted", f"{where}: bbox {list(bb)} has x2 < x1 or y2 < y1")
@@ -107,7 +109,9 @@ def box_image(boxes: list[dict], n_images: int) -> int:
     """The one image the boxes of a sample lie on (the last image when there are none)."""
     imgs = {b.get("image", 0) for b in boxes}
     if len(imgs) > 1:
-        raise _error("boxes_span_images", f"boxes lie on images {sorted(imgs)}; one answer locates objects in one image")
+        raise _error(
+            "boxes_span_images", f"boxes lie on images {sorted(imgs)}; one answer locates objects in one image"
+        )
     return imgs.pop() if imgs else max(0, n_images - 1)
 
 
@@ -118,7 +122,9 @@ def _num(v: float):
 
 def answer_text(boxes: list[dict]) -> str:
     """The canonical answer of a grounding sample: JSON in stored-image pixels (one decimal at most)."""
-    return json.dumps([{"bbox_2d": [_num(v) for v in b["bbox"]], "label": b["label"]} for b in boxes], ensure_ascii=False)
+    return json.dumps(
+        [{"bbox_2d": [_num(v) for v in b["bbox"]], "label": b["label"]} for b in boxes], ensure_ascii=False
+    )
 
 
 def box_dict(bbox, label: str, image: int = 0) -> dict:

@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterator
 
 from ..errors import GeoVLError
 
-
 ADAPTERS = {
     "rsvqa": "geovl.data.adapters.rsvqa",
     "llava": "geovl.data.adapters.llava",
@@ -118,7 +117,6 @@ class ImageCache:
         if isinstance(hit, ImageError):
             raise ImageError(hit.reason, hit.detail)  # a fresh exception: no traceback build-up
         return hit
-
 
     def _check_rendered(self, img, path) -> None:
         """An image with no valid pixel is rejected (``all_nodata``) unless ``--keep-nodata``; the band
@@ -239,7 +237,9 @@ def _convert(opts: ConvertOptions, gen: Iterator, log) -> dict:
     try:
         write_text_atomic(spath, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     except OSError as e:
-        raise ConvertError(os_error_message(e, spath) + f"; the {counts.written} samples were written, only the summary is missing") from None
+        raise ConvertError(
+            os_error_message(e, spath) + f"; the {counts.written} samples were written, only the summary is missing"
+        ) from None
     summary["summary"] = str(spath)
     if log:
         log(format_summary(summary))
@@ -252,8 +252,14 @@ def _pump(sink, records, limit, opts: ConvertOptions) -> None:
     from tqdm import tqdm
 
     with sink:
-        bar = tqdm(total=limit, unit="rec", desc=f"convert {opts.fmt}", file=sys.stderr,
-                   disable=not opts.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=limit,
+            unit="rec",
+            desc=f"convert {opts.fmt}",
+            file=sys.stderr,
+            disable=not opts.progress,
+            dynamic_ncols=True,
+        )
         try:
             for source, item in itertools.islice(records, limit):
                 sink.read_one()
@@ -302,8 +308,10 @@ def format_summary(s: dict) -> str:
     ok = s["conserved"]
     lines.append(f"  conserved: {'yes' if ok else 'NO'}   守恒：{'是' if ok else '否'}   (written + rejected = read)")
     if s.get("qtype_inferred"):
-        lines.append(f"  qtype inferred 推断题型 {s['qtype_inferred']:>5}  (from the question: yes_no / count / area / open; "
-                     "give \"qtype\" to set it)")
+        lines.append(
+            f"  qtype inferred 推断题型 {s['qtype_inferred']:>5}  (from the question: yes_no / count / area / open; "
+            'give "qtype" to set it)'
+        )
     rate = s.get("records_per_second")
     lines.append(f"  time {s['seconds']:.1f} s" + (f", {rate:g} records/s" if rate else ""))
     return "\n".join(lines)

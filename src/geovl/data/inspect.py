@@ -169,9 +169,7 @@ def inspect_dataset(
                     "messages": [
                         {
                             "role": m["role"],
-                            "content": "".join(
-                                "<image>" if p["type"] == "image" else p["text"] for p in m["content"]
-                            ),
+                            "content": "".join("<image>" if p["type"] == "image" else p["text"] for p in m["content"]),
                         }
                         for m in s["messages"]
                     ],
@@ -214,7 +212,9 @@ def inspect_dataset(
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['file']}: {r['samples']} samples  (family {r['family']}, pixels {r['pixel_bounds']['min_pixels']}–{r['pixel_bounds']['max_pixels']}{', from ' + r['pixel_bounds']['from'] if r['pixel_bounds'].get('from') else ''})"]
+    lines = [
+        f"{r['file']}: {r['samples']} samples  (family {r['family']}, pixels {r['pixel_bounds']['min_pixels']}–{r['pixel_bounds']['max_pixels']}{', from ' + r['pixel_bounds']['from'] if r['pixel_bounds'].get('from') else ''})"
+    ]
 
     def table(title: str, d: dict) -> None:
         if not d:
@@ -238,11 +238,15 @@ def format_report(r: dict) -> str:
     ]:
         d = r[key]
         if d:
-            lines.append(f"  {label:<40} {d['p0']} / {d['p50']} / {d['p90']} / {d['p99']} / {d['p100']}   mean {d['mean']}")
+            lines.append(
+                f"  {label:<40} {d['p0']} / {d['p50']} / {d['p90']} / {d['p99']} / {d['p100']}   mean {d['mean']}"
+            )
     if r.get("undecodable_images"):
         lines.append(f"\n  undecodable images: {r['undecodable_images']}")
     if "token_budget" in r:
-        lines.append(f"\nover the {r['token_budget']}-token budget: {r['over_budget']} samples (they would be dropped whole, never truncated)")
+        lines.append(
+            f"\nover the {r['token_budget']}-token budget: {r['over_budget']} samples (they would be dropped whole, never truncated)"
+        )
         if r["over_budget_ids"]:
             lines.append("  e.g. " + ", ".join(r["over_budget_ids"][:5]))
     if "memory" in r:

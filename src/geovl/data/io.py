@@ -33,8 +33,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..fileio import UTF8_BOM, JsonlLineError  # noqa: F401  (UTF8_BOM re-exported for the adapters)
 from ..errors import GeoVLError
+from ..fileio import UTF8_BOM, JsonlLineError  # noqa: F401  (UTF8_BOM re-exported for the adapters)
 from .schema import Counts, SampleError, validate_sample
 
 PART = pa.struct([("type", pa.string()), ("text", pa.string())])
@@ -333,7 +333,9 @@ def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
     yield from iter_jsonl(path, error_class=DatasetFileError)
 
 
-def read_samples(path: str | os.PathLike, columns: list[str] | None = None, batch_size: int = ROW_GROUP) -> Iterator[dict]:
+def read_samples(
+    path: str | os.PathLike, columns: list[str] | None = None, batch_size: int = ROW_GROUP
+) -> Iterator[dict]:
     """Stream samples from a .parquet or .jsonl dataset file.
 
     ``columns`` (Parquet only) reads a subset, e.g. without ``images`` for fast statistics.

@@ -26,20 +26,37 @@ class LandClass:
 
 
 CLASSES: tuple[LandClass, ...] = (
-    LandClass(CROPLAND, "cropland", "cropland", "耕地", "cropland", (230, 200, 80),
-              "field parcels with row texture, several crop greens and yellows"),
-    LandClass(FOREST, "forest", "forest", "林地", "forest", (30, 110, 40),
-              "dark green noisy canopy"),
-    LandClass(WATER, "water", "water", "水体", "water", (40, 90, 200),
-              "rivers and ponds"),
-    LandClass(BUILTUP, "builtup", "built-up land", "建设用地", "built-up land", (190, 190, 190),
-              "paved / settled ground of towns and villages (buildings are their own class)"),
-    LandClass(BUILDING, "building", "building", "建筑", "a building", (200, 40, 40),
-              "roof footprint of one countable building (shadows are not part of it)"),
-    LandClass(ROAD, "road", "road", "道路", "a road", (90, 90, 90),
-              "paved roads (bridges over water count as road)"),
-    LandClass(BARE, "bare", "bare land", "裸地", "bare land", (160, 120, 80),
-              "bare soil"),
+    LandClass(
+        CROPLAND,
+        "cropland",
+        "cropland",
+        "耕地",
+        "cropland",
+        (230, 200, 80),
+        "field parcels with row texture, several crop greens and yellows",
+    ),
+    LandClass(FOREST, "forest", "forest", "林地", "forest", (30, 110, 40), "dark green noisy canopy"),
+    LandClass(WATER, "water", "water", "水体", "water", (40, 90, 200), "rivers and ponds"),
+    LandClass(
+        BUILTUP,
+        "builtup",
+        "built-up land",
+        "建设用地",
+        "built-up land",
+        (190, 190, 190),
+        "paved / settled ground of towns and villages (buildings are their own class)",
+    ),
+    LandClass(
+        BUILDING,
+        "building",
+        "building",
+        "建筑",
+        "a building",
+        (200, 40, 40),
+        "roof footprint of one countable building (shadows are not part of it)",
+    ),
+    LandClass(ROAD, "road", "road", "道路", "a road", (90, 90, 90), "paved roads (bridges over water count as road)"),
+    LandClass(BARE, "bare", "bare land", "裸地", "bare land", (160, 120, 80), "bare soil"),
 )
 
 BY_ID = {c.id: c for c in CLASSES}

@@ -24,7 +24,6 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import GeoVLError
 
-
 QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")

@@ -21,7 +21,6 @@ Memory: one 8-byte key + split index per distinct image (not per sample, no pixe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 

@@ -99,7 +99,9 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
         by_type.setdefault(idx_b[rid]["qtype"], []).append(pairs[rid])
     rows = [_row(q, by_type[q]) for q in _order(by_type)]
     overall = _row("overall", list(pairs.values()))
-    g_pairs = [pairs[rid] for rid in common if idx_b[rid]["qtype"] == "grounding" and idx_a[rid]["qtype"] == "grounding"]
+    g_pairs = [
+        pairs[rid] for rid in common if idx_b[rid]["qtype"] == "grounding" and idx_a[rid]["qtype"] == "grounding"
+    ]
     macro_b = sum(r["before_acc"] for r in rows) / len(rows)
     macro_a = sum(r["after_acc"] for r in rows) / len(rows)
     result = {
@@ -118,7 +120,7 @@ def compare_files(before, after, tolerance: float = 0.02, names: tuple[str, str]
         "significance": {
             "test": "exact McNemar (two-sided binomial test of fixed vs broken discordant pairs, p = 1/2)",
             "interval": f"paired percentile bootstrap of the accuracy change, {CONFIDENCE:.0%}, "
-                        f"{BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}",
+            f"{BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}",
             "verdict": "gain / loss only where the interval excludes 0, else 'no measurable change'",
         },
         "fixed": [c for c in changes if c["change"] == "fixed"],

@@ -21,16 +21,25 @@ import base64
 import html
 from pathlib import Path
 
-KEYS = [("acc_at_0_5", "Acc@0.5 (referring)", True), ("mean_iou", "mean IoU (referring)", False),
-        ("precision_at_0_5", "precision@0.5", True), ("recall_at_0_5", "recall@0.5", True),
-        ("f1_at_0_5", "F1@0.5", True), ("mean_object_iou", "mean IoU per object", False), ("ap50", "AP50", True), ("count_accuracy", "count from boxes", True),
-        ("unparsed", "unparsed answers / 未解析", False)]
+KEYS = [
+    ("acc_at_0_5", "Acc@0.5 (referring)", True),
+    ("mean_iou", "mean IoU (referring)", False),
+    ("precision_at_0_5", "precision@0.5", True),
+    ("recall_at_0_5", "recall@0.5", True),
+    ("f1_at_0_5", "F1@0.5", True),
+    ("mean_object_iou", "mean IoU per object", False),
+    ("ap50", "AP50", True),
+    ("count_accuracy", "count from boxes", True),
+    ("unparsed", "unparsed answers / 未解析", False),
+]
 
 
 # (key, label, mode or None for every grounding sample, the per-sample success field)
-TESTS = [("acc_at_0_5", "Acc@0.5 (referring)", "referring", "correct"),
-         ("all_matched_at_0_5", "all boxes matched @0.5 / 全部框匹配", "all", "correct"),
-         ("count_from_boxes", "count from boxes / 框计数", None, "count_correct")]
+TESTS = [
+    ("acc_at_0_5", "Acc@0.5 (referring)", "referring", "correct"),
+    ("all_matched_at_0_5", "all boxes matched @0.5 / 全部框匹配", "all", "correct"),
+    ("count_from_boxes", "count from boxes / 框计数", None, "count_correct"),
+]
 
 
 def paired_tests(pairs: list[tuple[dict, dict]]) -> list[dict]:
@@ -39,8 +48,11 @@ def paired_tests(pairs: list[tuple[dict, dict]]) -> list[dict]:
 
     out = []
     for key, label, mode, field in TESTS:
-        sel = [({"correct": bool(b.get(field))}, {"correct": bool(a.get(field))}) for b, a in pairs
-               if b.get("mode") == a.get("mode") and (mode is None or b.get("mode") == mode)]
+        sel = [
+            ({"correct": bool(b.get(field))}, {"correct": bool(a.get(field))})
+            for b, a in pairs
+            if b.get("mode") == a.get("mode") and (mode is None or b.get("mode") == mode)
+        ]
         if sel:
             out.append(_row(key, sel) | {"label": label})
     return out
@@ -81,7 +93,10 @@ def add_grounding(result: dict, before, after, data=None, out_dir=None, max_imag
     from .grounding import predicted_boxes, reference_boxes
     from .score import read_predictions
 
-    recs = {"before": {r["id"]: r for r in read_predictions(before)}, "after": {r["id"]: r for r in read_predictions(after)}}
+    recs = {
+        "before": {r["id"]: r for r in read_predictions(before)},
+        "after": {r["id"]: r for r in read_predictions(after)},
+    }
     want = {c["id"]: c for c in changed}
     folder = Path(out_dir) / "boxes"
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,8 +132,11 @@ def _fmt(v, is_pct: bool) -> str:
 
 def rows(result: dict) -> list[list[str]]:
     g = result["grounding"]["metrics"]
-    return [[label, _fmt(g["before"].get(k), p), _fmt(g["after"].get(k), p)] for k, label, p in KEYS
-            if g["before"].get(k) is not None or g["after"].get(k) is not None]
+    return [
+        [label, _fmt(g["before"].get(k), p), _fmt(g["after"].get(k), p)]
+        for k, label, p in KEYS
+        if g["before"].get(k) is not None or g["after"].get(k) is not None
+    ]
 
 
 def md_section(result: dict) -> list[str]:
@@ -129,12 +147,20 @@ def md_section(result: dict) -> list[str]:
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows(result)]
     h, r = test_rows(result)
     if r:
-        out += ["", "Per-sample paired success, exact McNemar and bootstrap interval / 逐样本配对显著性:", "",
-                "| " + " | ".join(h) + " |", "|---" + "|---:" * (len(h) - 2) + "|---|"]
+        out += [
+            "",
+            "Per-sample paired success, exact McNemar and bootstrap interval / 逐样本配对显著性:",
+            "",
+            "| " + " | ".join(h) + " |",
+            "|---" + "|---:" * (len(h) - 2) + "|---|",
+        ]
         out += ["| " + " | ".join(str(c) for c in row) + " |" for row in r]
     if result["grounding"]["images"]:
-        out += ["", f"Boxes of changed samples (green reference, red prediction): {len(result['grounding']['images'])} "
-                "pictures in boxes/ and in report.html."]
+        out += [
+            "",
+            f"Boxes of changed samples (green reference, red prediction): {len(result['grounding']['images'])} "
+            "pictures in boxes/ and in report.html.",
+        ]
     return out
 
 
@@ -142,24 +168,34 @@ def html_section(result: dict) -> list[str]:
     if "grounding" not in result:
         return []
     nb, na = result["names"]
-    parts = ["<h2>Grounding / 目标定位</h2>", "<table><thead><tr><th>metric</th>"
-             f"<th>{html.escape(nb)}</th><th>{html.escape(na)}</th></tr></thead><tbody>"]
-    parts += [f'<tr><td>{html.escape(a)}</td><td class="n">{b}</td><td class="n">{c}</td></tr>' for a, b, c in rows(result)]
+    parts = [
+        "<h2>Grounding / 目标定位</h2>",
+        f"<table><thead><tr><th>metric</th><th>{html.escape(nb)}</th><th>{html.escape(na)}</th></tr></thead><tbody>",
+    ]
+    parts += [
+        f'<tr><td>{html.escape(a)}</td><td class="n">{b}</td><td class="n">{c}</td></tr>' for a, b, c in rows(result)
+    ]
     parts.append("</tbody></table>")
     h, r = test_rows(result)
     if r:
         from .compare_report import _html_table
 
-        parts.append('<p class="muted">Per-sample paired success, exact McNemar and bootstrap interval / 逐样本配对显著性</p>')
+        parts.append(
+            '<p class="muted">Per-sample paired success, exact McNemar and bootstrap interval / 逐样本配对显著性</p>'
+        )
         parts.append(_html_table(h, r, numeric_from=1))
     imgs = result["grounding"]["images"]
     if imgs:
-        parts.append('<p class="muted">Changed samples: reference boxes green, predicted red / 变化样本：绿色为参考框，红色为预测框</p>')
+        parts.append(
+            '<p class="muted">Changed samples: reference boxes green, predicted red / 变化样本：绿色为参考框，红色为预测框</p>'
+        )
         for it in imgs:
             cells = []
             for side, name in (("before", nb), ("after", na)):
                 b64 = base64.b64encode(Path(it["files"][side]).read_bytes()).decode("ascii")
-                cells.append(f'<figure style="display:inline-block;margin:.3em"><img alt="{html.escape(name)}" '
-                             f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(name)}</figcaption></figure>')
+                cells.append(
+                    f'<figure style="display:inline-block;margin:.3em"><img alt="{html.escape(name)}" '
+                    f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(name)}</figcaption></figure>'
+                )
             parts.append(f"<div><b>{html.escape(it['id'])}</b> ({html.escape(it['change'])})<br>{''.join(cells)}</div>")
     return parts

@@ -85,8 +85,12 @@ def _change_rows(result: dict, key: str, max_rows: int) -> tuple[list[str], list
 def _sections(result: dict, max_rows: int):
     """(title, headers, rows, n hidden) of each per-sample section, in report order."""
     nb, na = result["names"]
-    yield (f"Fixed / 修正 ({len(result['fixed'])}): wrong in {nb}, right in {na}",) + _change_rows(result, "fixed", max_rows)
-    yield (f"Broken / 退步 ({len(result['broken'])}): right in {nb}, wrong in {na}",) + _change_rows(result, "broken", max_rows)
+    yield (f"Fixed / 修正 ({len(result['fixed'])}): wrong in {nb}, right in {na}",) + _change_rows(
+        result, "fixed", max_rows
+    )
+    yield (f"Broken / 退步 ({len(result['broken'])}): right in {nb}, wrong in {na}",) + _change_rows(
+        result, "broken", max_rows
+    )
 
 
 def _unmatched_lines(result: dict) -> list[str]:
@@ -96,7 +100,9 @@ def _unmatched_lines(result: dict) -> list[str]:
         ids = result[key]
         out.append(f"Only in {label} / 仅在{label}中: {len(ids)}" + (f" — {', '.join(ids)}" if ids else ""))
     for m in result["mismatched"]:
-        out.append(f"id {m['id']}: qtype {m['qtype'][0]} / {m['qtype'][1]}, reference {m['reference'][0]!r} / {m['reference'][1]!r}")
+        out.append(
+            f"id {m['id']}: qtype {m['qtype'][0]} / {m['qtype'][1]}, reference {m['reference'][0]!r} / {m['reference'][1]!r}"
+        )
     return out
 
 

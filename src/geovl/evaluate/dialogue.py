@@ -88,7 +88,9 @@ def split_dialogue(sample: dict) -> Dialogue:
     for i, m in enumerate(msgs):
         if m["role"] == "system":
             if i > 0:
-                raise SampleError("bad_roles", f"system message at position {i} (only the first message may be a system message)")
+                raise SampleError(
+                    "bad_roles", f"system message at position {i} (only the first message may be a system message)"
+                )
             continue
         if m["role"] == "user":
             pending.append(m)
@@ -144,8 +146,18 @@ def run_dialogues(
         turns += sum(len(d.turns) for d in dialogues if d.error is None)
         return [d.error if d.error is not None else d.record() for d in dialogues]
 
-    counts = run_chunked(data, out, split_dialogue, answer, limit=limit, resume=resume, progress=progress, chunk_size=chunk_size,
-                         desc=f"dialogues ({engine.name})", unit="dialogue")
+    counts = run_chunked(
+        data,
+        out,
+        split_dialogue,
+        answer,
+        limit=limit,
+        resume=resume,
+        progress=progress,
+        chunk_size=chunk_size,
+        desc=f"dialogues ({engine.name})",
+        unit="dialogue",
+    )
     counts["turns"] = turns
     counts["engine"] = engine.stats.as_dict()
     return counts
@@ -161,5 +173,7 @@ def print_dialogue_summary(counts: dict) -> None:
     print(line)
     eng = counts["engine"]
     if eng.get("forward_calls") and eng.get("samples"):
-        print(f"LLM forward calls: {eng['forward_calls']}, generated tokens: {eng['generated_tokens']} over {eng['samples']} answers")
+        print(
+            f"LLM forward calls: {eng['forward_calls']}, generated tokens: {eng['generated_tokens']} over {eng['samples']} answers"
+        )
     print(f"next: geovl judge --answers {counts['out']} --model JUDGE --out DIR / 下一步：用评审模型打分")

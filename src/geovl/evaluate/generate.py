@@ -82,7 +82,15 @@ def _existing_ids(out: Path) -> list[str]:
     return ids
 
 
-YES_NO_PAIRS = [("yes", "no"), ("Yes", "No"), ("YES", "NO"), ("是", "否"), ("有", "没有"), ("对", "错"), ("true", "false")]
+YES_NO_PAIRS = [
+    ("yes", "no"),
+    ("Yes", "No"),
+    ("YES", "NO"),
+    ("是", "否"),
+    ("有", "没有"),
+    ("对", "错"),
+    ("true", "false"),
+]
 FORCED_QTYPES = ("yes_no", "choice")
 MAX_CHOICES = 50
 
@@ -189,18 +197,30 @@ def record_for(sample: dict, request: ChatRequest, reference: str, prediction: s
     from .records import prediction_record
 
     meta = sample.get("meta") or {}
-    return prediction_record(sample["id"], sample["qtype"], question_of(request), reference, prediction,
-                             source=sample["source"], lang=meta.get("lang", meta.get("language")), meta=meta)
+    return prediction_record(
+        sample["id"],
+        sample["qtype"],
+        question_of(request),
+        reference,
+        prediction,
+        source=sample["source"],
+        lang=meta.get("lang", meta.get("language")),
+        meta=meta,
+    )
 
 
 def box_frame_for(engine, sample: dict) -> dict | None:
     """For a grounding sample answered by a local model: how its boxes map back to stored-image pixels
     (``meta["box_frame"]``, read by ``geovl score``); None otherwise (a remote model's boxes are read
     as stored-image pixels)."""
-    if sample.get("qtype") != "grounding" or getattr(engine, "family", None) is None or getattr(engine, "processor", None) is None:
+    if (
+        sample.get("qtype") != "grounding"
+        or getattr(engine, "family", None) is None
+        or getattr(engine, "processor", None) is None
+    ):
         return None
-    from ..data.schema import SampleError
     from ..data.box_render import sample_frame
+    from ..data.schema import SampleError
     from ..models.preprocess import PreprocessConfig
 
     lo, hi = PreprocessConfig.bounds_of(engine.processor)
@@ -210,8 +230,18 @@ def box_frame_for(engine, sample: dict) -> dict | None:
         return None
 
 
-def run_chunked(data, out, prepare, answer, limit: int | None = None, resume: bool = False, progress: bool = True,
-                chunk_size: int = 8, desc: str = "predict", unit: str = "sample") -> dict:
+def run_chunked(
+    data,
+    out,
+    prepare,
+    answer,
+    limit: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    chunk_size: int = 8,
+    desc: str = "predict",
+    unit: str = "sample",
+) -> dict:
     """The loop of ``geovl eval`` (single answers and dialogues): read the samples of ``data`` (the first
     ``limit``), ``prepare(sample)`` each into an item (a :class:`SampleError` rejects the sample), and
     ``answer(items)`` them ``chunk_size`` at a time — one result per item: the record to write to ``out``,
@@ -234,17 +264,27 @@ def run_chunked(data, out, prepare, answer, limit: int | None = None, resume: bo
 
         bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
     pending: list = []  # (sample, item)
-    with open(out, "a" if resume else "w", encoding="utf-8") as fout, open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej:
+    with (
+        open(out, "a" if resume else "w", encoding="utf-8") as fout,
+        open(rejects_path, "a" if resume else "w", encoding="utf-8") as frej,
+    ):
 
         def reject(sample: dict, reason: str, detail: str) -> None:
             counts["rejected"] += 1
-            frej.write(json.dumps({"source": sample.get("source", ""), "id": sample.get("id"), "reason": reason, "detail": detail},
-                                  ensure_ascii=False) + "\n")
+            frej.write(
+                json.dumps(
+                    {"source": sample.get("source", ""), "id": sample.get("id"), "reason": reason, "detail": detail},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
         def flush() -> None:
             if not pending:
                 return
-            for (sample, _), result in zip(pending, answer([item for _, item in pending]), strict=True):  # one result each
+            for (sample, _), result in zip(
+                pending, answer([item for _, item in pending]), strict=True
+            ):  # one result each
                 if isinstance(result, dict):
                     fout.write(json.dumps(result, ensure_ascii=False) + "\n")
                     counts["predicted"] += 1
@@ -308,7 +348,9 @@ def run_predictions(
     if forced_choice and not can_score_choices(engine):
         from ..inference.engine import EngineError
 
-        raise EngineError("--forced-choice needs a local model (answer log-probabilities); the remote engine cannot provide them")
+        raise EngineError(
+            "--forced-choice needs a local model (answer log-probabilities); the remote engine cannot provide them"
+        )
     choices = choice_candidates(data, limit) if forced_choice else {}
     params = params or GenerationParams()
     chunk_size = chunk_size or 4 * int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
@@ -344,8 +386,18 @@ def run_predictions(
             results.append(rec)
         return results
 
-    counts = run_chunked(data, out, prepare, answer, limit=limit, resume=resume, progress=progress, chunk_size=chunk_size,
-                         desc=f"predict ({engine.name})", unit="sample")
+    counts = run_chunked(
+        data,
+        out,
+        prepare,
+        answer,
+        limit=limit,
+        resume=resume,
+        progress=progress,
+        chunk_size=chunk_size,
+        desc=f"predict ({engine.name})",
+        unit="sample",
+    )
     counts["correct"] = correct if compare_gt else None
     counts["by_qtype"] = dict(sorted(by_qtype.items()))
     counts["engine"] = engine.stats.as_dict()

@@ -35,7 +35,6 @@ output order with confidence 1); count accuracy from boxes.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 THRESHOLD = 0.5
@@ -214,5 +213,3 @@ def summarize_grounding(results: list[dict]) -> dict:
     if results:
         out["count_accuracy"] = sum(1 for r in results if r.get("count_correct")) / len(results)
     return out
-
-

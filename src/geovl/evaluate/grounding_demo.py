@@ -41,15 +41,29 @@ def summarize(path: Path) -> dict:
     pairs = [v for v in by_key.values() if "boxes" in v and "direct" in v]
     n = len(pairs)
     return {
-        "grounding": {k: g.get(k) for k in ("n", "unparsed", "precision_at_0_5", "recall_at_0_5", "f1_at_0_5", "mean_f1_at_0_5",
-                                            "mean_object_iou", "ap50", "count_accuracy")},
+        "grounding": {
+            k: g.get(k)
+            for k in (
+                "n",
+                "unparsed",
+                "precision_at_0_5",
+                "recall_at_0_5",
+                "f1_at_0_5",
+                "mean_f1_at_0_5",
+                "mean_object_iou",
+                "ap50",
+                "count_accuracy",
+            )
+        },
         "mean_matched_iou": _mean([r["mean_matched_iou"] for r in results if r.get("mean_matched_iou") is not None]),
         "count_accuracy_direct": metrics["by_qtype"].get("count", {}).get("accuracy"),
         "same_scenes": {
             "pairs": n,
             "count_from_boxes_correct": sum(1 for v in pairs if v["boxes"] == v["truth"]) / n if n else None,
             "direct_count_correct": sum(1 for v in pairs if v["direct"] == v["truth"]) / n if n else None,
-            "boxes_agree_with_direct": sum(1 for v in pairs if v["boxes"] is not None and v["boxes"] == v["direct"]) / n if n else None,
+            "boxes_agree_with_direct": sum(1 for v in pairs if v["boxes"] is not None and v["boxes"] == v["direct"]) / n
+            if n
+            else None,
         },
     }
 
@@ -60,12 +74,13 @@ def _mean(xs):
 
 def picture(d: Path, path: Path, n: int = 6) -> None:
     """Up to ``n`` test images with reference and predicted boxes, side by side."""
+    import io
+
     from PIL import Image
 
     from ..data.io import read_samples
     from .box_draw import draw_boxes
     from .grounding import predicted_boxes
-    import io
 
     preds = {r["id"]: r for r in _records(path) if r["qtype"] == "grounding"}
     tiles = []
@@ -94,15 +109,17 @@ def main(argv=None) -> int:
     f = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"{'':28}{'before':>10}{'after':>10}")
     num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [("mean IoU per building", lambda s: num(s["grounding"]["mean_object_iou"])),
-            ("mean IoU of matched boxes", lambda s: num(s["mean_matched_iou"])),
-            ("F1@0.5", lambda s: f(s["grounding"]["f1_at_0_5"])),
-            ("precision@0.5", lambda s: f(s["grounding"]["precision_at_0_5"])),
-            ("recall@0.5", lambda s: f(s["grounding"]["recall_at_0_5"])),
-            ("AP50", lambda s: f(s["grounding"]["ap50"])),
-            ("unparsed answers", lambda s: str(s["grounding"]["unparsed"])),
-            ("count from boxes correct", lambda s: f(s["same_scenes"]["count_from_boxes_correct"])),
-            ("direct count correct", lambda s: f(s["same_scenes"]["direct_count_correct"]))]
+    rows = [
+        ("mean IoU per building", lambda s: num(s["grounding"]["mean_object_iou"])),
+        ("mean IoU of matched boxes", lambda s: num(s["mean_matched_iou"])),
+        ("F1@0.5", lambda s: f(s["grounding"]["f1_at_0_5"])),
+        ("precision@0.5", lambda s: f(s["grounding"]["precision_at_0_5"])),
+        ("recall@0.5", lambda s: f(s["grounding"]["recall_at_0_5"])),
+        ("AP50", lambda s: f(s["grounding"]["ap50"])),
+        ("unparsed answers", lambda s: str(s["grounding"]["unparsed"])),
+        ("count from boxes correct", lambda s: f(s["same_scenes"]["count_from_boxes_correct"])),
+        ("direct count correct", lambda s: f(s["same_scenes"]["direct_count_correct"])),
+    ]
     for name, get in rows:
         print(f"{name:28}{get(out['before']):>10}{get(out['after']):>10}")
     print(f"(same scenes: {out['after']['same_scenes']['pairs']} scene/date/language pairs with both questions)")

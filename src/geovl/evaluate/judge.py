@@ -37,11 +37,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..errors import GeoVLError
 from ..data.schema import user_turn
+from ..errors import GeoVLError
+from ..fileio import iter_jsonl, write_jsonl
 from ..inference.engine import ChatRequest, EngineError, GenerationParams
 from .judge_parse import parse_judgment
-from ..fileio import iter_jsonl, write_jsonl
 from .records import PredictionsFileError, check_record
 
 PLACEHOLDERS = ("question", "reference", "answer", "turn", "n_images")
@@ -75,7 +75,9 @@ def load_template(path: str | os.PathLike | None = None, lang: str = "zh") -> tu
     found = set(_PLACEHOLDER_RE.findall(text))
     missing = [f"{{{k}}}" for k in ("question", "answer") if k not in found]
     if missing:
-        raise JudgeError(f"{p}: template lacks the placeholder(s) {', '.join(missing)} (available: {', '.join('{' + k + '}' for k in PLACEHOLDERS)})")
+        raise JudgeError(
+            f"{p}: template lacks the placeholder(s) {', '.join(missing)} (available: {', '.join('{' + k + '}' for k in PLACEHOLDERS)})"
+        )
     return text, p.name
 
 
@@ -83,7 +85,9 @@ def template_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def render_prompt(template: str, question: str, reference: str | None, answer: str, turn: int = 1, n_images: int = 0) -> str:
+def render_prompt(
+    template: str, question: str, reference: str | None, answer: str, turn: int = 1, n_images: int = 0
+) -> str:
     values = {
         "question": question or "",
         "reference": reference if reference is not None else "(no reference answer / 无参考答案)",
@@ -111,7 +115,9 @@ def read_answers(path) -> list[dict]:
         seen[rid] = lineno
         if "turns" in rec:
             turns = rec["turns"]
-            if not isinstance(turns, list) or not all(isinstance(t, dict) and "question" in t and "prediction" in t for t in turns):
+            if not isinstance(turns, list) or not all(
+                isinstance(t, dict) and "question" in t and "prediction" in t for t in turns
+            ):
                 raise JudgeError(f"{where}: 'turns' must be a list of objects with 'question' and 'prediction'")
         elif "prediction" in rec and "question" in rec:
             try:  # a geovl eval prediction record: the one schema (geovl.evaluate.records)
@@ -119,9 +125,18 @@ def read_answers(path) -> list[dict]:
             except PredictionsFileError as e:
                 raise JudgeError(str(e)) from None
             n = (rec.get("meta") or {}).get("n_images", 0)
-            turns = [{"question": rec["question"], "reference": rec.get("reference"), "prediction": rec["prediction"], "n_images": n}]
+            turns = [
+                {
+                    "question": rec["question"],
+                    "reference": rec.get("reference"),
+                    "prediction": rec["prediction"],
+                    "n_images": n,
+                }
+            ]
         else:
-            raise JudgeError(f"{where}: neither 'turns' (geovl eval --dialogue) nor 'question'+'prediction' (geovl eval)")
+            raise JudgeError(
+                f"{where}: neither 'turns' (geovl eval --dialogue) nor 'question'+'prediction' (geovl eval)"
+            )
         out.append({"id": rid, "turns": turns})
     if not out:
         raise JudgeError(f"{path}: no answers in the file")
@@ -233,7 +248,13 @@ def judge_answers(
     path = out_dir / "judgments.jsonl"
     done = _keep_finished(path) if resume else set()
     items = [it for it in turn_items(dialogues) if it["key"] not in done]
-    counts = {"dialogues": len(dialogues), "turns": len(items) + len(done), "skipped": len(done), "judged": 0, "errors": 0}
+    counts = {
+        "dialogues": len(dialogues),
+        "turns": len(items) + len(done),
+        "skipped": len(done),
+        "judged": 0,
+        "errors": 0,
+    }
     chunk = int(getattr(engine, "batch_size", None) or getattr(engine, "concurrency", 8))
     bar = None
     if progress:
@@ -243,7 +264,18 @@ def judge_answers(
     with open(path, "a" if resume else "w", encoding="utf-8") as f:
         for s in range(0, len(items), chunk):
             batch = items[s : s + chunk]
-            reqs = [ChatRequest([user_turn(render_prompt(template, it["question"], it["reference"], it["answer"], it["turn"], it["n_images"]))]) for it in batch]
+            reqs = [
+                ChatRequest(
+                    [
+                        user_turn(
+                            render_prompt(
+                                template, it["question"], it["reference"], it["answer"], it["turn"], it["n_images"]
+                            )
+                        )
+                    ]
+                )
+                for it in batch
+            ]
             outs = _call(engine, reqs, params)
             for it, o in zip(batch, outs):
                 if isinstance(o, EngineError):

@@ -48,7 +48,14 @@ import json
 import re
 import unicodedata
 
-DIMENSIONS = ("creativity", "richness", "visual_perception", "logical_coherence", "answer_accuracy", "image_relationship")
+DIMENSIONS = (
+    "creativity",
+    "richness",
+    "visual_perception",
+    "logical_coherence",
+    "answer_accuracy",
+    "image_relationship",
+)
 OVERALL = "overall"
 KEYS = DIMENSIONS + (OVERALL,)
 
@@ -116,6 +123,7 @@ def _name_pattern(name: str) -> str:
 
 _ALL_NAMES = sorted({(n, k) for k, names in SYNONYMS.items() for n in names}, key=lambda x: -len(x[0]))
 _NAME_RE = re.compile("|".join(f"(?:{_name_pattern(n)})" for n, _ in _ALL_NAMES), re.I)
+
 
 # a score value: arabic or Chinese numeral, then an optional scale ("/10", "out of 100", "%", "分")
 def _num(p: str = "") -> str:
@@ -217,7 +225,7 @@ def _value_of(obj) -> tuple[float | None, str | None, str]:
     m = re.match(r"\s*" + _NUM, s)
     if not m:
         return None, "not_a_number", s[:80]
-    v, why = read_value(m.group("num"), m.group("tail") or "", s[m.end():])
+    v, why = read_value(m.group("num"), m.group("tail") or "", s[m.end() :])
     return v, (why or ("not_a_number" if v is None else None)), s[:80]
 
 
@@ -309,7 +317,10 @@ def _is_heading(text: str, start: int) -> bool:
 def _table_scores(text: str) -> list[tuple[int, str, float | None, str | None, str]]:
     """Tables with a header row of dimension names over a row of values."""
     out = []
-    rows = [(m.start(), [c.strip() for c in m.group(1).split("|")]) for m in re.finditer(r"^[ \t]*\|(.*)\|[ \t]*$", text, re.M)]
+    rows = [
+        (m.start(), [c.strip() for c in m.group(1).split("|")])
+        for m in re.finditer(r"^[ \t]*\|(.*)\|[ \t]*$", text, re.M)
+    ]
     rows = [(p, cells) for p, cells in rows if not all(re.fullmatch(r":?-{2,}:?", c or "--") for c in cells)]
     for (pos, head), (_, vals) in zip(rows, rows[1:]):
         keys = [dim_of(c.strip("* ")) if c else None for c in head]
@@ -339,7 +350,9 @@ def _text_scores(text: str) -> list[tuple[int, str, float | None, str | None, st
         if key is None:
             continue
         if d is not None:
-            v, why = read_value(d.group("num"), d.group("tail") or "", _after(text, d.end()), _before(text, d.start("num")))
+            v, why = read_value(
+                d.group("num"), d.group("tail") or "", _after(text, d.end()), _before(text, d.start("num"))
+            )
             if v is not None or why:
                 occ.append((m.start(), key, v, why, text[m.start() : d.end()].strip()))
                 continue

@@ -30,8 +30,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from ..fileio import iter_jsonl, write_json
 from ..errors import GeoVLError
+from ..fileio import iter_jsonl, write_json
 from .judge_parse import DIMENSIONS, KEYS, LABELS, OVERALL
 from .table import format_table
 
@@ -122,7 +122,13 @@ def label(key: str) -> str:
 
 def stats_rows(s: dict) -> list[list]:
     rows = [[label(k), _f(s["dimensions"][k]["mean"]), f"{s['dimensions'][k]['n_valid']}/{s['n_turns']}"] for k in KEYS]
-    rows.append([f"combined (overall weight {s['overall_weight']:g}) / 综合", _f(s["overall"]), f"{s['n_scored']}/{s['n_turns']}"])
+    rows.append(
+        [
+            f"combined (overall weight {s['overall_weight']:g}) / 综合",
+            _f(s["overall"]),
+            f"{s['n_scored']}/{s['n_turns']}",
+        ]
+    )
     return rows
 
 
@@ -180,7 +186,12 @@ def compare(a: dict, b: dict, names=("before", "after")) -> dict:
     rows.append({"key": "combined", "a": a["overall"], "b": b["overall"], "n_a": a["n_scored"], "n_b": b["n_scored"]})
     for r in rows:
         r["delta"] = None if r["a"] is None or r["b"] is None else r["b"] - r["a"]
-    return {"names": list(names), "overall_weight": a["overall_weight"], "rows": rows, "n_turns": [a["n_turns"], b["n_turns"]]}
+    return {
+        "names": list(names),
+        "overall_weight": a["overall_weight"],
+        "rows": rows,
+        "n_turns": [a["n_turns"], b["n_turns"]],
+    }
 
 
 def compare_rows(c: dict) -> tuple[list[str], list[list]]:
@@ -200,7 +211,10 @@ def render_compare_chart(c: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     rows = c["rows"]
-    labels = [textwrap.fill(LABELS[r["key"]][0] if r["key"] in LABELS else f"Combined (w={c['overall_weight']:g})", 13) for r in rows]
+    labels = [
+        textwrap.fill(LABELS[r["key"]][0] if r["key"] in LABELS else f"Combined (w={c['overall_weight']:g})", 13)
+        for r in rows
+    ]
     names = [n if n.isascii() and n.isprintable() else d for n, d in zip(c["names"], ("before", "after"))]
     fig = Figure(figsize=(10, 4.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -232,7 +246,9 @@ def write_stats(records: list[dict], out_dir, overall_weight: float = 1.0, title
     return s
 
 
-def write_comparison(a: dict, b: dict, names: list[str], dir_a, dir_b, out, overall_weight: float = 1.0) -> tuple[str, dict]:
+def write_comparison(
+    a: dict, b: dict, names: list[str], dir_a, dir_b, out, overall_weight: float = 1.0
+) -> tuple[str, dict]:
     """Compare two summaries (:func:`summarize`): ``compare.md``, ``compare.json`` and ``compare.png`` in ``out``.
     Returns the comparison table as text and the comparison (:func:`compare`)."""
     c = compare(a, b, names)

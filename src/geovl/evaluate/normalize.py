@@ -49,9 +49,7 @@ _PREFIX = re.compile(
     re.I,
 )
 # stripped from both ends; '-', '+', '%', '.' inside numbers etc. are kept where they matter
-_EDGE_PUNCT = "".join(
-    sorted(set("!\"'(),.:;?[]{}<>`*_~#|\\/" + "。，！？、：；“”‘’（）《》〈〉【】「」『』…·～—　"))
-)
+_EDGE_PUNCT = "".join(sorted(set("!\"'(),.:;?[]{}<>`*_~#|\\/" + "。，！？、：；“”‘’（）《》〈〉【】「」『』…·～—　")))
 
 
 def _to_str(s) -> str:
@@ -148,16 +146,31 @@ HEDGE = re.compile(_UNSURE)  # "not sure", "无法判断": the answer abstains
 # cue classes, longest/most specific alternatives first; matched left to right without overlap
 _CUES = [
     ("unsure", _UNSURE),
-    ("neutral", r"yes or no|yes/no|true or false|是否|是不是|有没有|有无|对不对|否则|但是|还是|可是|于是|总是|"
-     r"所有|对应|对于|相对|对比|针对|无论|无人机|是非|不同|不仅|一无|有关"),
-    ("strong_neg", r"(?<![a-z])(?:not\s+(?:true|correct|right)|[a-z]*n't\s+(?:true|correct|right)|incorrect|"
-     r"false|nope|no(?!\s+[a-z])|negative|wrong)(?![a-z])|不是|不对|不正确|错误|并非|否|错"),
-    ("strong_pos", r"(?<![a-z])(?:yes|yeah|yep|yup|true|correct|affirmative)(?![a-z])|是的|对的|正确|没错|不错|确实|对"),
+    (
+        "neutral",
+        r"yes or no|yes/no|true or false|是否|是不是|有没有|有无|对不对|否则|但是|还是|可是|于是|总是|"
+        r"所有|对应|对于|相对|对比|针对|无论|无人机|是非|不同|不仅|一无|有关",
+    ),
+    (
+        "strong_neg",
+        r"(?<![a-z])(?:not\s+(?:true|correct|right)|[a-z]*n't\s+(?:true|correct|right)|incorrect|"
+        r"false|nope|no(?!\s+[a-z])|negative|wrong)(?![a-z])|不是|不对|不正确|错误|并非|否|错",
+    ),
+    (
+        "strong_pos",
+        r"(?<![a-z])(?:yes|yeah|yep|yup|true|correct|affirmative)(?![a-z])|是的|对的|正确|没错|不错|确实|对",
+    ),
     ("weak_pos", r"不少"),  # before the bare 不 below
-    ("weak_neg", r"(?<![a-z])(?:no|not|[a-z]*n't|none|nothing|nobody|absent|never|without|neither|nor|cannot|"
-     r"lacks?|lacking)(?![a-z])|没有|不存在|看不到|未见|未发现|没|无|未|不|非"),
-    ("weak_pos", r"(?<![a-z])(?:there\s+(?:is|are|was|were)|there's|present|exists?|visible|contains?|has|have|"
-     r"had|seen|detected|some|several|many)(?![a-z])|不少|存在|可见|看到|包含|有|是"),
+    (
+        "weak_neg",
+        r"(?<![a-z])(?:no|not|[a-z]*n't|none|nothing|nobody|absent|never|without|neither|nor|cannot|"
+        r"lacks?|lacking)(?![a-z])|没有|不存在|看不到|未见|未发现|没|无|未|不|非",
+    ),
+    (
+        "weak_pos",
+        r"(?<![a-z])(?:there\s+(?:is|are|was|were)|there's|present|exists?|visible|contains?|has|have|"
+        r"had|seen|detected|some|several|many)(?![a-z])|不少|存在|可见|看到|包含|有|是",
+    ),
 ]
 _CUE_RE = re.compile("|".join(f"(?P<g{i}>{pat})" for i, (_, pat) in enumerate(_CUES)))
 
@@ -244,9 +257,7 @@ def _innermost(hits: set[str], spelled: dict[str, set[str]]) -> set[str]:
     """Drop hits whose every spelling is contained in another hit's spelling ("1000" vs "more than 1000")."""
     keep = set()
     for h in hits:
-        shadowed = any(
-            o != h and all(any(w != x and w in x for x in spelled[o]) for w in spelled[h]) for o in hits
-        )
+        shadowed = any(o != h and all(any(w != x and w in x for x in spelled[o]) for w in spelled[h]) for o in hits)
         if not shadowed:
             keep.add(h)
     return keep

@@ -69,10 +69,15 @@ _FRACTION = re.compile(rf"(?P<den>{_ZH_NUM}|\d+(?:\.\d+)?)分之(?P<num>{_ZH_NUM
 
 # --- English number words
 _EN = {w: ("unit", i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
-_EN.update({w: ("teen", i + 10) for i, w in enumerate(
-    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())})
-_EN.update({w: ("tens", (i + 2) * 10) for i, w in enumerate(
-    "twenty thirty forty fifty sixty seventy eighty ninety".split())})
+_EN.update(
+    {
+        w: ("teen", i + 10)
+        for i, w in enumerate("ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())
+    }
+)
+_EN.update(
+    {w: ("tens", (i + 2) * 10) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+)
 _EN.update({"fourty": ("tens", 40), "hundred": ("hundred", 100), "dozen": ("dozen", 12),
             "thousand": ("scale", 10**3), "million": ("scale", 10**6), "billion": ("scale", 10**9)})  # fmt: skip
 _EN_W = "|".join(sorted(_EN, key=len, reverse=True))
@@ -230,7 +235,7 @@ def find_quantity(s) -> Quantity | None:
         cands = _candidates(t)
     except (ValueError, OverflowError, RecursionError):  # pragma: no cover - defensive
         return None
-    for start, end, value, fixed in cands:
+    for _start, end, value, fixed in cands:
         if fixed == "ratio":
             return Quantity(value, "fraction", 1.0, "ratio")
         unit = _unit_at(t, end)

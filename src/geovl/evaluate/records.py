@@ -60,11 +60,29 @@ def check_record(rec, where: str) -> dict:
     return out
 
 
-def prediction_record(sample_id, qtype: str, question, reference, prediction, source: str = "", lang=None,
-                      meta: dict | None = None, **extra) -> dict:
+def prediction_record(
+    sample_id,
+    qtype: str,
+    question,
+    reference,
+    prediction,
+    source: str = "",
+    lang=None,
+    meta: dict | None = None,
+    **extra,
+) -> dict:
     """A new record as ``geovl eval`` writes it, checked against the schema (the writer's side)."""
-    rec = {"id": sample_id, "qtype": qtype, "question": question, "reference": reference, "prediction": prediction,
-           "source": source, "lang": lang, "meta": meta if meta is not None else {}, **extra}
+    rec = {
+        "id": sample_id,
+        "qtype": qtype,
+        "question": question,
+        "reference": reference,
+        "prediction": prediction,
+        "source": source,
+        "lang": lang,
+        "meta": meta if meta is not None else {},
+        **extra,
+    }
     check_record(rec, f"prediction record {sample_id!r}")
     return rec
 

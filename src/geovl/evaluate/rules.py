@@ -37,6 +37,7 @@ from .quantities import Quantity, find_quantity, parse_number
 
 __all__ = ["SCORERS", "char_similarity", "is_correct", "score_sample", "score_structured"]
 
+
 def char_similarity(a: str, b: str) -> float:
     """Character similarity of two (normalised) strings in [0, 1]: ``2·LCS / (len(a) + len(b))`` with LCS the
     longest common subsequence (rapidfuzz's bit-parallel ``LCSseq``, so whole answers are compared — no length
@@ -145,7 +146,14 @@ def score_structured(pred, ref, tolerance, choices) -> dict:
     if pj is not None and rj is not None:
         canon = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True, separators=(",", ":"))  # noqa: E731
         p, r = canon(pj), canon(rj)
-        return {"correct": pj == rj, "parsed": True, "pred": p, "ref": r, "json": True, "char_sim": char_similarity(p, r)}
+        return {
+            "correct": pj == rj,
+            "parsed": True,
+            "pred": p,
+            "ref": r,
+            "json": True,
+            "char_sim": char_similarity(p, r),
+        }
     out = score_open(pred, ref, tolerance, choices)
     out["json"] = False
     return out

@@ -19,7 +19,6 @@ all of it per language when the file has languages.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -49,7 +48,10 @@ def score_record(rec: dict, tolerance: float = 0.02) -> dict:
     if rec["qtype"] == "grounding":  # boxes: the reference and the model's frame are in meta
         from .rules import score_grounding
 
-        res = {"qtype": "grounding", **score_grounding(rec["prediction"], rec["reference"], tolerance, None, rec["meta"])}
+        res = {
+            "qtype": "grounding",
+            **score_grounding(rec["prediction"], rec["reference"], tolerance, None, rec["meta"]),
+        }
     else:
         res = score_sample(rec["qtype"], rec["prediction"], rec["reference"], tolerance, record_choices(rec))
     res["id"] = rec["id"]
@@ -134,8 +136,10 @@ def _details(m: dict) -> str:
     if "acc_at_0_5" in m:
         parts.append(f"referring Acc@0.5 {pct(m['acc_at_0_5'])}, mean IoU {num(m['mean_iou'])}")
     if "f1_at_0_5" in m:
-        parts.append(f"all P/R/F1@0.5 {pct(m['precision_at_0_5'])}/{pct(m['recall_at_0_5'])}/{pct(m['f1_at_0_5'])}, "
-                     f"mean IoU/object {num(m['mean_object_iou'])}, AP50 {pct(m['ap50'])}")
+        parts.append(
+            f"all P/R/F1@0.5 {pct(m['precision_at_0_5'])}/{pct(m['recall_at_0_5'])}/{pct(m['f1_at_0_5'])}, "
+            f"mean IoU/object {num(m['mean_object_iou'])}, AP50 {pct(m['ap50'])}"
+        )
     if "count_accuracy" in m:
         parts.append(f"count from boxes {pct(m['count_accuracy'])}")
     return "; ".join(parts)
@@ -146,7 +150,10 @@ HEADERS = ("type/类型", "n/数量", "correct/正确", "acc/准确率", "unpars
 
 def format_metrics(metrics: dict) -> str:
     """The metrics as aligned text tables (per qtype, then per language)."""
-    rows = [[q, m["n"], m["correct"], pct(m["accuracy"]), m["unparsed"], _details(m)] for q, m in metrics["by_qtype"].items()]
+    rows = [
+        [q, m["n"], m["correct"], pct(m["accuracy"]), m["unparsed"], _details(m)]
+        for q, m in metrics["by_qtype"].items()
+    ]
     o = metrics["overall"]
     rows.append(["overall/总体 (micro)", o["n"], o["correct"], pct(o["accuracy"]), o["unparsed"], ""])
     rows.append(["macro/宏平均", "", "", pct(o["macro_accuracy"]), "", f"mean of {o['n_qtypes']} qtypes"])

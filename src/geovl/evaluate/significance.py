@@ -34,8 +34,14 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
     return min(1.0, (2 * tail) / (1 << m))  # exact rational 2·tail / 2^m, rounded once to float
 
 
-def bootstrap_delta_ci(fixed: int, broken: int, n: int, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,
-                       confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_delta_ci(
+    fixed: int,
+    broken: int,
+    n: int,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
     """Paired percentile bootstrap interval of the accuracy change ``(fixed − broken) / n``."""
     import numpy as np
 

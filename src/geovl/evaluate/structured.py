@@ -103,7 +103,12 @@ def schema_for_record(rec: dict) -> ReportSchema | None:
             pass
     if isinstance(meta.get("fields"), dict) and meta["fields"]:
         names = tuple(str(k) for k in meta["fields"])
-        return ReportSchema(name=str(meta.get("preset") or "fields"), fields=names, required={f: True for f in names}, aliases={f: f for f in names})
+        return ReportSchema(
+            name=str(meta.get("preset") or "fields"),
+            fields=names,
+            required={f: True for f in names},
+            aliases={f: f for f in names},
+        )
     return None
 
 
@@ -209,7 +214,14 @@ def parse_report(text, schema: ReportSchema) -> dict:
             fields[f] = v
     missing = [f for f in schema.fields if not raw.get(f)]
     valid = not invalid and not any(schema.required.get(f, True) for f in missing)
-    return {"fields": fields, "missing": missing, "invalid": invalid, "duplicates": duplicates, "valid": valid, "format": fmt}
+    return {
+        "fields": fields,
+        "missing": missing,
+        "invalid": invalid,
+        "duplicates": duplicates,
+        "valid": valid,
+        "format": fmt,
+    }
 
 
 # -- scoring ------------------------------------------------------------------------------------------
@@ -263,10 +275,20 @@ def _aggregate(schema: ReportSchema, reports: list[dict]) -> dict:
             for r in reports:
                 conf[r["fields"][f]["ref"]][r["fields"][f]["pred"]] += 1
             correct = sum(r["fields"][f]["correct"] for r in reports)
-            fields[f] = {"kind": "level", "labels": labels, "correct": correct, "accuracy": correct / n if n else None, "confusion": conf}
+            fields[f] = {
+                "kind": "level",
+                "labels": labels,
+                "correct": correct,
+                "accuracy": correct / n if n else None,
+                "confusion": conf,
+            }
         else:
             sims = [r["fields"][f]["char_sim"] for r in reports]
-            fields[f] = {"kind": "text", "mean_char_sim": sum(sims) / n if n else None, "present": n - out["missing"][f]}
+            fields[f] = {
+                "kind": "text",
+                "mean_char_sim": sum(sims) / n if n else None,
+                "present": n - out["missing"][f],
+            }
     out["fields"] = fields
     text = [fields[f]["mean_char_sim"] for f in schema.text_fields if fields[f]["mean_char_sim"] is not None]
     out["mean_text_sim"] = sum(text) / len(text) if text else None
@@ -275,7 +297,11 @@ def _aggregate(schema: ReportSchema, reports: list[dict]) -> dict:
 
 def structured_metrics(records: list[dict], reports: list[dict | None] | None = None) -> dict:
     """``{schema name: metrics}`` over the ``qtype=structured`` records that have a schema."""
-    reports = reports if reports is not None else [score_record(r) if r.get("qtype") == "structured" else None for r in records]
+    reports = (
+        reports
+        if reports is not None
+        else [score_record(r) if r.get("qtype") == "structured" else None for r in records]
+    )
     groups: dict[str, tuple[ReportSchema, list]] = {}
     for rec, rep in zip(records, reports):
         if rep is None:
@@ -289,12 +315,22 @@ def format_structured(metrics: dict) -> str:
     """Text tables of :func:`structured_metrics` (per field, then each confusion matrix)."""
     parts = []
     for name, m in metrics.items():
-        parts.append(f"structured answers / 结构化答案 ({name}): {m['n']} predictions, valid {m['valid']} ({pct(m['valid_rate'])})")
+        parts.append(
+            f"structured answers / 结构化答案 ({name}): {m['n']} predictions, valid {m['valid']} ({pct(m['valid_rate'])})"
+        )
         rows = []
         for f, fm in m["fields"].items():
-            score = f"accuracy {pct(fm['accuracy'])}" if fm["kind"] == "level" else f"char sim {num(fm['mean_char_sim'])}"
+            score = (
+                f"accuracy {pct(fm['accuracy'])}" if fm["kind"] == "level" else f"char sim {num(fm['mean_char_sim'])}"
+            )
             rows.append([f, f"{m['n'] - m['missing'][f]}/{m['n']}", m["invalid"][f], score])
-        parts.append(format_table(("field / 字段", "present / 出现", "invalid / 非法", "score / 得分"), rows, right=[False, True, True, False]))
+        parts.append(
+            format_table(
+                ("field / 字段", "present / 出现", "invalid / 非法", "score / 得分"),
+                rows,
+                right=[False, True, True, False],
+            )
+        )
         for f, fm in m["fields"].items():
             if fm["kind"] != "level":
                 continue

@@ -41,13 +41,24 @@ class AOI:
         from affine import Affine
         from rasterio.features import geometry_mask
 
-        return geometry_mask(self.shapes, out_shape=(r1 - r0, c1 - c0), transform=self.transform @ Affine.translation(c0, r0),
-                             invert=True, all_touched=False)
+        return geometry_mask(
+            self.shapes,
+            out_shape=(r1 - r0, c1 - c0),
+            transform=self.transform @ Affine.translation(c0, r0),
+            invert=True,
+            all_touched=False,
+        )
 
     def to_json(self) -> dict:
         px = self.pixels if self.pixels is not None else int(self.mask.sum())
-        return {"path": self.path, "crs": self.crs, "crs_from": self.crs_how, "geometries": self.geometries,
-                "pixels": px, "partly_outside_raster": self.partly_outside}
+        return {
+            "path": self.path,
+            "crs": self.crs,
+            "crs_from": self.crs_how,
+            "geometries": self.geometries,
+            "pixels": px,
+            "partly_outside_raster": self.partly_outside,
+        }
 
 
 def _geometries(doc, path) -> list[dict]:
@@ -55,7 +66,7 @@ def _geometries(doc, path) -> list[dict]:
     if t == "FeatureCollection":
         feats = doc.get("features")
         if not isinstance(feats, list):
-            raise MeasureError(f"{path}: FeatureCollection without a \"features\" list")
+            raise MeasureError(f'{path}: FeatureCollection without a "features" list')
         out = []
         for f in feats:
             out += _geometries(f, path)
@@ -97,7 +108,21 @@ def _crs_member(doc):
     return None
 
 
-VECTOR_SUFFIXES = (".shp", ".shx", ".dbf", ".gpkg", ".kml", ".kmz", ".gml", ".fgb", ".tab", ".mif", ".zip", ".gdb", ".sqlite")
+VECTOR_SUFFIXES = (
+    ".shp",
+    ".shx",
+    ".dbf",
+    ".gpkg",
+    ".kml",
+    ".kmz",
+    ".gml",
+    ".fgb",
+    ".tab",
+    ".mif",
+    ".zip",
+    ".gdb",
+    ".sqlite",
+)
 
 
 def _vector_doc(p: Path) -> dict:
@@ -111,10 +136,15 @@ def _vector_doc(p: Path) -> dict:
             f"e.g. ogr2ogr -f GeoJSON -t_srs EPSG:4326 aoi.geojson {p.name} / 非 GeoJSON 范围文件：请先用 ogr2ogr 转为 GeoJSON"
         ) from None
     with fiona.open(p) as src:
-        feats = [{"type": "Feature", "properties": {}, "geometry": dict(f["geometry"].__geo_interface__)} for f in src
-                 if f["geometry"] is not None]
+        feats = [
+            {"type": "Feature", "properties": {}, "geometry": dict(f["geometry"].__geo_interface__)}
+            for f in src
+            if f["geometry"] is not None
+        ]
         crs = src.crs.to_string() if src.crs else None
-    return {"type": "FeatureCollection", "features": feats} | ({"crs": {"type": "name", "properties": {"name": crs}}} if crs else {})
+    return {"type": "FeatureCollection", "features": feats} | (
+        {"crs": {"type": "name", "properties": {"name": crs}}} if crs else {}
+    )
 
 
 def _read_doc(p: Path) -> dict:
@@ -135,12 +165,15 @@ def _read_doc(p: Path) -> dict:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MeasureError(f"{p}: not a readable GeoJSON file ({e}); other vector formats: convert with "
-                           f"ogr2ogr -f GeoJSON aoi.geojson {p.name}") from None
+        raise MeasureError(
+            f"{p}: not a readable GeoJSON file ({e}); other vector formats: convert with "
+            f"ogr2ogr -f GeoJSON aoi.geojson {p.name}"
+        ) from None
 
 
-def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, raster_name: str = "raster",
-             with_mask: bool = True) -> AOI:
+def load_aoi(
+    path, raster_crs, transform, shape, aoi_crs: str | None = None, raster_name: str = "raster", with_mask: bool = True
+) -> AOI:
     """The AOI on a raster grid. ``with_mask=False``: no (H, W) mask is made (windowed measuring uses
     :meth:`AOI.window_mask`); the pixel count is then taken by the caller."""
     from rasterio.features import geometry_mask
@@ -180,7 +213,7 @@ def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, ras
                 geoms = [transform_geom(src_crs, raster_crs, g) for g in geoms]
         except Exception as e:  # noqa: BLE001 — PROJ errors
             raise MeasureError(f"{p}: cannot reproject the AOI from {name} to the raster CRS ({e})") from None
-    crs_text = (src_crs.to_string() if src_crs is not None else (raster_crs.to_string() if raster_crs else "raster grid"))
+    crs_text = src_crs.to_string() if src_crs is not None else (raster_crs.to_string() if raster_crs else "raster grid")
     if not with_mask:
         return AOI(None, str(p), crs_text, how, len(geoms), _partly_outside(geoms, transform, shape), geoms, transform)
     try:
@@ -189,8 +222,17 @@ def load_aoi(path, raster_crs, transform, shape, aoi_crs: str | None = None, ras
         raise MeasureError(f"{p}: invalid AOI geometry ({e})") from None
     if not inside.any():
         raise MeasureError(f"{p}: the AOI does not cover any pixel centre of {raster_name} (outside the raster?)")
-    return AOI(inside, str(p), crs_text, how, len(geoms), _partly_outside(geoms, transform, shape), geoms, transform,
-               int(inside.sum()))
+    return AOI(
+        inside,
+        str(p),
+        crs_text,
+        how,
+        len(geoms),
+        _partly_outside(geoms, transform, shape),
+        geoms,
+        transform,
+        int(inside.sum()),
+    )
 
 
 def _partly_outside(geoms, transform, shape) -> bool:

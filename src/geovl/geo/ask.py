@@ -50,7 +50,10 @@ from typing import Iterator
 from ..inference.capabilities import input_spec
 from .errors import MeasureError
 
-HEADER = {"zh": "测量结果（来自地理配准影像，非模型估计）：", "en": "Measurements (from the georeferenced rasters, not model estimates):"}
+HEADER = {
+    "zh": "测量结果（来自地理配准影像，非模型估计）：",
+    "en": "Measurements (from the georeferenced rasters, not model estimates):",
+}
 QUESTION = {"zh": "问题：", "en": "Question: "}
 TWO_IMAGES = {"zh": "第1张图为前时相，第2张图为后时相。", "en": "Image 1 is the earlier date, image 2 the later date."}
 LANGS = ("zh", "en")
@@ -112,12 +115,29 @@ class GroundedAnswer:
 
     def to_json(self) -> dict:
         """``{answer, measurement, context, prompt, question, lang, images}`` (measurement: ``Measurement.to_json()``)."""
-        return {"answer": self.answer, "measurement": self.measurement.to_json(), "context": self.context,
-                "prompt": self.prompt, "question": self.question, "lang": self.lang, "images": list(self.image_paths)}
+        return {
+            "answer": self.answer,
+            "measurement": self.measurement.to_json(),
+            "context": self.context,
+            "prompt": self.prompt,
+            "question": self.question,
+            "lang": self.lang,
+            "images": list(self.image_paths),
+        }
 
 
-def measure_inputs(image_path, before_path=None, classes=None, before_classes=None, class_table=None, aoi=None,
-                   aoi_crs=None, pixel_size=None, rules=None, bands=None):
+def measure_inputs(
+    image_path,
+    before_path=None,
+    classes=None,
+    before_classes=None,
+    class_table=None,
+    aoi=None,
+    aoi_crs=None,
+    pixel_size=None,
+    rules=None,
+    bands=None,
+):
     """The :class:`~geovl.geo.measure.Measurement` a grounded question is answered with."""
     from .indices import load_rules
     from .measure import measure_raster
@@ -125,13 +145,36 @@ def measure_inputs(image_path, before_path=None, classes=None, before_classes=No
     spec = bands if bands is None or isinstance(bands, str) else ",".join(bands)
     if rules is None and spec is not None and not spec.replace(",", "").replace(" ", "").isdigit():
         rules = load_rules(None, spec)  # band names: index classification too; numbers (3,2,1) choose rendering only
-    return measure_raster(image_path, classes=classes, before=before_path, before_classes=before_classes,
-                          class_table=class_table, aoi=aoi, aoi_crs=aoi_crs, pixel_size=pixel_size, rules=rules)
+    return measure_raster(
+        image_path,
+        classes=classes,
+        before=before_path,
+        before_classes=before_classes,
+        class_table=class_table,
+        aoi=aoi,
+        aoi_crs=aoi_crs,
+        pixel_size=pixel_size,
+        rules=rules,
+    )
 
 
-def build_grounded(image_path, question: str, before_path=None, classes=None, before_classes=None, class_table=None,
-                   aoi=None, aoi_crs=None, pixel_size=None, rules=None, bands=None, lang: str | None = None,
-                   preprocess=None, measurement=None, rendered=None) -> GroundedPrompt:
+def build_grounded(
+    image_path,
+    question: str,
+    before_path=None,
+    classes=None,
+    before_classes=None,
+    class_table=None,
+    aoi=None,
+    aoi_crs=None,
+    pixel_size=None,
+    rules=None,
+    bands=None,
+    lang: str | None = None,
+    preprocess=None,
+    measurement=None,
+    rendered=None,
+) -> GroundedPrompt:
     """Measure (unless ``measurement`` is given), render the image(s) and build the fixed prompt.
 
     Images shown: ``before_path`` (when given) then ``image_path``. ``preprocess``: the model's
@@ -143,14 +186,27 @@ def build_grounded(image_path, question: str, before_path=None, classes=None, be
     lang = lang or detect_lang(question)
     if lang not in LANGS:
         raise MeasureError(f"--lang must be zh or en, got {lang!r}")
-    m = measurement if measurement is not None else measure_inputs(
-        image_path, before_path, classes, before_classes, class_table, aoi, aoi_crs, pixel_size, rules, bands)
+    m = (
+        measurement
+        if measurement is not None
+        else measure_inputs(
+            image_path, before_path, classes, before_classes, class_table, aoi, aoi_crs, pixel_size, rules, bands
+        )
+    )
     paths = [str(p) for p in (before_path, image_path) if p is not None]
     rendered = rendered if rendered is not None else render_images(image_path, before_path, preprocess, bands)
     images = [b for b, _ in rendered]
     context = m.context_text(lang)
-    return GroundedPrompt(question.strip(), lang, m, context, prompt_text(context, question, lang, len(images)), images, paths,
-                          [info for _, info in rendered])
+    return GroundedPrompt(
+        question.strip(),
+        lang,
+        m,
+        context,
+        prompt_text(context, question, lang, len(images)),
+        images,
+        paths,
+        [info for _, info in rendered],
+    )
 
 
 def render_images(image_path, before_path=None, preprocess=None, bands=None) -> list[tuple[bytes, dict]]:
@@ -162,12 +218,27 @@ def render_images(image_path, before_path=None, preprocess=None, bands=None) -> 
 
 
 def _prepare(engine, image_path, question, before_path, classes, lang, measure_kw) -> GroundedPrompt:
-    return build_grounded(image_path, question, before_path=before_path, classes=classes, lang=lang,
-                          preprocess=input_spec(engine).preprocess, **measure_kw)
+    return build_grounded(
+        image_path,
+        question,
+        before_path=before_path,
+        classes=classes,
+        lang=lang,
+        preprocess=input_spec(engine).preprocess,
+        **measure_kw,
+    )
 
 
-def grounded_answer(engine, image_path, question: str, before_path=None, classes=None, lang: str | None = None,
-                    params=None, **measure_kw) -> GroundedAnswer:
+def grounded_answer(
+    engine,
+    image_path,
+    question: str,
+    before_path=None,
+    classes=None,
+    lang: str | None = None,
+    params=None,
+    **measure_kw,
+) -> GroundedAnswer:
     """Answer ``question`` about ``image_path`` with the measured figures in the model's context.
 
     ``engine``: any :class:`geovl.inference.Engine` (local or remote). ``measure_kw``: ``before_classes``,
@@ -219,8 +290,16 @@ class GroundedStream:
         return _answer(self.grounded, self.text)
 
 
-def stream_grounded_answer(engine, image_path, question: str, before_path=None, classes=None, lang: str | None = None,
-                           params=None, **measure_kw) -> GroundedStream:
+def stream_grounded_answer(
+    engine,
+    image_path,
+    question: str,
+    before_path=None,
+    classes=None,
+    lang: str | None = None,
+    params=None,
+    **measure_kw,
+) -> GroundedStream:
     """The streaming variant of :func:`grounded_answer` (same arguments). Measurement and rendering
     happen here (errors raise at once); generation starts when the stream is iterated."""
     from ..inference.engine import GenerationParams

@@ -1,4 +1,4 @@
-""""Where" questions in ``geovl ask``: the boxes of the answer in pixel and map coordinates, with areas.
+""" "Where" questions in ``geovl ask``: the boxes of the answer in pixel and map coordinates, with areas.
 
 :func:`is_where_question` tells a question that asks to locate (框出 / 标出 / 在哪 / 哪里 / 位置 /
 定位 / where / locate / location / bounding box / mark) from one that asks how much.
@@ -22,8 +22,11 @@ import re
 from .detect import DENSIFY, _open, box_area_m2, ccw_closed, pixel_ring, to_wgs84
 
 SCHEMA = "geovl.ask_boxes/1"
-_WHERE = re.compile(r"框出|框选|标出|标注出|在哪|哪里|哪儿|哪些位置|位置|定位|分布在"
-                    r"|\bwhere\b|\blocate\b|\blocations?\b|\bbounding box(es)?\b|\bmark\b|\bbox(es)?\b", re.IGNORECASE)
+_WHERE = re.compile(
+    r"框出|框选|标出|标注出|在哪|哪里|哪儿|哪些位置|位置|定位|分布在"
+    r"|\bwhere\b|\blocate\b|\blocations?\b|\bbounding box(es)?\b|\bmark\b|\bbox(es)?\b",
+    re.IGNORECASE,
+)
 
 
 def is_where_question(question: str) -> bool:
@@ -50,8 +53,12 @@ def locate_answer(engine, image_path, shown: dict, text: str, pixel_size=None) -
     boxes = parse_text(frame, text)
     notes = []
     if frame is None:
-        notes.append({"en": "remote model: its box numbers are read as pixels of the image it was shown",
-                      "zh": "远程模型：框坐标按所给图像的像素读取"})
+        notes.append(
+            {
+                "en": "remote model: its box numbers are read as pixels of the image it was shown",
+                "zh": "远程模型：框坐标按所给图像的像素读取",
+            }
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         ds = _open(image_path, "raster")
@@ -61,8 +68,12 @@ def locate_answer(engine, image_path, shown: dict, text: str, pixel_size=None) -
         georef = ds.crs is not None
         t = ds.transform
         if not georef:
-            notes.append({"en": "the image has no CRS (not georeferenced): coordinates are image pixels (x right, y down)",
-                          "zh": "影像无坐标参考（未地理配准）：坐标为像素坐标（x向右、y向下）"})
+            notes.append(
+                {
+                    "en": "the image has no CRS (not georeferenced): coordinates are image pixels (x right, y down)",
+                    "zh": "影像无坐标参考（未地理配准）：坐标为像素坐标（x向右、y向下）",
+                }
+            )
         areas = None
         try:
             areas = pixel_areas(ds.crs, t, (H, W), pixel_size, name=str(image_path))
@@ -72,12 +83,25 @@ def locate_answer(engine, image_path, shown: dict, text: str, pixel_size=None) -
         out = []
         for b in boxes or []:
             x1, y1, x2, y2 = b["bbox"]
-            px = [min(max(x1 * sx, 0.0), W), min(max(y1 * sy, 0.0), H), min(max(x2 * sx, 0.0), W), min(max(y2 * sy, 0.0), H)]
+            px = [
+                min(max(x1 * sx, 0.0), W),
+                min(max(y1 * sy, 0.0), H),
+                min(max(x2 * sx, 0.0), W),
+                min(max(y2 * sy, 0.0), H),
+            ]
             if px[2] <= px[0] or px[3] <= px[1]:
-                notes.append({"en": f"box {b['bbox']} lies outside the image: left out", "zh": f"框 {b['bbox']} 在影像之外：已略去"})
+                notes.append(
+                    {
+                        "en": f"box {b['bbox']} lies outside the image: left out",
+                        "zh": f"框 {b['bbox']} 在影像之外：已略去",
+                    }
+                )
                 continue
-            d = {"label": b.get("label") or "", "image_bbox": [round(v, 3) for v in b["bbox"]],
-                 "pixel_bbox": [round(v, 3) for v in px]}
+            d = {
+                "label": b.get("label") or "",
+                "image_bbox": [round(v, 3) for v in b["bbox"]],
+                "pixel_bbox": [round(v, 3) for v in px],
+            }
             if b.get("score") is not None:
                 d["score"] = b["score"]
             if georef:
@@ -85,11 +109,23 @@ def locate_answer(engine, image_path, shown: dict, text: str, pixel_size=None) -
                 d["lonlat_ring"] = ccw_closed(to_wgs84(ds.crs, pixel_ring(t, px, DENSIFY)))
             if areas is not None:
                 m2 = box_area_m2(areas, px)
-                d |= {"area_m2": round(m2, 3), "area_ha": round(convert(m2, "ha"), 6), "area_mu": round(convert(m2, "mu"), 4)}
+                d |= {
+                    "area_m2": round(m2, 3),
+                    "area_ha": round(convert(m2, "ha"), 6),
+                    "area_mu": round(convert(m2, "mu"), 4),
+                }
             out.append(d)
-        return {"schema": SCHEMA, "image": str(image_path), "georeferenced": georef,
-                "crs": ds.crs.to_string() if georef else None, "shown_size": [w, h], "raster_size": [W, H],
-                "parsed": boxes is not None, "boxes": out, "notes": notes}
+        return {
+            "schema": SCHEMA,
+            "image": str(image_path),
+            "georeferenced": georef,
+            "crs": ds.crs.to_string() if georef else None,
+            "shown_size": [w, h],
+            "raster_size": [W, H],
+            "parsed": boxes is not None,
+            "boxes": out,
+            "notes": notes,
+        }
     finally:
         ds.close()
 
@@ -105,10 +141,17 @@ def boxes_geojson(info: dict, question: str = "") -> dict:
             x1, y1, x2, y2 = b["pixel_bbox"]
             ring = [[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]
         props = {k2: b[k2] for k2 in ("label", "score", "area_m2", "area_ha", "area_mu", "pixel_bbox") if k2 in b}
-        feats.append({"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props})
-    header = {"schema": info["schema"], "question": question, "image": info["image"], "crs": info["crs"],
-              "coordinates": "WGS 84 longitude/latitude" if info["georeferenced"] else "image pixels (x right, y down)",
-              "notes": info["notes"]}
+        feats.append(
+            {"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+        )
+    header = {
+        "schema": info["schema"],
+        "question": question,
+        "image": info["image"],
+        "crs": info["crs"],
+        "coordinates": "WGS 84 longitude/latitude" if info["georeferenced"] else "image pixels (x right, y down)",
+        "notes": info["notes"],
+    }
     return {"type": "FeatureCollection", "features": feats, "geovl": header}
 
 

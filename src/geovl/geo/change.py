@@ -59,8 +59,11 @@ class Change:
 
     def transitions(self) -> list[tuple[int, int, int, float]]:
         """(from, to, pixels, m²) of every changed pair, largest area first."""
-        out = [(self.codes[i], self.codes[j], int(self.pixels[i, j]), float(self.m2[i, j]))
-               for i, j in zip(*np.nonzero(self.pixels)) if i != j]
+        out = [
+            (self.codes[i], self.codes[j], int(self.pixels[i, j]), float(self.m2[i, j]))
+            for i, j in zip(*np.nonzero(self.pixels))
+            if i != j
+        ]
         return sorted(out, key=lambda t: (-t[3], -t[2], t[0], t[1]))
 
 
@@ -74,7 +77,9 @@ def change_matrix(before_idx: np.ndarray, after_idx: np.ndarray, codes: list[int
     return Change(list(codes), pixels.astype(np.int64), m2, int(both.sum()))
 
 
-def find_patches(before_idx, after_idx, codes, areas: PixelAreas, transform, crs=None, top=None, min_pixels=1) -> tuple[list[Patch], int]:
+def find_patches(
+    before_idx, after_idx, codes, areas: PixelAreas, transform, crs=None, top=None, min_pixels=1
+) -> tuple[list[Patch], int]:
     """Change patches, largest first: (kept patches, number of patches before filtering)."""
     from rasterio.features import rasterize, shapes
 
@@ -84,8 +89,14 @@ def find_patches(before_idx, after_idx, codes, areas: PixelAreas, transform, crs
         return [], 0
     pair = np.where(changed, before_idx * k + after_idx, 0).astype(np.int32)
     polys = list(shapes(pair, mask=changed, connectivity=CONNECTIVITY, transform=transform))
-    labels = rasterize(((g, i + 1) for i, (g, _) in enumerate(polys)), out_shape=pair.shape, transform=transform,
-                       fill=0, dtype="int32", all_touched=False)
+    labels = rasterize(
+        ((g, i + 1) for i, (g, _) in enumerate(polys)),
+        out_shape=pair.shape,
+        transform=transform,
+        fill=0,
+        dtype="int32",
+        all_touched=False,
+    )
     n = len(polys)
     lab = labels.astype(np.int64) - 1
     npx = np.bincount(lab[lab >= 0], minlength=n)
@@ -105,8 +116,17 @@ def find_patches(before_idx, after_idx, codes, areas: PixelAreas, transform, crs
     out = []
     for j, i in enumerate(order):
         v = int(polys[i][1])
-        out.append(Patch(codes[v // k], codes[v % k], int(npx[i]), float(m2[i]), polys[i][0],
-                         (float(xs[i]), float(ys[i])), lonlat[j] if lonlat else None))
+        out.append(
+            Patch(
+                codes[v // k],
+                codes[v % k],
+                int(npx[i]),
+                float(m2[i]),
+                polys[i][0],
+                (float(xs[i]), float(ys[i])),
+                lonlat[j] if lonlat else None,
+            )
+        )
     return out, n
 
 
@@ -138,13 +158,29 @@ def patches_geojson(change: Change, table: ClassTable, crs=None, wgs84: bool = F
         pair = (p.from_code, p.to_code)
         if pair not in names:
             a, b = table.info(p.from_code), table.info(p.to_code)
-            names[pair] = {"from_code": p.from_code, "from_key": a.key, "from_en": a.en, "from_zh": a.zh,
-                           "to_code": p.to_code, "to_key": b.key, "to_en": b.en, "to_zh": b.zh,
-                           "label": f"{a.zh}→{b.zh} {a.en}→{b.en}"}
+            names[pair] = {
+                "from_code": p.from_code,
+                "from_key": a.key,
+                "from_en": a.en,
+                "from_zh": a.zh,
+                "to_code": p.to_code,
+                "to_key": b.key,
+                "to_en": b.en,
+                "to_zh": b.zh,
+                "label": f"{a.zh}→{b.zh} {a.en}→{b.en}",
+            }
         i = rank - 1
-        props = {"rank": rank, **names[pair], "pixels": p.pixels, "area_m2": float(u["m2"][i]),
-                 "area_km2": float(u["km2"][i]), "area_ha": float(u["ha"][i]), "area_mu": float(u["mu"][i]),
-                 "centroid_x": p.centroid[0], "centroid_y": p.centroid[1]}
+        props = {
+            "rank": rank,
+            **names[pair],
+            "pixels": p.pixels,
+            "area_m2": float(u["m2"][i]),
+            "area_km2": float(u["km2"][i]),
+            "area_ha": float(u["ha"][i]),
+            "area_mu": float(u["mu"][i]),
+            "centroid_x": p.centroid[0],
+            "centroid_y": p.centroid[1],
+        }
         if p.lonlat:
             props |= {"lon": p.lonlat[0], "lat": p.lonlat[1]}
         geom = transform_geom(crs, "EPSG:4326", p.geometry) if wgs84 else p.geometry

@@ -28,9 +28,26 @@ AUTHORITIES = ("EPSG", "ESRI", "OGC", "IAU_2015", "IGNF", "NKG", "NRCAN")
 _AUTH = re.compile(r"^(?P<auth>[A-Za-z][A-Za-z0-9_]*):(?P<code>[A-Za-z0-9_.]+)$")
 _URN = re.compile(r"^urn:ogc:def:crs:(?P<auth>[A-Za-z][A-Za-z0-9_]*):[0-9.]*:(?P<code>[A-Za-z0-9_.]+)$", re.IGNORECASE)
 _WKT_ROOTS = (
-    "GEOGCS", "PROJCS", "GEOCCS", "VERT_CS", "VERTCS", "COMPD_CS", "LOCAL_CS", "GEOGCRS", "GEOGRAPHICCRS", "GEODCRS",
-    "GEODETICCRS", "PROJCRS", "PROJECTEDCRS", "VERTCRS", "VERTICALCRS", "COMPOUNDCRS", "ENGCRS", "ENGINEERINGCRS",
-    "BOUNDCRS", "DERIVEDPROJCRS",
+    "GEOGCS",
+    "PROJCS",
+    "GEOCCS",
+    "VERT_CS",
+    "VERTCS",
+    "COMPD_CS",
+    "LOCAL_CS",
+    "GEOGCRS",
+    "GEOGRAPHICCRS",
+    "GEODCRS",
+    "GEODETICCRS",
+    "PROJCRS",
+    "PROJECTEDCRS",
+    "VERTCRS",
+    "VERTICALCRS",
+    "COMPOUNDCRS",
+    "ENGCRS",
+    "ENGINEERINGCRS",
+    "BOUNDCRS",
+    "DERIVEDPROJCRS",
 )
 _WKT = re.compile(r"^\s*(?P<root>[A-Za-z_]+)\s*\[", re.DOTALL)
 _PROJ_TOKEN = re.compile(r"^\+?(?P<key>[A-Za-z_][A-Za-z0-9_]*)(=(?P<value>[A-Za-z0-9_.,:+\-]*))?$")
@@ -52,7 +69,9 @@ def _refuse(what: str, value: str, why: str) -> CRSInputError:
 def check_user_crs(value, what: str = "CRS") -> str:
     """The CRS text GDAL may be given (normalised for authority codes); :class:`CRSInputError` otherwise."""
     if not isinstance(value, str):
-        raise CRSInputError(f"{what} must be a string such as EPSG:32650, got {type(value).__name__} / 坐标系须为字符串")
+        raise CRSInputError(
+            f"{what} must be a string such as EPSG:32650, got {type(value).__name__} / 坐标系须为字符串"
+        )
     text = value.strip()
     if not text:
         raise _refuse(what, value, "empty")
@@ -80,7 +99,9 @@ def check_user_crs(value, what: str = "CRS") -> str:
         for tok in tokens:
             t = _PROJ_TOKEN.match(tok)
             if not t:
-                raise _refuse(what, value, f"PROJ parameter {tok[:40]!r} has characters a CRS does not need ('/', '@', ...)")
+                raise _refuse(
+                    what, value, f"PROJ parameter {tok[:40]!r} has characters a CRS does not need ('/', '@', ...)"
+                )
             if t.group("key").lower() in _PROJ_FILE_KEYS:
                 raise _refuse(what, value, f"PROJ parameter {t.group('key')!r} reads files or grids")
         return text

@@ -85,8 +85,12 @@ def tile_to_raster(boxes: list[dict], window: tuple[int, int, int, int]) -> list
 def is_cut(bbox, window, width: int, height: int, tol: float = CUT_TOL) -> bool:
     """Whether ``bbox`` touches an inner edge of its tile ``window`` (not the raster's edge)."""
     x0, y0, w, h = window
-    return ((x0 > 0 and bbox[0] <= x0 + tol) or (y0 > 0 and bbox[1] <= y0 + tol)
-            or (x0 + w < width and bbox[2] >= x0 + w - tol) or (y0 + h < height and bbox[3] >= y0 + h - tol))
+    return (
+        (x0 > 0 and bbox[0] <= x0 + tol)
+        or (y0 > 0 and bbox[1] <= y0 + tol)
+        or (x0 + w < width and bbox[2] >= x0 + w - tol)
+        or (y0 + h < height and bbox[3] >= y0 + h - tol)
+    )
 
 
 def _inter(a, b) -> float:
@@ -135,10 +139,16 @@ def merge(dets: list[Detection], iou_dup: float = 0.5, overlap_min: float = 0.5)
                     kept.append(Detection(list(d.bbox), d.label, d.tile, False, d.score, 1))
             out += kept
         else:
-            bb = [min(d.bbox[0] for d in members), min(d.bbox[1] for d in members),
-                  max(d.bbox[2] for d in members), max(d.bbox[3] for d in members)]
+            bb = [
+                min(d.bbox[0] for d in members),
+                min(d.bbox[1] for d in members),
+                max(d.bbox[2] for d in members),
+                max(d.bbox[3] for d in members),
+            ]
             scores = [d.score for d in members if d.score is not None]
-            out.append(Detection(bb, members[0].label, members[0].tile, True, max(scores) if scores else None, len(members)))
+            out.append(
+                Detection(bb, members[0].label, members[0].tile, True, max(scores) if scores else None, len(members))
+            )
     out.sort(key=lambda d: (d.bbox[1], d.bbox[0]))
     return out
 
@@ -230,7 +240,11 @@ def write_geoparquet(path: Path, rings: list, props: list[dict], crs, columns=DE
         bbox = [min(xs), min(ys), max(xs), max(ys)]
     else:
         bbox = None
-    col = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": crs.to_dict(projjson=True) if crs is not None else None}
+    col = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": crs.to_dict(projjson=True) if crs is not None else None,
+    }
     if bbox:
         col["bbox"] = bbox
     geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}
@@ -258,8 +272,20 @@ def _open(path, what: str):
         raise DetectError(f"{path}: not a readable {what} ({e})") from None
 
 
-def detect_raster(engine, image, question: str, out_dir, before=None, tile: int = 448, overlap: int = 64,
-                  batch_size: int = 4, params=None, bands=None, pixel_size=None, progress: bool = True) -> dict:
+def detect_raster(
+    engine,
+    image,
+    question: str,
+    out_dir,
+    before=None,
+    tile: int = 448,
+    overlap: int = 64,
+    batch_size: int = 4,
+    params=None,
+    bands=None,
+    pixel_size=None,
+    progress: bool = True,
+) -> dict:
     """Run ``question`` over every tile of ``image`` and write the detections (module docstring)."""
     import warnings
 
@@ -267,8 +293,8 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
     from tqdm import tqdm
 
     from ..data.schema import user_turn
-    from ..models.box_format import engine_frame, parse_text
     from ..inference.engine import ChatRequest, GenerationParams
+    from ..models.box_format import engine_frame, parse_text
     from .geodesy import pixel_areas
     from .tiles import TileGrid, png_bytes, read_rgb, render_spec
     from .units import convert
@@ -286,18 +312,33 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
         bds = _open(before, "raster") if before else None
     try:
         if bds is not None and (bds.width, bds.height) != (ds.width, ds.height):
-            raise DetectError(f"{before}: {bds.width}x{bds.height} pixels, but {image} is {ds.width}x{ds.height}: "
-                              "the two dates must share one pixel grid")
-        if bds is not None and ds.crs is not None and (bds.crs != ds.crs or not np.allclose(tuple(bds.transform)[:6], tuple(ds.transform)[:6])):
+            raise DetectError(
+                f"{before}: {bds.width}x{bds.height} pixels, but {image} is {ds.width}x{ds.height}: "
+                "the two dates must share one pixel grid"
+            )
+        if (
+            bds is not None
+            and ds.crs is not None
+            and (bds.crs != ds.crs or not np.allclose(tuple(bds.transform)[:6], tuple(ds.transform)[:6]))
+        ):
             raise DetectError(f"{before}: not on the same grid (CRS/transform) as {image}; resample it first")
         georef = ds.crs is not None
         t = ds.transform
         if not georef:
-            notes.append({"en": "the image has no CRS (not georeferenced): coordinates are image pixels (x right, y down), "
-                                "not longitude/latitude", "zh": "影像无坐标参考（未地理配准）：坐标为像素坐标（x向右、y向下），不是经纬度"})
+            notes.append(
+                {
+                    "en": "the image has no CRS (not georeferenced): coordinates are image pixels (x right, y down), "
+                    "not longitude/latitude",
+                    "zh": "影像无坐标参考（未地理配准）：坐标为像素坐标（x向右、y向下），不是经纬度",
+                }
+            )
         elif abs(t.b) > 1e-12 or abs(t.d) > 1e-12:
-            notes.append({"en": "the raster's transform is rotated/skewed: each box is the rotated quadrilateral on the map",
-                          "zh": "影像仿射变换含旋转/错切：每个框在地图上为相应的旋转四边形"})
+            notes.append(
+                {
+                    "en": "the raster's transform is rotated/skewed: each box is the rotated quadrilateral on the map",
+                    "zh": "影像仿射变换含旋转/错切：每个框在地图上为相应的旋转四边形",
+                }
+            )
         areas = None
         try:
             areas = pixel_areas(ds.crs, t, (ds.height, ds.width), pixel_size, name=str(image))
@@ -306,11 +347,17 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
             notes.append({"en": f"no areas: {e}", "zh": f"未计算面积：{e}"})
         grid = TileGrid(ds.width, ds.height, tile, overlap)
         spec = render_spec(ds.count, ds.descriptions, input_spec(engine).preprocess, bands)
-        bspec = render_spec(bds.count, bds.descriptions, input_spec(engine).preprocess, bands) if bds is not None else None
+        bspec = (
+            render_spec(bds.count, bds.descriptions, input_spec(engine).preprocess, bands) if bds is not None else None
+        )
         frame = engine_frame(engine, tile, tile)
         if frame is None:
-            notes.append({"en": "remote model: its box numbers are read as pixels of the tile image",
-                          "zh": "远程模型：框坐标按分块图像像素读取"})
+            notes.append(
+                {
+                    "en": "remote model: its box numbers are read as pixels of the tile image",
+                    "zh": "远程模型：框坐标按分块图像像素读取",
+                }
+            )
         n_img = 2 if bds is not None else 1
         dets: list[Detection] = []
         counts = {"tiles": grid.count, "nodata": 0, "asked": 0, "unparsed": 0, "boxes_raw": 0}
@@ -332,8 +379,15 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
                     continue
                 for b in tile_to_raster(boxes, win):
                     counts["boxes_raw"] += 1
-                    dets.append(Detection(b["bbox"], b.get("label") or "", rc, is_cut(b["bbox"], win, ds.width, ds.height),
-                                          b.get("score")))
+                    dets.append(
+                        Detection(
+                            b["bbox"],
+                            b.get("label") or "",
+                            rc,
+                            is_cut(b["bbox"], win, ds.width, ds.height),
+                            b.get("score"),
+                        )
+                    )
             batch.clear()
 
         with tqdm(total=grid.count, desc="detect tiles", unit="tile", file=sys.stderr, disable=not progress) as bar:
@@ -361,27 +415,46 @@ def detect_raster(engine, image, question: str, out_dir, before=None, tile: int 
                 p["score"] = d.score
             if areas is not None:
                 m2 = box_area_m2(areas, d.bbox)
-                p |= {"area_m2": round(m2, 3), "area_ha": round(convert(m2, "ha"), 6), "area_mu": round(convert(m2, "mu"), 4)}
+                p |= {
+                    "area_m2": round(m2, 3),
+                    "area_ha": round(convert(m2, "ha"), 6),
+                    "area_mu": round(convert(m2, "mu"), 4),
+                }
             native = pixel_ring(t, d.bbox)
             rings_native.append(ccw_closed(native) if georef else [list(map(float, q)) for q in native + native[:1]])
             if georef:
                 geom = ccw_closed(to_wgs84(ds.crs, pixel_ring(t, d.bbox, DENSIFY)))
             else:  # pixel coordinates, y down: listed as corners (clockwise on screen)
                 geom = rings_native[-1]
-            features.append({"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [geom]}, "properties": p})
+            features.append(
+                {"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [geom]}, "properties": p}
+            )
             props.append(p)
-        header = {"schema": SCHEMA, "question": question, "image": str(image), "before": str(before) if before else None,
-                  "georeferenced": georef, "crs": ds.crs.to_string() if georef else None,
-                  "coordinates": "WGS 84 longitude/latitude" if georef else "image pixels (x right, y down)",
-                  "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "grid": grid.to_json(),
-                  "areas": areas.to_json() if areas is not None else None, "notes": notes,
-                  "engine": getattr(engine, "name", type(engine).__name__)}
+        header = {
+            "schema": SCHEMA,
+            "question": question,
+            "image": str(image),
+            "before": str(before) if before else None,
+            "georeferenced": georef,
+            "crs": ds.crs.to_string() if georef else None,
+            "coordinates": "WGS 84 longitude/latitude" if georef else "image pixels (x right, y down)",
+            "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "grid": grid.to_json(),
+            "areas": areas.to_json() if areas is not None else None,
+            "notes": notes,
+            "engine": getattr(engine, "name", type(engine).__name__),
+        }
         geojson = {"type": "FeatureCollection", "features": features, "geovl": header}
         _write_json(out_dir / "detections.geojson", geojson)
         write_geoparquet(out_dir / "detections.parquet", rings_native, props, ds.crs if georef else None)
-        summary = header | {"counts": counts | {"detections": len(merged)}, "unparsed_examples": unparsed_examples,
-                            "outputs": {"geojson": str(out_dir / "detections.geojson"),
-                                        "geoparquet": str(out_dir / "detections.parquet")}}
+        summary = header | {
+            "counts": counts | {"detections": len(merged)},
+            "unparsed_examples": unparsed_examples,
+            "outputs": {
+                "geojson": str(out_dir / "detections.geojson"),
+                "geoparquet": str(out_dir / "detections.parquet"),
+            },
+        }
         _write_json(out_dir / "detections.json", summary)
         return summary
     finally:

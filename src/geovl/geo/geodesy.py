@@ -135,9 +135,11 @@ class PixelAreas:
         """Refuse to measure pixels whose ground area is undefined (off the projection's valid area)."""
         if self.projected is not None and not np.isfinite(w).all():
             bad = int((~np.isfinite(w)).sum())
-            raise MeasureError(f"{bad} valid (not nodata) pixel(s) lie outside the projection's valid area (e.g. off the "
-                               "Earth's disk of a geostationary view), so they have no ground area; set those pixels to "
-                               "nodata or clip with --aoi / 部分有效像元位于投影有效范围之外（无地面面积），请设为无数据或用 AOI 裁剪")
+            raise MeasureError(
+                f"{bad} valid (not nodata) pixel(s) lie outside the projection's valid area (e.g. off the "
+                "Earth's disk of a geostationary view), so they have no ground area; set those pixels to "
+                "nodata or clip with --aoi / 部分有效像元位于投影有效范围之外（无地面面积），请设为无数据或用 AOI 裁剪"
+            )
 
     def area_of_counts(self, counts: np.ndarray) -> np.ndarray:
         """Constant pixel area: m² of pixel counts, each the correctly rounded exact product."""
@@ -200,12 +202,16 @@ def pixel_areas(crs, transform, shape, pixel_size=None, area: str = "auto", name
         raise MeasureError(f"--area must be auto, planar or ellipsoidal, got {area!r}")
     if pixel_size is not None:
         px, py = parse_pixel_size(pixel_size)
-        note = {"en": f"pixel area from --pixel-size {float(px):g} x {float(py):g} m (the file's georeferencing is not used for areas)",
-                "zh": f"像元面积取自 --pixel-size {float(px):g} x {float(py):g} 米（不使用文件自带的地理参考计算面积）"}
+        note = {
+            "en": f"pixel area from --pixel-size {float(px):g} x {float(py):g} m (the file's georeferencing is not used for areas)",
+            "zh": f"像元面积取自 --pixel-size {float(px):g} x {float(py):g} 米（不使用文件自带的地理参考计算面积）",
+        }
         return PixelAreas("pixel-size", shape, constant=px * py, notes=[note])
     if crs is None:
-        raise MeasureError(f"{name}: has no CRS (not georeferenced), so areas are refused; "
-                           "pass --pixel-size M if you know the ground pixel size in metres")
+        raise MeasureError(
+            f"{name}: has no CRS (not georeferenced), so areas are refused; "
+            "pass --pixel-size M if you know the ground pixel size in metres"
+        )
     if crs.is_geographic:
         return _geographic(crs, transform, shape, name)
     try:
@@ -227,17 +233,32 @@ def pixel_areas(crs, transform, shape, pixel_size=None, area: str = "auto", name
         # or more, so every pixel's own quadrilateral is measured on the ellipsoid; off-disk pixels have
         # none, and measuring one that is not nodata is refused (PixelAreas.check_finite).
         out = PixelAreas("ellipsoidal", shape, ellipsoid=WGS84.name, projected=(crs, transform))
-        out.notes.append({"en": f"the map-plane area is not usable for this projection ({e}): areas are per pixel on the "
-                                "WGS 84 ellipsoid", "zh": f"该投影不宜用平面面积（{e}）：逐像元计算WGS 84椭球面积"})
+        out.notes.append(
+            {
+                "en": f"the map-plane area is not usable for this projection ({e}): areas are per pixel on the "
+                "WGS 84 ellipsoid",
+                "zh": f"该投影不宜用平面面积（{e}）：逐像元计算WGS 84椭球面积",
+            }
+        )
         return out
     planar.ratio = ratio
     if area == "planar" or (area == "auto" and abs(ratio - 1.0) <= AUTO_RATIO_TOLERANCE):
         return planar
-    out = PixelAreas("ellipsoidal", shape, ratio=ratio, ellipsoid=WGS84.name, blocks=(block_ratio, rows, cols),
-                     planar_m2=float(constant))
+    out = PixelAreas(
+        "ellipsoidal",
+        shape,
+        ratio=ratio,
+        ellipsoid=WGS84.name,
+        blocks=(block_ratio, rows, cols),
+        planar_m2=float(constant),
+    )
     if area == "auto":
-        out.notes.append({"en": f"the projection distorts areas by {100 * (ratio - 1):+.2f}%, so areas are ellipsoidal (WGS 84)",
-                          "zh": f"该投影面积变形 {100 * (ratio - 1):+.2f}%，故采用WGS 84椭球面积"})
+        out.notes.append(
+            {
+                "en": f"the projection distorts areas by {100 * (ratio - 1):+.2f}%, so areas are ellipsoidal (WGS 84)",
+                "zh": f"该投影面积变形 {100 * (ratio - 1):+.2f}%，故采用WGS 84椭球面积",
+            }
+        )
     return out
 
 
@@ -314,11 +335,15 @@ def _geographic(crs, transform, shape, name) -> PixelAreas:
             raise MeasureError(f"{name}: latitudes beyond ±90° — the geotransform does not fit a geographic CRS")
         weights, nodes = ell.zone_area(lat_edges[:-1], lat_edges[1:], t.a * to_deg)[:, None], None
     else:
-        corners = np.array([(0, 0), (w, 0), (0, h), (w, h)], dtype=np.float64)  # latitude is affine: extremes at corners
+        corners = np.array(
+            [(0, 0), (w, 0), (0, h), (w, h)], dtype=np.float64
+        )  # latitude is affine: extremes at corners
         lat = (t.d * corners[:, 0] + t.e * corners[:, 1] + t.f) * to_deg
         if np.abs(lat).max() > 90.0 + 1e-9:
             raise MeasureError(f"{name}: latitudes beyond ±90° — the geotransform does not fit a geographic CRS")
         weights, nodes = None, (ell, t, to_deg)
-    note = {"en": f"geographic CRS: exact cell areas on the {ell.name} ellipsoid (per row of latitude)",
-            "zh": f"地理坐标系：按纬度逐行计算{ell.name}椭球面上的像元面积"}
+    note = {
+        "en": f"geographic CRS: exact cell areas on the {ell.name} ellipsoid (per row of latitude)",
+        "zh": f"地理坐标系：按纬度逐行计算{ell.name}椭球面上的像元面积",
+    }
     return PixelAreas("geodesic", shape, weights=weights, ellipsoid=ell.name, notes=[note], nodes=nodes)

@@ -55,8 +55,12 @@ class IndexRules:
     explicit: bool = False  # bands given by a rules file or --bands (else chosen per raster: see for_raster)
 
     def to_json(self) -> dict:
-        return {"bands": dict(self.bands), "thresholds": dict(self.thresholds), "offset": self.offset,
-                "bands_from": "configured" if self.explicit else "band descriptions or default order"}
+        return {
+            "bands": dict(self.bands),
+            "thresholds": dict(self.thresholds),
+            "offset": self.offset,
+            "bands_from": "configured" if self.explicit else "band descriptions or default order",
+        }
 
     def for_raster(self, count: int, band_names=()) -> IndexRules:
         """The rules with the bands of a raster: configured bands as they are; otherwise the roles
@@ -79,8 +83,9 @@ def parse_band_order(spec: str) -> dict[str, int]:
     bands = {n: i + 1 for i, n in enumerate(names) if n in BAND_KEYS}
     missing = [k for k in REQUIRED if k not in bands]
     if missing or len([n for n in names if n in BAND_KEYS]) != len(bands):
-        raise MeasureError(f"--bands {spec!r}: need each of {', '.join(REQUIRED)} once (optional swir; "
-                           "other names skip a band)")
+        raise MeasureError(
+            f"--bands {spec!r}: need each of {', '.join(REQUIRED)} once (optional swir; other names skip a band)"
+        )
     return bands
 
 
@@ -98,16 +103,20 @@ def load_rules(path=None, band_order: str | None = None) -> IndexRules:
         if not isinstance(doc, dict) or set(doc) - {"bands", "thresholds", "offset"}:
             raise MeasureError(f"{p}: rules must be a mapping with keys bands, thresholds, offset")
         bands = doc.get("bands", {})
-        if not isinstance(bands, dict) or any(k not in BAND_KEYS or not isinstance(v, int) or v < 1 for k, v in bands.items()):
-            raise MeasureError(f"{p}: \"bands\" maps {', '.join(BAND_KEYS)} to 1-based band numbers")
+        if not isinstance(bands, dict) or any(
+            k not in BAND_KEYS or not isinstance(v, int) or v < 1 for k, v in bands.items()
+        ):
+            raise MeasureError(f'{p}: "bands" maps {", ".join(BAND_KEYS)} to 1-based band numbers')
         rules.bands.update(bands)
         rules.explicit = rules.explicit or bool(bands)
         th = doc.get("thresholds", {})
-        if not isinstance(th, dict) or any(k not in DEFAULT_THRESHOLDS or not isinstance(v, (int, float)) for k, v in th.items()):
-            raise MeasureError(f"{p}: \"thresholds\" may set {', '.join(DEFAULT_THRESHOLDS)} (numbers)")
+        if not isinstance(th, dict) or any(
+            k not in DEFAULT_THRESHOLDS or not isinstance(v, (int, float)) for k, v in th.items()
+        ):
+            raise MeasureError(f'{p}: "thresholds" may set {", ".join(DEFAULT_THRESHOLDS)} (numbers)')
         rules.thresholds.update({k: float(v) for k, v in th.items()})
         if not isinstance(doc.get("offset", 0.0), (int, float)):
-            raise MeasureError(f"{p}: \"offset\" must be a number")
+            raise MeasureError(f'{p}: "offset" must be a number')
         rules.offset = float(doc.get("offset", 0.0))
     if band_order:
         rules.bands = parse_band_order(band_order)
@@ -128,8 +137,10 @@ def compute_indices(data: np.ndarray, rules: IndexRules, scales=(), offsets=()) 
     n = data.shape[0]
     need = max(rules.bands.values())
     if need > n:
-        raise MeasureError(f"band {need} ({', '.join(k for k, v in rules.bands.items() if v == need)}) "
-                           f"is configured but the raster has only {n} band(s)")
+        raise MeasureError(
+            f"band {need} ({', '.join(k for k, v in rules.bands.items() if v == need)}) "
+            f"is configured but the raster has only {n} band(s)"
+        )
     b = {}
     for k, v in rules.bands.items():
         x = data[v - 1].astype(np.float64) + rules.offset
@@ -138,7 +149,11 @@ def compute_indices(data: np.ndarray, rules: IndexRules, scales=(), offsets=()) 
         if sc != 1.0 or of != 0.0:
             x = x * sc + of
         b[k] = x
-    out = {"ndvi": _ratio(b["nir"], b["red"]), "ndwi": _ratio(b["green"], b["nir"]), "redness": _ratio(b["red"], b["blue"])}
+    out = {
+        "ndvi": _ratio(b["nir"], b["red"]),
+        "ndwi": _ratio(b["green"], b["nir"]),
+        "redness": _ratio(b["red"], b["blue"]),
+    }
     if "swir" in b:
         out["ndbi"] = _ratio(b["swir"], b["nir"])
     return out
@@ -177,10 +192,10 @@ def classify(data: np.ndarray, nodata, rules: IndexRules | None = None, scales=(
 
 LIMITATIONS = {
     "en": "Classes derived from spectral-index thresholds (NDVI, NDWI, redness, NDBI with SWIR), not from a trained or validated "
-          "map: forest and cropland are not separated (both are 'vegetation'); red/orange roofs can be taken for bare soil "
-          "without SWIR; shadows, turbid water, clouds, haze and snow are not handled; thresholds depend on sensor and season. "
-          "Expect accuracy well below published maps; use a supplied land-cover map for cropland/forest figures.",
+    "map: forest and cropland are not separated (both are 'vegetation'); red/orange roofs can be taken for bare soil "
+    "without SWIR; shadows, turbid water, clouds, haze and snow are not handled; thresholds depend on sensor and season. "
+    "Expect accuracy well below published maps; use a supplied land-cover map for cropland/forest figures.",
     "zh": "地类由光谱指数阈值（NDVI、NDWI、红度指数，含短波红外时用NDBI）推导，并非经训练或验证的分类图：不区分林地与耕地（均归为植被）；"
-          "无短波红外时红色/橙色屋顶可能被误判为裸地；未处理阴影、浑浊水体、云、霾和积雪；阈值随传感器与季节而变。"
-          "精度应明显低于已发布的土地覆盖产品；耕地、林地面积请使用提供的土地覆盖分类图。",
+    "无短波红外时红色/橙色屋顶可能被误判为裸地；未处理阴影、浑浊水体、云、霾和积雪；阈值随传感器与季节而变。"
+    "精度应明显低于已发布的土地覆盖产品；耕地、林地面积请使用提供的土地覆盖分类图。",
 }

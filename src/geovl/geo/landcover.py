@@ -84,8 +84,16 @@ def read_grid(src, name: str | None = None) -> Grid:
         except ImageError as e:
             raise MeasureError(e.detail) from None
     with open_measured(path) as ds:
-        return Grid(ds.read(), ds.crs if ds.crs else None, ds.transform, ds.nodata, name or path,
-                    [d or "" for d in ds.descriptions], tuple(ds.scales), tuple(ds.offsets))
+        return Grid(
+            ds.read(),
+            ds.crs if ds.crs else None,
+            ds.transform,
+            ds.nodata,
+            name or path,
+            [d or "" for d in ds.descriptions],
+            tuple(ds.scales),
+            tuple(ds.offsets),
+        )
 
 
 @contextmanager
@@ -131,14 +139,18 @@ def supplied_classes(grid: Grid, class_table=None) -> ClassMap:
 
 def derived_classes(grid: Grid, rules: IndexRules) -> ClassMap:
     if grid.count < 4:
-        raise MeasureError(f"{grid.name}: {grid.count} band(s) — deriving classes needs blue, green, red and NIR bands; "
-                           "pass --classes CLASSES.tif for a land-cover map")
+        raise MeasureError(
+            f"{grid.name}: {grid.count} band(s) — deriving classes needs blue, green, red and NIR bands; "
+            "pass --classes CLASSES.tif for a land-cover map"
+        )
     rules = rules.for_raster(grid.count, grid.band_names)
     try:
         codes = classify(grid.data, grid.nodata, rules, grid.scales, grid.offsets)
     except MeasureError as e:
         raise MeasureError(f"{grid.name}: {e}") from None
-    return ClassMap(codes, codes != 0, grid.crs, grid.transform, grid.name, "derived", grid.name, grid.count, rules=rules)
+    return ClassMap(
+        codes, codes != 0, grid.crs, grid.transform, grid.name, "derived", grid.name, grid.count, rules=rules
+    )
 
 
 def load_date(image=None, classes=None, rules: IndexRules | None = None, class_table=None) -> ClassMap:
@@ -152,8 +164,12 @@ def load_date(image=None, classes=None, rules: IndexRules | None = None, class_t
         if img is not None:
             cm.image, cm.band_count = img.name, img.count
             if not same_grid(img, cm):
-                cm.notes.append({"en": f"{img.name} and {cm.name} are on different grids; areas come from {cm.name}",
-                                 "zh": f"{img.name} 与 {cm.name} 网格不同；面积按 {cm.name} 计算"})
+                cm.notes.append(
+                    {
+                        "en": f"{img.name} and {cm.name} are on different grids; areas come from {cm.name}",
+                        "zh": f"{img.name} 与 {cm.name} 网格不同；面积按 {cm.name} 计算",
+                    }
+                )
         return cm
     if img.count == 1:
         return supplied_classes(img, class_table)
@@ -174,22 +190,45 @@ def reproject_onto(cm: ClassMap, target: ClassMap) -> ClassMap:
 
     for m in (cm, target):
         if m.crs is None:
-            raise MeasureError(f"{m.name}: has no CRS, and the two dates are on different grids "
-                               f"({cm.name} vs {target.name}); cannot align them")
+            raise MeasureError(
+                f"{m.name}: has no CRS, and the two dates are on different grids "
+                f"({cm.name} vs {target.name}); cannot align them"
+            )
     if cm.valid.any() and (cm.codes[cm.valid].min() <= SENTINEL or cm.codes[cm.valid].max() > np.iinfo(np.int32).max):
         raise MeasureError(f"{cm.name}: class codes outside the int32 range cannot be reprojected")
     src = np.where(cm.valid, cm.codes, SENTINEL).astype(np.int32)
     dst = np.full(target.shape, SENTINEL, np.int32)
-    reproject(src, dst, src_transform=cm.transform, src_crs=cm.crs, src_nodata=SENTINEL,
-              dst_transform=target.transform, dst_crs=target.crs, dst_nodata=SENTINEL, resampling=Resampling.nearest)
+    reproject(
+        src,
+        dst,
+        src_transform=cm.transform,
+        src_crs=cm.crs,
+        src_nodata=SENTINEL,
+        dst_transform=target.transform,
+        dst_crs=target.crs,
+        dst_nodata=SENTINEL,
+        resampling=Resampling.nearest,
+    )
     valid = dst != SENTINEL
-    out = ClassMap(np.where(valid, dst, 0), valid, target.crs, target.transform, cm.name, cm.source, cm.image,
-                   cm.band_count, list(cm.notes), cm.rules)
-    out.notes.append({
-        "en": f"{cm.name} is on a different grid and was reprojected onto the grid of {target.name} "
-              "(rasterio.warp.reproject, nearest neighbour); areas of both dates are measured on that grid",
-        "zh": f"{cm.name} 与 {target.name} 网格不同，已用最近邻法（rasterio.warp.reproject）重投影到后者网格；两期面积均在该网格上量算",
-    })
+    out = ClassMap(
+        np.where(valid, dst, 0),
+        valid,
+        target.crs,
+        target.transform,
+        cm.name,
+        cm.source,
+        cm.image,
+        cm.band_count,
+        list(cm.notes),
+        cm.rules,
+    )
+    out.notes.append(
+        {
+            "en": f"{cm.name} is on a different grid and was reprojected onto the grid of {target.name} "
+            "(rasterio.warp.reproject, nearest neighbour); areas of both dates are measured on that grid",
+            "zh": f"{cm.name} 与 {target.name} 网格不同，已用最近邻法（rasterio.warp.reproject）重投影到后者网格；两期面积均在该网格上量算",
+        }
+    )
     return out
 
 
@@ -204,6 +243,8 @@ def bounded_cache():
     import rasterio
 
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
 WINDOW_BYTES = 8 * 1024**2  # float64 working set of one window, per array (index maths keeps ~15 such arrays)
 
 
@@ -215,17 +256,21 @@ def gcp_only_error(path, ds) -> MeasureError | None:
         return None
     if ds.crs is None and gcps:
         target = gcp_crs.to_string() if gcp_crs else "EPSG:4326"
-        return MeasureError(f"{path}: georeferenced only by {len(gcps)} ground control points (GCPs), without a geotransform — "
-                            f"warp it first, e.g. gdalwarp -t_srs {target} -r near {os.path.basename(str(path))} warped.tif / "
-                            "该影像仅有地面控制点，请先用 gdalwarp 校正")
+        return MeasureError(
+            f"{path}: georeferenced only by {len(gcps)} ground control points (GCPs), without a geotransform — "
+            f"warp it first, e.g. gdalwarp -t_srs {target} -r near {os.path.basename(str(path))} warped.tif / "
+            "该影像仅有地面控制点，请先用 gdalwarp 校正"
+        )
     return None
 
 
 def continuous_error(name, why: str) -> MeasureError:
-    return MeasureError(f"{name}: {why} — this looks like a continuous raster (DEM, reflectance band, index), not a land-cover "
-                        "class map; give a class raster with integer codes and its table (--class-table worldcover / "
-                        "dynamicworld / a JSON table), or a multi-band image to derive classes / 该栅格似为连续值而非地类编码，"
-                        "请提供整数地类栅格及其分类表")
+    return MeasureError(
+        f"{name}: {why} — this looks like a continuous raster (DEM, reflectance band, index), not a land-cover "
+        "class map; give a class raster with integer codes and its table (--class-table worldcover / "
+        "dynamicworld / a JSON table), or a multi-band image to derive classes / 该栅格似为连续值而非地类编码，"
+        "请提供整数地类栅格及其分类表"
+    )
 
 
 @dataclass
@@ -271,8 +316,12 @@ class ClassSource:
         if self.source == "derived":  # only the bands the rules use are read (a 2500-band file reads ≤ 5)
             used = sorted(set(self.rules.bands.values()))
             data = self._ds.read(used, window=win)
-            local = IndexRules({k: used.index(v) + 1 for k, v in self.rules.bands.items()}, self.rules.thresholds,
-                               self.rules.offset, True)
+            local = IndexRules(
+                {k: used.index(v) + 1 for k, v in self.rules.bands.items()},
+                self.rules.thresholds,
+                self.rules.offset,
+                True,
+            )
             pick = [(self.scales[v - 1] if len(self.scales) >= v else None) for v in used]
             off = [(self.offsets[v - 1] if len(self.offsets) >= v else None) for v in used]
             codes = classify(data, self.nodata, local, pick, off)
@@ -303,10 +352,20 @@ def _open_meta(path) -> dict:
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
     with open_measured(path) as ds:
-        return {"path": path, "name": path, "crs": ds.crs if ds.crs else None, "transform": ds.transform,
-                "shape": (ds.height, ds.width), "count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata,
-                "band_names": [d or "" for d in ds.descriptions], "scales": tuple(ds.scales),
-                "offsets": tuple(ds.offsets), "block_rows": ds.block_shapes[0][0] if ds.block_shapes else 1}
+        return {
+            "path": path,
+            "name": path,
+            "crs": ds.crs if ds.crs else None,
+            "transform": ds.transform,
+            "shape": (ds.height, ds.width),
+            "count": ds.count,
+            "dtype": ds.dtypes[0],
+            "nodata": ds.nodata,
+            "band_names": [d or "" for d in ds.descriptions],
+            "scales": tuple(ds.scales),
+            "offsets": tuple(ds.offsets),
+            "block_rows": ds.block_shapes[0][0] if ds.block_shapes else 1,
+        }
 
 
 def raster_pixels(path) -> int:
@@ -323,8 +382,18 @@ def _supplied_source(meta: dict, class_table=None) -> ClassSource:
         raise continuous_error(meta["name"], f"{dt} values and no class table")
     if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
         raise MeasureError(f"{meta['name']}: unsupported data type {dt} for a class raster")
-    return ClassSource(meta["path"], meta["name"], meta["crs"], meta["transform"], meta["shape"], 1, meta["dtype"],
-                       meta["nodata"], "supplied", block_rows=meta["block_rows"])
+    return ClassSource(
+        meta["path"],
+        meta["name"],
+        meta["crs"],
+        meta["transform"],
+        meta["shape"],
+        1,
+        meta["dtype"],
+        meta["nodata"],
+        "supplied",
+        block_rows=meta["block_rows"],
+    )
 
 
 def open_date(image=None, classes=None, rules: IndexRules | None = None, class_table=None) -> ClassSource:
@@ -337,21 +406,41 @@ def open_date(image=None, classes=None, rules: IndexRules | None = None, class_t
         if img is not None:
             src.image, src.band_count = img["name"], img["count"]
             if not same_grid(_Meta(img), src):
-                src.notes.append({"en": f"{img['name']} and {src.name} are on different grids; areas come from {src.name}",
-                                  "zh": f"{img['name']} 与 {src.name} 网格不同；面积按 {src.name} 计算"})
+                src.notes.append(
+                    {
+                        "en": f"{img['name']} and {src.name} are on different grids; areas come from {src.name}",
+                        "zh": f"{img['name']} 与 {src.name} 网格不同；面积按 {src.name} 计算",
+                    }
+                )
         return src
     if img["count"] == 1:
         return _supplied_source(img, class_table)
     if img["count"] < 4:
-        raise MeasureError(f"{img['name']}: {img['count']} band(s) — deriving classes needs blue, green, red and NIR bands; "
-                           "pass --classes CLASSES.tif for a land-cover map")
+        raise MeasureError(
+            f"{img['name']}: {img['count']} band(s) — deriving classes needs blue, green, red and NIR bands; "
+            "pass --classes CLASSES.tif for a land-cover map"
+        )
     r = (rules or IndexRules()).for_raster(img["count"], img["band_names"])
     need = max(r.bands.values())
     if need > img["count"]:
         raise MeasureError(f"{img['name']}: band {need} is configured but the raster has only {img['count']} band(s)")
-    return ClassSource(img["path"], img["name"], img["crs"], img["transform"], img["shape"], img["count"], img["dtype"],
-                       img["nodata"], "derived", img["name"], img["count"], r, img["scales"], img["offsets"],
-                       block_rows=img["block_rows"])
+    return ClassSource(
+        img["path"],
+        img["name"],
+        img["crs"],
+        img["transform"],
+        img["shape"],
+        img["count"],
+        img["dtype"],
+        img["nodata"],
+        "derived",
+        img["name"],
+        img["count"],
+        r,
+        img["scales"],
+        img["offsets"],
+        block_rows=img["block_rows"],
+    )
 
 
 class _Meta:

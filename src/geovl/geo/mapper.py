@@ -57,9 +57,33 @@ CODES = {"yes": 1, "no": 0, "unknown": 255}
 CANDIDATES = {"zh": ["是", "否"], "en": ["yes", "no"]}
 SIDECAR_SUFFIX = ".tiles.jsonl"
 SCHEMA = "geovl.map/1"
-FLAG_COLUMNS = ("row", "col", "x_off", "y_off", "width_px", "height_px", "answer", "code", "p_yes", "probability",
-                "question", "label")
-COMPAT_KEYS = ("width", "height", "count", "crs", "transform", "tile", "overlap", "question", "render", "answer_from", "engine")
+FLAG_COLUMNS = (
+    "row",
+    "col",
+    "x_off",
+    "y_off",
+    "width_px",
+    "height_px",
+    "answer",
+    "code",
+    "p_yes",
+    "probability",
+    "question",
+    "label",
+)
+COMPAT_KEYS = (
+    "width",
+    "height",
+    "count",
+    "crs",
+    "transform",
+    "tile",
+    "overlap",
+    "question",
+    "render",
+    "answer_from",
+    "engine",
+)
 
 
 class MapError(MeasureError):
@@ -144,7 +168,9 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
     side = sidecar_path(out)
     outputs = [p for p in (out, side, o.geojson, o.geoparquet, o.png) if p is not None]
     if not o.resume and not o.overwrite and (clash := [str(p) for p in outputs if Path(p).exists()]):
-        raise MapError(f"{', '.join(clash)} already exist: pass --resume to continue that run or --overwrite to start again")
+        raise MapError(
+            f"{', '.join(clash)} already exist: pass --resume to continue that run or --overwrite to start again"
+        )
     remote = str(raster).startswith(("/vsi", "http://", "https://", "s3://"))  # e.g. a cloud-optimised GeoTIFF
     if not remote and not os.path.isfile(raster):
         raise MapError(f"{raster}: file not found")
@@ -154,16 +180,29 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
         raise MapError(f"{raster}: not a readable raster ({e})") from None
     with ds:
         if ds.crs is None:
-            raise MapError(f"{raster}: has no CRS (not georeferenced) — a flags map must be placed on the ground; "
-                           "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE")
+            raise MapError(
+                f"{raster}: has no CRS (not georeferenced) — a flags map must be placed on the ground; "
+                "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE"
+            )
         grid = TileGrid(ds.width, ds.height, o.tile, o.overlap)
         spec = render_spec(ds.count, ds.descriptions, input_spec(engine).preprocess, o.bands, ds.colorinterp)
         t = ds.transform
-        header = {"schema": SCHEMA, "raster": str(Path(raster).resolve()), "width": ds.width, "height": ds.height,
-                  "count": ds.count, "crs": ds.crs.to_wkt(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
-                  "tile": o.tile, "overlap": o.overlap, "question": question, "render": spec.to_json(),
-                  "answer_from": o.answer_from, "engine": getattr(engine, "name", type(engine).__name__),
-                  "candidates": cands}
+        header = {
+            "schema": SCHEMA,
+            "raster": str(Path(raster).resolve()),
+            "width": ds.width,
+            "height": ds.height,
+            "count": ds.count,
+            "crs": ds.crs.to_wkt(),
+            "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "tile": o.tile,
+            "overlap": o.overlap,
+            "question": question,
+            "render": spec.to_json(),
+            "answer_from": o.answer_from,
+            "engine": getattr(engine, "name", type(engine).__name__),
+            "candidates": cands,
+        }
         try:
             done, journal = _journal(side, header).open(o.resume)
         except TilingError as e:
@@ -171,8 +210,17 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
         done_before = len(done)
         counts = {"generate": 0, "choice_logprobs": 0}
         run_now = 0
-        with journal as f, tqdm(total=grid.count, initial=done_before, desc="map tiles", unit="tile",
-                                file=sys.stderr, disable=not o.progress) as bar:
+        with (
+            journal as f,
+            tqdm(
+                total=grid.count,
+                initial=done_before,
+                desc="map tiles",
+                unit="tile",
+                file=sys.stderr,
+                disable=not o.progress,
+            ) as bar,
+        ):
 
             def emit(rec):
                 done[(rec["row"], rec["col"])] = rec
@@ -207,8 +255,16 @@ def map_raster(engine, raster, question: str, out, **options) -> dict:
             flush_batch()
         summary = _write_outputs(ds, grid, spec, done, out, o, question, header)
     nodata = sum(1 for rec in done.values() if rec["status"] == "nodata")
-    return summary | {"raster": str(raster), "sidecar": str(side), "tiles": grid.count, "done_before": done_before,
-                      "run": run_now, "nodata": nodata, "engine": header["engine"], "engine_requests": counts}
+    return summary | {
+        "raster": str(raster),
+        "sidecar": str(side),
+        "tiles": grid.count,
+        "done_before": done_before,
+        "run": run_now,
+        "nodata": nodata,
+        "engine": header["engine"],
+        "engine_requests": counts,
+    }
 
 
 def _answer_batch(engine, batch, question, cands, answer_from, has_lp, params, counts) -> list[dict]:
@@ -235,8 +291,19 @@ def _answer_batch(engine, batch, question, cands, answer_from, has_lp, params, c
             p, src = _p_yes(lps[i]), "choice_logprobs"
         else:
             p, src = {1: 1.0, 0: 0.0}.get(code), "answer"
-        out.append({"row": r, "col": c, "window": window_list(win), "status": "answered", "answer": text, "code": code,
-                    "p_yes": p, "p_source": src, "valid_fraction": round(frac, 6)})
+        out.append(
+            {
+                "row": r,
+                "col": c,
+                "window": window_list(win),
+                "status": "answered",
+                "answer": text,
+                "code": code,
+                "p_yes": p,
+                "p_source": src,
+                "valid_fraction": round(frac, 6),
+            }
+        )
     return out
 
 
@@ -249,9 +316,19 @@ def write_cog(path, data: np.ndarray, crs, transform, descriptions=(), tags=None
     tiles, deflate, nearest-neighbour overviews down to one tile, NaN nodata)."""
     import rasterio
 
-    profile = dict(driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="float32",
-                   crs=crs, transform=transform, nodata=float("nan"), compress="deflate", blocksize=COG_BLOCK,
-                   overview_resampling="nearest")
+    profile = dict(
+        driver="COG",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype="float32",
+        crs=crs,
+        transform=transform,
+        nodata=float("nan"),
+        compress="deflate",
+        blocksize=COG_BLOCK,
+        overview_resampling="nearest",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data.astype(np.float32))
         for i, d in enumerate(descriptions, 1):
@@ -261,7 +338,6 @@ def write_cog(path, data: np.ndarray, crs, transform, descriptions=(), tags=None
 
 
 def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, question: str, header: dict) -> dict:
-    import rasterio
 
     from .tiles import window_polygon
 
@@ -282,10 +358,21 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
             flagged.append(rec)
     tr = grid.out_transform(ds.transform)
     with atomic_path(out) as tmp:
-        write_cog(tmp, np.stack([code, prob]), ds.crs, tr,
-                  ["answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)", "P(yes)"],
-                  dict(geovl_question=question, geovl_tile=str(grid.tile), geovl_overlap=str(grid.overlap),
-                       geovl_stride=str(grid.stride), geovl_source=header["raster"], geovl_engine=header["engine"]))
+        write_cog(
+            tmp,
+            np.stack([code, prob]),
+            ds.crs,
+            tr,
+            ["answer code: 1 yes, 0 no, 255 unknown (nodata: tile skipped)", "P(yes)"],
+            dict(
+                geovl_question=question,
+                geovl_tile=str(grid.tile),
+                geovl_overlap=str(grid.overlap),
+                geovl_stride=str(grid.stride),
+                geovl_source=header["raster"],
+                geovl_engine=header["engine"],
+            ),
+        )
     written = [str(out)]
 
     label = o.label or question
@@ -297,19 +384,48 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
             p = rec.get("p_yes")
             prob_flag = None if p is None else (p if o.flag_if == "yes" else 1.0 - p)
             x, y, w, h = rec["window"]
-            props.append({"row": rec["row"], "col": rec["col"], "x_off": x, "y_off": y, "width_px": w, "height_px": h,
-                          "answer": rec["answer"], "code": rec["code"], "p_yes": p, "probability": prob_flag,
-                          "question": question, "label": label})
+            props.append(
+                {
+                    "row": rec["row"],
+                    "col": rec["col"],
+                    "x_off": x,
+                    "y_off": y,
+                    "width_px": w,
+                    "height_px": h,
+                    "answer": rec["answer"],
+                    "code": rec["code"],
+                    "p_yes": p,
+                    "probability": prob_flag,
+                    "question": question,
+                    "label": label,
+                }
+            )
             rings.append(window_polygon(ds.transform, rec["window"])["coordinates"][0])
             lonlat = ccw_closed(to_wgs84(ds.crs, pixel_ring(ds.transform, (x, y, x + w, y + h), DENSIFY)))
-            feats.append({"type": "Feature", "id": rec["row"] * grid.n_cols + rec["col"], "properties": props[-1],
-                          "geometry": {"type": "Polygon", "coordinates": [lonlat]}})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "id": rec["row"] * grid.n_cols + rec["col"],
+                    "properties": props[-1],
+                    "geometry": {"type": "Polygon", "coordinates": [lonlat]},
+                }
+            )
         if o.geojson is not None:
-            fc = {"type": "FeatureCollection", "name": "geovl_flags",
-                  "geovl": {"coordinates": "WGS 84 longitude/latitude (RFC 7946)", "crs": ds.crs.to_string(),
-                            "question": question, "label": label, "flag_if": o.flag_if, "grid": grid.to_json(),
-                            "flagged": len(flagged), "answers": answers},
-                  "features": feats}
+            fc = {
+                "type": "FeatureCollection",
+                "name": "geovl_flags",
+                "geovl": {
+                    "coordinates": "WGS 84 longitude/latitude (RFC 7946)",
+                    "crs": ds.crs.to_string(),
+                    "question": question,
+                    "label": label,
+                    "flag_if": o.flag_if,
+                    "grid": grid.to_json(),
+                    "flagged": len(flagged),
+                    "answers": answers,
+                },
+                "features": feats,
+            }
             gj = Path(o.geojson)
             write_text(gj, json.dumps(fc, ensure_ascii=False) + "\n")
             written.append(str(gj))
@@ -321,9 +437,17 @@ def _write_outputs(ds, grid, spec, done: dict, out: Path, o: MapOptions, questio
     if o.png is not None:
         _overview(ds, grid, spec, flagged, Path(o.png), o.png_size)
         written.append(str(o.png))
-    return {"out": str(out), "written": written, "grid": grid.to_json(), "render": spec.to_json(), "answers": answers,
-            "flagged": len(flagged), "flag_if": o.flag_if, "crs": ds.crs.to_string(),
-            "out_transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f]}
+    return {
+        "out": str(out),
+        "written": written,
+        "grid": grid.to_json(),
+        "render": spec.to_json(),
+        "answers": answers,
+        "flagged": len(flagged),
+        "flag_if": o.flag_if,
+        "crs": ds.crs.to_string(),
+        "out_transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f],
+    }
 
 
 def _overview(ds, grid, spec, flagged: list, path: Path, size: int) -> None:

@@ -27,15 +27,25 @@ from .change import Change, change_matrix, find_patches, patches_geojson
 from .errors import MeasureError
 from .geodesy import PixelAreas, pixel_areas
 from .indices import IndexRules
-from .landcover import (MAX_CLASSES, ClassMap, ClassSource, bounded_cache, continuous_error, load_date, open_date, raster_pixels,
-                        reproject_onto, same_grid)
+from .landcover import (
+    MAX_CLASSES,
+    ClassMap,
+    ClassSource,
+    bounded_cache,
+    continuous_error,
+    load_date,
+    open_date,
+    raster_pixels,
+    reproject_onto,
+    same_grid,
+)
 from .tables import ClassTable, auto_table, load_table
+from .units import all_units
 
 FULL_MAPS_MAX_PIXELS = 12_000_000  # two dates: whole-grid class maps (for change patches) are kept up to this size
 FULL_MAPS_ONE_DATE_MAX_PIXELS = 4_000_000  # one date: class maps kept (Measurement.maps) up to this size
 WHOLE_ARRAY_MAX_PIXELS = 50_000_000  # in-memory inputs and two dates on different grids are measured as whole arrays
 _NONE = np.iinfo(np.int64).min  # "not valid" in the per-window code keys
-from .units import all_units
 
 
 @dataclass
@@ -61,8 +71,15 @@ class ClassArea:
         return all_units(self.m2)["mu"]
 
     def to_json(self) -> dict:
-        return {"code": self.code, "key": self.key, "en": self.en, "zh": self.zh, "pixels": self.pixels,
-                **all_units(self.m2), "share": self.share}
+        return {
+            "code": self.code,
+            "key": self.key,
+            "en": self.en,
+            "zh": self.zh,
+            "pixels": self.pixels,
+            **all_units(self.m2),
+            "share": self.share,
+        }
 
 
 @dataclass
@@ -84,9 +101,16 @@ class DateMeasure:
         return None
 
     def to_json(self) -> dict:
-        return {"label": self.label, "classes_path": self.classes_path, "image_path": self.image_path, "source": self.source,
-                "valid_pixels": self.valid_pixels, "nodata_pixels": self.nodata_pixels,
-                "valid_area": all_units(self.valid_m2), "classes": [c.to_json() for c in self.classes]}
+        return {
+            "label": self.label,
+            "classes_path": self.classes_path,
+            "image_path": self.image_path,
+            "source": self.source,
+            "valid_pixels": self.valid_pixels,
+            "nodata_pixels": self.nodata_pixels,
+            "valid_area": all_units(self.valid_m2),
+            "classes": [c.to_json() for c in self.classes],
+        }
 
 
 @dataclass
@@ -121,10 +145,19 @@ class Measurement:
         gain = float(m[:, i].sum() - m[i, i])
         loss = float(m[i, :].sum() - m[i, i])
         px = self.change.pixels
-        return {"code": info.code, "key": info.key, "en": info.en, "zh": info.zh,
-                "gain_pixels": int(px[:, i].sum() - px[i, i]), "loss_pixels": int(px[i, :].sum() - px[i, i]),
-                "gain_m2": gain, "loss_m2": loss, "net_m2": gain - loss,
-                "before_m2": float(m[i, :].sum()), "after_m2": float(m[:, i].sum())}
+        return {
+            "code": info.code,
+            "key": info.key,
+            "en": info.en,
+            "zh": info.zh,
+            "gain_pixels": int(px[:, i].sum() - px[i, i]),
+            "loss_pixels": int(px[i, :].sum() - px[i, i]),
+            "gain_m2": gain,
+            "loss_m2": loss,
+            "net_m2": gain - loss,
+            "before_m2": float(m[i, :].sum()),
+            "after_m2": float(m[:, i].sum()),
+        }
 
     def geojson(self, wgs84: bool = False) -> dict | None:
         if self.change is None:
@@ -167,8 +200,16 @@ class Measurement:
             t = self.transform
             path = Path(out_dir) / f"{label}_classes_derived.tif"
             data = np.where(cm.valid, cm.codes, 0).astype(np.uint8)[None]
-            write_raster(path, Raster(data, self.crs.to_wkt() if self.crs else None, (t.a, t.b, t.c, t.d, t.e, t.f), 0,
-                                      ["derived land-cover class"]))
+            write_raster(
+                path,
+                Raster(
+                    data,
+                    self.crs.to_wkt() if self.crs else None,
+                    (t.a, t.b, t.c, t.d, t.e, t.f),
+                    0,
+                    ["derived land-cover class"],
+                ),
+            )
             written.append(str(path))
         return written
 
@@ -180,13 +221,23 @@ def _index(cm: ClassMap, valid: np.ndarray, codes: list[int]) -> np.ndarray:
     return idx
 
 
-def _date(label: str, cm: ClassMap, valid: np.ndarray, region: np.ndarray, idx: np.ndarray, codes: list[int],
-          table: ClassTable, areas: PixelAreas) -> DateMeasure:
+def _date(
+    label: str,
+    cm: ClassMap,
+    valid: np.ndarray,
+    region: np.ndarray,
+    idx: np.ndarray,
+    codes: list[int],
+    table: ClassTable,
+    areas: PixelAreas,
+) -> DateMeasure:
     k = len(codes)
     pixels = np.bincount(idx[idx >= 0], minlength=k)
     m2 = areas.sums(idx, k)
     total, classes = _class_areas(codes, table, pixels, m2)
-    return DateMeasure(label, cm.name, cm.image, cm.source, int(valid.sum()), int((region & ~valid).sum()), total, classes)
+    return DateMeasure(
+        label, cm.name, cm.image, cm.source, int(valid.sum()), int((region & ~valid).sum()), total, classes
+    )
 
 
 def _class_areas(codes: list[int], table: ClassTable, pixels, m2) -> tuple[float, list[ClassArea]]:
@@ -195,15 +246,31 @@ def _class_areas(codes: list[int], table: ClassTable, pixels, m2) -> tuple[float
     classes = []
     for i, code in enumerate(codes):
         info = table.info(code)
-        classes.append(ClassArea(code, info.key, info.en, info.zh, int(pixels[i]), float(m2[i]),
-                                 float(m2[i] / total) if total else 0.0))
+        classes.append(
+            ClassArea(
+                code, info.key, info.en, info.zh, int(pixels[i]), float(m2[i]), float(m2[i] / total) if total else 0.0
+            )
+        )
     return total, classes
 
 
-def measure_raster(image=None, classes=None, before=None, before_classes=None, class_table=None, aoi=None,
-                   aoi_crs: str | None = None, pixel_size=None, rules: IndexRules | None = None, area: str = "auto",
-                   patches: bool = True, top: int | None = None, min_patch_pixels: int = 1,
-                   progress: bool = False, window: tuple[int, int] | None = None) -> Measurement:
+def measure_raster(
+    image=None,
+    classes=None,
+    before=None,
+    before_classes=None,
+    class_table=None,
+    aoi=None,
+    aoi_crs: str | None = None,
+    pixel_size=None,
+    rules: IndexRules | None = None,
+    area: str = "auto",
+    patches: bool = True,
+    top: int | None = None,
+    min_patch_pixels: int = 1,
+    progress: bool = False,
+    window: tuple[int, int] | None = None,
+) -> Measurement:
     """Measure class areas of ``image`` (or ``classes``), and change from ``before``/``before_classes``.
 
     ``class_table``: a :class:`ClassTable`, a built-in name or a JSON path (default: auto for supplied
@@ -227,8 +294,20 @@ def measure_raster(image=None, classes=None, before=None, before_classes=None, c
             if before_src is None or same_grid(before_src, after_src):
                 try:
                     with bounded_cache():
-                        return _measure_windowed(after_src, before_src, class_table, aoi, aoi_crs, pixel_size, area,
-                                                 patches, top, min_patch_pixels, step, window)
+                        return _measure_windowed(
+                            after_src,
+                            before_src,
+                            class_table,
+                            aoi,
+                            aoi_crs,
+                            pixel_size,
+                            area,
+                            patches,
+                            top,
+                            min_patch_pixels,
+                            step,
+                            window,
+                        )
                 finally:
                     for s_ in (after_src, before_src):
                         if s_ is not None:
@@ -236,19 +315,25 @@ def measure_raster(image=None, classes=None, before=None, before_classes=None, c
         _whole_array_limit(inputs)
         after_cm = load_date(image, classes, rules, class_table)
         before_cm = load_date(before, before_classes, rules, class_table) if two else None
-        return _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, patches, top,
-                        min_patch_pixels, step)
+        return _measure(
+            after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, patches, top, min_patch_pixels, step
+        )
 
 
-def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, patches, top, min_patch_pixels,
-             step) -> Measurement:
+def _measure(
+    after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, patches, top, min_patch_pixels, step
+) -> Measurement:
     two = before_cm is not None
     notes: list[dict] = list(after_cm.notes)
     if before_cm is not None:
         _check_pair(before_cm, after_cm)
         if before_cm.rules and after_cm.rules and before_cm.rules.bands != after_cm.rules.bands:
-            notes.append({"en": f"band roles differ between the dates: before {before_cm.rules.bands}, after {after_cm.rules.bands}",
-                          "zh": f"两期波段对应不同：前 {before_cm.rules.bands}，后 {after_cm.rules.bands}"})
+            notes.append(
+                {
+                    "en": f"band roles differ between the dates: before {before_cm.rules.bands}, after {after_cm.rules.bands}",
+                    "zh": f"两期波段对应不同：前 {before_cm.rules.bands}，后 {after_cm.rules.bands}",
+                }
+            )
         if not same_grid(before_cm, after_cm):
             before_cm = reproject_onto(before_cm, after_cm)
         notes += before_cm.notes
@@ -274,11 +359,16 @@ def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, p
         if areas.constant is not None:
             aoi_obj.area_m2 = areas.total(region)
         else:  # NaN-safe: off-projection pixels (no ground area) may lie in the AOI as nodata
-            aoi_obj.area_m2 = float(np.nansum(np.broadcast_to(areas.window(0, region.shape[0], 0, region.shape[1]),
-                                                              region.shape)[region]))
+            aoi_obj.area_m2 = float(
+                np.nansum(np.broadcast_to(areas.window(0, region.shape[0], 0, region.shape[1]), region.shape)[region])
+            )
         if aoi_obj.partly_outside:
-            notes.append({"en": "part of the AOI lies outside the raster; only the overlap is measured",
-                          "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分"})
+            notes.append(
+                {
+                    "en": "part of the AOI lies outside the raster; only the overlap is measured",
+                    "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分",
+                }
+            )
         valids = [v & region for v in valids]
         for m, v in zip(maps, valids):
             if not v.any():
@@ -300,15 +390,32 @@ def _measure(after_cm, before_cm, class_table, aoi, aoi_crs, pixel_size, area, p
         change = change_matrix(idxs[0], idxs[1], codes, areas)
         if patches:
             step("patches")
-            change.patches, change.patches_total = find_patches(idxs[0], idxs[1], codes, areas, after_cm.transform,
-                                                                after_cm.crs, top, min_patch_pixels)
+            change.patches, change.patches_total = find_patches(
+                idxs[0], idxs[1], codes, areas, after_cm.transform, after_cm.crs, top, min_patch_pixels
+            )
         only_one = int(((idxs[0] >= 0) ^ (idxs[1] >= 0)).sum())
         if only_one:
-            notes.append({"en": f"{only_one} pixels are valid on one date only and are left out of the change figures",
-                          "zh": f"有 {only_one} 个像元仅在一个时相有效，未计入变化统计"})
+            notes.append(
+                {
+                    "en": f"{only_one} pixels are valid on one date only and are left out of the change figures",
+                    "zh": f"有 {only_one} 个像元仅在一个时相有效，未计入变化统计",
+                }
+            )
     step("done")
-    return Measurement(dates[-1], dates[0] if two else None, change, table, areas, after_cm.crs, after_cm.transform,
-                       after_cm.shape, aoi_obj, after_cm.rules, notes, dict(zip(labels, maps)))
+    return Measurement(
+        dates[-1],
+        dates[0] if two else None,
+        change,
+        table,
+        areas,
+        after_cm.crs,
+        after_cm.transform,
+        after_cm.shape,
+        aoi_obj,
+        after_cm.rules,
+        notes,
+        dict(zip(labels, maps)),
+    )
 
 
 class _stages:
@@ -345,10 +452,12 @@ def _whole_array_limit(inputs) -> None:
         px = int(x.height) * int(x.width) if isinstance(x, Raster) else raster_pixels(x)
         if px > WHOLE_ARRAY_MAX_PIXELS:
             name = "<in-memory raster>" if isinstance(x, Raster) else str(x)
-            raise MeasureError(f"{name}: {px:,} pixels — two dates on different grids (or in-memory rasters) are measured "
-                               f"as whole arrays, up to {WHOLE_ARRAY_MAX_PIXELS:,} pixels; put both dates on one grid first "
-                               "(gdalwarp -tr XRES YRES -te XMIN YMIN XMAX YMAX -r near before.tif before_on_grid.tif), "
-                               "which is measured window by window / 影像过大：请先用 gdalwarp 将两期重采样到同一网格")
+            raise MeasureError(
+                f"{name}: {px:,} pixels — two dates on different grids (or in-memory rasters) are measured "
+                f"as whole arrays, up to {WHOLE_ARRAY_MAX_PIXELS:,} pixels; put both dates on one grid first "
+                "(gdalwarp -tr XRES YRES -te XMIN YMIN XMAX YMAX -r near before.tif before_on_grid.tif), "
+                "which is measured window by window / 影像过大：请先用 gdalwarp 将两期重采样到同一网格"
+            )
 
 
 def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -369,16 +478,32 @@ def _windows(h: int, w: int, rows: int, cols: int):
             yield r0, min(h, r0 + rows), c0, min(w, c0 + cols)
 
 
-def _measure_windowed(after: ClassSource, before: ClassSource | None, class_table, aoi, aoi_crs, pixel_size, area,
-                      patches, top, min_patch_pixels, step, window) -> Measurement:
+def _measure_windowed(
+    after: ClassSource,
+    before: ClassSource | None,
+    class_table,
+    aoi,
+    aoi_crs,
+    pixel_size,
+    area,
+    patches,
+    top,
+    min_patch_pixels,
+    step,
+    window,
+) -> Measurement:
     """Class counts, areas and the change matrix accumulated window by window (same figures as :func:`_measure`)."""
     two = before is not None
     notes: list[dict] = list(after.notes)
     if two:
         _check_pair(before, after)
         if before.rules and after.rules and before.rules.bands != after.rules.bands:
-            notes.append({"en": f"band roles differ between the dates: before {before.rules.bands}, after {after.rules.bands}",
-                          "zh": f"两期波段对应不同：前 {before.rules.bands}，后 {after.rules.bands}"})
+            notes.append(
+                {
+                    "en": f"band roles differ between the dates: before {before.rules.bands}, after {after.rules.bands}",
+                    "zh": f"两期波段对应不同：前 {before.rules.bands}，后 {after.rules.bands}",
+                }
+            )
         notes += before.notes
     srcs = [s for s in (before, after) if s is not None]
     labels = ["before", "after"] if two else ["image"]
@@ -392,8 +517,12 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
     if aoi is not None:
         aoi_obj = load_aoi(aoi, after.crs, after.transform, after.shape, aoi_crs, after.name, with_mask=False)
         if aoi_obj.partly_outside:
-            notes.append({"en": "part of the AOI lies outside the raster; only the overlap is measured",
-                          "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分"})
+            notes.append(
+                {
+                    "en": "part of the AOI lies outside the raster; only the overlap is measured",
+                    "zh": "AOI 有部分位于影像范围之外，仅量算重叠部分",
+                }
+            )
     h, w = after.shape
     rows, cols = window if window is not None else (min(s.window_rows() for s in srcs), w)
     if rows < 1 or cols < 1:
@@ -493,8 +622,12 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
     change = None
     maps = {}
     if keep_full:
-        maps = {lab: ClassMap(c, v, after.crs, after.transform, s.name, s.source, s.image, s.band_count, list(s.notes),
-                              s.rules) for lab, s, (c, v) in zip(labels, srcs, full)}
+        maps = {
+            lab: ClassMap(
+                c, v, after.crs, after.transform, s.name, s.source, s.image, s.band_count, list(s.notes), s.rules
+            )
+            for lab, s, (c, v) in zip(labels, srcs, full)
+        }
     if two:
         step("change")
         mpx = np.zeros((k, k), np.int64)
@@ -520,18 +653,40 @@ def _measure_windowed(after: ClassSource, before: ClassSource | None, class_tabl
                     if aoi_full is not None:
                         v &= aoi_full
                     idxs.append(_index(cm, v, codes))
-                change.patches, change.patches_total = find_patches(idxs[0], idxs[1], codes, areas, after.transform,
-                                                                    after.crs, top, min_patch_pixels)
+                change.patches, change.patches_total = find_patches(
+                    idxs[0], idxs[1], codes, areas, after.transform, after.crs, top, min_patch_pixels
+                )
             else:
-                notes.append({"en": f"change patches (GeoJSON) are not computed above {FULL_MAPS_MAX_PIXELS:,} pixels "
-                                    f"({h * w:,} here): clip with --aoi or crop the rasters for patches",
-                              "zh": f"像元数超过 {FULL_MAPS_MAX_PIXELS:,}（本例 {h * w:,}），未提取变化图斑；请用 --aoi 或裁剪影像"})
+                notes.append(
+                    {
+                        "en": f"change patches (GeoJSON) are not computed above {FULL_MAPS_MAX_PIXELS:,} pixels "
+                        f"({h * w:,} here): clip with --aoi or crop the rasters for patches",
+                        "zh": f"像元数超过 {FULL_MAPS_MAX_PIXELS:,}（本例 {h * w:,}），未提取变化图斑；请用 --aoi 或裁剪影像",
+                    }
+                )
         if only_one:
-            notes.append({"en": f"{only_one} pixels are valid on one date only and are left out of the change figures",
-                          "zh": f"有 {only_one} 个像元仅在一个时相有效，未计入变化统计"})
+            notes.append(
+                {
+                    "en": f"{only_one} pixels are valid on one date only and are left out of the change figures",
+                    "zh": f"有 {only_one} 个像元仅在一个时相有效，未计入变化统计",
+                }
+            )
     step("done")
-    return Measurement(dates[-1], dates[0] if two else None, change, table, areas, after.crs, after.transform,
-                       after.shape, aoi_obj, after.rules, notes, maps, dict(zip(labels, srcs)))
+    return Measurement(
+        dates[-1],
+        dates[0] if two else None,
+        change,
+        table,
+        areas,
+        after.crs,
+        after.transform,
+        after.shape,
+        aoi_obj,
+        after.rules,
+        notes,
+        maps,
+        dict(zip(labels, srcs)),
+    )
 
 
 def _write_derived(src: ClassSource, path, crs, transform) -> None:
@@ -540,8 +695,20 @@ def _write_derived(src: ClassSource, path, crs, transform) -> None:
     from rasterio.windows import Window
 
     h, w = src.shape
-    profile = {"driver": "GTiff", "width": w, "height": h, "count": 1, "dtype": "uint8", "nodata": 0, "crs": crs,
-               "transform": transform, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": 0,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
     rows = max(256, (src.window_rows() // 256) * 256)
     with bounded_cache(), rasterio.open(path, "w", **profile) as dst:
         for r0, r1, c0, c1 in _windows(h, w, rows, w):
@@ -553,11 +720,15 @@ def _write_derived(src: ClassSource, path, crs, transform) -> None:
 
 def _check_pair(before: ClassMap, after: ClassMap) -> None:
     if before.source != after.source:
-        raise MeasureError(f"{before.name} ({before.source} classes) and {after.name} ({after.source} classes): both dates "
-                           "must use the same kind of classes — give --classes and --before-classes, or neither")
+        raise MeasureError(
+            f"{before.name} ({before.source} classes) and {after.name} ({after.source} classes): both dates "
+            "must use the same kind of classes — give --classes and --before-classes, or neither"
+        )
     if before.band_count and after.band_count and before.band_count != after.band_count:
-        raise MeasureError(f"{before.image} has {before.band_count} bands but {after.image} has {after.band_count}: "
-                           "the two dates must have the same bands")
+        raise MeasureError(
+            f"{before.image} has {before.band_count} bands but {after.image} has {after.band_count}: "
+            "the two dates must have the same bands"
+        )
 
 
 def _table(spec, after: ClassMap, before: ClassMap | None) -> ClassTable:
@@ -565,8 +736,9 @@ def _table(spec, after: ClassMap, before: ClassMap | None) -> ClassTable:
         return spec
     if after.source == "derived":
         if spec is not None and str(spec) != "derived":
-            raise MeasureError("--class-table applies to supplied class rasters; derived classes use the built-in "
-                               "'derived' table")
+            raise MeasureError(
+                "--class-table applies to supplied class rasters; derived classes use the built-in 'derived' table"
+            )
         return load_table("derived")
     if spec is not None:
         return load_table(spec)

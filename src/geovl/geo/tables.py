@@ -54,7 +54,8 @@ class ClassTable:
             "source": self.source,
             "nodata": list(self.nodata),
             "classes": [
-                {"code": c.code, "key": c.key, "en": c.en, "zh": c.zh} | ({"accuracy_key": c.accuracy_key} if c.accuracy_key else {})
+                {"code": c.code, "key": c.key, "en": c.en, "zh": c.zh}
+                | ({"accuracy_key": c.accuracy_key} if c.accuracy_key else {})
                 for c in self.classes.values()
             ],
         }
@@ -128,23 +129,31 @@ def load_table(spec: str | Path) -> ClassTable:
         raise MeasureError(f"{path}: not a readable class table JSON file ({e})") from None
     rows = doc.get("classes") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not rows:
-        raise MeasureError(f"{path}: class table needs a non-empty \"classes\" list")
+        raise MeasureError(f'{path}: class table needs a non-empty "classes" list')
     classes: dict[int, ClassInfo] = {}
     for i, r in enumerate(rows):
         code = r.get("code", r.get("id")) if isinstance(r, dict) else None
         if isinstance(code, bool) or not isinstance(code, int):
-            raise MeasureError(f"{path}: classes[{i}] needs an integer \"code\" (or \"id\")")
+            raise MeasureError(f'{path}: classes[{i}] needs an integer "code" (or "id")')
         if not CODE_RANGE[0] <= code <= CODE_RANGE[1]:
-            raise MeasureError(f"{path}: classes[{i}] code {str(code)[:24]}{'…' if len(str(code)) > 24 else ''} is outside "
-                               f"{CODE_RANGE[0]}..{CODE_RANGE[1]} (class raster values are at most 32-bit integers)")
+            raise MeasureError(
+                f"{path}: classes[{i}] code {str(code)[:24]}{'…' if len(str(code)) > 24 else ''} is outside "
+                f"{CODE_RANGE[0]}..{CODE_RANGE[1]} (class raster values are at most 32-bit integers)"
+            )
         if code in classes:
             raise MeasureError(f"{path}: class code {code} appears twice")
         key = str(r.get("key") or r.get("en") or f"class_{code}")
-        classes[code] = ClassInfo(code, key, str(r.get("en") or key), str(r.get("zh") or r.get("en") or key), r.get("accuracy_key"))
+        classes[code] = ClassInfo(
+            code, key, str(r.get("en") or key), str(r.get("zh") or r.get("en") or key), r.get("accuracy_key")
+        )
     nodata = doc.get("nodata", [])
     nodata = [nodata] if isinstance(nodata, int) else nodata
-    if not isinstance(nodata, list) or not all(isinstance(v, int) and CODE_RANGE[0] <= v <= CODE_RANGE[1] for v in nodata):
-        raise MeasureError(f"{path}: \"nodata\" must be an integer or a list of integers in {CODE_RANGE[0]}..{CODE_RANGE[1]}")
+    if not isinstance(nodata, list) or not all(
+        isinstance(v, int) and CODE_RANGE[0] <= v <= CODE_RANGE[1] for v in nodata
+    ):
+        raise MeasureError(
+            f'{path}: "nodata" must be an integer or a list of integers in {CODE_RANGE[0]}..{CODE_RANGE[1]}'
+        )
     kind = "truth" if doc.get("generator") == "geovl.data.synth" else str(doc.get("kind", "custom"))
     name = "synth" if kind == "truth" else str(doc.get("name") or path.stem)
     return ClassTable(name, classes, tuple(nodata), kind, str(path))

@@ -20,7 +20,6 @@ import numpy as np
 from rasterio.windows import Window
 
 from ..imagery.render import MAX_RENDER_PIXELS, RenderError, RenderSettings, RenderSpec, decimated_shape, read_rgb  # noqa: F401
-
 from ..imagery.tiles import TileGrid as _TileGrid
 from ..imagery.tiles import TilingError
 from .errors import MeasureError
@@ -104,8 +103,13 @@ def image_for_model(path, preprocess=None, order=None, max_pixels: int = MAX_REN
     if not os.path.isfile(path):
         raise MeasureError(f"{path}: file not found")
     try:
-        img = load_image(path, DECIMATED_MAX_PIXELS, DECIMATED_MAX_DECODED_BYTES, render=settings_for(preprocess, order),
-                         render_max_pixels=max_pixels)
+        img = load_image(
+            path,
+            DECIMATED_MAX_PIXELS,
+            DECIMATED_MAX_DECODED_BYTES,
+            render=settings_for(preprocess, order),
+            render_max_pixels=max_pixels,
+        )
     except ImageError as e:
         raise MeasureError(f"{path}: {e}") from None
     info = {"width": img.width, "height": img.height}

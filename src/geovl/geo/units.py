@@ -55,22 +55,40 @@ ACCURACY_SOURCES = {
     "olofsson2014": "Olofsson et al. 2014, Remote Sensing of Environment 148:42-57 (good practice for area estimation)",
 }
 PRODUCT_ACCURACY = {
-    "dynamicworld": {"en": "Dynamic World V1: 72% overall accuracy globally (independent, 2020), 66% against LUCAS in Europe",
-                     "zh": "Dynamic World V1：全球总体精度72%（独立评估，2020年），欧洲LUCAS样本66%",
-                     "sources": ["venter2022"]},
-    "worldcover": {"en": "ESA WorldCover: producer validation 74.4% (2020) / 76.7% (2021); independent 65% globally, 71% against LUCAS",
-                   "zh": "ESA WorldCover：官方验证总体精度74.4%（2020）/76.7%（2021）；独立评估全球65%、LUCAS样本71%",
-                   "sources": ["worldcover", "venter2022"]},
-    "generic": {"en": "published 10 m land-cover maps are 65-80% accurate overall (Dynamic World 72%, WorldCover 65-77%, Esri 75%)",
-                "zh": "已发布的10米土地覆盖产品总体精度约65%-80%（Dynamic World 72%，WorldCover 65%-77%，Esri 75%）",
-                "sources": ["venter2022", "worldcover"]},
+    "dynamicworld": {
+        "en": "Dynamic World V1: 72% overall accuracy globally (independent, 2020), 66% against LUCAS in Europe",
+        "zh": "Dynamic World V1：全球总体精度72%（独立评估，2020年），欧洲LUCAS样本66%",
+        "sources": ["venter2022"],
+    },
+    "worldcover": {
+        "en": "ESA WorldCover: producer validation 74.4% (2020) / 76.7% (2021); independent 65% globally, 71% against LUCAS",
+        "zh": "ESA WorldCover：官方验证总体精度74.4%（2020）/76.7%（2021）；独立评估全球65%、LUCAS样本71%",
+        "sources": ["worldcover", "venter2022"],
+    },
+    "generic": {
+        "en": "published 10 m land-cover maps are 65-80% accurate overall (Dynamic World 72%, WorldCover 65-77%, Esri 75%)",
+        "zh": "已发布的10米土地覆盖产品总体精度约65%-80%（Dynamic World 72%，WorldCover 65%-77%，Esri 75%）",
+        "sources": ["venter2022", "worldcover"],
+    },
 }
 # Class-level reliability of 10 m maps (Venter et al. 2022), keyed by a shared "accuracy key".
 CLASS_ACCURACY = {
-    "water": 92, "built": 83, "trees": 81, "crops": 78, "bare": 57, "flooded_vegetation": 53, "shrub": 47, "grass": 34,
+    "water": 92,
+    "built": 83,
+    "trees": 81,
+    "crops": 78,
+    "bare": 57,
+    "flooded_vegetation": 53,
+    "shrub": 47,
+    "grass": 34,
 }
 CLASS_ACCURACY_NAMES = {  # key -> (en, zh)
-    "water": ("water", "水体"), "built": ("built", "建设用地"), "trees": ("trees", "林地"), "crops": ("crops", "耕地"),
-    "bare": ("bare", "裸地"), "flooded_vegetation": ("flooded vegetation", "水淹植被"), "shrub": ("shrub", "灌木"),
+    "water": ("water", "水体"),
+    "built": ("built", "建设用地"),
+    "trees": ("trees", "林地"),
+    "crops": ("crops", "耕地"),
+    "bare": ("bare", "裸地"),
+    "flooded_vegetation": ("flooded vegetation", "水淹植被"),
+    "shrub": ("shrub", "灌木"),
     "grass": ("grass", "草地"),
 }

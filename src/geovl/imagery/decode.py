@@ -43,6 +43,7 @@ from .safety import (  # noqa: F401  (re-exported: the one image-safety module)
     resolve_image_path,
 )
 
+
 @dataclass
 class LoadedImage:
     data: bytes  # encoded PNG/JPEG/WebP
@@ -57,7 +58,9 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-GDAL_FORMATS = ("JPEG2000",)  # Pillow can size these, but only GDAL reads them faithfully (bit depth, bands, georeferencing)
+GDAL_FORMATS = (
+    "JPEG2000",
+)  # Pillow can size these, but only GDAL reads them faithfully (bit depth, bands, georeferencing)
 BYTES_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "PNG", "JPEG", "WEBP")  # self-contained formats read from bytes
 
 
@@ -66,8 +69,13 @@ def _plain(header: ImageHeader) -> bool:
     return header.format.upper() not in GDAL_FORMATS and header.bytes_per_sample == 1
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-               render=None, render_max_pixels: int | None = None) -> LoadedImage:
+def load_image(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    render=None,
+    render_max_pixels: int | None = None,
+) -> LoadedImage:
     """Read one image file into a :class:`LoadedImage` (see module doc). ``render``: the
     :class:`~geovl.imagery.render.RenderSettings` (or a ``--bands`` string) for rasters;
     ``render_max_pixels``: rasters larger than this are rendered decimated (default
@@ -89,7 +97,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, ma
         head = f.read(4)
     if head in TIFF_MAGICS:
         _check_pixels(path, max_pixels, str(path), max_decoded_bytes)
-        return _load_raster(path, max_pixels, max_decoded_bytes=max_decoded_bytes, render=render, render_max_pixels=render_max_pixels)
+        return _load_raster(
+            path, max_pixels, max_decoded_bytes=max_decoded_bytes, render=render, render_max_pixels=render_max_pixels
+        )
     try:
         header = read_header(path)
     except ImageError:
@@ -98,22 +108,35 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, ma
         return load_image_bytes(path.read_bytes(), max_pixels, name=str(path), max_decoded_bytes=max_decoded_bytes)
     if header is not None:
         check_size(header, max_pixels, max_decoded_bytes, str(path))
-    return _load_raster(_gdal_path(path), max_pixels, display=str(path), max_decoded_bytes=max_decoded_bytes, render=render,
-                        render_max_pixels=render_max_pixels)
+    return _load_raster(
+        _gdal_path(path),
+        max_pixels,
+        display=str(path),
+        max_decoded_bytes=max_decoded_bytes,
+        render=render,
+        render_max_pixels=render_max_pixels,
+    )
 
 
 def _gdal_path(path: Path) -> Path:
     """An ENVI header (``x.hdr``) names its data file (``x``, ``x.img``, ``x.dat``, ``x.raw``, ``x.bsq``…)."""
     if path.suffix.lower() != ".hdr":
         return path
-    for cand in [path.with_suffix("")] + [path.with_suffix(s) for s in (".img", ".dat", ".raw", ".bsq", ".bil", ".bip")]:
+    for cand in [path.with_suffix("")] + [
+        path.with_suffix(s) for s in (".img", ".dat", ".raw", ".bsq", ".bil", ".bip")
+    ]:
         if cand.is_file():
             return cand
     raise ImageError("missing_image", f"{path}: ENVI header without its data file beside it")
 
 
-def load_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>",
-                     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES, render=None) -> LoadedImage:
+def load_image_bytes(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "<bytes>",
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    render=None,
+) -> LoadedImage:
     """Validate encoded bytes; apply EXIF orientation; rasters (TIFF, JPEG2000, 16-bit PNG) are
     rendered to PNG by :mod:`geovl.imagery.render`. Formats that may reference other files (VRT,
     ENVI) are read from file paths only."""
@@ -151,18 +174,28 @@ def _load_raster_bytes(data: bytes, max_pixels, name, max_decoded_bytes, render)
     from rasterio.io import MemoryFile
 
     if data.lstrip()[:1] == b"<":
-        raise ImageError("undecodable_image", f"{name}: XML (a VRT?) is read from a file path only, not from uploaded bytes")
+        raise ImageError(
+            "undecodable_image", f"{name}: XML (a VRT?) is read from a file path only, not from uploaded bytes"
+        )
     try:
         mf = MemoryFile(data)
     except Exception as e:  # noqa: BLE001
         raise ImageError("undecodable_image", f"{name}: {e}") from None
     with mf:
-        return _load_raster(mf.name, max_pixels, display=name, max_decoded_bytes=max_decoded_bytes, render=render,
-                            drivers=BYTES_DRIVERS)
+        return _load_raster(
+            mf.name, max_pixels, display=name, max_decoded_bytes=max_decoded_bytes, render=render, drivers=BYTES_DRIVERS
+        )
 
 
-def _load_raster(path, max_pixels: int, display: str | None = None, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-                 render=None, drivers=None, render_max_pixels: int | None = None) -> LoadedImage:
+def _load_raster(
+    path,
+    max_pixels: int,
+    display: str | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    render=None,
+    drivers=None,
+    render_max_pixels: int | None = None,
+) -> LoadedImage:
     """Any raster GDAL reads, sized from what GDAL declares (before reading pixels), then rendered
     by :func:`geovl.imagery.render.render_dataset` (windowed/decimated reads)."""
     from .render import GDAL_CACHE_MB, RenderSettings, parse_bands
@@ -199,8 +232,12 @@ def _render_open(path, name, max_pixels, max_decoded_bytes, settings, drivers, r
         if drivers is not None and ds.driver not in drivers:
             raise ImageError("undecodable_image", f"{name}: {ds.driver} rasters are read from a file path only")
         per = max(np.dtype(dt).itemsize for dt in ds.dtypes)
-        check_size(ImageHeader(ds.driver, ds.width, ds.height, ds.count, per, ds.width * ds.height * ds.count * per),
-                   max_pixels, max_decoded_bytes, name)
+        check_size(
+            ImageHeader(ds.driver, ds.width, ds.height, ds.count, per, ds.width * ds.height * ds.count * per),
+            max_pixels,
+            max_decoded_bytes,
+            name,
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -212,8 +249,13 @@ def _render_open(path, name, max_pixels, max_decoded_bytes, settings, drivers, r
         t = ds.transform
         has_geo = ds.crs is not None or not t.is_identity
         names = [d or "" for d in ds.descriptions]
-        probe = Raster(np.empty((ds.count, 0, 0), np.dtype(ds.dtypes[0])), ds.crs.to_string() if ds.crs else None,
-                       (t.a, t.b, t.c, t.d, t.e, t.f) if has_geo else None, ds.nodata, names if any(names) else [])
+        probe = Raster(
+            np.empty((ds.count, 0, 0), np.dtype(ds.dtypes[0])),
+            ds.crs.to_string() if ds.crs else None,
+            (t.a, t.b, t.c, t.d, t.e, t.f) if has_geo else None,
+            ds.nodata,
+            names if any(names) else [],
+        )
         meta = probe.georef() | rendered.info()
     img = Image.fromarray(rendered.rgb, mode="RGB")
     return LoadedImage(encode_png(img), img.width, img.height, meta)

@@ -105,7 +105,9 @@ def stretch_to_uint8(band: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0
     return np.round(out).astype(np.uint8)
 
 
-def render_rgb(raster: Raster, bands: tuple[int, int, int] | None = None, lo_pct: float = 2.0, hi_pct: float = 98.0) -> np.ndarray:
+def render_rgb(
+    raster: Raster, bands: tuple[int, int, int] | None = None, lo_pct: float = 2.0, hi_pct: float = 98.0
+) -> np.ndarray:
     """(H, W, 3) uint8. ``bands`` are 0-based indices; default: first three bands (or grey)."""
     n = raster.count
     if bands is None:
@@ -155,8 +157,13 @@ def band_roles(raster: Raster, order: tuple[str, ...] | None = None, default: bo
     return roles
 
 
-def render_composite(raster: Raster, composite: str = "true", order: tuple[str, ...] | None = None,
-                     lo_pct: float = 2.0, hi_pct: float = 98.0) -> np.ndarray:
+def render_composite(
+    raster: Raster,
+    composite: str = "true",
+    order: tuple[str, ...] | None = None,
+    lo_pct: float = 2.0,
+    hi_pct: float = 98.0,
+) -> np.ndarray:
     """(H, W, 3) uint8 of a named composite with a per-band percentile stretch: ``true`` (red,
     green, blue) or ``false-nir`` (NIR, red, green: vegetation shows red)."""
     if composite not in COMPOSITES:
@@ -164,5 +171,7 @@ def render_composite(raster: Raster, composite: str = "true", order: tuple[str, 
     roles = band_roles(raster, order)
     missing = [r for r in COMPOSITES[composite] if r not in roles]
     if missing:
-        raise ValueError(f"{composite} composite needs band(s) {', '.join(missing)}; the raster has {raster.count} band(s)")
+        raise ValueError(
+            f"{composite} composite needs band(s) {', '.join(missing)}; the raster has {raster.count} band(s)"
+        )
     return render_rgb(raster, tuple(roles[r] for r in COMPOSITES[composite]), lo_pct, hi_pct)

@@ -34,7 +34,6 @@ import numpy as np
 
 from ..errors import GeoVLError
 
-
 MAX_RENDER_PIXELS = 4096 * 4096  # renderings larger than this are read decimated
 DEFAULT_STRETCH = (2.0, 98.0)
 GDAL_CACHE_MB = 64  # GDAL's block cache while rendering (its default, 5 % of RAM, held ~1 GB on a 12000² read)
@@ -68,8 +67,11 @@ class RenderSettings:
         return cls(rgb, order, stretch)
 
     def to_json(self) -> dict:
-        return {"rgb_bands": list(self.rgb_bands) if self.rgb_bands else None,
-                "band_order": list(self.band_order) if self.band_order else None, "stretch": list(self.stretch)}
+        return {
+            "rgb_bands": list(self.rgb_bands) if self.rgb_bands else None,
+            "band_order": list(self.band_order) if self.band_order else None,
+            "stretch": list(self.stretch),
+        }
 
 
 def parse_bands(spec) -> RenderSettings:
@@ -79,13 +81,19 @@ def parse_bands(spec) -> RenderSettings:
         return RenderSettings()
     if isinstance(spec, RenderSettings):
         return spec
-    items = [s.strip().lower() for s in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")) if str(s).strip()]
+    items = [
+        s.strip().lower() for s in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")) if str(s).strip()
+    ]
     if not items:
-        raise RenderError(f"--bands: give 1-based band numbers (3,2,1) or band names in file order (blue,green,red,nir); got {spec!r}")
+        raise RenderError(
+            f"--bands: give 1-based band numbers (3,2,1) or band names in file order (blue,green,red,nir); got {spec!r}"
+        )
     if all(s.isdigit() for s in items):
         nums = [int(s) for s in items]
         if len(nums) != 3 or min(nums) < 1:
-            raise RenderError(f"--bands {spec!r}: give three 1-based band numbers shown as red, green, blue (e.g. 3,2,1)")
+            raise RenderError(
+                f"--bands {spec!r}: give three 1-based band numbers shown as red, green, blue (e.g. 3,2,1)"
+            )
         return RenderSettings(rgb_bands=tuple(n - 1 for n in nums))
     if any(s.isdigit() for s in items):
         raise RenderError(f"--bands {spec!r}: use either band numbers or band names, not both")
@@ -116,16 +124,22 @@ def render_spec(count: int, band_names=(), settings: RenderSettings | None = Non
     if s.rgb_bands:
         bands = tuple(int(b) for b in s.rgb_bands)
         if len(bands) != 3 or min(bands) < 0 or max(bands) >= count:
-            raise RenderError(f"rgb_bands {list(bands)} (0-based; --bands {','.join(str(b + 1) for b in bands)}) "
-                              f"but the raster has {count} band(s)")
+            raise RenderError(
+                f"rgb_bands {list(bands)} (0-based; --bands {','.join(str(b + 1) for b in bands)}) "
+                f"but the raster has {count} band(s)"
+            )
         return RenderSpec(bands, lo, hi, "bands chosen by --bands / the preprocessing config")
     probe = Raster(np.empty((count, 0, 0), np.uint8), band_names=[d or "" for d in band_names])
     if s.band_order:
         roles = band_roles(probe, s.band_order)
         if not all(k in roles for k in ("red", "green", "blue")):
-            raise RenderError(f"--bands {','.join(s.band_order)}: true colour needs bands named red, green and blue "
-                              f"within the raster's {count} band(s)")
-        return RenderSpec((roles["red"], roles["green"], roles["blue"]), lo, hi, "true colour from the band order given")
+            raise RenderError(
+                f"--bands {','.join(s.band_order)}: true colour needs bands named red, green and blue "
+                f"within the raster's {count} band(s)"
+            )
+        return RenderSpec(
+            (roles["red"], roles["green"], roles["blue"]), lo, hi, "true colour from the band order given"
+        )
     roles = band_roles(probe, default=False)
     if all(k in roles for k in ("red", "green", "blue")):
         return RenderSpec((roles["red"], roles["green"], roles["blue"]), lo, hi, "true colour from band descriptions")
@@ -134,8 +148,9 @@ def render_spec(count: int, band_names=(), settings: RenderSettings | None = Non
         return RenderSpec((ci.index("red"), ci.index("green"), ci.index("blue")), lo, hi, "colour interpretation")
     if count >= 4:
         roles = band_roles(probe, DEFAULT_BAND_ORDER)
-        return RenderSpec((roles["red"], roles["green"], roles["blue"]), lo, hi,
-                          "true colour, assumed band order blue,green,red,nir")
+        return RenderSpec(
+            (roles["red"], roles["green"], roles["blue"]), lo, hi, "true colour, assumed band order blue,green,red,nir"
+        )
     if count >= 3:
         return RenderSpec((0, 1, 2), lo, hi, "bands 1-3")
     return RenderSpec((0, 0, 0), lo, hi, "grey (band 1)")
@@ -162,7 +177,9 @@ def _untagged(ds) -> bool:
     return all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
 
 
-def read_rgb(ds, spec: RenderSpec, window=None, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_rgb(
+    ds, spec: RenderSpec, window=None, out_shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(rgb (H, W, 3) uint8, valid (H, W) bool)`` of an open rasterio dataset, windowed
     (``window``: a rasterio ``Window`` or ``(col_off, row_off, width, height)``) and/or decimated (``out_shape=(H, W)``), by the
     rules of the module docstring."""
@@ -214,8 +231,12 @@ class Rendered:
     source_size: tuple[int, int]  # (width, height) of the raster
 
     def info(self) -> dict:
-        return {"render": self.spec.to_json(), "band_order": self.spec.describe(),
-                "valid_fraction": round(self.valid_fraction, 6), "source_size": list(self.source_size)}
+        return {
+            "render": self.spec.to_json(),
+            "band_order": self.spec.describe(),
+            "valid_fraction": round(self.valid_fraction, 6),
+            "source_size": list(self.source_size),
+        }
 
 
 def render_dataset(ds, settings: RenderSettings | None = None, max_pixels: int = MAX_RENDER_PIXELS) -> Rendered:

@@ -55,8 +55,6 @@ WHOLE_RASTER_MAX_DECODED_BYTES = 4 * 1024**3  # readers that load a whole raster
 MAX_TIFF_IMAGES = 1024  # IFDs (pages, overviews, masks) read from one TIFF header
 
 
-
-
 # The one table of file signatures: (prefix, format). WebP is RIFF....WEBP (see image_format).
 MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -80,7 +78,9 @@ FORMATS = {m: f for m, f in MAGICS if f not in ("TIFF", "JPEG2000")}  # the plai
 PIL_MAX_IMAGE_PIXELS = DEFAULT_MAX_DECODED_BYTES // 8
 Image.MAX_IMAGE_PIXELS = PIL_MAX_IMAGE_PIXELS
 SERVER_MAX_DECODED_BYTES = 256 * 1024 * 1024  # per image on the server (bands x pixels x bytes per sample)
-DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.IGNORECASE)
+DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.IGNORECASE
+)
 
 
 def image_format(data: bytes) -> str | None:
@@ -142,7 +142,9 @@ def resolve_image_path(root: str | os.PathLike, ref: str) -> Path:
         raise ImageError("missing_image", "empty image path")
     ref = ref.strip().replace("\\", "/")
     if os.path.isabs(ref) or ref.startswith("~"):
-        raise ImageError("path_escape", f"absolute image path {ref!r} not allowed (paths are relative to the images root)")
+        raise ImageError(
+            "path_escape", f"absolute image path {ref!r} not allowed (paths are relative to the images root)"
+        )
     root_r = Path(root).resolve()
     p = (root_r / ref).resolve()
     if p != root_r and root_r not in p.parents:
@@ -151,7 +153,24 @@ def resolve_image_path(root: str | os.PathLike, ref: str) -> Path:
 
 
 # -- header sizes ---------------------------------------------------------------------------------
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_SIZE = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_SPP, _TIFF_SUBIFDS = 256, 257, 258, 277, 330
 
 
@@ -182,7 +201,9 @@ def _tiff_images(read, name: str) -> list[tuple[int, int, int, int]]:
         seen.add(off)
         raw = read(off, cnt_size)
         if len(raw) < cnt_size:
-            raise ImageError("undecodable_image", f"{name}: TIFF directory at offset {off} lies past the end of the file")
+            raise ImageError(
+                "undecodable_image", f"{name}: TIFF directory at offset {off} lies past the end of the file"
+            )
         n = struct.unpack(e + cnt_fmt, raw)[0]
         if n > 4096:
             raise ImageError("undecodable_image", f"{name}: TIFF directory with {n} entries")
@@ -194,7 +215,13 @@ def _tiff_images(read, name: str) -> list[tuple[int, int, int, int]]:
             ent = body[i * ent_size : (i + 1) * ent_size]
             tag, typ = struct.unpack(e + "HH", ent[:4])
             count = struct.unpack(e + off_fmt, ent[4 : 4 + off_size])[0]
-            if tag not in (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_SPP, _TIFF_SUBIFDS) or typ not in (3, 4, 13, 16, 18):
+            if tag not in (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_SPP, _TIFF_SUBIFDS) or typ not in (
+                3,
+                4,
+                13,
+                16,
+                18,
+            ):
                 continue
             size = _TIFF_TYPE_SIZE[typ]
             fmt = {2: "H", 4: "I", 8: "Q"}[size]
@@ -309,8 +336,12 @@ def _tiff_header(read, name: str) -> ImageHeader:
     return ImageHeader("TIFF", w, h, spp, per, total, len(ims))
 
 
-def check_size(header: ImageHeader, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-               name: str = "<image>") -> ImageHeader:
+def check_size(
+    header: ImageHeader,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    name: str = "<image>",
+) -> ImageHeader:
     """Refuse an image whose header declares more pixels or more decoded bytes than allowed
     (:class:`ImageTooLarge`, reason ``image_too_large``); zero-size images are ``undecodable_image``."""
     w, h = header.width, header.height
@@ -322,12 +353,18 @@ def check_size(header: ImageHeader, max_pixels: int = DEFAULT_MAX_PIXELS, max_de
         what = f"{header.bands} band(s) x {w}x{h} px x {header.bytes_per_sample} byte(s)"
         if header.images > 1:
             what += f", {header.images} images (pages/overviews) in all"
-        raise ImageTooLarge(f"{name}: decodes to {header.decoded_bytes} bytes ({what}) > limit {max_decoded_bytes} bytes",
-                            "decoded_bytes", header, max_decoded_bytes)
+        raise ImageTooLarge(
+            f"{name}: decodes to {header.decoded_bytes} bytes ({what}) > limit {max_decoded_bytes} bytes",
+            "decoded_bytes",
+            header,
+            max_decoded_bytes,
+        )
     return header
 
 
-def _check_pixels(source, max_pixels: int, name: str, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageHeader:
+def _check_pixels(
+    source, max_pixels: int, name: str, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> ImageHeader:
     return check_size(read_header(source, name), max_pixels, max_decoded_bytes, name)
 
 
@@ -373,9 +410,13 @@ def _too_big(n: int, limits: ImageLimits, what: str = "image") -> ImageRefError:
 def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
     m = DATA_URI.match(url)
     if not m:
-        raise ImageRefError("malformed data URI: expected data:<mime>;base64,<data> / data URI 格式错误", "invalid_data_uri")
+        raise ImageRefError(
+            "malformed data URI: expected data:<mime>;base64,<data> / data URI 格式错误", "invalid_data_uri"
+        )
     if not m.group("b64"):
-        raise ImageRefError("data URIs must be base64-encoded (data:<mime>;base64,...) / data URI 需为 base64 编码", "invalid_data_uri")
+        raise ImageRefError(
+            "data URIs must be base64-encoded (data:<mime>;base64,...) / data URI 需为 base64 编码", "invalid_data_uri"
+        )
     payload = url[m.end() :]
     if len(payload) > (limits.max_image_bytes + 2) // 3 * 4 + 4:  # before decoding anything
         raise _too_big(len(payload) * 3 // 4, limits)
@@ -401,10 +442,14 @@ def fetch_http(url: str, limits: ImageLimits) -> bytes:
         )
 
     async def download() -> bytes:
-        async with httpx.AsyncClient(timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects) as client:
+        async with httpx.AsyncClient(
+            timeout=limits.http_timeout, follow_redirects=True, max_redirects=limits.max_redirects
+        ) as client:
             async with client.stream("GET", url) as r:
                 if r.status_code != 200:
-                    raise ImageRefError(f"fetching {url} answered HTTP {r.status_code} / 图像下载失败", "image_fetch_failed")
+                    raise ImageRefError(
+                        f"fetching {url} answered HTTP {r.status_code} / 图像下载失败", "image_fetch_failed"
+                    )
                 declared = r.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limits.max_image_bytes:
                     raise _too_big(int(declared), limits, f"{url}")
@@ -418,9 +463,13 @@ def fetch_http(url: str, limits: ImageLimits) -> bytes:
     try:
         return asyncio.run(asyncio.wait_for(download(), limits.http_timeout))  # runs in a worker thread
     except (httpx.TimeoutException, asyncio.TimeoutError):
-        raise ImageRefError(f"fetching {url} took longer than {limits.http_timeout:g} s in all / 图像下载超时", "image_fetch_timeout") from None
+        raise ImageRefError(
+            f"fetching {url} took longer than {limits.http_timeout:g} s in all / 图像下载超时", "image_fetch_timeout"
+        ) from None
     except httpx.HTTPError as e:
-        raise ImageRefError(f"cannot fetch {url}: {type(e).__name__}: {e} / 图像下载失败", "image_fetch_failed") from None
+        raise ImageRefError(
+            f"cannot fetch {url}: {type(e).__name__}: {e} / 图像下载失败", "image_fetch_failed"
+        ) from None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -438,13 +487,19 @@ def resolve_local(ref: str, limits: ImageLimits) -> Path:
     if ref.lower().startswith("file:"):
         u = urlparse(ref)
         if u.netloc not in ("", "localhost"):
-            raise ImageRefError(f"file:// URL with a remote host {u.netloc!r} / 不支持远程主机的 file:// 地址", "path_not_allowed", 403)
+            raise ImageRefError(
+                f"file:// URL with a remote host {u.netloc!r} / 不支持远程主机的 file:// 地址", "path_not_allowed", 403
+            )
         ref = unquote(u.path)
     if not ref or "\x00" in ref:
         raise ImageRefError("empty or invalid image path / 图像路径无效", "invalid_image_url")
     parts = ref.replace("\\", "/").split("/")
     if ".." in parts:
-        raise ImageRefError(f"image path {ref!r} contains '..'; paths must stay inside the allowed folder / 路径不允许包含 ..", "path_not_allowed", 403)
+        raise ImageRefError(
+            f"image path {ref!r} contains '..'; paths must stay inside the allowed folder / 路径不允许包含 ..",
+            "path_not_allowed",
+            403,
+        )
     if ref.startswith("~"):
         raise ImageRefError(f"image path {ref!r}: '~' is not expanded / 不支持 ~ 路径", "path_not_allowed", 403)
     root = Path(limits.allowed_dir)
@@ -452,10 +507,16 @@ def resolve_local(ref: str, limits: ImageLimits) -> Path:
     # lexical check first (no file-system access for paths that name something outside)
     lexical = Path(os.path.normpath(candidate))
     if not _inside(lexical, root) and not _inside(lexical, Path(limits._given_dir or root)):
-        raise ImageRefError(f"image path {ref!r} is outside the allowed folder / 路径超出允许的目录", "path_not_allowed", 403)
+        raise ImageRefError(
+            f"image path {ref!r} is outside the allowed folder / 路径超出允许的目录", "path_not_allowed", 403
+        )
     real = candidate.resolve()  # follows symlinks (reads link targets, opens nothing)
     if not _inside(real, root):
-        raise ImageRefError(f"image path {ref!r} leads outside the allowed folder (symlink) / 符号链接指向允许目录之外", "path_not_allowed", 403)
+        raise ImageRefError(
+            f"image path {ref!r} leads outside the allowed folder (symlink) / 符号链接指向允许目录之外",
+            "path_not_allowed",
+            403,
+        )
     return real
 
 
@@ -465,13 +526,21 @@ def read_local(ref: str, limits: ImageLimits) -> bytes:
     try:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise ImageRefError(f"image {ref!r} not found in the allowed folder / 图像不存在", "image_not_found", 404) from None
+        raise ImageRefError(
+            f"image {ref!r} not found in the allowed folder / 图像不存在", "image_not_found", 404
+        ) from None
     except OSError as e:
-        raise ImageRefError(f"cannot open image {ref!r}: {e.strerror} / 无法打开图像", "image_unreadable", 403) from None
+        raise ImageRefError(
+            f"cannot open image {ref!r}: {e.strerror} / 无法打开图像", "image_unreadable", 403
+        ) from None
     try:
         opened = Path(f"/proc/self/fd/{fd}")
         if opened.exists() and not _inside(Path(os.readlink(opened)), root):  # swapped between resolve and open
-            raise ImageRefError(f"image path {ref!r} changed to point outside the allowed folder / 路径超出允许的目录", "path_not_allowed", 403)
+            raise ImageRefError(
+                f"image path {ref!r} changed to point outside the allowed folder / 路径超出允许的目录",
+                "path_not_allowed",
+                403,
+            )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ImageRefError(f"image path {ref!r} is not a regular file / 不是普通文件", "invalid_image_url")
@@ -499,7 +568,10 @@ def load_reference(url: str, limits: ImageLimits) -> bytes:
     elif low.startswith(("http://", "https://")):
         data = fetch_http(url, limits)
     elif re.match(r"^[a-z][a-z0-9+.-]*://", low) and not low.startswith("file://"):
-        raise ImageRefError(f"unsupported URL scheme in {url[:40]!r}: use data:, http(s): or file: / 不支持的地址类型", "invalid_image_url")
+        raise ImageRefError(
+            f"unsupported URL scheme in {url[:40]!r}: use data:, http(s): or file: / 不支持的地址类型",
+            "invalid_image_url",
+        )
     else:
         data = read_local(url, limits)
     if len(data) > limits.max_image_bytes:
@@ -535,7 +607,9 @@ def check_header(data: bytes, limits: ImageLimits):
     except ImageTooLarge as e:
         raise _too_large(e) from None
     except ImageError as e:
-        raise ImageRefError(f"cannot read the image header: {e.detail[:200]} / 图像头无法解析", "invalid_image") from None
+        raise ImageRefError(
+            f"cannot read the image header: {e.detail[:200]} / 图像头无法解析", "invalid_image"
+        ) from None
 
 
 def check_request_images(images: list[bytes], limits: ImageLimits) -> None:
@@ -562,7 +636,10 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
         raise _too_big(len(data), limits)
     fmt = image_format(data)
     if fmt is None:
-        raise ImageRefError("the data is not a PNG, JPEG, WebP, GIF, BMP, TIFF or JPEG2000 image / 不是受支持的图像格式", "invalid_image")
+        raise ImageRefError(
+            "the data is not a PNG, JPEG, WebP, GIF, BMP, TIFF or JPEG2000 image / 不是受支持的图像格式",
+            "invalid_image",
+        )
     header = check_header(data, limits)  # pixels and decoded bytes, before GDAL or PIL decode anything
     if fmt in ("TIFF", "JPEG2000"):  # rasters: GDAL, as the one render path reads them
         from rasterio.io import MemoryFile
@@ -571,8 +648,11 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
             with MemoryFile(bytes(data)) as mf, mf.open() as src:
                 w, h = src.width, src.height
                 if w * h * src.count > header.pixels * header.bands:  # GDAL may never see more than was checked
-                    raise ImageRefError(f"{fmt} header says {header.width}x{header.height}x{header.bands} but GDAL reads "
-                                        f"{w}x{h}x{src.count} / {fmt} 头信息不一致", "invalid_image")
+                    raise ImageRefError(
+                        f"{fmt} header says {header.width}x{header.height}x{header.bands} but GDAL reads "
+                        f"{w}x{h}x{src.count} / {fmt} 头信息不一致",
+                        "invalid_image",
+                    )
                 src.read(1, window=((0, min(h, 1)), (0, min(w, 1))))
         except ImageRefError:
             raise
@@ -587,7 +667,9 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int]:
     try:
         im.load()
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data
-        raise ImageRefError(f"corrupt or truncated {fmt} data: {str(e)[:200]} / 图像数据损坏", "invalid_image") from None
+        raise ImageRefError(
+            f"corrupt or truncated {fmt} data: {str(e)[:200]} / 图像数据损坏", "invalid_image"
+        ) from None
     finally:
         im.close()
     return w, h

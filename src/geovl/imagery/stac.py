@@ -32,7 +32,6 @@ from xml.sax.saxutils import escape
 
 from ..errors import GeoVLError
 
-
 DEFAULT_ORDER = ("blue", "green", "red", "nir")
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "ftp://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz")
 ENV_REMOTE = "GEOVL_STAC_REMOTE"
@@ -75,7 +74,9 @@ def load_item(path):
     try:
         import pystac
     except ImportError:
-        raise StacError(f"{path}: reading STAC Items needs pystac — pip install 'geovl[stac]' (pystac==1.15.2)") from None
+        raise StacError(
+            f"{path}: reading STAC Items needs pystac — pip install 'geovl[stac]' (pystac==1.15.2)"
+        ) from None
 
     p = Path(str(path))
     try:
@@ -87,8 +88,10 @@ def load_item(path):
                 raise StacError(f"{root}: the catalog holds no STAC Item")
             if len(items) > 1:
                 ids = ", ".join(i.id for i in items[:10])
-                raise StacError(f"{root}: the catalog holds {len(items)} Items ({ids}{' …' if len(items) > 10 else ''}); "
-                                "give the JSON file of the one to use / 目录含多个条目，请指定其中一个的 JSON 文件")
+                raise StacError(
+                    f"{root}: the catalog holds {len(items)} Items ({ids}{' …' if len(items) > 10 else ''}); "
+                    "give the JSON file of the one to use / 目录含多个条目，请指定其中一个的 JSON 文件"
+                )
             return items[0]
         return pystac.Item.from_file(str(p))
     except StacError:
@@ -132,8 +135,10 @@ def choose_assets(item, order=DEFAULT_ORDER, allow_remote: bool | None = None) -
     missing = [b for b in order if b not in found]
     if missing:
         have = ", ".join(sorted(found)) or "none"
-        raise StacError(f"STAC item {item.id!r} ({where}): no data asset for band {', '.join(missing)} "
-                        f"(bands with a common name: {have}); pick others with --bands / STAC 条目缺少波段 {', '.join(missing)}")
+        raise StacError(
+            f"STAC item {item.id!r} ({where}): no data asset for band {', '.join(missing)} "
+            f"(bands with a common name: {have}); pick others with --bands / STAC 条目缺少波段 {', '.join(missing)}"
+        )
     out = []
     for b in order:
         f = found[b]
@@ -141,13 +146,15 @@ def choose_assets(item, order=DEFAULT_ORDER, allow_remote: bool | None = None) -
         href = asset.get_absolute_href() or asset.href
         if href.startswith(REMOTE_PREFIXES):
             if not allow_remote:
-                raise StacError(f"STAC item {item.id!r} ({where}): asset {f['asset']!r} ({b}) is remote ({href}); "
-                                f"remote assets are refused unless {ENV_REMOTE}=1 is set — or download the item "
-                                "and its assets first / 远程资产默认不读取")
+                raise StacError(
+                    f"STAC item {item.id!r} ({where}): asset {f['asset']!r} ({b}) is remote ({href}); "
+                    f"remote assets are refused unless {ENV_REMOTE}=1 is set — or download the item "
+                    "and its assets first / 远程资产默认不读取"
+                )
             if href.startswith(("http://", "https://")):
                 href = "/vsicurl/" + href
         elif href.startswith("file://"):
-            href = href[len("file://"):]
+            href = href[len("file://") :]
         out.append(f | {"href": href, "raster": _raster_band(asset, f["index"] - 1)})
     return out
 
@@ -162,25 +169,54 @@ def build_vrt(item, sources: list[dict], path) -> None:
         try:
             with rasterio.open(s["href"]) as ds:
                 if s["index"] > ds.count:
-                    raise StacError(f"{where}: asset {s['asset']!r} has {ds.count} band(s), band {s['index']} ({s['band']}) is missing")
+                    raise StacError(
+                        f"{where}: asset {s['asset']!r} has {ds.count} band(s), band {s['index']} ({s['band']}) is missing"
+                    )
                 k = s["index"] - 1
-                info.append({"w": ds.width, "h": ds.height, "crs": ds.crs, "bounds": ds.bounds, "transform": ds.transform,
-                             "dtype": ds.dtypes[k], "nodata": ds.nodatavals[k], "scale": ds.scales[k],
-                             "offset": ds.offsets[k], "block": ds.block_shapes[k]})
+                info.append(
+                    {
+                        "w": ds.width,
+                        "h": ds.height,
+                        "crs": ds.crs,
+                        "bounds": ds.bounds,
+                        "transform": ds.transform,
+                        "dtype": ds.dtypes[k],
+                        "nodata": ds.nodatavals[k],
+                        "scale": ds.scales[k],
+                        "offset": ds.offsets[k],
+                        "block": ds.block_shapes[k],
+                    }
+                )
         except rasterio.errors.RasterioIOError as e:
             raise StacError(f"{where}: asset {s['asset']!r} ({s['band']}) cannot be read: {s['href']} ({e})") from None
     base = max(info, key=lambda d: d["w"] * d["h"])
     for s, d in zip(sources, info):
         if d["crs"] != base["crs"]:
-            raise StacError(f"{where}: asset {s['asset']!r} is in {d['crs']}, others in {base['crs']}: warp them to one CRS first")
+            raise StacError(
+                f"{where}: asset {s['asset']!r} is in {d['crs']}, others in {base['crs']}: warp them to one CRS first"
+            )
         tol = 0.5 * max(abs(base["transform"].a), abs(base["transform"].e))
         if any(abs(x - y) > tol for x, y in zip(d["bounds"], base["bounds"])):
-            raise StacError(f"{where}: asset {s['asset']!r} covers {tuple(d['bounds'])}, others {tuple(base['bounds'])}: "
-                            "the chosen assets must cover the same extent")
+            raise StacError(
+                f"{where}: asset {s['asset']!r} covers {tuple(d['bounds'])}, others {tuple(base['bounds'])}: "
+                "the chosen assets must cover the same extent"
+            )
         if d["dtype"] != base["dtype"]:
-            raise StacError(f"{where}: asset {s['asset']!r} is {d['dtype']}, others {base['dtype']}: bands must share a data type")
-    dtypes = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-              "float32": "Float32", "float64": "Float64", "int64": "Int64", "uint64": "UInt64"}
+            raise StacError(
+                f"{where}: asset {s['asset']!r} is {d['dtype']}, others {base['dtype']}: bands must share a data type"
+            )
+    dtypes = {
+        "uint8": "Byte",
+        "int8": "Int8",
+        "uint16": "UInt16",
+        "int16": "Int16",
+        "uint32": "UInt32",
+        "int32": "Int32",
+        "float32": "Float32",
+        "float64": "Float64",
+        "int64": "Int64",
+        "uint64": "UInt64",
+    }
     gdt = dtypes.get(base["dtype"])
     if gdt is None:
         raise StacError(f"{where}: data type {base['dtype']} is not supported")
@@ -237,8 +273,13 @@ def item_raster(path, folder, bands=None, allow_remote: bool | None = None) -> S
         n += 1
         vrt = Path(folder) / f"{safe}_{n}.vrt"
     build_vrt(item, sources, vrt)
-    return StacRaster(str(item.get_self_href() or path), item.id, str(vrt), tuple(s["band"] for s in sources),
-                      [{k: s[k] for k in ("band", "asset", "href", "index")} for s in sources])
+    return StacRaster(
+        str(item.get_self_href() or path),
+        item.id,
+        str(vrt),
+        tuple(s["band"] for s in sources),
+        [{k: s[k] for k in ("band", "asset", "href", "index")} for s in sources],
+    )
 
 
 @contextmanager
@@ -256,7 +297,10 @@ def stac_inputs(*paths, bands=None, allow_remote: bool | None = None, log=None):
                 continue
             r = item_raster(p, tmp, bands, allow_remote)
             if log is not None:
-                log(f"[STAC] {r.item} (id {r.item_id}): " + ", ".join(f"{s['band']}={s['asset']}" for s in r.sources)
-                    + " / 按通用波段名选取资产")
+                log(
+                    f"[STAC] {r.item} (id {r.item_id}): "
+                    + ", ".join(f"{s['band']}={s['asset']}" for s in r.sources)
+                    + " / 按通用波段名选取资产"
+                )
             out.append(r.vrt)
         yield out

@@ -124,8 +124,9 @@ class TileGrid:
     def windows(self) -> list[Window]:
         """Every window, row by row."""
         cols, rows = self.col_starts(), self.row_starts()
-        return [Window(x, y, min(self.tile, self.width - x), min(self.tile, self.height - y))
-                for y in rows for x in cols]
+        return [
+            Window(x, y, min(self.tile, self.width - x), min(self.tile, self.height - y)) for y in rows for x in cols
+        ]
 
     def out_transform(self, transform):
         """The raster's affine transform scaled to one pixel per tile stride (``edge="clip"`` only:
@@ -137,8 +138,16 @@ class TileGrid:
         return transform @ Affine.scale(self.stride)
 
     def to_json(self) -> dict:
-        return {"width": self.width, "height": self.height, "tile": self.tile, "overlap": self.overlap,
-                "stride": self.stride, "rows": self.n_rows, "cols": self.n_cols, "tiles": self.count}
+        return {
+            "width": self.width,
+            "height": self.height,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "stride": self.stride,
+            "rows": self.n_rows,
+            "cols": self.n_cols,
+            "tiles": self.count,
+        }
 
 
 def strips(width: int, height: int, rows: int, cols: int | None = None) -> list[Window]:
@@ -147,8 +156,11 @@ def strips(width: int, height: int, rows: int, cols: int | None = None) -> list[
     if rows < 1:
         raise TilingError("rows per window must be >= 1")
     cols = width if not cols else cols
-    return [Window(c, r, min(cols, width - c), min(rows, height - r))
-            for r in range(0, height, rows) for c in range(0, width, cols)]
+    return [
+        Window(c, r, min(cols, width - c), min(rows, height - r))
+        for r in range(0, height, rows)
+        for c in range(0, width, cols)
+    ]
 
 
 def window_list(window: Window) -> list[int]:
@@ -181,11 +193,14 @@ class TileJournal:
             except ValueError:
                 if i == len(lines) - 1:  # interrupted while writing the last line
                     break
-                raise TilingError(f"{side}: line {i + 1} is not JSON — fix or delete the file (or --overwrite)") from None
+                raise TilingError(
+                    f"{side}: line {i + 1} is not JSON — fix or delete the file (or --overwrite)"
+                ) from None
             if head is None:
                 if not isinstance(rec, dict) or rec.get("schema") != schema:
-                    raise TilingError(f"{side}: not a geovl tile journal (no {schema} header); "
-                                      "pass --overwrite to replace it")
+                    raise TilingError(
+                        f"{side}: not a geovl tile journal (no {schema} header); pass --overwrite to replace it"
+                    )
                 head = rec
             else:
                 try:
@@ -198,8 +213,10 @@ class TileJournal:
         diff = [k for k in self.compare if head.get(k) != self.header.get(k)]
         if diff:
             detail = "; ".join(f"{k}: {head.get(k)!r} then, {self.header.get(k)!r} now" for k in diff)
-            raise TilingError(f"{side}: made by a different run ({detail}); --resume continues only the same "
-                              "raster, tiling, question and model — pass --overwrite to start again")
+            raise TilingError(
+                f"{side}: made by a different run ({detail}); --resume continues only the same "
+                "raster, tiling, question and model — pass --overwrite to start again"
+            )
         if good_end < len(raw):
             with open(side, "r+b") as f:
                 f.truncate(min(good_end, len(raw)))

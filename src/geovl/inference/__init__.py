@@ -15,8 +15,22 @@ from __future__ import annotations
 from .capabilities import ChoiceScorer, CubeReader, InputSpec, can_score_choices, cube_reader, input_spec
 from .engine import ChatRequest, Engine, EngineError, EngineStats, GenerationParams, LocalEngine
 
-__all__ = ["ChatRequest", "ChoiceScorer", "CubeReader", "Engine", "EngineError", "EngineStats", "GenerationParams", "InputSpec",
-           "LocalEngine", "RemoteEngine", "can_score_choices", "cube_reader", "input_spec", "open_engine"]
+__all__ = [
+    "ChatRequest",
+    "ChoiceScorer",
+    "CubeReader",
+    "Engine",
+    "EngineError",
+    "EngineStats",
+    "GenerationParams",
+    "InputSpec",
+    "LocalEngine",
+    "RemoteEngine",
+    "can_score_choices",
+    "cube_reader",
+    "input_spec",
+    "open_engine",
+]
 
 
 def __getattr__(name):  # lazy: the openai client is imported only when a RemoteEngine is wanted
@@ -50,4 +64,11 @@ def open_engine(
         raise EngineError("give --model FOLDER (a local model or adapter folder) or --api URL")
     from .engine import LocalEngine
 
-    return LocalEngine(model, adapter=adapter, device=device, batch_size=batch_size, quantization=quantization, attn_implementation=attn_implementation)
+    return LocalEngine(
+        model,
+        adapter=adapter,
+        device=device,
+        batch_size=batch_size,
+        quantization=quantization,
+        attn_implementation=attn_implementation,
+    )

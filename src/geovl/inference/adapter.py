@@ -97,11 +97,12 @@ def check_adapter_matches(model_dir: Path, adapter_dir: Path, family) -> dict:
     """Checks that need no weights. Returns the adapter config."""
     acfg = read_adapter_config(adapter_dir)
     model_sig = _signature(read_config(model_dir))
-    model_desc = f"{model_dir} = {_describe(model_sig)}"
     base = acfg.get("base_model_name_or_path") or "an unrecorded base model"
     pre = PreprocessConfig.load(adapter_dir)
     if pre is not None and pre.family and pre.family != family.key:
-        raise _mismatch(adapter_dir, f"{base} (family {pre.family})", model_dir, f"family {family.key}", "different model family")
+        raise _mismatch(
+            adapter_dir, f"{base} (family {pre.family})", model_dir, f"family {family.key}", "different model family"
+        )
     base_cfg = Path(str(base)) / "config.json"
     if base_cfg.is_file() and Path(str(base)).resolve() != model_dir.resolve():
         try:
@@ -136,7 +137,9 @@ def attach_adapter(model, model_dir: Path, adapter_dir: Path, family):
             warnings.simplefilter("ignore")  # missing keys are checked exactly below
             pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, target modules not found, ...
-        raise _mismatch(adapter_dir, str(base), model_dir, model_desc, f"peft could not load it ({_peft_reason(e)})") from e
+        raise _mismatch(
+            adapter_dir, str(base), model_dir, model_desc, f"peft could not load it ({_peft_reason(e)})"
+        ) from e
     saved = set(load_peft_weights(str(adapter_dir), device="cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "could not find a config file in <base>": we only need the key names

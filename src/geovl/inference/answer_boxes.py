@@ -38,8 +38,13 @@ def answer_boxes(engine, images, text: str) -> dict | None:
     boxes = parse_text(engine_frame(engine, w, h), text)
     if not boxes:
         return None
-    return {"image": len(images) - 1, "width": w, "height": h, "coordinates": PIXELS,
-            "boxes": [{k: v for k, v in b.items() if k in ("bbox", "label", "score")} for b in boxes]}
+    return {
+        "image": len(images) - 1,
+        "width": w,
+        "height": h,
+        "coordinates": PIXELS,
+        "boxes": [{k: v for k, v in b.items() if k in ("bbox", "label", "score")} for b in boxes],
+    }
 
 
 def boxes_geojson(info: dict) -> dict:
@@ -48,7 +53,15 @@ def boxes_geojson(info: dict) -> dict:
         x1, y1, x2, y2 = b["bbox"]
         ring = [[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]
         props = {"label": b.get("label", ""), "pixel_bbox": b["bbox"]} | ({"score": b["score"]} if "score" in b else {})
-        feats.append({"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props})
-    return {"type": "FeatureCollection", "features": feats,
-            "geovl": {"coordinates": info["coordinates"], "image_size": [info["width"], info["height"]],
-                      "note": "image pixel coordinates, not longitude/latitude: use geovl detect on a GeoTIFF for map coordinates"}}
+        feats.append(
+            {"type": "Feature", "id": k, "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+        )
+    return {
+        "type": "FeatureCollection",
+        "features": feats,
+        "geovl": {
+            "coordinates": info["coordinates"],
+            "image_size": [info["width"], info["height"]],
+            "note": "image pixel coordinates, not longitude/latitude: use geovl detect on a GeoTIFF for map coordinates",
+        },
+    }

@@ -33,9 +33,11 @@ class PromptTooLong(EngineError):
 
     def __init__(self, tokens: int, limit: int):
         self.tokens, self.limit = tokens, limit
-        self.detail = (f"the prompt is {tokens} tokens (text + image tokens), longer than the model's context of "
-                       f"{limit} positions (max_position_embeddings): shorten the text, or use fewer or smaller "
-                       "images / 提示（文本+图像）超出模型上下文长度")
+        self.detail = (
+            f"the prompt is {tokens} tokens (text + image tokens), longer than the model's context of "
+            f"{limit} positions (max_position_embeddings): shorten the text, or use fewer or smaller "
+            "images / 提示（文本+图像）超出模型上下文长度"
+        )
         super().__init__(self.detail)
 
 
@@ -61,17 +63,23 @@ class GenerationParams:
             self.temperature = 0.0
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not SEED_RANGE[0] <= int(self.seed) <= SEED_RANGE[1]):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not SEED_RANGE[0] <= int(self.seed) <= SEED_RANGE[1]
+        ):
             raise EngineError(f"seed must be an integer in [-2^63, 2^63 - 1], got {self.seed}")
 
 
 @dataclass
 class ChatRequest:
     messages: list[dict]
-    images: list[bytes] = field(default_factory=list)  # encoded images; for a spectral model: cubes (arrays, paths, .npy/GeoTIFF bytes)
+    images: list[bytes] = field(
+        default_factory=list
+    )  # encoded images; for a spectral model: cubes (arrays, paths, .npy/GeoTIFF bytes)
 
     def __post_init__(self):
-        n_parts = sum(1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image")
+        n_parts = sum(
+            1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image"
+        )
         if n_parts != len(self.images):
             raise EngineError(f"request has {n_parts} image parts but {len(self.images)} images")
 
@@ -129,7 +137,14 @@ def _pick_dtype(dtype, device: str):
             return torch.bfloat16
         return torch.float32
     if isinstance(dtype, str):
-        table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        table = {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+        }
         if dtype not in table:
             raise EngineError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
         return table[dtype]
@@ -196,7 +211,11 @@ class LocalEngine:
             net = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kw)
         except Exception as e:  # noqa: BLE001 - transformers / safetensors / torch raise many types
             msg = str(e).lower()
-            if not (attn_implementation and isinstance(e, (ImportError, ValueError)) and ("attn" in msg or "attention" in msg)):
+            if not (
+                attn_implementation
+                and isinstance(e, (ImportError, ValueError))
+                and ("attn" in msg or "attention" in msg)
+            ):
                 where = damaged_file(model_dir)  # a truncated or garbled weights file: one line naming it
                 if where is None:
                     raise
@@ -213,7 +232,9 @@ class LocalEngine:
         if adapter_dir is not None and has_processor(adapter_dir):  # saved by training next to the adapter
             self.processor = AutoProcessor.from_pretrained(str(adapter_dir))
             if getattr(self.processor, "image_processor", None) is None:
-                raise ModelFolderError(f"{adapter_dir}: its processor files load no image processor; remove them to use {model_dir}'s")
+                raise ModelFolderError(
+                    f"{adapter_dir}: its processor files load no image processor; remove them to use {model_dir}'s"
+                )
         else:
             self.processor = load_processor(model_dir)
         self.preprocess = preprocess_for(model_dir, adapter_dir)
@@ -224,10 +245,14 @@ class LocalEngine:
         # how images reach the model, chosen by the folder: RGB pictures, or e.g. hyperspectral cubes through a
         # spectral projector (its files sit beside the weights)
         try:
-            self.vision_input = load(self.model, self.family, self.processor, adapter_dir, model_dir, preprocess=self.preprocess)
+            self.vision_input = load(
+                self.model, self.family, self.processor, adapter_dir, model_dir, preprocess=self.preprocess
+            )
         except VisionInputError as e:
             raise ModelFolderError(str(e)) from None
-        self.spectral = self.vision_input if self.vision_input.kind == "spectral" else None  # (callers not yet on vision_input)
+        self.spectral = (
+            self.vision_input if self.vision_input.kind == "spectral" else None
+        )  # (callers not yet on vision_input)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
         gc = self.model.generation_config
@@ -280,7 +305,11 @@ class LocalEngine:
         if getattr(self, "_control", None) is None:
             import re
 
-            toks = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content}, key=len, reverse=True)
+            toks = sorted(
+                {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content},
+                key=len,
+                reverse=True,
+            )
             self._control = re.compile("|".join(map(re.escape, toks))) if toks else None
         if self._control is None:
             return
@@ -288,8 +317,10 @@ class LocalEngine:
             for p in m.get("content") or []:
                 text = p.get("text") if isinstance(p, dict) else None
                 if isinstance(text, str) and (hit := self._control.search(text)):
-                    raise EngineError(f"messages[{i}] contains the control token {hit.group(0)!r}; special tokens are not allowed "
-                                      "in message text / 消息文本不能包含特殊控制符")
+                    raise EngineError(
+                        f"messages[{i}] contains the control token {hit.group(0)!r}; special tokens are not allowed "
+                        "in message text / 消息文本不能包含特殊控制符"
+                    )
 
     def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
         """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
@@ -299,7 +330,9 @@ class LocalEngine:
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         for b in request.images:
             size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)
-            n += self.family.image_tokens(size[0], size[1], lo, hi) - 1 if size is not None else 1024  # (for sorting only)
+            n += (
+                self.family.image_tokens(size[0], size[1], lo, hi) - 1 if size is not None else 1024
+            )  # (for sorting only)
         return n
 
     @property
@@ -326,7 +359,9 @@ class LocalEngine:
         the prompts (e.g. prompt + a candidate answer)."""
         texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
         images = [self.vision_input.prepare(b, self.preprocess) for r in requests for b in r.images]
-        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **self.vision_input.processor_kwargs)
+        enc = self.processor(
+            text=texts, images=images or None, return_tensors="pt", padding=True, **self.vision_input.processor_kwargs
+        )
         limit = self.context_length
         if limit is not None and "attention_mask" in enc:
             longest = int(enc["attention_mask"].sum(dim=1).max())
@@ -380,8 +415,13 @@ class LocalEngine:
 
         return {"stopping_criteria": StoppingCriteriaList([_Stop()])}
 
-    def generate(self, requests: list[ChatRequest], params: GenerationParams | None = None, usage: list | None = None,
-                 cancel: threading.Event | None = None) -> list[str]:
+    def generate(
+        self,
+        requests: list[ChatRequest],
+        params: GenerationParams | None = None,
+        usage: list | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[str]:
         """Answers in request order. ``usage`` (optional, a list to fill) receives one dict per request:
         ``prompt_tokens`` (the real count, image pads expanded), ``completion_tokens`` (through the
         end-of-turn token), ``finish_reason`` ("stop" or "length"). Setting ``cancel`` stops every row
@@ -433,8 +473,13 @@ class LocalEngine:
                     scores[(i, c)] = float(tok_lp[row, -n:].sum())
         return [[scores[(i, c)] for c in cands] for i, cands in enumerate(candidates)]
 
-    def stream(self, request: ChatRequest, params: GenerationParams | None = None, usage: dict | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        request: ChatRequest,
+        params: GenerationParams | None = None,
+        usage: dict | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
         """Text deltas of one answer. ``usage`` (optional, a dict to fill) receives ``prompt_tokens``,
         ``completion_tokens`` and ``finish_reason`` once the answer is complete.
 
@@ -455,7 +500,9 @@ class LocalEngine:
                 with self._lock, torch.inference_mode():
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
-                    seq = self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer, **self._stopper(stop))
+                    seq = self.model.generate(
+                        **enc, **self._gen_kwargs(params), streamer=streamer, **self._stopper(stop)
+                    )
                     counts: list[dict] = []
                     self._finish(seq[:, enc["input_ids"].shape[1] :], counts)
                     if stop.is_set():

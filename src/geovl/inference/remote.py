@@ -48,7 +48,9 @@ def to_openai_messages(request: ChatRequest) -> list[dict]:
     for m in request.messages:
         parts = m["content"]
         if m["role"] != "user":
-            out.append({"role": m["role"], "content": "".join(p.get("text") or "" for p in parts if p.get("type") == "text")})
+            out.append(
+                {"role": m["role"], "content": "".join(p.get("text") or "" for p in parts if p.get("type") == "text")}
+            )
             continue
         content = []
         for p in parts:
@@ -77,7 +79,15 @@ class RemoteEngine:
     ``stats.forward_calls`` stays 0 (the server does not report them); ``generated_tokens`` comes
     from the server's ``usage`` when it sends one."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0, concurrency: int = 8, max_retries: int = DEFAULT_RETRIES):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 600.0,
+        concurrency: int = 8,
+        max_retries: int = DEFAULT_RETRIES,
+    ):
         import openai
 
         self._openai = openai
@@ -85,7 +95,9 @@ class RemoteEngine:
         if int(max_retries) < 0:
             raise EngineError(f"max_retries must be >= 0, got {max_retries}")
         self.max_retries = int(max_retries)
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=self.max_retries)
+        self.client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=self.max_retries
+        )
         self.concurrency = max(1, int(concurrency))
         self.stats = EngineStats()
         self._stats_lock = threading.Lock()
@@ -97,7 +109,9 @@ class RemoteEngine:
         if isinstance(e, o.APITimeoutError):
             return EngineError(f"{self.base_url}: request timed out ({e}) / 请求超时")
         if isinstance(e, o.APIConnectionError):
-            return EngineError(f"cannot connect to {self.base_url}: {e.__cause__ or e} — is the server running? / 无法连接服务器")
+            return EngineError(
+                f"cannot connect to {self.base_url}: {e.__cause__ or e} — is the server running? / 无法连接服务器"
+            )
         if isinstance(e, o.APIStatusError):
             return EngineError(f"{self.base_url} answered HTTP {e.status_code}: {str(e)[:300]}")
         return EngineError(f"{self.base_url}: {type(e).__name__}: {e}")

@@ -84,20 +84,31 @@ class BoxFrame:
             sx, sy = self.stored_w / GRID, self.stored_h / GRID
         else:
             sx, sy = self.stored_w / self.resized_w, self.stored_h / self.resized_h
-        return [_clip(x1 * sx, self.stored_w), _clip(y1 * sy, self.stored_h), _clip(x2 * sx, self.stored_w), _clip(y2 * sy, self.stored_h)]
+        return [
+            _clip(x1 * sx, self.stored_w),
+            _clip(y1 * sy, self.stored_h),
+            _clip(x2 * sx, self.stored_w),
+            _clip(y2 * sy, self.stored_h),
+        ]
 
     def resized_pixel(self) -> tuple[float, float]:
         """Size of one resized pixel in stored pixels (x, y)."""
         return self.stored_w / self.resized_w, self.stored_h / self.resized_h
 
     def as_dict(self) -> dict:
-        return {"style": self.style, "stored": [self.stored_w, self.stored_h], "resized": [self.resized_w, self.resized_h]}
+        return {
+            "style": self.style,
+            "stored": [self.stored_w, self.stored_h],
+            "resized": [self.resized_w, self.resized_h],
+        }
 
     @classmethod
     def from_dict(cls, d) -> "BoxFrame | None":
         """A frame from :meth:`as_dict` (e.g. ``meta["box_frame"]``), or None if it is not one."""
         try:
-            return cls(str(d["style"]), int(d["stored"][0]), int(d["stored"][1]), int(d["resized"][0]), int(d["resized"][1]))
+            return cls(
+                str(d["style"]), int(d["stored"][0]), int(d["stored"][1]), int(d["resized"][0]), int(d["resized"][1])
+            )
         except (KeyError, TypeError, ValueError, IndexError):
             return None
 
@@ -118,7 +129,9 @@ def render(frame: BoxFrame, boxes: list[dict]) -> str:
         parts = []
         for b in boxes:
             x1, y1, x2, y2 = frame.to_model(b["bbox"])
-            parts.append(f"<|object_ref_start|>{b['label']}<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>")
+            parts.append(
+                f"<|object_ref_start|>{b['label']}<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+            )
         return "\n".join(parts)
     return json.dumps([{"bbox_2d": frame.to_model(b["bbox"]), "label": b["label"]} for b in boxes], ensure_ascii=False)
 
@@ -153,7 +166,11 @@ def parse_syntax(text) -> list[tuple[list[float], str, float | None]] | None:
                 continue
             label = obj.get("label")
             score = obj.get("score")
-            score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) else None
+            score = (
+                float(score)
+                if isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+                else None
+            )
             found.append((coords, label if isinstance(label, str) else "", score))
             if len(found) >= MAX_BOXES:
                 break
@@ -206,7 +223,9 @@ def parse_text(frame: BoxFrame | None, text) -> list[dict] | None:
     return out
 
 
-def frame_for(family, width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None) -> BoxFrame:
+def frame_for(
+    family, width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None
+) -> BoxFrame:
     """The frame of a ``width`` × ``height`` stored image for a family under the given pixel bounds."""
     rh, rw = family.resized_size(height, width, min_pixels, max_pixels)
     return BoxFrame(family.box_style, int(width), int(height), int(rw), int(rh))

@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 
 from ..errors import GeoVLError
 
-
 HUBS = {
     "huggingface": os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
     "modelscope": os.environ.get("MODELSCOPE_DOMAIN", "https://www.modelscope.cn"),

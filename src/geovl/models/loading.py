@@ -114,5 +114,7 @@ def load_model_folder(path: str | os.PathLike, dtype=None, device: str = "cpu"):
     model.to(device).eval()
     from .vision_input import load
 
-    load(model, family, processor, path)  # the folder's vision input (e.g. a spectral projector saved beside the weights)
+    load(
+        model, family, processor, path
+    )  # the folder's vision input (e.g. a spectral projector saved beside the weights)
     return model, processor, family

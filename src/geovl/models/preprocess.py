@@ -73,8 +73,10 @@ class PreprocessConfig:
             return False
         distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
         if len(distinct) > 1:
-            raise ValueError("training files were converted with different raster render settings "
-                             f"({found}); convert them with the same --bands")
+            raise ValueError(
+                "training files were converted with different raster render settings "
+                f"({found}); convert them with the same --bands"
+            )
         r = next(iter(found.values()))
         self.rgb_bands = list(r["rgb_bands"]) if r.get("rgb_bands") else None
         self.band_order = list(r["band_order"]) if r.get("band_order") else None

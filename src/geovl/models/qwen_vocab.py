@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..errors import GeoVLError
 
-
 ENV_VAR = "GEOVL_QWEN_TIKTOKEN"
 NUM_RANKS = 151_643
 INSTALL_HINT = "pip install --no-deps dashscope==2.0.2"

@@ -58,7 +58,9 @@ class Family:
         """Pixels per merged visual token along one side (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
         return self.patch_size * self.merge_size
 
-    def resized_size(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int]:
+    def resized_size(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> tuple[int, int]:
         """(height, width) the processor resizes to: Qwen's ``smart_resize``."""
         return smart_resize(
             height,
@@ -68,12 +70,16 @@ class Family:
             self.default_max_pixels if max_pixels is None else max_pixels,
         )
 
-    def image_tokens(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> int:
+    def image_tokens(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> int:
         """Number of ``<|image_pad|>`` tokens one image of this size becomes."""
         h, w = self.resized_size(height, width, min_pixels, max_pixels)
         return (h // self.patch_size) * (w // self.patch_size) // (self.merge_size**2)
 
-    def grid_thw(self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int, int]:
+    def grid_thw(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> tuple[int, int, int]:
         h, w = self.resized_size(height, width, min_pixels, max_pixels)
         return (1, h // self.patch_size, w // self.patch_size)
 
@@ -84,15 +90,17 @@ class Family:
 
         return frame_for(self, width, height, min_pixels, max_pixels)
 
-    def render_boxes(self, boxes: list[dict], width: int, height: int, min_pixels: int | None = None,
-                     max_pixels: int | None = None) -> str:
+    def render_boxes(
+        self, boxes: list[dict], width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> str:
         """Boxes in stored-image pixels → the answer text this family is trained on."""
         from .box_format import render
 
         return render(self.box_frame(width, height, min_pixels, max_pixels), boxes)
 
-    def parse_boxes(self, text, width: int, height: int, min_pixels: int | None = None,
-                    max_pixels: int | None = None) -> list[dict] | None:
+    def parse_boxes(
+        self, text, width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> list[dict] | None:
         """This family's output text → boxes in stored-image pixels (None: no box could be read)."""
         from .box_format import parse_text
 
@@ -155,7 +163,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     if h_bar == 0 or w_bar == 0:
-        raise ValueError(f"a {height}x{width} image resizes to nothing with min_pixels={min_pixels}; use min_pixels >= {factor * factor}")
+        raise ValueError(
+            f"a {height}x{width} image resizes to nothing with min_pixels={min_pixels}; use min_pixels >= {factor * factor}"
+        )
     return h_bar, w_bar
 
 

@@ -131,7 +131,9 @@ def tiny_processor(family: Family, tokenizer, min_pixels: int | None = None, max
     lo = lo_default if min_pixels is None else int(min_pixels)
     hi = hi_default if max_pixels is None else int(max_pixels)
     if lo < family.factor**2:
-        raise TinyModelError(f"min_pixels must be at least {family.factor}² = {family.factor**2} for {family.display}, got {lo}")
+        raise TinyModelError(
+            f"min_pixels must be at least {family.factor}² = {family.factor**2} for {family.display}, got {lo}"
+        )
     if hi < lo:
         raise TinyModelError(f"max_pixels ({hi}) must not be below min_pixels ({lo})")
     _, proc_name, video_name = _CLASSES[family.key]
@@ -152,7 +154,12 @@ def tiny_processor(family: Family, tokenizer, min_pixels: int | None = None, max
         video_kw.update(size={"shortest_edge": lo, "longest_edge": hi}, max_video_tokens=2048)
     video_processor = getattr(transformers, video_name)(**video_kw)
     proc_cls = getattr(transformers, proc_name)
-    return proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return proc_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=tokenizer.chat_template,
+    )
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -205,7 +212,9 @@ def build_tiny(
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.eval()
     end, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config = GenerationConfig(eos_token_id=[im_end, end], pad_token_id=end, bos_token_id=None, do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[im_end, end], pad_token_id=end, bos_token_id=None, do_sample=False
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -36,9 +36,7 @@ SPECIAL_TOKENS = (
 )
 
 # Qwen2's pre-tokenizer regex (digits are split one by one).
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
@@ -57,7 +55,22 @@ _CLASSES_EN = [
     "water", "buildings", "roads", "farmland", "forest", "grassland", "bare land", "residential buildings",
     "commercial buildings", "a river", "a lake", "wetland", "cropland", "trees", "a bridge", "a parking lot",
 ]  # fmt: skip
-_CLASSES_ZH = ["水体", "建筑", "道路", "耕地", "林地", "草地", "裸地", "住宅建筑", "商业建筑", "河流", "湖泊", "湿地", "桥梁", "停车场"]
+_CLASSES_ZH = [
+    "水体",
+    "建筑",
+    "道路",
+    "耕地",
+    "林地",
+    "草地",
+    "裸地",
+    "住宅建筑",
+    "商业建筑",
+    "河流",
+    "湖泊",
+    "湿地",
+    "桥梁",
+    "停车场",
+]
 
 _EN_QA = [
     ("Is there {c} in the image?", "yes"),

@@ -75,7 +75,9 @@ class VisionInput:
         raise NotImplementedError
 
     @classmethod
-    def for_training(cls, model, family, processor, recipe, folder: Path | None, dataset=None, log=None) -> "VisionInput":
+    def for_training(
+        cls, model, family, processor, recipe, folder: Path | None, dataset=None, log=None
+    ) -> "VisionInput":
         """The input a training run starts with: continued from ``folder``'s files, or new (e.g. from ``dataset``)."""
         return cls.load(model, family, processor, folder)
 
@@ -112,8 +114,15 @@ class VisionInput:
         groups: dict[bool, list] = {}
         for n, p in self.named_trainable():
             groups.setdefault(p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias"), []).append(p)
-        return [{"params": ps, "lr": lr, "weight_decay": 0.0 if nd else weight_decay, "name": f"{self.kind}{'_no_decay' if nd else ''}"}
-                for nd, ps in groups.items()]
+        return [
+            {
+                "params": ps,
+                "lr": lr,
+                "weight_decay": 0.0 if nd else weight_decay,
+                "name": f"{self.kind}{'_no_decay' if nd else ''}",
+            }
+            for nd, ps in groups.items()
+        ]
 
     def named_trainable(self) -> list[tuple[str, Any]]:
         return []
@@ -228,7 +237,9 @@ def kind_of(folder: str | Path) -> str | None:
         implementation(kind, str(folder / FILENAME))  # an unknown kind: named now
         return kind
     for name, entry in KINDS.items():
-        if any((folder / f).is_file() for f in entry.files) or (entry.preprocess_key and data.get(entry.preprocess_key)):
+        if any((folder / f).is_file() for f in entry.files) or (
+            entry.preprocess_key and data.get(entry.preprocess_key)
+        ):
             return name
     return None
 

@@ -72,7 +72,9 @@ def _completion_text(c) -> str:
     if isinstance(c, dict):
         content = c.get("content")
         if isinstance(content, list):
-            return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+            return "".join(
+                p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text"
+            )
         return "" if content is None else str(content)
     if isinstance(c, (list, tuple)):
         msgs = [m for m in c if isinstance(m, dict)]

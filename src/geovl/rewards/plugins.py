@@ -58,7 +58,10 @@ def load_reward_file(path: str | Path) -> dict[str, Callable]:
     found = {
         name: fn
         for name, fn in vars(module).items()
-        if name.endswith("_reward") and not name.startswith("_") and inspect.isfunction(fn) and fn.__module__ == mod_name
+        if name.endswith("_reward")
+        and not name.startswith("_")
+        and inspect.isfunction(fn)
+        and fn.__module__ == mod_name
     }
     if not found:
         helpers = sorted(n for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == mod_name)

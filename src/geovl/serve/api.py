@@ -50,8 +50,19 @@ from ..imagery.decode import ImageError
 from ..inference.engine import EngineError
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .images import ImageLimits, ImageRefError, check_request_images, fetch_image
-from .openai_format import (APIError, build_request, check_json, chunk, completion, convert_messages, generation_params, new_id, parse_body,
-                            parse_json, usage_dict)
+from .openai_format import (
+    APIError,
+    build_request,
+    check_json,
+    chunk,
+    completion,
+    convert_messages,
+    generation_params,
+    new_id,
+    parse_body,
+    parse_json,
+    usage_dict,
+)
 
 log = logging.getLogger("geovl.serve")
 
@@ -103,8 +114,11 @@ def check_content_type(request, multipart: bool = False) -> str:
     if mt in JSON_TYPES or mt.endswith("+json") or (multipart and mt == "multipart/form-data"):
         return mt
     allowed = "application/json" + (" or multipart/form-data" if multipart else "")
-    raise APIError(415, f"Content-Type {mt or '(none)'!r} is not accepted; send {allowed} / 请求体类型须为 {allowed}",
-                   "unsupported_media_type")
+    raise APIError(
+        415,
+        f"Content-Type {mt or '(none)'!r} is not accepted; send {allowed} / 请求体类型须为 {allowed}",
+        "unsupported_media_type",
+    )
 
 
 class BodyBudget:
@@ -120,8 +134,12 @@ class BodyBudget:
     def take(self, scope: dict, n: int) -> None:
         with self._lock:
             if self.used + n > self.limit:
-                raise APIError(503, f"the server holds {self.used} bytes of request bodies in flight; this body would take it over "
-                                    f"{self.limit} (--max-inflight-body-bytes); try again later / 服务器繁忙", "server_busy")
+                raise APIError(
+                    503,
+                    f"the server holds {self.used} bytes of request bodies in flight; this body would take it over "
+                    f"{self.limit} (--max-inflight-body-bytes); try again later / 服务器繁忙",
+                    "server_busy",
+                )
             self.used += n
             scope["geovl.body_bytes"] = scope.get("geovl.body_bytes", 0) + n
 
@@ -148,7 +166,9 @@ class BodyBudgetRelease:
 async def _read_body(request, limit: int, timeout: float = 60.0) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes, over the limit of {limit} bytes / 请求体过大", "request_too_large")
+        raise APIError(
+            413, f"request body is {declared} bytes, over the limit of {limit} bytes / 请求体过大", "request_too_large"
+        )
     budget = getattr(request.app.state, "body_budget", None)
     buf = bytearray()
 
@@ -158,12 +178,16 @@ async def _read_body(request, limit: int, timeout: float = 60.0) -> bytes:
                 budget.take(request.scope, len(part))
             buf.extend(part)
             if len(buf) > limit:
-                raise APIError(413, f"request body is over the limit of {limit} bytes / 请求体过大", "request_too_large")
+                raise APIError(
+                    413, f"request body is over the limit of {limit} bytes / 请求体过大", "request_too_large"
+                )
 
     try:
         await asyncio.wait_for(read(), timeout)  # a total deadline: slow senders do not hold a worker
     except asyncio.TimeoutError:
-        raise APIError(408, f"the request body was not received within {timeout:g} s / 请求体发送超时", "request_timeout") from None
+        raise APIError(
+            408, f"the request body was not received within {timeout:g} s / 请求体发送超时", "request_timeout"
+        ) from None
     return bytes(buf)
 
 
@@ -201,10 +225,24 @@ class HostAllowList:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
-                body = json.dumps(APIError(400, "this server does not answer for that Host header (start it with --allowed-hosts to add "
-                                                "names) / 主机名不在允许列表中", "host_not_allowed").body()).encode()
-                await send({"type": "http.response.start", "status": 400,
-                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                body = json.dumps(
+                    APIError(
+                        400,
+                        "this server does not answer for that Host header (start it with --allowed-hosts to add "
+                        "names) / 主机名不在允许列表中",
+                        "host_not_allowed",
+                    ).body()
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -218,14 +256,18 @@ def create_app(engine, config: ServerConfig):
     """The FastAPI app serving ``engine`` (any object with the engine interface)."""
 
     engine_lock = threading.Lock()
-    batcher = MicroBatcher(engine, engine_lock, window_ms=config.batch_window_ms, max_batch=config.max_batch, max_queue=config.max_queue)
+    batcher = MicroBatcher(
+        engine, engine_lock, window_ms=config.batch_window_ms, max_batch=config.max_batch, max_queue=config.max_queue
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         batcher.close()
 
-    app = FastAPI(title="geovl OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="geovl OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.router.redirect_slashes = False  # a redirect would echo the Host header back
     app.state.body_budget = BodyBudget(config.max_inflight_body_bytes or 2 * config.max_body_bytes())
     app.add_middleware(BodyBudgetRelease, budget=app.state.body_budget)
@@ -252,7 +294,17 @@ def create_app(engine, config: ServerConfig):
     @app.exception_handler(Exception)
     async def _internal(request, exc):  # pragma: no cover - a bug, logged with its traceback
         log.exception("internal error")
-        return JSONResponse({"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error", "param": None, "code": "internal_error"}}, status_code=500)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"internal error: {type(exc).__name__}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "internal_error",
+                }
+            },
+            status_code=500,
+        )
 
     def check_key(request) -> None:
         if not config.api_key:
@@ -260,7 +312,9 @@ def create_app(engine, config: ServerConfig):
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise APIError(401, "missing API key: send the header Authorization: Bearer <key> / 缺少 API 密钥", "missing_api_key")
+            raise APIError(
+                401, "missing API key: send the header Authorization: Bearer <key> / 缺少 API 密钥", "missing_api_key"
+            )
         if not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
             raise APIError(401, "invalid API key / API 密钥错误", "invalid_api_key")
 
@@ -281,7 +335,10 @@ def create_app(engine, config: ServerConfig):
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        return {"object": "list", "data": [{"id": config.served_model_name, "object": "model", "created": 0, "owned_by": "geovl"}]}
+        return {
+            "object": "list",
+            "data": [{"id": config.served_model_name, "object": "model", "created": 0, "owned_by": "geovl"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -289,7 +346,12 @@ def create_app(engine, config: ServerConfig):
         obj = await read_json(request, config)
         body = parse_body(obj)
         if body.model and body.model != config.served_model_name:
-            raise APIError(404, f"model {body.model!r} is not served here; this server serves {config.served_model_name!r} / 模型不存在", "model_not_found", "model")
+            raise APIError(
+                404,
+                f"model {body.model!r} is not served here; this server serves {config.served_model_name!r} / 模型不存在",
+                "model_not_found",
+                "model",
+            )
         parsed = convert_messages(body.messages)
         if len(parsed.image_refs) > config.limits.max_images:
             raise APIError(
@@ -326,9 +388,22 @@ def create_app(engine, config: ServerConfig):
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return start_stream(batcher, req, params, include_usage, config.served_model_name, geo,
-                                boxes_of=lambda text: answer_boxes(engine, images, text))
-        out = await answer(batcher, req, params, lambda text, usage: completion(new_id(), config.served_model_name, text, usage), request)
+            return start_stream(
+                batcher,
+                req,
+                params,
+                include_usage,
+                config.served_model_name,
+                geo,
+                boxes_of=lambda text: answer_boxes(engine, images, text),
+            )
+        out = await answer(
+            batcher,
+            req,
+            params,
+            lambda text, usage: completion(new_id(), config.served_model_name, text, usage),
+            request,
+        )
         boxes = answer_boxes(engine, images, out["choices"][0]["message"]["content"])
         if boxes is not None:
             geo = dict(geo or {}, boxes=boxes)
@@ -344,8 +419,13 @@ def check_text_size(messages: list[dict], config: ServerConfig) -> None:
     """Refuse text far too long for the prompt limit before the tokenizer sees it."""
     n = sum(len(p.get("text") or "") for m in messages for p in m.get("content") or [] if isinstance(p, dict))
     if n > config.max_text_chars():
-        raise APIError(400, f"the messages hold {n} characters of text, far over the prompt limit of {config.max_prompt_tokens} tokens "
-                            "(--max-prompt-tokens) / 文本过长", "context_length_exceeded", "messages")
+        raise APIError(
+            400,
+            f"the messages hold {n} characters of text, far over the prompt limit of {config.max_prompt_tokens} tokens "
+            "(--max-prompt-tokens) / 文本过长",
+            "context_length_exceeded",
+            "messages",
+        )
 
 
 async def check_prompt(engine, req, params, config: ServerConfig, explicit_max_tokens: bool):
@@ -366,17 +446,30 @@ async def check_prompt(engine, req, params, config: ServerConfig, explicit_max_t
         raise APIError(400, str(e), "invalid_request") from None
     context = getattr(engine, "context_length", None)
     if n > config.max_prompt_tokens:
-        raise APIError(400, f"the prompt is {n} tokens, over this server's limit of {config.max_prompt_tokens} (--max-prompt-tokens) / 提示过长",
-                       "context_length_exceeded", "messages")
+        raise APIError(
+            400,
+            f"the prompt is {n} tokens, over this server's limit of {config.max_prompt_tokens} (--max-prompt-tokens) / 提示过长",
+            "context_length_exceeded",
+            "messages",
+        )
     if context:
         room = context - n
         if room < 1:
-            raise APIError(400, f"the prompt is {n} tokens; this model's context is {context} tokens / 提示超过模型上下文长度",
-                           "context_length_exceeded", "messages")
+            raise APIError(
+                400,
+                f"the prompt is {n} tokens; this model's context is {context} tokens / 提示超过模型上下文长度",
+                "context_length_exceeded",
+                "messages",
+            )
         if params.max_new_tokens > room:
             if explicit_max_tokens:
-                raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({params.max_new_tokens}) is over this model's context of "
-                                    f"{context} tokens / 提示与 max_tokens 之和超过上下文长度", "context_length_exceeded", "max_tokens")
+                raise APIError(
+                    400,
+                    f"the prompt ({n} tokens) plus max_tokens ({params.max_new_tokens}) is over this model's context of "
+                    f"{context} tokens / 提示与 max_tokens 之和超过上下文长度",
+                    "context_length_exceeded",
+                    "max_tokens",
+                )
             params = dataclasses.replace(params, max_new_tokens=room)
     return params
 
@@ -419,8 +512,9 @@ async def answer(batcher: MicroBatcher, req, params, build, request=None):
     return build(text, usage)
 
 
-def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model: str, geo: dict | None = None,
-                 boxes_of=None):
+def start_stream(
+    batcher: MicroBatcher, req, params, include_usage: bool, model: str, geo: dict | None = None, boxes_of=None
+):
     """Queue a streaming request (503 at once when the queue is full) and answer with its SSE stream.
     ``boxes_of(text)`` (optional) reads the boxes of the complete answer; when it finds any, the final
     chunk (the one with ``finish_reason``) carries them as ``"geovl": {"boxes": ...}``."""
@@ -439,12 +533,16 @@ def start_stream(batcher: MicroBatcher, req, params, include_usage: bool, model:
     except QueueFull as e:
         raise APIError(503, str(e), "server_busy") from None
     fut.add_done_callback(lambda f: put(("end", f)))
-    return StreamingResponse(_sse(q, fut, cancel, include_usage, model, geo, boxes_of), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _sse(q, fut, cancel, include_usage, model, geo, boxes_of),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bool, model: str, geo: dict | None,
-               boxes_of=None):
+async def _sse(
+    q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bool, model: str, geo: dict | None, boxes_of=None
+):
     cid, created = new_id(), int(time.time())
     parts: list[str] = []  # the answer so far: its boxes are read once the text is complete
     first = chunk(cid, model, created, {"role": "assistant", "content": ""})
@@ -468,7 +566,16 @@ async def _sse(q: asyncio.Queue, fut, cancel: threading.Event, include_usage: bo
                         log.warning("stream: reading the answer's boxes failed: %s", err)
                 yield _event(last | {"geovl": {"boxes": boxes}} if boxes is not None else last)
                 if include_usage:
-                    yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_dict(usage)})
+                    yield _event(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage_dict(usage),
+                        }
+                    )
             else:
                 if isinstance(err, ShuttingDown):
                     e = APIError(503, f"{err}", "server_shutting_down")
@@ -508,8 +615,15 @@ def serve(app, host: str, port: int, log_level: str = "info") -> None:
             super().handle_exit(sig, frame)
 
     protocol = header_deadline_protocol(float(app.state.config.header_timeout))
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
-                            timeout_graceful_shutdown=grace + 5, timeout_keep_alive=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol,
+        timeout_graceful_shutdown=grace + 5,
+        timeout_keep_alive=5,
+    )
     _Server(config).run()
 
 
@@ -524,10 +638,15 @@ def header_deadline_protocol(seconds: float):
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    body = json.dumps(APIError(408, f"request headers were not received within {seconds:g} s / 请求头发送超时",
-                               "request_timeout").body()).encode()
-    reply = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = json.dumps(
+        APIError(
+            408, f"request headers were not received within {seconds:g} s / 请求头发送超时", "request_timeout"
+        ).body()
+    ).encode()
+    reply = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer = None

@@ -58,7 +58,9 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, engine, engine_lock: threading.Lock, window_ms: float = 10.0, max_batch: int = 8, max_queue: int = 256):
+    def __init__(
+        self, engine, engine_lock: threading.Lock, window_ms: float = 10.0, max_batch: int = 8, max_queue: int = 256
+    ):
         self.engine = engine
         self.engine_lock = engine_lock
         self.window = max(0.0, float(window_ms)) / 1000.0
@@ -90,8 +92,9 @@ class MicroBatcher:
         """A future of ``(text, usage dict or None)``."""
         return self._put(_Item(request, params))
 
-    def submit_stream(self, request: ChatRequest, params: GenerationParams, on_delta: Callable[[str], None],
-                      cancel: threading.Event) -> Future:
+    def submit_stream(
+        self, request: ChatRequest, params: GenerationParams, on_delta: Callable[[str], None], cancel: threading.Event
+    ) -> Future:
         """Queue a streaming request: ``on_delta`` receives each text delta (from the worker thread);
         the future gives the usage dict (``{}`` when the engine reports none) when the answer is done.
         Setting ``cancel`` stops it at the next token (or before it starts)."""
@@ -177,7 +180,9 @@ class MicroBatcher:
         if not it.future.set_running_or_notify_cancel():
             return
         if it.cancel.is_set():  # the client left (or the server is stopping) while it waited
-            it.future.set_exception(ShuttingDown("cancelled before it started") if self.draining else RuntimeError("cancelled"))
+            it.future.set_exception(
+                ShuttingDown("cancelled before it started") if self.draining else RuntimeError("cancelled")
+            )
             return
         usage: dict = {}
         kw = {"usage": usage} if self._stream_usage else {}
@@ -200,7 +205,9 @@ class MicroBatcher:
         finally:
             self._running.remove(it)
         if it.cancel.is_set() and self.draining:
-            it.future.set_exception(ShuttingDown("the server is shutting down; the answer was cut short / 服务器正在关闭，回答未完成"))
+            it.future.set_exception(
+                ShuttingDown("the server is shutting down; the answer was cut short / 服务器正在关闭，回答未完成")
+            )
         else:
             it.future.set_result(usage)
 

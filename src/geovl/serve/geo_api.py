@@ -84,7 +84,9 @@ class ChatGeo(GeoOptions):
 
 def _validate(cls, obj, param: str | None = None):
     if not isinstance(obj, dict):
-        raise APIError(422, f"{param or 'the request body'} must be a JSON object / 须为 JSON 对象", "invalid_schema", param)
+        raise APIError(
+            422, f"{param or 'the request body'} must be a JSON object / 须为 JSON 对象", "invalid_schema", param
+        )
     try:
         return cls.model_validate(obj)
     except ValidationError as e:
@@ -97,7 +99,11 @@ async def _multipart(raw: bytes, headers, limit: int) -> dict:
     try:
         from starlette.formparsers import MultiPartException, MultiPartParser
     except ImportError:  # pragma: no cover - python-multipart comes with gradio
-        raise APIError(415, "multipart uploads need the python-multipart package on the server; send JSON instead", "unsupported_media_type") from None
+        raise APIError(
+            415,
+            "multipart uploads need the python-multipart package on the server; send JSON instead",
+            "unsupported_media_type",
+        ) from None
 
     async def once():
         yield raw
@@ -141,7 +147,11 @@ async def read_request(request, config, cls):
         if getattr(body, k) is not None:
             files[k] = getattr(body, k)
     if len(files) > config.limits.max_images:
-        raise APIError(400, f"{len(files)} rasters, over the limit of {config.limits.max_images} (--max-images) / 图像数量超限", "too_many_images")
+        raise APIError(
+            400,
+            f"{len(files)} rasters, over the limit of {config.limits.max_images} (--max-images) / 图像数量超限",
+            "too_many_images",
+        )
     return body, files
 
 
@@ -192,8 +202,13 @@ def _write_geotiffs(blobs: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, 
     for name, data in blobs.items():
         kind = image_format(data)
         if kind != "TIFF":
-            raise APIError(400, f"{name}: a {kind} image is not a GeoTIFF; send a georeferenced GeoTIFF "
-                                f"(data:image/tiff;base64,…) / 不是 GeoTIFF", "not_a_geotiff", name)
+            raise APIError(
+                400,
+                f"{name}: a {kind} image is not a GeoTIFF; send a georeferenced GeoTIFF "
+                f"(data:image/tiff;base64,…) / 不是 GeoTIFF",
+                "not_a_geotiff",
+                name,
+            )
         path = tmp / f"{name}.tif"
         path.write_bytes(data)
         with warnings.catch_warnings():
@@ -201,8 +216,13 @@ def _write_geotiffs(blobs: dict[str, bytes], tmp: Path) -> dict[str, tuple[str, 
             with rasterio.open(path) as ds:
                 crs, count = ds.crs, ds.count
         if crs is None:
-            raise APIError(400, f"{name}: the GeoTIFF has no CRS (not georeferenced), so ground areas cannot be measured; "
-                                "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE / GeoTIFF 没有坐标系，无法量算面积", "no_crs", name)
+            raise APIError(
+                400,
+                f"{name}: the GeoTIFF has no CRS (not georeferenced), so ground areas cannot be measured; "
+                "assign one, e.g. gdal_edit.py -a_srs EPSG:32650 FILE / GeoTIFF 没有坐标系，无法量算面积",
+                "no_crs",
+                name,
+            )
         out[name] = (str(path), count)
     return out
 
@@ -214,15 +234,24 @@ def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
     from ..geo.errors import MeasureError
 
     if "image" not in blobs and "classes" not in blobs:
-        raise APIError(400, "give image (a GeoTIFF) and/or classes (a class GeoTIFF) / 缺少影像", "missing_image", "image")
+        raise APIError(
+            400, "give image (a GeoTIFF) and/or classes (a class GeoTIFF) / 缺少影像", "missing_image", "image"
+        )
     if "before" in blobs and "image" not in blobs or "before_classes" in blobs and "classes" not in blobs:
-        raise APIError(400, "before / before_classes need image / classes for the later date / 缺少后时相", "missing_image")
+        raise APIError(
+            400, "before / before_classes need image / classes for the later date / 缺少后时相", "missing_image"
+        )
     files = _write_geotiffs(blobs, tmp)
     path = {k: v[0] for k, v in files.items()}
     spec = opts.class_table
     if isinstance(spec, str) and spec.lower() not in BUILTIN_TABLES:
-        raise APIError(400, f"class_table must be one of {', '.join(BUILTIN_TABLES)} or a table object "
-                            '({"classes": [{"code", "en", "zh"}, …]}) / 类别表无效', "invalid_class_table", "class_table")
+        raise APIError(
+            400,
+            f"class_table must be one of {', '.join(BUILTIN_TABLES)} or a table object "
+            '({"classes": [{"code", "en", "zh"}, …]}) / 类别表无效',
+            "invalid_class_table",
+            "class_table",
+        )
     if isinstance(spec, dict):
         (tmp / "class_table.json").write_text(json.dumps(spec), encoding="utf-8")
         spec = str(tmp / "class_table.json")
@@ -234,8 +263,16 @@ def measure_files(opts, blobs: dict[str, bytes], tmp: Path):
         (tmp / "aoi.geojson").write_text(json.dumps(opts.aoi), encoding="utf-8")
         aoi = str(tmp / "aoi.geojson")
     try:
-        m = measure_inputs(path.get("image"), path.get("before"), path.get("classes"), path.get("before_classes"),
-                           class_table=spec, aoi=aoi, aoi_crs=opts.aoi_crs, bands=opts.bands)
+        m = measure_inputs(
+            path.get("image"),
+            path.get("before"),
+            path.get("classes"),
+            path.get("before_classes"),
+            class_table=spec,
+            aoi=aoi,
+            aoi_crs=opts.aoi_crs,
+            bands=opts.bands,
+        )
     except CRSInputError as e:
         raise APIError(400, _strip(str(e), tmp), "invalid_crs", "aoi_crs") from None
     except MeasureError as e:
@@ -249,17 +286,32 @@ def _grounded(engine, opts, question: str, blobs: dict[str, bytes]):
     from ..geo.errors import MeasureError
 
     if "image" not in blobs:
-        raise APIError(400, "a grounded question needs image (the GeoTIFF the model looks at) / 缺少影像", "missing_image", "image")
+        raise APIError(
+            400, "a grounded question needs image (the GeoTIFF the model looks at) / 缺少影像", "missing_image", "image"
+        )
     with tempfile.TemporaryDirectory(prefix="geovl-geo-") as d:
         tmp = Path(d)
         m, path = measure_files(opts, blobs, tmp)
         try:
-            gp = build_grounded(path["image"], question, before_path=path.get("before"), bands=opts.bands, lang=opts.lang,
-                                preprocess=input_spec(engine).preprocess, measurement=m)
+            gp = build_grounded(
+                path["image"],
+                question,
+                before_path=path.get("before"),
+                bands=opts.bands,
+                lang=opts.lang,
+                preprocess=input_spec(engine).preprocess,
+                measurement=m,
+            )
         except MeasureError as e:
             raise APIError(400, _strip(str(e), tmp), "measure_error") from None
-        member = {"grounded": True, "measurement": _strip(m.to_json(), tmp), "context": _strip(gp.context, tmp),
-                  "prompt": _strip(gp.prompt, tmp), "question": gp.question, "lang": gp.lang}
+        member = {
+            "grounded": True,
+            "measurement": _strip(m.to_json(), tmp),
+            "context": _strip(gp.context, tmp),
+            "prompt": _strip(gp.prompt, tmp),
+            "question": gp.question,
+            "lang": gp.lang,
+        }
     return gp, member
 
 
@@ -274,16 +326,27 @@ async def ground_chat(geo_obj, parsed, images: list[bytes], engine, config):
     n_img = [sum(1 for p in m["content"] if p.get("type") == "image") for m in msgs]
     k, start = n_img[last], sum(n_img[:last])
     if k not in (1, 2):
-        raise APIError(400, f"geovl.grounded: the last user message must carry one GeoTIFF (or two: before, then after); "
-                            f"it has {k} image(s) / 最后一条用户消息须包含一幅或两幅 GeoTIFF", "invalid_geovl", "geovl")
+        raise APIError(
+            400,
+            f"geovl.grounded: the last user message must carry one GeoTIFF (or two: before, then after); "
+            f"it has {k} image(s) / 最后一条用户消息须包含一幅或两幅 GeoTIFF",
+            "invalid_geovl",
+            "geovl",
+        )
     question = "".join(p.get("text") or "" for p in msgs[last]["content"] if p.get("type") == "text").strip()
     if not question:
-        raise APIError(400, "geovl.grounded: the last user message has no question text / 缺少问题", "invalid_geovl", "geovl")
-    blobs = dict(zip(("image",) if k == 1 else ("before", "image"), images[start:start + k]))
+        raise APIError(
+            400, "geovl.grounded: the last user message has no question text / 缺少问题", "invalid_geovl", "geovl"
+        )
+    blobs = dict(zip(("image",) if k == 1 else ("before", "image"), images[start : start + k]))
     refs = opts.classes or []
     if refs and len(refs) != k:
-        raise APIError(400, f"geovl.classes: {len(refs)} class raster(s) for {k} date(s); give one per date (before, then after)",
-                       "invalid_geovl", "geovl")
+        raise APIError(
+            400,
+            f"geovl.classes: {len(refs)} class raster(s) for {k} date(s); give one per date (before, then after)",
+            "invalid_geovl",
+            "geovl",
+        )
     blobs |= await load_files(dict(zip(("classes",) if k == 1 else ("before_classes", "classes"), refs)), config.limits)
     gp, member = await run_in_threadpool(_grounded, engine, opts, question, blobs)
     return gp.request(), member
@@ -305,8 +368,13 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
                 m, _ = measure_files(body, blobs, tmp)
                 lang = body.lang or "zh"
                 gj = m.geojson(wgs84=True) if body.geojson and m.change is not None else None
-                return {"object": "geovl.measurement", "measurement": _strip(m.to_json(), tmp),
-                        "context": _strip(m.context_text(lang), tmp), "lang": lang, "geojson": _strip(gj, tmp) if gj else None}
+                return {
+                    "object": "geovl.measurement",
+                    "measurement": _strip(m.to_json(), tmp),
+                    "context": _strip(m.context_text(lang), tmp),
+                    "lang": lang,
+                    "geojson": _strip(gj, tmp) if gj else None,
+                }
 
         return await run_in_threadpool(work)
 
@@ -315,8 +383,12 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
         check_key(request)
         body, files = await read_request(request, config, AskBody)
         if body.model and body.model != config.served_model_name:
-            raise APIError(404, f"model {body.model!r} is not served here; this server serves {config.served_model_name!r} / 模型不存在",
-                           "model_not_found", "model")
+            raise APIError(
+                404,
+                f"model {body.model!r} is not served here; this server serves {config.served_model_name!r} / 模型不存在",
+                "model_not_found",
+                "model",
+            )
         try:
             params = generation_params(body, config.max_tokens_limit, config.default_max_tokens)
         except EngineError as e:
@@ -325,8 +397,22 @@ def add_geo_routes(app, engine, config, batcher, check_key) -> None:
         blobs = await load_files(files, config.limits)
         gp, member = await run_in_threadpool(_grounded, engine, body, body.question, blobs)
         req = gp.request()
-        params = await check_prompt(engine, req, params, config, (body.max_completion_tokens or body.max_tokens) is not None)
-        return await answer(batcher, req, params, lambda text, usage: {
-            "id": "geoask-" + uuid.uuid4().hex[:24], "object": "geovl.grounded_answer", "created": int(time.time()),
-            "model": config.served_model_name, "answer": text.strip(), **{k: v for k, v in member.items() if k != "grounded"},
-            "usage": usage_dict(usage), "finish_reason": (usage or {}).get("finish_reason", "stop")}, request)
+        params = await check_prompt(
+            engine, req, params, config, (body.max_completion_tokens or body.max_tokens) is not None
+        )
+        return await answer(
+            batcher,
+            req,
+            params,
+            lambda text, usage: {
+                "id": "geoask-" + uuid.uuid4().hex[:24],
+                "object": "geovl.grounded_answer",
+                "created": int(time.time()),
+                "model": config.served_model_name,
+                "answer": text.strip(),
+                **{k: v for k, v in member.items() if k != "grounded"},
+                "usage": usage_dict(usage),
+                "finish_reason": (usage or {}).get("finish_reason", "stop"),
+            },
+            request,
+        )

@@ -25,14 +25,30 @@ MAX_JSON_DEPTH = 64  # nesting of objects/arrays in a request body
 class APIError(Exception):
     """An error answered in the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "server_busy",
+    }
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"), "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class StreamOptions(BaseModel):
@@ -63,11 +79,15 @@ def parse_json(raw: bytes):
     try:
         return json.loads(raw)
     except RecursionError:
-        raise APIError(400, f"request body is nested too deeply (limit {MAX_JSON_DEPTH} levels) / JSON 嵌套过深", "invalid_json") from None
+        raise APIError(
+            400, f"request body is nested too deeply (limit {MAX_JSON_DEPTH} levels) / JSON 嵌套过深", "invalid_json"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e} / 请求体不是合法 JSON", "invalid_json") from None
     except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
-        raise APIError(400, f"request body is not usable JSON: {str(e)[:200]} / 请求体包含无法处理的数值", "invalid_json") from None
+        raise APIError(
+            400, f"request body is not usable JSON: {str(e)[:200]} / 请求体包含无法处理的数值", "invalid_json"
+        ) from None
 
 
 def check_json(obj, max_depth: int = MAX_JSON_DEPTH):
@@ -80,8 +100,11 @@ def check_json(obj, max_depth: int = MAX_JSON_DEPTH):
             try:
                 o.encode("utf-8")
             except UnicodeEncodeError:
-                raise APIError(400, "request text contains a lone surrogate (\\ud800-\\udfff), which is not a character / 文本包含无效的 Unicode 代理字符",
-                               "invalid_text") from None
+                raise APIError(
+                    400,
+                    "request text contains a lone surrogate (\\ud800-\\udfff), which is not a character / 文本包含无效的 Unicode 代理字符",
+                    "invalid_text",
+                ) from None
             continue
         if isinstance(o, dict):
             items = list(o.keys()) + list(o.values())
@@ -90,7 +113,9 @@ def check_json(obj, max_depth: int = MAX_JSON_DEPTH):
         else:
             continue
         if d > max_depth:
-            raise APIError(400, f"request body is nested more than {max_depth} levels deep / JSON 嵌套过深", "invalid_json")
+            raise APIError(
+                400, f"request body is nested more than {max_depth} levels deep / JSON 嵌套过深", "invalid_json"
+            )
         stack.extend((v, d + 1) for v in items)
     return obj
 
@@ -111,9 +136,13 @@ def parse_body(obj) -> CompletionBody:
     except ValidationError as e:
         raise APIError(422, validation_message(e), "invalid_schema") from None
     if (body.n or 1) != 1:
-        raise APIError(400, "n > 1 is not supported; send separate requests / 不支持 n > 1", "unsupported_parameter", "n")
+        raise APIError(
+            400, "n > 1 is not supported; send separate requests / 不支持 n > 1", "unsupported_parameter", "n"
+        )
     if body.stop:
-        raise APIError(400, "stop sequences are not supported by this server / 不支持 stop 参数", "unsupported_parameter", "stop")
+        raise APIError(
+            400, "stop sequences are not supported by this server / 不支持 stop 参数", "unsupported_parameter", "stop"
+        )
     return body
 
 
@@ -132,11 +161,18 @@ def _text_of(content, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise APIError(422, f"{where}: content must be a string or a list of parts / content 格式错误", "invalid_schema", where)
+        raise APIError(
+            422, f"{where}: content must be a string or a list of parts / content 格式错误", "invalid_schema", where
+        )
     out = []
     for j, p in enumerate(content):
         if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-            raise APIError(400, f"{where}.content[{j}]: only text parts are allowed in system and assistant messages / 系统与助手消息只能包含文本", "invalid_content", where)
+            raise APIError(
+                400,
+                f"{where}.content[{j}]: only text parts are allowed in system and assistant messages / 系统与助手消息只能包含文本",
+                "invalid_content",
+                where,
+            )
         out.append(p["text"])
     return "".join(out)
 
@@ -146,10 +182,17 @@ def convert_messages(raw: list[dict]) -> ParsedMessages:
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise APIError(422, f"{where} must be an object with role and content / 消息格式错误", "invalid_schema", where)
+            raise APIError(
+                422, f"{where} must be an object with role and content / 消息格式错误", "invalid_schema", where
+            )
         role = ROLE_MAP.get(m.get("role"))
         if role is None:
-            raise APIError(400, f"{where}: role {m.get('role')!r} is not supported (system, user, assistant) / 不支持的角色", "invalid_role", where)
+            raise APIError(
+                400,
+                f"{where}: role {m.get('role')!r} is not supported (system, user, assistant) / 不支持的角色",
+                "invalid_role",
+                where,
+            )
         content = m.get("content")
         if role != "user":
             msgs.append({"role": role, "content": [{"type": "text", "text": _text_of(content, where)}]})
@@ -158,7 +201,12 @@ def convert_messages(raw: list[dict]) -> ParsedMessages:
             msgs.append({"role": "user", "content": [{"type": "text", "text": content}]})
             continue
         if not isinstance(content, list) or not content:
-            raise APIError(422, f"{where}: user content must be a string or a non-empty list of parts / 用户消息内容为空或格式错误", "invalid_schema", where)
+            raise APIError(
+                422,
+                f"{where}: user content must be a string or a non-empty list of parts / 用户消息内容为空或格式错误",
+                "invalid_schema",
+                where,
+            )
         parts = []
         for j, p in enumerate(content):
             kind = p.get("type") if isinstance(p, dict) else None
@@ -168,14 +216,26 @@ def convert_messages(raw: list[dict]) -> ParsedMessages:
                 iu = p.get("image_url")
                 url = iu.get("url") if isinstance(iu, dict) else iu
                 if not isinstance(url, str) or not url.strip():
-                    raise APIError(422, f"{where}.content[{j}]: image_url.url must be a non-empty string / 图像地址为空", "invalid_schema", where)
+                    raise APIError(
+                        422,
+                        f"{where}.content[{j}]: image_url.url must be a non-empty string / 图像地址为空",
+                        "invalid_schema",
+                        where,
+                    )
                 parts.append({"type": "image"})
                 refs.append(url)
             else:
-                raise APIError(400, f"{where}.content[{j}]: part type {kind!r} is not supported (text, image_url) / 不支持的内容类型", "invalid_content", where)
+                raise APIError(
+                    400,
+                    f"{where}.content[{j}]: part type {kind!r} is not supported (text, image_url) / 不支持的内容类型",
+                    "invalid_content",
+                    where,
+                )
         msgs.append({"role": "user", "content": parts})
     if not any(m["role"] == "user" for m in msgs):
-        raise APIError(400, "messages need at least one user message / 至少需要一条用户消息", "invalid_messages", "messages")
+        raise APIError(
+            400, "messages need at least one user message / 至少需要一条用户消息", "invalid_messages", "messages"
+        )
     return ParsedMessages(msgs, refs)
 
 
@@ -213,7 +273,14 @@ def completion(cid: str, model: str, text: str, usage: dict | None) -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": (usage or {}).get("finish_reason", "stop"), "logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": (usage or {}).get("finish_reason", "stop"),
+                "logprobs": None,
+            }
+        ],
         "usage": usage_dict(usage),
     }
 

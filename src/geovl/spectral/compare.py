@@ -162,8 +162,10 @@ def vlm_answers(predictions, scene_ids: list[str]) -> tuple[dict, dict]:
             continue
         answers[key] = read_answer(task, rec)
     if not answers:
-        raise SpectralError(f"{predictions}: no prediction matches a scene of this split (meta.scene + meta.task of "
-                            f"`geovl eval` on the synth folder's parquet) / 预测文件与该划分的场景不匹配")
+        raise SpectralError(
+            f"{predictions}: no prediction matches a scene of this split (meta.scene + meta.task of "
+            f"`geovl eval` on the synth folder's parquet) / 预测文件与该划分的场景不匹配"
+        )
     return answers, counts
 
 
@@ -189,8 +191,11 @@ def metrics(pairs_by_task: dict[str, list[tuple]]) -> dict:
 
 
 def _truth(scene: dict, task: str):
-    return {"alteration": bool(scene["alteration"]), "main_mineral": scene["main_mineral"],
-            "probability": float(scene["probability"])}[task]
+    return {
+        "alteration": bool(scene["alteration"]),
+        "main_mineral": scene["main_mineral"],
+        "probability": float(scene["probability"]),
+    }[task]
 
 
 def vlm_pairs(answers: dict, scenes: list[dict], lang: str | None = None) -> dict[str, list[tuple]]:
@@ -207,15 +212,26 @@ def sam_pairs(sam: dict[str, dict], scenes: list[dict]) -> dict[str, list[tuple]
 
 
 def missing_answers(answers: dict, scenes: list[dict], langs: list[str]) -> list[dict]:
-    return [{"scene": s["id"], "task": t, "lang": lg} for s in scenes for lg in langs for t in TASKS
-            if (s["id"], t, lg) not in answers]
+    return [
+        {"scene": s["id"], "task": t, "lang": lg}
+        for s in scenes
+        for lg in langs
+        for t in TASKS
+        if (s["id"], t, lg) not in answers
+    ]
 
 
 # -- the comparison ------------------------------------------------------------------------------
 
 
-def compare(synth_dir, predictions, split: str = "test", library: str | None = None,
-            max_angle: float | None = None, min_pixels: int = 10) -> dict:
+def compare(
+    synth_dir,
+    predictions,
+    split: str = "test",
+    library: str | None = None,
+    max_angle: float | None = None,
+    min_pixels: int = 10,
+) -> dict:
     """VLM vs SAM vs ground truth on the scenes of ``split`` (see the module docstring)."""
     from .sam import DEFAULT_LIBRARY, DEFAULT_MAX_ANGLE
 
@@ -229,8 +245,12 @@ def compare(synth_dir, predictions, split: str = "test", library: str | None = N
     sam = sam_answers(synth_dir, scenes, library, max_angle, min_pixels)
     missing = missing_answers(answers, scenes, langs)
     result = {
-        "synth_dir": str(synth_dir), "predictions": str(predictions), "split": split, "scenes": len(scenes),
-        "langs": langs, "sam_options": {"library": library, "max_angle_rad": max_angle, "min_pixels": min_pixels},
+        "synth_dir": str(synth_dir),
+        "predictions": str(predictions),
+        "split": split,
+        "scenes": len(scenes),
+        "langs": langs,
+        "sam_options": {"library": library, "max_angle_rad": max_angle, "min_pixels": min_pixels},
         "vlm": metrics(vlm_pairs(answers, scenes)),
         "vlm_by_lang": {lg: metrics(vlm_pairs(answers, scenes, lg)) for lg in langs},
         "sam": metrics(sam_pairs(sam, scenes)),
@@ -251,14 +271,18 @@ def table_rows(result: dict) -> list[dict]:
     """One row per metric: label, vlm, vlm per language, sam, n VLM answers, n SAM scenes."""
     rows = []
     for key, task, label in METRICS:
-        rows.append({
-            "metric": key, "label": label,
-            "vlm": result["vlm"][task][key],
-            "vlm_by_lang": {lg: m[task][key] for lg, m in result["vlm_by_lang"].items()},
-            "sam": result["sam"][task][key],
-            "n_vlm": result["vlm"][task]["n"], "n_sam": result["sam"][task]["n"],
-            "unparsed_vlm": result["vlm"][task]["unparsed"],
-        })
+        rows.append(
+            {
+                "metric": key,
+                "label": label,
+                "vlm": result["vlm"][task][key],
+                "vlm_by_lang": {lg: m[task][key] for lg, m in result["vlm_by_lang"].items()},
+                "sam": result["sam"][task][key],
+                "n_vlm": result["vlm"][task]["n"],
+                "n_sam": result["sam"][task]["n"],
+                "unparsed_vlm": result["vlm"][task]["unparsed"],
+            }
+        )
     return rows
 
 
@@ -269,31 +293,41 @@ def _cell(metric: str, v) -> str:
 
 
 def _header(result: dict) -> list[str]:
-    return (["metric / 指标", "VLM"] + [f"VLM {lg}" for lg in result["langs"]]
-            + ["SAM", "n VLM (answers/回答)", "n SAM (scenes/场景)"])
+    return (
+        ["metric / 指标", "VLM"]
+        + [f"VLM {lg}" for lg in result["langs"]]
+        + ["SAM", "n VLM (answers/回答)", "n SAM (scenes/场景)"]
+    )
 
 
 def _cells(result: dict) -> list[list[str]]:
     out = []
     for r in result["table"]:
         m = r["metric"]
-        out.append([r["label"], _cell(m, r["vlm"])] + [_cell(m, r["vlm_by_lang"][lg]) for lg in result["langs"]]
-                   + [_cell(m, r["sam"]), str(r["n_vlm"]), str(r["n_sam"])])
+        out.append(
+            [r["label"], _cell(m, r["vlm"])]
+            + [_cell(m, r["vlm_by_lang"][lg]) for lg in result["langs"]]
+            + [_cell(m, r["sam"]), str(r["n_vlm"]), str(r["n_sam"])]
+        )
     return out
 
 
 def _footer(result: dict) -> list[str]:
     c = result["counts"]
     unparsed = ", ".join(f"{t} {result['vlm'][t]['unparsed']}" for t in TASKS)
-    lines = [f"{result['scenes']} scenes of split {result['split']!r} · {c['answers']} VLM answers "
-             f"({', '.join(result['langs'])}) · unparsed: {unparsed}"]
+    lines = [
+        f"{result['scenes']} scenes of split {result['split']!r} · {c['answers']} VLM answers "
+        f"({', '.join(result['langs'])}) · unparsed: {unparsed}"
+    ]
     if c["missing"]:
         shown = ", ".join(f"{m['scene']}/{m['task']}/{m['lang']}" for m in result["missing"][:5])
         more = f" … (+{c['missing'] - 5})" if c["missing"] > 5 else ""
         lines.append(f"missing VLM predictions / 缺少预测: {c['missing']} ({shown}{more})")
     if c["outside_split"] or c["not_synth"] or c["duplicates"]:
-        lines.append(f"ignored records / 未使用的记录: {c['outside_split']} outside the split, "
-                     f"{c['not_synth']} without meta.scene/task, {c['duplicates']} duplicates")
+        lines.append(
+            f"ignored records / 未使用的记录: {c['outside_split']} outside the split, "
+            f"{c['not_synth']} without meta.scene/task, {c['duplicates']} duplicates"
+        )
     return lines
 
 

@@ -26,16 +26,26 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-
 from rasterio.windows import Window  # noqa: F401  (col_off, row_off, width, height): the one window type
 
 from ..imagery.tiles import TilingError, strips
 from . import SpectralError
 
 UNIT_ALIASES = {
-    "nm": "nm", "nanometer": "nm", "nanometers": "nm", "nanometre": "nm", "nanometres": "nm",
-    "um": "um", "µm": "um", "μm": "um", "micrometer": "um", "micrometers": "um", "micrometre": "um",
-    "micrometres": "um", "micron": "um", "microns": "um",
+    "nm": "nm",
+    "nanometer": "nm",
+    "nanometers": "nm",
+    "nanometre": "nm",
+    "nanometres": "nm",
+    "um": "um",
+    "µm": "um",
+    "μm": "um",
+    "micrometer": "um",
+    "micrometers": "um",
+    "micrometre": "um",
+    "micrometres": "um",
+    "micron": "um",
+    "microns": "um",
 }
 
 
@@ -131,8 +141,14 @@ class Cube:
 
     def _check_window(self, window: Window | None) -> Window:
         w = window or self.full_window()
-        if w.row_off < 0 or w.col_off < 0 or w.height < 0 or w.width < 0 or \
-                w.row_off + w.height > self.rows or w.col_off + w.width > self.cols:
+        if (
+            w.row_off < 0
+            or w.col_off < 0
+            or w.height < 0
+            or w.width < 0
+            or w.row_off + w.height > self.rows
+            or w.col_off + w.width > self.cols
+        ):
             raise SpectralError(f"{self.path}: window {w} outside the {self.rows}×{self.cols} cube")
         return w
 
@@ -168,7 +184,7 @@ class Cube:
         if self.wavelengths is None:
             raise SpectralError(
                 f"{self.path}: no wavelength information (ENVI: add `wavelength = {{...}}` and `wavelength units` "
-                "to the header; GeoTIFF: band tags `wavelength`; .npy: a sidecar JSON with \"wavelength\")"
+                'to the header; GeoTIFF: band tags `wavelength`; .npy: a sidecar JSON with "wavelength")'
             )
         return self.wavelengths
 
@@ -178,9 +194,7 @@ class Cube:
         target = float(to_nm(wavelength, unit, f"{self.path}: "))
         lo, hi = self.range_nm()
         if not (lo <= target <= hi):
-            raise SpectralError(
-                f"{self.path}: {target:g} nm is outside this sensor's range {wl[0]:g}–{wl[-1]:g} nm"
-            )
+            raise SpectralError(f"{self.path}: {target:g} nm is outside this sensor's range {wl[0]:g}–{wl[-1]:g} nm")
         cand = np.flatnonzero(self.good_bands) if good_only else np.arange(self.bands)
         if cand.size == 0:
             raise SpectralError(f"{self.path}: every band is marked bad")
@@ -235,7 +249,8 @@ def array_cube(data: np.ndarray, wavelengths=None, path: str = "<array>", **meta
     if data.ndim != 3:
         raise SpectralError(f"a cube array must be (bands, rows, cols), got shape {data.shape}")
     b, r, c = data.shape
-    cube = ArrayCube(path=Path(path), bands=b, rows=r, cols=c, dtype=data.dtype, wavelengths=wavelengths,
-                     fmt="array", **meta)
+    cube = ArrayCube(
+        path=Path(path), bands=b, rows=r, cols=c, dtype=data.dtype, wavelengths=wavelengths, fmt="array", **meta
+    )
     cube._data = data
     return cube

@@ -63,7 +63,7 @@ def parse_header(path: str | os.PathLike) -> dict:
             end = body.find("}", pos)
             if end < 0:
                 raise SpectralError(f"{path}: unterminated '{{' in header value of {key!r}")
-            out[key] = body[pos + 1:end].strip()
+            out[key] = body[pos + 1 : end].strip()
             pos = end + 1
         else:
             nl = body.find("\n", pos)
@@ -108,7 +108,9 @@ def find_pair(path: str | os.PathLike) -> tuple[Path, Path]:
             cand = stem.with_name(stem.name + ext)
             if cand.is_file():
                 return hdr, cand
-        raise SpectralError(f"{hdr}: no data file next to the header (tried {', '.join(e or '(no extension)' for e in DATA_EXTS)})")
+        raise SpectralError(
+            f"{hdr}: no data file next to the header (tried {', '.join(e or '(no extension)' for e in DATA_EXTS)})"
+        )
     for hdr in (p.with_name(p.name + ".hdr"), p.with_suffix(".hdr")):
         if hdr.is_file():
             return hdr, p
@@ -184,8 +186,9 @@ class EnviCube(Cube):
         return {"bsq": (b, r, c), "bil": (r, b, c), "bip": (r, c, b)}[self.interleave]
 
     def _read(self, bands: np.ndarray, window: Window) -> np.ndarray:
-        mm = np.memmap(self.data_path, dtype=self._file_dtype(), mode="r", offset=self.header_offset,
-                       shape=self._file_shape())
+        mm = np.memmap(
+            self.data_path, dtype=self._file_dtype(), mode="r", offset=self.header_offset, shape=self._file_shape()
+        )
         try:
             contiguous = bands.size and np.all(np.diff(bands) == 1)
             bsel = slice(int(bands[0]), int(bands[-1]) + 1) if contiguous else bands
@@ -213,7 +216,8 @@ def open_envi(path: str | os.PathLike) -> EnviCube:
     if code not in DTYPES:
         raise SpectralError(
             f"{hdr_path}: unsupported `data type = {code}` (supported: "
-            + ", ".join(f"{k} {np.dtype(v).name}" for k, v in DTYPES.items()) + ")"
+            + ", ".join(f"{k} {np.dtype(v).name}" for k, v in DTYPES.items())
+            + ")"
         )
     interleave = h.get("interleave", "bsq").strip().lower()
     if interleave not in INTERLEAVES:
@@ -256,9 +260,20 @@ def open_envi(path: str | os.PathLike) -> EnviCube:
             crs, transform = _rotated_georef(hdr_path, data_path, crs)
     names = _split_list(h["band names"]) if "band names" in h else []
     cube = EnviCube(
-        path=hdr_path, bands=bands, rows=rows, cols=cols, dtype=dtype.newbyteorder("="),
-        wavelengths=wavelengths, fwhm=fwhm, good_bands=good, nodata=nodata, scale=scale or None,
-        crs=crs, transform=transform, band_names=names if len(names) == bands else [], fmt="envi",
+        path=hdr_path,
+        bands=bands,
+        rows=rows,
+        cols=cols,
+        dtype=dtype.newbyteorder("="),
+        wavelengths=wavelengths,
+        fwhm=fwhm,
+        good_bands=good,
+        nodata=nodata,
+        scale=scale or None,
+        crs=crs,
+        transform=transform,
+        band_names=names if len(names) == bands else [],
+        fmt="envi",
     )
     cube.data_path, cube.header_path = data_path, hdr_path
     cube.interleave, cube.byte_order, cube.header_offset = interleave, byte_order, offset
@@ -290,17 +305,39 @@ def _map_info_text(crs: str, transform) -> tuple[str, str | None]:
     return info, c.to_wkt()
 
 
-def header_text(bands: int, rows: int, cols: int, dtype, interleave: str = "bsq", byte_order: int = 0,
-                header_offset: int = 0, wavelengths=None, wavelength_units: str = "Nanometers", fwhm=None,
-                good_bands=None, nodata=None, scale=None, crs=None, transform=None, band_names=None,
-                description: str = "written by geovl") -> str:
+def header_text(
+    bands: int,
+    rows: int,
+    cols: int,
+    dtype,
+    interleave: str = "bsq",
+    byte_order: int = 0,
+    header_offset: int = 0,
+    wavelengths=None,
+    wavelength_units: str = "Nanometers",
+    fwhm=None,
+    good_bands=None,
+    nodata=None,
+    scale=None,
+    crs=None,
+    transform=None,
+    band_names=None,
+    description: str = "written by geovl",
+) -> str:
     code = DTYPE_CODES.get(np.dtype(dtype).str[1:])
     if code is None:
         raise SpectralError(f"ENVI cannot store dtype {np.dtype(dtype).name}")
     lines = [
-        "ENVI", f"description = {{{description}}}", f"samples = {cols}", f"lines = {rows}", f"bands = {bands}",
-        f"header offset = {header_offset}", "file type = ENVI Standard", f"data type = {code}",
-        f"interleave = {interleave}", f"byte order = {byte_order}",
+        "ENVI",
+        f"description = {{{description}}}",
+        f"samples = {cols}",
+        f"lines = {rows}",
+        f"bands = {bands}",
+        f"header offset = {header_offset}",
+        "file type = ENVI Standard",
+        f"data type = {code}",
+        f"interleave = {interleave}",
+        f"byte order = {byte_order}",
     ]
     if wavelengths is not None:
         lines += [f"wavelength units = {wavelength_units}", "wavelength = " + _fmt_list(wavelengths, "{!r}")]
@@ -327,8 +364,18 @@ class EnviWriter:
     Blocks passed to :meth:`write` are ``(bands, height, width)`` in any numeric dtype (cast).
     """
 
-    def __init__(self, path, bands: int, rows: int, cols: int, dtype, interleave: str = "bsq",
-                 byte_order: int = 0, header_offset: int = 0, **meta):
+    def __init__(
+        self,
+        path,
+        bands: int,
+        rows: int,
+        cols: int,
+        dtype,
+        interleave: str = "bsq",
+        byte_order: int = 0,
+        header_offset: int = 0,
+        **meta,
+    ):
         p = Path(path)
         self.data_path = p.with_suffix(".img") if p.suffix.lower() == ".hdr" else p
         self.header_path = self.data_path.with_suffix(".hdr")
@@ -385,8 +432,9 @@ class EnviWriter:
         self.close(ok=exc_type is None)
 
 
-def write_envi(path, data: np.ndarray, interleave: str = "bsq", byte_order: int = 0, header_offset: int = 0,
-               **meta) -> Path:
+def write_envi(
+    path, data: np.ndarray, interleave: str = "bsq", byte_order: int = 0, header_offset: int = 0, **meta
+) -> Path:
     """Write a whole ``(bands, rows, cols)`` array as an ENVI pair; returns the header path."""
     b, r, c = data.shape
     with EnviWriter(path, b, r, c, data.dtype, interleave, byte_order, header_offset, **meta) as w:

@@ -116,7 +116,7 @@ class SpectralLibrary:
             if ok.size == 0:
                 continue
             s[: ok[0]] = s[ok[0]]
-            s[ok[-1] + 1:] = s[ok[-1]]
+            s[ok[-1] + 1 :] = s[ok[-1]]
             gaps = ~np.isfinite(s)
             if gaps.any():  # interior gaps: linear interpolation
                 s[gaps] = np.interp(self.wavelengths[gaps], self.wavelengths[~gaps], s[~gaps])
@@ -124,8 +124,9 @@ class SpectralLibrary:
 
     def subset(self, names: list[str], keys: list[str] | None = None) -> "SpectralLibrary":
         idx = [self.index(n) for n in names]
-        return SpectralLibrary(self.wavelengths, list(keys or names), [self.records[i] for i in idx],
-                               self.spectra[idx].copy())
+        return SpectralLibrary(
+            self.wavelengths, list(keys or names), [self.records[i] for i in idx], self.spectra[idx].copy()
+        )
 
 
 _CACHE: dict[str, SpectralLibrary] = {}
@@ -142,8 +143,9 @@ def load_usgs(path: str | os.PathLike | None = None) -> SpectralLibrary:
         except (OSError, KeyError, ValueError) as e:
             raise SpectralError(f"{p}: not the splib07 npz (arrays grid, rule, label, spectra): {e}") from None
         wl = np.round(np.asarray(grid, np.float64) * 1000.0, 6)  # µm → nm (1 nm grid, 350–2500)
-        _CACHE[key] = SpectralLibrary(wl, [str(r) for r in rules], [str(x) for x in labels],
-                                      np.asarray(spectra, np.float64))
+        _CACHE[key] = SpectralLibrary(
+            wl, [str(r) for r in rules], [str(x) for x in labels], np.asarray(spectra, np.float64)
+        )
     lib = _CACHE[key]
     return SpectralLibrary(lib.wavelengths, list(lib.names), list(lib.records), lib.spectra.copy())
 

@@ -71,8 +71,15 @@ class BandStats:
 
 
 class SpectralProjector(nn.Module):
-    def __init__(self, wavelengths, rgb_wavelengths=DEFAULT_RGB, good_bands=None, mean=None, std=None,
-                 activation: str = "sigmoid"):
+    def __init__(
+        self,
+        wavelengths,
+        rgb_wavelengths=DEFAULT_RGB,
+        good_bands=None,
+        mean=None,
+        std=None,
+        activation: str = "sigmoid",
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise SpectralError(f"activation must be one of {ACTIVATIONS}")
@@ -92,7 +99,9 @@ class SpectralProjector(nn.Module):
             for c, b in enumerate(self.init_bands):
                 self.conv.weight[c, b, 0, 0] = 1.0
             self.conv.bias.zero_()
-        self.register_buffer("mean", torch.zeros(n) if mean is None else torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer(
+            "mean", torch.zeros(n) if mean is None else torch.as_tensor(mean, dtype=torch.float32).clone()
+        )
         self.register_buffer("std", torch.ones(n) if std is None else torch.as_tensor(std, dtype=torch.float32).clone())
         if self.mean.shape != (n,) or self.std.shape != (n,):
             raise SpectralError(f"mean/std need {n} values")
@@ -131,9 +140,16 @@ class SpectralProjector(nn.Module):
 
     # -- save / load --------------------------------------------------------
     def config(self) -> dict:
-        return {"format": FORMAT, "version": 1, "n_bands": self.n_bands, "wavelengths": self.wavelengths,
-                "rgb_wavelengths": self.rgb_wavelengths, "init_bands": self.init_bands,
-                "good_bands": self.good_bands, "activation": self.activation}
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "n_bands": self.n_bands,
+            "wavelengths": self.wavelengths,
+            "rgb_wavelengths": self.rgb_wavelengths,
+            "init_bands": self.init_bands,
+            "good_bands": self.good_bands,
+            "activation": self.activation,
+        }
 
     def save(self, folder) -> Path:
         from safetensors.torch import save_file
@@ -177,7 +193,9 @@ class SpectralProjector(nn.Module):
             raise SpectralError(f"{wpath}: tensors do not match the projector (missing {missing}, unexpected {extra})")
         for k, v in tensors.items():
             if tuple(v.shape) != tuple(expected[k].shape):
-                raise SpectralError(f"{wpath}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+                raise SpectralError(
+                    f"{wpath}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+                )
         model.load_state_dict(tensors, strict=True)
         if torch.any(model.std <= 0):
             raise SpectralError(f"{wpath}: std must be > 0 for every band")

@@ -32,8 +32,9 @@ from .envi import open_envi
 LAYOUTS = ("bands-first", "bands-last")
 
 
-def open_cube(path: str | os.PathLike, layout: str | None = None, wavelengths=None,
-              wavelength_units: str = "nm") -> Cube:
+def open_cube(
+    path: str | os.PathLike, layout: str | None = None, wavelengths=None, wavelength_units: str = "nm"
+) -> Cube:
     """A :class:`~geovl.spectral.cube.Cube` for an ENVI, GeoTIFF or .npy file (chosen by extension)."""
     p = Path(path)
     if not p.exists():
@@ -109,7 +110,9 @@ def open_geotiff(path: Path) -> GeoTiffCube:
         wavelengths = fwhm = None
     elif any(w is None for w in wl):
         ds.close()
-        raise SpectralError(f"{path}: only some bands have a wavelength tag ({sum(w is not None for w in wl)} of {len(wl)})")
+        raise SpectralError(
+            f"{path}: only some bands have a wavelength tag ({sum(w is not None for w in wl)} of {len(wl)})"
+        )
     else:
         wavelengths = np.array(wl)
         fwhm = np.array(fw) if all(f is not None for f in fw) else None
@@ -121,12 +124,20 @@ def open_geotiff(path: Path) -> GeoTiffCube:
     names = [d or "" for d in ds.descriptions]
     try:
         cube = GeoTiffCube(
-            path=path, bands=ds.count, rows=ds.height, cols=ds.width, dtype=np.dtype(ds.dtypes[0]),
-            wavelengths=wavelengths, fwhm=fwhm, good_bands=good, nodata=ds.nodata,
+            path=path,
+            bands=ds.count,
+            rows=ds.height,
+            cols=ds.width,
+            dtype=np.dtype(ds.dtypes[0]),
+            wavelengths=wavelengths,
+            fwhm=fwhm,
+            good_bands=good,
+            nodata=ds.nodata,
             scale=_tag_float(tags.get("reflectance_scale_factor")),
             crs=ds.crs.to_string() if ds.crs else None,
             transform=(t.a, t.b, t.c, t.d, t.e, t.f) if has_geo else None,
-            band_names=names if any(names) else [], fmt="geotiff",
+            band_names=names if any(names) else [],
+            fmt="geotiff",
         )
     except SpectralError:
         ds.close()
@@ -138,17 +149,36 @@ def open_geotiff(path: Path) -> GeoTiffCube:
 class GeoTiffWriter:
     """Window-by-window GeoTIFF writer (deflate, band-interleaved) into ``<path>.partial``, renamed on close."""
 
-    def __init__(self, path, bands: int, rows: int, cols: int, dtype, crs=None, transform=None, nodata=None,
-                 band_names=None, tags: dict | None = None, band_tags: list[dict] | None = None,
-                 imagery_tags: list[dict] | None = None):
+    def __init__(
+        self,
+        path,
+        bands: int,
+        rows: int,
+        cols: int,
+        dtype,
+        crs=None,
+        transform=None,
+        nodata=None,
+        band_names=None,
+        tags: dict | None = None,
+        band_tags: list[dict] | None = None,
+        imagery_tags: list[dict] | None = None,
+    ):
         import rasterio
         from rasterio.transform import Affine
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".partial")
-        kw = dict(driver="GTiff", width=cols, height=rows, count=bands, dtype=np.dtype(dtype).name,
-                  compress="deflate", interleave="band")
+        kw = dict(
+            driver="GTiff",
+            width=cols,
+            height=rows,
+            count=bands,
+            dtype=np.dtype(dtype).name,
+            compress="deflate",
+            interleave="band",
+        )
         if rows >= 256 and cols >= 256:
             kw.update(tiled=True, blockxsize=256, blockysize=256)
         if crs:
@@ -195,11 +225,15 @@ def cube_tags(wavelengths=None, fwhm=None, good_bands=None, scale=None) -> dict:
     kw: dict = {"tags": {}, "band_tags": None, "imagery_tags": None}
     if wavelengths is not None:
         kw["tags"]["wavelength_units"] = "Nanometers"
-        kw["band_tags"] = [{"wavelength": repr(float(w))} | ({"fwhm": repr(float(fwhm[i]))} if fwhm is not None else {})
-                           for i, w in enumerate(wavelengths)]
-        kw["imagery_tags"] = [{"CENTRAL_WAVELENGTH_UM": f"{float(w) / 1000:.6f}"}
-                              | ({"FWHM_UM": f"{float(fwhm[i]) / 1000:.6f}"} if fwhm is not None else {})
-                              for i, w in enumerate(wavelengths)]
+        kw["band_tags"] = [
+            {"wavelength": repr(float(w))} | ({"fwhm": repr(float(fwhm[i]))} if fwhm is not None else {})
+            for i, w in enumerate(wavelengths)
+        ]
+        kw["imagery_tags"] = [
+            {"CENTRAL_WAVELENGTH_UM": f"{float(w) / 1000:.6f}"}
+            | ({"FWHM_UM": f"{float(fwhm[i]) / 1000:.6f}"} if fwhm is not None else {})
+            for i, w in enumerate(wavelengths)
+        ]
     if good_bands is not None:
         kw["tags"]["bbl"] = ",".join(str(int(bool(g))) for g in good_bands)
     if scale:
@@ -217,10 +251,21 @@ def write_geotiff(path, data: np.ndarray, crs=None, transform=None, nodata=None,
     return Path(path)
 
 
-def write_cube_geotiff(path, data: np.ndarray, wavelengths=None, fwhm=None, good_bands=None, nodata=None,
-                       scale=None, crs=None, transform=None, band_names=None) -> Path:
-    return write_geotiff(path, data, crs, transform, nodata, band_names,
-                         **cube_tags(wavelengths, fwhm, good_bands, scale))
+def write_cube_geotiff(
+    path,
+    data: np.ndarray,
+    wavelengths=None,
+    fwhm=None,
+    good_bands=None,
+    nodata=None,
+    scale=None,
+    crs=None,
+    transform=None,
+    band_names=None,
+) -> Path:
+    return write_geotiff(
+        path, data, crs, transform, nodata, band_names, **cube_tags(wavelengths, fwhm, good_bands, scale)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,10 +314,19 @@ def open_npy(path: Path, layout: str | None = None) -> NpyCube:
     wl = to_nm(meta["wavelength"], units, f"{side}: ") if meta.get("wavelength") is not None else None
     fw = to_nm(meta["fwhm"], units, f"{side}: ") if meta.get("fwhm") is not None else None
     cube = NpyCube(
-        path=path, bands=b, rows=r, cols=c, dtype=dtype, wavelengths=wl, fwhm=fw,
+        path=path,
+        bands=b,
+        rows=r,
+        cols=c,
+        dtype=dtype,
+        wavelengths=wl,
+        fwhm=fw,
         good_bands=None if meta.get("bbl") is None else np.asarray(meta["bbl"]) != 0,
-        nodata=meta.get("nodata"), scale=meta.get("scale"), crs=meta.get("crs"),
-        transform=tuple(meta["transform"]) if meta.get("transform") else None, fmt="npy",
+        nodata=meta.get("nodata"),
+        scale=meta.get("scale"),
+        crs=meta.get("crs"),
+        transform=tuple(meta["transform"]) if meta.get("transform") else None,
+        fmt="npy",
     )
     cube.layout = layout
     return cube
@@ -284,7 +338,9 @@ def write_npy(path, data: np.ndarray, layout: str = "bands-first", **meta) -> Pa
     arr = data if layout == "bands-first" else np.moveaxis(data, 0, -1)
     from ..fileio import atomic_write, write_text
 
-    side = {"layout": layout} | {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in meta.items() if v is not None}
+    side = {"layout": layout} | {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in meta.items() if v is not None
+    }
     with atomic_write(path, "wb") as f:
         np.save(f, arr)
     write_text(path.with_suffix(".json"), json.dumps(side, indent=1))

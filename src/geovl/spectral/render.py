@@ -42,8 +42,18 @@ FEATURES = {
     "FeOH": {"name": "FeOH", "left": 2235.0, "centre": 2265.0, "right": 2295.0},  # jarosite ~2265
     "Fe3": {"name": "Fe3", "left": 750.0, "centre": 900.0, "right": 1250.0},  # ferric iron crystal field
 }
-FEATURE_ALIASES = {"aloh": "AlOH", "al-oh": "AlOH", "mgoh": "MgOH", "mg-oh": "MgOH", "carbonate": "MgOH",
-                   "feoh": "FeOH", "fe-oh": "FeOH", "fe3": "Fe3", "ferric": "Fe3", "fe3+": "Fe3"}
+FEATURE_ALIASES = {
+    "aloh": "AlOH",
+    "al-oh": "AlOH",
+    "mgoh": "MgOH",
+    "mg-oh": "MgOH",
+    "carbonate": "MgOH",
+    "feoh": "FeOH",
+    "fe-oh": "FeOH",
+    "fe3": "Fe3",
+    "ferric": "Fe3",
+    "fe3+": "Fe3",
+}
 INDICES = {
     "ndvi": {"name": "ndvi", "op": "nd", "a": 860.0, "b": 650.0},
     "clay": {"name": "clay", "op": "ratio", "a": 1650.0, "b": 2200.0},  # Al-OH clays: high
@@ -74,9 +84,11 @@ def feature(spec) -> dict:
         c = parse_wavelength(spec)
         best = min(FEATURES.values(), key=lambda x: abs(x["centre"] - c))
         if abs(best["centre"] - c) > 40:
-            raise SpectralError(f"no known feature near {c:g} nm (known: "
-                                + ", ".join(f"{k} {v['centre']:g}" for k, v in FEATURES.items())
-                                + "); give shoulders with --shoulders LEFT,RIGHT")
+            raise SpectralError(
+                f"no known feature near {c:g} nm (known: "
+                + ", ".join(f"{k} {v['centre']:g}" for k, v in FEATURES.items())
+                + "); give shoulders with --shoulders LEFT,RIGHT"
+            )
         f = dict(best)
     if not f["left"] < f["centre"] < f["right"]:
         raise SpectralError(f"feature {f}: need left < centre < right")
@@ -88,14 +100,19 @@ def preset(name: str, stretch: dict | None = None) -> dict:
     if name in COMPOSITES:
         spec = {"kind": "bands", "name": name, "wavelengths": list(COMPOSITES[name])}
     elif name == "depth_rgb":
-        spec = {"kind": "depth", "name": name, "features": [dict(FEATURES[k]) for k in ("AlOH", "MgOH", "FeOH")],
-                "mode": "centre"}
+        spec = {
+            "kind": "depth",
+            "name": name,
+            "features": [dict(FEATURES[k]) for k in ("AlOH", "MgOH", "FeOH")],
+            "mode": "centre",
+        }
         stretch = stretch or {"mode": "fixed", "min": 0.0, "max": 0.3}
     elif name in INDICES:
         spec = {"kind": "index", "name": name, "index": dict(INDICES[name])}
     else:
-        raise SpectralError(f"unknown rendering {name!r}: choose from "
-                            + ", ".join([*COMPOSITES, "depth_rgb", *INDICES]))
+        raise SpectralError(
+            f"unknown rendering {name!r}: choose from " + ", ".join([*COMPOSITES, "depth_rgb", *INDICES])
+        )
     spec["stretch"] = dict(stretch or PERCENTILE)
     return validate(spec)
 
@@ -143,8 +160,9 @@ def band_depth(cube: Cube, feat, window: Window | None = None, mode: str = "cent
     wl = cube.require_wavelengths()
     li, ci, ri = (cube.band_index(f[k], good_only=True) for k in ("left", "centre", "right"))
     if not li < ci < ri:
-        raise SpectralError(f"{cube.path}: bands too coarse for feature {f['name']} "
-                            f"(shoulders/centre map to bands {li}, {ci}, {ri})")
+        raise SpectralError(
+            f"{cube.path}: bands too coarse for feature {f['name']} (shoulders/centre map to bands {li}, {ci}, {ri})"
+        )
     if mode == "centre":
         idx = [ci]
     else:
@@ -242,8 +260,15 @@ def write_png(path, rgb: np.ndarray) -> Path:
     return path
 
 
-def write_map(cube: Cube, fn, out, band_names: list[str], rows: int | None = None, progress: bool = False,
-              tags: dict | None = None) -> Path:
+def write_map(
+    cube: Cube,
+    fn,
+    out,
+    band_names: list[str],
+    rows: int | None = None,
+    progress: bool = False,
+    tags: dict | None = None,
+) -> Path:
     """Compute ``fn(cube, window) -> (C, h, w)`` float32 window by window into a GeoTIFF (CRS kept, nodata NaN)."""
     from tqdm import tqdm
 
@@ -251,8 +276,18 @@ def write_map(cube: Cube, fn, out, band_names: list[str], rows: int | None = Non
 
     rows = rows or rows_for_budget(cube, 64 * 2**20, bands=8)
     wins = list(iter_windows(cube, rows=rows))
-    with GeoTiffWriter(out, len(band_names), cube.rows, cube.cols, "float32", cube.crs, cube.transform,
-                       float("nan"), band_names, tags=tags) as w:
+    with GeoTiffWriter(
+        out,
+        len(band_names),
+        cube.rows,
+        cube.cols,
+        "float32",
+        cube.crs,
+        cube.transform,
+        float("nan"),
+        band_names,
+        tags=tags,
+    ) as w:
         for win in tqdm(wins, desc="windows", unit="win", disable=not progress, file=None):
             block = fn(cube, win)
             w.write(block.reshape(len(band_names), win.height, win.width).astype(np.float32), win)

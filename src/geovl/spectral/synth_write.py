@@ -36,8 +36,17 @@ from .library import ALTERATION, BACKGROUND, CITATION, mineral_table
 from .readers import write_cube_geotiff, write_geotiff
 from .render import png_bytes, preset, render, resolve
 from .sensors import get_sensor
-from .synth import (ALTERED_THRESHOLD, COPPER_WEIGHT, K_PIXEL, K_SCENE, MINERAL_KEYS, P_ALTERED,
-                    REFLECTANCE_SCALE, endmembers, make_scene)
+from .synth import (
+    ALTERED_THRESHOLD,
+    COPPER_WEIGHT,
+    K_PIXEL,
+    K_SCENE,
+    MINERAL_KEYS,
+    P_ALTERED,
+    REFLECTANCE_SCALE,
+    endmembers,
+    make_scene,
+)
 
 GENERATOR = "geovl spectral synth v1"
 LANGS = ("zh", "en")
@@ -45,10 +54,15 @@ YES_NO = {"zh": ("是", "否"), "en": ("yes", "no")}
 NONE = {"zh": "无", "en": "none"}
 NAMES = {m.key: {"zh": m.zh, "en": m.en} for m in ALTERATION}
 QUESTIONS = {
-    "alteration": {"zh": "图中是否存在蚀变？请回答是或否。", "en": "Is there alteration in this image? Answer yes or no."},
+    "alteration": {
+        "zh": "图中是否存在蚀变？请回答是或否。",
+        "en": "Is there alteration in this image? Answer yes or no.",
+    },
     "main_mineral": {"zh": "主要蚀变矿物是什么？选项：{}。", "en": "What is the main alteration mineral? Options: {}."},
-    "probability": {"zh": "该区域的成矿概率是多少？请给出0到1之间的数值，保留两位小数。",
-                    "en": "What is the mineralisation probability of this area? Give a number from 0 to 1 with two decimals."},
+    "probability": {
+        "zh": "该区域的成矿概率是多少？请给出0到1之间的数值，保留两位小数。",
+        "en": "What is the mineralisation probability of this area? Give a number from 0 to 1 with two decimals.",
+    },
 }
 QTYPE = {"alteration": "yes_no", "main_mineral": "choice", "probability": "number"}
 DEFAULT_RENDERING = {"name": "alteration", "stretch": {"mode": "fixed", "min": 0.05, "max": 0.75}}
@@ -70,8 +84,12 @@ def questions(truth: dict, lang: str) -> list[tuple[str, str, str, str]]:
     sep = "、" if lang == "zh" else ", "
     return [
         ("alteration", "yes_no", QUESTIONS["alteration"][lang], yes if truth["alteration"] else no),
-        ("main_mineral", "choice", QUESTIONS["main_mineral"][lang].format(sep.join(choices(lang))),
-         mineral_answer(truth["main_mineral"], lang)),
+        (
+            "main_mineral",
+            "choice",
+            QUESTIONS["main_mineral"][lang].format(sep.join(choices(lang))),
+            mineral_answer(truth["main_mineral"], lang),
+        ),
         ("probability", "number", QUESTIONS["probability"][lang], f"{truth['probability']:.2f}"),
     ]
 
@@ -107,9 +125,20 @@ def _rendering_spec(rendering) -> dict:
     return preset(r["name"], r.get("stretch"))
 
 
-def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed: int = 0,
-               split: str = "train=0.8,test=0.2", rendering=None, formats=FORMATS, langs=LANGS,
-               noise: float = 0.004, overwrite: bool = False, progress: bool = True) -> dict:
+def synthesize(
+    out_dir,
+    scenes: int,
+    sensor: str = "gf5b",
+    size: int = 64,
+    seed: int = 0,
+    split: str = "train=0.8,test=0.2",
+    rendering=None,
+    formats=FORMATS,
+    langs=LANGS,
+    noise: float = 0.004,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     from tqdm import tqdm
 
     from geovl.data.io import DatasetWriter
@@ -133,8 +162,16 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
     E = endmembers(sens)
     spec = _rendering_spec(rendering)
     splits = assign_splits(scenes, split, seed)
-    meta_common = {"generator": GENERATOR, "seed": seed, "sensor": sens.name, "bands": sens.bands, "crs": EPSG,
-                   "pixel_size_m": sens.pixel_size_m, "rendering": spec.get("name", spec["kind"]), "rendering_spec": spec}
+    meta_common = {
+        "generator": GENERATOR,
+        "seed": seed,
+        "sensor": sens.name,
+        "bands": sens.bands,
+        "crs": EPSG,
+        "pixel_size_m": sens.pixel_size_m,
+        "rendering": spec.get("name", spec["kind"]),
+        "rendering_spec": spec,
+    }
     writers = {name: DatasetWriter(out / f"{name}.parquet") for name in dict.fromkeys(splits)}
     for w in writers.values():
         w.__enter__()
@@ -160,17 +197,26 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
                 paths["cube_geotiff"] = f"{rel}/cube.tif"
             paths.setdefault("cube", paths.get("cube_geotiff"))
             write_geotiff(d / "minerals.tif", sc.mineral_map, nodata=255, band_names=["mineral class"], **geo)
-            write_geotiff(d / "abundance.tif", sc.abundance,
-                          band_names=MINERAL_KEYS + [m.key for m in BACKGROUND], **geo)
+            write_geotiff(
+                d / "abundance.tif", sc.abundance, band_names=MINERAL_KEYS + [m.key for m in BACKGROUND], **geo
+            )
             write_geotiff(d / "probability.tif", sc.probability_map, band_names=["mineralisation probability"], **geo)
             cube = array_cube(sc.cube, sens.centres, fwhm=sens.fwhm, good_bands=sens.good, scale=REFLECTANCE_SCALE)
             png = png_bytes(render(cube, spec))
             (d / "rendering.png").write_bytes(png)
-            paths |= {"mineral_map": f"{rel}/minerals.tif", "abundance": f"{rel}/abundance.tif",
-                      "probability_map": f"{rel}/probability.tif", "image": f"{rel}/rendering.png"}
+            paths |= {
+                "mineral_map": f"{rel}/minerals.tif",
+                "abundance": f"{rel}/abundance.tif",
+                "probability_map": f"{rel}/probability.tif",
+                "image": f"{rel}/rendering.png",
+            }
             truth = {"alteration": sc.alteration, "main_mineral": sc.main_mineral, "probability": sc.probability}
-            index_lines.append(json.dumps({"id": sid, "split": splits[i], **paths, **truth,
-                                           "mineral_pixels": sc.mineral_pixels}, ensure_ascii=False))
+            index_lines.append(
+                json.dumps(
+                    {"id": sid, "split": splits[i], **paths, **truth, "mineral_pixels": sc.mineral_pixels},
+                    ensure_ascii=False,
+                )
+            )
             stats[f"main:{sc.main_mineral}"] += 1
             for lang in langs:
                 for task, qtype, q, a in questions(truth, lang):
@@ -180,8 +226,15 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
                     if qtype == "choice":
                         meta["choices"] = choices(lang)
                     try:
-                        sample = make_sample(f"{sid}-{lang}-{task}", q, a, [png], qtype,
-                                             f"spectral-synth-seed{seed}#{sid}/{lang}/{task}", meta)
+                        sample = make_sample(
+                            f"{sid}-{lang}-{task}",
+                            q,
+                            a,
+                            [png],
+                            qtype,
+                            f"spectral-synth-seed{seed}#{sid}/{lang}/{task}",
+                            meta,
+                        )
                     except SampleError as e:
                         w.reject(f"{sid}/{lang}/{task}", e.reason, e.detail)
                         continue
@@ -196,10 +249,16 @@ def synthesize(out_dir, scenes: int, sensor: str = "gf5b", size: int = 64, seed:
     _write_json(out / "classes.json", _classes_doc(sens, size))
     write_text(out / "scenes.jsonl", "\n".join(index_lines) + "\n")
     return {
-        "out_dir": str(out), "scenes": scenes, "sensor": sens.name, "bands": sens.bands, "size": size, "seed": seed,
+        "out_dir": str(out),
+        "scenes": scenes,
+        "sensor": sens.name,
+        "bands": sens.bands,
+        "size": size,
+        "seed": seed,
         "splits": {k: w.counts.as_dict() for k, w in writers.items()},
         "samples": sum(w.counts.written for w in writers.values()),
-        "main_mineral": {k[5:]: v for k, v in sorted(stats.items())}, "rendering": resolved,
+        "main_mineral": {k[5:]: v for k, v in sorted(stats.items())},
+        "rendering": resolved,
     }
 
 
@@ -225,7 +284,7 @@ def _classes_doc(sens, size: int) -> dict:
             "main_mineral": "alteration mineral with the largest abundance summed over the scene; none without alteration",
             "pixel_probability": f"1 - exp(-{K_PIXEL} * sum_m copper_weight_m * abundance_m)",
             "scene_probability": f"1 - exp(-{K_SCENE} * mean over pixels of sum_m copper_weight_m * abundance_m), "
-                                 "rounded half up to 2 decimals",
+            "rounded half up to 2 decimals",
             "p_altered_scene": P_ALTERED,
         },
         "sensor": sens.describe(),

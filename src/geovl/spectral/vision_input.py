@@ -61,8 +61,12 @@ class SpectralInput(nn.Module, VisionInput):
         self.projector = projector
         self.temporal_patch_size = int(temporal_patch_size)
         self.patch_size = int(patch_size)
-        self.register_buffer("image_mean", torch.tensor([float(v) for v in image_mean]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor([float(v) for v in image_std]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "image_mean", torch.tensor([float(v) for v in image_mean]).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "image_std", torch.tensor([float(v) for v in image_std]).view(1, 3, 1, 1), persistent=False
+        )
         self._handle = None
         # its tensors live in their own files: never in the model's state dict (so never in the model's weights
         # files, whoever saves them — Trainer, DeepSpeed, merge), and a model state dict without them loads strictly
@@ -78,8 +82,10 @@ class SpectralInput(nn.Module, VisionInput):
     def load(cls, model, family, processor, folder=None, preprocess=None) -> "SpectralInput":
         if not has_projector(folder):
             entry = (preprocess.spectral if preprocess is not None else None) or {}
-            raise VisionInputError(f"{folder}: the preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes "
-                                   "but spectral_projector.json/.safetensors are missing beside the weights")
+            raise VisionInputError(
+                f"{folder}: the preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes "
+                "but spectral_projector.json/.safetensors are missing beside the weights"
+            )
         try:
             projector = SpectralProjector.load(folder)
         except SpectralError as e:
@@ -118,8 +124,10 @@ class SpectralInput(nn.Module, VisionInput):
         """Validated by loading it; the preprocessing config records its bands so every inference path feeds cubes."""
         if not has_projector(src):
             entry = preprocess.spectral or {}
-            raise VisionInputError(f"{src}: its preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes, "
-                                   "but spectral_projector.json/.safetensors are missing")
+            raise VisionInputError(
+                f"{src}: its preprocessing config says the model reads {entry.get('n_bands', 'N')}-band cubes, "
+                "but spectral_projector.json/.safetensors are missing"
+            )
         try:
             projector = SpectralProjector.load(src)
         except SpectralError as e:
@@ -137,7 +145,9 @@ class SpectralInput(nn.Module, VisionInput):
         try:
             return cube_tensor(item, self.projector, where)
         except (SpectralError, OSError) as e:
-            raise ImageError("bad_cube", f"{e} (this model reads {self.n_bands}-band cubes / 此模型读取高光谱数据立方体)") from None
+            raise ImageError(
+                "bad_cube", f"{e} (this model reads {self.n_bands}-band cubes / 此模型读取高光谱数据立方体)"
+            ) from None
 
     def image_size(self, item):
         """Arrays know their size; paths and bytes are not read here (None)."""
@@ -147,7 +157,9 @@ class SpectralInput(nn.Module, VisionInput):
         return [(f"projector.conv.{n}", p) for n, p in self.projector.conv.named_parameters() if p.requires_grad]
 
     def set_trainable(self) -> None:
-        self.projector.conv.requires_grad_(True)  # trained with its own lr (lr_spectral); the band statistics stay fixed
+        self.projector.conv.requires_grad_(
+            True
+        )  # trained with its own lr (lr_spectral); the band statistics stay fixed
 
     def bind(self, dataset) -> None:
         dataset.projector = self.projector
@@ -213,7 +225,9 @@ def attach(model, family, projector: SpectralProjector, processor) -> SpectralIn
         raise SpectralError("this model already has a spectral projector attached")
     modules = dict(base.named_modules())
     if family.patch_embed not in modules:
-        raise SpectralError(f"{family.display}: no {family.patch_embed} module to put the spectral projector in front of")
+        raise SpectralError(
+            f"{family.display}: no {family.patch_embed} module to put the spectral projector in front of"
+        )
     ip = processor.image_processor
     si = SpectralInput(projector, ip.image_mean, ip.image_std, ip.temporal_patch_size, ip.patch_size)
     try:

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import SpectralError
 from ..imagery.tiles import TileGrid, TileJournal, TilingError, axis_starts, check_options, window_list
+from . import SpectralError
 from .cube import Cube, Window
 
 DEFAULT_TILE = 64
@@ -242,8 +242,12 @@ def output_paths(out, png=None) -> dict[str, Path]:
     out = Path(out)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise SpectralError(f"{out}: --out must be a GeoTIFF (.tif) / 输出文件须为 GeoTIFF")
-    return {"tif": out, "png": Path(png) if png else out.with_suffix(".png"), "json": out.with_suffix(".json"),
-            "journal": out.with_name(out.stem + JOURNAL_SUFFIX)}
+    return {
+        "tif": out,
+        "png": Path(png) if png else out.with_suffix(".png"),
+        "json": out.with_suffix(".json"),
+        "journal": out.with_name(out.stem + JOURNAL_SUFFIX),
+    }
 
 
 class _Run:
@@ -273,8 +277,9 @@ def _ask(engine, batch: list, question: str, params, run: _Run, journal) -> None
     journal.flush()
 
 
-def _answer_windows(cube: Cube, engine, grid: TileGrid, question: str, params, run: _Run, progress: bool,
-                    journal, done: dict) -> None:
+def _answer_windows(
+    cube: Cube, engine, grid: TileGrid, question: str, params, run: _Run, progress: bool, journal, done: dict
+) -> None:
     """Read the windows one by one, skip all-no-data ones, ask the rest in batches of the engine's batch size;
     windows already in the journal (``done``) are blended from their recorded answers, not asked again."""
     from tqdm import tqdm
@@ -311,9 +316,20 @@ def _answer_windows(cube: Cube, engine, grid: TileGrid, question: str, params, r
             bar.update(len(batch))
 
 
-def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-            lang: str = "en", blend: str = "taper", max_new_tokens: int = MAX_NEW_TOKENS,
-            progress: bool = False, meta: dict | None = None, resume: bool = False) -> dict:
+def vlm_map(
+    cube: Cube,
+    engine,
+    out,
+    png=None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    lang: str = "en",
+    blend: str = "taper",
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    progress: bool = False,
+    meta: dict | None = None,
+    resume: bool = False,
+) -> dict:
     """Map ``cube`` with ``engine`` (a spectral :class:`~geovl.inference.engine.LocalEngine`) into ``out``
     (+ PNG + JSON, see the module docstring). ``resume`` continues an interrupted run of the same cube,
     tiling, question and model from its journal. Returns the summary."""
@@ -332,10 +348,19 @@ def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap
     windows = window_grid(cube.rows, cube.cols, tile, overlap)
     grid = TileGrid(cube.cols, cube.rows, tile, overlap, edge=EDGE, min_tile=MIN_TILE)
     run = _Run(cube, overlap, blend)
-    header = {"schema": SCHEMA, "cube": str(Path(cube.path).resolve()), "rows": cube.rows, "cols": cube.cols,
-              "bands": cube.bands, "tile": tile, "overlap": overlap, "lang": lang, "question": question,
-              "max_new_tokens": max_new_tokens,
-              "engine": meta.get("adapter") or meta.get("model") or getattr(engine, "name", type(engine).__name__)}
+    header = {
+        "schema": SCHEMA,
+        "cube": str(Path(cube.path).resolve()),
+        "rows": cube.rows,
+        "cols": cube.cols,
+        "bands": cube.bands,
+        "tile": tile,
+        "overlap": overlap,
+        "lang": lang,
+        "question": question,
+        "max_new_tokens": max_new_tokens,
+        "engine": meta.get("adapter") or meta.get("model") or getattr(engine, "name", type(engine).__name__),
+    }
     try:
         done, journal = TileJournal(paths["journal"], header, COMPAT_KEYS).open(resume)
     except TilingError as e:
@@ -346,35 +371,92 @@ def vlm_map(cube: Cube, engine, out, png=None, tile: int = DEFAULT_TILE, overlap
         _answer_windows(cube, engine, grid, question, params, run, progress, journal, done)
     prob = run.map.result()
     seconds = time.monotonic() - t0
-    summary = _summary(cube, paths, prob, run, windows, tile, overlap, blend, lang, question, max_new_tokens,
-                       engine.stats.forward_calls - calls0, seconds, meta)
-    write_geotiff(paths["tif"], prob[None], cube.crs, cube.transform, float("nan"),
-                  ["mineralisation probability (VLM)"],
-                  tags={"question": question, "tile": tile, "overlap": overlap, "blend": blend,
-                        "generator": "geovl spectral vlm-map"} | {k: v for k, v in meta.items() if v})
+    summary = _summary(
+        cube,
+        paths,
+        prob,
+        run,
+        windows,
+        tile,
+        overlap,
+        blend,
+        lang,
+        question,
+        max_new_tokens,
+        engine.stats.forward_calls - calls0,
+        seconds,
+        meta,
+    )
+    write_geotiff(
+        paths["tif"],
+        prob[None],
+        cube.crs,
+        cube.transform,
+        float("nan"),
+        ["mineralisation probability (VLM)"],
+        tags={
+            "question": question,
+            "tile": tile,
+            "overlap": overlap,
+            "blend": blend,
+            "generator": "geovl spectral vlm-map",
+        }
+        | {k: v for k, v in meta.items() if v},
+    )
     write_png(paths["png"], preview(prob))
     _write_json(paths["json"], summary)
     paths["journal"].unlink(missing_ok=True)  # every output is written: nothing left to resume
     return summary
 
 
-def _summary(cube, paths, prob, run: _Run, windows, tile, overlap, blend, lang, question, max_new_tokens,
-             forward_calls, seconds, meta) -> dict:
+def _summary(
+    cube,
+    paths,
+    prob,
+    run: _Run,
+    windows,
+    tile,
+    overlap,
+    blend,
+    lang,
+    question,
+    max_new_tokens,
+    forward_calls,
+    seconds,
+    meta,
+) -> dict:
     asked = run.answered + run.unparsed
     finite = prob[np.isfinite(prob)]
     return {
-        "cube": str(cube.path), "out": str(paths["tif"]), "png": str(paths["png"]), "summary": str(paths["json"]),
+        "cube": str(cube.path),
+        "out": str(paths["tif"]),
+        "png": str(paths["png"]),
+        "summary": str(paths["json"]),
         **meta,
-        "rows": cube.rows, "cols": cube.cols, "bands": cube.bands, **cube.georef(),
-        "tile": tile, "overlap": overlap, "blend": blend, "lang": lang, "question": question,
+        "rows": cube.rows,
+        "cols": cube.cols,
+        "bands": cube.bands,
+        **cube.georef(),
+        "tile": tile,
+        "overlap": overlap,
+        "blend": blend,
+        "lang": lang,
+        "question": question,
         "max_new_tokens": max_new_tokens,
-        "windows": len(windows), "answered": run.answered, "unparsed": run.unparsed,
-        "skipped_nodata": run.skipped, "unparsed_examples": run.unparsed_examples, "resumed": run.resumed,
+        "windows": len(windows),
+        "answered": run.answered,
+        "unparsed": run.unparsed,
+        "skipped_nodata": run.skipped,
+        "unparsed_examples": run.unparsed_examples,
+        "resumed": run.resumed,
         "forward_calls": forward_calls,
         "forward_calls_per_window": (forward_calls / (asked - run.resumed_asked)) if asked > run.resumed_asked else 0.0,
         "mapped_pixels": int(finite.size),
-        "probability": ({"min": float(finite.min()), "mean": float(finite.mean()), "max": float(finite.max())}
-                        if finite.size else None),
+        "probability": (
+            {"min": float(finite.min()), "mean": float(finite.mean()), "max": float(finite.max())}
+            if finite.size
+            else None
+        ),
         "seconds": round(seconds, 3),
     }
 

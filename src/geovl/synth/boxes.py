@@ -28,13 +28,21 @@ WATER_MIN_SHARE = 0.01
 WATER_DOMINANCE = 1.5
 
 QUESTIONS = {
-    "box_buildings": {"zh": ["框出所有建筑", "框出图中所有建筑的位置。"],
-                      "en": ["Locate every building", "Draw a box around every building in the image."]},
-    "box_new_buildings": {"zh": ["框出第二张图中所有新增建筑", "第二张图相比第一张图新增了哪些建筑？请框出。"],
-                          "en": ["Locate every new building in the second image compared with the first.",
-                                 "Draw a box around each building that is new in the second image."]},
-    "box_water": {"zh": ["框出最大的水体", "最大的水体在哪里？请框出。"],
-                  "en": ["Locate the largest water body.", "Where is the largest water body? Draw a box around it."]},
+    "box_buildings": {
+        "zh": ["框出所有建筑", "框出图中所有建筑的位置。"],
+        "en": ["Locate every building", "Draw a box around every building in the image."],
+    },
+    "box_new_buildings": {
+        "zh": ["框出第二张图中所有新增建筑", "第二张图相比第一张图新增了哪些建筑？请框出。"],
+        "en": [
+            "Locate every new building in the second image compared with the first.",
+            "Draw a box around each building that is new in the second image.",
+        ],
+    },
+    "box_water": {
+        "zh": ["框出最大的水体", "最大的水体在哪里？请框出。"],
+        "en": ["Locate the largest water body.", "Where is the largest water body? Draw a box around it."],
+    },
 }
 LABELS = {
     "box_buildings": {"zh": "建筑", "en": "building"},

@@ -49,7 +49,9 @@ def _next_to(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
     return mask & near
 
 
-def _blob(rng: np.random.Generator, cls: np.ndarray, source: np.ndarray, share: float, grow_from: np.ndarray | None) -> np.ndarray:
+def _blob(
+    rng: np.random.Generator, cls: np.ndarray, source: np.ndarray, share: float, grow_from: np.ndarray | None
+) -> np.ndarray:
     size = cls.shape[0]
     starts = _next_to(source, grow_from) if grow_from is not None else source
     if not starts.any():

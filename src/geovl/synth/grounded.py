@@ -52,8 +52,9 @@ class GroundedScene:
             kw = {}
             if len(dates) == 2:
                 kw = {"before": self.file("geotiffs", dates[0]), "before_classes": self.file("class_maps", dates[0])}
-            self._m[dates] = measure_raster(self.file("geotiffs", after), classes=self.file("class_maps", after),
-                                            class_table="synth", **kw)
+            self._m[dates] = measure_raster(
+                self.file("geotiffs", after), classes=self.file("class_maps", after), class_table="synth", **kw
+            )
         return self._m[dates]
 
     def image(self, date: str) -> bytes:
@@ -90,11 +91,20 @@ def _answer(m2: float, unit: str, lang: str) -> tuple[str, dict]:
     num = fmt(value, unit)
     u = qa.UNITS[unit]
     text = f"约{num}{u.zh}" if lang == "zh" else f"about {num} {u.en}"
-    return text, {"m2": float(m2), "unit": unit, "value": value, "answer_value": num, "decimals": DECIMALS[unit],
-                  "rounding": "half_up", "measure": MEASURE}
+    return text, {
+        "m2": float(m2),
+        "unit": unit,
+        "value": value,
+        "answer_value": num,
+        "decimals": DECIMALS[unit],
+        "rounding": "half_up",
+        "measure": MEASURE,
+    }
 
 
-def ask_grounded(rng: np.random.Generator, task: str, spec: tuple, truth: dict, lang: str, scene: GroundedScene) -> qa.Question:
+def ask_grounded(
+    rng: np.random.Generator, task: str, spec: tuple, truth: dict, lang: str, scene: GroundedScene
+) -> qa.Question:
     """One grounded question (see the module docstring)."""
     from ..geo.ask import prompt_text
 
@@ -105,25 +115,39 @@ def ask_grounded(rng: np.random.Generator, task: str, spec: tuple, truth: dict, 
         date, key = spec
         dates = (date,)
         m = scene.measurement(dates)
-        text = f"{qa._name(key, lang)}面积约为多少{u.zh}？" if zh else f"What is the area of {qa._name(key, lang)} in {u.en_long}?"
+        text = (
+            f"{qa._name(key, lang)}面积约为多少{u.zh}？"
+            if zh
+            else f"What is the area of {qa._name(key, lang)} in {u.en_long}?"
+        )
         m2 = m.current.get(key).m2
         gt = {"kind": "area", "class": key, "date": date, "pixels": truth[date]["class_pixels"][key]}
     elif task == "grounded_change":
         dates = qa.DATES
         m = scene.measurement(dates)
         if spec[0] == "changed":
-            text = f"两期之间发生变化的总面积是多少{u.zh}？" if zh else f"What is the total changed area between the two images, in {u.en_long}?"
+            text = (
+                f"两期之间发生变化的总面积是多少{u.zh}？"
+                if zh
+                else f"What is the total changed area between the two images, in {u.en_long}?"
+            )
             m2 = m.change.changed_m2
             gt = {"kind": "changed", "class": None, "pixels": truth["change"]["changed_pixels"]}
         else:
             kind, key = spec
             name = qa._name(key, lang)
             if kind == "gain":
-                text = (f"第二张图相比第一张图，新增{name}面积是多少{u.zh}？" if zh else
-                        f"How much new {name} is there in the second image compared with the first, in {u.en_long}?")
+                text = (
+                    f"第二张图相比第一张图，新增{name}面积是多少{u.zh}？"
+                    if zh
+                    else f"How much new {name} is there in the second image compared with the first, in {u.en_long}?"
+                )
             else:
-                text = (f"第二张图相比第一张图，{name}减少了多少{u.zh}？" if zh else
-                        f"How much {name} was lost between the first and the second image, in {u.en_long}?")
+                text = (
+                    f"第二张图相比第一张图，{name}减少了多少{u.zh}？"
+                    if zh
+                    else f"How much {name} was lost between the first and the second image, in {u.en_long}?"
+                )
             m2 = m.gain_loss(key)[f"{kind}_m2"]
             gt = {"kind": kind, "class": key, "pixels": transition_pixels(truth)[kind][key]}
     else:

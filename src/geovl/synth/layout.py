@@ -86,7 +86,9 @@ def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(c, c, indexing="ij")
 
 
-def blob_pixels(rng: np.random.Generator, candidates: np.ndarray, k: int, seed_yx: tuple[float, float], roughness: float = 0.3) -> np.ndarray:
+def blob_pixels(
+    rng: np.random.Generator, candidates: np.ndarray, k: int, seed_yx: tuple[float, float], roughness: float = 0.3
+) -> np.ndarray:
     """Boolean mask of the ``k`` candidate pixels nearest (noisy distance) to ``seed_yx``."""
     size = candidates.shape[0]
     yy, xx = grid(size)
@@ -100,7 +102,16 @@ def blob_pixels(rng: np.random.Generator, candidates: np.ndarray, k: int, seed_y
     return out.reshape(size, size)
 
 
-def _band(size: int, theta: float, offset: float, width: float, amp: float = 0.0, wavelength: float = 1.0, phase: float = 0.0, bank: np.ndarray | None = None) -> np.ndarray:
+def _band(
+    size: int,
+    theta: float,
+    offset: float,
+    width: float,
+    amp: float = 0.0,
+    wavelength: float = 1.0,
+    phase: float = 0.0,
+    bank: np.ndarray | None = None,
+) -> np.ndarray:
     """A (possibly meandering) band across the image at angle ``theta`` through the centre + offset."""
     yy, xx = grid(size)
     c = size / 2.0

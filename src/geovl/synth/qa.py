@@ -155,7 +155,9 @@ def candidates(truth: dict, presence_keys=PRESENCE_KEYS) -> dict[str, list[tuple
     return out | grounded_candidates(truth) | box_candidates(truth)
 
 
-def select(rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS, presence_keys=PRESENCE_KEYS) -> list[tuple[str, tuple]]:
+def select(
+    rng: np.random.Generator, truth: dict, k: int, offset: int, tasks=TASKS, presence_keys=PRESENCE_KEYS
+) -> list[tuple[str, tuple]]:
     """``k`` distinct (task, spec) pairs: tasks round-robin starting at ``offset``, specs at random.
 
     With ``k = len(TASKS)`` every task is asked once; a larger ``k`` asks the single-image tasks
@@ -190,14 +192,20 @@ def ask(rng: np.random.Generator, task: str, spec: tuple, truth: dict, lang: str
     if task == "presence":
         key = spec[1]
         c = BY_KEY[key]
-        text = _pick(rng, ["图中是否有{}？", "这张影像中有{}吗？"]).format(c.zh) if zh else _pick(
-            rng, ["Is there {} in the image?", "Does the image contain {}?"]
-        ).format(c.en_phrase)
+        text = (
+            _pick(rng, ["图中是否有{}？", "这张影像中有{}吗？"]).format(c.zh)
+            if zh
+            else _pick(rng, ["Is there {} in the image?", "Does the image contain {}?"]).format(c.en_phrase)
+        )
         present = px[key] > 0
-        return Question(task, (date,), text, yes if present else no, {"class": key, "pixels": px[key], "present": present})
+        return Question(
+            task, (date,), text, yes if present else no, {"class": key, "pixels": px[key], "present": present}
+        )
     if task == "count":
-        text = _pick(rng, ["图中有多少栋建筑？", "影像中能数出几栋建筑？"]) if zh else _pick(
-            rng, ["How many buildings are in the image?", "How many buildings can you count in this image?"]
+        text = (
+            _pick(rng, ["图中有多少栋建筑？", "影像中能数出几栋建筑？"])
+            if zh
+            else _pick(rng, ["How many buildings are in the image?", "How many buildings can you count in this image?"])
         )
         n = t["buildings"]["count"]
         return Question(task, (date,), text, str(n), {"buildings": n, "boxes": t["buildings"]["boxes"]})
@@ -205,19 +213,38 @@ def ask(rng: np.random.Generator, task: str, spec: tuple, truth: dict, lang: str
         key = spec[1]
         unit = _pick(rng, UNITS_BY_LANG[lang])
         u = UNITS[unit]
-        text = f"{_name(key, lang)}面积约为多少{u.zh}？" if zh else f"What is the area of {_name(key, lang)} in {u.en_long}?"
+        text = (
+            f"{_name(key, lang)}面积约为多少{u.zh}？"
+            if zh
+            else f"What is the area of {_name(key, lang)} in {u.en_long}?"
+        )
         answer, gt = format_area(px[key], pixel_size_m, unit, lang)
         return Question(task, (date,), text, answer, {"class": key} | gt)
     if task == "compare":
         a, b = spec[1], spec[2]
-        text = f"{_name(a, lang)}面积是否大于{_name(b, lang)}面积？" if zh else f"Is there more {_name(a, lang)} than {_name(b, lang)}?"
+        text = (
+            f"{_name(a, lang)}面积是否大于{_name(b, lang)}面积？"
+            if zh
+            else f"Is there more {_name(a, lang)} than {_name(b, lang)}?"
+        )
         more = px[a] > px[b]
-        return Question(task, (date,), text, yes if more else no, {"a": a, "b": b, "pixels_a": px[a], "pixels_b": px[b]})
+        return Question(
+            task, (date,), text, yes if more else no, {"a": a, "b": b, "pixels_a": px[a], "pixels_b": px[b]}
+        )
     if task == "rural_urban":
         rural, urban = RURAL_URBAN[lang]
-        text = "这是农村地区还是城镇地区？请回答农村或城镇。" if zh else "Is this a rural or an urban area? Answer rural or urban."
+        text = (
+            "这是农村地区还是城镇地区？请回答农村或城镇。"
+            if zh
+            else "Is this a rural or an urban area? Answer rural or urban."
+        )
         share = t["builtup_share"]
-        gt = {"builtup_pixels": t["builtup_pixels"], "share": share, "threshold": URBAN_THRESHOLD, "label": t["rural_urban"]}
+        gt = {
+            "builtup_pixels": t["builtup_pixels"],
+            "share": share,
+            "threshold": URBAN_THRESHOLD,
+            "label": t["rural_urban"],
+        }
         return Question(task, (date,), text, urban if t["rural_urban"] == "urban" else rural, gt, [rural, urban])
     raise ValueError(f"unknown task {task!r}")
 
@@ -228,7 +255,11 @@ def _ask_change(rng: np.random.Generator, task: str, truth: dict, lang: str, pix
     b, a = truth["before"], truth["after"]
     dates = ("before", "after")
     if task == "change_count":
-        text = "第二张图相比第一张图新增了多少栋建筑？" if zh else "How many new buildings appear in the second image compared with the first?"
+        text = (
+            "第二张图相比第一张图新增了多少栋建筑？"
+            if zh
+            else "How many new buildings appear in the second image compared with the first?"
+        )
         gt = {
             "new_buildings": ch["new_buildings"],
             "before_buildings": b["buildings"]["count"],
@@ -239,7 +270,11 @@ def _ask_change(rng: np.random.Generator, task: str, truth: dict, lang: str, pix
     crop_b, crop_a = b["class_pixels"]["cropland"], a["class_pixels"]["cropland"]
     if task == "change_increase":
         yes, no = YES_NO[lang]
-        text = "第二张图相比第一张图，耕地面积是否增加？" if zh else "Has the cropland area increased in the second image compared with the first?"
+        text = (
+            "第二张图相比第一张图，耕地面积是否增加？"
+            if zh
+            else "Has the cropland area increased in the second image compared with the first?"
+        )
         gt = {"before_pixels": crop_b, "after_pixels": crop_a, "net_pixels": crop_a - crop_b}
         return Question(task, dates, text, yes if crop_a > crop_b else no, gt)
     unit = _pick(rng, UNITS_BY_LANG[lang])
@@ -250,5 +285,10 @@ def _ask_change(rng: np.random.Generator, task: str, truth: dict, lang: str, pix
         else f"How much new cropland is there in the second image compared with the first, in {u.en_long}?"
     )
     answer, gt = format_area(ch["cropland_gain_pixels"], pixel_size_m, unit, lang)
-    gt |= {"class": "cropland", "before_pixels": crop_b, "after_pixels": crop_a, "gain_pixels": ch["cropland_gain_pixels"]}
+    gt |= {
+        "class": "cropland",
+        "before_pixels": crop_b,
+        "after_pixels": crop_a,
+        "gain_pixels": ch["cropland_gain_pixels"],
+    }
     return Question(task, dates, text, answer, gt)

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GeoVLError
-from ..imagery.geotiff import Raster, write_raster
 from ..data.io import DatasetWriter
 from ..data.schema import assistant_turn, user_turn
+from ..errors import GeoVLError
+from ..imagery.geotiff import Raster, write_raster
 from . import qa
+from .boxes import ask_boxes
 from .classes import (
     AREA_KEYS,
     BAND_NAMES,
@@ -44,7 +45,6 @@ from .classes import (
     URBAN_THRESHOLD,
     class_table,
 )
-from .boxes import ask_boxes
 from .grounded import GroundedScene, ask_grounded
 from .render import MATERIALS, png_bytes
 from .scene import Scene, make_scene
@@ -247,7 +247,9 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     items = [x for t in items for x in groups.get(t, (t,))]
     bad = [t for t in items if t not in qa.KNOWN_TASKS]
     if bad or not items:
-        raise SynthError(f"unknown task(s) {bad or tasks!r}; choose from all, grounded, boxes, {', '.join(qa.KNOWN_TASKS)}")
+        raise SynthError(
+            f"unknown task(s) {bad or tasks!r}; choose from all, grounded, boxes, {', '.join(qa.KNOWN_TASKS)}"
+        )
     return tuple(dict.fromkeys(items))
 
 
@@ -280,10 +282,16 @@ def synthesize(
     tasks = parse_tasks(tasks)
     presence_keys = PRESENCE_KEYS
     if presence_classes:
-        presence_keys = tuple(c.strip() for c in (presence_classes.split(",") if isinstance(presence_classes, str) else presence_classes) if c.strip())
+        presence_keys = tuple(
+            c.strip()
+            for c in (presence_classes.split(",") if isinstance(presence_classes, str) else presence_classes)
+            if c.strip()
+        )
         bad = [c for c in presence_keys if c not in PRESENCE_KEYS]
         if bad or not presence_keys:
-            raise SynthError(f"unknown presence class(es) {bad or presence_classes!r}; choose from {', '.join(PRESENCE_KEYS)}")
+            raise SynthError(
+                f"unknown presence class(es) {bad or presence_classes!r}; choose from {', '.join(PRESENCE_KEYS)}"
+            )
     if fmt not in ("parquet", "jsonl"):
         raise SynthError(f"format must be parquet or jsonl, got {fmt!r}")
     langs = parse_langs(langs)
@@ -296,7 +304,9 @@ def synthesize(
     counts = {"qtype": Counter(), "task": Counter(), "lang": Counter(), "split_scenes": Counter()}
     answers: dict[str, Counter] = {}
     writers = {name: DatasetWriter(out / f"{name}.{fmt}") for name, _ in splits}
-    (out / "classes.json").write_text(json.dumps(_classes_doc(size, pixel_size, crs), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / "classes.json").write_text(
+        json.dumps(_classes_doc(size, pixel_size, crs), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     with ExitStack() as stack:
         for w in writers.values():
             stack.enter_context(w)  # a failure leaves *.partial files, never a half-written dataset
@@ -307,14 +317,25 @@ def synthesize(
                 paths, pngs = _write_scene_files(out, sc, crs, transform)
                 name = split_of[i]
                 counts["split_scenes"][name] += 1
-                rec = {"id": sc.id, "index": i, "split": name, "size": size, "pixel_size_m": pixel_size, "crs": crs,
-                       "transform": list(transform), **paths, **sc.truth}
+                rec = {
+                    "id": sc.id,
+                    "index": i,
+                    "split": name,
+                    "size": size,
+                    "pixel_size_m": pixel_size,
+                    "crs": crs,
+                    "transform": list(transform),
+                    **paths,
+                    **sc.truth,
+                }
                 index_file.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
                 w = writers[name]
                 gs = GroundedScene(out, paths)  # measures / renders only if a grounded task is asked
                 for lang in langs:
                     rng = np.random.default_rng([seed, i, 1, qa.LANGS.index(lang) + 1])
-                    for j, (task, spec) in enumerate(qa.select(rng, sc.truth, questions_per_scene, i, tasks, presence_keys)):
+                    for j, (task, spec) in enumerate(
+                        qa.select(rng, sc.truth, questions_per_scene, i, tasks, presence_keys)
+                    ):
                         if task in qa.GROUNDED_TASKS:
                             q = ask_grounded(rng, task, spec, sc.truth, lang, gs)
                         elif task in qa.BOX_TASKS:
@@ -332,17 +353,35 @@ def synthesize(
 
     summary = {
         "generator": GENERATOR,
-        "args": {"scenes": scenes, "seed": seed, "size": size, "langs": list(langs), "pixel_size_m": pixel_size,
-                 "questions_per_scene": questions_per_scene, "split": dict(splits), "max_buildings": max_buildings,
-                 "crs": crs, "origin": list(origin), "tasks": list(tasks), "format": fmt, "presence_classes": list(presence_keys)},
-        "splits": {name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits},
+        "args": {
+            "scenes": scenes,
+            "seed": seed,
+            "size": size,
+            "langs": list(langs),
+            "pixel_size_m": pixel_size,
+            "questions_per_scene": questions_per_scene,
+            "split": dict(splits),
+            "max_buildings": max_buildings,
+            "crs": crs,
+            "origin": list(origin),
+            "tasks": list(tasks),
+            "format": fmt,
+            "presence_classes": list(presence_keys),
+        },
+        "splits": {
+            name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits
+        },
         "samples": sum(w.counts.written for w in writers.values()),
         "by_qtype": dict(sorted(counts["qtype"].items())),
         "by_task": dict(sorted(counts["task"].items())),
         "by_lang": dict(sorted(counts["lang"].items())),
         "answers": {k: dict(sorted(v.items())) for k, v in sorted(answers.items())},
-        "files": {"classes": "classes.json", "scenes_index": "scenes.jsonl", "scene_dir": "scenes",
-                  **{name: f"{name}.{fmt}" for name, _ in splits}},
+        "files": {
+            "classes": "classes.json",
+            "scenes_index": "scenes.jsonl",
+            "scene_dir": "scenes",
+            **{name: f"{name}.{fmt}" for name, _ in splits},
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     summary["out_dir"] = str(out.resolve())

@@ -248,7 +248,9 @@ class MeasuredSamples:
         from ..spectral.vision_input import cube_tensor
 
         if self.projector is None:
-            raise RuntimeError("spectral samples: set .projector (the model's SpectralProjector) before reading samples")
+            raise RuntimeError(
+                "spectral samples: set .projector (the model's SpectralProjector) before reading samples"
+            )
         return [cube_tensor(p, self.projector) for p in self.cubes[self.index[i]]]
 
     def __len__(self) -> int:
@@ -340,11 +342,20 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
             return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
         from ..spectral.vision_input import PROCESSOR_KWARGS
 
-        return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led, self.cube_tensors(i), PROCESSOR_KWARGS)
+        return encode_sample(
+            self.processor, s, self.start_marker, self.end_id, self.newline_led, self.cube_tensors(i), PROCESSOR_KWARGS
+        )
 
 
-def encode_sample(processor, s: dict, start_marker, end_id, newline_led: Collection[int] = (), images=None,
-                  image_kwargs: dict | None = None) -> dict:
+def encode_sample(
+    processor,
+    s: dict,
+    start_marker,
+    end_id,
+    newline_led: Collection[int] = (),
+    images=None,
+    image_kwargs: dict | None = None,
+) -> dict:
     """Process one sample: ``input_ids`` with image pads expanded, ``labels`` = ids on assistant tokens
     of every assistant turn and -100 elsewhere, image patches and grids. ``images`` replaces the
     sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the processor)."""
@@ -395,7 +406,8 @@ class SFTCollator:
         }
         if any("mm_token_type_ids" in f for f in samples):
             batch["mm_token_type_ids"] = torch.cat(
-                [f.get("mm_token_type_ids", torch.zeros_like(f["input_ids"])) for f in samples])[None]
+                [f.get("mm_token_type_ids", torch.zeros_like(f["input_ids"])) for f in samples]
+            )[None]
         with_images = [f for f in samples if "pixel_values" in f]
         if with_images:
             batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)

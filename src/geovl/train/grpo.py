@@ -48,7 +48,9 @@ def preflight_grpo(recipe: GRPORecipe) -> None:
     if recipe.max_prompt_length is not None and recipe.max_prompt_length < 1:
         raise RecipeError("max_prompt_length must be positive (or null for no limit)")
     if recipe.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise RecipeError("use_vllm=true needs the vllm package and a CUDA GPU (pip install vllm); set use_vllm=false here")
+        raise RecipeError(
+            "use_vllm=true needs the vllm package and a CUDA GPU (pip install vllm); set use_vllm=false here"
+        )
 
 
 def resolve_run_rewards(recipe: GRPORecipe):
@@ -66,12 +68,14 @@ def load_policy(recipe: GRPORecipe):
     :class:`~geovl.models.vision_input.VisionInput`: RGB, or e.g. a spectral projector)."""
     from peft import PeftModel
 
-    from ..models.preprocess import PreprocessConfig
     from ..inference.adapter import has_processor, is_adapter_folder, resolve_folders
+    from ..models.preprocess import PreprocessConfig
     from .model_setup import ModelSetupError, load_model_and_processor, setup_trainable, training_vision_input
 
     src = Path(recipe.model)
-    kw = dict(precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization)
+    kw = dict(
+        precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization
+    )
     if src.is_dir() and is_adapter_folder(src) and not (src / "config.json").is_file():
         base_dir, adapter_dir = resolve_folders(src, None)
         model, processor, family = load_model_and_processor(str(base_dir), **kw)
@@ -86,7 +90,9 @@ def load_policy(recipe: GRPORecipe):
         check_adapter_restored(model, adapter_dir)  # peft loads leniently: every tensor of the file, with its value
         saved = PreprocessConfig.load(adapter_dir) or PreprocessConfig.load(base_dir)
         modules_to_save = sorted(getattr(model.peft_config["default"], "modules_to_save", None) or [])
-        _log(f"continuing to train the LoRA adapter {adapter_dir} on {base_dir} (the recipe's LoRA / tune_* keys are ignored)")
+        _log(
+            f"continuing to train the LoRA adapter {adapter_dir} on {base_dir} (the recipe's LoRA / tune_* keys are ignored)"
+        )
     else:
         model, processor, family = load_model_and_processor(recipe.model, **kw)
         saved = PreprocessConfig.load(src) if src.is_dir() else None
@@ -121,13 +127,17 @@ def _check_output_dir(recipe: GRPORecipe) -> Path | None:
     if recipe.resume:
         ck = last_checkpoint(out, complete=True)
         if ck is None:
-            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)")
+            raise RecipeError(
+                f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)"
+            )
         return ck
     if (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")
     ck = last_checkpoint(out)
     if ck is not None:
-        raise RecipeError(f"{out} holds checkpoints of an unfinished run ({ck.name}); pass --resume (resume=true) or choose another output_dir")
+        raise RecipeError(
+            f"{out} holds checkpoints of an unfinished run ({ck.name}); pass --resume (resume=true) or choose another output_dir"
+        )
     return None
 
 
@@ -157,12 +167,23 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     _log(f"rewards: {', '.join(f'{n}×{w:g}' for n, w in zip(names, weights))}")
 
     spectral = type(si).dataset_kwargs(recipe)  # how the prompts read images
-    prompts = GRPOPrompts(recipe.train_data, processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
-                          pre.max_pixels, progress=_is_main() and not recipe.disable_tqdm, **spectral)
+    prompts = GRPOPrompts(
+        recipe.train_data,
+        processor,
+        family,
+        recipe.max_prompt_length,
+        recipe.max_visual_tokens,
+        pre.min_pixels,
+        pre.max_pixels,
+        progress=_is_main() and not recipe.disable_tqdm,
+        **spectral,
+    )
     if _is_main():
         prompts.write_dropped(out / "dropped.jsonl")
         s = prompts.summary()
-        _log(f"train prompts: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}")
+        _log(
+            f"train prompts: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}"
+        )
     if len(prompts) == 0:
         raise RecipeError(
             f"no usable prompts in {', '.join(map(str, recipe.train_data))}: {prompts.summary()}; see {out / 'dropped.jsonl'} "
@@ -170,10 +191,21 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         )
     eval_prompts = None
     if recipe.eval_data:
-        eval_prompts = GRPOPrompts([recipe.eval_data], processor, family, recipe.max_prompt_length, recipe.max_visual_tokens, pre.min_pixels,
-                                   pre.max_pixels, progress=False, **spectral)
+        eval_prompts = GRPOPrompts(
+            [recipe.eval_data],
+            processor,
+            family,
+            recipe.max_prompt_length,
+            recipe.max_visual_tokens,
+            pre.min_pixels,
+            pre.max_pixels,
+            progress=False,
+            **spectral,
+        )
         if len(eval_prompts) == 0:
-            raise RecipeError(f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data")
+            raise RecipeError(
+                f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data"
+            )
 
     for p in (prompts, eval_prompts):
         if p is not None:
@@ -183,7 +215,9 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     table = trainable_table(model, family)
     _log(format_trainable(table))
 
-    args = trainer_args(recipe.trainer_config(weights), table)  # the recipe is the GRPOConfig; TRL gets reward_weights as a list
+    args = trainer_args(
+        recipe.trainer_config(weights), table
+    )  # the recipe is the GRPOConfig; TRL gets reward_weights as a list
     trainer = GeoVLGRPOTrainer(
         model=model,
         reward_funcs=funcs,
@@ -205,7 +239,9 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     if trainer.is_world_process_zero():
         peft_cfg = getattr(trainer.model, "peft_config", None) or {}
         if "ref" in peft_cfg and (final / "ref").is_dir():
-            shutil.rmtree(final / "ref")  # TRL's frozen reference copy of the adapter (beta > 0): not part of the result
+            shutil.rmtree(
+                final / "ref"
+            )  # TRL's frozen reference copy of the adapter (beta > 0): not part of the result
         processor.save_pretrained(final)
         pre.save(final)
         save_recipe(recipe, final)

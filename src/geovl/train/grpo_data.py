@@ -92,7 +92,9 @@ class GRPOPrompts(MeasuredSamples):
         if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
             raise _Drop("over_visual_token_budget", f"{vis} visual tokens > max_visual_tokens={self.max_visual_tokens}")
         if self.max_prompt_length is not None and length > self.max_prompt_length:
-            raise _Drop("over_max_prompt_length", f"prompt of {length} tokens > max_prompt_length={self.max_prompt_length}")
+            raise _Drop(
+                "over_max_prompt_length", f"prompt of {length} tokens > max_prompt_length={self.max_prompt_length}"
+            )
         return length
 
     def row(self, i: int) -> dict:

@@ -22,7 +22,9 @@ class ModelSetupError(GeoVLError, ValueError):
     pass
 
 
-QUANT_SKIPS_WHY = "the vision tower and merger stay in full precision (small, and trained fully or with LoRA), as does lm_head"
+QUANT_SKIPS_WHY = (
+    "the vision tower and merger stay in full precision (small, and trained fully or with LoRA), as does lm_head"
+)
 
 
 def check_quantization(quantization: str, tune_llm: str | None = None) -> None:
@@ -44,7 +46,9 @@ def check_quantization(quantization: str, tune_llm: str | None = None) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ModelSetupError(f"quantization={quantization} needs bitsandbytes: pip install bitsandbytes==0.50.2") from None
+        raise ModelSetupError(
+            f"quantization={quantization} needs bitsandbytes: pip install bitsandbytes==0.50.2"
+        ) from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     why = _probe_bitsandbytes(quantization, device)
     if why:
@@ -143,7 +147,11 @@ def llm_body_modules(model, family: Family) -> list[str]:
 def setup_trainable(model, family: Family, recipe) -> tuple[torch.nn.Module, list[str]]:
     """Apply freezing / LoRA / full training. Returns (model, modules_to_save)."""
     lora_parts = tuple(p for p, mode in (("llm", recipe.tune_llm), ("vision", recipe.tune_vision)) if mode == "lora")
-    full_parts = {p for p, mode in (("llm", recipe.tune_llm), ("vision", recipe.tune_vision), ("merger", recipe.tune_merger)) if mode == "full"}
+    full_parts = {
+        p
+        for p, mode in (("llm", recipe.tune_llm), ("vision", recipe.tune_vision), ("merger", recipe.tune_merger))
+        if mode == "full"
+    }
     if recipe.tune_embeddings:
         full_parts |= {"embed", "lm_head"}
     if not lora_parts and not full_parts:
@@ -168,7 +176,9 @@ def setup_trainable(model, family: Family, recipe) -> tuple[torch.nn.Module, lis
     if "llm" in full_parts:
         modules_to_save += llm_body_modules(model, family)
     if "vision" in full_parts:
-        modules_to_save += top_level_matches(model, family.vision_blocks) + top_level_matches(model, family.vision_embed)
+        modules_to_save += top_level_matches(model, family.vision_blocks) + top_level_matches(
+            model, family.vision_embed
+        )
     cfg = LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
@@ -196,7 +206,9 @@ def part_of_param(family: Family, name: str) -> str:
 
 def trainable_table(model, family: Family) -> "OrderedDict[str, tuple[int, int]]":
     """part → (trainable params, total params)."""
-    out: OrderedDict[str, list[int]] = OrderedDict((k, [0, 0]) for k in ("spectral", "vision", "merger", "llm", "embed", "lm_head", "other"))
+    out: OrderedDict[str, list[int]] = OrderedDict(
+        (k, [0, 0]) for k in ("spectral", "vision", "merger", "llm", "embed", "lm_head", "other")
+    )
     seen = set()
     for n, p in model.named_parameters():
         if id(p) in seen or ".original_module." in n:  # peft keeps a frozen copy of modules_to_save
@@ -242,12 +254,21 @@ def param_groups(model, family: Family, recipe) -> list[dict]:
         groups.setdefault((key, no_decay), []).append(p)
     out = []
     for (key, no_decay), params in groups.items():
-        out.append({"params": params, "lr": lrs[key], "weight_decay": 0.0 if no_decay else recipe.weight_decay, "name": f"{key}{'_no_decay' if no_decay else ''}"})
+        out.append(
+            {
+                "params": params,
+                "lr": lrs[key],
+                "weight_decay": 0.0 if no_decay else recipe.weight_decay,
+                "name": f"{key}{'_no_decay' if no_decay else ''}",
+            }
+        )
     own_lr = getattr(recipe, vi.lr_field, None) if vi.lr_field else None
     return out + vi.parameter_groups(own_lr if own_lr is not None else recipe.lr, recipe.weight_decay)
 
 
-def training_vision_input(model, family: Family, processor, recipe, *folders, kind: str | None = None, dataset=None, log=None):
+def training_vision_input(
+    model, family: Family, processor, recipe, *folders, kind: str | None = None, dataset=None, log=None
+):
     """The vision input a run trains with (attached to ``model``), chosen by the starting folders (adapter
     first) — or asked for by ``kind`` (SFT's ``spectral: true`` asks for ``"spectral"``, else ``"rgb"``): a
     folder that holds another kind than the one asked for is refused. See :func:`vision_input_class`."""
@@ -278,7 +299,9 @@ def vision_input_class(kind: str | None, *folders):
     return want, folder if found is want else None
 
 
-def load_model_and_processor(path: str, precision: str = "auto", attn_implementation: str | None = None, quantization: str = "none"):
+def load_model_and_processor(
+    path: str, precision: str = "auto", attn_implementation: str | None = None, quantization: str = "none"
+):
     """Load with the stock Auto classes; the family comes from config.model_type.
 
     ``path`` is a local model folder, or a hub id (``Qwen/Qwen2.5-VL-3B-Instruct``) fetched through
@@ -303,7 +326,10 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
         # bitsandbytes quantizes while loading onto the device: this process's GPU (LOCAL_RANK under torchrun), else the CPU
         import os
 
-        kw.update(quantization_config=q, device_map=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        kw.update(
+            quantization_config=q,
+            device_map=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu",
+        )
     try:
         processor = load_processor(folder)
     except (OSError, ValueError) as e:
@@ -313,7 +339,9 @@ def load_model_and_processor(path: str, precision: str = "auto", attn_implementa
             "chat template) next to config.json: copy them from the base model, or save them with "
             "AutoProcessor.from_pretrained(BASE).save_pretrained(FOLDER)."
         ) from e
-    model = load_weights(folder, AutoModelForImageTextToText, **kw)  # a damaged weights file: ModelFolderError naming it
+    model = load_weights(
+        folder, AutoModelForImageTextToText, **kw
+    )  # a damaged weights file: ModelFolderError naming it
     if get_family(model.config).key != family.key:  # pragma: no cover - defensive
         raise ModelSetupError(f"{folder}: config says {family.key} but the loaded model is {model.config.model_type}")
     return model, processor, family

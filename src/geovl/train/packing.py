@@ -53,8 +53,10 @@ def _inner(model):
         return model
     inner = getattr(_hf_model(model), "model", None)
     if inner is None or not hasattr(inner, "get_rope_index"):
-        raise PackingError(f"{type(_hf_model(model)).__name__}: no inner model with get_rope_index (multimodal rotary "
-                           "positions per sample): packing is not possible for this model")
+        raise PackingError(
+            f"{type(_hf_model(model)).__name__}: no inner model with get_rope_index (multimodal rotary "
+            "positions per sample): packing is not possible for this model"
+        )
     return inner
 
 
@@ -63,18 +65,24 @@ def check_packable(model, spectral: bool = False) -> None:
     hf = _hf_model(model)
     mt = getattr(hf.config, "model_type", None)
     if mt not in PACKABLE_FAMILIES:
-        raise PackingError(f"packing=true: model type {mt!r} is not one of {PACKABLE_FAMILIES} (per-sample multimodal "
-                           "positions and the packed attention mask are checked only for these)",
-                           hint="set packing=false for this model")
+        raise PackingError(
+            f"packing=true: model type {mt!r} is not one of {PACKABLE_FAMILIES} (per-sample multimodal "
+            "positions and the packed attention mask are checked only for these)",
+            hint="set packing=false for this model",
+        )
     _inner(model)
     impl = getattr(hf.config, "_attn_implementation", None)
     if impl not in PACKABLE_ATTENTION:
-        raise PackingError(f"packing=true: attention implementation {impl!r} is not one of {PACKABLE_ATTENTION}, "
-                           "the ones whose block-diagonal mask for packed rows is tested here",
-                           hint="set attn_implementation=sdpa (or eager), or packing=false")
+        raise PackingError(
+            f"packing=true: attention implementation {impl!r} is not one of {PACKABLE_ATTENTION}, "
+            "the ones whose block-diagonal mask for packed rows is tested here",
+            hint="set attn_implementation=sdpa (or eager), or packing=false",
+        )
     if spectral:
-        raise PackingError("packing=true with spectral=true: packed rows are not checked through the spectral "
-                           "projector", hint="set packing=false for hyperspectral training")
+        raise PackingError(
+            "packing=true with spectral=true: packed rows are not checked through the spectral projector",
+            hint="set packing=false for hyperspectral training",
+        )
 
 
 def pack_rows(lengths: list[int], budget: int, seed: int) -> list[list[int]]:
@@ -83,8 +91,10 @@ def pack_rows(lengths: list[int], budget: int, seed: int) -> list[list[int]]:
     Every sample is in exactly one row; a sample longer than ``budget`` is refused (:class:`PackingError`)."""
     longest = max(lengths, default=0)
     if longest > budget:
-        raise PackingError(f"packing_tokens={budget} is below the longest sample ({longest} tokens)",
-                           hint="raise packing_tokens, or set max_length to drop longer samples")
+        raise PackingError(
+            f"packing_tokens={budget} is below the longest sample ({longest} tokens)",
+            hint="raise packing_tokens, or set max_length to drop longer samples",
+        )
     g = torch.Generator()
     g.manual_seed(int(seed))
     rows: list[list[int]] = []
@@ -126,12 +136,22 @@ class PackedSFTDataset(torch.utils.data.Dataset):
 
     def summary(self) -> dict:
         n = len(self.rows)
-        return {"rows": n, "samples": sum(len(r) for r in self.rows), "budget_tokens": self.budget,
-                "mean_row_tokens": round(sum(self.lengths) / max(n, 1), 1), "max_row_tokens": max(self.lengths, default=0)}
+        return {
+            "rows": n,
+            "samples": sum(len(r) for r in self.rows),
+            "budget_tokens": self.budget,
+            "mean_row_tokens": round(sum(self.lengths) / max(n, 1), 1),
+            "max_row_tokens": max(self.lengths, default=0),
+        }
 
 
-def packed_position_ids(model, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor | None,
-                        image_grid_thw: torch.Tensor | None, seq_lens) -> torch.Tensor:
+def packed_position_ids(
+    model,
+    input_ids: torch.Tensor,
+    mm_token_type_ids: torch.Tensor | None,
+    image_grid_thw: torch.Tensor | None,
+    seq_lens,
+) -> torch.Tensor:
     """``(4, 1, L)`` positions of a packed row: text positions restarting per sample, then the model's own
     multimodal rotary positions of each sample computed on that sample alone."""
     inner = _inner(model)
@@ -165,8 +185,9 @@ def _pre_hook(module, args, kwargs):
         raise ValueError("a packed row must be one row of input_ids")
     # transformers builds the packed (block-diagonal) mask only without a KV cache; a packed row is never generation
     kwargs["use_cache"] = False
-    kwargs["position_ids"] = packed_position_ids(module, kwargs["input_ids"], kwargs.get("mm_token_type_ids"),
-                                                 kwargs.get("image_grid_thw"), lens)
+    kwargs["position_ids"] = packed_position_ids(
+        module, kwargs["input_ids"], kwargs.get("mm_token_type_ids"), kwargs.get("image_grid_thw"), lens
+    )
     return args, kwargs
 
 

@@ -40,10 +40,9 @@ from pathlib import Path
 import yaml
 from trl import GRPOConfig, SFTConfig
 
-from ..errors import GeoVLError
-
-from ..errors import RecipeError  # noqa: F401 - re-exported: geovl.train.recipe.RecipeError
-
+from ..errors import (
+    RecipeError,  # noqa: F401 - re-exported: geovl.train.recipe.RecipeError
+)
 
 # geovl's earlier names of upstream fields → (upstream field, value transform)
 ALIASES: dict[str, tuple[str, typing.Callable]] = {
@@ -93,8 +92,10 @@ def _shipped(kind: str, value: str, suffixes: tuple[str, ...]) -> Path | None:
         if (folder / f"{value}{s}").is_file():
             return folder / f"{value}{s}"
     names = sorted({p.stem for s in suffixes for p in folder.glob(f"*{s}")}) if folder.is_dir() else []
-    raise RecipeError(f"{kind}={value}: no shipped config of that name in {folder} (there: {', '.join(names) or 'none'}); "
-                      f"give a name from that list or a path to a config file")
+    raise RecipeError(
+        f"{kind}={value}: no shipped config of that name in {folder} (there: {', '.join(names) or 'none'}); "
+        f"give a name from that list or a path to a config file"
+    )
 
 
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
@@ -179,12 +180,16 @@ class GeoVLOptions:
             if isinstance(e, RecipeError):
                 raise
             raise RecipeError(f"recipe refused by {type(self).__mro__[2].__name__}: {e}") from e
-        if self.deepspeed:  # upstream started torch.distributed and armed zero.Init: DeepSpeed's comm must see that group
+        if (
+            self.deepspeed
+        ):  # upstream started torch.distributed and armed zero.Init: DeepSpeed's comm must see that group
             from .sharded import ready_deepspeed_comm
 
             ready_deepspeed_comm()
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise RecipeError("per_device_train_batch_size (batch_size) and gradient_accumulation_steps (grad_accum) must be at least 1")
+            raise RecipeError(
+                "per_device_train_batch_size (batch_size) and gradient_accumulation_steps (grad_accum) must be at least 1"
+            )
 
     def _resolve_geovl(self) -> None:
         """geovl's checks and derived defaults, before upstream's ``__post_init__`` reads the fields."""
@@ -193,7 +198,9 @@ class GeoVLOptions:
                 raise RecipeError(f"{k}: {getattr(self, k)!r} is not one of {allowed}")
         ws = self.warmup_steps
         if isinstance(ws, float) and not ws.is_integer() and not 0.0 <= ws < 1.0 or ws < 0:
-            raise RecipeError(f"warmup_ratio / warmup_steps must be a share in [0, 1) or a number of steps >= 0, got {ws}")
+            raise RecipeError(
+                f"warmup_ratio / warmup_steps must be a share in [0, 1) or a number of steps >= 0, got {ws}"
+            )
         # derived from this machine: not written into the saved recipe, so it derives them again where it is used
         self._machine_derived = {k for k in ("use_cpu", "bf16") if getattr(self, k) is None}
         if self.use_cpu is None:
@@ -228,8 +235,10 @@ class GeoVLOptions:
         if isinstance(self.deepspeed, str):
             ds = _shipped("deepspeed", self.deepspeed, (".json",)) or Path(self.deepspeed)
             if not ds.is_file():
-                raise RecipeError(f"deepspeed={ds}: config file not found (shipped, by name or path: zero2, zero3, zero3_offload = "
-                                  f"{recipes_dir() / 'deepspeed'}/zero2.json, zero3.json, zero3_offload.json)")
+                raise RecipeError(
+                    f"deepspeed={ds}: config file not found (shipped, by name or path: zero2, zero3, zero3_offload = "
+                    f"{recipes_dir() / 'deepspeed'}/zero2.json, zero3.json, zero3_offload.json)"
+                )
             try:
                 json.loads(ds.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
@@ -242,15 +251,24 @@ class GeoVLOptions:
                     "Remove the deepspeed key to train with plain DDP / a single device."
                 )
             self.deepspeed = str(ds)
-        if isinstance(self.fsdp, str) and self.fsdp.strip() and " " not in self.fsdp.strip() and self.fsdp not in FSDP_OPTIONS:
+        if (
+            isinstance(self.fsdp, str)
+            and self.fsdp.strip()
+            and " " not in self.fsdp.strip()
+            and self.fsdp not in FSDP_OPTIONS
+        ):
             path = _shipped("fsdp", self.fsdp, (".json", ".yaml", ".yml"))
             if path is None:
-                raise RecipeError(f"fsdp={self.fsdp}: give FSDP options ({', '.join(FSDP_OPTIONS)}) or a shipped config name")
+                raise RecipeError(
+                    f"fsdp={self.fsdp}: give FSDP options ({', '.join(FSDP_OPTIONS)}) or a shipped config name"
+                )
             cfg = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
             if not isinstance(cfg, dict):
                 raise RecipeError(f"{path}: an FSDP config must be a mapping")
             if self.fsdp_config not in (None, {}):
-                raise RecipeError(f"fsdp={self.fsdp} names a shipped config: leave fsdp_config out (or give fsdp options + fsdp_config)")
+                raise RecipeError(
+                    f"fsdp={self.fsdp} names a shipped config: leave fsdp_config out (or give fsdp options + fsdp_config)"
+                )
             self.fsdp, self.fsdp_config = "full_shard auto_wrap", cfg
         if isinstance(self.fsdp_config, str) and self.fsdp_config:  # a path: upstream opens it in __post_init__
             from .sharded import read_fsdp_config_file
@@ -277,7 +295,9 @@ class SFTRecipe(GeoVLOptions, SFTConfig):
     # several samples per row, no padding, no attention across samples (geovl.train.packing, docs/packing.md)
     packing: bool = False
     packing_tokens: int | None = None  # tokens per packed row; default batch size × mean sample length (≥ the longest)
-    gpu_memory: str | None = None  # e.g. 24GiB: refuse to start if the longest batch would not fit (docs/memory-guard.md)
+    gpu_memory: str | None = (
+        None  # e.g. 24GiB: refuse to start if the longest batch would not fit (docs/memory-guard.md)
+    )
 
 
 @dataclass
@@ -472,7 +492,9 @@ def _canonical(src: str, d: dict, types_: dict) -> dict:
         if k in ALIASES:
             target, fn = ALIASES[k]
             if target in d:
-                raise RecipeError(f"{src}: both {k!r} and {target!r} given; {k} is geovl's short name for {target}: keep one")
+                raise RecipeError(
+                    f"{src}: both {k!r} and {target!r} given; {k} is geovl's short name for {target}: keep one"
+                )
             v = fn(_coerce(k, v, _ALIAS_TYPES.get(k, types_[target])))
             k = target
         out[k] = _coerce(k, v, types_[k])

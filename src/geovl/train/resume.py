@@ -27,8 +27,12 @@ from pathlib import Path
 
 from ..errors import GeoVLError
 
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ADAPTER_FILE = "adapter_model.safetensors"
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 
@@ -45,7 +49,7 @@ def _names(keys, limit: int = 8) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0][:300] if text else type(e).__name__)
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def has_full_weights(folder: str | Path) -> bool:
@@ -106,7 +110,9 @@ def restore_full_weights(model, folder: str | Path) -> int:
         )
     result = model.load_state_dict(src, strict=False)
     if result.missing_keys or result.unexpected_keys:  # pragma: no cover - ruled out by the key check above
-        raise ResumeError(f"{weights}: tensors not restored: {_names(set(result.missing_keys) | set(result.unexpected_keys))}")
+        raise ResumeError(
+            f"{weights}: tensors not restored: {_names(set(result.missing_keys) | set(result.unexpected_keys))}"
+        )
     del saved, src
     return len(own)
 
@@ -165,8 +171,10 @@ def check_state_files(folder: str | Path, names: tuple[str, ...] = STATE_FILES) 
                 with safe_globals():  # the RNG state holds numpy arrays, as the Trainer allows when it loads it
                     torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
-            raise ResumeError(f"{f}: damaged checkpoint file ({_first_line(e)}); resume from an earlier checkpoint-N "
-                              "(delete this one) or start over") from e
+            raise ResumeError(
+                f"{f}: damaged checkpoint file ({_first_line(e)}); resume from an earlier checkpoint-N "
+                "(delete this one) or start over"
+            ) from e
 
 
 def check_checkpoint(folder: str | Path, model, world_size: int = 1, rank: int = 0) -> None:

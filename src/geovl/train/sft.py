@@ -45,7 +45,8 @@ def last_checkpoint(output_dir: str | Path, complete: bool = False) -> Path | No
     if not d.is_dir():
         return None
     found = sorted(
-        (p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), key=lambda p: int(p.name.split("-")[1])
+        (p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
     )
     if not complete:
         return found[-1] if found else None
@@ -69,7 +70,9 @@ def check_report_to(report_to) -> list[str]:
             continue
         mod = pkgs.get(r, r)
         if importlib.util.find_spec(mod) is None:
-            raise RecipeError(f"report_to={r}: the {mod} package is not installed (pip install {mod}), or remove it from report_to")
+            raise RecipeError(
+                f"report_to={r}: the {mod} package is not installed (pip install {mod}), or remove it from report_to"
+            )
         out.append(r)
     return out
 
@@ -87,7 +90,9 @@ def preflight(recipe) -> None:
     check_quantization(recipe.quantization, recipe.tune_llm)
     if recipe.use_liger_kernel:
         if not cuda:
-            raise RecipeError("use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine")
+            raise RecipeError(
+                "use_liger=true needs a CUDA GPU (Liger kernels are Triton GPU kernels); set use_liger=false on this machine"
+            )
         if importlib.util.find_spec("liger_kernel") is None:
             raise RecipeError("use_liger=true needs the liger-kernel package: pip install liger-kernel")
     if (recipe.precision == "fp16" or recipe.fp16) and not cuda:
@@ -125,9 +130,22 @@ def train_sft(recipe: SFTRecipe) -> Path:
 
     from ..models.preprocess import PreprocessConfig
     from .data import SFTCollator, SFTDataset
-    from .model_setup import (format_trainable, load_model_and_processor, param_groups, setup_trainable, trainable_table,
-                              training_vision_input, vision_input_class)
-    from .trainer import GeoVLTrainer, ProgressFileCallback, RankStateCallback, SaveExtrasCallback, shutdown_dataloader_workers
+    from .model_setup import (
+        format_trainable,
+        load_model_and_processor,
+        param_groups,
+        setup_trainable,
+        trainable_table,
+        training_vision_input,
+        vision_input_class,
+    )
+    from .trainer import (
+        GeoVLTrainer,
+        ProgressFileCallback,
+        RankStateCallback,
+        SaveExtrasCallback,
+        shutdown_dataloader_workers,
+    )
 
     preflight(recipe)
     out = Path(recipe.output_dir)
@@ -135,7 +153,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
     if recipe.resume:
         resume_from = last_checkpoint(out, complete=True)
         if resume_from is None:
-            raise RecipeError(f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)")
+            raise RecipeError(
+                f"resume=true but {out} has no checkpoint-* folder to resume from (none, or only ones left incomplete by a stop while saving)"
+            )
         _log(f"resuming from {resume_from}")
     elif (out / "final").exists():
         raise RecipeError(f"{out} already holds a finished run (final/); choose another output_dir or pass resume=true")
@@ -151,7 +171,10 @@ def train_sft(recipe: SFTRecipe) -> Path:
 
     t0 = time.time()
     model, processor, family = load_model_and_processor(
-        recipe.model, precision=recipe.precision, attn_implementation=recipe.attn_implementation, quantization=recipe.quantization
+        recipe.model,
+        precision=recipe.precision,
+        attn_implementation=recipe.attn_implementation,
+        quantization=recipe.quantization,
     )
     pre = PreprocessConfig(min_pixels=recipe.min_pixels, max_pixels=recipe.max_pixels, family=family.key)
     try:  # the raster render settings the training images were converted with: serving renders alike
@@ -165,12 +188,23 @@ def train_sft(recipe: SFTRecipe) -> Path:
 
     vision = "spectral" if recipe.spectral else "rgb"  # the vision input kind asked for
     spectral = vision_input_class(vision, Path(recipe.model))[0].dataset_kwargs(recipe)  # how the datasets read images
-    train_ds = SFTDataset(recipe.train_data, processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
-                          pre.max_pixels, progress=_is_main(), **spectral)
+    train_ds = SFTDataset(
+        recipe.train_data,
+        processor,
+        family,
+        recipe.max_visual_tokens,
+        recipe.max_length,
+        pre.min_pixels,
+        pre.max_pixels,
+        progress=_is_main(),
+        **spectral,
+    )
     if _is_main():
         train_ds.write_dropped(out / "dropped.jsonl")
         s = train_ds.summary()
-        _log(f"train samples: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}")
+        _log(
+            f"train samples: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}"
+        )
     if len(train_ds) == 0:
         raise RecipeError(
             f"no trainable samples left in {', '.join(map(str, recipe.train_data))}: {train_ds.summary()}; "
@@ -182,14 +216,29 @@ def train_sft(recipe: SFTRecipe) -> Path:
         _log(format_check(guard_training(recipe, family, train_ds, pre.min_pixels, pre.max_pixels)))
     eval_ds = None
     if recipe.eval_data:
-        eval_ds = SFTDataset([recipe.eval_data], processor, family, recipe.max_visual_tokens, recipe.max_length, pre.min_pixels,
-                             pre.max_pixels, progress=False, **spectral)
+        eval_ds = SFTDataset(
+            [recipe.eval_data],
+            processor,
+            family,
+            recipe.max_visual_tokens,
+            recipe.max_length,
+            pre.min_pixels,
+            pre.max_pixels,
+            progress=False,
+            **spectral,
+        )
         e = eval_ds.summary()
-        _log(f"eval samples: {e['kept']} kept of {e['read']} ({e['dropped']} over the budgets or invalid, not evaluated)")
+        _log(
+            f"eval samples: {e['kept']} kept of {e['read']} ({e['dropped']} over the budgets or invalid, not evaluated)"
+        )
         if len(eval_ds) == 0:
-            raise RecipeError(f"eval_data {recipe.eval_data}: no usable samples ({e}); fix the file or remove eval_data")
+            raise RecipeError(
+                f"eval_data {recipe.eval_data}: no usable samples ({e}); fix the file or remove eval_data"
+            )
 
-    vi = training_vision_input(model, family, processor, recipe, Path(recipe.model), kind=vision, dataset=train_ds, log=_log)
+    vi = training_vision_input(
+        model, family, processor, recipe, Path(recipe.model), kind=vision, dataset=train_ds, log=_log
+    )
     vi.record(pre)
     for ds in (train_ds, eval_ds):
         if ds is not None:
@@ -215,7 +264,9 @@ def train_sft(recipe: SFTRecipe) -> Path:
             raise RecipeError(f"{e}; {e.hint}" if e.hint else str(e)) from None
         enable_packing(model)
         p = trained_ds.summary()
-        _log(f"packing: {p['samples']} samples in {p['rows']} rows of ≤ {budget} tokens (mean {p['mean_row_tokens']}); no padding")
+        _log(
+            f"packing: {p['samples']} samples in {p['rows']} rows of ≤ {budget} tokens (mean {p['mean_row_tokens']}); no padding"
+        )
 
     args = trainer_args(recipe, table)  # the recipe is the TrainingArguments (an SFTConfig)
     trainer = GeoVLTrainer(

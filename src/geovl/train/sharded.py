@@ -182,7 +182,9 @@ def zero_checkpoint_world_size(checkpoint: str | Path) -> int | None:
     when ``checkpoint`` holds no ZeRO shards (DDP, FSDP or single-process checkpoints)."""
     ck = Path(checkpoint)
     latest = ck / "latest"
-    tag_dirs = [ck / latest.read_text(encoding="utf-8").strip()] if latest.is_file() else sorted(ck.glob("global_step*"))
+    tag_dirs = (
+        [ck / latest.read_text(encoding="utf-8").strip()] if latest.is_file() else sorted(ck.glob("global_step*"))
+    )
     ranks = set()
     for d in tag_dirs:
         for f in d.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt"):
@@ -223,7 +225,9 @@ def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
     for FSDP on a CPU is refused instead of silently training something else."""
     if not fsdp:
         return
-    if isinstance(fsdp_config, (str, Path)) and fsdp_config:  # a path (a recipe's fsdp=NAME is read into a dict already)
+    if (
+        isinstance(fsdp_config, (str, Path)) and fsdp_config
+    ):  # a path (a recipe's fsdp=NAME is read into a dict already)
         read_fsdp_config_file(fsdp_config)
     if cuda is None:
         cuda = torch.cuda.is_available()

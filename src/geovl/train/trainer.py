@@ -29,7 +29,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from ..errors import GeoVLError
 
-
 RANK_STATE_ENV = "GEOVL_RANK_STATE"  # =1: each rank writes OUT/rank{N}.json at the end (see RankStateCallback)
 
 
@@ -160,8 +159,12 @@ class PartsAndVisionInputMixin:
         if resume_from_checkpoint and not isinstance(resume_from_checkpoint, bool):
             from .resume import check_checkpoint
 
-            check_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model), world_size=self.args.world_size,
-                             rank=self.args.process_index)
+            check_checkpoint(
+                resume_from_checkpoint,
+                self.accelerator.unwrap_model(self.model),
+                world_size=self.args.world_size,
+                rank=self.args.process_index,
+            )
         self._resuming_from = resume_from_checkpoint
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -229,10 +232,16 @@ class GeoVLTrainer(PartsAndVisionInputMixin, Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None and len(self._lengths) == len(ds):
+        if (
+            self.args.train_sampling_strategy == "group_by_length"
+            and self._lengths is not None
+            and len(self._lengths) == len(ds)
+        ):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             # batches of the Trainer's size × accumulation, like the stock Trainer's length grouping
-            return LengthGroupedOrder(self._lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
+            return LengthGroupedOrder(
+                self._lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed
+            )
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):

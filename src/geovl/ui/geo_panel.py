@@ -49,8 +49,18 @@ TABLE_NAMES = {"synth": "geovl synth", "worldcover": "ESA WorldCover", "dynamicw
 
 def session(conv) -> dict:
     """The geo session of a conversation (created on first use)."""
-    return conv.extras.setdefault("geo", {"id": uuid.uuid4().hex[:12], "rasters": [], "panel_md": None, "preview": None,
-                                          "grounded": False, "map": None, "notes": []})
+    return conv.extras.setdefault(
+        "geo",
+        {
+            "id": uuid.uuid4().hex[:12],
+            "rasters": [],
+            "panel_md": None,
+            "preview": None,
+            "grounded": False,
+            "map": None,
+            "notes": [],
+        },
+    )
 
 
 def inspect_upload(path: str) -> dict:
@@ -126,8 +136,10 @@ class GeoPanel:
         rasters = [f for f in files if not f.lower().endswith(".json")]
         n_dates = 1 if before is None else 2
         if rasters and len(rasters) != n_dates:
-            raise MeasureError(f"{len(rasters)} class raster(s) uploaded for {n_dates} date(s): give one class raster per date "
-                               "(before, then after), or none / 地类图数量须与时相数一致")
+            raise MeasureError(
+                f"{len(rasters)} class raster(s) uploaded for {n_dates} date(s): give one class raster per date "
+                "(before, then after), or none / 地类图数量须与时相数一致"
+            )
         if len(tables) > 1:
             raise MeasureError("upload at most one class-table JSON / 最多上传一个类别表 JSON")
         supplied = bool(rasters) or all(r.get("count") == 1 for r in (before, after) if r)
@@ -142,10 +154,14 @@ class GeoPanel:
                 self._cache.move_to_end(key)
         if m is None:
             try:
-                if supplied and spec is None:  # auto: from the codes, not from files that happen to lie near the uploads
+                if (
+                    supplied and spec is None
+                ):  # auto: from the codes, not from files that happen to lie near the uploads
                     from ..geo.tables import auto_class_table
 
-                    spec = auto_class_table([c for c in (c_before, c_after) if c] or [r["path"] for r in (before, after) if r])
+                    spec = auto_class_table(
+                        [c for c in (c_before, c_after) if c] or [r["path"] for r in (before, after) if r]
+                    )
                 m = measure_inputs(after["path"], before and before["path"], c_after, c_before, class_table=spec)
             except MeasureError as e:
                 raise MeasureError(_clean(str(e), all_paths)) from None
@@ -154,9 +170,16 @@ class GeoPanel:
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         order_list = [("before", before["name"]), ("after", after["name"])] if before else [("image", after["name"])]
-        inputs = {"order": order_list, "how": how, "classes": [Path(f).name for f in files],
-                  "before_path": before and before["path"], "after_path": after["path"],
-                  "classes_before": c_before, "classes_after": c_after, "paths": all_paths}
+        inputs = {
+            "order": order_list,
+            "how": how,
+            "classes": [Path(f).name for f in files],
+            "before_path": before and before["path"],
+            "after_path": after["path"],
+            "classes_before": c_before,
+            "classes_after": c_after,
+            "paths": all_paths,
+        }
         return m, inputs
 
     def panel_text(self, geo: dict, m, inputs: dict, lang: str) -> str:
@@ -218,11 +241,20 @@ class GeoPanel:
         if not ctx.question.strip():  # images without a question: measured, answered as plain images
             return Route(None, PanelResult(self._text(geo, lang), img))
         try:
-            stream = stream_grounded_answer(self.engine, inputs["after_path"], ctx.question, before_path=inputs["before_path"],
-                                            classes=inputs["classes_after"], before_classes=inputs["classes_before"],
-                                            measurement=m, params=ctx.params)
+            stream = stream_grounded_answer(
+                self.engine,
+                inputs["after_path"],
+                ctx.question,
+                before_path=inputs["before_path"],
+                classes=inputs["classes_after"],
+                before_classes=inputs["classes_before"],
+                measurement=m,
+                params=ctx.params,
+            )
         except MeasureError as e:
-            notes.append(t("geo_measure_failed", lang, why=_clean(str(e), [inputs["after_path"], inputs["before_path"]])))
+            notes.append(
+                t("geo_measure_failed", lang, why=_clean(str(e), [inputs["after_path"], inputs["before_path"]]))
+            )
             return Route(None, PanelResult(self._text(geo, lang), img))
         geo["grounded"] = True
         return Route(iter(stream), PanelResult(self._text(geo, lang) + "\n\n*" + t("geo_generating", lang) + "*", img))
@@ -238,7 +270,9 @@ class GeoPanel:
         geo = ctx.extras.get("geo")
         if not geo or not (geo.get("panel_md") or geo.get("notes")):
             return None
-        return PanelResult(self._text(geo, ctx.lang, geo.get("grounded", False)), geo.get("preview") if geo.get("panel_md") else None)
+        return PanelResult(
+            self._text(geo, ctx.lang, geo.get("grounded", False)), geo.get("preview") if geo.get("panel_md") else None
+        )
 
     # -- the map button, refreshes, language ------------------------------------------------------------
     def make_map(self, conv, message, classes, order, table, tile, lang):
@@ -260,13 +294,27 @@ class GeoPanel:
             m, inputs = self.measure(geo, classes, order, table)
             d = self._dir(geo) / f"map-{uuid.uuid4().hex[:8]}"
             local = can_score_choices(self.engine)
-            summary = map_raster(self.engine, inputs["after_path"], question, d / "flags.tif", tile=tile, overlap=min(32, tile // 4),
-                                 batch_size=self.map_batch_size, geojson=d / "flags.geojson", png=d / "overview.png",
-                                 answer_from="choice" if local else "text", progress=False,
-                                 params=GenerationParams(max_new_tokens=8))
+            summary = map_raster(
+                self.engine,
+                inputs["after_path"],
+                question,
+                d / "flags.tif",
+                tile=tile,
+                overlap=min(32, tile // 4),
+                batch_size=self.map_batch_size,
+                geojson=d / "flags.geojson",
+                png=d / "overview.png",
+                answer_from="choice" if local else "text",
+                progress=False,
+                params=GenerationParams(max_new_tokens=8),
+            )
         except MeasureError as e:  # MapError is one
             raise gr.Error(t("geo_map_failed", lang, why=_clean(str(e), [r["path"] for r in geo["rasters"]]))) from None
-        geo["map"] = {"raster": inputs["after_path"], "geojson": str(d / "flags.geojson"), "summary": summary | {"question": question}}
+        geo["map"] = {
+            "raster": inputs["after_path"],
+            "geojson": str(d / "flags.geojson"),
+            "summary": summary | {"question": question},
+        }
         (d / "measurement.json").write_text(json.dumps(m.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
         files = [str(d / "flags.tif"), str(d / "flags.geojson"), str(d / "overview.png"), str(d / "measurement.json")]
         if m.change is not None:
@@ -308,35 +356,65 @@ class GeoPanel:
                 panel = geo["panel_md"] + ("\n\n" + t("geo_grounded", lang) if geo.get("grounded") else "")
             except MeasureError:
                 pass
-        return (gr.File(label=t("geo_classes_label", lang)), gr.Radio(choices=self._order_choices(lang), label=t("geo_order_label", lang)),
-                gr.Dropdown(choices=self._table_choices(lang), label=t("geo_table_label", lang)),
-                gr.Slider(label=t("geo_tile_label", lang)), gr.Button(t("geo_map_button", lang)), gr.File(label=t("geo_files_label", lang)), panel)
+        return (
+            gr.File(label=t("geo_classes_label", lang)),
+            gr.Radio(choices=self._order_choices(lang), label=t("geo_order_label", lang)),
+            gr.Dropdown(choices=self._table_choices(lang), label=t("geo_table_label", lang)),
+            gr.Slider(label=t("geo_tile_label", lang)),
+            gr.Button(t("geo_map_button", lang)),
+            gr.File(label=t("geo_files_label", lang)),
+            panel,
+        )
 
     def build(self, app, lang: str) -> None:
         import gradio as gr
 
         if self.work is None:
             self.work = Path(app.preview_dir) / "geo"  # served: launch() allows app.preview_dir
-        self.classes = gr.File(label=t("geo_classes_label", lang), file_count="multiple", file_types=[".tif", ".tiff", ".json"],
-                               elem_id="geo-classes", height=120)
+        self.classes = gr.File(
+            label=t("geo_classes_label", lang),
+            file_count="multiple",
+            file_types=[".tif", ".tiff", ".json"],
+            elem_id="geo-classes",
+            height=120,
+        )
         with gr.Row():
-            self.order = gr.Radio(self._order_choices(lang), value="auto", label=t("geo_order_label", lang), elem_id="geo-order")
-            self.table = gr.Dropdown(self._table_choices(lang), value="auto", label=t("geo_table_label", lang), elem_id="geo-table")
+            self.order = gr.Radio(
+                self._order_choices(lang), value="auto", label=t("geo_order_label", lang), elem_id="geo-order"
+            )
+            self.table = gr.Dropdown(
+                self._table_choices(lang), value="auto", label=t("geo_table_label", lang), elem_id="geo-table"
+            )
         with gr.Row(equal_height=True):
-            self.tile = gr.Slider(32, 1024, value=224, step=16, label=t("geo_tile_label", lang), elem_id="geo-tile", scale=3)
-            self.map_btn = gr.Button(t("geo_map_button", lang), elem_id="geo-map-btn", variant="primary", scale=1, min_width=120)
-        self.files = gr.File(label=t("geo_files_label", lang), file_count="multiple", interactive=False, visible=False, elem_id="geo-files")
+            self.tile = gr.Slider(
+                32, 1024, value=224, step=16, label=t("geo_tile_label", lang), elem_id="geo-tile", scale=3
+            )
+            self.map_btn = gr.Button(
+                t("geo_map_button", lang), elem_id="geo-map-btn", variant="primary", scale=1, min_width=120
+            )
+        self.files = gr.File(
+            label=t("geo_files_label", lang),
+            file_count="multiple",
+            interactive=False,
+            visible=False,
+            elem_id="geo-files",
+        )
         self.inputs = [self.classes, self.order, self.table]
 
     def wire(self, app, parts: dict) -> None:
         conv, lang_switch = parts["conv"], parts["lang_switch"]
         panel = [parts["panel_content"], parts["panel_map"]]
         settings = [self.classes, self.order, self.table]
-        self.map_btn.click(self.make_map, [conv, parts["msg"], *settings, self.tile, lang_switch], [*panel, self.files], **parts["run"])
+        self.map_btn.click(
+            self.make_map, [conv, parts["msg"], *settings, self.tile, lang_switch], [*panel, self.files], **parts["run"]
+        )
         for comp in settings:
             comp.change(self.refresh, [conv, *settings, lang_switch], panel)
-        lang_switch.change(self.relabel, [lang_switch, conv, *settings],
-                           [self.classes, self.order, self.table, self.tile, self.map_btn, self.files, parts["panel_content"]])
+        lang_switch.change(
+            self.relabel,
+            [lang_switch, conv, *settings],
+            [self.classes, self.order, self.table, self.tile, self.map_btn, self.files, parts["panel_content"]],
+        )
 
 
 def _last_question(messages: list[dict]) -> str:

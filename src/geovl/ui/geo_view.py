@@ -53,8 +53,10 @@ def _area_cells(m2: float) -> list[str]:
 def areas_table(d, table, lang: str) -> list[str]:
     """Markdown rows of one date: every class with area, largest first, then the total."""
     head = [t("geo_col_class", lang), "m²", "km²", "公顷 ha", "亩 mu", t("geo_col_share", lang)]
-    rows = [[class_name(table.info(c.code), lang), *_area_cells(c.m2), fmt(c.share, "share")]
-            for c in sorted((c for c in d.classes if c.pixels), key=lambda c: (-c.m2, c.code))]
+    rows = [
+        [class_name(table.info(c.code), lang), *_area_cells(c.m2), fmt(c.share, "share")]
+        for c in sorted((c for c in d.classes if c.pixels), key=lambda c: (-c.m2, c.code))
+    ]
     rows.append([f"**{t('geo_total', lang)}**", *_area_cells(d.valid_m2), fmt(1.0 if d.valid_m2 else 0.0, "share")])
     return _table(head, rows)
 
@@ -69,16 +71,36 @@ def change_sections(m, lang: str) -> list[str]:
     if not c.changed_pixels:
         return [t("geo_no_change", lang)]
     share = c.changed_m2 / float(c.m2.sum()) if c.m2.sum() else 0.0
-    lines.append(t("geo_changed", lang, area=f"{fmt(all_units(c.changed_m2)['ha'], 'ha')} 公顷 ha", share=fmt(share, "share")))
+    lines.append(
+        t("geo_changed", lang, area=f"{fmt(all_units(c.changed_m2)['ha'], 'ha')} 公顷 ha", share=fmt(share, "share"))
+    )
     rows = []
     for r in report.per_class_change(m):
         if r["gain_pixels"] or r["loss_pixels"]:
-            rows.append([class_name(m.table.info(r["code"]), lang), fmt(r["before"]["ha"], "ha"), fmt(r["after"]["ha"], "ha"),
-                         fmt(r["gain"]["ha"], "ha"), fmt(r["loss"]["ha"], "ha"), fmt_signed(r["net"]["ha"], "ha"),
-                         fmt_signed(r["net"]["mu"], "mu")])
+            rows.append(
+                [
+                    class_name(m.table.info(r["code"]), lang),
+                    fmt(r["before"]["ha"], "ha"),
+                    fmt(r["after"]["ha"], "ha"),
+                    fmt(r["gain"]["ha"], "ha"),
+                    fmt(r["loss"]["ha"], "ha"),
+                    fmt_signed(r["net"]["ha"], "ha"),
+                    fmt_signed(r["net"]["mu"], "mu"),
+                ]
+            )
     lines += ["", t("geo_net_heading", lang), ""]
-    lines += _table([t("geo_col_class", lang), t("geo_col_before", lang), t("geo_col_after", lang), t("geo_col_gain", lang),
-                     t("geo_col_loss", lang), t("geo_col_net", lang), t("geo_col_net_mu", lang)], rows)
+    lines += _table(
+        [
+            t("geo_col_class", lang),
+            t("geo_col_before", lang),
+            t("geo_col_after", lang),
+            t("geo_col_gain", lang),
+            t("geo_col_loss", lang),
+            t("geo_col_net", lang),
+            t("geo_col_net_mu", lang),
+        ],
+        rows,
+    )
     # change matrix over the classes present on either date
     keep = [i for i in range(len(c.codes)) if c.pixels[i, :].sum() or c.pixels[:, i].sum()]
     short = (lambda code: m.table.info(code).zh) if lang == "zh" else (lambda code: m.table.info(code).en)
@@ -90,10 +112,22 @@ def change_sections(m, lang: str) -> list[str]:
         for rank, p in enumerate(c.patches[:NUMBERED], 1):
             a, b = m.table.info(p.from_code), m.table.info(p.to_code)
             pair = f"{a.zh}→{b.zh} {a.en}→{b.en}" if lang == "zh" else f"{a.en}→{b.en} {a.zh}→{b.zh}"
-            at = f"{p.lonlat[0]:.4f}E {p.lonlat[1]:.4f}N" if p.lonlat else f"x={p.centroid[0]:.0f} y={p.centroid[1]:.0f}"
+            at = (
+                f"{p.lonlat[0]:.4f}E {p.lonlat[1]:.4f}N" if p.lonlat else f"x={p.centroid[0]:.0f} y={p.centroid[1]:.0f}"
+            )
             u = all_units(p.m2)
-            lines.append(t("geo_patch_line", lang, rank=rank, pair=pair, ha=fmt(u["ha"], "ha"), mu=fmt(u["mu"], "mu"),
-                           px=p.pixels, at=at))
+            lines.append(
+                t(
+                    "geo_patch_line",
+                    lang,
+                    rank=rank,
+                    pair=pair,
+                    ha=fmt(u["ha"], "ha"),
+                    mu=fmt(u["mu"], "mu"),
+                    px=p.pixels,
+                    at=at,
+                )
+            )
     return lines
 
 
@@ -104,8 +138,12 @@ def measurement_markdown(m, inputs: dict, lang: str) -> str:
     names = " → ".join(f"{date_label(lab, lang)} `{name}`" for lab, name in inputs["order"])
     if len(inputs["order"]) == 2:
         names += f"（{t(inputs['how'], lang)}）" if lang == "zh" else f" ({t(inputs['how'], lang)})"
-    lines = [t("geo_inputs", lang, inputs=names), "",
-             t("geo_grid", lang, crs=m.crs_text() or "-", pixel=meth["pixel_size"], width=m.shape[1], height=m.shape[0]), ""]
+    lines = [
+        t("geo_inputs", lang, inputs=names),
+        "",
+        t("geo_grid", lang, crs=m.crs_text() or "-", pixel=meth["pixel_size"], width=m.shape[1], height=m.shape[0]),
+        "",
+    ]
     if m.current.source == "supplied":
         files = "、".join(f"`{n}`" for n in inputs["classes"]) if inputs["classes"] else "-"
         lines.append(t("geo_classes_supplied", lang, files=files, table=m.table.name))
@@ -119,21 +157,49 @@ def measurement_markdown(m, inputs: dict, lang: str) -> str:
     if m.change is not None:
         lines += [""] + change_sections(m, lang)
     unc = report.uncertainty(m)
-    lines += ["", t("geo_method_heading", lang), "", "- " + t("geo_method", lang, text=meth[lang]),
-              "- " + t("geo_uncertainty", lang, text=unc[lang])]
+    lines += [
+        "",
+        t("geo_method_heading", lang),
+        "",
+        "- " + t("geo_method", lang, text=meth[lang]),
+        "- " + t("geo_uncertainty", lang, text=unc[lang]),
+    ]
     lines += ["- " + t("geo_note", lang, text=n[lang]) for n in m.notes]
     return "\n".join(lines)
 
 
 def map_markdown(summary: dict, lang: str) -> str:
     a = summary["answers"]
-    how = t("geo_map_how_choice" if summary.get("engine_requests", {}).get("choice_logprobs") and
-            not summary.get("engine_requests", {}).get("generate") else "geo_map_how_text", lang)
+    how = t(
+        "geo_map_how_choice"
+        if summary.get("engine_requests", {}).get("choice_logprobs")
+        and not summary.get("engine_requests", {}).get("generate")
+        else "geo_map_how_text",
+        lang,
+    )
     g = summary["grid"]
-    return "\n".join([t("geo_map_heading", lang), "",
-                      t("geo_map_summary", lang, question=summary["question"], tiles=summary["tiles"], tile=g["tile"],
-                        overlap=g["overlap"], yes=a["yes"], no=a["no"], unknown=a["unknown"], nodata=summary["nodata"],
-                        flagged=summary["flagged"], how=how), "", f"*{t('geo_map_warning', lang)}*"])
+    return "\n".join(
+        [
+            t("geo_map_heading", lang),
+            "",
+            t(
+                "geo_map_summary",
+                lang,
+                question=summary["question"],
+                tiles=summary["tiles"],
+                tile=g["tile"],
+                overlap=g["overlap"],
+                yes=a["yes"],
+                no=a["no"],
+                unknown=a["unknown"],
+                nodata=summary["nodata"],
+                flagged=summary["flagged"],
+                how=how,
+            ),
+            "",
+            f"*{t('geo_map_warning', lang)}*",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------- preview
@@ -141,8 +207,9 @@ def _scale(width: int, height: int, max_side: int) -> float:
     return max_side / max(width, height)
 
 
-def render_preview(raster, out, patches=(), transform=None, flags_geojson=None, max_side: int = 768,
-                   number: int = NUMBERED) -> dict:
+def render_preview(
+    raster, out, patches=(), transform=None, flags_geojson=None, max_side: int = 768, number: int = NUMBERED
+) -> dict:
     """Write the preview PNG ``out`` (see the module docstring); returns ``{"width", "height",
     "outlined", "flagged"}``. ``patches``: :class:`geovl.geo.change.Patch` list in the raster CRS of
     ``transform``; ``flags_geojson``: the GeoJSON written by :func:`geovl.geo.mapper.map_raster`."""
@@ -188,8 +255,15 @@ def render_preview(raster, out, patches=(), transform=None, flags_geojson=None, 
         font = ImageFont.load_default(size=max(12, min(28, round(max(w, h) / 28))))
         for rank, p in enumerate(outlined[:number], 1):
             cx, cy = (v * s for v in inv @ p.centroid)
-            draw.text((cx, cy), str(rank), fill=(255, 255, 255, 255), font=font, anchor="mm", stroke_width=2,
-                      stroke_fill=(0, 0, 0, 255))
+            draw.text(
+                (cx, cy),
+                str(rank),
+                fill=(255, 255, 255, 255),
+                font=font,
+                anchor="mm",
+                stroke_width=2,
+                stroke_fill=(0, 0, 0, 255),
+            )
     img = Image.alpha_composite(img, overlay).convert("RGB")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     img.save(out, format="PNG")

@@ -9,7 +9,12 @@ from __future__ import annotations
 LANGS = ("zh", "en")
 
 QUICK_QUESTIONS = {
-    "zh": ["本季度耕地面积变化情况？", "疑似违规建设的分布区域？", "保护区边界是否被占用？", "近一年土地利用结构趋势？"],
+    "zh": [
+        "本季度耕地面积变化情况？",
+        "疑似违规建设的分布区域？",
+        "保护区边界是否被占用？",
+        "近一年土地利用结构趋势？",
+    ],
     "en": [
         "How has the cultivated land area changed this quarter?",
         "Where are the suspected illegal constructions?",

@@ -118,7 +118,13 @@ class ChatApp:
     # -- texts -------------------------------------------------------------------------------
     def limits_card(self, lang: str) -> str:
         where = t("where_local", lang) if self.where is None else t("where_remote", lang, url=self.where)
-        return t("limits_card", lang, where=where, max_mb=f"{self.limits.max_image_bytes / 1024 / 1024:.0f}", max_images=self.limits.max_images)
+        return t(
+            "limits_card",
+            lang,
+            where=where,
+            max_mb=f"{self.limits.max_image_bytes / 1024 / 1024:.0f}",
+            max_images=self.limits.max_images,
+        )
 
     # -- images ------------------------------------------------------------------------------
     def load_image(self, path: str, lang: str) -> tuple[bytes, str]:
@@ -136,16 +142,29 @@ class ChatApp:
             spec, cubes = input_spec(self.engine), cube_reader(self.engine)
             if cubes is not None:  # the model reads the cube itself (a multi-band GeoTIFF); the chat shows bands 1-3
                 if image_format(raw) != "TIFF":
-                    raise ImageError("bad_cube", f"this model reads {spec.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
-                                                 f"/ 此模型读取 {spec.n_bands} 波段 GeoTIFF 高光谱数据")
+                    raise ImageError(
+                        "bad_cube",
+                        f"this model reads {spec.n_bands}-band GeoTIFF cubes, not {image_format(raw)} pictures "
+                        f"/ 此模型读取 {spec.n_bands} 波段 GeoTIFF 高光谱数据",
+                    )
                 cubes.cube(raw)  # band count and wavelengths checked now, named in the error
-                data, shown = raw, load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes).data
+                data, shown = (
+                    raw,
+                    load_image_bytes(
+                        raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes
+                    ).data,
+                )
             else:  # rasters rendered with the model's settings (geovl.imagery.render): what it sees is shown
                 from ..imagery.render import RenderSettings
 
                 render = RenderSettings.from_preprocess(spec.preprocess)
-                data = shown = load_image_bytes(raw, self.limits.max_pixels, name=name, max_decoded_bytes=self.limits.max_decoded_bytes,
-                                                render=render).data  # EXIF-upright, rasters → PNG
+                data = shown = load_image_bytes(
+                    raw,
+                    self.limits.max_pixels,
+                    name=name,
+                    max_decoded_bytes=self.limits.max_decoded_bytes,
+                    render=render,
+                ).data  # EXIF-upright, rasters → PNG
         except ImageRefError as e:
             raise _user_error(t("err_bad_image", lang, name=name, why=e.message)) from None
         except (ImageError, OSError) as e:
@@ -158,15 +177,27 @@ class ChatApp:
 
     # -- chat ----------------------------------------------------------------------------------
     def _params(self, temperature, max_new) -> GenerationParams:
-        return GenerationParams(max_new_tokens=int(max_new or self.max_new_tokens), temperature=float(temperature or 0.0))
+        return GenerationParams(
+            max_new_tokens=int(max_new or self.max_new_tokens), temperature=float(temperature or 0.0)
+        )
 
-    def _route(self, files: list[str], question: str, conv: Conversation, lang: str, params: GenerationParams, extra: tuple):
+    def _route(
+        self, files: list[str], question: str, conv: Conversation, lang: str, params: GenerationParams, extra: tuple
+    ):
         if self.extension is None:
             return None
         return self.extension.route(TurnContext(list(files), question, conv, lang, params, tuple(extra)))
 
-    def _stream(self, history: list, conv: Conversation, lang: str, params: GenerationParams, question: str, clear_box: bool = True,
-                route: Route | None = None):
+    def _stream(
+        self,
+        history: list,
+        conv: Conversation,
+        lang: str,
+        params: GenerationParams,
+        question: str,
+        clear_box: bool = True,
+        route: Route | None = None,
+    ):
         """Append the answer to ``history`` as it streams; yields the handler outputs."""
         import gradio as gr
 
@@ -177,7 +208,11 @@ class ChatApp:
         yield gr.MultimodalTextbox(value=None) if clear_box else gr.skip(), history, conv, *panel
         answer = ""
         try:
-            deltas = route.deltas if route is not None and route.deltas is not None else self.engine.stream(conv.request(), params)
+            deltas = (
+                route.deltas
+                if route is not None and route.deltas is not None
+                else self.engine.stream(conv.request(), params)
+            )
             for delta in deltas:
                 answer += delta
                 history[-1] = {"role": "assistant", "content": answer}
@@ -199,7 +234,9 @@ class ChatApp:
         res = None
         if self.panel_hook is not None:
             try:
-                res = self.panel_hook(PanelContext(list(conv.images), list(conv.messages), question, answer, lang, conv.extras))
+                res = self.panel_hook(
+                    PanelContext(list(conv.images), list(conv.messages), question, answer, lang, conv.extras)
+                )
             except Exception as e:  # noqa: BLE001 - a failing hook must not break the chat
                 log.exception("panel hook failed")
                 return t("error_prefix", lang) + str(e)[:300], gr.Image(value=None, visible=False)
@@ -224,7 +261,9 @@ class ChatApp:
             return None
         import io
 
-        drawn = Image.open(io.BytesIO(draw_boxes(images[info["image"]], None, info["boxes"], scale=2 if info["width"] < 512 else 1)))
+        drawn = Image.open(
+            io.BytesIO(draw_boxes(images[info["image"]], None, info["boxes"], scale=2 if info["width"] < 512 else 1))
+        )
         path = self.preview_dir / f"boxes-{len(os.listdir(self.preview_dir))}.geojson"
         path.write_text(json.dumps(boxes_geojson(info), ensure_ascii=False), encoding="utf-8")
         md = t("boxes_found", lang, n=len(info["boxes"]), image=info["image"] + 1, url=f"/gradio_api/file={path}")
@@ -244,8 +283,12 @@ class ChatApp:
         loaded = [self.load_image(p, lang) for p in files]
         params = self._params(temperature, max_new)
         if conv.messages and conv.messages[-1]["role"] == "user":  # an earlier turn failed: replace it
-            conv = Conversation(conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])], conv.extras)
-        conv = Conversation(conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded], conv.extras)
+            conv = Conversation(
+                conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])], conv.extras
+            )
+        conv = Conversation(
+            conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded], conv.extras
+        )
         content = [{"path": shown} for _, shown in loaded] + ([text] if text else [])
         history.append({"role": "user", "content": content})
         route = self._route(files, text, conv, lang, params, extra)
@@ -275,7 +318,13 @@ class ChatApp:
     def clear(self, lang):
         import gradio as gr
 
-        return gr.MultimodalTextbox(value=None), [], Conversation(), t("panel_empty", lang), gr.Image(value=None, visible=False)
+        return (
+            gr.MultimodalTextbox(value=None),
+            [],
+            Conversation(),
+            t("panel_empty", lang),
+            gr.Image(value=None, visible=False),
+        )
 
     # -- the page --------------------------------------------------------------------------------
     def build(self):
@@ -287,10 +336,23 @@ class ChatApp:
             conv = gr.State(Conversation())
             with gr.Row(equal_height=False):
                 title = gr.Markdown(t("title", lang), elem_id="title")
-                lang_switch = gr.Radio([("中文", "zh"), ("English", "en")], value=lang, label=t("lang_label", lang), elem_id="lang-switch", scale=0, min_width=220)
+                lang_switch = gr.Radio(
+                    [("中文", "zh"), ("English", "en")],
+                    value=lang,
+                    label=t("lang_label", lang),
+                    elem_id="lang-switch",
+                    scale=0,
+                    min_width=220,
+                )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=3):
-                    chatbot = gr.Chatbot(label=t("chat_label", lang), placeholder=t("chat_placeholder", lang), elem_id="chatbot", height=520, buttons=["copy"])
+                    chatbot = gr.Chatbot(
+                        label=t("chat_label", lang),
+                        placeholder=t("chat_placeholder", lang),
+                        elem_id="chatbot",
+                        height=520,
+                        buttons=["copy"],
+                    )
                     msg = gr.MultimodalTextbox(
                         placeholder=t("input_placeholder", lang),
                         file_count="multiple",
@@ -312,15 +374,33 @@ class ChatApp:
                         if self.extension is not None:
                             self.extension.build(self, lang)
                     with gr.Accordion(t("settings", lang), open=False, elem_id="settings") as settings:
-                        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label=t("temperature", lang), elem_id="temperature")
-                        max_new = gr.Slider(8, 2048, value=self.max_new_tokens, step=8, label=t("max_new_tokens", lang), elem_id="max-new-tokens")
+                        temperature = gr.Slider(
+                            0.0, 1.5, value=0.0, step=0.05, label=t("temperature", lang), elem_id="temperature"
+                        )
+                        max_new = gr.Slider(
+                            8,
+                            2048,
+                            value=self.max_new_tokens,
+                            step=8,
+                            label=t("max_new_tokens", lang),
+                            elem_id="max-new-tokens",
+                        )
                     about = gr.Markdown(t("about_card", lang), elem_id="about-card")
                     limits = gr.Markdown(self.limits_card(lang), elem_id="limits-card")
-                    model_line = gr.Markdown(t("model_line", lang, name=getattr(self.engine, "name", "?")), elem_id="model-line")
+                    model_line = gr.Markdown(
+                        t("model_line", lang, name=getattr(self.engine, "name", "?")), elem_id="model-line"
+                    )
 
             outs = [msg, chatbot, conv, panel_content, panel_map]
-            settings_in = [lang_switch, temperature, max_new, *(self.extension.inputs if self.extension is not None else [])]
-            run = dict(concurrency_limit=1, concurrency_id="engine")  # one generation at a time: the engine is not re-entrant
+            settings_in = [
+                lang_switch,
+                temperature,
+                max_new,
+                *(self.extension.inputs if self.extension is not None else []),
+            ]
+            run = dict(
+                concurrency_limit=1, concurrency_id="engine"
+            )  # one generation at a time: the engine is not re-entrant
             msg.submit(self.respond, [msg, chatbot, conv, *settings_in], outs, **run)
             for b in quick:
                 b.click(self.quick, [b, msg, chatbot, conv, *settings_in], outs, **run)
@@ -352,10 +432,34 @@ class ChatApp:
             lang_switch.change(
                 switch,
                 [lang_switch, panel_content],
-                [title, lang_switch, chatbot, msg, quick_heading, *quick, retry, clear, panel_heading, panel_content, settings, temperature, max_new, about, limits, model_line],
+                [
+                    title,
+                    lang_switch,
+                    chatbot,
+                    msg,
+                    quick_heading,
+                    *quick,
+                    retry,
+                    clear,
+                    panel_heading,
+                    panel_content,
+                    settings,
+                    temperature,
+                    max_new,
+                    about,
+                    limits,
+                    model_line,
+                ],
             )
             if self.extension is not None:
-                parts = dict(msg=msg, chatbot=chatbot, conv=conv, panel_content=panel_content, panel_map=panel_map, lang_switch=lang_switch)
+                parts = dict(
+                    msg=msg,
+                    chatbot=chatbot,
+                    conv=conv,
+                    panel_content=panel_content,
+                    panel_map=panel_map,
+                    lang_switch=lang_switch,
+                )
                 self.extension.wire(self, parts | {"run": run})
         self.demo = demo
         return demo
@@ -393,7 +497,9 @@ def launch(app: ChatApp, host: str = "127.0.0.1", port: int = 7860, share: bool 
 
     demo = app.build()
     demo.queue(default_concurrency_limit=1)
-    theme = gr.themes.Soft(primary_hue="green", font=THEME_FONTS, font_mono=["ui-monospace", "monospace"])  # no web fonts (offline)
+    theme = gr.themes.Soft(
+        primary_hue="green", font=THEME_FONTS, font_mono=["ui-monospace", "monospace"]
+    )  # no web fonts (offline)
     return demo.launch(
         server_name=host,
         server_port=port,

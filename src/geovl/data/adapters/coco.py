@@ -75,7 +75,9 @@ def _load(path: Path) -> dict:
         raise ConvertError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
         raise ConvertError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(doc, dict) or not all(
+        isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise ConvertError(f"{path}: not a COCO detection file (needs 'images', 'annotations' and 'categories' lists)")
     return doc
 
@@ -91,7 +93,9 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     if wanted is not None:
         unknown = [c for c in wanted if c not in cats.values()]
         if unknown:
-            raise ConvertError(f"{path}: --classes {', '.join(unknown)} not among the categories: {', '.join(sorted(set(cats.values())))}")
+            raise ConvertError(
+                f"{path}: --classes {', '.join(unknown)} not among the categories: {', '.join(sorted(set(cats.values())))}"
+            )
     images = {im.get("id"): im for im in doc["images"] if isinstance(im, dict)}
     groups: dict = {}
     for k, ann in enumerate(doc["annotations"]):
@@ -100,10 +104,18 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
             yield source, SampleError("bad_record", "annotation is not an object")
             continue
         if ann.get("image_id") not in images:
-            yield source, SampleError("unknown_image", f"annotation names image {ann.get('image_id')!r}, not in 'images'")
+            yield (
+                source,
+                SampleError("unknown_image", f"annotation names image {ann.get('image_id')!r}, not in 'images'"),
+            )
             continue
         if ann.get("category_id") not in cats:
-            yield source, SampleError("unknown_category", f"annotation names category {ann.get('category_id')!r}, not in 'categories'")
+            yield (
+                source,
+                SampleError(
+                    "unknown_category", f"annotation names category {ann.get('category_id')!r}, not in 'categories'"
+                ),
+            )
             continue
         name = cats[ann["category_id"]]
         if wanted is not None and name not in wanted:
@@ -118,8 +130,11 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
         try:
             loaded = load_image(resolve_image_path(root, str(im.get("file_name", ""))), o.pixel_limit)
             if (loaded.width, loaded.height) != (im.get("width"), im.get("height")):
-                err = SampleError("image_size_mismatch", f"{im.get('file_name')}: the file is {loaded.width}x{loaded.height}, "
-                                  f"the JSON says {im.get('width')}x{im.get('height')}")
+                err = SampleError(
+                    "image_size_mismatch",
+                    f"{im.get('file_name')}: the file is {loaded.width}x{loaded.height}, "
+                    f"the JSON says {im.get('width')}x{im.get('height')}",
+                )
         except ImageError as e:
             err = e
         for cat_id in sorted(by_cat, key=lambda c: (str(type(c)), c)):
@@ -155,9 +170,23 @@ def _sample(image_id, name: str, anns: list, loaded, im: dict, source: str) -> d
         raise SampleError("only_crowd", f"every {name!r} annotation of the image is a crowd region")
     validate_boxes(boxes, [(loaded.width, loaded.height)])
     boxes.sort(key=lambda b: (b["bbox"][1], b["bbox"][0]))
-    meta = {"dataset": "coco", "lang": "en", "image_id": image_id, "file_name": im.get("file_name"), "category": name,
-            "boxes": boxes, "grounding": "all"}
+    meta = {
+        "dataset": "coco",
+        "lang": "en",
+        "image_id": image_id,
+        "file_name": im.get("file_name"),
+        "category": name,
+        "boxes": boxes,
+        "grounding": "all",
+    }
     if crowd:
         meta["crowd_skipped"] = crowd
-    return make_sample(f"{image_id}-{name}", QUESTION.format(label=name), answer_text(boxes), [loaded.data],
-                       qtype="grounding", source=source, meta=meta)
+    return make_sample(
+        f"{image_id}-{name}",
+        QUESTION.format(label=name),
+        answer_text(boxes),
+        [loaded.data],
+        qtype="grounding",
+        source=source,
+        meta=meta,
+    )

@@ -43,9 +43,22 @@ from ..schema import QTYPES, SampleError, make_sample
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 KEYS = {
-    "name", "description", "lang", "encoding", "delimiter", "id_column", "image_column", "question",
-    "question_column", "answer_column", "answer_template", "fields", "qtype", "qtype_column",
-    "meta_columns", "system",
+    "name",
+    "description",
+    "lang",
+    "encoding",
+    "delimiter",
+    "id_column",
+    "image_column",
+    "question",
+    "question_column",
+    "answer_column",
+    "answer_template",
+    "fields",
+    "qtype",
+    "qtype_column",
+    "meta_columns",
+    "system",
 }
 
 
@@ -98,8 +111,11 @@ def validate_mapping(m, path) -> dict:
         allowed = spec.get("allowed")
         if allowed is not None and (not isinstance(allowed, list) or not allowed):
             raise bad(f"field {name!r}: 'allowed' must be a non-empty list")
-        fields[str(name)] = {"column": spec["column"], "allowed": [str(a) for a in allowed] if allowed else None,
-                             "required": bool(spec.get("required", True))}
+        fields[str(name)] = {
+            "column": spec["column"],
+            "allowed": [str(a) for a in allowed] if allowed else None,
+            "required": bool(spec.get("required", True)),
+        }
     m["fields"] = fields
     if "answer_template" in m:
         try:
@@ -176,7 +192,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
         except csv.Error as e:
             raise ConvertError(
                 f"{path}: malformed table in the record that starts on line {start} (found at line {reader.line_num}: {e}); "
-                "most likely an unclosed quote (\") — fix that line; nothing was converted"
+                'most likely an unclosed quote (") — fix that line; nothing was converted'
             ) from None
 
 

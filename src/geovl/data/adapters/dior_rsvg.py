@@ -84,9 +84,16 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
         try:
             loaded = load_image(resolve_image_path(images_root, fname), o.pixel_limit)
             size = ann.find("size")
-            declared = (int(float(_text(size, "width") or -1)), int(float(_text(size, "height") or -1))) if size is not None else None
+            declared = (
+                (int(float(_text(size, "width") or -1)), int(float(_text(size, "height") or -1)))
+                if size is not None
+                else None
+            )
             if declared is not None and declared != (loaded.width, loaded.height):
-                err = SampleError("image_size_mismatch", f"{fname}: the file is {loaded.width}x{loaded.height}, the XML says {declared[0]}x{declared[1]}")
+                err = SampleError(
+                    "image_size_mismatch",
+                    f"{fname}: the file is {loaded.width}x{loaded.height}, the XML says {declared[0]}x{declared[1]}",
+                )
         except ImageError as e:
             err = e
         except ValueError:
@@ -103,7 +110,9 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
 
 
 def _sample(xml: Path, k: int, obj, fname: str, loaded, source: str) -> dict:
-    if obj.find("robndbox") is not None or (obj.find("bndbox") is not None and _text(obj.find("bndbox"), "angle") not in (None, "0", "0.0")):
+    if obj.find("robndbox") is not None or (
+        obj.find("bndbox") is not None and _text(obj.find("bndbox"), "angle") not in (None, "0", "0.0")
+    ):
         raise SampleError("rotated_box", "a rotated box: only axis-aligned boxes are supported for now")
     name = _text(obj, "name")
     if not name:
@@ -117,7 +126,21 @@ def _sample(xml: Path, k: int, obj, fname: str, loaded, source: str) -> dict:
     box = [_number(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")]
     boxes = [{"bbox": box, "label": name, "image": 0}]
     validate_boxes(boxes, [(loaded.width, loaded.height)])
-    meta = {"dataset": "dior-rsvg", "lang": "en", "file_name": fname, "expression": expr, "category": name,
-            "boxes": boxes, "grounding": "referring"}
-    return make_sample(f"{xml.stem}-{k}", QUESTION.format(expression=expr.rstrip(".")), answer_text(boxes), [loaded.data],
-                       qtype="grounding", source=source, meta=meta)
+    meta = {
+        "dataset": "dior-rsvg",
+        "lang": "en",
+        "file_name": fname,
+        "expression": expr,
+        "category": name,
+        "boxes": boxes,
+        "grounding": "referring",
+    }
+    return make_sample(
+        f"{xml.stem}-{k}",
+        QUESTION.format(expression=expr.rstrip(".")),
+        answer_text(boxes),
+        [loaded.data],
+        qtype="grounding",
+        source=source,
+        meta=meta,
+    )

@@ -111,8 +111,10 @@ def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
             for i, obj in enumerate(iter_json_array(path)):
                 yield f"{path.name}#{i}", obj
         except UnicodeDecodeError as e:
-            raise ConvertError(f"{path}: not UTF-8 text ({e.reason}); a JSON list is one document, so nothing of it is "
-                               "converted: re-save it as UTF-8 (or as JSONL, where only the bad lines are rejected)") from None
+            raise ConvertError(
+                f"{path}: not UTF-8 text ({e.reason}); a JSON list is one document, so nothing of it is "
+                "converted: re-save it as UTF-8 (or as JSONL, where only the bad lines are rejected)"
+            ) from None
         return
     first = True
     for n, obj in iter_jsonl_lines(path):
@@ -220,7 +222,15 @@ def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
     for k in ("source", "meta"):
         if k in rec and isinstance(rec[k], (str, dict)):
             meta[f"orig_{k}"] = rec[k]
-    return {"id": sid, "messages": msgs, "images": datas, "qtype": qtype, "answer": answer, "source": source, "meta": meta}
+    return {
+        "id": sid,
+        "messages": msgs,
+        "images": datas,
+        "qtype": qtype,
+        "answer": answer,
+        "source": source,
+        "meta": meta,
+    }
 
 
 def _with_boxes(sample: dict, rec: dict, scale_name: str) -> dict:
@@ -234,18 +244,30 @@ def _with_boxes(sample: dict, rec: dict, scale_name: str) -> dict:
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
     for i, m in enumerate(msgs):
         if i != last and m["role"] != "system" and find_boxes(message_text(m)):
-            raise SampleError("boxes_not_in_last_answer", f"turn {i} ({m['role']}) has boxes; only the last answer's boxes are converted")
+            raise SampleError(
+                "boxes_not_in_last_answer",
+                f"turn {i} ({m['role']}) has boxes; only the last answer's boxes are converted",
+            )
     found = find_boxes(message_text(msgs[last]))
     if not found:
         return sample
     if len(sample["images"]) != 1:
-        raise SampleError("boxes_multi_image", f"boxes with {len(sample['images'])} images: the text cannot say which image a box is on")
+        raise SampleError(
+            "boxes_multi_image",
+            f"boxes with {len(sample['images'])} images: the text cannot say which image a box is on",
+        )
     w, h = image_size(sample["images"][0])
     boxes = to_pixels(found, SCALES[scale_name], w, h)
     mode = rec.get("grounding", "all")
     text = answer_text(boxes)
     msgs = msgs[:last] + [{"role": "assistant", "content": [text_part(text)]}] + msgs[last + 1 :]
-    meta = dict(sample["meta"], boxes=boxes, grounding=mode, box_scale=scale_name, original_answer=message_text(sample["messages"][last]))
+    meta = dict(
+        sample["meta"],
+        boxes=boxes,
+        grounding=mode,
+        box_scale=scale_name,
+        original_answer=message_text(sample["messages"][last]),
+    )
     out = dict(sample, messages=msgs, answer=text, qtype="grounding", meta=meta)
     validate_sample(out)
     return out

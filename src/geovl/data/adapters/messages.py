@@ -140,8 +140,11 @@ def from_chat_form(rec: dict, n: int, stem: str) -> dict:
             if part.get("type") in ("image", "image_url"):
                 ref = _image_ref(part)
                 if ref is None:
-                    raise SampleError("bad_schema", f"line {n}: message {i + 1}: an image part without its reference "
-                                                    "(chat form: {\"type\": \"image\", \"image\": PATH})")
+                    raise SampleError(
+                        "bad_schema",
+                        f"line {n}: message {i + 1}: an image part without its reference "
+                        '(chat form: {"type": "image", "image": PATH})',
+                    )
                 images.append(ref)
                 parts.append({"type": "image"})
             else:
@@ -150,13 +153,32 @@ def from_chat_form(rec: dict, n: int, stem: str) -> dict:
     if not msgs or msgs[-1].get("role") != "assistant":
         raise SampleError("bad_schema", f"line {n}: the last turn must be the assistant's answer (chat form)")
     answer = "".join(p.get("text", "") for p in msgs[-1]["content"] if p.get("type") == "text").strip()
-    question = next(("".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
-                     for m in reversed(msgs[:-1]) if m.get("role") == "user"), "")
+    question = next(
+        (
+            "".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
+            for m in reversed(msgs[:-1])
+            if m.get("role") == "user"
+        ),
+        "",
+    )
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
     qtype = rec.get("qtype")
     if qtype is None:
         kind = detect_qtype(question)
-        qtype = kind if kind in ("yes_no", "count") else "area" if kind == "number" and is_area_question(question) else "open"
+        qtype = (
+            kind
+            if kind in ("yes_no", "count")
+            else "area"
+            if kind == "number" and is_area_question(question)
+            else "open"
+        )
         meta = {**meta, "qtype_inferred": True}
-    return {**rec, "id": rec.get("id", f"{stem}-L{n}"), "messages": msgs, "images": images, "qtype": qtype,
-            "answer": answer, "meta": meta}
+    return {
+        **rec,
+        "id": rec.get("id", f"{stem}-L{n}"),
+        "messages": msgs,
+        "images": images,
+        "qtype": qtype,
+        "answer": answer,
+        "meta": meta,
+    }

@@ -44,12 +44,19 @@ def to_pixels(found, scale: float, width: int, height: int) -> list[dict]:
     boxes = []
     for coords, label, angle in found:
         if angle:
-            raise SampleError("rotated_box", f"box {coords} has angle {angle:g}: only axis-aligned boxes are supported for now")
+            raise SampleError(
+                "rotated_box", f"box {coords} has angle {angle:g}: only axis-aligned boxes are supported for now"
+            )
         if any(v < 0 or v > scale for v in coords):
             raise SampleError("box_outside_image", f"box {coords} is outside the declared 0-{scale:g} range")
         if not label.strip():
-            raise SampleError("box_missing_label", f"box {coords} has no label (<p>phrase</p>, object_ref or \"label\")")
+            raise SampleError("box_missing_label", f'box {coords} has no label (<p>phrase</p>, object_ref or "label")')
         x1, y1, x2, y2 = coords
-        boxes.append({"bbox": [x1 / scale * width, y1 / scale * height, x2 / scale * width, y2 / scale * height],
-                      "label": label.strip(), "image": 0})
+        boxes.append(
+            {
+                "bbox": [x1 / scale * width, y1 / scale * height, x2 / scale * width, y2 / scale * height],
+                "label": label.strip(),
+                "image": 0,
+            }
+        )
     return boxes

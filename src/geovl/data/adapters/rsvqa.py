@@ -74,7 +74,9 @@ def load_records(path: Path, key: str) -> list:
         raise ConvertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         found = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
-        raise ConvertError(f"{path}: expected a top-level object with a {key!r} list (official RSVQA layout), found {found}")
+        raise ConvertError(
+            f"{path}: expected a top-level object with a {key!r} list (official RSVQA layout), found {found}"
+        )
     recs = data[key]
     for i, r in enumerate(recs):
         rid = r.get("id") if isinstance(r, dict) else None
@@ -169,7 +171,9 @@ def _build(q, qid, prefix, images, answers, roots, cache, texts, bin_counts) -> 
     if "question" not in q:
         full = texts.get("all_questions.json", "questions", qid)
         if full is None:
-            raise SampleError("bad_record", f"question {qid} has no 'question' text (put all_questions.json next to the split files)")
+            raise SampleError(
+                "bad_record", f"question {qid} has no 'question' text (put all_questions.json next to the split files)"
+            )
         q = {**full, **q}
     text = q.get("question")
     rtype = q.get("type")
@@ -193,7 +197,9 @@ def _build(q, qid, prefix, images, answers, roots, cache, texts, bin_counts) -> 
     if "answer" not in a:
         full = texts.get("all_answers.json", "answers", aid)
         if full is None:
-            raise SampleError("bad_record", f"answer {aid} has no 'answer' text (put all_answers.json next to the split files)")
+            raise SampleError(
+                "bad_record", f"answer {aid} has no 'answer' text (put all_answers.json next to the split files)"
+            )
         a = {**full, **a}
     if a.get("question_id", qid) != qid:
         raise SampleError("answer_mismatch", f"answer {aid} belongs to question {a.get('question_id')}, not {qid}")
