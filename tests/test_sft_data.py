@@ -177,12 +177,15 @@ def test_length_grouped_order():
     b0 = s.batches()
     flat = [i for b in b0 for i in b]
     assert sorted(flat) == list(range(203)) and list(iter(s)) == flat  # every sample exactly once
-    # it is transformers' own length grouping (mega-batches of 50 batches), seeded with seed + epoch
+    # the batches are transformers' own length grouping (mega-batches of 50 batches, seeded with seed + epoch) ...
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-    assert isinstance(s, LengthGroupedSampler) and flat == get_length_grouped_indices(
-        lengths, 4, 50, torch.Generator().manual_seed(7)
-    )
+    hf = get_length_grouped_indices(lengths, 4, 50, torch.Generator().manual_seed(7))
+    assert isinstance(s, LengthGroupedSampler)
+    assert sorted(map(tuple, b0)) == sorted(tuple(hf[k : k + 4]) for k in range(0, 203, 4))
+    # ... in shuffled order, not transformers' long-to-short sweep through each mega-batch
+    longest = [max(lengths[i] for i in b) for b in b0[1:-1]]
+    assert longest != sorted(longest, reverse=True) and flat != hf
     assert [len(b) for b in b0[:-1]] == [4] * 50 and len(b0[-1]) == 3  # only the last batch is short
     assert max(lengths[i] for i in b0[0]) == max(lengths)  # the longest batch first
     assert s.batches() == b0  # same seed and epoch -> same order (what resume relies on)
