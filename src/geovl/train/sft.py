@@ -104,7 +104,7 @@ def preflight(recipe) -> None:
         raise RecipeError(f"packing_tokens must be at least 1, got {packing_tokens}")
     from .sharded import check_fsdp
 
-    check_fsdp(recipe.fsdp, recipe.fsdp_config, cuda)
+    check_fsdp(recipe.fsdp, cuda)
     check_report_to(recipe.report_to)
 
 

@@ -217,18 +217,15 @@ class FSDPUnavailable(GeoVLError, ValueError):
     """FSDP asked for where accelerate cannot run it."""
 
 
-def check_fsdp(fsdp, fsdp_config, cuda: bool | None = None) -> None:
-    """Refuse ``fsdp`` where it would not shard, and a missing or broken ``fsdp_config`` file, before anything loads.
+def check_fsdp(fsdp, cuda: bool | None = None) -> None:
+    """Refuse ``fsdp`` where it would not shard, before anything loads (a missing or broken ``fsdp_config`` file is
+    refused earlier, when the recipe is built: :func:`read_fsdp_config_file`).
 
     accelerate (1.15) turns FSDP on only for GPU-like devices: on a CPU it leaves the run as plain multi-process DDP
     without a word (checked here: the FSDP plugin is dropped and every rank holds all weights), so a recipe asking
     for FSDP on a CPU is refused instead of silently training something else."""
     if not fsdp:
         return
-    if (
-        isinstance(fsdp_config, (str, Path)) and fsdp_config
-    ):  # a path (a recipe's fsdp=NAME is read into a dict already)
-        read_fsdp_config_file(fsdp_config)
     if cuda is None:
         cuda = torch.cuda.is_available()
     if not cuda:
