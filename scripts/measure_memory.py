@@ -8,9 +8,12 @@ forward + backward on a batch of 2 image+text samples (float32). Two measurement
 
 - bytes of every tensor autograd keeps for backward (``saved_tensors_hooks``, distinct storages, parameters
   excluded) against the estimate's kept activations (LLM + logits + vision);
-- the process's peak RSS during forward + backward (VmHWM reset just before) against the estimate's
-  activations + transient + gradients. glibc keeps freed small blocks in its heap; the two MALLOC_ variables
-  make it return them, so RSS follows live memory (without them the peak RSS is much higher than live memory).
+- the peak of live tensor bytes during forward + backward (allocation and free events from torch's profiler,
+  a second identical step with gradients cleared) against the estimate's activations + transient + gradients:
+  what a GPU's caching allocator would have to hold;
+- the process's peak RSS during forward + backward (VmHWM reset just before) against the same estimate, for
+  information: glibc keeps freed small blocks in its heap (the two MALLOC_ variables make it return them) and
+  first-touched library pages count, so it varies by a few MiB from one machine to the next.
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ import argparse
 import gc
 import json
 import tempfile
+
+
+def _allocator_peak(step) -> int:
+    """Peak bytes of live tensors (above those alive before) while ``step()`` runs, from the allocation and
+    free events torch's profiler records: what a GPU's caching allocator would have to hold, free of the
+    glibc heap and shared-library pages that make RSS vary from one machine to the next."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak
 
 
 def _status(key: str) -> int:
@@ -93,6 +114,10 @@ def measure(
         f.write("5")  # resets VmHWM to the current RSS
     model(**enc).loss.backward()
     peak = _status("VmHWM") - base
+    for p in model.parameters():
+        p.grad = None
+    gc.collect()
+    alloc_peak = _allocator_peak(lambda: model(**enc).loss.backward())
 
     dims = M.model_dims(folder)
     plan = M.Plan(
@@ -122,6 +147,8 @@ def measure(
         "peak_measured": peak,
         "peak_estimate": est_peak,
         "peak_ratio": round(est_peak / peak, 3),
+        "alloc_peak_measured": alloc_peak,
+        "alloc_peak_ratio": round(est_peak / alloc_peak, 3),
     }
 
 
@@ -150,6 +177,10 @@ def main() -> None:
         print(
             f"  peak RSS of forward+backward: measured {r['peak_measured'] / mib:.2f} MiB, estimate {r['peak_estimate'] / mib:.2f} MiB, "
             f"ratio {r['peak_ratio']}"
+        )
+        print(
+            f"  peak live tensors of forward+backward: measured {r['alloc_peak_measured'] / mib:.2f} MiB, "
+            f"estimate {r['peak_estimate'] / mib:.2f} MiB, ratio {r['alloc_peak_ratio']}"
         )
 
 

@@ -33,7 +33,10 @@ def test_sizes_parse_and_bad_ones_are_refused():
 @pytest.mark.parametrize("extra", [["--family", "qwen3-vl", "--tune-vision", "lora"], ["--gradient-checkpointing"]])
 def test_estimate_matches_a_measured_step(extra):
     """One forward + backward of a 4-layer model (hidden 256, batch 2 × ~260 tokens with images): the estimate is
-    within 15 % of the bytes autograd keeps and of the peak RSS (glibc told to return freed memory)."""
+    within 15 % of the bytes autograd keeps, and between 0.85× and 1.2× the peak of live tensor bytes (torch's
+    profiler allocation events). Peak RSS is printed by the script but not asserted: it carries glibc's heap and
+    first-touched library pages, which differ by several MiB between machines of the same kind (CI measured
+    0.80× where this machine measures 0.95×)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=str(ROOT / "src"))
     p = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "measure_memory.py"), "--json", *extra],
@@ -44,7 +47,7 @@ def test_estimate_matches_a_measured_step(extra):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    assert 0.85 <= r["peak_ratio"] <= 1.15, r
+    assert 0.85 <= r["alloc_peak_ratio"] <= 1.2, r
     if not r["gradient_checkpointing"]:  # with checkpointing the kept set lives inside torch.utils.checkpoint
         assert 0.85 <= r["kept_ratio"] <= 1.15, r
 
