@@ -32,7 +32,8 @@ def clip5s() -> bytes:
     return encode_mp4(_ramp(25), fps=5)  # 5 s at 5 fps
 
 
-def _refused(data, reason: str, settings=VideoSettings(), name: str | None = None):
+def _refused(data, reason: str, settings: VideoSettings | None = None, name: str | None = None):
+    settings = settings or VideoSettings()
     for fn in (probe, read_frames):
         with pytest.raises(VideoError) as e:
             fn(data, settings)
