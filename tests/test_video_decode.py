@@ -106,6 +106,24 @@ def test_max_pixels_resizes_inside_the_decoder():
     assert clip.frames[0].shape[:2] == (120, 160)
 
 
+def test_display_rotation_is_applied():
+    buf = io.BytesIO()  # a phone-style clip: coded 64×32 with a 90° display rotation
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=2)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        a = np.zeros((32, 64, 3), np.uint8)
+        a[:, :8] = 255  # a white stripe on the left edge
+        for _ in range(2):
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    frame = read_frames(buf.getvalue()).frames[0]
+    assert frame.shape == (64, 32, 3)  # upright: turned 90° counter-clockwise
+    assert frame[-8:].mean() > 200 and frame[:-12].mean() < 30  # the left stripe is now at the bottom
+
+
 def test_path_and_bytes_agree(tmp_path, clip5s):
     p = tmp_path / "clip.mp4"
     p.write_bytes(clip5s)

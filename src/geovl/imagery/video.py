@@ -16,7 +16,8 @@ declares is checked **before** any frame is decoded, from the container and stre
 :func:`read_frames` then decodes **streamed**: packets are demuxed one by one, every decoded frame that
 is not a sampling point is dropped at once, and for sparse sampling of a long video the demuxer seeks
 to the next keyframe before the target, so memory holds at most the kept frames (resized to
-:attr:`VideoSettings.max_pixels` inside the decoder when set). Frames are sampled uniformly at
+:attr:`VideoSettings.max_pixels` inside the decoder when set, and turned upright when the stream
+carries a display rotation, as phone videos do). Frames are sampled uniformly at
 :attr:`VideoSettings.fps`, at most :attr:`VideoSettings.max_frames`; the count is made **even** by
 repeating the last frame, because the Qwen-VL video processors merge frames in time pairs
 (``temporal_patch_size`` 2). Decoding errors, a stream that yields no frame, or frames larger than
@@ -133,8 +134,9 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video declares (read from headers, nothing decoded). ``frames`` is the stream's frame
-    count, estimated from duration × rate when the container does not store it."""
+    """What a video declares (read from headers, nothing decoded). ``width``/``height``: the coded frame
+    size (a display rotation of ±90° swaps them in the frames :func:`read_frames` returns); ``frames`` is
+    the stream's frame count, estimated from duration × rate when the container does not store it."""
 
     width: int
     height: int
@@ -346,6 +348,9 @@ def read_frames(src: bytes | str | os.PathLike, settings: VideoSettings = VideoS
                     if t < targets[k] - tol:
                         continue  # not a sampling point: dropped at once
                     rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+                    turns = round((frame.rotation or 0) / 90) % 4  # phones record upright via a display matrix
+                    if turns:
+                        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
                     clip.frames.append(rgb)
                     clip.times_s.append(round(max(t, 0.0), 6))
                     while k < len(targets) and t >= targets[k] - tol:
