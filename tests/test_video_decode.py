@@ -99,6 +99,17 @@ def test_long_video_seeks_and_keeps_only_sampled_frames():
     assert got == pytest.approx([(3 * round(t * 5)) % 256 for t in clip.times_s], abs=1.2)  # neighbours differ by 3
 
 
+def test_sparse_sampling_seeks_instead_of_decoding_everything():
+    # 100 s at 5 fps with a keyframe every 2 s: 16 frames spread over it need a few frames each, not 500
+    frames = (np.full((32, 32, 3), (5 * i) % 256, np.uint8) for i in range(500))
+    data = encode_mp4(frames, fps=5, keyint=10)
+    clip = read_frames(data, VideoSettings(fps=2.0, max_frames=16))
+    assert len(clip.frames) == 16 and clip.times_s[-1] == pytest.approx(93.75, abs=0.2)
+    got = [float(f.mean()) for f in clip.frames]
+    assert got == pytest.approx([(5 * round(t * 5)) % 256 for t in clip.times_s], abs=1.5)
+    assert clip.decoded < 500 / 3
+
+
 def test_max_pixels_resizes_inside_the_decoder():
     data = encode_mp4(_ramp(4, h=240, w=320), fps=2)
     clip = read_frames(data, VideoSettings(max_pixels=160 * 120))
