@@ -93,6 +93,12 @@ def test_inspect_reports_video_tokens_and_budget(tmp_path):
     assert text_rc == 0
 
 
+def test_undecodable_video_is_counted(tmp_path):
+    path = _write(tmp_path / "bad.parquet", [make_sample("b", "q?", "a", videos=[b"\x00\x00\x00\x18ftypmp42 cut"])])
+    r = inspect_dataset(str(path), family="qwen2-vl", preview=1, progress=False)
+    assert r["undecodable_videos"] == 1 and r["preview"][0]["videos"] == ["undecodable (corrupt)"]
+
+
 def test_inspect_cli_prints_videos(tmp_path, capsys):
     path = _write(tmp_path / "v.jsonl", [make_sample("v", "q?", "a", videos=[_video(3)])])
     assert main(["data", "inspect", str(path), "--family", "qwen3-vl", "--max-tokens", "50", "--json"]) == 0
