@@ -100,7 +100,7 @@ def model_video_setup(model: str | None, fam, video: dict | None = None):
             bounds = video_bounds_of(load_processor(model))
         except Exception as e:  # noqa: BLE001
             raise InspectError(f"{model}: cannot load the model's processor ({type(e).__name__}: {e})") from None
-        settings = dict((pre.video if pre is not None else None) or {})
+        settings = pre.video_settings().to_dict() if pre is not None else {}
     settings.update({k: v for k, v in (video or {}).items() if v is not None})
     try:
         return VideoSettings.from_dict(settings), bounds
