@@ -165,7 +165,7 @@ def _name(src) -> str:
     return "<video bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
-def _head(src, n: int = 64) -> bytes:
+def _head(src, n: int = 256) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[:n])
     with open(src, "rb") as f:
@@ -177,7 +177,7 @@ def _looks_like_container(head: bytes) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return True
-    if head[:1] == b"\x47" and len(head) > 0:  # MPEG-TS sync byte
+    if head[:1] == b"\x47" and head[188:189] == b"\x47":  # MPEG-TS: a sync byte every 188 bytes
         return True
     return any(head.startswith(m) for m in _CONTAINER_MAGICS)
 
