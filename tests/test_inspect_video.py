@@ -126,8 +126,8 @@ def test_exact_sequence_length_matches_the_processor(tiny_model_dir, tmp_path, f
         {"role": "assistant", "content": [{"type": "text", "text": "3"}]},
     ]
     text = proc.apply_chat_template(msgs, tokenize=False)
-    n = len(clip.frames)
-    meta = {"fps": 2.0, "total_num_frames": n, "frames_indices": list(range(n))}
+    meta = clip.processor_metadata()
+    assert meta["total_num_frames"] == len(clip.frames) == 10 and meta["fps"] == pytest.approx(2.0, rel=0.05)
     enc = proc(text=[text], videos=[clip.frames], video_metadata=[meta], do_sample_frames=False, return_tensors="pt")
     assert r["sequence_length"]["p0"] == enc["input_ids"].shape[1]
     vid = proc.tokenizer.convert_tokens_to_ids("<|video_pad|>")

@@ -160,6 +160,14 @@ class Clip:
     fps: float = 0.0
     decoded: int = 0
 
+    def processor_metadata(self) -> dict:
+        """``video_metadata`` for a Qwen-VL processor given these (already sampled) frames — call it with
+        ``do_sample_frames=False``; Qwen3-VL writes its ``<t seconds>`` timestamps from ``fps`` and the
+        frame indices."""
+        n = len(self.frames)
+        fps = self.fps if self.fps > 0 else 1.0
+        return {"fps": fps, "total_num_frames": n, "frames_indices": list(range(n)), "duration": n / fps}
+
 
 def _name(src) -> str:
     return "<video bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
