@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import GeoVLError
 
-QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
+QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding", "date")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
 MAX_ID_CHARS = 256  # an id is a key in rejects, predictions and reports; a longer one is a broken record
