@@ -83,6 +83,13 @@ class GRPOPrompts(MeasuredSamples):
                 sample_frame(s, self.family, self.min_pixels, self.max_pixels)  # boxes on one image
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
+        if s.get("videos"):
+            raise _Drop(
+                "video_in_grpo",
+                "GRPO cannot use video parts yet: TRL 1.16's GRPOTrainer feeds only image inputs "
+                "(pixel_values / image_grid_thw) to its loss forward, not pixel_values_videos / video_grid_thw; "
+                "train video samples with `geovl train sft` / GRPO 暂不支持视频样本",
+            )
         if not row["answer"].strip():
             raise _Drop("empty_answer", "no reference answer to reward against")
         vis = self._visual_tokens(self._image_sizes(row["images"], s, ti, ri))
