@@ -348,7 +348,11 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         self.start_marker = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.newline_led = newline_led_ids(self.tok)
+        self.video_tokens: list[int] = []  # visual tokens of each kept sample's videos (the memory guard adds them)
         self._scan(paths, progress)
+
+    def _keep(self, s: dict) -> None:
+        self.video_tokens.append(self._last_video_tokens)
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
@@ -364,6 +368,7 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
         length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
         video_vis, video_added = self._video_tokens(s.get("videos") or [])
+        self._last_video_tokens = video_vis
         vis += video_vis
         length += video_added
         if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
