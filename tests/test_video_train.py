@@ -152,7 +152,7 @@ def test_bad_video_drops_its_sample_with_the_reason(tiny_model_dir, tmp_path):
     assert ds.dropped[0].id == "bad" and ds.dropped[0].reason == "bad_video"
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_packed_row_with_videos_equals_each_sample_alone(tiny_model_dir, tmp_path, family):
     from transformers import AutoModelForImageTextToText
 
