@@ -10,6 +10,8 @@ A pre-pass measures each prompt's exact length (chat template with the generatio
 registry image-token maths from image headers, under the run's pixel bounds). Prompts over
 ``max_prompt_length`` (or samples over ``max_visual_tokens``) are dropped whole and recorded —
 never truncated (cutting image tokens breaks the model). Counts conserve: ``read = kept + dropped``.
+Samples with video parts are dropped with the reason ``video_in_grpo``: TRL 1.16's GRPOTrainer passes only
+image inputs to its loss forward (train video samples with SFT).
 
 The ``datasets.Dataset`` holds only row numbers; samples are read from the files (Parquet one row
 group at a time, see :class:`geovl.train.data.ParquetRows`) and images decoded when TRL asks for a
