@@ -34,6 +34,8 @@ class PreprocessConfig:
     # which vision input the model reads with (geovl.models.vision_input kind: "rgb", "spectral", …); None: not
     # recorded (a folder written before the key: the kind is recognised by its files)
     vision_input: str | None = None
+    # how videos are sampled: geovl.imagery.video.VideoSettings.to_dict() (None: written before video support)
+    video: dict | None = None
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME
