@@ -289,3 +289,43 @@ def test_grpo_leaves_video_samples_out_with_the_reason(tiny_model_dir, tmp_path)
     assert s["read"] == 6 and s["kept"] == 3 and s["dropped_by_reason"] == {"video_in_grpo": 3}
     assert sorted(d.id for d in prompts.dropped) == ["v0", "v1", "v2"]
     assert "pixel_values_videos" in prompts.dropped[0].detail
+
+
+def test_infer_cli_asks_about_a_video_and_refuses_a_bad_one(tiny_model_dir, tmp_path, capsys):
+    clip, img = tmp_path / "flight.mp4", tmp_path / "a.png"
+    clip.write_bytes(mp4(6, seed=30))
+    img.write_bytes(png(56, 56, 31))
+    out = tmp_path / "o.jsonl"
+    model = tiny_model_dir("qwen3-vl")
+    args = ["infer", "--model", model, "--max-new-tokens", "3", "-q", "What appears?"]
+    rc, err = run_cli(capsys, *args, "--image", img, "--video", clip, "--out", out)
+    assert rc == 0, err
+    rec = json.loads(out.read_text())
+    assert rec["videos"] == [str(clip)] and rec["images"] == [str(img)] and isinstance(rec["prediction"], str)
+
+    fake = tmp_path / "photo.mp4"
+    fake.write_bytes(png(56, 56, 32))  # an image renamed .mp4
+    rc, err = run_cli(capsys, *args, "--video", fake)
+    assert rc != 0 and "photo.mp4" in err and "Traceback" not in err
+    rc, err = run_cli(capsys, *args, "--video", tmp_path / "missing.mp4")
+    assert rc != 0 and "missing.mp4" in err
+
+
+def test_remote_engine_sends_videos_as_video_url(tmp_path):
+    import base64
+
+    from geovl.inference.engine import ChatRequest, EngineError
+    from geovl.inference.remote import to_openai_messages
+
+    data = mp4(4, seed=40)
+    path = tmp_path / "c.mp4"
+    path.write_bytes(data)
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}, text_part("What changes?")]}]
+    out = to_openai_messages(ChatRequest(msgs, [], [data, path]))
+    parts = out[0]["content"]
+    assert [p["type"] for p in parts] == ["video_url", "video_url", "text"]
+    for p in parts[:2]:
+        head, b64 = p["video_url"]["url"].split(",", 1)
+        assert head == "data:video/mp4;base64" and base64.b64decode(b64) == data
+    with pytest.raises(EngineError, match="not MP4"):
+        to_openai_messages(ChatRequest(msgs, [], [png(8, 8), data]))
