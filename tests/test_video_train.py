@@ -329,3 +329,11 @@ def test_remote_engine_sends_videos_as_video_url(tmp_path):
         assert head == "data:video/mp4;base64" and base64.b64decode(b64) == data
     with pytest.raises(EngineError, match="not MP4"):
         to_openai_messages(ChatRequest(msgs, [], [png(8, 8), data]))
+
+
+@pytest.mark.parametrize("bad, named", [("video_fps=0", "video_fps"), ("video_max_frames=1", "video_max_frames")])
+def test_bad_video_recipe_keys_are_named(tiny_model_dir, tmp_path, capsys, bad, named):
+    data = write_dataset(tmp_path / "d.parquet", samples()[:2])
+    rc, err = train(capsys, tiny_model_dir("qwen2-vl"), data, tmp_path / "run", "max_steps=1", bad)
+    assert rc != 0 and named in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "final").exists()

@@ -102,6 +102,7 @@ def preflight(recipe) -> None:
     packing_tokens = getattr(recipe, "packing_tokens", None)  # SFT only
     if packing_tokens is not None and packing_tokens < 1:
         raise RecipeError(f"packing_tokens must be at least 1, got {packing_tokens}")
+    recipe_video_settings(recipe)  # a bad video_fps / video_max_frames is named before any model loads
     from .sharded import check_fsdp
 
     check_fsdp(recipe.fsdp, cuda)
