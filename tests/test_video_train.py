@@ -337,3 +337,41 @@ def test_bad_video_recipe_keys_are_named(tiny_model_dir, tmp_path, capsys, bad, 
     rc, err = train(capsys, tiny_model_dir("qwen2-vl"), data, tmp_path / "run", "max_steps=1", bad)
     assert rc != 0 and named in err and "Traceback" not in err
     assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_over_budget_video_is_thinned_in_pairs_or_dropped_whole(tiny_model_dir, tmp_path, family):
+    """The one budget rule (geovl.data.video_budget): frames leave in pairs until the sample fits; a sample that
+    does not fit even at two frames is dropped whole; the encoded sample has exactly the measured length."""
+    proc = _processor(tiny_model_dir(family))
+    fam = get_family(family)
+    long = video_sample("long", "What happens?", "A building rises.", [mp4(16, seed=50)])
+    settings = VideoSettings(fps=4.0, max_frames=16)
+    full = SFTDataset(
+        [write_dataset(tmp_path / "a.parquet", [long])], proc, fam, progress=False, video_settings=settings
+    )
+    n_full, vis_full = full.lengths[0], full.video_tokens[0]
+    assert full.video_frames == {} and full.summary()["video_subsampled"] == 0 and vis_full > 0
+    for budget, key in ((vis_full // 2, "max_visual_tokens"), (n_full - vis_full // 3, "max_length")):
+        kw = {key: budget}
+        ds = SFTDataset(
+            [write_dataset(tmp_path / f"{key}.parquet", [long])],
+            proc,
+            fam,
+            progress=False,
+            video_settings=settings,
+            **kw,
+        )
+        assert ds.summary()["kept"] == 1 and ds.summary()["video_subsampled"] == 1
+        frames = ds.video_frames[0][0]
+        assert frames % 2 == 0 and 2 <= frames < 16
+        f = ds[0]
+        assert f["input_ids"].shape[0] == ds.lengths[0] <= (budget if key == "max_length" else n_full)
+        assert ds.video_tokens[0] <= (budget if key == "max_visual_tokens" else vis_full)
+        assert int(f["video_grid_thw"][0][0]) == frames // 2  # the encoded clip has the kept frames
+    tiny = SFTDataset(
+        [write_dataset(tmp_path / "t.parquet", [long])], proc, fam, progress=False, video_settings=settings,
+        max_visual_tokens=1,
+    )  # fmt: skip
+    assert tiny.summary()["kept"] == 0 and tiny.dropped[0].reason == "over_visual_token_budget"
+    assert "even at 2 frames" in tiny.dropped[0].detail
