@@ -283,8 +283,7 @@ def video_settings(preprocess=None):
     defaults (a folder written before video support)."""
     from ..imagery.video import VideoSettings
 
-    saved = getattr(preprocess, "video", None)
-    return VideoSettings.from_dict(saved) if saved else VideoSettings()
+    return preprocess.video_settings() if preprocess is not None else VideoSettings()
 
 
 def read_clip(item, settings, where: str = "<video>"):
