@@ -375,3 +375,34 @@ def test_over_budget_video_is_thinned_in_pairs_or_dropped_whole(tiny_model_dir, 
     )  # fmt: skip
     assert tiny.summary()["kept"] == 0 and tiny.dropped[0].reason == "over_visual_token_budget"
     assert "even at 2 frames" in tiny.dropped[0].detail
+
+
+def test_grpo_step_on_timeseries_with_video_samples_left_out(tiny_model_dir, tmp_path, capsys):
+    """A GRPO step on time-series samples (images) while the video sample of the same file is left out, recorded."""
+    data = write_dataset(
+        tmp_path / "g.parquet",
+        [timeseries_sample("ts0", seed=60), samples()[0], timeseries_sample("ts1", seed=70)],
+    )
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text("reward_funcs: [rs_reward]\nreport_to: []\n")
+    out = tmp_path / "grpo"
+    rc, err = run_cli(
+        capsys,
+        "train",
+        "grpo",
+        recipe,
+        f"model={tiny_model_dir('qwen2.5-vl')}",
+        f"train_data={data}",
+        f"output_dir={out}",
+        "progress_bar=false",
+        "batch_size=2",
+        "num_generations=2",
+        "max_completion_length=4",
+        "max_steps=1",
+    )
+    assert rc == 0, err[-2000:]
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["reason"]) for d in dropped] == [("v0", "video_in_grpo")]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 1
+    assert (out / "final").is_dir()
