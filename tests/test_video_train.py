@@ -240,6 +240,8 @@ def test_engine_mixed_batch_equals_one_by_one(tiny_model_dir, family):
     assert batched == alone
     # exact prompt counts (video pads expanded) before generation = what the model saw
     assert [engine.count_prompt_tokens(r) for r in reqs] == [u["prompt_tokens"] for u in usage]
+    # the sort key from the container headers (nothing decoded) agrees for these clips
+    assert [engine.estimate_length(r) for r in reqs] == [u["prompt_tokens"] for u in usage]
     # the video matters: two different clips with the same question give different first-token logits
     with torch.no_grad():
         a, b = (engine.model(**engine.encode([r])).logits[0, -1] for r in (reqs[0], reqs[4]))
