@@ -135,6 +135,31 @@ def test_display_rotation_is_applied():
     assert frame[-8:].mean() > 200 and frame[:-12].mean() < 30  # the left stripe is now at the bottom
 
 
+@pytest.mark.parametrize(
+    "fmt,codec,name",
+    [
+        ("webm", "libvpx-vp9", "vp9"),
+        ("avi", "mpeg4", "mpeg4"),
+        ("matroska", "libx264", "h264"),
+        ("mpegts", "mpeg2video", "mpeg2video"),
+    ],
+)
+def test_other_containers_and_codecs(fmt, codec, name):
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=4)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(8):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe(buf.getvalue())
+    assert (info.codec, info.width, info.height, info.frames) == (name, 64, 48, 8)
+    clip = read_frames(buf.getvalue())  # 2 s at 2 fps
+    assert [round(float(f.mean()) / 30) for f in clip.frames] == [0, 2, 4, 6]
+
+
 def test_path_and_bytes_agree(tmp_path, clip5s):
     p = tmp_path / "clip.mp4"
     p.write_bytes(clip5s)

@@ -160,12 +160,20 @@ class Clip:
     fps: float = 0.0
     decoded: int = 0
 
+    def processor_metadata(self) -> dict:
+        """``video_metadata`` for a Qwen-VL processor given these (already sampled) frames — call it with
+        ``do_sample_frames=False``; Qwen3-VL writes its ``<t seconds>`` timestamps from ``fps`` and the
+        frame indices."""
+        n = len(self.frames)
+        fps = self.fps if self.fps > 0 else 1.0
+        return {"fps": fps, "total_num_frames": n, "frames_indices": list(range(n)), "duration": n / fps}
+
 
 def _name(src) -> str:
     return "<video bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
-def _head(src, n: int = 64) -> bytes:
+def _head(src, n: int = 256) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[:n])
     with open(src, "rb") as f:
@@ -177,7 +185,7 @@ def _looks_like_container(head: bytes) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return True
-    if head[:1] == b"\x47" and len(head) > 0:  # MPEG-TS sync byte
+    if head[:1] == b"\x47" and head[188:189] == b"\x47":  # MPEG-TS: a sync byte every 188 bytes
         return True
     return any(head.startswith(m) for m in _CONTAINER_MAGICS)
 
