@@ -1,14 +1,16 @@
 """The inference engine interface and :class:`LocalEngine` (a model folder on this machine).
 
 A :class:`ChatRequest` holds geovl-schema messages (content parts ``{"type": "image"}`` /
-``{"type": "text", "text": ...}``, any number of turns and images) plus the encoded image bytes in
-image-part order. ``generate`` answers a list of requests (order kept); ``stream`` yields the
+``{"type": "video"}`` / ``{"type": "text", "text": ...}``, any number of turns, images and videos) plus
+the encoded image bytes in image-part order and the videos (encoded bytes or paths) in video-part order. ``generate`` answers a list of requests (order kept); ``stream`` yields the
 text deltas of one answer as they are produced.
 
 LocalEngine loads with the stock Auto classes, attaches an optional peft adapter, applies the
 preprocessing config written by training (adapter folder first, else model folder) so pixel
 bounds and raster rendering match training, and generates in left-padded batches of requests
-sorted by length (mixed text-only and image requests are fine). LLM forward calls are counted
+sorted by length (mixed text-only, image and video requests are fine). Videos are sampled into frames
+with the folder's video settings (``PreprocessConfig.video``, else the :class:`~geovl.imagery.video.VideoSettings`
+defaults) — as training sampled them. LLM forward calls are counted
 with a forward hook on the language model (``engine.stats``).
 """
 
@@ -76,12 +78,18 @@ class ChatRequest:
         default_factory=list
     )  # encoded images; for a spectral model: cubes (arrays, paths, .npy/GeoTIFF bytes)
 
+    videos: list = field(default_factory=list)  # encoded videos (bytes) or paths, in video-part order
+
     def __post_init__(self):
-        n_parts = sum(
-            1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image"
-        )
-        if n_parts != len(self.images):
-            raise EngineError(f"request has {n_parts} image parts but {len(self.images)} images")
+        for kind, items in (("image", self.images), ("video", self.videos)):
+            n_parts = sum(
+                1
+                for m in self.messages
+                for p in m.get("content") or []
+                if isinstance(p, dict) and p.get("type") == kind
+            )
+            if n_parts != len(items):
+                raise EngineError(f"request has {n_parts} {kind} parts but {len(items)} {kind}s")
 
 
 @dataclass
@@ -253,6 +261,9 @@ class LocalEngine:
         self.spectral = (
             self.vision_input if self.vision_input.kind == "spectral" else None
         )  # (callers not yet on vision_input)
+        from ..models.vision_input import video_settings
+
+        self.video = video_settings(self.preprocess)  # how videos are sampled: as training sampled them
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
         gc = self.model.generation_config
@@ -322,11 +333,35 @@ class LocalEngine:
                         "in message text / 消息文本不能包含特殊控制符"
                     )
 
-    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
-        """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
-        from ..models.preprocess import PreprocessConfig
+    def clips(self, request: ChatRequest) -> ChatRequest:
+        """``request`` with its videos sampled into clips (with this model's video settings) — decoded once, for
+        both counting and encoding; bad video: :class:`~geovl.imagery.video.VideoError`."""
+        if not request.videos:
+            return request
+        from ..models.vision_input import read_clip
 
-        n = len((tokenizer or self.tokenizer)(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        if self.spectral is not None:
+            raise EngineError("this model reads hyperspectral cubes through its projector; it cannot take video parts")
+        return ChatRequest(request.messages, request.images, [read_clip(v, self.video) for v in request.videos])
+
+    def estimate_length(self, request: ChatRequest, tokenizer=None, exact: bool = False) -> int:
+        """Prompt tokens after image- and video-pad expansion (text tokenized; images from their headers). Videos:
+        ``exact`` — sampled, then counted with the processor's maths
+        (:func:`~geovl.models.vision_input.video_prompt_tokens`); else (for sorting a batch) from the container
+        headers, nothing decoded (:func:`~geovl.data.video_budget.video_cost` of the shape sampling will give)."""
+        from ..models.preprocess import PreprocessConfig
+        from ..models.vision_input import video_prompt_tokens
+
+        tok = tokenizer or self.tokenizer
+        n = len(tok(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        if request.videos and (exact or self.spectral is not None):
+            request = self.clips(request)
+        for v in request.videos:
+            n += (
+                video_prompt_tokens(self.processor, self.family, v, tok)[1] - 1
+                if hasattr(v, "frames")
+                else self._video_estimate(v, tok)
+            )
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         for b in request.images:
             size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)
@@ -334,6 +369,18 @@ class LocalEngine:
                 self.family.image_tokens(size[0], size[1], lo, hi) - 1 if size is not None else 1024
             )  # (for sorting only)
         return n
+
+    def _video_estimate(self, item, tok) -> int:
+        """Tokens a video adds beyond its placeholder, from its headers (probe; nothing decoded)."""
+        from ..data.video_budget import VideoShape, video_cost
+        from ..imagery.video import probe, sampled_shape
+        from ..models.registry import video_bounds_of
+
+        info = probe(bytes(item) if isinstance(item, (bytearray, memoryview)) else item, self.video)
+        n, h, w = sampled_shape(info, self.video)
+        count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        shape = VideoShape(n, h, w, self.video.fps)
+        return video_cost(self.family, shape, count_text=count, **video_bounds_of(self.processor))
 
     @property
     def context_length(self) -> int | None:
@@ -352,15 +399,23 @@ class LocalEngine:
         with self._count_lock:
             if self._count_tokenizer is None:
                 self._count_tokenizer = copy.deepcopy(self.tokenizer)
-            return self.estimate_length(request, self._count_tokenizer)
+            return self.estimate_length(request, self._count_tokenizer, exact=True)
 
     def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
         the prompts (e.g. prompt + a candidate answer)."""
+        from ..models.vision_input import video_processor_kwargs
+
         texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
         images = [self.vision_input.prepare(b, self.preprocess) for r in requests for b in r.images]
+        clips = [c for r in requests for c in self.clips(r).videos]
         enc = self.processor(
-            text=texts, images=images or None, return_tensors="pt", padding=True, **self.vision_input.processor_kwargs
+            text=texts,
+            images=images or None,
+            return_tensors="pt",
+            padding=True,
+            **self.vision_input.processor_kwargs,
+            **video_processor_kwargs(clips),
         )
         limit = self.context_length
         if limit is not None and "attention_mask" in enc:
@@ -368,8 +423,9 @@ class LocalEngine:
             if longest > limit:  # refused before any forward pass (the model would index past its positions)
                 raise PromptTooLong(longest, limit)
         enc = enc.to(self.model.device)
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+        for k in ("pixel_values", "pixel_values_videos"):
+            if k in enc:
+                enc[k] = enc[k].to(self.dtype)
         return enc
 
     def cube(self, item):
@@ -427,7 +483,7 @@ class LocalEngine:
         end-of-turn token), ``finish_reason`` ("stop" or "length"). Setting ``cancel`` stops every row
         at its next token (answers are then cut short)."""
         params = params or GenerationParams()
-        requests = list(requests)
+        requests = list(requests)  # sorted by header estimates; each batch's videos are decoded when it is encoded
         if not requests:
             return []
         lengths = [self.estimate_length(r) for r in requests]
@@ -455,6 +511,7 @@ class LocalEngine:
         Forced-choice scoring for closed questions: it measures what the model prefers even before
         it has learned to emit well-formed answers (an untrained model's free generation scores 0 %,
         not chance). One teacher-forced forward pass per (request, candidate) pair, batched."""
+        requests = [self.clips(r) for r in requests]
         pairs = [(i, c) for i, cands in enumerate(candidates) for c in cands]
         end = "<|im_end|>"
         scores: dict[tuple[int, str], float] = {}
@@ -490,7 +547,7 @@ class LocalEngine:
 
         params = params or GenerationParams()
         stop = cancel if cancel is not None else threading.Event()
-        enc = self.encode([request])
+        enc = self.encode([self.clips(request)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
         torch = self._torch

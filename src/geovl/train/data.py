@@ -7,6 +7,11 @@
   per-sample visual-token budget or the sequence budget is dropped whole and recorded — never
   truncated inside its image tokens.
 - ``__getitem__`` decodes and processes one sample (runs in DataLoader workers).
+- Videos (``{"type": "video"}`` parts, the ``videos`` column) are sampled into frames with the run's
+  :class:`~geovl.imagery.video.VideoSettings` (streamed decode, at most ``max_frames`` frames) and fed
+  to the processor as videos; the pre-pass counts each video's tokens with the processor itself on the
+  sampled clip (Qwen3-VL's per-frame timestamps included), so lengths stay exact. A video that cannot
+  be decoded drops its sample (``bad_video``, the decoder's reason in the detail).
 - Labels: every assistant turn's tokens from after ``<|im_start|>assistant\\n`` through its
   ``<|im_end|>`` are learned; everything else (system, user, image pads, padding) is -100.
   This works with any Qwen chat template, with or without ``{% generation %}`` markers.
@@ -27,7 +32,7 @@ from PIL import Image
 
 from ..data.io import DatasetFileError, read_samples
 from ..data.io import _from_row as row_to_sample
-from ..data.schema import COLUMNS
+from ..data.schema import COLUMNS, OPTIONAL_COLUMNS
 
 IGNORE = -100
 
@@ -55,7 +60,7 @@ class ParquetRows:
                 f"{path}: missing column(s) {missing}; expected a geovl dataset with columns {list(COLUMNS)} "
                 "(convert your data with `geovl data convert`)"
             )
-        self.columns = [c for c in COLUMNS if c in names]
+        self.columns = [c for c in (*COLUMNS, *OPTIONAL_COLUMNS) if c in names]  # videos: absent in older files
         self.starts = [0]
         for g in range(pf.metadata.num_row_groups):
             self.starts.append(self.starts[-1] + pf.metadata.row_group(g).num_rows)
@@ -152,6 +157,7 @@ class MeasuredSamples:
 
     measure_desc = "measure samples / 统计样本"
     spectral = False  # see _init_spectral
+    video_settings = None  # VideoSettings of the run (None: the defaults), see _clips
 
     def _init_spectral(self, spectral: bool, spectral_root) -> None:
         """spectral: each image is the hyperspectral cube named by ``meta.cube`` (relative to
@@ -208,6 +214,65 @@ class MeasuredSamples:
             except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
                 raise _Drop("bad_image", f"image {k}: {e}") from None
         return sizes
+
+    def _clips(self, videos: list, where: str = "") -> list:
+        """The sampled clips of a sample's videos; :class:`_Drop` (``bad_video``) when one cannot be decoded."""
+        if not videos:
+            return []
+        from ..imagery.video import VideoError, VideoSettings
+        from ..models.vision_input import read_clip
+
+        settings = self.video_settings or VideoSettings()
+        clips = []
+        for k, b in enumerate(videos):
+            try:
+                clips.append(read_clip(b, settings))
+            except VideoError as e:
+                raise _Drop("bad_video", f"video {k}{where}: {getattr(e, 'reason', 'bad_video')}: {e}") from None
+        return clips
+
+    def _fit_videos(self, clips: list, base_vis: int, base_len: int) -> tuple[list[int], int, int]:
+        """(frames per video, visual tokens, sequence length) of a sample with these clips under the run's budgets
+        (``max_visual_tokens``, then ``max_length``), by the one rule of
+        :func:`geovl.data.video_budget.fit_video_budget`: over a budget, frames are taken away in pairs from the
+        costliest video (never below two), else the sample is dropped whole (:class:`_Drop`). Each video is
+        counted exactly on its sampled (and thinned) clip: the registry's video maths and the processor's
+        placeholder text (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp and
+        vision start/end per temporal patch). ``base_*``: the sample without its videos."""
+        from ..data.video_budget import VideoShape, fit_video_budget, subsample_clip
+        from ..models.vision_input import video_prompt_tokens
+
+        if clips and self.spectral:
+            raise _Drop("video_in_spectral_run", "a hyperspectral run reads cubes; video parts cannot be used")
+        counted: dict[tuple[int, int], tuple[int, int]] = {}
+        shapes = [VideoShape(len(c.frames), *c.frames[0].shape[:2], c.fps) for c in clips]
+        clip_of = {id(x): k for k, x in enumerate(shapes)}  # a shape (as fit_video_budget passes it) → its clip
+
+        def count(shape, n: int) -> tuple[int, int]:  # (visual tokens, tokens added beyond the placeholder)
+            k = clip_of[id(shape)]
+            if (k, n) not in counted:
+                v, t = video_prompt_tokens(self.processor, self.family, subsample_clip(clips[k], n))
+                counted[(k, n)] = (v, t - 1)
+            return counted[(k, n)]
+
+        fit = fit_video_budget(base_vis, shapes, self.max_visual_tokens, lambda sh, n: count(sh, n)[0])
+        if not fit.kept:
+            raise _Drop(
+                "over_visual_token_budget",
+                f"{fit.tokens} visual tokens > max_visual_tokens={self.max_visual_tokens}"
+                + (" (even at 2 frames per video)" if clips else ""),
+            )
+        thinned = [VideoShape(n, sh.height, sh.width, sh.fps) for sh, n in zip(shapes, fit.frames)]
+        clip_of.update({id(x): k for k, x in enumerate(thinned)})
+        fit2 = fit_video_budget(base_len, thinned, self.max_length, lambda sh, n: count(sh, n)[1])
+        if not fit2.kept:
+            raise _Drop(
+                "over_max_length",
+                f"{fit2.tokens} tokens > max_length={self.max_length}"
+                + (" (even at 2 frames per video)" if clips else ""),
+            )
+        vis = base_vis + sum(count(sh, n)[0] for sh, n in zip(thinned, fit2.frames))
+        return fit2.frames, vis, fit2.tokens
 
     def _visual_tokens(self, sizes: list[tuple[int, int]]) -> int:
         vis = 0
@@ -278,8 +343,12 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
     ``lengths[i]`` is the number of LLM input tokens sample ``i`` becomes (text + image tokens);
     ``dropped`` lists every sample left out whole, with the reason (``bad_schema``, ``bad_image``,
-    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``; spectral runs also
-    ``no_cube``, ``bad_cube``). Counts conserve:
+    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``, ``bad_video``; spectral runs
+    also ``no_cube``, ``bad_cube``, ``video_in_spectral_run``). Videos are sampled with ``video_settings``
+    (a :class:`~geovl.imagery.video.VideoSettings`; None: its defaults); a video sample over a budget first
+    loses frames in pairs (:func:`geovl.data.video_budget.fit_video_budget`, counted as ``video_subsampled``
+    in :meth:`summary`; ``video_frames`` says how many each video keeps) and is dropped only when two frames
+    per video do not fit. Counts conserve:
     ``read == kept + dropped``."""
 
     def __init__(
@@ -294,9 +363,11 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         progress: bool = True,
         spectral: bool = False,
         spectral_root: str | Path | None = None,
+        video_settings=None,
     ):
         self.processor = processor
         self._init_spectral(spectral, spectral_root)
+        self.video_settings = video_settings
         self.tok = processor.tokenizer
         self.family = family
         self.min_pixels = min_pixels
@@ -306,7 +377,17 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         self.start_marker = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.newline_led = newline_led_ids(self.tok)
+        self.video_tokens: list[int] = []  # visual tokens of each kept sample's videos (the memory guard adds them)
+        self.video_frames: dict[int, list[int]] = {}  # kept sample → frames per video, where the budget thinned them
         self._scan(paths, progress)
+
+    def _keep(self, s: dict) -> None:
+        self.video_tokens.append(self._last_video[0])
+        if self._last_video[1] is not None:
+            self.video_frames[len(self.index) - 1] = self._last_video[1]
+
+    def summary(self) -> dict:
+        return {**super().summary(), "video_subsampled": len(self.video_frames)}
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
@@ -321,12 +402,12 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         text = self.processor.apply_chat_template(s["messages"], tokenize=False)
         text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
         length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
-        if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
-            raise _Drop("over_visual_token_budget", f"{vis} visual tokens > max_visual_tokens={self.max_visual_tokens}")
-        if self.max_length is not None and length > self.max_length:
-            raise _Drop("over_max_length", f"{length} tokens > max_length={self.max_length}")
+        clips = self._clips(s.get("videos") or [])
+        frames, all_vis, length = self._fit_videos(clips, vis, length)  # images and text only: a plain check
+        thinned = frames != [len(c.frames) for c in clips]
         if not any(assistant_label_mask(text_ids, self.start_marker, self.end_id, self.newline_led)):
             raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
+        self._last_video = (all_vis - vis, frames if thinned else None)
         return length
 
     def _family_form(self, s: dict) -> dict:
@@ -336,10 +417,25 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
         return render_sample(s, self.family, self.min_pixels, self.max_pixels)
 
+    def _sample_clips(self, i: int, s: dict) -> list:
+        """Kept sample ``i``'s clips, thinned as its budget fit decided."""
+        from ..data.video_budget import subsample_clip
+
+        clips = self._clips(s.get("videos") or [])
+        frames = self.video_frames.get(i)
+        return [subsample_clip(c, n) for c, n in zip(clips, frames)] if frames else clips
+
     def __getitem__(self, i: int) -> dict:
         s = self._family_form(self.sample(i))
         if not self.spectral:
-            return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
+            return encode_sample(
+                self.processor,
+                s,
+                self.start_marker,
+                self.end_id,
+                self.newline_led,
+                videos=self._sample_clips(i, s) or None,
+            )
         from ..spectral.vision_input import PROCESSOR_KWARGS
 
         return encode_sample(
@@ -355,14 +451,25 @@ def encode_sample(
     newline_led: Collection[int] = (),
     images=None,
     image_kwargs: dict | None = None,
+    videos=None,
 ) -> dict:
-    """Process one sample: ``input_ids`` with image pads expanded, ``labels`` = ids on assistant tokens
-    of every assistant turn and -100 elsewhere, image patches and grids. ``images`` replaces the
-    sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the processor)."""
+    """Process one sample: ``input_ids`` with image and video pads expanded, ``labels`` = ids on assistant
+    tokens of every assistant turn and -100 elsewhere, image patches and grids (video patches and grids).
+    ``images`` replaces the sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the
+    processor); ``videos`` are the sampled clips of its video parts
+    (:func:`geovl.models.vision_input.read_clip`)."""
+    from ..models.vision_input import video_processor_kwargs
+
     if images is None:
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]
     text = processor.apply_chat_template(s["messages"], tokenize=False)
-    enc = processor(text=[text], images=images or None, return_tensors="pt", **(image_kwargs or {}))
+    enc = processor(
+        text=[text],
+        images=images or None,
+        return_tensors="pt",
+        **(image_kwargs or {}),
+        **video_processor_kwargs(videos),
+    )
     ids = enc["input_ids"][0]
     mask = torch.tensor(assistant_label_mask(ids.tolist(), start_marker, end_id, newline_led), dtype=torch.bool)
     labels = torch.where(mask, ids, torch.full_like(ids, IGNORE))
@@ -377,7 +484,24 @@ def encode_sample(
     if images:
         out["pixel_values"] = enc["pixel_values"]
         out["image_grid_thw"] = enc["image_grid_thw"]
+    if videos:
+        for k in VIDEO_KEYS:
+            if k in enc:
+                out[k] = torch.as_tensor(enc[k])
     return out
+
+
+# per-video model inputs, concatenated over a batch in sample order (second_per_grid_ts: Qwen2.5-VL only)
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def _cat_visual(batch: dict, features: list[dict]) -> None:
+    """Image patches/grids and video patches/grids of ``features`` concatenated in order into ``batch``."""
+    for keys in (("pixel_values", "image_grid_thw"), VIDEO_KEYS):
+        for k in keys:
+            parts = [f[k] for f in features if k in f]
+            if parts:
+                batch[k] = torch.cat(parts, dim=0)
 
 
 class SFTCollator:
@@ -408,10 +532,7 @@ class SFTCollator:
             batch["mm_token_type_ids"] = torch.cat(
                 [f.get("mm_token_type_ids", torch.zeros_like(f["input_ids"])) for f in samples]
             )[None]
-        with_images = [f for f in samples if "pixel_values" in f]
-        if with_images:
-            batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)
-            batch["image_grid_thw"] = torch.cat([f["image_grid_thw"] for f in with_images], dim=0)
+        _cat_visual(batch, samples)
         batch["sample_ids"] = [f["sample_id"] for f in samples]
         return batch
 
@@ -435,9 +556,6 @@ class SFTCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if has_mm:
             batch["mm_token_type_ids"] = mm
-        with_images = [f for f in features if "pixel_values" in f]
-        if with_images:
-            batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)
-            batch["image_grid_thw"] = torch.cat([f["image_grid_thw"] for f in with_images], dim=0)
+        _cat_visual(batch, features)
         batch["sample_ids"] = [f["sample_id"] for f in features]
         return batch
