@@ -2,14 +2,19 @@
 
 Parquet (one row per sample) is the canonical format; it is readable by ``pyarrow`` and by
 ``datasets.load_dataset("parquet", data_files=...)``. ``images`` is a plain ``list<binary>``
-column (not the ``datasets`` Image feature, which is ~17x slower to read); ``meta`` is a JSON
-string so that sources with different metadata share one Arrow schema.
+column (not the ``datasets`` Image feature, which is ~17x slower to read); ``videos`` (encoded
+MP4/...) is a ``list<binary>`` column too — files written before videos existed have no such
+column and still read. A sample dict carries ``"videos"`` only when it has videos (absent = none,
+:func:`geovl.data.schema.sample_videos`), so image samples read back exactly as written; ``meta`` is a JSON string so that sources with different
+metadata share one Arrow schema.
 
 JSONL: one sample per line. On write, images go to files in ``<stem>_images/`` next to the
 output, named by a hash of their bytes (``<sha256[:32]>.png``: two records never share a file name
 unless they share the image, whatever their ids), and are referenced by relative path (or inlined
-as ``data:`` URIs with ``images="base64"``). On read, an image entry may be a path relative to the
-JSONL file, a ``data:image/...;base64,`` URI, or raw base64. :func:`iter_jsonl_lines` is the one
+as ``data:`` URIs with ``images="base64"``); videos are stored the same way (``videos`` field, files
+``<sha256[:32]>.mp4`` in the same folder, or ``data:video/...`` URIs). On read, an image or video entry may
+be a path relative to the JSONL file, a ``data:...;base64,`` URI, or raw base64; a line without
+``videos`` has none. :func:`iter_jsonl_lines` is the one
 JSONL line reader (each line decoded on its own: a non-UTF-8 or non-JSON line is an error for that
 line, with its number, not for the file).
 
@@ -44,6 +49,7 @@ ARROW_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("messages", pa.list_(MESSAGE)),
         ("images", pa.list_(pa.binary())),
+        ("videos", pa.list_(pa.binary())),
         ("qtype", pa.string()),
         ("answer", pa.string()),
         ("source", pa.string()),
@@ -75,6 +81,7 @@ def _to_row(s: dict) -> dict:
         "id": s["id"],
         "messages": msgs,
         "images": [bytes(b) for b in s["images"]],
+        "videos": [bytes(b) for b in s.get("videos") or []],
         "qtype": s["qtype"],
         "answer": s["answer"],
         "source": s["source"],
@@ -90,7 +97,7 @@ def _from_row(row: dict) -> dict:
             {
                 "role": m["role"],
                 "content": [
-                    {"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+                    {"type": p["type"]} if p["type"] in ("image", "video") else {"type": "text", "text": p["text"]}
                     for p in m["content"]
                 ],
             }
@@ -98,6 +105,11 @@ def _from_row(row: dict) -> dict:
         ]
     if "images" in row:
         out["images"] = list(row["images"] or [])
+    if "videos" in row:  # a sample without videos has no "videos" key (absent = none), as it was written
+        if row["videos"]:
+            out["videos"] = list(row["videos"])
+        else:
+            del out["videos"]
     if "meta" in row:
         out["meta"] = json.loads(row["meta"]) if row["meta"] else {}
     return out
@@ -113,6 +125,20 @@ def _sniff_ext(b: bytes) -> str:
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
         return "webp"
     return "bin"
+
+
+def _sniff_video_ext(b: bytes) -> str:
+    if b[4:8] == b"ftyp":
+        return "mov" if b[8:10] == b"qt" else "mp4"
+    if b[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm" if b"webm" in b[:64] else "mkv"
+    if b[:4] == b"RIFF" and b[8:12] == b"AVI ":
+        return "avi"
+    return "bin"
+
+
+VIDEO_MIME = {"mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm", "mkv": "video/x-matroska"}
+VIDEO_MIME["avi"] = "video/x-msvideo"
 
 
 class DatasetWriter:
@@ -256,14 +282,30 @@ class DatasetWriter:
                 )
                 imgs.append(f"data:{mime};base64," + base64.b64encode(b).decode())
             else:
-                name = image_file_name(b, ext)
-                if name not in self._img_names:  # the same bytes are one file (RSVQA: ~100 questions per image)
-                    self._img_tmp.mkdir(exist_ok=True)
-                    (self._img_tmp / name).write_bytes(b)
-                    self._img_names.add(name)
-                imgs.append(f"{self._img_dir.name}/{name}")
+                # the same bytes are one file (RSVQA: ~100 questions per image)
+                imgs.append(self._media_file(b, ext))
         rec["images"] = imgs
+        vids = []
+        for b in s.get("videos") or []:
+            ext = _sniff_video_ext(b)
+            if self.images_mode == "base64":
+                vids.append(
+                    f"data:{VIDEO_MIME.get(ext, 'application/octet-stream')};base64," + base64.b64encode(b).decode()
+                )
+            else:
+                vids.append(self._media_file(b, ext))
+        if vids:
+            rec["videos"] = vids
         return rec
+
+    def _media_file(self, b: bytes, ext: str) -> str:
+        """Store ``b`` once in the media folder (``<stem>_images/``) and return its relative path."""
+        name = image_file_name(b, ext)
+        if name not in self._img_names:
+            self._img_tmp.mkdir(exist_ok=True)
+            (self._img_tmp / name).write_bytes(b)
+            self._img_names.add(name)
+        return f"{self._img_dir.name}/{name}"
 
 
 def rejects_line(source: str, reason: str, detail: str = "") -> str:
@@ -295,19 +337,21 @@ def rejects_path_for(path: str | os.PathLike) -> Path:
     return p.with_name(p.name.rsplit(".", 1)[0] + ".rejects.jsonl")
 
 
-def _decode_image_ref(ref: str, base: Path, path: Path, line: int) -> bytes:
+def _decode_image_ref(ref: str, base: Path, path: Path, line: int, kind: str = "image") -> bytes:
+    if not isinstance(ref, str):
+        raise DatasetFileError(f"{path}:{line}: each {kind} must be a path or a data: URI string")
     if ref.startswith("data:"):
         try:
             return base64.b64decode(ref.split(",", 1)[1], validate=True)
         except Exception as e:  # noqa: BLE001
-            raise DatasetFileError(f"{path}:{line}: malformed data: URI image ({e})") from e
+            raise DatasetFileError(f"{path}:{line}: malformed data: URI {kind} ({e})") from e
     p = (base / ref) if not os.path.isabs(ref) else Path(ref)
     if p.exists():
         return p.read_bytes()
     try:
         return base64.b64decode(ref, validate=True)
     except Exception:  # noqa: BLE001
-        raise DatasetFileError(f"{path}:{line}: image {ref!r} is neither a file nor base64") from None
+        raise DatasetFileError(f"{path}:{line}: {kind} {ref!r} is neither a file nor base64") from None
 
 
 def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
@@ -349,7 +393,7 @@ def read_samples(
         except Exception as e:  # noqa: BLE001
             raise DatasetFileError(f"{path}: not a readable Parquet file ({e})") from e
         names = set(pf.schema_arrow.names)
-        need = set(columns or ARROW_SCHEMA.names) - {"meta"}
+        need = set(columns or ARROW_SCHEMA.names) - {"meta", "videos"}  # both may be absent in older files
         missing = sorted(need - names)
         if missing:
             raise DatasetFileError(
@@ -372,6 +416,11 @@ def read_samples(
             rec.setdefault("meta", {})
             if columns is None or "images" in columns:
                 rec["images"] = [_decode_image_ref(r, base, path, n) for r in rec["images"]]
+            vids = rec.get("videos") or []
+            if not isinstance(vids, list):
+                raise DatasetFileError(f"{path}:{n}: videos must be a list")
+            if vids and (columns is None or "videos" in columns):
+                rec["videos"] = [_decode_image_ref(r, base, path, n, "video") for r in vids]
             yield rec
 
 

@@ -5,13 +5,17 @@ A sample is a plain ``dict``:
 ``id``        string, unique within a dataset file; 1–:data:`MAX_ID_CHARS` characters, no control
               characters (an unusable id rejects its record as ``bad_id``)
 ``messages``  list of ``{"role": "system"|"user"|"assistant", "content": [part, ...]}``;
-              a part is ``{"type": "image"}`` or ``{"type": "text", "text": str}``
+              a part is ``{"type": "image"}``, ``{"type": "video"}`` or ``{"type": "text", "text": str}``
 ``images``    list of encoded image bytes (PNG/JPEG), in the order of the image parts
+``videos``    list of encoded video bytes (MP4, ...; :mod:`geovl.imagery.video`), in the order of the video
+              parts; optional in a sample dict (absent = no videos), always present when read from a file
 ``qtype``     one of :data:`QTYPES`
 ``answer``    reference answer of the last assistant turn (string)
 ``source``    where the record came from: ``"<file>#<record id>"``
 ``meta``      dict of extra metadata (JSON-serialisable): language, scene id, CRS, pixel size, ...;
-              boxes in ``meta["boxes"]`` (stored-image pixels, see :mod:`geovl.data.boxes`)
+              boxes in ``meta["boxes"]`` (stored-image pixels, see :mod:`geovl.data.boxes`);
+              ``meta["dates"]``: an image time series — ISO ``YYYY-MM-DD`` strings, one per image, in image
+              order (validated when present)
 
 :func:`validate_sample` is the single gate every writer goes through; it raises
 :class:`SampleError` with a short machine-readable ``reason``.
@@ -27,6 +31,10 @@ from ..errors import GeoVLError
 QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
+OPTIONAL_COLUMNS = ("videos",)  # absent in a sample dict or an older dataset file = empty
+PART_TYPES = ("image", "video", "text")
+MEDIA_PARTS = ("image", "video")
+LEGACY_DATE_LABELS = ("before", "after")  # meta["dates"] of geovl data synth's two-date samples
 MAX_ID_CHARS = 256  # an id is a key in rejects, predictions and reports; a longer one is a broken record
 
 
@@ -47,9 +55,14 @@ def image_part() -> dict:
     return {"type": "image"}
 
 
-def user_turn(text: str, n_images: int = 0, images_first: bool = True) -> dict:
-    """A user message with ``n_images`` image parts before (default) or after the text."""
-    imgs = [image_part() for _ in range(n_images)]
+def video_part() -> dict:
+    return {"type": "video"}
+
+
+def user_turn(text: str, n_images: int = 0, images_first: bool = True, n_videos: int = 0) -> dict:
+    """A user message with ``n_images`` image parts and then ``n_videos`` video parts before (default) or
+    after the text."""
+    imgs = [image_part() for _ in range(n_images)] + [video_part() for _ in range(n_videos)]
     parts = imgs + [text_part(text)] if images_first else [text_part(text)] + imgs
     return {"role": "user", "content": parts}
 
@@ -67,12 +80,14 @@ def make_sample(
     source: str = "",
     meta: dict | None = None,
     system: str | None = None,
+    videos: Sequence[bytes] = (),
 ) -> dict:
-    """Build and validate a single-turn sample (images before the question, as Qwen does)."""
+    """Build and validate a single-turn sample (images, then videos, before the question, as Qwen does).
+    ``videos`` is stored only when given (an image sample stays as before)."""
     messages = []
     if system:
         messages.append({"role": "system", "content": [text_part(system)]})
-    messages += [user_turn(question, len(images)), assistant_turn(answer)]
+    messages += [user_turn(question, len(images), n_videos=len(videos)), assistant_turn(answer)]
     sample = {
         "id": str(id),
         "messages": messages,
@@ -82,6 +97,8 @@ def make_sample(
         "source": source,
         "meta": dict(meta or {}),
     }
+    if videos:
+        sample["videos"] = list(videos)
     validate_sample(sample)
     return sample
 
@@ -93,6 +110,15 @@ def message_text(message: dict) -> str:
 
 def count_image_parts(messages: Iterable[dict]) -> int:
     return sum(1 for m in messages for p in m["content"] if p.get("type") == "image")
+
+
+def count_video_parts(messages: Iterable[dict]) -> int:
+    return sum(1 for m in messages for p in m["content"] if p.get("type") == "video")
+
+
+def sample_videos(s: dict) -> list:
+    """The sample's videos (``[]`` when it has none or was built before videos existed)."""
+    return list(s.get("videos") or [])
 
 
 def last_assistant_text(messages: Sequence[dict]) -> str | None:
@@ -122,18 +148,18 @@ def validate_sample(s: Any) -> None:
         if not isinstance(content, list) or not content:
             raise SampleError("bad_schema", f"message {i}: content must be a non-empty list of parts")
         for p in content:
-            if not isinstance(p, dict) or p.get("type") not in ("image", "text"):
-                raise SampleError("bad_schema", f"message {i}: part type must be 'image' or 'text'")
+            if not isinstance(p, dict) or p.get("type") not in PART_TYPES:
+                raise SampleError("bad_schema", f"message {i}: part type must be 'image', 'video' or 'text'")
             if p["type"] == "text" and not isinstance(p.get("text"), str):
                 raise SampleError("bad_schema", f"message {i}: text part without a string 'text'")
-            if p["type"] == "image" and m["role"] != "user":
-                raise SampleError("bad_schema", f"message {i}: images are only allowed in user turns")
+            if p["type"] in MEDIA_PARTS and m["role"] != "user":
+                raise SampleError("bad_schema", f"message {i}: {p['type']}s are only allowed in user turns")
     roles = [m["role"] for m in msgs]
     if "user" not in roles:
         raise SampleError("empty_question", "no user turn")
     for m in msgs:
-        if m["role"] == "user" and not message_text(m).strip() and count_image_parts([m]) == 0:
-            raise SampleError("empty_question", "a user turn has neither text nor image")
+        if m["role"] == "user" and not message_text(m).strip() and not count_image_parts([m]) + count_video_parts([m]):
+            raise SampleError("empty_question", "a user turn has neither text nor image nor video")
         if m["role"] == "assistant" and not message_text(m).strip():
             raise SampleError("empty_answer", "an assistant turn is empty")
     images = s["images"]
@@ -142,6 +168,14 @@ def validate_sample(s: Any) -> None:
     n_parts = count_image_parts(msgs)
     if n_parts != len(images):
         raise SampleError("image_count_mismatch", f"{n_parts} image parts but {len(images)} images")
+    videos = s.get("videos", [])
+    if videos is None:
+        videos = []
+    if not isinstance(videos, list) or any(not isinstance(b, (bytes, bytearray)) or not b for b in videos):
+        raise SampleError("bad_schema", "videos must be a list of non-empty encoded video bytes")
+    n_vparts = count_video_parts(msgs)
+    if n_vparts != len(videos):
+        raise SampleError("video_count_mismatch", f"{n_vparts} video parts but {len(videos)} videos")
     if s["qtype"] not in QTYPES:
         raise SampleError("bad_qtype", f"qtype {s['qtype']!r} not in {QTYPES}")
     if not isinstance(s["answer"], str):
@@ -160,6 +194,8 @@ def validate_sample(s: Any) -> None:
             json.dumps(s["meta"], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
             raise SampleError("bad_schema", f"meta is not JSON-serialisable UTF-8 ({type(e).__name__})") from None
+    if "dates" in (s.get("meta") or {}):
+        check_dates(s["meta"]["dates"], len(images))
     if s["qtype"] == "grounding" or "boxes" in (s.get("meta") or {}):
         from .boxes import validate_sample_boxes
 
@@ -172,6 +208,29 @@ def _utf8(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def check_dates(dates: Any, n_images: int) -> None:
+    """:class:`SampleError` ``bad_dates`` unless ``dates`` is a list of ISO ``YYYY-MM-DD`` calendar dates,
+    one per image (an image time series: ``meta["dates"]``). The phase labels of the two-date change
+    samples written before time series existed (:data:`LEGACY_DATE_LABELS`) still pass, so those
+    datasets keep reading."""
+    import datetime
+    import re
+
+    if not isinstance(dates, list) or not all(isinstance(d, str) for d in dates):
+        raise SampleError("bad_dates", "meta.dates must be a list of 'YYYY-MM-DD' strings")
+    if len(dates) != n_images:
+        raise SampleError("bad_dates", f"{len(dates)} dates for {n_images} images (one date per image)")
+    for d in dates:
+        try:
+            if d in LEGACY_DATE_LABELS:
+                continue
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", d):
+                raise ValueError
+            datetime.date.fromisoformat(d)
+        except ValueError:
+            raise SampleError("bad_dates", f"meta.dates: {d[:40]!r} is not an ISO date (YYYY-MM-DD)") from None
 
 
 def check_id(rid: str) -> None:

@@ -48,11 +48,68 @@ class Family:
     llm_prefix: str = "model.language_model"
     default_min_pixels: int = 0
     default_max_pixels: int = 0
+    # the stock video processor's defaults (size shortest/longest edge, max_video_tokens) and whether its
+    # bounds are per frame (Qwen2/2.5-VL) or over all frames, t × h × w (Qwen3-VL)
+    video_min_pixels: int = 0
+    video_max_pixels: int = 0
+    video_max_tokens: int = 128000
+    video_bounds_per_frame: bool = True
     box_style: str = "abs_json"  # how the family writes boxes (geovl.models.box_format.STYLES)
     notes: str = ""
     hf_examples: tuple[str, ...] = field(default_factory=tuple)
 
     # ---- image-token maths -------------------------------------------------------------------
+    def video_grid_thw(
+        self,
+        n_frames: int,
+        height: int,
+        width: int,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        *,
+        cap_pixels_per_frame: bool = False,
+        max_video_tokens: int | None = None,
+    ) -> tuple[int, int, int]:
+        """(t, h, w) patch grid the family's video processor makes of ``n_frames`` frames of height×width.
+
+        ``min_pixels`` / ``max_pixels`` are the video processor's ``size`` (``shortest_edge`` /
+        ``longest_edge``) exactly as it holds them — per frame for Qwen2/2.5-VL, over all frames
+        (t × h × w) for Qwen3-VL; ``None``: the stock processor's default. ``cap_pixels_per_frame`` and
+        ``max_video_tokens`` as set on the processor (:func:`video_bounds_of` reads all four from one).
+        Mirrors ``Qwen2VLVideoProcessor.resize`` / ``Qwen3VLVideoProcessor.resize`` and ``patchify``
+        (frames padded to a multiple of ``temporal_patch_size`` by repeating the last)."""
+        if n_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {n_frames}")
+        lo = self.video_min_pixels if min_pixels is None else int(min_pixels)
+        hi = self.video_max_pixels if max_pixels is None else int(max_pixels)
+        mvt = self.video_max_tokens if max_video_tokens is None else int(max_video_tokens)
+        f, tp = self.factor, self.temporal_patch_size
+        if self.video_bounds_per_frame:
+            if cap_pixels_per_frame:
+                total = int(mvt * f * f * 0.9)
+                hi = max(min(hi, total * tp // n_frames), int(lo * 1.05))
+            h, w = smart_resize(height, width, f, lo, hi)
+        else:
+            if cap_pixels_per_frame:
+                per_frame = max(min(mvt * f * f, hi // n_frames), int(lo * 1.05))
+                hi = per_frame * n_frames
+            h, w = _smart_resize_frames(n_frames, height, width, tp, f, lo, hi)
+        t = (n_frames + -n_frames % tp) // tp
+        return (t, h // self.patch_size, w // self.patch_size)
+
+    def video_tokens(
+        self,
+        n_frames: int,
+        height: int,
+        width: int,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        **bounds,
+    ) -> int:
+        """Visual tokens (``<|video_pad|>``) of one video: ``t · h · w / merge_size²`` of :meth:`video_grid_thw`."""
+        t, h, w = self.video_grid_thw(n_frames, height, width, min_pixels, max_pixels, **bounds)
+        return t * h * w // (self.merge_size**2)
+
     @property
     def factor(self) -> int:
         """Pixels per merged visual token along one side (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
@@ -169,6 +226,35 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
+def _smart_resize_frames(
+    num_frames: int, height: int, width: int, temporal_factor: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """Qwen3-VL's video resize rule: the bounds hold for t × h × w; frames smaller than ``factor`` are
+    first scaled up. Mirrors ``transformers.models.qwen3_vl.video_processing_qwen3_vl.smart_resize``
+    (fewer frames than ``temporal_factor`` are refused, as there)."""
+    if num_frames < temporal_factor:
+        raise ValueError(f"{num_frames} frame(s): Qwen3-VL's video processor needs at least {temporal_factor}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio must be below 200, got {max(height, width) / min(height, width):.1f}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
 _LLM = rf"model\.language_model\.layers\.{_N}"
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -196,6 +282,8 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=56 * 56,
             default_max_pixels=28 * 28 * 1280,
+            video_min_pixels=128 * 28 * 28,
+            video_max_pixels=28 * 28 * 768,
             box_style="qwen2",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|>, 0-1000 grid
             hf_examples=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
         ),
@@ -219,6 +307,8 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=56 * 56,
             default_max_pixels=28 * 28 * 1280,
+            video_min_pixels=128 * 28 * 28,
+            video_max_pixels=28 * 28 * 768,
             box_style="abs_json",  # {"bbox_2d": [...]} in pixels of the resized image
             hf_examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
         ),
@@ -243,6 +333,10 @@ FAMILIES: dict[str, Family] = {
             lm_head=r"lm_head",
             default_min_pixels=64 * 64,
             default_max_pixels=32 * 32 * 1280,
+            video_min_pixels=128 * 32 * 32,
+            video_max_pixels=32 * 32 * 768,
+            video_max_tokens=768,
+            video_bounds_per_frame=False,
             box_style="rel_json",  # {"bbox_2d": [...]} on a 0-1000 grid
             notes="deepstack mergers are frozen/trained together with the main merger",
             hf_examples=("Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"),
@@ -271,3 +365,34 @@ def get_family(config_or_type: Any) -> Family:
         supported = ", ".join(f"{f.cli_name} (model_type {f.model_type})" for f in FAMILIES.values())
         raise UnknownModelType(f"unsupported model family / model_type {mt!r}; geovl supports: {supported}")
     return FAMILIES[key]
+
+
+def video_tokens(
+    family: "Family | str",
+    n_frames: int,
+    height: int,
+    width: int,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    **bounds,
+) -> int:
+    """Visual tokens of one video of ``n_frames`` frames of height×width for ``family`` (a :class:`Family`,
+    model_type or CLI name) — the number of ``<|video_pad|>`` tokens its processor inserts; see
+    :meth:`Family.video_grid_thw` for what the bounds mean (``**bounds``: ``cap_pixels_per_frame``,
+    ``max_video_tokens``)."""
+    fam = family if isinstance(family, Family) else get_family(family)
+    return fam.video_tokens(n_frames, height, width, min_pixels, max_pixels, **bounds)
+
+
+def video_bounds_of(processor) -> dict:
+    """The video bounds a Qwen-VL processor (or its ``video_processor``) applies, as keyword arguments of
+    :func:`video_tokens`: ``min_pixels``, ``max_pixels``, ``cap_pixels_per_frame``, ``max_video_tokens``."""
+    vp = getattr(processor, "video_processor", processor)
+    size = vp.size
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    return {
+        "min_pixels": int(get("shortest_edge")),
+        "max_pixels": int(get("longest_edge")),
+        "cap_pixels_per_frame": bool(getattr(vp, "cap_pixels_per_frame", False)),
+        "max_video_tokens": int(getattr(vp, "max_video_tokens", 0) or 0) or None,
+    }
