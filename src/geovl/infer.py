@@ -2,6 +2,8 @@
 
 - ``--image A.png [--image B.tif ...] --question Q``: one request with all images; the answer is
   streamed to stdout as it is generated.
+- ``--video V.mp4 [--image A.png ...] --question Q``: one request with the images and videos (videos sampled
+  by the engine with the model's video settings, ``geovl_preprocess.json`` ``video``).
 - ``--images LIST.txt --question Q --out results.jsonl``: one request per listed image (a path per
   line; relative paths are tried from the current folder, then from the list's folder), batched;
   records ``{"image", "question", "prediction"}`` in list order. An unreadable image goes to
@@ -60,8 +62,12 @@ def request_image(path: str | os.PathLike, engine, bands=None):
     return image_bytes(path, input_spec(engine).preprocess, bands)
 
 
-def build_request(images: list[bytes], question: str) -> ChatRequest:
-    return ChatRequest([user_turn(question, len(images))], list(images))
+def build_request(images: list[bytes], question: str, videos: list = ()) -> ChatRequest:
+    """One user turn: the images, then the videos (bytes or paths), then the question."""
+    turn = user_turn(question, len(images))
+    if videos:
+        turn["content"][len(images) : len(images)] = [{"type": "video"} for _ in videos]
+    return ChatRequest([turn], list(images), list(videos))
 
 
 def stream_answer(engine, request: ChatRequest, params: GenerationParams, out: TextIO | None = None) -> str:

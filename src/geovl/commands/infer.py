@@ -25,6 +25,12 @@ def register(sub) -> None:
     src.add_argument(
         "--image", action="append", metavar="PATH", help="image file (repeat for several images in one question)"
     )
+    p.add_argument(
+        "--video",
+        action="append",
+        metavar="PATH",
+        help="video file (MP4/WebM/…; repeatable; with or without --image): sampled with the model's video settings / 视频文件",
+    )
     src.add_argument("--images", metavar="LIST.txt", help="text file with one image path per line (needs --out)")
     src.add_argument("--data", metavar="FILE", help="dataset file (.parquet/.jsonl) (needs --out)")
     p.add_argument("--question", "-q", help="the question (with --image / --images)")
@@ -60,10 +66,17 @@ def run(args) -> int:
 
     from .eval import local_preprocess, open_engine_from_args, params_from_args, print_summary
 
-    if args.images is None and args.data is None and not args.image:
-        raise CLIError("give --image PATH (repeatable), --images LIST.txt or --data FILE")
-    if (args.image or args.images) and not args.question:
-        raise CLIError("--question is required with --image / --images")
+    if args.images is None and args.data is None and not args.image and not args.video:
+        raise CLIError("give --image PATH / --video PATH (repeatable), --images LIST.txt or --data FILE")
+    if args.video and (args.images or args.data):
+        raise CLIError(
+            "--video goes with --image (one question), not with --images / --data (datasets carry their videos)"
+        )
+    if (args.image or args.images or args.video) and not args.question:
+        raise CLIError("--question is required with --image / --video / --images")
+    for v in args.video or []:
+        if not Path(v).is_file():
+            raise CLIError(f"{v}: no such file / 文件不存在")
     if (args.images or args.data) and not args.out:
         raise CLIError("--out results.jsonl is required with --images / --data")
     if args.compare_gt and not args.data:
@@ -88,14 +101,17 @@ def run(args) -> int:
                     get_logger("geovl.infer").info(f"[波段 bands] {p}: {loaded.meta['band_order']}")
     engine = open_engine_from_args(args, quantization=quant)
     try:
-        if args.image:
-            # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes
-            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image]
-            request = build_request(images, args.question)
+        if args.image or args.video:
+            # the engine renders raw TIFFs with the model's bands/stretch; a spectral model takes the cubes;
+            # videos are sampled by the engine with the model's video settings
+            images = [request_image(p, engine, getattr(args, "bands", None)) for p in args.image or []]
+            request = build_request(images, args.question, [Path(v) for v in args.video or []])
             answer = stream_answer(engine, request, params)
             if args.out:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                rec = {"images": list(args.image), "question": args.question, "prediction": answer}
+                rec = {"images": list(args.image or []), "question": args.question, "prediction": answer}
+                if args.video:
+                    rec["videos"] = list(args.video)
                 Path(args.out).write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
         elif args.images:
             c = infer_list(engine, args.images, args.question, args.out, params, progress=not args.no_progress)

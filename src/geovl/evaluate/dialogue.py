@@ -60,7 +60,8 @@ class Dialogue:
             msgs.append(assistant_turn(self.predictions[j]))  # an empty answer stays empty
         msgs += self.turns[k].messages
         n = count_image_parts(msgs)
-        return ChatRequest(msgs, list(self.sample["images"][:n]))
+        nv = sum(1 for m in msgs for p in m["content"] if p.get("type") == "video")
+        return ChatRequest(msgs, list(self.sample["images"][:n]), list((self.sample.get("videos") or [])[:nv]))
 
     def record(self) -> dict:
         s = self.sample

@@ -40,7 +40,8 @@ def split_prompt(sample: dict) -> tuple[ChatRequest, str]:
     if not any(m["role"] == "user" for m in prompt):
         raise SampleError("empty_question", "no user turn before the last assistant turn")
     n = count_image_parts(prompt)
-    return ChatRequest(prompt, list(sample["images"][:n])), reference
+    nv = sum(1 for m in prompt for p in m["content"] if p.get("type") == "video")
+    return ChatRequest(prompt, list(sample["images"][:n]), list((sample.get("videos") or [])[:nv])), reference
 
 
 def question_of(request: ChatRequest) -> str:

@@ -1,14 +1,16 @@
 """The inference engine interface and :class:`LocalEngine` (a model folder on this machine).
 
 A :class:`ChatRequest` holds geovl-schema messages (content parts ``{"type": "image"}`` /
-``{"type": "text", "text": ...}``, any number of turns and images) plus the encoded image bytes in
-image-part order. ``generate`` answers a list of requests (order kept); ``stream`` yields the
+``{"type": "video"}`` / ``{"type": "text", "text": ...}``, any number of turns, images and videos) plus
+the encoded image bytes in image-part order and the videos (encoded bytes or paths) in video-part order. ``generate`` answers a list of requests (order kept); ``stream`` yields the
 text deltas of one answer as they are produced.
 
 LocalEngine loads with the stock Auto classes, attaches an optional peft adapter, applies the
 preprocessing config written by training (adapter folder first, else model folder) so pixel
 bounds and raster rendering match training, and generates in left-padded batches of requests
-sorted by length (mixed text-only and image requests are fine). LLM forward calls are counted
+sorted by length (mixed text-only, image and video requests are fine). Videos are sampled into frames
+with the folder's video settings (``PreprocessConfig.video``, else the :class:`~geovl.imagery.video.VideoSettings`
+defaults) — as training sampled them. LLM forward calls are counted
 with a forward hook on the language model (``engine.stats``).
 """
 
@@ -76,12 +78,18 @@ class ChatRequest:
         default_factory=list
     )  # encoded images; for a spectral model: cubes (arrays, paths, .npy/GeoTIFF bytes)
 
+    videos: list = field(default_factory=list)  # encoded videos (bytes) or paths, in video-part order
+
     def __post_init__(self):
-        n_parts = sum(
-            1 for m in self.messages for p in m.get("content") or [] if isinstance(p, dict) and p.get("type") == "image"
-        )
-        if n_parts != len(self.images):
-            raise EngineError(f"request has {n_parts} image parts but {len(self.images)} images")
+        for kind, items in (("image", self.images), ("video", self.videos)):
+            n_parts = sum(
+                1
+                for m in self.messages
+                for p in m.get("content") or []
+                if isinstance(p, dict) and p.get("type") == kind
+            )
+            if n_parts != len(items):
+                raise EngineError(f"request has {n_parts} {kind} parts but {len(items)} {kind}s")
 
 
 @dataclass
@@ -253,6 +261,9 @@ class LocalEngine:
         self.spectral = (
             self.vision_input if self.vision_input.kind == "spectral" else None
         )  # (callers not yet on vision_input)
+        from ..models.vision_input import video_settings
+
+        self.video = video_settings(self.preprocess)  # how videos are sampled: as training sampled them
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
         gc = self.model.generation_config
@@ -322,11 +333,27 @@ class LocalEngine:
                         "in message text / 消息文本不能包含特殊控制符"
                     )
 
-    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
-        """Prompt tokens after image-pad expansion (text tokenized; images from their headers)."""
-        from ..models.preprocess import PreprocessConfig
+    def clips(self, request: ChatRequest) -> ChatRequest:
+        """``request`` with its videos sampled into clips (with this model's video settings) — decoded once, for
+        both counting and encoding; bad video: :class:`~geovl.imagery.video.VideoError`."""
+        if not request.videos:
+            return request
+        from ..models.vision_input import read_clip
 
-        n = len((tokenizer or self.tokenizer)(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        if self.spectral is not None:
+            raise EngineError("this model reads hyperspectral cubes through its projector; it cannot take video parts")
+        return ChatRequest(request.messages, request.images, [read_clip(v, self.video) for v in request.videos])
+
+    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
+        """Prompt tokens after image- and video-pad expansion (text tokenized; images from their headers;
+        videos sampled, then counted with the processor's maths — :func:`~geovl.models.vision_input.video_prompt_tokens`)."""
+        from ..models.preprocess import PreprocessConfig
+        from ..models.vision_input import video_prompt_tokens
+
+        tok = tokenizer or self.tokenizer
+        n = len(tok(self.prompt_text(request), add_special_tokens=False)["input_ids"])
+        for clip in self.clips(request).videos:
+            n += video_prompt_tokens(self.processor, clip, tok)[1] - 1
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         for b in request.images:
             size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)
@@ -357,10 +384,18 @@ class LocalEngine:
     def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
         the prompts (e.g. prompt + a candidate answer)."""
+        from ..models.vision_input import video_processor_kwargs
+
         texts = texts if texts is not None else [self.prompt_text(r) for r in requests]
         images = [self.vision_input.prepare(b, self.preprocess) for r in requests for b in r.images]
+        clips = [c for r in requests for c in self.clips(r).videos]
         enc = self.processor(
-            text=texts, images=images or None, return_tensors="pt", padding=True, **self.vision_input.processor_kwargs
+            text=texts,
+            images=images or None,
+            return_tensors="pt",
+            padding=True,
+            **self.vision_input.processor_kwargs,
+            **video_processor_kwargs(clips),
         )
         limit = self.context_length
         if limit is not None and "attention_mask" in enc:
@@ -368,8 +403,9 @@ class LocalEngine:
             if longest > limit:  # refused before any forward pass (the model would index past its positions)
                 raise PromptTooLong(longest, limit)
         enc = enc.to(self.model.device)
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+        for k in ("pixel_values", "pixel_values_videos"):
+            if k in enc:
+                enc[k] = enc[k].to(self.dtype)
         return enc
 
     def cube(self, item):
@@ -427,7 +463,7 @@ class LocalEngine:
         end-of-turn token), ``finish_reason`` ("stop" or "length"). Setting ``cancel`` stops every row
         at its next token (answers are then cut short)."""
         params = params or GenerationParams()
-        requests = list(requests)
+        requests = [self.clips(r) for r in requests]  # videos decoded once: counted, then encoded
         if not requests:
             return []
         lengths = [self.estimate_length(r) for r in requests]
@@ -455,6 +491,7 @@ class LocalEngine:
         Forced-choice scoring for closed questions: it measures what the model prefers even before
         it has learned to emit well-formed answers (an untrained model's free generation scores 0 %,
         not chance). One teacher-forced forward pass per (request, candidate) pair, batched."""
+        requests = [self.clips(r) for r in requests]
         pairs = [(i, c) for i, cands in enumerate(candidates) for c in cands]
         end = "<|im_end|>"
         scores: dict[tuple[int, str], float] = {}
@@ -490,7 +527,7 @@ class LocalEngine:
 
         params = params or GenerationParams()
         stop = cancel if cancel is not None else threading.Event()
-        enc = self.encode([request])
+        enc = self.encode([self.clips(request)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
         torch = self._torch

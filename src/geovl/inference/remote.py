@@ -2,7 +2,8 @@
 
 geovl messages become OpenAI chat messages: user turns are lists of ``text`` and ``image_url``
 parts (each image a ``data:`` URI of the stored PNG/JPEG/WebP bytes, base64; TIFFs are rendered to
-PNG first, since servers do not take them); system and assistant turns are plain strings. Requests
+PNG first, since servers do not take them) and ``video_url`` parts (each video a ``data:`` URI of its
+MP4/WebM/AVI/MOV bytes, as vLLM accepts them; the server samples the frames); system and assistant turns are plain strings. Requests
 of a ``generate`` call run concurrently (the server batches them); ``stream`` reads the SSE stream
 (``stream: true``). Uses the ``openai`` client; connection problems name the URL.
 
@@ -41,9 +42,28 @@ def image_data_uri(data: bytes) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
+VIDEO_MIME = {b"\x1aE\xdf\xa3": "video/webm", b"RIFF": "video/x-msvideo"}
+
+
+def video_data_uri(item) -> str:
+    """``data:<mime>;base64,...`` of a request's video (encoded bytes or a path): MP4/MOV (an ``ftyp`` box),
+    WebM/Matroska or AVI; anything else is an :class:`EngineError` (no server would read it)."""
+    from pathlib import Path
+
+    data = bytes(item) if isinstance(item, (bytes, bytearray, memoryview)) else Path(item).read_bytes()
+    if data[4:8] == b"ftyp":
+        mime = "video/quicktime" if data[8:12] == b"qt  " else "video/mp4"
+    else:
+        mime = next((m for magic, m in VIDEO_MIME.items() if data.startswith(magic)), None)
+    if mime is None or (mime == "video/x-msvideo" and data[8:12] != b"AVI "):
+        raise EngineError("video bytes are not MP4, MOV, WebM/Matroska or AVI")
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
 def to_openai_messages(request: ChatRequest) -> list[dict]:
-    """geovl schema → OpenAI chat messages (images consumed in image-part order)."""
+    """geovl schema → OpenAI chat messages (images and videos consumed in part order)."""
     images = iter(request.images)
+    videos = iter(request.videos)
     out = []
     for m in request.messages:
         parts = m["content"]
@@ -56,6 +76,8 @@ def to_openai_messages(request: ChatRequest) -> list[dict]:
         for p in parts:
             if p.get("type") == "image":
                 content.append({"type": "image_url", "image_url": {"url": image_data_uri(next(images))}})
+            elif p.get("type") == "video":
+                content.append({"type": "video_url", "video_url": {"url": video_data_uri(next(videos))}})
             elif p.get("type") == "text":
                 content.append({"type": "text", "text": p.get("text") or ""})
         out.append({"role": "user", "content": content})

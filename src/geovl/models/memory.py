@@ -388,11 +388,13 @@ def guard_training(recipe, family, dataset, min_pixels: int | None, max_pixels: 
     if not size:
         return None
     gpu = parse_size(size)
+    videos = getattr(dataset, "video_tokens", None) or [0] * len(dataset)  # counted by the dataset's pre-pass
     rows = [
         (
             dataset.ids[i],
             dataset.lengths[i],
-            image_patches(family, dataset.sample(i).get("images") or [], min_pixels, max_pixels),
+            image_patches(family, dataset.sample(i).get("images") or [], min_pixels, max_pixels)
+            + videos[i] * family.merge_size**2,
         )
         for i in range(len(dataset))
     ]

@@ -270,3 +270,89 @@ def attached(model) -> VisionInput:
         if isinstance(m, VisionInput):
             return m
     return RGBInput()
+
+
+# -- video -----------------------------------------------------------------------------------
+# A video part is sampled into frames by geovl.imagery.video.read_frames with the model folder's video settings
+# (PreprocessConfig.video; training records them) and reaches the processor as a (T, H, W, 3) array with metadata
+# holding the real sample times, so no processor samples or decodes again.
+
+
+def video_settings(preprocess=None):
+    """The :class:`~geovl.imagery.video.VideoSettings` a preprocessing config records (``video``), else the
+    defaults (a folder written before video support)."""
+    from ..imagery.video import VideoSettings
+
+    saved = getattr(preprocess, "video", None)
+    return VideoSettings.from_dict(saved) if saved else VideoSettings()
+
+
+def read_clip(item, settings, where: str = "<video>"):
+    """A video of a request or sample (encoded bytes, a path, or an already decoded
+    :class:`~geovl.imagery.video.Clip`) → its sampled clip; bad input: :class:`~geovl.imagery.video.VideoError`."""
+    from ..imagery.video import Clip, read_frames
+
+    if isinstance(item, Clip):
+        return item
+    if isinstance(item, (bytearray, memoryview)):
+        item = bytes(item)
+    return read_frames(item, settings)
+
+
+def sampling_rate(clip) -> float:
+    """Frames per second of a sampled clip, from its sample times (a clip capped by ``max_frames`` is sampled
+    more sparsely than the settings' fps); a one-time clip: its ``fps``."""
+    t = list(clip.times_s)
+    if len(t) >= 2 and t[-1] > t[0]:
+        return (len(t) - 1) / (t[-1] - t[0])
+    return float(clip.fps)
+
+
+def _clip_metadata(clip, n: int, height: int, width: int):
+    from transformers.video_utils import VideoMetadata
+
+    rate = sampling_rate(clip)
+    return VideoMetadata(
+        total_num_frames=n,
+        fps=rate,
+        width=int(width),
+        height=int(height),
+        duration=n / rate,
+        frames_indices=[float(t) * rate for t in clip.times_s],  # timestamps = index / fps = the sample times
+    )
+
+
+def video_prompt_tokens(processor, clip, tokenizer=None) -> tuple[int, int]:
+    """(visual tokens, prompt tokens) a sampled clip becomes where the chat template wrote one ``<|video_pad|>``,
+    without processing a pixel: the video processor's own patch count for the clip's size, and the processor's
+    own placeholder text (Qwen3-VL: a timestamp and vision start/end per temporal patch) tokenized with
+    ``tokenizer`` (default the processor's). Equal to what :func:`video_processor_kwargs` makes the processor
+    produce (``tests/test_video_train.py``)."""
+    import torch
+
+    vp = processor.video_processor
+    frames = clip.frames
+    n, (h, w) = len(frames), frames[0].shape[:2]
+    patches = int(vp.get_num_of_video_patches(n, h, w, {}))
+    t = -(-n // int(vp.temporal_patch_size))
+    grid = torch.tensor([[t, patches // t, 1]])  # only grid_t and the per-frame patch count matter here
+    text = processor.replace_video_token({"video_grid_thw": grid, "video_metadata": [_clip_metadata(clip, n, h, w)]}, 0)
+    ids = (tokenizer or processor.tokenizer)(text, add_special_tokens=False)["input_ids"]
+    return patches // int(vp.merge_size) ** 2, len(ids)
+
+
+def video_processor_kwargs(clips) -> dict:
+    """Keyword arguments of a Qwen-VL processor call for decoded clips (empty for none): the frames as
+    ``(T, H, W, 3)`` arrays, ``video_metadata`` whose timestamps are the clip's sample times (Qwen3-VL writes
+    them into the prompt; Qwen2.5-VL's ``second_per_grid_ts`` comes from the sampling rate), and
+    ``do_sample_frames=False``: the clips are already sampled."""
+    if not clips:
+        return {}
+    import numpy as np
+
+    videos, meta = [], []
+    for c in clips:
+        frames = np.stack([np.asarray(f, dtype=np.uint8) for f in c.frames])
+        meta.append(_clip_metadata(c, frames.shape[0], frames.shape[1], frames.shape[2]))
+        videos.append(frames)
+    return {"videos": videos, "video_metadata": meta, "do_sample_frames": False}

@@ -7,6 +7,11 @@
   per-sample visual-token budget or the sequence budget is dropped whole and recorded — never
   truncated inside its image tokens.
 - ``__getitem__`` decodes and processes one sample (runs in DataLoader workers).
+- Videos (``{"type": "video"}`` parts, the ``videos`` column) are sampled into frames with the run's
+  :class:`~geovl.imagery.video.VideoSettings` (streamed decode, at most ``max_frames`` frames) and fed
+  to the processor as videos; the pre-pass counts each video's tokens with the processor itself on the
+  sampled clip (Qwen3-VL's per-frame timestamps included), so lengths stay exact. A video that cannot
+  be decoded drops its sample (``bad_video``, the decoder's reason in the detail).
 - Labels: every assistant turn's tokens from after ``<|im_start|>assistant\\n`` through its
   ``<|im_end|>`` are learned; everything else (system, user, image pads, padding) is -100.
   This works with any Qwen chat template, with or without ``{% generation %}`` markers.
@@ -152,6 +157,7 @@ class MeasuredSamples:
 
     measure_desc = "measure samples / 统计样本"
     spectral = False  # see _init_spectral
+    video_settings = None  # VideoSettings of the run (None: the defaults), see _clips
 
     def _init_spectral(self, spectral: bool, spectral_root) -> None:
         """spectral: each image is the hyperspectral cube named by ``meta.cube`` (relative to
@@ -208,6 +214,39 @@ class MeasuredSamples:
             except Exception as e:  # noqa: BLE001 - any undecodable header / absurd size
                 raise _Drop("bad_image", f"image {k}: {e}") from None
         return sizes
+
+    def _clips(self, videos: list, where: str = "") -> list:
+        """The sampled clips of a sample's videos; :class:`_Drop` (``bad_video``) when one cannot be decoded."""
+        if not videos:
+            return []
+        from ..imagery.video import VideoError, VideoSettings
+        from ..models.vision_input import read_clip
+
+        settings = self.video_settings or VideoSettings()
+        clips = []
+        for k, b in enumerate(videos):
+            try:
+                clips.append(read_clip(b, settings))
+            except VideoError as e:
+                raise _Drop("bad_video", f"video {k}{where}: {getattr(e, 'reason', 'bad_video')}: {e}") from None
+        return clips
+
+    def _video_tokens(self, videos: list) -> tuple[int, int]:
+        """(visual tokens, sequence tokens added) of a sample's videos: each sampled clip counted with the
+        processor's own maths (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp
+        and vision start/end per temporal patch); "added" is beyond the one ``<|video_pad|>`` per part."""
+        if not videos:
+            return 0, 0
+        from ..models.vision_input import video_prompt_tokens
+
+        if self.spectral:
+            raise _Drop("video_in_spectral_run", "a hyperspectral run reads cubes; video parts cannot be used")
+        vis = added = 0
+        for clip in self._clips(videos):
+            v, n = video_prompt_tokens(self.processor, clip)
+            vis += v
+            added += n - 1
+        return vis, added
 
     def _visual_tokens(self, sizes: list[tuple[int, int]]) -> int:
         vis = 0
@@ -278,8 +317,9 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
 
     ``lengths[i]`` is the number of LLM input tokens sample ``i`` becomes (text + image tokens);
     ``dropped`` lists every sample left out whole, with the reason (``bad_schema``, ``bad_image``,
-    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``; spectral runs also
-    ``no_cube``, ``bad_cube``). Counts conserve:
+    ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``, ``bad_video``; spectral runs
+    also ``no_cube``, ``bad_cube``, ``video_in_spectral_run``). Videos are sampled with ``video_settings``
+    (a :class:`~geovl.imagery.video.VideoSettings`; None: its defaults). Counts conserve:
     ``read == kept + dropped``."""
 
     def __init__(
@@ -294,9 +334,11 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         progress: bool = True,
         spectral: bool = False,
         spectral_root: str | Path | None = None,
+        video_settings=None,
     ):
         self.processor = processor
         self._init_spectral(spectral, spectral_root)
+        self.video_settings = video_settings
         self.tok = processor.tokenizer
         self.family = family
         self.min_pixels = min_pixels
@@ -306,7 +348,11 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         self.start_marker = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.newline_led = newline_led_ids(self.tok)
+        self.video_tokens: list[int] = []  # visual tokens of each kept sample's videos (the memory guard adds them)
         self._scan(paths, progress)
+
+    def _keep(self, s: dict) -> None:
+        self.video_tokens.append(self._last_video_tokens)
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
@@ -321,6 +367,10 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         text = self.processor.apply_chat_template(s["messages"], tokenize=False)
         text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
         length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
+        video_vis, video_added = self._video_tokens(s.get("videos") or [])
+        self._last_video_tokens = video_vis
+        vis += video_vis
+        length += video_added
         if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
             raise _Drop("over_visual_token_budget", f"{vis} visual tokens > max_visual_tokens={self.max_visual_tokens}")
         if self.max_length is not None and length > self.max_length:
@@ -339,7 +389,14 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self._family_form(self.sample(i))
         if not self.spectral:
-            return encode_sample(self.processor, s, self.start_marker, self.end_id, self.newline_led)
+            return encode_sample(
+                self.processor,
+                s,
+                self.start_marker,
+                self.end_id,
+                self.newline_led,
+                videos=self._clips(s.get("videos") or []) or None,
+            )
         from ..spectral.vision_input import PROCESSOR_KWARGS
 
         return encode_sample(
@@ -355,14 +412,25 @@ def encode_sample(
     newline_led: Collection[int] = (),
     images=None,
     image_kwargs: dict | None = None,
+    videos=None,
 ) -> dict:
-    """Process one sample: ``input_ids`` with image pads expanded, ``labels`` = ids on assistant tokens
-    of every assistant turn and -100 elsewhere, image patches and grids. ``images`` replaces the
-    sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the processor)."""
+    """Process one sample: ``input_ids`` with image and video pads expanded, ``labels`` = ids on assistant
+    tokens of every assistant turn and -100 elsewhere, image patches and grids (video patches and grids).
+    ``images`` replaces the sample's decoded images (e.g. hyperspectral cubes, with ``image_kwargs`` for the
+    processor); ``videos`` are the sampled clips of its video parts
+    (:func:`geovl.models.vision_input.read_clip`)."""
+    from ..models.vision_input import video_processor_kwargs
+
     if images is None:
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s["images"]]
     text = processor.apply_chat_template(s["messages"], tokenize=False)
-    enc = processor(text=[text], images=images or None, return_tensors="pt", **(image_kwargs or {}))
+    enc = processor(
+        text=[text],
+        images=images or None,
+        return_tensors="pt",
+        **(image_kwargs or {}),
+        **video_processor_kwargs(videos),
+    )
     ids = enc["input_ids"][0]
     mask = torch.tensor(assistant_label_mask(ids.tolist(), start_marker, end_id, newline_led), dtype=torch.bool)
     labels = torch.where(mask, ids, torch.full_like(ids, IGNORE))
@@ -377,7 +445,24 @@ def encode_sample(
     if images:
         out["pixel_values"] = enc["pixel_values"]
         out["image_grid_thw"] = enc["image_grid_thw"]
+    if videos:
+        for k in VIDEO_KEYS:
+            if k in enc:
+                out[k] = torch.as_tensor(enc[k])
     return out
+
+
+# per-video model inputs, concatenated over a batch in sample order (second_per_grid_ts: Qwen2.5-VL only)
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def _cat_visual(batch: dict, features: list[dict]) -> None:
+    """Image patches/grids and video patches/grids of ``features`` concatenated in order into ``batch``."""
+    for keys in (("pixel_values", "image_grid_thw"), VIDEO_KEYS):
+        for k in keys:
+            parts = [f[k] for f in features if k in f]
+            if parts:
+                batch[k] = torch.cat(parts, dim=0)
 
 
 class SFTCollator:
@@ -408,10 +493,7 @@ class SFTCollator:
             batch["mm_token_type_ids"] = torch.cat(
                 [f.get("mm_token_type_ids", torch.zeros_like(f["input_ids"])) for f in samples]
             )[None]
-        with_images = [f for f in samples if "pixel_values" in f]
-        if with_images:
-            batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)
-            batch["image_grid_thw"] = torch.cat([f["image_grid_thw"] for f in with_images], dim=0)
+        _cat_visual(batch, samples)
         batch["sample_ids"] = [f["sample_id"] for f in samples]
         return batch
 
@@ -435,9 +517,6 @@ class SFTCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if has_mm:
             batch["mm_token_type_ids"] = mm
-        with_images = [f for f in features if "pixel_values" in f]
-        if with_images:
-            batch["pixel_values"] = torch.cat([f["pixel_values"] for f in with_images], dim=0)
-            batch["image_grid_thw"] = torch.cat([f["image_grid_thw"] for f in with_images], dim=0)
+        _cat_visual(batch, features)
         batch["sample_ids"] = [f["sample_id"] for f in features]
         return batch

@@ -10,6 +10,8 @@ A pre-pass measures each prompt's exact length (chat template with the generatio
 registry image-token maths from image headers, under the run's pixel bounds). Prompts over
 ``max_prompt_length`` (or samples over ``max_visual_tokens``) are dropped whole and recorded —
 never truncated (cutting image tokens breaks the model). Counts conserve: ``read = kept + dropped``.
+Samples with video parts are dropped with the reason ``video_in_grpo``: TRL 1.16's GRPOTrainer passes only
+image inputs to its loss forward (train video samples with SFT).
 
 The ``datasets.Dataset`` holds only row numbers; samples are read from the files (Parquet one row
 group at a time, see :class:`geovl.train.data.ParquetRows`) and images decoded when TRL asks for a
@@ -83,6 +85,13 @@ class GRPOPrompts(MeasuredSamples):
                 sample_frame(s, self.family, self.min_pixels, self.max_pixels)  # boxes on one image
         except SampleError as e:
             raise _Drop(e.reason, e.detail) from None
+        if s.get("videos"):
+            raise _Drop(
+                "video_in_grpo",
+                "GRPO cannot use video parts yet: TRL 1.16's GRPOTrainer feeds only image inputs "
+                "(pixel_values / image_grid_thw) to its loss forward, not pixel_values_videos / video_grid_thw; "
+                "train video samples with `geovl train sft` / GRPO 暂不支持视频样本",
+            )
         if not row["answer"].strip():
             raise _Drop("empty_answer", "no reference answer to reward against")
         vis = self._visual_tokens(self._image_sizes(row["images"], s, ti, ri))

@@ -10,7 +10,8 @@ How a packed step is built and why it equals running each sample alone:
   passes ``packed_seq_lens``; a forward pre-hook on the model's inner ``Qwen*VLModel`` (:func:`enable_packing`)
   turns it into ``position_ids`` of shape ``(4, 1, L)``: row 0 the 2-D text positions ``0..len-1`` restarting at
   every sample, rows 1–3 the multimodal rotary (t, h, w) positions from the model's **own**
-  ``get_rope_index`` called on each sample separately (its images only) — never across samples.
+  ``get_rope_index`` called on each sample separately (its images and videos only, with Qwen2.5-VL's
+  ``second_per_grid_ts``) — never across samples.
 - **Attention, block-diagonal.** With ``attention_mask=None`` and 4-row positions, transformers 5.23's text model of
   all three families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) hands row 0 to ``create_causal_mask``, whose
   ``find_packed_sequence_indices`` starts a new sequence wherever the position does not step by +1: the mask is
@@ -145,33 +146,59 @@ class PackedSFTDataset(torch.utils.data.Dataset):
         }
 
 
+def _videos_in(n_tokens: int, video_grid_thw: torch.Tensor | None, first: int, merge: int) -> int:
+    """How many videos from ``first`` on own exactly ``n_tokens`` video tokens (one segment's); a video's tokens
+    are its grid's product over ``merge``² (Qwen3-VL splits them by timestamps, so spans cannot be counted)."""
+    k, total = 0, 0
+    while total < n_tokens:
+        if video_grid_thw is None or first + k >= video_grid_thw.shape[0]:
+            raise ValueError(f"packed row: a sample has {n_tokens} video tokens but the video grids run out")
+        total += int(video_grid_thw[first + k].prod()) // merge
+        k += 1
+    if total != n_tokens:
+        raise ValueError(f"packed row: a sample's {n_tokens} video tokens do not match its video grids ({total})")
+    return k
+
+
 def packed_position_ids(
     model,
     input_ids: torch.Tensor,
     mm_token_type_ids: torch.Tensor | None,
     image_grid_thw: torch.Tensor | None,
     seq_lens,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(4, 1, L)`` positions of a packed row: text positions restarting per sample, then the model's own
-    multimodal rotary positions of each sample computed on that sample alone."""
+    multimodal rotary positions of each sample computed on that sample alone (its images and videos)."""
     inner = _inner(model)
     ids = input_ids[0]
     mm = mm_token_type_ids[0] if mm_token_type_ids is not None else torch.zeros_like(ids)
     lens = [int(x) for x in seq_lens]
     if sum(lens) != ids.shape[0]:
         raise ValueError(f"packed_seq_lens sum to {sum(lens)} but the row has {ids.shape[0]} tokens")
-    parts, start, img = [], 0, 0
+    merge = int(inner.config.vision_config.spatial_merge_size) ** 2
+    parts, start, img, vid = [], 0, 0, 0
     for n in lens:
         seg_ids, seg_mm = ids[start : start + n], mm[start : start + n]
         is_img = (seg_mm == 1).long()
         n_img = int(is_img[0]) + int(((is_img[1:] - is_img[:-1]) == 1).sum()) if n else 0
         grid = image_grid_thw[img : img + n_img] if n_img else None
-        mrope, _ = inner.get_rope_index(seg_ids[None], seg_mm[None], image_grid_thw=grid)
+        kw = {}
+        n_vid_tokens = int((seg_mm == 2).sum())
+        n_vid = _videos_in(n_vid_tokens, video_grid_thw, vid, merge) if n_vid_tokens else 0
+        if n_vid:
+            kw["video_grid_thw"] = video_grid_thw[vid : vid + n_vid]
+            if second_per_grid_ts is not None:
+                kw["second_per_grid_ts"] = second_per_grid_ts[vid : vid + n_vid]
+        mrope, _ = inner.get_rope_index(seg_ids[None], seg_mm[None], image_grid_thw=grid, **kw)
         text = torch.arange(n, device=ids.device, dtype=mrope.dtype).view(1, 1, n)
         parts.append(torch.cat([text, mrope], dim=0))
-        start, img = start + n, img + n_img
+        start, img, vid = start + n, img + n_img, vid + n_vid
     if image_grid_thw is not None and img != image_grid_thw.shape[0]:
         raise ValueError(f"packed row has {img} image spans but {image_grid_thw.shape[0]} image grids")
+    if video_grid_thw is not None and vid != video_grid_thw.shape[0]:
+        raise ValueError(f"packed row has {vid} videos' tokens but {video_grid_thw.shape[0]} video grids")
     return torch.cat(parts, dim=2)
 
 
@@ -186,7 +213,13 @@ def _pre_hook(module, args, kwargs):
     # transformers builds the packed (block-diagonal) mask only without a KV cache; a packed row is never generation
     kwargs["use_cache"] = False
     kwargs["position_ids"] = packed_position_ids(
-        module, kwargs["input_ids"], kwargs.get("mm_token_type_ids"), kwargs.get("image_grid_thw"), lens
+        module,
+        kwargs["input_ids"],
+        kwargs.get("mm_token_type_ids"),
+        kwargs.get("image_grid_thw"),
+        lens,
+        kwargs.get("video_grid_thw"),
+        kwargs.get("second_per_grid_ts"),
     )
     return args, kwargs
 

@@ -114,6 +114,10 @@ class GeoVLOptions:
     min_pixels: int | None = None  # None: the model's processor default (GRPO: the model folder's preprocessing)
     max_pixels: int | None = None
     max_visual_tokens: int | None = None  # per-sample budget: a sample over it is dropped whole
+    # -- videos: how {"type": "video"} parts are sampled (geovl.imagery.video.VideoSettings; None: its default);
+    # recorded as `video` in geovl_preprocess.json, so every inference path samples alike
+    video_fps: float | None = None  # frames sampled per second of video
+    video_max_frames: int | None = None  # at most this many frames per video (sampled more sparsely beyond)
     spectral_root: str | None = None  # folder meta.cube paths are relative to (default: each dataset file's folder)
     # -- what trains --------------------------------------------------------------------------
     tune_llm: str = "lora"  # lora | full | freeze

@@ -124,6 +124,29 @@ def trainer_args(recipe, table):
     return args
 
 
+def recipe_video_settings(recipe):
+    """The :class:`~geovl.imagery.video.VideoSettings` of a recipe's ``video_fps`` / ``video_max_frames`` (unset:
+    the defaults); a bad value is a :class:`RecipeError`."""
+    from dataclasses import replace
+
+    from ..imagery.video import VideoSettings
+
+    changes = {}
+    for key, name, cast in (("video_fps", "fps", float), ("video_max_frames", "max_frames", int)):
+        v = getattr(recipe, key, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or cast(v) != v:
+            raise RecipeError(f"{key} must be a positive {'number' if cast is float else 'integer'}, got {v!r}")
+        changes[name] = cast(v)
+    if changes.get("max_frames", 2) < 2:
+        raise RecipeError("video_max_frames must be at least 2 (Qwen-VL merges frames in pairs)")
+    try:
+        return replace(VideoSettings(), **changes)
+    except ValueError as e:
+        raise RecipeError(f"video settings: {e}") from None
+
+
 def train_sft(recipe: SFTRecipe) -> Path:
     import torch
     from transformers import set_seed
@@ -182,6 +205,8 @@ def train_sft(recipe: SFTRecipe) -> Path:
             _log(f"raster rendering from the conversion summary: rgb_bands={pre.rgb_bands} band_order={pre.band_order}")
     except ValueError as e:
         raise RecipeError(str(e)) from None
+    video = recipe_video_settings(recipe)
+    pre.video = video.to_dict()  # how videos are sampled: inference samples alike
     pre.apply(processor)
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
@@ -197,6 +222,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
         pre.min_pixels,
         pre.max_pixels,
         progress=_is_main(),
+        video_settings=video,
         **spectral,
     )
     if _is_main():
@@ -225,6 +251,7 @@ def train_sft(recipe: SFTRecipe) -> Path:
             pre.min_pixels,
             pre.max_pixels,
             progress=False,
+            video_settings=video,
             **spectral,
         )
         e = eval_ds.summary()
