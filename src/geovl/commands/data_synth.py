@@ -73,6 +73,16 @@ def register(sub) -> None:
         help="dataset file format (jsonl: images as files beside it; convert later with `geovl data convert --from messages`)",
     )
     p.add_argument(
+        "--dates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time series: each place on N dates (2-12, years apart) that change with exact truth; one N-image "
+        "sample per question (which year buildings appeared, cropland lost, interval of forest loss, built-up "
+        "growth), meta.dates ISO and the dates in the prompt; --tasks then picks among series_* tasks "
+        "(时间序列：每个地点 N 期影像，见 docs/timeseries.md)",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,12 +112,14 @@ def run(args) -> int:
             tasks=args.tasks,
             fmt=args.format,
             presence_classes=args.presence_classes,
+            dates=args.dates,
         )
     except SynthError as e:
         raise CLIError(str(e)) from e
     per_split = ", ".join(f"{k} {v['written']}" for k, v in summary["splits"].items())
+    what = f"{args.scenes} places x {args.dates} dates" if args.dates else f"{args.scenes} scenes"
     print(
-        f"wrote {summary['samples']} samples ({per_split}) from {args.scenes} scenes to {summary['out_dir']}\n"
+        f"wrote {summary['samples']} samples ({per_split}) from {what} to {summary['out_dir']}\n"
         f"已写入 {summary['samples']} 条样本（{per_split}），共 {args.scenes} 个场景：{summary['out_dir']}",
         file=sys.stderr,
     )

@@ -1,5 +1,5 @@
 """What kind of question a text asks, from its wording alone (Chinese or English): ``yes_no``,
-``count``, ``number`` (areas, lengths, ratios with units), ``choice`` or ``open``.
+``count``, ``number`` (areas, lengths, ratios with units), ``choice``, ``date`` or ``open``.
 
 A leaf module (only :mod:`re`): the reward router (:mod:`geovl.rewards.route`) and the converters
 (a chat-form record without a ``qtype``, :mod:`geovl.data.adapters.messages`) share it.
@@ -10,10 +10,13 @@ Detection, first match wins:
    urban?"), or 还是 → ``choice``
 2. yes/no — 是否 / 是不是 / 有没有 / 有无 / 对不对 / 能不能 / a question ending in 吗, or an English
    question opening with an auxiliary (Is there / Are there / Does / Is the / Can / Has ...) → ``yes_no``
-3. a measured quantity — 面积 / 多大 / 距离 / 多远 / 多长 / 占比 / 公顷 / 平方 / 亩 / area / how large /
+3. a date — 哪一年 / 哪年 / 哪个时间段 / 什么时候 / 何时 / which year / what year / which date / which
+   interval / which period / a question opening with When → ``date`` (before quantities and counts:
+   "哪一年耕地面积最大？" asks for a year)
+4. a measured quantity — 面积 / 多大 / 距离 / 多远 / 多长 / 占比 / 公顷 / 平方 / 亩 / area / how large /
    how far / distance / percentage / hectares ... → ``number``
-4. a count — 多少 / 几 (not 几乎/几何) / How many / number of → ``count``
-5. otherwise ``open``
+5. a count — 多少 / 几 (not 几乎/几何) / How many / number of → ``count``
+6. otherwise ``open``
 
 Yes/no is checked before quantities so "耕地面积是否大于林地面积？" / "Is the forest area larger
 than ...?" are yes/no questions, not areas.
@@ -41,6 +44,12 @@ _NUMBER = re.compile(
     r"met(?:er|re)s?)(?![a-z])",
     re.I,
 )
+_DATE = re.compile(
+    r"哪一?年|哪个年份|哪一?个?时间段|哪一?个?时段|哪一?个?时期|哪段时间|哪一?天|什么时候|何时|什么时间|"
+    r"(?<![a-z])(?:(?:which|what)\s+(?:year|date|day|month|interval|period|time\s+period|time\s+span)s?)(?![a-z])|"
+    r"^\s*(?:since\s+)?when(?![a-z])",
+    re.I,
+)
 _COUNT = re.compile(r"多少|几(?!乎|何|率)|(?<![a-z])(?:how\s+many|number\s+of|count)(?![a-z])", re.I)
 
 
@@ -56,6 +65,8 @@ def detect_qtype(question) -> str:
         return "choice"
     if en_yes_no or _ZH_YES_NO.search(q):
         return "yes_no"
+    if _DATE.search(q):
+        return "date"
     if _NUMBER.search(q):
         return "number"
     if _COUNT.search(q):

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import GeoVLError
 
-QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
+QTYPES = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding", "date")
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "messages", "images", "qtype", "answer", "source", "meta")
 OPTIONAL_COLUMNS = ("videos",)  # absent in a sample dict or an older dataset file = empty

@@ -9,6 +9,10 @@ Pure functions on text; none of them raises on junk input (``None``, ``""``, ``"
   short sentences ("Yes, there is water." → True, "图中没有水体" → False); both → ``None``.
 - :func:`normalize_choice` — normalised text with zh/en synonyms mapped to one canonical form
   (农村/乡村 → ``rural``, 严重 → ``severe``), optionally resolved against the offered choices.
+- :func:`parse_date` — a year, a month, a day or an interval of two of them in canonical ISO form
+  (``"2019"``, ``"2019-06"``, ``"2019-06-01"``, ``"2019/2021"``) from English or Chinese answers
+  ("2019年", "June 1, 2019", "2019年6月1日", "2019–2021", "2019 到 2021", "2019年至2021年",
+  "between 2019 and 2021"); ``None`` when no date, several unrelated ones or a negated one.
 
 Numbers and quantities live in :mod:`geovl.evaluate.quantities` and the per-qtype scoring rules
 in :mod:`geovl.evaluate.rules`; their public functions (``parse_number``, ``parse_quantity``,
@@ -27,6 +31,7 @@ __all__ = [
     "parse_yes_no",
     "normalize_choice",
     "canonical_choice",
+    "parse_date",
     "parse_number",
     "parse_quantity",
     "is_correct",
@@ -299,6 +304,122 @@ def normalize_choice(s, choices=None) -> str | None:
         return canon
     hits = {c for c, syns in CHOICE_SYNONYMS.items() if any(_searchable(w) and _contains(t, w) for w in syns)}
     return hits.pop() if len(hits) == 1 else t
+
+
+# ---------------------------------------------------------------------------------------------
+# dates and intervals (qtype ``date``)
+
+_MONTHS = {
+    m: i + 1
+    for i, names in enumerate(
+        ("jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july", "aug august",
+         "sep sept september", "oct october", "nov november", "dec december")
+    )
+    for m in names.split()
+}  # fmt: skip
+_MONTH_RE = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_ZH_DIGITS = str.maketrans("〇零一二三四五六七八九", "00123456789")
+_ZH_YEAR = re.compile(r"[〇零一二三四五六七八九]{4}(?=\s*年)")
+# a 4-digit year 1000-2999 that is not part of a longer number, a decimal or a quantity ("1500亩", "2000 ha")
+_YEAR = r"(?<![\d.,])([12]\d{3})(?![\d]|[.,]\d)"
+_NOT_QUANTITY = (
+    r"(?!\s*(?:%|percent|公顷|亩|平方|公里|千米|米|栋|个|座|处|块|像元|像素|pixels?|ha\b|km|m\b|m2|m²|acres?|hectares?|"
+    r"square|sq\b|buildings?))"
+)
+_Y = r"(?<![\d.,])([12]\d{3})"  # a year starting a full or month date
+_DATE_TOKEN = re.compile(
+    # 2019-06-01, 2019/6/1, 2019.06.01, 2019年6月1日
+    rf"{_Y}\s*(?:[-/.]|年)\s*(\d{{1,2}})\s*(?:[-/.]|月)\s*(\d{{1,2}})(?!\d)\s*日?"
+    # 2019-06, 2019/6, 2019年6月 (not "2019.5": a decimal)
+    rf"|{_Y}\s*(?:[-/]\s*(\d{{1,2}})(?![\d.])|年\s*(\d{{1,2}})\s*月)"
+    # June 1, 2019 / 1 June 2019 / June 2019
+    rf"|(?<![a-z])({_MONTH_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+{_YEAR}"
+    rf"|(?<!\d)(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_RE})\.?,?\s+{_YEAR}"
+    rf"|(?<![a-z])({_MONTH_RE})\.?,?\s+(?:of\s+)?{_YEAR}"
+    # 2019 / 2019年
+    rf"|{_YEAR}{_NOT_QUANTITY}\s*年?"
+)
+# what may join the two ends of an interval (after the text between them is stripped of spaces)
+_RANGE_JOIN = re.compile(r"^(?:-+|–|—|~|～|/|至|到|至到|和|与|及|to|and|through|thru|until|till|-to-)$")
+_NEGATED = re.compile(
+    r"(?:(?<![a-z])(?:not|never|isn't|wasn't|aren't|weren't|didn't)(?:\s+(?:in|on|during|from|between))?|不是在?|并非|不在|没有在?|非)$"
+)
+
+
+def _token_value(m: re.Match) -> str | None:
+    """Canonical ISO text of one matched date token, ``None`` when it is not a real date."""
+    import datetime
+
+    g = m.groups()
+    if g[0]:
+        y, mo, d = g[0], g[1], g[2]
+    elif g[3]:
+        y, mo, d = g[3], g[4] or g[5], None
+    elif g[6]:
+        y, mo, d = g[8], str(_MONTHS[g[6]]), g[7]
+    elif g[9]:
+        y, mo, d = g[11], str(_MONTHS[g[10]]), g[9]
+    elif g[12]:
+        y, mo, d = g[13], str(_MONTHS[g[12]]), None
+    else:
+        return g[14]
+    try:
+        if d is None:
+            datetime.date(int(y), int(mo), 1)
+            return f"{int(y):04d}-{int(mo):02d}"
+        return datetime.date(int(y), int(mo), int(d)).isoformat()
+    except ValueError:
+        return None
+
+
+def parse_date(s) -> str | None:
+    """Canonical date text of an answer: ``"2019"`` (a year), ``"2019-06"`` (a month), ``"2019-06-01"``
+    (a day) or ``"START/END"`` (an interval, ISO 8601's separator), else ``None``.
+
+    Reads ISO dates (``2019-06-01``, ``2019/6/1``, ``2019.06.01``), Chinese dates (``2019年6月1日``,
+    ``二〇一九年``), English ones (``June 1, 2019``, ``1 June 2019``, ``June 2019``) and years (``2019``,
+    ``2019年``), anywhere in a short sentence ("The buildings first appear in 2020."). Two dates form an
+    interval when only a range word joins them: ``-`` ``–`` ``~`` ``/`` 至 到 和 与 to and through until
+    ("2019–2021", "2019 到 2021", "2019年至2021年", "between 2019 and 2021", "from 2019 to 2021"). An interval
+    whose end precedes its start, more than two dates, two dates joined otherwise ("2019 or 2021",
+    "2019年还是2021年"), a negated date ("not 2019", "不是2019年") and text with no date give ``None``.
+    Four-digit numbers with a unit are quantities, not years ("1500亩", "2000 ha")."""
+    t = normalize_text(s)
+    if not t or len(t) > 2000:
+        return None
+    t = _ZH_YEAR.sub(lambda m: m.group(0).translate(_ZH_DIGITS), t)
+    tokens = list(_DATE_TOKEN.finditer(t))
+    if not tokens or len(tokens) > 2:
+        return None
+    values = [_token_value(m) for m in tokens]
+    if any(v is None for v in values):
+        return None
+    if any(_NEGATED.search(t[: m.start()].rstrip()) for m in tokens):
+        return None
+    if len(values) == 1:
+        return values[0]
+    join = re.sub(r"\s+", "", t[tokens[0].end() : tokens[1].start()])
+    if not _RANGE_JOIN.match(join):
+        return None
+    start, end = values
+    if _date_key(end) < _date_key(start):
+        return None
+    return f"{start}/{end}"
+
+
+def _date_key(v: str) -> tuple[int, int, int]:
+    parts = [int(x) for x in v.split("-")]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+def date_at_precision(value: str, like: str) -> str:
+    """``value`` (canonical, from :func:`parse_date`) cut to the precision of ``like``, end by end:
+    ``"2019-06-01"`` like ``"2020"`` → ``"2019"``; an interval against an interval cuts both ends. A value
+    coarser than ``like``, or a single date against an interval (or the reverse), is returned unchanged."""
+    vs, ls = value.split("/"), like.split("/")
+    if len(vs) != len(ls):
+        return value
+    return "/".join(v[: len(ref)] if len(v) > len(ref) else v for v, ref in zip(vs, ls))
 
 
 # ---------------------------------------------------------------------------------------------

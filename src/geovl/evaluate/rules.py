@@ -15,6 +15,9 @@ structured     exact match of the JSON objects if both parse, else of normalised
                (``char_sim``) — per-field scoring plugs in at :func:`score_structured`
 grounding      boxes (:mod:`geovl.evaluate.grounding`): IoU ≥ 0.5 (referring) or every box
                matched at IoU 0.5 and none extra (all)  (``iou``, ``f1``, ``tp``/``fp``/``fn``, ...)
+date           :func:`parse_date` of both equal (a year, month, day or interval "START/END"); a
+               prediction more precise than the reference is first cut to its precision
+               ("2019-06-01" answers "which year: 2019"), never the reverse
 =============  ==========================================================================
 
 Every result is JSON-serialisable: ``{"qtype", "correct", "parsed", "pred", "ref", ...}``;
@@ -32,7 +35,7 @@ from typing import Callable, Sequence
 
 from rapidfuzz.distance import LCSseq
 
-from .normalize import normalize_choice, normalize_text, parse_yes_no, strip_markup
+from .normalize import date_at_precision, normalize_choice, normalize_text, parse_date, parse_yes_no, strip_markup
 from .quantities import Quantity, find_quantity, parse_number
 
 __all__ = ["SCORERS", "char_similarity", "is_correct", "score_sample", "score_structured"]
@@ -118,6 +121,13 @@ def score_choice(pred, ref, tolerance, choices) -> dict:
     return {"correct": p is not None and p == r, "parsed": p is not None, "pred": p, "ref": r}
 
 
+def score_date(pred, ref, tolerance, choices) -> dict:
+    p, r = parse_date(pred), parse_date(ref)
+    if p is not None and r is not None:
+        p = date_at_precision(p, r)
+    return {"correct": p is not None and p == r, "parsed": p is not None, "pred": p, "ref": r}
+
+
 def score_open(pred, ref, tolerance, choices) -> dict:
     p, r = normalize_text(pred), normalize_text(ref)
     return {"correct": bool(p) and p == r, "parsed": bool(p), "pred": p, "ref": r, "char_sim": char_similarity(p, r)}
@@ -179,6 +189,7 @@ SCORERS: dict[str, Callable[..., dict]] = {
     "open": score_open,
     "structured": score_structured,
     "grounding": score_grounding,
+    "date": score_date,
 }
 
 

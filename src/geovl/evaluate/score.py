@@ -26,7 +26,7 @@ from .records import REQUIRED, PredictionsFileError, as_text, read_predictions  
 from .rules import score_sample
 from .table import format_table, num, pct
 
-QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "open", "structured", "grounding")
+QTYPE_ORDER = ("yes_no", "count", "number", "area", "choice", "date", "open", "structured", "grounding")
 _text = as_text
 # The schema of a prediction record and its reader: geovl.evaluate.records.
 

@@ -9,7 +9,7 @@ both inside ``trl.GRPOTrainer`` and in plain code:
 
 - :mod:`.route` — which rule a sample gets (its qtype, else detected from the question)
 - :mod:`.rules` — the rules on (prediction, reference) pairs: yes/no, count, number with units,
-  choice, open (fuzzy + BLEU), format, brevity — all in [0, 1]
+  choice, date (year / interval), open (fuzzy + BLEU), format, brevity — all in [0, 1]
 - :mod:`.bleu` — smoothed sentence BLEU (CJK characters / words as tokens)
 - :mod:`.funcs` — the TRL reward functions (``rs_reward`` routed total, one per kind, format, brevity)
 - :mod:`.plugins` — ``reward_file`` plugins (``*_reward`` functions) and weights
@@ -25,6 +25,7 @@ from .funcs import (
     choice_reward,
     completion_text,
     count_reward,
+    date_reward,
     format_reward,
     grounding_reward,
     number_reward,
@@ -46,6 +47,7 @@ __all__ = [
     "choice_reward",
     "completion_text",
     "count_reward",
+    "date_reward",
     "detect_qtype",
     "format_reward",
     "grounding_reward",

@@ -9,8 +9,8 @@ TRL also passes ``prompts``, ``completion_ids``, ``trainer_state``, ... — igno
 - :func:`rs_reward` (also named :func:`routed_reward`) — the routed total: each completion is scored by
   the rule of its sample's kind (:func:`geovl.rewards.route.route`). Always a float in [0, 1].
 - :func:`yes_no_reward`, :func:`count_reward`, :func:`number_reward`, :func:`choice_reward`,
-  :func:`open_reward`, :func:`grounding_reward` — the same rules, each returning ``None`` for samples of another kind. TRL
-  treats ``None`` as "not applicable" (NaN-aware sums and means), so using all five as separate
+  :func:`open_reward`, :func:`grounding_reward`, :func:`date_reward` — the same rules, each returning ``None`` for
+  samples of another kind. TRL treats ``None`` as "not applicable" (NaN-aware sums and means), so using all of them as separate
   reward functions gives the same total as ``rs_reward`` and logs a mean per question type
   (``rewards/count_reward/mean``). This is the GRPO default (:data:`DEFAULT_REWARDS`).
 - :func:`grounding_reward` (IoU / IoU-weighted F1 of boxes, also part of the defaults),
@@ -37,6 +37,7 @@ __all__ = [
     "box_count_reward",
     "box_format_reward",
     "count_reward",
+    "date_reward",
     "format_reward",
     "grounding_reward",
     "number_reward",
@@ -169,6 +170,7 @@ number_reward = _kind_reward("number")
 choice_reward = _kind_reward("choice")
 open_reward = _kind_reward("open")
 grounding_reward = _kind_reward("grounding")
+date_reward = _kind_reward("date")
 
 
 def _box_reward(rule, name: str):
@@ -200,7 +202,15 @@ BUILTIN_REWARDS = {
     f.__name__: f
     for f in (
         rs_reward, routed_reward, yes_no_reward, count_reward, number_reward, choice_reward, open_reward,
-        grounding_reward, box_count_reward, box_format_reward, format_reward, brevity_reward,
+        grounding_reward, box_count_reward, box_format_reward, format_reward, brevity_reward, date_reward,
     )
 }  # fmt: skip
-DEFAULT_REWARDS = ("yes_no_reward", "count_reward", "number_reward", "choice_reward", "open_reward", "grounding_reward")
+DEFAULT_REWARDS = (
+    "yes_no_reward",
+    "count_reward",
+    "number_reward",
+    "choice_reward",
+    "open_reward",
+    "grounding_reward",
+    "date_reward",
+)

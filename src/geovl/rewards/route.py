@@ -1,7 +1,7 @@
 """Which reward rule a sample gets: its ``qtype`` when known, else detected from the question.
 
 Routes (reward kinds): ``yes_no``, ``count``, ``number`` (areas, lengths, ratios with units),
-``choice``, ``open``, ``grounding``. Dataset qtypes map onto them: ``area`` → ``number``,
+``choice``, ``open``, ``grounding``, ``date`` (a year, a date or an interval). Dataset qtypes map onto them: ``area`` → ``number``,
 ``structured`` → ``open``. Detection from the question text: :mod:`geovl.data.qtype` (shared with the
 converters).
 """
@@ -12,7 +12,7 @@ from ..data.qtype import detect_qtype
 
 __all__ = ["KINDS", "QTYPE_TO_KIND", "detect_qtype", "route"]
 
-KINDS = ("yes_no", "count", "number", "choice", "open", "grounding")
+KINDS = ("yes_no", "count", "number", "choice", "open", "grounding", "date")
 QTYPE_TO_KIND = {
     "yes_no": "yes_no",
     "count": "count",
@@ -22,6 +22,7 @@ QTYPE_TO_KIND = {
     "open": "open",
     "structured": "open",
     "grounding": "grounding",
+    "date": "date",
 }
 
 

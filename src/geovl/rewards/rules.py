@@ -16,6 +16,8 @@ number      value + unit → SI (1 km² = 100 公顷 = 1500 亩 = 10⁶ m²; km 
             as in evaluation). A measured value in ``meta["gt"]["m2"]`` (or ``["area_m2"]``)
             replaces the rounded reference text.
 choice      1.0 when ``normalize_choice`` of both agree (against ``meta["choices"]`` if given)
+date        1.0 when ``is_correct("date", ...)``: the same year / date / interval after ``parse_date``
+            (a more precise prediction cut to the reference's precision), else 0.0
 open        ``0.6 · char_similarity + 0.4 · BLEU`` on normalised text (LCS ratio per character via
             rapidfuzz, so for Chinese too; BLEU: :mod:`geovl.rewards.bleu`)
 format      1.0 for ``<answer>…</answer>`` (optionally after ``<think>…</think>``) and nothing else;
@@ -46,6 +48,7 @@ __all__ = [
     "TOLERANCE",
     "box_count_score",
     "box_format_score",
+    "date_score",
     "brevity_score",
     "choice_score",
     "count_score",
@@ -136,6 +139,10 @@ def choice_score(pred, ref, meta=None, **_) -> float:
     return 1.0 if is_correct("choice", pred, ref, choices=choices) else 0.0
 
 
+def date_score(pred, ref, **_) -> float:
+    return 1.0 if is_correct("date", pred, ref) else 0.0
+
+
 def open_score(pred, ref, **_) -> float:
     p, r = normalize_text(pred), normalize_text(ref)
     if not p or not r:
@@ -202,6 +209,7 @@ SCORES = {
     "choice": choice_score,
     "open": open_score,
     "grounding": grounding_score,
+    "date": date_score,
 }
 
 

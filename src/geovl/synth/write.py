@@ -253,6 +253,43 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _synthesize_series(
+    out_dir, scenes, dates, seed, size, langs, pixel_size, questions_per_scene, split, max_buildings,
+    crs, origin, overwrite, progress, tasks, fmt, presence_classes,
+) -> dict:  # fmt: skip
+    from .series_write import check_dates, parse_series_tasks, synthesize_series
+
+    n_dates = check_dates(dates)
+    tasks = parse_series_tasks(tasks)
+    if presence_classes:
+        raise SynthError("--presence-classes applies to the two-date questions, not to --dates time series")
+    if fmt not in ("parquet", "jsonl"):
+        raise SynthError(f"format must be parquet or jsonl, got {fmt!r}")
+    langs = parse_langs(langs)
+    splits = parse_split(split)
+    pixel_size = float(pixel_size)
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    return synthesize_series(
+        out,
+        scenes,
+        n_dates,
+        seed=seed,
+        size=size,
+        langs=langs,
+        pixel_size=pixel_size,
+        questions_per_scene=questions_per_scene,
+        splits=splits,
+        max_buildings=max_buildings,
+        crs=crs,
+        origin=origin,
+        progress=progress,
+        tasks=tasks,
+        fmt=fmt,
+        base_doc=_classes_doc(size, pixel_size, crs),
+    )
+
+
 def synthesize(
     out_dir,
     scenes: int,
@@ -270,8 +307,12 @@ def synthesize(
     tasks=None,
     fmt: str = "parquet",
     presence_classes=None,
+    dates: int | None = None,
 ) -> dict:
     """Generate ``scenes`` synthetic county scenes (two dates each) and their Q/A into ``out_dir``.
+
+    With ``dates`` (N >= 2): ``scenes`` places on N dates each, one N-image sample per question
+    (:mod:`.series_write`, tasks :data:`.series_qa.SERIES_TASKS`); without it nothing changes.
 
     Returns a summary: arguments, counts per split/qtype/task/lang, answer histograms of the
     categorical tasks, and the paths written (``paths``, absolute).
@@ -279,6 +320,11 @@ def synthesize(
     from tqdm import tqdm
 
     _check_args(scenes, seed, size, pixel_size, questions_per_scene, max_buildings)
+    if dates is not None:
+        return _synthesize_series(
+            out_dir, scenes, dates, seed, size, langs, pixel_size, questions_per_scene, split, max_buildings,
+            crs, origin, overwrite, progress, tasks, fmt, presence_classes,
+        )  # fmt: skip
     tasks = parse_tasks(tasks)
     presence_keys = PRESENCE_KEYS
     if presence_classes:
