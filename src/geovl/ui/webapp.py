@@ -378,15 +378,16 @@ class ChatApp:
         return items, [self.load_image(it.path, lang) for it in items]
 
     def series_preview(self, files, dates_text, lang):
-        """The card's status (files, dates and where each date came from, or what is wrong) and gallery."""
+        """The card's status (files, dates and where each date came from, or what is wrong) and the gallery's
+        (image, caption) pairs in date order (None: empty)."""
         import gradio as gr
 
         if not files:
-            return t("ts_empty", lang), gr.Gallery(value=None)
+            return t("ts_empty", lang), None
         try:
             items, loaded = self._series(files, dates_text, lang)
         except gr.Error as e:
-            return t("error_prefix", lang) + str(e.message if hasattr(e, "message") else e), gr.Gallery(value=None)
+            return t("error_prefix", lang) + str(e.message if hasattr(e, "message") else e), None
         rows = [t("ts_table_head", lang)] + [
             f"| {i} | {it.date} | `{it.name}` | {t('ts_source_' + it.source, lang)} |" for i, it in enumerate(items, 1)
         ]
@@ -394,7 +395,7 @@ class ChatApp:
             (shown, t("ts_caption", lang, i=i, date=it.date))
             for i, (it, (_, shown)) in enumerate(zip(items, loaded), 1)
         ]
-        return "\n".join(rows), gr.Gallery(value=gallery)
+        return "\n".join(rows), gallery
 
     def ask_series(self, files, dates_text, message, history, conv, lang, temperature, max_new, *extra):
         """Ask the message box's question (or the default one) about the dated images, in date order."""
