@@ -16,7 +16,14 @@ def register(sub) -> None:
     p.add_argument("--model", help="model folder: exact sequence lengths with its tokenizer and chat template")
     p.add_argument("--min-pixels", type=int, help="lower pixel bound per image (default: the family's)")
     p.add_argument("--max-pixels", type=int, help="upper pixel bound per image (default: the family's)")
-    p.add_argument("--max-tokens", type=int, help="per-sample token budget: report samples over it")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="per-sample token budget: samples over it are counted — video samples subsampled to fewer frames "
+        "when that fits, else dropped whole",
+    )
+    p.add_argument("--video-fps", type=float, help="video sampling rate (default: the model's video settings, else 2)")
+    p.add_argument("--video-max-frames", type=int, help="frames per video at most (default: the model's, else 16)")
     p.add_argument("--preview", type=int, default=0, metavar="N", help="print N samples with images summarised")
     p.add_argument(
         "--recipe", help="SFT recipe: batch size, precision, gradient checkpointing, what trains (for --gpu-memory)"
@@ -59,6 +66,7 @@ def run(args) -> int:
         progress=not args.json,
         gpu_memory=parse_size(gpu) if gpu else None,
         plan=plan,
+        video={"fps": getattr(args, "video_fps", None), "max_frames": getattr(args, "video_max_frames", None)},
     )
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))

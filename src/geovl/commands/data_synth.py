@@ -85,6 +85,14 @@ def register(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty directory (replaces its scenes/ folder)"
     )
+    p.add_argument(
+        "--video",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also render MP4 clips of the first N scenes (construction appearing, a flight) with zh/en Q/A "
+        "into <split>_video.<format> (geovl.synth.video) / 同时生成 N 个场景的视频片段与问答",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_lazy("geovl.commands.data_synth:run"))
 
@@ -114,8 +122,25 @@ def run(args) -> int:
             presence_classes=args.presence_classes,
             dates=args.dates,
         )
+        if args.video:
+            from geovl.synth.video import synthesize_videos
+
+            summary["video"] = synthesize_videos(
+                args.out,
+                args.video,
+                seed=args.seed,
+                size=args.size,
+                langs=args.lang,
+                split=args.split,
+                max_buildings=args.max_buildings,
+                fmt=args.format,
+                image_scenes=args.scenes,
+                progress=not args.no_progress,
+            )
     except SynthError as e:
         raise CLIError(str(e)) from e
+    if args.video:
+        print(f"wrote {summary['video']['samples']} video samples / 视频问答样本", file=sys.stderr)
     per_split = ", ".join(f"{k} {v['written']}" for k, v in summary["splits"].items())
     what = f"{args.scenes} places x {args.dates} dates" if args.dates else f"{args.scenes} scenes"
     print(

@@ -124,6 +124,47 @@ class ImageCache:
         check_rendered(img, path, self.opts)
 
 
+class VideoCache:
+    """Check each video file once (headers, then the sampled frames decode: :func:`geovl.imagery.video.read_frames`)
+    and keep the bytes (or the error) of the last ``size`` files; records that share a video read it once."""
+
+    def __init__(self, settings=None, size: int = 4):
+        from collections import OrderedDict
+
+        from ..imagery.video import VideoSettings
+
+        self.settings = settings or VideoSettings()
+        self.size = size
+        self._d: "OrderedDict[str, Any]" = OrderedDict()
+        self.decoded = 0
+
+    def load(self, path: Path) -> bytes:
+        """The bytes of the video at ``path``; raises :class:`~geovl.imagery.video.VideoError` (or
+        :class:`~geovl.data.schema.SampleError` ``missing_video``) when it cannot be used."""
+        from ..imagery.video import VideoError, read_frames
+        from .schema import SampleError
+
+        key = str(path)
+        hit = self._d.get(key)
+        if hit is None:
+            try:
+                if not Path(path).is_file():
+                    raise SampleError("missing_video", f"{path}: no such video file")
+                read_frames(path, self.settings)  # every check, and the sampled frames decode
+                hit = Path(path).read_bytes()
+            except (VideoError, SampleError) as e:
+                hit = e
+            self.decoded += 1
+            self._d[key] = hit
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(key)
+        if isinstance(hit, Exception):
+            raise type(hit)(hit.reason, hit.detail)  # a fresh exception: no traceback build-up
+        return hit
+
+
 def check_rendered(img, name, opts: "ConvertOptions | None") -> None:
     if "band_order" not in img.meta:
         return

@@ -93,7 +93,7 @@ class ImageSplitter:
 
     def assign(self, sample: dict) -> str:
         """Split name for ``sample``; raises ``SampleError('split_conflict')`` if it cannot be placed."""
-        images = sample.get("images") or []
+        images = (sample.get("images") or []) + (sample.get("videos") or [])  # a video is split like an image
         if not images:
             return self.names[self._fixed(b"id:" + sample["id"].encode())]
         keys = [image_key(bytes(b)) for b in images]

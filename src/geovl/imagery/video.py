@@ -283,6 +283,18 @@ def sample_times(duration_s: float, settings: VideoSettings) -> list[float]:
     return [i * step for i in range(settings.max_frames)]
 
 
+def sampled_shape(info: VideoInfo, settings: VideoSettings = VideoSettings()) -> tuple[int, int, int]:
+    """(frames, height, width) :func:`read_frames` gives for a video that declares ``info`` — from the
+    headers, nothing decoded: the sampling times (each stream frame at most once), made even, and the
+    frame size after ``settings.max_pixels``."""
+    n = len(sample_times(info.duration_s, settings)) if info.duration_s > 0 else settings.max_frames
+    if info.frames > 0:
+        n = min(n, info.frames)
+    n = min(settings.max_frames, n + n % 2)
+    w, h = _scaled_size(info.width, info.height, settings.max_pixels)
+    return n, h, w
+
+
 def _scaled_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
     if not max_pixels or width * height <= max_pixels:
         return width, height

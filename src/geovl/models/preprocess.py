@@ -34,6 +34,15 @@ class PreprocessConfig:
     # which vision input the model reads with (geovl.models.vision_input kind: "rgb", "spectral", …); None: not
     # recorded (a folder written before the key: the kind is recognised by its files)
     vision_input: str | None = None
+    # how videos are sampled and bounded (geovl.imagery.video.VideoSettings.to_dict()); None: not recorded
+    # (a folder written before videos existed) — readers then use VideoSettings() defaults
+    video: dict | None = None
+
+    def video_settings(self):
+        """The :class:`~geovl.imagery.video.VideoSettings` to decode videos with (defaults when not recorded)."""
+        from ..imagery.video import VideoSettings
+
+        return VideoSettings.from_dict(self.video)
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME
@@ -50,7 +59,13 @@ class PreprocessConfig:
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"{p}: unknown preprocessing keys {sorted(unknown)} (written by a newer geovl?)")
-        return cls(**known)
+        cfg = cls(**known)
+        if cfg.video is not None:
+            try:
+                cfg.video_settings()
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{p}: bad video settings ({e})") from None
+        return cfg
 
     def take_render_from(self, datasets) -> bool:
         """Copy the raster render settings ``geovl data convert`` recorded for these dataset files

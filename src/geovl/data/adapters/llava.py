@@ -13,6 +13,13 @@ Input: a JSON list (streamed element by element with ijson, never loaded whole) 
   of tags must equal the number of images (else ``tag_count_mismatch``); a tag in an
   assistant/system turn is rejected (``image_in_assistant_turn``);
 - records without images are valid text-only samples;
+- videos: a ``"video"`` (or ``"videos"``) field, a path or a list of paths, with ``<video>`` tags in user
+  turns placed like ``<image>`` tags (``{"type": "video"}`` parts, bytes in the sample's ``videos``). A
+  record with videos, no images and ``<image>`` tags instead (the LLaVA-Video convention) has its tags read
+  as video tags. Each video is checked as :func:`geovl.imagery.video.read_frames` reads it (headers, limits,
+  the sampled frames decode); a bad one rejects its record with the video's reason (``corrupt``,
+  ``not_a_video``, ``no_video_stream``, ``zero_frames``, ``too_long``, ``too_large``, ``too_many_bytes``,
+  ``unsupported_codec``) or ``missing_video``; a tag count that differs is ``tag_count_mismatch``;
 - image paths are relative to ``--images-root`` (default: the input file's folder);
 - qtype ``open`` unless the record has a valid ``qtype``; answer = last assistant turn;
 - ``--boxes 0-1|0-100|0-1000`` (the scale the record's box numbers are on; never guessed): a record
@@ -27,17 +34,21 @@ Input: a JSON list (streamed element by element with ijson, never loaded whole) 
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Iterator
 
 import ijson
 
 from ...imagery.decode import ImageError, resolve_image_path
-from ..convert import ConvertError, ConvertOptions, ImageCache
+from ...imagery.video import VideoError
+from ..convert import ConvertError, ConvertOptions, ImageCache, VideoCache
 from ..io import UTF8_BOM, iter_jsonl_lines
-from ..schema import SampleError, image_part, text_part
+from ..schema import SampleError, image_part, text_part, video_part
 
 TAG = "<image>"
+VIDEO_TAG = "<video>"
+_TAGS = re.compile(r"(<image>|<video>)")
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _CHUNK = 1 << 20
 
@@ -124,12 +135,15 @@ def iter_json_records(path: Path) -> Iterator[tuple[str, object]]:
         yield f"{path.name}#L{n}", obj
 
 
-def split_at_tags(text: str) -> list[dict]:
-    """Text with ``<image>`` tags -> content parts, images exactly where the tags were."""
+def split_at_tags(text: str, image_tags_are_videos: bool = False) -> list[dict]:
+    """Text with ``<image>`` / ``<video>`` tags -> content parts, images and videos exactly where the tags were
+    (``image_tags_are_videos``: ``<image>`` stands for a video, as in LLaVA-Video records)."""
     parts: list[dict] = []
-    for i, piece in enumerate(text.split(TAG)):
+    pieces = _TAGS.split(text)
+    for i, piece in enumerate(pieces[::2]):
         if i > 0:
-            parts.append(image_part())
+            tag = pieces[2 * i - 1]
+            parts.append(video_part() if tag == VIDEO_TAG or image_tags_are_videos else image_part())
             if piece.startswith("\r\n"):
                 piece = piece[2:]
             elif piece.startswith("\n"):
@@ -139,7 +153,7 @@ def split_at_tags(text: str) -> list[dict]:
     return parts
 
 
-def build_messages(conv) -> list[dict]:
+def build_messages(conv, image_tags_are_videos: bool = False) -> list[dict]:
     if not isinstance(conv, list) or not conv:
         raise SampleError("bad_roles", "no conversation turns")
     msgs = []
@@ -154,10 +168,11 @@ def build_messages(conv) -> list[dict]:
         if not isinstance(text, str):
             raise SampleError("bad_record", f"turn {i}: text must be a string")
         if role == "user":
-            content = split_at_tags(text)
+            content = split_at_tags(text, image_tags_are_videos)
         else:
-            if TAG in text:
-                raise SampleError("image_in_assistant_turn", f"turn {i} ({role}) contains {TAG}")
+            if TAG in text or VIDEO_TAG in text:
+                tag = TAG if TAG in text else VIDEO_TAG
+                raise SampleError("image_in_assistant_turn", f"turn {i} ({role}) contains {tag}")
             content = [text_part(text)]
         msgs.append({"role": role, "content": content or [text_part("")]})
     roles = [m["role"] for m in msgs]
@@ -174,6 +189,7 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
         raise ConvertError(f"{path}: --from llava expects a .json (list) or .jsonl file")
     root = o.images_root or path.parent
     cache = ImageCache(o.pixel_limit, size=16, opts=o)
+    videos = VideoCache()
     for source, rec in iter_json_records(path):
         if isinstance(rec, dict) and rec.get("id") is not None:
             source = f"{path.name}#{rec['id']}"
@@ -181,30 +197,54 @@ def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
             yield source, rec
             continue
         try:
-            item = _build(rec, source, root, cache, path)
+            item = _build(rec, source, root, cache, path, videos)
             if getattr(o, "boxes", None):
                 item = _with_boxes(item, rec, o.boxes)
-        except (SampleError, ImageError) as e:
+        except (SampleError, ImageError, VideoError) as e:
             item = e
         yield source, item
 
 
-def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
+def _paths(rec: dict, *keys: str) -> list[str]:
+    refs = next((rec[k] for k in keys if k in rec), None)
+    if refs is None:
+        return []
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise SampleError("bad_record", f"'{keys[0]}' must be a path or a list of paths")
+    return refs
+
+
+def _build(rec, source: str, root: Path, cache: ImageCache, path: Path, videos: VideoCache | None = None) -> dict:
     if not isinstance(rec, dict):
         raise SampleError("bad_record", f"record is a {type(rec).__name__}, not an object")
     rid = rec.get("id")
     sid = str(rid) if rid is not None and str(rid).strip() else source.replace("#", "-")
-    refs = rec.get("image", rec.get("images"))
-    if refs is None:
-        refs = []
-    elif isinstance(refs, str):
-        refs = [refs]
-    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-        raise SampleError("bad_record", "'image' must be a path or a list of paths")
-    msgs = build_messages(rec.get("conversations", rec.get("messages")))
+    refs = _paths(rec, "image", "images")
+    vrefs = _paths(rec, "video", "videos")
+    conv = rec.get("conversations", rec.get("messages"))
+    # LLaVA-Video writes <image> for its video: read those tags as video tags when nothing else fits
+    as_videos = (
+        bool(vrefs)
+        and not refs
+        and isinstance(conv, list)
+        and not any(isinstance(t, dict) and VIDEO_TAG in str(t.get("value", t.get("content")) or "") for t in conv)
+    )
+    msgs = build_messages(conv, as_videos)
     n_tags = sum(1 for m in msgs for p in m["content"] if p["type"] == "image")
     if n_tags != len(refs):
         raise SampleError("tag_count_mismatch", f"{n_tags} {TAG} tags but {len(refs)} images")
+    n_vtags = sum(1 for m in msgs for p in m["content"] if p["type"] == "video")
+    if n_vtags != len(vrefs):
+        raise SampleError("tag_count_mismatch", f"{n_vtags} {VIDEO_TAG} tags but {len(vrefs)} videos")
+    vdatas = []
+    for ref in vrefs:
+        try:
+            vpath = resolve_image_path(root, ref)
+        except ImageError as e:
+            raise SampleError(e.reason if e.reason == "path_escape" else "missing_video", e.detail) from None
+        vdatas.append((videos or VideoCache()).load(vpath))
     datas, img_meta = [], []
     for ref in refs:
         loaded = cache.load(resolve_image_path(root, ref))
@@ -219,6 +259,8 @@ def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
     }
     if any(img_meta):
         meta["images_meta"] = img_meta
+    if vrefs:
+        meta["video_paths"] = vrefs
     for k in ("source", "meta"):
         if k in rec and isinstance(rec[k], (str, dict)):
             meta[f"orig_{k}"] = rec[k]
@@ -230,7 +272,7 @@ def _build(rec, source: str, root: Path, cache: ImageCache, path: Path) -> dict:
         "answer": answer,
         "source": source,
         "meta": meta,
-    }
+    } | ({"videos": vdatas} if vdatas else {})
 
 
 def _with_boxes(sample: dict, rec: dict, scale_name: str) -> dict:
