@@ -23,7 +23,7 @@ import torch
 
 from conftest import TINY_FAMILIES
 from geovl.data.schema import assistant_turn, make_sample, text_part
-from geovl.imagery.video import VideoSettings, encode_mp4, read_frames
+from geovl.imagery.video import VideoError, VideoSettings, encode_mp4, read_frames
 from geovl.models.registry import get_family
 from geovl.train.data import IGNORE, SFTCollator, SFTDataset
 from sft_util import png, run_cli, train, write_dataset
@@ -99,7 +99,7 @@ def test_video_token_count_is_the_processors(tiny_model_dir, family):
         clip = read_frames(mp4(n, h, w, seed=n, fps=fps), VideoSettings(fps=2.0, max_frames=8))
         assert len(clip.frames) % 2 == 0 and 2 <= len(clip.frames) <= 8
         ids = proc(text=[bare], **video_processor_kwargs([clip]), return_tensors="pt")["input_ids"][0]
-        vis, n_tok = video_prompt_tokens(proc, clip)
+        vis, n_tok = video_prompt_tokens(proc, get_family(family), clip)
         assert vis == int((ids == pad).sum()) > 0
         assert n_tok - 1 == ids.shape[0] - 3  # the one <|video_pad|> the template wrote → n_tok tokens
 
@@ -150,6 +150,7 @@ def test_bad_video_drops_its_sample_with_the_reason(tiny_model_dir, tmp_path):
     s = ds.summary()
     assert (s["read"], s["kept"], s["dropped"]) == (2, 1, 1)
     assert ds.dropped[0].id == "bad" and ds.dropped[0].reason == "bad_video"
+    assert ds.dropped[0].detail.startswith("video 0: ") and ds.dropped[0].detail.split(": ")[1] in VideoError.REASONS
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -181,18 +182,21 @@ def test_packed_row_with_videos_equals_each_sample_alone(tiny_model_dir, tmp_pat
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_sft_then_eval_on_video_and_timeseries(tiny_model_dir, tmp_path, capsys, family):
+def test_sft_then_eval_on_video_and_timeseries(tiny_model_dir, tmp_path, capsys, monkeypatch, family):
+    monkeypatch.setenv("GEOVL_RANK_STATE", "1")  # rank0.json: the sample ids trained on
     data = write_dataset(tmp_path / "d.parquet", samples())
     out = tmp_path / "run"
     rc, err = train(
-        capsys, tiny_model_dir(family), data, out, "max_steps=2", "lr=1e-3", "video_fps=3", "video_max_frames=4"
+        capsys, tiny_model_dir(family), data, out, "max_steps=3", "lr=1e-3", "video_fps=3", "video_max_frames=4"
     )
     assert rc == 0, err
     final = out / "final"
     pre = json.loads((final / "geovl_preprocess.json").read_text())
     assert pre["video"]["fps"] == 3.0 and pre["video"]["max_frames"] == 4
-    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else {}
-    assert summary.get("steps", 2) == 2
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["samples"]["kept"] == 6 and summary["samples"]["dropped"] == 0
+    seen = json.loads((out / "rank0.json").read_text())["sample_ids"]
+    assert sorted(seen) == sorted(r["id"] for r in samples())  # 3 steps × 2 = one epoch: every sample trained
 
     preds = tmp_path / "p.jsonl"
     rc, err = run_cli(capsys, "eval", "--model", final, "--data", data, "--out", preds, "--max-new-tokens", "3")
@@ -272,7 +276,7 @@ def test_eval_rejects_only_the_bad_video(tiny_model_dir, tmp_path, capsys):
     assert rc == 0, err
     assert [json.loads(x)["id"] for x in preds.read_text().splitlines()] == ["v0", "i0"]
     rej = [json.loads(x) for x in (tmp_path / "p.rejects.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rej] == ["bad"] and rej[0]["reason"]
+    assert [r["id"] for r in rej] == ["bad"] and rej[0]["reason"] in VideoError.REASONS
 
 
 def test_grpo_leaves_video_samples_out_with_the_reason(tiny_model_dir, tmp_path):

@@ -23,9 +23,11 @@ from pathlib import Path
 from ..data.io import count_samples, read_samples, rejects_path_for
 from ..data.schema import SampleError, count_image_parts, message_text, validate_sample
 from ..imagery.decode import ImageError
+from ..imagery.video import VideoError
 from ..inference.engine import ChatRequest, GenerationParams, PromptTooLong
 
-SAMPLE_ERRORS = (ImageError, PromptTooLong)  # problems of one sample: rejected, the rest of its chunk goes on
+# problems of one sample: rejected, the rest of its chunk goes on
+SAMPLE_ERRORS = (ImageError, VideoError, PromptTooLong)
 
 
 def split_prompt(sample: dict) -> tuple[ChatRequest, str]:

@@ -353,7 +353,7 @@ class LocalEngine:
         tok = tokenizer or self.tokenizer
         n = len(tok(self.prompt_text(request), add_special_tokens=False)["input_ids"])
         for clip in self.clips(request).videos:
-            n += video_prompt_tokens(self.processor, clip, tok)[1] - 1
+            n += video_prompt_tokens(self.processor, self.family, clip, tok)[1] - 1
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         for b in request.images:
             size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)

@@ -300,12 +300,13 @@ def read_clip(item, settings, where: str = "<video>"):
 
 
 def sampling_rate(clip) -> float:
-    """Frames per second of a sampled clip, from its sample times (a clip capped by ``max_frames`` is sampled
-    more sparsely than the settings' fps); a one-time clip: its ``fps``."""
+    """Frames per second of a sampled clip: its ``fps`` (:func:`~geovl.imagery.video.read_frames` sets the rate
+    it really sampled at — sparser than the settings' fps when ``max_frames`` caps a long video), else from
+    its sample times."""
+    if clip.fps and clip.fps > 0:
+        return float(clip.fps)
     t = list(clip.times_s)
-    if len(t) >= 2 and t[-1] > t[0]:
-        return (len(t) - 1) / (t[-1] - t[0])
-    return float(clip.fps)
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 1.0
 
 
 def _clip_metadata(clip, n: int, height: int, width: int):
@@ -322,23 +323,24 @@ def _clip_metadata(clip, n: int, height: int, width: int):
     )
 
 
-def video_prompt_tokens(processor, clip, tokenizer=None) -> tuple[int, int]:
+def video_prompt_tokens(processor, family, clip, tokenizer=None) -> tuple[int, int]:
     """(visual tokens, prompt tokens) a sampled clip becomes where the chat template wrote one ``<|video_pad|>``,
-    without processing a pixel: the video processor's own patch count for the clip's size, and the processor's
-    own placeholder text (Qwen3-VL: a timestamp and vision start/end per temporal patch) tokenized with
-    ``tokenizer`` (default the processor's). Equal to what :func:`video_processor_kwargs` makes the processor
-    produce (``tests/test_video_train.py``)."""
+    without processing a pixel: the registry's grid for the clip under the processor's video bounds
+    (:meth:`~geovl.models.registry.Family.video_grid_thw`), and the processor's own placeholder text for that grid
+    (Qwen3-VL: a timestamp and vision start/end per temporal patch) tokenized with ``tokenizer`` (default the
+    processor's). Equal to what :func:`video_processor_kwargs` makes the processor produce
+    (``tests/test_video_train.py``)."""
     import torch
 
-    vp = processor.video_processor
+    from .registry import video_bounds_of
+
     frames = clip.frames
     n, (h, w) = len(frames), frames[0].shape[:2]
-    patches = int(vp.get_num_of_video_patches(n, h, w, {}))
-    t = -(-n // int(vp.temporal_patch_size))
-    grid = torch.tensor([[t, patches // t, 1]])  # only grid_t and the per-frame patch count matter here
-    text = processor.replace_video_token({"video_grid_thw": grid, "video_metadata": [_clip_metadata(clip, n, h, w)]}, 0)
+    grid = family.video_grid_thw(n, h, w, **video_bounds_of(processor))
+    meta = _clip_metadata(clip, n, h, w)
+    text = processor.replace_video_token({"video_grid_thw": torch.tensor([grid]), "video_metadata": [meta]}, 0)
     ids = (tokenizer or processor.tokenizer)(text, add_special_tokens=False)["input_ids"]
-    return patches // int(vp.merge_size) ** 2, len(ids)
+    return grid[0] * grid[1] * grid[2] // family.merge_size**2, len(ids)
 
 
 def video_processor_kwargs(clips) -> dict:

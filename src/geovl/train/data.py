@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..data.io import DatasetFileError, read_samples
 from ..data.io import _from_row as row_to_sample
-from ..data.schema import COLUMNS
+from ..data.schema import COLUMNS, OPTIONAL_COLUMNS
 
 IGNORE = -100
 
@@ -60,7 +60,7 @@ class ParquetRows:
                 f"{path}: missing column(s) {missing}; expected a geovl dataset with columns {list(COLUMNS)} "
                 "(convert your data with `geovl data convert`)"
             )
-        self.columns = [c for c in COLUMNS if c in names]
+        self.columns = [c for c in (*COLUMNS, *OPTIONAL_COLUMNS) if c in names]  # videos: absent in older files
         self.starts = [0]
         for g in range(pf.metadata.num_row_groups):
             self.starts.append(self.starts[-1] + pf.metadata.row_group(g).num_rows)
@@ -233,8 +233,9 @@ class MeasuredSamples:
 
     def _video_tokens(self, videos: list) -> tuple[int, int]:
         """(visual tokens, sequence tokens added) of a sample's videos: each sampled clip counted with the
-        processor's own maths (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp
-        and vision start/end per temporal patch); "added" is beyond the one ``<|video_pad|>`` per part."""
+        registry's video maths and the processor's placeholder text
+        (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp and vision start/end
+        per temporal patch); "added" is beyond the one ``<|video_pad|>`` per part."""
         if not videos:
             return 0, 0
         from ..models.vision_input import video_prompt_tokens
@@ -243,7 +244,7 @@ class MeasuredSamples:
             raise _Drop("video_in_spectral_run", "a hyperspectral run reads cubes; video parts cannot be used")
         vis = added = 0
         for clip in self._clips(videos):
-            v, n = video_prompt_tokens(self.processor, clip)
+            v, n = video_prompt_tokens(self.processor, self.family, clip)
             vis += v
             added += n - 1
         return vis, added
