@@ -55,6 +55,7 @@ READ = [
     ("The forest was cleared between 2019 and 2021.", "2019/2021"),
     ("2019-06-01 to 2021-06-01", "2019-06-01/2021-06-01"),
     ("2019年6月1日至2021年6月1日", "2019-06-01/2021-06-01"),
+    ("lorem ipsum " * 5000 + "so the answer is 2020", "2020"),  # a long reply
 ]
 
 UNREADABLE = [
@@ -81,6 +82,7 @@ UNREADABLE = [
     "2020 buildings",
     "12.5 公顷",
     "x" * 5000,
+    "2019 " * 100_000,  # many dates: unreadable, without reading them all
 ]
 
 

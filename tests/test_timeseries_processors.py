@@ -87,3 +87,32 @@ def test_qwen2_5_vl_time_step_per_fused_pair(tokenizer):
     assert out["video_grid_thw"][0][0] == 2
     # the rotary time step per temporal patch is tokens_per_second x second_per_grid_ts (2 years of seconds here)
     assert float(out["second_per_grid_ts"][0]) == pytest.approx(2 * YEAR_S)
+
+
+@pytest.mark.parametrize("family,model_cls", [("qwen2-vl", "Qwen2VLModel"), ("qwen2.5-vl", "Qwen2_5_VLModel")])
+def test_rotary_time_position_of_yearly_frames(family, model_cls, tokenizer):
+    """M-RoPE temporal positions (the model's get_rope_index, weights on the meta device): one step per fused
+    pair for Qwen2-VL whatever the time between dates; tokens_per_second × 2 / fps for Qwen2.5-VL."""
+    import torch
+    import transformers
+
+    from geovl.models.tiny import tiny_config
+
+    f, proc = _processor(family, tokenizer)
+    cfg = tiny_config(f, tokenizer)
+    with torch.device("meta"):
+        model = getattr(transformers, model_cls)(cfg)
+    md = VideoMetadata(total_num_frames=4, fps=1 / YEAR_S, frames_indices=[0, 1, 2, 3])
+    text = "<|vision_start|><|video_pad|><|vision_end|>x"
+    out = proc(text=[text], videos=[_frames(f, 4)], video_metadata=[md], do_sample_frames=False, return_tensors="pt")
+    extra = {"second_per_grid_ts": out["second_per_grid_ts"]} if "second_per_grid_ts" in out else {}
+    pos, _ = model.get_rope_index(
+        out["input_ids"], out["mm_token_type_ids"], video_grid_thw=out["video_grid_thw"], **extra
+    )
+    t = pos[0, 0][out["input_ids"][0] == cfg.video_token_id].tolist()
+    assert len(t) == 8 and len(set(t[:4])) == len(set(t[4:])) == 1  # 4 dates → 2 time positions
+    step = t[4] - t[0]
+    if family == "qwen2-vl":
+        assert step == 1
+    else:
+        assert step == round(cfg.vision_config.tokens_per_second * 2 * YEAR_S)  # 252 460 800 at the default 4

@@ -22,6 +22,7 @@ in :mod:`geovl.evaluate.rules`; their public functions (``parse_number``, ``pars
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -385,10 +386,10 @@ def parse_date(s) -> str | None:
     "2019年还是2021年"), a negated date ("not 2019", "不是2019年") and text with no date give ``None``.
     Four-digit numbers with a unit are quantities, not years ("1500亩", "2000 ha")."""
     t = normalize_text(s)
-    if not t or len(t) > 2000:
+    if not t:
         return None
     t = _ZH_YEAR.sub(lambda m: m.group(0).translate(_ZH_DIGITS), t)
-    tokens = list(_DATE_TOKEN.finditer(t))
+    tokens = list(itertools.islice(_DATE_TOKEN.finditer(t), 3))  # a third date already makes it unreadable
     if not tokens or len(tokens) > 2:
         return None
     values = [_token_value(m) for m in tokens]

@@ -43,7 +43,7 @@ MIN_CROPLAND = 0.15  # the first date's cropland share (the layout is redrawn be
 MAX_LAYOUT_DRAWS = 40
 P_GROW_EVERY = 0.5
 P_OCCUPY = 0.85
-P_FOREST_LOSS = 0.7
+P_FOREST_LOSS = 0.9
 SPRAWL_SHARE = (0.02, 0.05)
 FOREST_LOSS_SHARE = (0.03, 0.07)
 
