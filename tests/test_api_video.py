@@ -304,3 +304,33 @@ def test_dropped_video_stream_stops_generating(setup):
     assert generated < 500, f"{generated} tokens generated for a dropped stream (1,500 asked)"
     r = c.chat.completions.create(model="tiny", messages=video_messages(video_uri(clip(4))), max_tokens=MAX)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_grounded_extension_refuses_videos_and_the_web_app_asks_through_the_api(setup, tmp_path):
+    """The geovl grounded extension reads GeoTIFFs, not videos (a clear 400); `geovl ui --api` (the web app on
+    a RemoteEngine) sends an uploaded video as a video_url part and streams the server's answer, which is
+    the local engine's answer for the same video."""
+    from geovl.inference.remote import RemoteEngine
+    from geovl.ui.webapp import ChatApp, Conversation
+
+    c, video = client(setup["server"]), clip(6)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="tiny",
+            messages=video_messages(video_uri(video)),
+            max_tokens=MAX,
+            extra_body={"geovl": {"grounded": True}},
+        )
+    assert e.value.body["code"] == "unsupported_content" and "video" in e.value.body["message"]
+
+    remote = RemoteEngine(setup["server"].url + "/v1", api_key="EMPTY", model="tiny")
+    try:
+        app = ChatApp(remote, max_new_tokens=MAX)
+        (path := tmp_path / "site.mp4").write_bytes(video)
+        q = "Is there a new building?"
+        outs = list(app.respond({"text": q, "files": [str(path)]}, [], Conversation(), "en", 0, MAX))
+        _, history, conv, _, _ = outs[-1]
+    finally:
+        remote.close()
+    assert conv.videos == [video]
+    assert history[-1]["content"] == local(setup["engine"], ChatRequest([video_turn(q)], [], [video]))[0]
