@@ -284,3 +284,79 @@ def test_bilingual_page_upload_quick_question_streaming_and_follow_up(ui, browse
 
     d.find_element(By.CSS_SELECTOR, "#clear-btn").click()
     wait.until(lambda _: not bots())
+
+
+@needs_chromium
+def test_video_upload_and_dated_geotiff_series_in_the_browser(ui, browser, tmp_path):
+    """In the page: attach an MP4 (a player appears in the chat), ask in Chinese, the streamed answer is the
+    local engine's for that video; then upload two dated GeoTIFFs in the time-series card (dates read from the
+    file names, shown in date order with previews) and ask in English: the answer is the engine's for the one
+    dated two-image turn. Screenshot: test-artifacts/webapp-video.png."""
+    import numpy as np
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from geovl.imagery.geotiff import Raster, write_raster
+    from geovl.imagery.video import encode_mp4
+    from geovl.synth.series_qa import date_preamble
+    from geovl.ui.webapp import ChatApp
+
+    d, engine = browser, ui["engine"]
+    params = GenerationParams(max_new_tokens=MAX_NEW)
+    wait = WebDriverWait(d, 90, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
+
+    def bots() -> list[str]:
+        return [e.text for e in d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot']")]
+
+    d.get(ui["server"].url)
+    wait.until(lambda _: t("page_title", "zh") in d.find_element(By.CSS_SELECTOR, "#title").text)
+    assert t("ts_heading", "zh").splitlines()[0].strip("# ") in d.find_element(By.CSS_SELECTOR, "#ts-heading").text
+
+    # a video in the message box, a question in Chinese
+    rng = np.random.default_rng(5)
+    mp4 = encode_mp4([rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(6)], fps=2)
+    (video := tmp_path / "drone.mp4").write_bytes(mp4)
+    d.find_element(By.CSS_SELECTOR, "#msg-input input[type='file']").send_keys(str(video))
+    wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#msg-input .thumbnails > *"), "no thumbnail for the video")
+    q = "视频中的工地有什么变化？"
+    box = d.find_element(By.CSS_SELECTOR, "#msg-input textarea")
+    box.send_keys(q)
+    box.send_keys(Keys.ENTER)
+    turn = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}
+    a1 = engine.generate([ChatRequest([turn], [], [mp4])], params)[0]
+    wait.until(lambda _: bots() and norm(bots()[0]) == norm(a1), f"video answer never became {a1!r}")
+    assert d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='user'] video"), "the video plays in the chat"
+    d.find_element(By.CSS_SELECTOR, "#clear-btn").click()
+    wait.until(lambda _: not bots())
+
+    # two dated GeoTIFFs in the time-series card, uploaded late date first; a question in English
+    paths = []
+    for seed, day in ((7, "2022-06-01"), (8, "2019-06-01")):
+        arr = (np.random.default_rng(seed).random((3, 40, 50)) * 3000).astype("uint16")
+        p = tmp_path / f"county_{day}.tif"
+        write_raster(p, Raster(arr, crs="EPSG:32650", transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)))
+        paths.append(str(p))
+    d.find_element(By.CSS_SELECTOR, "#ts-files input[type='file']").send_keys("\n".join(paths))
+    status = lambda: d.find_element(By.CSS_SELECTOR, "#ts-status").text  # noqa: E731
+    wait.until(lambda _: "2019-06-01" in status() and "2022-06-01" in status(), "the dates were never shown")
+    assert status().index("2019-06-01") < status().index("2022-06-01"), "date order"
+    wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#ts-gallery img")) == 2, "no previews")
+    q2 = "In which year did buildings appear on the cropland?"
+    d.find_element(By.CSS_SELECTOR, "#msg-input textarea").send_keys(q2)
+    d.find_element(By.CSS_SELECTOR, "#ts-ask").click()
+    app = ChatApp(engine)
+    rendered = [app.load_image(p, "zh")[0] for p in reversed(paths)]  # date order
+    text = date_preamble(["2019-06-01", "2022-06-01"], "zh") + q2
+    a2 = engine.generate([ChatRequest([user_turn(text, 2)], rendered)], params)[0]
+    wait.until(lambda _: bots() and norm(bots()[0]) == norm(a2), f"time-series answer never became {a2!r}")
+    users = d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='user']")
+    assert any("影像1（2019-06-01）" in u.text for u in users)
+    assert sum(len(u.find_elements(By.CSS_SELECTOR, "img")) for u in users) == 2, "both dated images in the chat"
+
+    d.execute_script("window.scrollTo(0, 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "webapp-video.png"
+    d.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000

@@ -26,7 +26,8 @@ def register(sub) -> None:
             "Serve a local model (+ adapter) at /v1/chat/completions (OpenAI format, streaming with stream=true), "
             "/v1/models and /health; GeoTIFF measurement and grounded answers at /v1/geo/measure, /v1/geo/ask and "
             'with the request extension "geovl": {"grounded": true} (docs/serving.md). Binds 127.0.0.1 unless --host says otherwise. Images come as data: URIs; '
-            "http(s) URLs only with --allow-http-images, local paths/file:// only inside --allowed-image-dir. "
+            "http(s) URLs only with --allow-http-images, local paths/file:// only inside --allowed-image-dir; "
+            "videos (video_url parts) follow the same rules under the --max-video-* limits (docs/video.md). "
             "以 OpenAI 兼容接口提供模型服务。"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -59,6 +60,31 @@ def register(sub) -> None:
         help="all images of one request together, decoded (from their headers, before decoding)",
     )
     p.add_argument("--max-images", type=int, default=8, help="per request (all turns)")
+    p.add_argument(
+        "--max-videos",
+        type=int,
+        default=2,
+        help="video_url parts per request (all turns); same reference rules as images",
+    )
+    p.add_argument("--max-video-bytes", type=int, default=64 * 1024 * 1024, help="per video")
+    p.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=3600.0,
+        help="per video, its declared duration (checked before decoding)",
+    )
+    p.add_argument(
+        "--max-video-frame-pixels",
+        type=int,
+        default=3840 * 2160,
+        help="per video, its declared frame width x height (checked before decoding)",
+    )
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=64,
+        help="frames sampled per video at most (caps the model folder's video max_frames, never raises it)",
+    )
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument(
         "--default-max-tokens",
@@ -137,6 +163,7 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args) -> int:
+    import dataclasses
     import os
     import sys
 
@@ -149,6 +176,9 @@ def run(args) -> int:
         "max_decoded_bytes",
         "max_request_decoded_bytes",
         "max_images",
+        "max_videos",
+        "max_video_bytes",
+        "max_video_frame_pixels",
         "max_tokens_limit",
         "default_max_tokens",
         "max_batch_size",
@@ -170,6 +200,18 @@ def run(args) -> int:
         )
     except ValueError as e:
         raise CLIError(f"--allowed-image-dir: {e}") from e
+    from geovl.serve.videos import SERVER_VIDEO_LIMITS
+
+    try:
+        video = dataclasses.replace(
+            SERVER_VIDEO_LIMITS,
+            max_bytes=args.max_video_bytes,
+            max_duration_s=args.max_video_seconds,
+            max_frame_pixels=args.max_video_frame_pixels,
+            max_frames=args.max_video_frames,
+        )
+    except ValueError as e:
+        raise CLIError(f"video limits: {e}") from e
     api_key = args.api_key or os.environ.get("GEOVL_API_KEY") or None
     if not is_loopback(args.host) and not api_key:
         print(
@@ -200,6 +242,8 @@ def run(args) -> int:
         served_model_name=args.served_model_name or engine.name,
         api_key=api_key,
         limits=limits,
+        video=video,
+        max_videos=args.max_videos,
         max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
         batch_window_ms=args.batch_window_ms,
@@ -215,7 +259,8 @@ def run(args) -> int:
     print(
         f"geovl serve: {config.served_model_name} at http://{args.host}:{args.port}/v1 "
         f"(API key {'required' if api_key else 'off'}; images: data URIs"
-        f"{', http(s)' if limits.allow_http else ''}{', files in ' + limits.allowed_dir if limits.allowed_dir else ''}) / 服务已启动",
+        f"{', http(s)' if limits.allow_http else ''}{', files in ' + limits.allowed_dir if limits.allowed_dir else ''}; "
+        f"videos alike, up to {args.max_videos} per request) / 服务已启动",
         file=sys.stderr,
         flush=True,
     )

@@ -13,10 +13,10 @@ def register(sub) -> None:
         "ui",
         help="web app for image Q&A (Chinese/English) / 启动网页问答界面",
         description=(
-            "A Gradio web app: upload images, ask questions (quick-question buttons), streamed answers, multi-turn "
+            "A Gradio web app: upload images or videos, ask questions (quick-question buttons), streamed answers, multi-turn "
             "chat that remembers earlier images. GeoTIFFs (one date, or before/after) are measured (areas per class in "
             "m², km², 公顷, 亩, change matrix) and answered with the measured figures in the prompt; a button maps "
-            "flagged tiles. Runs a local model (--model) or talks to an OpenAI-compatible server (--api). Binds "
+            "flagged tiles. A time-series card takes several dated GeoTIFFs (dates typed, or read from file names or tags) and asks about them in date order. Runs a local model (--model) or talks to an OpenAI-compatible server (--api). Binds "
             "127.0.0.1; --share is off unless asked. 县域国土空间智能问答网页。"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the answer-length slider")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024, help="per uploaded image")
     p.add_argument("--max-images", type=int, default=8, help="images per conversation")
+    p.add_argument("--max-videos", type=int, default=2, help="videos per conversation")
+    p.add_argument("--max-video-bytes", type=int, default=64 * 1024 * 1024, help="per uploaded video")
     p.add_argument(
         "--no-geo",
         action="store_true",
@@ -54,7 +56,7 @@ def run(args) -> int:
 
     if bool(args.api) == bool(args.model):
         raise CLIError("give either --model FOLDER (a local model) or --api URL (an OpenAI-compatible server)")
-    for name in ("max_new_tokens", "max_upload_bytes", "max_images"):
+    for name in ("max_new_tokens", "max_upload_bytes", "max_images", "max_videos", "max_video_bytes"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.api:
@@ -79,6 +81,8 @@ def run(args) -> int:
         lang=args.lang,
         max_upload_bytes=args.max_upload_bytes,
         max_images=args.max_images,
+        max_videos=args.max_videos,
+        max_video_bytes=args.max_video_bytes,
         max_new_tokens=args.max_new_tokens,
         where=where,
         extension=extension,

@@ -398,16 +398,28 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
-def _too_big(n: int, limits: ImageLimits, what: str = "image") -> ImageRefError:
+# Words of the reference kinds (the same loaders read images and videos: geovl.serve.videos).
+KIND_WORDS = {"image": ("image", "图像"), "video": ("video", "视频")}
+TOO_BIG_CODES = {"image": "image_too_large", "video": "video_too_many_bytes"}
+
+
+def _cap(limits: ImageLimits, max_bytes: int | None) -> int:
+    return limits.max_image_bytes if max_bytes is None else int(max_bytes)
+
+
+def _too_big(
+    n: int, limits: ImageLimits, what: str | None = None, max_bytes: int | None = None, kind: str = "image"
+) -> ImageRefError:
+    cap, (word, zh) = _cap(limits, max_bytes), KIND_WORDS[kind]
     return ImageRefError(
-        f"{what} is {n} bytes, over the limit of {limits.max_image_bytes} bytes ({_mb(limits.max_image_bytes)}) / 图像文件过大",
-        "image_too_large",
+        f"{what or word} is {n} bytes, over the limit of {cap} bytes ({_mb(cap)}) / {zh}文件过大",
+        TOO_BIG_CODES[kind],
         413,
     )
 
 
 # -- the reference kinds -------------------------------------------------------------------------
-def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
+def decode_data_uri(url: str, limits: ImageLimits, max_bytes: int | None = None, kind: str = "image") -> bytes:
     m = DATA_URI.match(url)
     if not m:
         raise ImageRefError(
@@ -418,8 +430,8 @@ def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
             "data URIs must be base64-encoded (data:<mime>;base64,...) / data URI 需为 base64 编码", "invalid_data_uri"
         )
     payload = url[m.end() :]
-    if len(payload) > (limits.max_image_bytes + 2) // 3 * 4 + 4:  # before decoding anything
-        raise _too_big(len(payload) * 3 // 4, limits)
+    if len(payload) > (_cap(limits, max_bytes) + 2) // 3 * 4 + 4:  # before decoding anything
+        raise _too_big(len(payload) * 3 // 4, limits, None, max_bytes, kind)
     payload = re.sub(r"\s+", "", payload)
     try:
         return base64.b64decode(payload, validate=True)
@@ -427,18 +439,19 @@ def decode_data_uri(url: str, limits: ImageLimits) -> bytes:
         raise ImageRefError(f"malformed base64 in data URI ({e}) / base64 数据无效", "invalid_base64") from None
 
 
-def fetch_http(url: str, limits: ImageLimits) -> bytes:
-    """Download an http(s) image within ``limits.http_timeout`` seconds *in all* (connecting,
+def fetch_http(url: str, limits: ImageLimits, max_bytes: int | None = None, kind: str = "image") -> bytes:
+    """Download an http(s) image (or video: ``kind``, ``max_bytes``) within ``limits.http_timeout`` seconds *in all* (connecting,
     redirects and every byte): a sender that trickles bytes cannot hold a worker past the deadline."""
     import asyncio
 
     import httpx
 
+    cap, (word, zh) = _cap(limits, max_bytes), KIND_WORDS[kind]
     if not limits.allow_http:
         raise ImageRefError(
-            "http(s) image URLs are disabled on this server (start it with --allow-http-images); send the image as a "
-            "data: URI instead / 服务器未开启网络图像下载，请使用 data: URI",
-            "http_images_disabled",
+            f"http(s) {word} URLs are disabled on this server (start it with --allow-http-images); send the {word} as a "
+            f"data: URI instead / 服务器未开启网络{zh}下载，请使用 data: URI",
+            f"http_{word}s_disabled",
         )
 
     async def download() -> bytes:
@@ -448,27 +461,27 @@ def fetch_http(url: str, limits: ImageLimits) -> bytes:
             async with client.stream("GET", url) as r:
                 if r.status_code != 200:
                     raise ImageRefError(
-                        f"fetching {url} answered HTTP {r.status_code} / 图像下载失败", "image_fetch_failed"
+                        f"fetching {url} answered HTTP {r.status_code} / {zh}下载失败", f"{word}_fetch_failed"
                     )
                 declared = r.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limits.max_image_bytes:
-                    raise _too_big(int(declared), limits, f"{url}")
+                if declared and declared.isdigit() and int(declared) > cap:
+                    raise _too_big(int(declared), limits, f"{url}", max_bytes, kind)
                 buf = bytearray()
                 async for chunk in r.aiter_bytes():
                     buf += chunk
-                    if len(buf) > limits.max_image_bytes:
-                        raise _too_big(len(buf), limits, f"{url} (read so far)")
+                    if len(buf) > cap:
+                        raise _too_big(len(buf), limits, f"{url} (read so far)", max_bytes, kind)
                 return bytes(buf)
 
     try:
         return asyncio.run(asyncio.wait_for(download(), limits.http_timeout))  # runs in a worker thread
     except (httpx.TimeoutException, asyncio.TimeoutError):
         raise ImageRefError(
-            f"fetching {url} took longer than {limits.http_timeout:g} s in all / 图像下载超时", "image_fetch_timeout"
+            f"fetching {url} took longer than {limits.http_timeout:g} s in all / {zh}下载超时", f"{word}_fetch_timeout"
         ) from None
     except httpx.HTTPError as e:
         raise ImageRefError(
-            f"cannot fetch {url}: {type(e).__name__}: {e} / 图像下载失败", "image_fetch_failed"
+            f"cannot fetch {url}: {type(e).__name__}: {e} / {zh}下载失败", f"{word}_fetch_failed"
         ) from None
 
 
@@ -476,13 +489,14 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def resolve_local(ref: str, limits: ImageLimits) -> Path:
+def resolve_local(ref: str, limits: ImageLimits, kind: str = "image") -> Path:
     """The real path of a ``file://`` URL or plain path, if it lies inside the allowed folder."""
+    word, zh = KIND_WORDS[kind]
     if limits.allowed_dir is None:
         raise ImageRefError(
-            "local image paths and file:// URLs are disabled on this server (start it with --allowed-image-dir DIR); "
-            "send the image as a data: URI instead / 服务器未开启本地图像路径",
-            "local_images_disabled",
+            f"local {word} paths and file:// URLs are disabled on this server (start it with --allowed-image-dir DIR); "
+            f"send the {word} as a data: URI instead / 服务器未开启本地{zh}路径",
+            f"local_{word}s_disabled",
         )
     if ref.lower().startswith("file:"):
         u = urlparse(ref)
@@ -492,90 +506,94 @@ def resolve_local(ref: str, limits: ImageLimits) -> Path:
             )
         ref = unquote(u.path)
     if not ref or "\x00" in ref:
-        raise ImageRefError("empty or invalid image path / 图像路径无效", "invalid_image_url")
+        raise ImageRefError(f"empty or invalid {word} path / {zh}路径无效", f"invalid_{word}_url")
     parts = ref.replace("\\", "/").split("/")
     if ".." in parts:
         raise ImageRefError(
-            f"image path {ref!r} contains '..'; paths must stay inside the allowed folder / 路径不允许包含 ..",
+            f"{word} path {ref!r} contains '..'; paths must stay inside the allowed folder / 路径不允许包含 ..",
             "path_not_allowed",
             403,
         )
     if ref.startswith("~"):
-        raise ImageRefError(f"image path {ref!r}: '~' is not expanded / 不支持 ~ 路径", "path_not_allowed", 403)
+        raise ImageRefError(f"{word} path {ref!r}: '~' is not expanded / 不支持 ~ 路径", "path_not_allowed", 403)
     root = Path(limits.allowed_dir)
     candidate = Path(ref) if os.path.isabs(ref) else root / ref
     # lexical check first (no file-system access for paths that name something outside)
     lexical = Path(os.path.normpath(candidate))
     if not _inside(lexical, root) and not _inside(lexical, Path(limits._given_dir or root)):
         raise ImageRefError(
-            f"image path {ref!r} is outside the allowed folder / 路径超出允许的目录", "path_not_allowed", 403
+            f"{word} path {ref!r} is outside the allowed folder / 路径超出允许的目录", "path_not_allowed", 403
         )
     real = candidate.resolve()  # follows symlinks (reads link targets, opens nothing)
     if not _inside(real, root):
         raise ImageRefError(
-            f"image path {ref!r} leads outside the allowed folder (symlink) / 符号链接指向允许目录之外",
+            f"{word} path {ref!r} leads outside the allowed folder (symlink) / 符号链接指向允许目录之外",
             "path_not_allowed",
             403,
         )
     return real
 
 
-def read_local(ref: str, limits: ImageLimits) -> bytes:
-    real = resolve_local(ref, limits)
+def read_local(ref: str, limits: ImageLimits, max_bytes: int | None = None, kind: str = "image") -> bytes:
+    real = resolve_local(ref, limits, kind)
+    cap, (word, zh) = _cap(limits, max_bytes), KIND_WORDS[kind]
     root = Path(limits.allowed_dir)
     try:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ImageRefError(
-            f"image {ref!r} not found in the allowed folder / 图像不存在", "image_not_found", 404
+            f"{word} {ref!r} not found in the allowed folder / {zh}不存在", f"{word}_not_found", 404
         ) from None
     except OSError as e:
         raise ImageRefError(
-            f"cannot open image {ref!r}: {e.strerror} / 无法打开图像", "image_unreadable", 403
+            f"cannot open {word} {ref!r}: {e.strerror} / 无法打开{zh}", f"{word}_unreadable", 403
         ) from None
     try:
         opened = Path(f"/proc/self/fd/{fd}")
         if opened.exists() and not _inside(Path(os.readlink(opened)), root):  # swapped between resolve and open
             raise ImageRefError(
-                f"image path {ref!r} changed to point outside the allowed folder / 路径超出允许的目录",
+                f"{word} path {ref!r} changed to point outside the allowed folder / 路径超出允许的目录",
                 "path_not_allowed",
                 403,
             )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ImageRefError(f"image path {ref!r} is not a regular file / 不是普通文件", "invalid_image_url")
-        if st.st_size > limits.max_image_bytes:
-            raise _too_big(st.st_size, limits, f"image {ref!r}")
+            raise ImageRefError(f"{word} path {ref!r} is not a regular file / 不是普通文件", f"invalid_{word}_url")
+        if st.st_size > cap:
+            raise _too_big(st.st_size, limits, f"{word} {ref!r}", max_bytes, kind)
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
-            data = f.read(limits.max_image_bytes + 1)
-        if len(data) > limits.max_image_bytes:
-            raise _too_big(len(data), limits, f"image {ref!r}")
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise _too_big(len(data), limits, f"{word} {ref!r}", max_bytes, kind)
         return data
     finally:
         if fd >= 0:
             os.close(fd)
 
 
-def load_reference(url: str, limits: ImageLimits) -> bytes:
-    """Raw bytes of one image reference (not yet checked as an image)."""
+def load_reference(url: str, limits: ImageLimits, max_bytes: int | None = None, kind: str = "image") -> bytes:
+    """Raw bytes of one image reference (not yet checked as an image). ``kind="video"`` reads a video
+    reference under the same rules (data URI, http(s) only when allowed, local files only inside the
+    allowed folder) with its own byte limit ``max_bytes`` (:mod:`geovl.serve.videos`)."""
+    word, zh = KIND_WORDS[kind]
     if not isinstance(url, str) or not url.strip():
-        raise ImageRefError("image_url.url must be a non-empty string / 图像地址为空", "invalid_image_url")
+        raise ImageRefError(f"{word}_url.url must be a non-empty string / {zh}地址为空", f"invalid_{word}_url")
     url = url.strip()
     low = url[:16].lower()
     if low.startswith("data:"):
-        data = decode_data_uri(url, limits)
+        data = decode_data_uri(url, limits, max_bytes, kind)
     elif low.startswith(("http://", "https://")):
-        data = fetch_http(url, limits)
+        data = fetch_http(url, limits, max_bytes, kind)
     elif re.match(r"^[a-z][a-z0-9+.-]*://", low) and not low.startswith("file://"):
         raise ImageRefError(
             f"unsupported URL scheme in {url[:40]!r}: use data:, http(s): or file: / 不支持的地址类型",
-            "invalid_image_url",
+            f"invalid_{word}_url",
         )
     else:
-        data = read_local(url, limits)
-    if len(data) > limits.max_image_bytes:
-        raise _too_big(len(data), limits)
+        data = read_local(url, limits, max_bytes, kind)
+    if len(data) > _cap(limits, max_bytes):
+        raise _too_big(len(data), limits, None, max_bytes, kind)
     return data
 
 

@@ -19,6 +19,10 @@
   open so load balancers can probe it.
 - Images: :mod:`geovl.serve.images` (data URIs; http(s) only when allowed; local files only inside
   the allowed folder).
+- Videos: ``video_url`` parts (as vLLM takes them) under the same reference rules, decoded once per
+  request into sampled frames with the model folder's video settings under the server's video limits
+  (bytes, duration, frame size, frames, videos per request) — :mod:`geovl.serve.videos`; a bad video is a
+  4xx naming what is wrong (corrupt, not a video, audio only, too long, …).
 - Georeferenced measurement and grounded answers: ``POST /v1/geo/measure``, ``POST /v1/geo/ask`` and
   the ``"geovl": {"grounded": true}`` extension of chat completions (:mod:`geovl.serve.geo_api`).
 - Boxes: a non-streaming answer that locates objects also carries them as data in the response's
@@ -63,6 +67,7 @@ from .openai_format import (
     parse_json,
     usage_dict,
 )
+from .videos import SERVER_VIDEO_LIMITS, VideoSettings, engine_settings, fetch_video, request_settings
 
 log = logging.getLogger("geovl.serve")
 
@@ -76,6 +81,8 @@ class ServerConfig:
     served_model_name: str
     api_key: str | None = None
     limits: ImageLimits = field(default_factory=ImageLimits)
+    video: VideoSettings = SERVER_VIDEO_LIMITS  # video limits (bytes, duration, frame size, frames per video)
+    max_videos: int = 2  # per request (all turns)
     max_tokens_limit: int = 2048
     default_max_tokens: int = 512
     batch_window_ms: float = 10.0
@@ -89,8 +96,9 @@ class ServerConfig:
     shutdown_grace: float = 10.0  # seconds a running batch may take to finish after SIGTERM
 
     def max_body_bytes(self) -> int:
-        # every image as base64 plus 1 MiB of text
-        return self.limits.max_images * ((self.limits.max_image_bytes + 2) // 3 * 4 + 64) + (1 << 20)
+        # every image and video as base64 plus 1 MiB of text
+        images = self.limits.max_images * ((self.limits.max_image_bytes + 2) // 3 * 4 + 64)
+        return images + self.max_videos * ((self.video.max_bytes + 2) // 3 * 4 + 64) + (1 << 20)
 
     def max_text_chars(self) -> int:
         # refused without tokenizing: no token of these tokenizers spans more than 16 characters on average
@@ -365,6 +373,13 @@ def create_app(engine, config: ServerConfig):
         except EngineError as e:
             raise APIError(400, str(e), "invalid_parameter") from None
         check_text_size(parsed.messages, config)
+        if len(parsed.video_refs) > config.max_videos:
+            raise APIError(
+                400,
+                f"{len(parsed.video_refs)} videos in the request, over the limit of {config.max_videos} (--max-videos) / 视频数量超限",
+                "too_many_videos",
+                "messages",
+            )
         images = []
         for i, ref in enumerate(parsed.image_refs):
             try:
@@ -375,13 +390,29 @@ def create_app(engine, config: ServerConfig):
             check_request_images(images, config.limits)  # each image passed; all of them together too
         except ImageRefError as e:
             raise APIError(e.status, e.message, e.code, "messages") from None
+        clips = []
+        if parsed.video_refs:
+            if obj.get("geovl") is not None:
+                raise APIError(
+                    400,
+                    "the geovl extension (grounded answers) reads GeoTIFF images, not videos / 地理扩展不支持视频",
+                    "unsupported_content",
+                    "geovl",
+                )
+            settings = request_settings(engine_settings(engine), config.video)
+            for i, ref in enumerate(parsed.video_refs):
+                try:
+                    _, clip = await run_in_threadpool(fetch_video, ref, config.limits, settings)
+                except ImageRefError as e:
+                    raise APIError(e.status, f"video {i + 1}: {e.message}", e.code, "messages") from None
+                clips.append(clip)  # the bytes are dropped: the engine gets the sampled frames
         geo = None
         if obj.get("geovl") is not None:  # request extension: a grounded answer about GeoTIFFs (geo_api)
             from .geo_api import ground_chat
 
             req, geo = await ground_chat(obj["geovl"], parsed, images, engine, config)
         if geo is None:
-            req = build_request(parsed, images)
+            req = build_request(parsed, images, clips)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
         params = await check_prompt(engine, req, params, config, explicit)
         from ..inference.answer_boxes import answer_boxes  # extension field: the answer's boxes as data (geovl.boxes)

@@ -2,7 +2,8 @@
 
 Requests: ``messages`` with roles ``system`` (or ``developer``), ``user`` and ``assistant``; content
 is a string or a list of parts ``{"type": "text", "text"}`` / ``{"type": "image_url", "image_url":
-{"url"}}`` (images only in user turns, any turn of the history). The geovl messages keep every part
+{"url"}}`` / ``{"type": "video_url", "video_url": {"url"}}`` (as vLLM accepts video; images and videos
+only in user turns, any turn of the history). The geovl messages keep every part
 in place (an image part where the client put it), so the prompt is exactly what a local engine
 would build from the same conversation — ``RemoteEngine`` sends plain strings for system/assistant
 turns and parts for user turns, which map back one-to-one.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -148,8 +149,9 @@ def parse_body(obj) -> CompletionBody:
 
 @dataclass
 class ParsedMessages:
-    messages: list[dict]  # geovl schema, image parts in place
+    messages: list[dict]  # geovl schema, image and video parts in place
     image_refs: list[str]  # image_url.url of each image part, in order
+    video_refs: list[str] = field(default_factory=list)  # video_url.url of each video part, in order
 
 
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -178,7 +180,7 @@ def _text_of(content, where: str) -> str:
 
 
 def convert_messages(raw: list[dict]) -> ParsedMessages:
-    msgs, refs = [], []
+    msgs, refs, video_refs = [], [], []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -224,10 +226,22 @@ def convert_messages(raw: list[dict]) -> ParsedMessages:
                     )
                 parts.append({"type": "image"})
                 refs.append(url)
+            elif kind == "video_url":
+                vu = p.get("video_url")
+                url = vu.get("url") if isinstance(vu, dict) else vu
+                if not isinstance(url, str) or not url.strip():
+                    raise APIError(
+                        422,
+                        f"{where}.content[{j}]: video_url.url must be a non-empty string / 视频地址为空",
+                        "invalid_schema",
+                        where,
+                    )
+                parts.append({"type": "video"})
+                video_refs.append(url)
             else:
                 raise APIError(
                     400,
-                    f"{where}.content[{j}]: part type {kind!r} is not supported (text, image_url) / 不支持的内容类型",
+                    f"{where}.content[{j}]: part type {kind!r} is not supported (text, image_url, video_url) / 不支持的内容类型",
                     "invalid_content",
                     where,
                 )
@@ -236,7 +250,7 @@ def convert_messages(raw: list[dict]) -> ParsedMessages:
         raise APIError(
             400, "messages need at least one user message / 至少需要一条用户消息", "invalid_messages", "messages"
         )
-    return ParsedMessages(msgs, refs)
+    return ParsedMessages(msgs, refs, video_refs)
 
 
 def generation_params(body: CompletionBody, max_tokens_limit: int, default_max_tokens: int) -> GenerationParams:
@@ -295,5 +309,8 @@ def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | 
     }
 
 
-def build_request(parsed: ParsedMessages, images: list[bytes]) -> ChatRequest:
+def build_request(parsed: ParsedMessages, images: list[bytes], videos: list | None = None) -> ChatRequest:
+    """The engine request; ``videos``: one per video part (sampled clips, :mod:`geovl.serve.videos`)."""
+    if videos:
+        return ChatRequest(parsed.messages, images, list(videos))
     return ChatRequest(parsed.messages, images)

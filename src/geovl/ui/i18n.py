@@ -29,8 +29,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "# 县域国土空间智能问答\n上传遥感影像，用中文或英文提问；支持多轮对话，之前上传的影像会被记住。",
         "lang_label": "语言 / Language",
         "chat_label": "对话",
-        "chat_placeholder": "上传一张或多张影像（PNG/JPEG/GeoTIFF），然后提问，或点击下方的常用问题。",
-        "input_placeholder": "输入问题，点击回形针上传影像，按回车发送",
+        "chat_placeholder": "上传一张或多张影像（PNG/JPEG/GeoTIFF）或视频（MP4 等），然后提问，或点击下方的常用问题。",
+        "input_placeholder": "输入问题，点击回形针上传影像或视频，按回车发送",
         "quick_heading": "**常用问题**",
         "retry": "重新生成",
         "clear": "清空对话",
@@ -43,6 +43,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "about_card": (
             "### 系统能做什么\n"
             "- 对上传的遥感影像进行问答：土地利用类型、地物有无、变化与疑似违规建设的描述；\n"
+            "- 视频问答（无人机航拍、现场视频）与多期影像时间序列问答（右侧“时间序列”）；\n"
             "- 多轮对话：后续问题可以引用之前的影像；\n"
             "- 回答逐字流式显示，可随时重新生成。"
         ),
@@ -61,6 +62,28 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_too_many": "本次对话已有 {n} 张影像，最多允许 {max} 张；请清空对话后再上传。",
         "err_bad_image": "影像 {name} 无法使用：{why}",
         "err_nothing_to_retry": "没有可以重新生成的回答。",
+        "err_bad_video": "视频 {name} 无法使用：{why}",
+        "err_too_many_videos": "本次对话已有 {n} 个视频，最多允许 {max} 个；请清空对话后再上传。",
+        "limits_video": "\n- 视频（MP4/WebM/MOV/MKV/AVI）单个不超过 {max_mb} MB、时长不超过 {max_minutes} 分钟，每次对话最多 {max_videos} 个；模型看到的是按设定帧率抽取的若干帧。",
+        # -- the time-series card (geovl.ui.timeseries) --
+        "ts_heading": "### 时间序列\n上传同一地点多期 GeoTIFF，按日期排序后一起提问（例如“这块耕地是哪一年开始被占用的？”）。",
+        "ts_files_label": "多期 GeoTIFF（至少两期）",
+        "ts_dates_label": "日期（每个文件一个，按上传顺序；留空则从文件名或影像标签读取）",
+        "ts_dates_placeholder": "2019-06-01, 2021-06-01, 2023-06-01",
+        "ts_empty": "尚未上传时间序列。文件名中含日期（如 `county_2019-06-01.tif`）或影像带日期标签时会自动识别。",
+        "ts_ask": "就时间序列提问",
+        "ts_table_head": "| 序号 | 日期 | 文件 | 日期来源 |\n|---|---|---|---|",
+        "ts_source_typed": "手动输入",
+        "ts_source_name": "文件名",
+        "ts_source_tag": "影像标签",
+        "ts_caption": "影像{i}（{date}）",
+        "ts_default_question": "这几期影像之间发生了哪些变化？",
+        "ts_err_too_few": "时间序列至少需要两期影像（现有 {n} 个文件）。",
+        "ts_err_too_many": "时间序列有 {n} 个文件，最多允许 {max} 个。",
+        "ts_err_count": "输入了 {n_dates} 个日期，但上传了 {n_files} 个文件；请每个文件输入一个日期。",
+        "ts_err_no_date": "文件 {name} 的日期无法从文件名或影像标签读取；请在日期框中按上传顺序输入每个文件的日期。",
+        "ts_err_bad_date": "日期 {value} 无效；请使用 YYYY-MM-DD 格式（如 2019-06-01）。",
+        "ts_err_duplicate": "{a} 与 {b} 的日期相同（{date}）；每期影像的日期须不同。",
         # -- the measurement & map panel (geovl.ui.geo_panel) --
         "geo_classes_label": "地类图（可选）：单波段分类 GeoTIFF，两期时按前、后时相顺序上传；可另附类别表 JSON",
         "geo_table_label": "类别表（用于上传的地类图）",
@@ -126,8 +149,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "# County Land-Use Q&A\nUpload remote-sensing images and ask in English or Chinese; multi-turn chat remembers earlier images.",
         "lang_label": "Language / 语言",
         "chat_label": "Chat",
-        "chat_placeholder": "Upload one or more images (PNG/JPEG/GeoTIFF), then ask a question or click a quick question below.",
-        "input_placeholder": "Type a question, click the paper clip to attach images, press Enter to send",
+        "chat_placeholder": "Upload one or more images (PNG/JPEG/GeoTIFF) or videos (MP4, …), then ask a question or click a quick question below.",
+        "input_placeholder": "Type a question, click the paper clip to attach images or videos, press Enter to send",
         "quick_heading": "**Quick questions**",
         "retry": "Retry",
         "clear": "Clear chat",
@@ -141,6 +164,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "### What this system does\n"
             "- Answers questions about uploaded remote-sensing images: land-use types, presence of features, "
             "descriptions of changes and suspected illegal construction;\n"
+            "- Questions about videos (drone flights, site videos) and image time series (the “Time series” card);\n"
             "- Multi-turn chat: follow-up questions can refer to earlier images;\n"
             "- Answers stream word by word and can be regenerated."
         ),
@@ -160,6 +184,28 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_too_many": "This conversation already has {n} images; at most {max} are allowed. Clear the chat to upload more.",
         "err_bad_image": "Image {name} cannot be used: {why}",
         "err_nothing_to_retry": "There is no answer to regenerate.",
+        "err_bad_video": "Video {name} cannot be used: {why}",
+        "err_too_many_videos": "This conversation already has {n} videos; at most {max} are allowed. Clear the chat to upload more.",
+        "limits_video": "\n- Videos (MP4/WebM/MOV/MKV/AVI): at most {max_mb} MB and {max_minutes} minutes each, {max_videos} per conversation; the model sees frames sampled at a set rate.",
+        # -- the time-series card (geovl.ui.timeseries) --
+        "ts_heading": "### Time series\nUpload GeoTIFFs of one place on several dates; they are put in date order and asked about together (e.g. “In which year was this cropland first built on?”).",
+        "ts_files_label": "Dated GeoTIFFs (two or more)",
+        "ts_dates_label": "Dates (one per file, in upload order; empty: read from file names or image tags)",
+        "ts_dates_placeholder": "2019-06-01, 2021-06-01, 2023-06-01",
+        "ts_empty": "No time series uploaded. Dates in file names (e.g. `county_2019-06-01.tif`) or in image tags are read automatically.",
+        "ts_ask": "Ask about the time series",
+        "ts_table_head": "| # | Date | File | Date from |\n|---|---|---|---|",
+        "ts_source_typed": "typed",
+        "ts_source_name": "file name",
+        "ts_source_tag": "image tag",
+        "ts_caption": "Image {i} ({date})",
+        "ts_default_question": "What changed between these dates?",
+        "ts_err_too_few": "A time series needs at least two images ({n} file(s) given).",
+        "ts_err_too_many": "The time series has {n} files; at most {max} are allowed.",
+        "ts_err_count": "{n_dates} dates typed for {n_files} files; type one date per file.",
+        "ts_err_no_date": "No date could be read from the name or tags of {name}; type each file's date in upload order in the dates box.",
+        "ts_err_bad_date": "Date {value} is not valid; use YYYY-MM-DD (e.g. 2019-06-01).",
+        "ts_err_duplicate": "{a} and {b} have the same date ({date}); each image needs its own date.",
         # -- the measurement & map panel (geovl.ui.geo_panel) --
         "geo_classes_label": "Class rasters (optional): single-band categorical GeoTIFFs, for two dates before then after; a class-table JSON may be added",
         "geo_table_label": "Class table (for uploaded class rasters)",

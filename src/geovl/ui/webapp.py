@@ -25,10 +25,20 @@ is the one geovl ships) adds controls to the panel and may take over a turn:
 - ``ext.panel_hook`` — used as the panel hook when none is given.
 
 Per-conversation data of an extension lives in ``Conversation.extras`` (cleared with the chat).
+
+Videos: a video attached in the message box (MP4, WebM, MOV, MKV, AVI, …: told from images by its bytes)
+is checked and sampled like the API's (:mod:`geovl.serve.videos`: the model folder's video settings under
+the app's limits), shown in the chat as a player (browser-playable files as uploaded, others as an MP4 of
+the sampled frames) and sent as a ``{"type": "video"}`` part; its bytes stay in the conversation.
+
+Time series: the "时间序列 / Time series" card takes several dated GeoTIFFs (dates typed, else from file
+names or tags: :mod:`geovl.ui.timeseries`), previews them in date order with their dates, and asks the
+message box's question about them as one multi-image turn whose text names each image's date.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -36,11 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.schema import assistant_turn, user_turn
+from ..data.schema import assistant_turn, text_part, user_turn
 from ..inference.capabilities import cube_reader, input_spec
 from ..inference.engine import ChatRequest, GenerationParams
 from ..serve.images import ImageLimits, ImageRefError, check_image, image_format
+from ..serve.videos import SERVER_VIDEO_LIMITS, decode_video, engine_settings, request_settings
 from .i18n import LANGS, quick_questions, t
+from .timeseries import SeriesError, date_series, series_prompt
+
+BROWSER_VIDEO = (".mp4", ".m4v", ".webm", ".ogv")  # shown as uploaded; other containers: an MP4 of the frames
 
 log = logging.getLogger("geovl.ui")
 
@@ -71,9 +85,10 @@ class Conversation:
     messages: list[dict] = field(default_factory=list)
     images: list[bytes] = field(default_factory=list)
     extras: dict = field(default_factory=dict)  # per-conversation data of an extension
+    videos: list[bytes] = field(default_factory=list)  # encoded videos, in video-part order
 
     def request(self) -> ChatRequest:
-        return ChatRequest(list(self.messages), list(self.images))
+        return ChatRequest(list(self.messages), list(self.images), list(self.videos))
 
 
 @dataclass
@@ -105,12 +120,16 @@ class ChatApp:
         max_new_tokens: int = 256,
         where: str | None = None,
         extension=None,
+        max_videos: int = 2,
+        max_video_bytes: int = 64 * 1024 * 1024,
     ):
         self.engine = engine
         self.lang = lang if lang in LANGS else "zh"
         self.extension = extension
         self.panel_hook = panel_hook if panel_hook is not None else getattr(extension, "panel_hook", None)
         self.limits = ImageLimits(max_image_bytes=max_upload_bytes, max_images=max_images)
+        self.max_videos = int(max_videos)
+        self.video_limits = dataclasses.replace(SERVER_VIDEO_LIMITS, max_bytes=int(max_video_bytes))
         self.max_new_tokens = int(max_new_tokens)
         self.where = where  # None: local model
         self.preview_dir = Path(tempfile.mkdtemp(prefix="geovl-ui-"))
@@ -118,12 +137,20 @@ class ChatApp:
     # -- texts -------------------------------------------------------------------------------
     def limits_card(self, lang: str) -> str:
         where = t("where_local", lang) if self.where is None else t("where_remote", lang, url=self.where)
-        return t(
+        card = t(
             "limits_card",
             lang,
             where=where,
             max_mb=f"{self.limits.max_image_bytes / 1024 / 1024:.0f}",
             max_images=self.limits.max_images,
+        )
+        v = self.video_limits
+        return card + t(
+            "limits_video",
+            lang,
+            max_mb=f"{v.max_bytes / 1024 / 1024:.0f}",
+            max_videos=self.max_videos,
+            max_minutes=f"{v.max_duration_s / 60:g}",
         )
 
     # -- images ------------------------------------------------------------------------------
@@ -173,6 +200,39 @@ class ChatApp:
             return data, path
         preview = self.preview_dir / f"{len(os.listdir(self.preview_dir))}.png"
         preview.write_bytes(shown if shown[:4] == b"\x89PNG" else encode_png(_open(shown)))
+        return data, str(preview)
+
+    # -- videos ------------------------------------------------------------------------------
+    @staticmethod
+    def is_video(path: str) -> bool:
+        """Whether an upload is to be read as a video: any file whose first bytes are not an image's."""
+        with open(path, "rb") as f:
+            head = f.read(64)
+        return bool(head) and image_format(head) is None
+
+    def load_video(self, path: str, lang: str) -> tuple[bytes, str]:
+        """(bytes for the engine, a browser-playable path for the chat) of an uploaded video, checked and
+        sampled as the API does (bad video: a :class:`gradio.Error` naming the file and the reason)."""
+        from ..imagery.video import encode_mp4
+
+        name = Path(path).name
+        settings = request_settings(engine_settings(self.engine), self.video_limits)
+        try:
+            size = os.path.getsize(path)
+            if size > settings.max_bytes:
+                raise ImageRefError(f"{size} bytes > {settings.max_bytes} / 视频文件过大", "video_too_many_bytes")
+            with open(path, "rb") as f:
+                data = f.read(settings.max_bytes + 1)
+            clip = decode_video(data, settings)
+        except ImageRefError as e:
+            raise _user_error(t("err_bad_video", lang, name=name, why=e.message)) from None
+        except OSError as e:
+            raise _user_error(t("err_bad_video", lang, name=name, why=str(e))) from None
+        if Path(path).suffix.lower() in BROWSER_VIDEO:
+            return data, path
+        h, w = (d - d % 2 for d in clip.frames[0].shape[:2])  # H.264 needs even sides
+        preview = self.preview_dir / f"{len(os.listdir(self.preview_dir))}.mp4"
+        preview.write_bytes(encode_mp4((f[:h, :w] for f in clip.frames), fps=max(clip.fps, 0.5)))
         return data, str(preview)
 
     # -- chat ----------------------------------------------------------------------------------
@@ -278,21 +338,84 @@ class ChatApp:
         conv = conv if isinstance(conv, Conversation) else Conversation()
         if not text and not files:
             raise _user_error(t("err_no_input", lang))
-        if len(conv.images) + len(files) > self.limits.max_images:
+        kinds = ["video" if self._is_video(p, lang) else "image" for p in files]
+        n_img, n_vid = kinds.count("image"), kinds.count("video")
+        if len(conv.images) + n_img > self.limits.max_images:
             raise _user_error(t("err_too_many", lang, n=len(conv.images), max=self.limits.max_images))
-        loaded = [self.load_image(p, lang) for p in files]
+        if len(conv.videos) + n_vid > self.max_videos:
+            raise _user_error(t("err_too_many_videos", lang, n=len(conv.videos), max=self.max_videos))
+        loaded = [
+            (k, *(self.load_video(p, lang) if k == "video" else self.load_image(p, lang))) for k, p in zip(kinds, files)
+        ]
         params = self._params(temperature, max_new)
-        if conv.messages and conv.messages[-1]["role"] == "user":  # an earlier turn failed: replace it
-            conv = Conversation(
-                conv.messages[:-1], conv.images[: len(conv.images) - _n_images(conv.messages[-1])], conv.extras
-            )
+        conv = _without_failed_turn(conv)
+        turn = {"role": "user", "content": [{"type": k} for k, _, _ in loaded] + [text_part(text)]}
         conv = Conversation(
-            conv.messages + [user_turn(text, len(loaded))], conv.images + [b for b, _ in loaded], conv.extras
+            conv.messages + [turn],
+            conv.images + [b for k, b, _ in loaded if k == "image"],
+            conv.extras,
+            conv.videos + [b for k, b, _ in loaded if k == "video"],
         )
-        content = [{"path": shown} for _, shown in loaded] + ([text] if text else [])
+        content = [{"path": shown} for _, _, shown in loaded] + ([text] if text else [])
         history.append({"role": "user", "content": content})
         route = self._route(files, text, conv, lang, params, extra)
         yield from self._stream(history, conv, lang, params, text, route=route)
+
+    def _is_video(self, path: str, lang: str) -> bool:
+        try:
+            return self.is_video(path)
+        except OSError as e:
+            raise _user_error(t("err_bad_image", lang, name=Path(path).name, why=str(e))) from None
+
+    # -- time series -----------------------------------------------------------------------------
+    def _series(self, files, dates_text: str, lang: str):
+        """(items in date order, their loaded (bytes, shown path)); :class:`gradio.Error` when unusable."""
+        paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in files or []]
+        try:
+            items = date_series(paths, dates_text or "", self.limits.max_images)
+        except SeriesError as e:
+            raise _user_error(t(e.key, lang, **e.fmt)) from None
+        return items, [self.load_image(it.path, lang) for it in items]
+
+    def series_preview(self, files, dates_text, lang):
+        """The card's status (files, dates and where each date came from, or what is wrong) and the gallery's
+        (image, caption) pairs in date order (None: empty)."""
+        import gradio as gr
+
+        if not files:
+            return t("ts_empty", lang), None
+        try:
+            items, loaded = self._series(files, dates_text, lang)
+        except gr.Error as e:
+            return t("error_prefix", lang) + str(e.message if hasattr(e, "message") else e), None
+        rows = [t("ts_table_head", lang)] + [
+            f"| {i} | {it.date} | `{it.name}` | {t('ts_source_' + it.source, lang)} |" for i, it in enumerate(items, 1)
+        ]
+        gallery = [
+            (shown, t("ts_caption", lang, i=i, date=it.date))
+            for i, (it, (_, shown)) in enumerate(zip(items, loaded), 1)
+        ]
+        return "\n".join(rows), gallery
+
+    def ask_series(self, files, dates_text, message, history, conv, lang, temperature, max_new, *extra):
+        """Ask the message box's question (or the default one) about the dated images, in date order."""
+        history = list(history or [])
+        conv = conv if isinstance(conv, Conversation) else Conversation()
+        items, loaded = self._series(files, dates_text, lang)
+        if len(conv.images) + len(items) > self.limits.max_images:
+            raise _user_error(t("err_too_many", lang, n=len(conv.images), max=self.limits.max_images))
+        question = ((message or {}).get("text") or "").strip() or t("ts_default_question", lang)
+        text = series_prompt([it.date for it in items], question, lang)
+        conv = _without_failed_turn(conv)
+        conv = Conversation(
+            conv.messages + [user_turn(text, len(items))],
+            conv.images + [b for b, _ in loaded],
+            conv.extras,
+            conv.videos,
+        )
+        history.append({"role": "user", "content": [{"path": shown} for _, shown in loaded] + [text]})
+        params = self._params(temperature, max_new)
+        yield from self._stream(history, conv, lang, params, question, route=None)
 
     def quick(self, question, message, history, conv, lang, temperature, max_new, *extra):
         """A quick-question button: its text plus the images attached in the message box."""
@@ -307,7 +430,7 @@ class ChatApp:
         msgs = list(conv.messages)
         if msgs[-1]["role"] == "assistant":
             msgs.pop()
-        conv = Conversation(msgs, list(conv.images), conv.extras)
+        conv = Conversation(msgs, list(conv.images), conv.extras, list(conv.videos))
         while history and history[-1]["role"] == "assistant":
             history.pop()
         question = "".join(p.get("text") or "" for p in msgs[-1]["content"] if p.get("type") == "text")
@@ -356,7 +479,7 @@ class ChatApp:
                     msg = gr.MultimodalTextbox(
                         placeholder=t("input_placeholder", lang),
                         file_count="multiple",
-                        file_types=["image", ".tif", ".tiff"],
+                        file_types=["image", ".tif", ".tiff", "video"],
                         show_label=False,
                         elem_id="msg-input",
                     )
@@ -373,6 +496,24 @@ class ChatApp:
                         panel_map = gr.Image(visible=False, interactive=False, show_label=False, elem_id="panel-map")
                         if self.extension is not None:
                             self.extension.build(self, lang)
+                    with gr.Group(elem_id="ts-card"):
+                        ts_heading = gr.Markdown(t("ts_heading", lang), elem_id="ts-heading")
+                        ts_files = gr.File(
+                            label=t("ts_files_label", lang),
+                            file_count="multiple",
+                            file_types=[".tif", ".tiff"],
+                            elem_id="ts-files",
+                        )
+                        ts_dates = gr.Textbox(
+                            label=t("ts_dates_label", lang),
+                            placeholder=t("ts_dates_placeholder", lang),
+                            elem_id="ts-dates",
+                        )
+                        ts_status = gr.Markdown(t("ts_empty", lang), elem_id="ts-status")
+                        ts_gallery = gr.Gallery(
+                            show_label=False, columns=4, height=180, interactive=False, elem_id="ts-gallery"
+                        )
+                        ts_ask = gr.Button(t("ts_ask", lang), elem_id="ts-ask", size="sm", variant="primary")
                     with gr.Accordion(t("settings", lang), open=False, elem_id="settings") as settings:
                         temperature = gr.Slider(
                             0.0, 1.5, value=0.0, step=0.05, label=t("temperature", lang), elem_id="temperature"
@@ -405,10 +546,15 @@ class ChatApp:
             for b in quick:
                 b.click(self.quick, [b, msg, chatbot, conv, *settings_in], outs, **run)
             retry.click(self.retry, [chatbot, conv, *settings_in], outs, **run)
+            ts_in = [ts_files, ts_dates, lang_switch]
+            ts_files.change(self.series_preview, ts_in, [ts_status, ts_gallery])
+            ts_dates.submit(self.series_preview, ts_in, [ts_status, ts_gallery])
+            ts_dates.blur(self.series_preview, ts_in, [ts_status, ts_gallery])
+            ts_ask.click(self.ask_series, [ts_files, ts_dates, msg, chatbot, conv, *settings_in], outs, **run)
             clear.click(self.clear, [lang_switch], outs)
             chatbot.clear(self.clear, [lang_switch], outs)  # the chatbot's own trash button resets the conversation too
 
-            def switch(new_lang, panel_text):
+            def switch(new_lang, panel_text, ts_text):
                 other = [t("panel_empty", x) for x in LANGS]
                 return (
                     t("title", new_lang),
@@ -427,11 +573,16 @@ class ChatApp:
                     t("about_card", new_lang),
                     self.limits_card(new_lang),
                     t("model_line", new_lang, name=getattr(self.engine, "name", "?")),
+                    t("ts_heading", new_lang),
+                    gr.File(label=t("ts_files_label", new_lang)),
+                    gr.Textbox(label=t("ts_dates_label", new_lang), placeholder=t("ts_dates_placeholder", new_lang)),
+                    t("ts_empty", new_lang) if ts_text in [t("ts_empty", x) for x in LANGS] else gr.skip(),
+                    gr.Button(t("ts_ask", new_lang)),
                 )
 
             lang_switch.change(
                 switch,
-                [lang_switch, panel_content],
+                [lang_switch, panel_content, ts_status],
                 [
                     title,
                     lang_switch,
@@ -449,6 +600,11 @@ class ChatApp:
                     about,
                     limits,
                     model_line,
+                    ts_heading,
+                    ts_files,
+                    ts_dates,
+                    ts_status,
+                    ts_ask,
                 ],
             )
             if self.extension is not None:
@@ -465,8 +621,21 @@ class ChatApp:
         return demo
 
 
-def _n_images(message: dict) -> int:
-    return sum(1 for p in message["content"] if p.get("type") == "image")
+def _n_parts(message: dict, kind: str = "image") -> int:
+    return sum(1 for p in message["content"] if p.get("type") == kind)
+
+
+def _without_failed_turn(conv: Conversation) -> Conversation:
+    """``conv`` without a last user turn that got no answer (an earlier turn failed: it is replaced)."""
+    if not (conv.messages and conv.messages[-1]["role"] == "user"):
+        return conv
+    last = conv.messages[-1]
+    return Conversation(
+        conv.messages[:-1],
+        conv.images[: len(conv.images) - _n_parts(last, "image")],
+        conv.extras,
+        conv.videos[: len(conv.videos) - _n_parts(last, "video")],
+    )
 
 
 def _open(data: bytes):
@@ -506,7 +675,7 @@ def launch(app: ChatApp, host: str = "127.0.0.1", port: int = 7860, share: bool 
         share=share,
         theme=theme,
         css=CSS,
-        max_file_size=app.limits.max_image_bytes,
+        max_file_size=max(app.limits.max_image_bytes, app.video_limits.max_bytes),
         allowed_paths=[str(app.preview_dir)],
         prevent_thread_lock=not block,
         quiet=False,
