@@ -41,7 +41,7 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         self._param_groups_fn = param_groups_fn
         self.share_prompts = bool(share_prompts)
         self._shared_batch = None
-        self.share_counts = {"rows": 0, "distinct": 0}
+        self.share_counts = {"rows": 0, "distinct": 0, "loss_images": 0, "loss_images_encoded": 0}
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
         super().__init__(*args, **kwargs)
@@ -125,6 +125,35 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
 
         completions = generate_shared(self, shared, self._tokenizer.pad_token_id, self.eos_token_ids, generation_model)
         return completions, None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        pv, grid, n_img = kwargs.get("pixel_values"), kwargs.get("image_grid_thw"), kwargs.get("num_images")
+        others = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "image_position_ids")
+        if (
+            not self.share_prompts
+            or args
+            or pv is None
+            or grid is None
+            or n_img is None
+            or any(kwargs.get(k) is not None for k in others)
+        ):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        from .shared_rollout import SharedImageFeatures, distinct_images, encode_distinct
+
+        firsts, inverse = distinct_images(pv, grid)
+        if len(firsts) == len(inverse):  # nothing to share
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        with self.accelerator.autocast():
+            enc = encode_distinct(self.accelerator.unwrap_model(model), pv, grid, firsts)
+        self.share_counts["loss_images"] += len(inverse)
+        self.share_counts["loss_images_encoded"] += len(firsts)
+        return super()._get_per_token_logps_and_entropies(
+            SharedImageFeatures(model, enc, inverse), input_ids, attention_mask, logits_to_keep, **kwargs
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._in_step, self._gen_in_step = True, 0.0

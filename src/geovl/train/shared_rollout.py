@@ -188,3 +188,69 @@ def generate_shared(trainer, shared: SharedBatch, pad_token_id: int, eos_token_i
         end = hit.index(True) + 1 if True in hit else len(row)
         result.append(row[:end])
     return result
+
+
+# -- the loss forward: each distinct image encoded once (with gradients), its features given to every row --------
+
+
+def distinct_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(the first image of each distinct image, for every image the index of its distinct image): images are
+    the same when their grids and patch rows are equal (compared exactly)."""
+    rows = image_grid_thw.prod(-1).tolist()
+    starts = [0]
+    for r in rows[:-1]:
+        starts.append(starts[-1] + r)
+    firsts: list[int] = []
+    inverse: list[int] = []
+    buckets: dict[tuple, list[int]] = {}
+    for i, (s, r) in enumerate(zip(starts, rows)):
+        block = pixel_values[s : s + r]
+        key = (tuple(image_grid_thw[i].tolist()), float(block.double().sum()))
+        for j in buckets.get(key, []):
+            f = firsts[j]
+            if torch.equal(block, pixel_values[starts[f] : starts[f] + rows[f]]):
+                inverse.append(j)
+                break
+        else:
+            buckets.setdefault(key, []).append(len(firsts))
+            inverse.append(len(firsts))
+            firsts.append(i)
+    return firsts, inverse
+
+
+def _select(enc, index: list[int]):
+    """The encoder output for the images ``index`` (of the distinct ones): every per-image field indexed
+    (``pooler_output``; Qwen3-VL's ``deepstack_features`` per layer); nothing else is read by the model."""
+    out = {"pooler_output": tuple(enc.pooler_output[j] for j in index)}
+    deep = getattr(enc, "deepstack_features", None)
+    if deep is not None:
+        out["deepstack_features"] = [tuple(layer[j] for j in index) for layer in deep]
+    return type(enc)(**out)
+
+
+class SharedImageFeatures:
+    """Stands in for the model in TRL's loss forward (``_get_per_token_logps_and_entropies`` only calls it): each
+    chunk's ``pixel_values`` are replaced by the features of its images, taken from one vision-encoder call over
+    the distinct images of the whole batch (gradients flow back through the shared features: the same sum as
+    encoding every copy)."""
+
+    def __init__(self, model, enc, inverse: list[int]):
+        self.model, self.enc, self.inverse, self.cursor = model, enc, inverse, 0
+
+    def __call__(self, *args, pixel_values=None, image_grid_thw=None, **kwargs):
+        if pixel_values is not None and image_grid_thw is not None:
+            n = int(image_grid_thw.shape[0])
+            index = self.inverse[self.cursor : self.cursor + n]
+            self.cursor += n
+            kwargs["mm_encoder_outputs"] = {"image": _select(self.enc, index)}
+        return self.model(*args, image_grid_thw=image_grid_thw, **kwargs)
+
+
+def encode_distinct(model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, firsts: list[int]):
+    """One vision-encoder call over the distinct images (``get_image_features`` of the model)."""
+    rows = image_grid_thw.prod(-1).tolist()
+    starts = [0]
+    for r in rows[:-1]:
+        starts.append(starts[-1] + r)
+    pv = torch.cat([pixel_values[starts[i] : starts[i] + rows[i]] for i in firsts])
+    return model.get_image_features(pixel_values=pv, image_grid_thw=image_grid_thw[firsts], return_dict=True)
