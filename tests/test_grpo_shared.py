@@ -105,7 +105,8 @@ def _weights(folder) -> dict:
     return load_file(str(folder / name))
 
 
-# qwen2-vl: the recipe defaults (LoRA on the LLM, trainable merger, frozen vision tower); the others train every
+# qwen2-vl: the recipe defaults (LoRA on the LLM, trainable merger, frozen vision tower) with eager attention (the
+# others: the default sdpa); the others train every
 # part, so the shared image features carry the vision tower's gradients (Qwen3-VL: its deepstack features too)
 SETUP = {
     "qwen2-vl": [],
@@ -207,6 +208,7 @@ def test_distinct_prompts_and_images_are_found_exactly():
         (["use_vllm=true"], "share_prompts=true cannot be used with use_vllm=true"),
         (["cache_implementation=static"], "cache_implementation=static"),
         (["attn_implementation=flex_attention"], "attn_implementation=flex_attention"),
+        (["attn_implementation=flash_attention_2"], "accepted: eager, sdpa"),
         (["use_transformers_continuous_batching=true"], "use_transformers_continuous_batching=true"),
     ],
 )
