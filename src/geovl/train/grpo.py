@@ -22,6 +22,10 @@ spectral: prompts carry the samples' cubes and the projector trains on with ``lr
 (docs/spectral.md, "GRPO on cubes").
 
 ``use_vllm=true`` passes through to TRL (``vllm_mode`` colocate/server) for GPU machines with vLLM.
+
+``share_prompts=true`` encodes and prefills each prompt once per group and branches its ``num_generations``
+completions from the shared KV cache (:mod:`geovl.train.shared_rollout`); ``train_summary.json`` then counts
+the rows and distinct prompts generated (``share_counts``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ def preflight_grpo(recipe: GRPORecipe) -> None:
         raise RecipeError("beta (KL weight) must be >= 0")
     if recipe.max_prompt_length is not None and recipe.max_prompt_length < 1:
         raise RecipeError("max_prompt_length must be positive (or null for no limit)")
+    if recipe.share_prompts:  # before the vLLM check: name what share_prompts cannot work with
+        from .shared_rollout import check_recipe
+
+        check_recipe(
+            use_vllm=recipe.use_vllm,
+            continuous_batching=recipe.use_transformers_continuous_batching,
+            cache_implementation=recipe.cache_implementation,
+            attn_implementation=recipe.attn_implementation,
+        )
     if recipe.use_vllm and importlib.util.find_spec("vllm") is None:
         raise RecipeError(
             "use_vllm=true needs the vllm package and a CUDA GPU (pip install vllm); set use_vllm=false here"
@@ -228,6 +241,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         processing_class=si.training_processor(processor),
         param_groups_fn=lambda m: param_groups(m, family, recipe),
         family=family,
+        share_prompts=recipe.share_prompts,
     )
     _tensorboard_into(trainer, out / "tensorboard")
     trainer.add_callback(GRPOProgressCallback(out / "progress.jsonl", trainer))
@@ -265,6 +279,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
             "trainable": {k: {"trainable": t, "total": a} for k, (t, a) in table.items()},
             "modules_to_save": modules_to_save,
             "tokens_seen": trainer.real_tokens,
+            "share_counts": trainer.share_counts if recipe.share_prompts else None,
             "timings": {k: round(v, 3) if isinstance(v, float) else v for k, v in trainer.timings.items()},
             "wall_s": round(time.time() - t0, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -317,6 +317,7 @@ class GRPORecipe(GeoVLOptions, GRPOConfig):
     reward_funcs: list[str] = field(default_factory=lambda: _default_rewards())  # built-in names
     reward_file: str | None = None  # plugin: every *_reward function in it is added
     reward_weights: dict = field(default_factory=dict)  # {name: weight}, default 1.0 (TRL's list is built from it)
+    share_prompts: bool = False  # encode + prefill each prompt once per group (train/shared_rollout.py)
     lora_dropout: float = 0.0
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
