@@ -113,3 +113,66 @@ def test_split_keeps_a_video_in_one_split(tmp_path):
     assert main(args + ["--split", "train=0.5,test=0.5"]) == 0
     sizes = sorted(sum(1 for _ in read_samples(tmp_path / f"o.{n}.parquet")) for n in ("train", "test"))
     assert sizes == [0, 12]  # all questions on one video go to one split
+
+
+def test_messages_jsonl_with_videos_round_trips(tmp_path):
+    """A geovl JSONL dataset with videos (files and data URIs) converts back with --from messages; the chat
+    form takes inline video parts; a bad video rejects its line."""
+    from geovl.data.io import DatasetWriter
+    from geovl.data.schema import make_sample
+
+    clip = encode_mp4([np.full((32, 32, 3), 60 * i, np.uint8) for i in range(4)], fps=2)
+    samples = [
+        make_sample("a", "视频里有什么？", "农田", videos=[clip]),
+        make_sample("b", "q", "a", videos=[clip, clip]),
+    ]
+    for mode in ("files", "base64"):
+        src = tmp_path / f"{mode}.jsonl"
+        with DatasetWriter(src, images=mode) as w:
+            for s in samples:
+                w.read_one()
+                w.write(s)
+        out = tmp_path / f"{mode}.parquet"
+        args = ["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]
+        assert main(args) == 0
+        assert list(read_samples(out)) == [
+            dict(s, source=s["source"] or f"{src.name}#L{i + 1}") for i, s in enumerate(samples)
+        ]
+    (tmp_path / "c.mp4").write_bytes(clip)
+    (tmp_path / "cut.mp4").write_bytes(clip[: len(clip) // 2])
+    chat = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "video", "video": "c.mp4"}, {"type": "text", "text": "Is there water?"}],
+                },
+                {"role": "assistant", "content": "no"},
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "video_url", "video_url": {"url": "cut.mp4"}}, {"type": "text", "text": "q"}],
+                },
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+    ]
+    src = tmp_path / "chat.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in chat) + "\n", encoding="utf-8")
+    out = tmp_path / "chat.parquet"
+    assert (
+        main(["data", "convert", "--from", "messages", "--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    )
+    summary = json.loads((tmp_path / "chat.summary.json").read_text())
+    assert summary["written"] == 1 and summary["rejected_by_reason"] == {"corrupt": 1, "bad_schema": 1}
+    (s,) = read_samples(out)
+    assert s["videos"] == [clip] and s["qtype"] == "yes_no" and s["messages"][0]["content"][0] == {"type": "video"}

@@ -93,6 +93,12 @@ def test_inspect_reports_video_tokens_and_budget(tmp_path):
     assert text_rc == 0
 
 
+def test_undecodable_video_is_counted(tmp_path):
+    path = _write(tmp_path / "bad.parquet", [make_sample("b", "q?", "a", videos=[b"\x00\x00\x00\x18ftypmp42 cut"])])
+    r = inspect_dataset(str(path), family="qwen2-vl", preview=1, progress=False)
+    assert r["undecodable_videos"] == 1 and r["preview"][0]["videos"] == ["undecodable (corrupt)"]
+
+
 def test_inspect_cli_prints_videos(tmp_path, capsys):
     path = _write(tmp_path / "v.jsonl", [make_sample("v", "q?", "a", videos=[_video(3)])])
     assert main(["data", "inspect", str(path), "--family", "qwen3-vl", "--max-tokens", "50", "--json"]) == 0
@@ -120,8 +126,8 @@ def test_exact_sequence_length_matches_the_processor(tiny_model_dir, tmp_path, f
         {"role": "assistant", "content": [{"type": "text", "text": "3"}]},
     ]
     text = proc.apply_chat_template(msgs, tokenize=False)
-    n = len(clip.frames)
-    meta = {"fps": 2.0, "total_num_frames": n, "frames_indices": list(range(n))}
+    meta = clip.processor_metadata()
+    assert meta["total_num_frames"] == len(clip.frames) == 10 and meta["fps"] == pytest.approx(2.0, rel=0.05)
     enc = proc(text=[text], videos=[clip.frames], video_metadata=[meta], do_sample_frames=False, return_tensors="pt")
     assert r["sequence_length"]["p0"] == enc["input_ids"].shape[1]
     vid = proc.tokenizer.convert_tokens_to_ids("<|video_pad|>")

@@ -99,11 +99,65 @@ def test_long_video_seeks_and_keeps_only_sampled_frames():
     assert got == pytest.approx([(3 * round(t * 5)) % 256 for t in clip.times_s], abs=1.2)  # neighbours differ by 3
 
 
+def test_sparse_sampling_seeks_instead_of_decoding_everything():
+    # 100 s at 5 fps with a keyframe every 2 s: 16 frames spread over it need a few frames each, not 500
+    frames = (np.full((32, 32, 3), (5 * i) % 256, np.uint8) for i in range(500))
+    data = encode_mp4(frames, fps=5, keyint=10)
+    clip = read_frames(data, VideoSettings(fps=2.0, max_frames=16))
+    assert len(clip.frames) == 16 and clip.times_s[-1] == pytest.approx(93.75, abs=0.2)
+    got = [float(f.mean()) for f in clip.frames]
+    assert got == pytest.approx([(5 * round(t * 5)) % 256 for t in clip.times_s], abs=1.5)
+    assert clip.decoded < 500 / 3
+
+
 def test_max_pixels_resizes_inside_the_decoder():
     data = encode_mp4(_ramp(4, h=240, w=320), fps=2)
     clip = read_frames(data, VideoSettings(max_pixels=160 * 120))
     assert clip.frames[0].shape[0] * clip.frames[0].shape[1] <= 160 * 120
     assert clip.frames[0].shape[:2] == (120, 160)
+
+
+def test_display_rotation_is_applied():
+    buf = io.BytesIO()  # a phone-style clip: coded 64×32 with a 90° display rotation
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=2)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        a = np.zeros((32, 64, 3), np.uint8)
+        a[:, :8] = 255  # a white stripe on the left edge
+        for _ in range(2):
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    frame = read_frames(buf.getvalue()).frames[0]
+    assert frame.shape == (64, 32, 3)  # upright: turned 90° counter-clockwise
+    assert frame[-8:].mean() > 200 and frame[:-12].mean() < 30  # the left stripe is now at the bottom
+
+
+@pytest.mark.parametrize(
+    "fmt,codec,name",
+    [
+        ("webm", "libvpx-vp9", "vp9"),
+        ("avi", "mpeg4", "mpeg4"),
+        ("matroska", "libx264", "h264"),
+        ("mpegts", "mpeg2video", "mpeg2video"),
+    ],
+)
+def test_other_containers_and_codecs(fmt, codec, name):
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=4)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(8):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe(buf.getvalue())
+    assert (info.codec, info.width, info.height, info.frames) == (name, 64, 48, 8)
+    clip = read_frames(buf.getvalue())  # 2 s at 2 fps
+    assert [round(float(f.mean()) / 30) for f in clip.frames] == [0, 2, 4, 6]
 
 
 def test_path_and_bytes_agree(tmp_path, clip5s):

@@ -142,8 +142,13 @@ def test_preprocess_config_records_video_settings(tmp_path):
     cfg = PreprocessConfig.load(tmp_path)
     assert cfg.video == vs.to_dict() and cfg.video_settings() == vs
     assert json.loads((tmp_path / "geovl_preprocess.json").read_text())["video"]["fps"] == 1.0
+    # max_pixels None: frames are bounded by the config's image max_pixels
+    PreprocessConfig(max_pixels=448 * 448, video=VideoSettings(fps=1.0).to_dict()).save(tmp_path)
+    assert PreprocessConfig.load(tmp_path).video_settings() == VideoSettings(fps=1.0, max_pixels=448 * 448)
     # a folder written before videos existed: defaults
-    (tmp_path / "geovl_preprocess.json").write_text(json.dumps({"max_pixels": 1000}))
+    (tmp_path / "geovl_preprocess.json").write_text(json.dumps({"max_pixels": 100_000}))
+    assert PreprocessConfig.load(tmp_path).video_settings() == VideoSettings(max_pixels=100_000)
+    (tmp_path / "geovl_preprocess.json").write_text(json.dumps({}))
     assert PreprocessConfig.load(tmp_path).video_settings() == VideoSettings()
     (tmp_path / "geovl_preprocess.json").write_text(json.dumps({"video": {"fps": -1}}))
     with pytest.raises(ValueError, match="bad video settings"):

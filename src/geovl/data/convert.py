@@ -164,6 +164,14 @@ class VideoCache:
             raise type(hit)(hit.reason, hit.detail)  # a fresh exception: no traceback build-up
         return hit
 
+    def check_bytes(self, data: bytes) -> bytes:
+        """``data`` after the same checks (an embedded video: base64 or a data URI)."""
+        from ..imagery.video import read_frames
+
+        read_frames(data, self.settings)
+        self.decoded += 1
+        return data
+
 
 def check_rendered(img, name, opts: "ConvertOptions | None") -> None:
     if "band_order" not in img.meta:

@@ -100,7 +100,7 @@ def model_video_setup(model: str | None, fam, video: dict | None = None):
             bounds = video_bounds_of(load_processor(model))
         except Exception as e:  # noqa: BLE001
             raise InspectError(f"{model}: cannot load the model's processor ({type(e).__name__}: {e})") from None
-        settings = dict((pre.video if pre is not None else None) or {})
+        settings = pre.video_settings().to_dict() if pre is not None else {}
     settings.update({k: v for k, v in (video or {}).items() if v is not None})
     try:
         return VideoSettings.from_dict(settings), bounds
@@ -196,13 +196,13 @@ def inspect_dataset(
             summaries.append(f"{w}x{h} px → {t} visual tokens")
         videos = s.get("videos") or []
         vids_per_sample[len(videos)] += 1
-        shapes = []
+        shapes, vsummaries = [], []
         for b in videos:
             try:
                 info = probe(b, vsettings)
             except VideoError as e:
                 bad_videos += 1
-                summaries.append(f"video: {e.reason}")
+                vsummaries.append(f"undecodable ({e.reason})")
                 continue
             n, h, w = sampled_shape(info, vsettings)
             shapes.append(VideoShape(n, h, w, vsettings.fps))
@@ -220,7 +220,7 @@ def inspect_dataset(
             vid_frames.append(n)
             vid_tokens.append(t)
             vis_video += t
-            summaries.append(f"video {n} frames of {shape.width}x{shape.height} px → {t} visual tokens")
+            vsummaries.append(f"{n} frames of {shape.width}x{shape.height} px → {t} visual tokens")
         seq = fit.tokens
         seq_lens.append(seq)
         mem_rows.append((s["id"], seq, (sample_vis + vis_video) * fam.merge_size**2))
@@ -235,6 +235,7 @@ def inspect_dataset(
                     "qtype": s["qtype"],
                     "source": s["source"],
                     "images": summaries,
+                    "videos": vsummaries,
                     "messages": [
                         {
                             "role": m["role"],
@@ -357,6 +358,8 @@ def format_report(r: dict) -> str:
         lines.append(f"\n--- {p['id']}  [{p['qtype']}]  {p['source']}")
         for i, s in enumerate(p["images"], 1):
             lines.append(f"  image {i}: {s}")
+        for i, s in enumerate(p.get("videos", []), 1):
+            lines.append(f"  video {i}: {s}")
         for m in p["messages"]:
             lines.append(f"  {m['role']}: {m['content']}")
     return "\n".join(lines)

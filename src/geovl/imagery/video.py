@@ -14,9 +14,11 @@ declares is checked **before** any frame is decoded, from the container and stre
   bomb) → ``too_large``.
 
 :func:`read_frames` then decodes **streamed**: packets are demuxed one by one, every decoded frame that
-is not a sampling point is dropped at once, and for sparse sampling of a long video the demuxer seeks
-to the next keyframe before the target, so memory holds at most the kept frames (resized to
-:attr:`VideoSettings.max_pixels` inside the decoder when set). Frames are sampled uniformly at
+is not a sampling point is dropped at once, and between sampling points packets are only demuxed —
+decoding restarts at the last keyframe before the next sampling point — so memory holds the kept frames
+(and at most 64 MiB of compressed packets) (resized to
+:attr:`VideoSettings.max_pixels` inside the decoder when set, and turned upright when the stream
+carries a display rotation, as phone videos do). Frames are sampled uniformly at
 :attr:`VideoSettings.fps`, at most :attr:`VideoSettings.max_frames`; the count is made **even** by
 repeating the last frame, because the Qwen-VL video processors merge frames in time pairs
 (``temporal_patch_size`` 2). Decoding errors, a stream that yields no frame, or frames larger than
@@ -55,7 +57,9 @@ _CONTAINER_MAGICS = (b"\x1a\x45\xdf\xa3", b"FLV", b"\x00\x00\x01\xba", b"OggS")
 # Frames decoded (kept or not) per second of declared duration before a stream counts as runaway
 # (broken timestamps): bounds the work of one decode.
 _MAX_DECODE_FPS = 240.0
-_SEEK_GAP_S = 2.0  # seek instead of decoding through a gap longer than this
+_SKIP_GAP_S = 1.0  # stop decoding when the next sampling point is further away than this
+_LOOKAHEAD_S = 0.25  # start decoding this much before a sampling point (B-frames come out late)
+_MAX_PENDING_BYTES = 64 * 1024 * 1024  # compressed packets held back while skipping
 
 
 class VideoError(GeoVLError, ValueError):
@@ -133,8 +137,9 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video declares (read from headers, nothing decoded). ``frames`` is the stream's frame
-    count, estimated from duration × rate when the container does not store it."""
+    """What a video declares (read from headers, nothing decoded). ``width``/``height``: the coded frame
+    size (a display rotation of ±90° swaps them in the frames :func:`read_frames` returns); ``frames`` is
+    the stream's frame count, estimated from duration × rate when the container does not store it."""
 
     width: int
     height: int
@@ -147,18 +152,28 @@ class VideoInfo:
 @dataclass
 class Clip:
     """Sampled frames (RGB uint8 H×W×3, an even count) and their times in seconds from the start;
-    ``fps`` is the effective sampling rate (frames per second of video)."""
+    ``fps`` is the effective sampling rate (frames per second of video); ``decoded``: how many frames the
+    decoder produced to get them (packets between sampling points are skipped undecoded)."""
 
     frames: list[np.ndarray] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
     fps: float = 0.0
+    decoded: int = 0
+
+    def processor_metadata(self) -> dict:
+        """``video_metadata`` for a Qwen-VL processor given these (already sampled) frames — call it with
+        ``do_sample_frames=False``; Qwen3-VL writes its ``<t seconds>`` timestamps from ``fps`` and the
+        frame indices."""
+        n = len(self.frames)
+        fps = self.fps if self.fps > 0 else 1.0
+        return {"fps": fps, "total_num_frames": n, "frames_indices": list(range(n)), "duration": n / fps}
 
 
 def _name(src) -> str:
     return "<video bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
-def _head(src, n: int = 64) -> bytes:
+def _head(src, n: int = 256) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[:n])
     with open(src, "rb") as f:
@@ -170,7 +185,7 @@ def _looks_like_container(head: bytes) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return True
-    if head[:1] == b"\x47" and len(head) > 0:  # MPEG-TS sync byte
+    if head[:1] == b"\x47" and head[188:189] == b"\x47":  # MPEG-TS: a sync byte every 188 bytes
         return True
     return any(head.startswith(m) for m in _CONTAINER_MAGICS)
 
@@ -322,43 +337,74 @@ def read_frames(src: bytes | str | os.PathLike, settings: VideoSettings = VideoS
         out_w, out_h = _scaled_size(info.width, info.height, settings.max_pixels)
         max_decoded = int(max(info.duration_s or settings.max_duration_s, 1.0) * _MAX_DECODE_FPS) + 16
         clip = Clip(fps=1.0 / step)
-        decoded = 0
-        k = 0  # the next target
-        seek = known and targets[0] > _SEEK_GAP_S
+        state = {"k": 0, "decoded": 0}
+        ctx = stream.codec_context
+
+        def take(frames) -> bool:
+            """Keep the frames that are sampling points; True once every target has a frame."""
+            for frame in frames:
+                state["decoded"] += 1
+                if state["decoded"] > max_decoded:
+                    raise VideoError("corrupt", f"{name}: more frames than its duration allows (broken timestamps)")
+                if frame.width * frame.height > settings.max_frame_pixels:
+                    raise VideoError(
+                        "too_large",
+                        f"{name}: a frame of {frame.width}×{frame.height} pixels (at most {settings.max_frame_pixels})",
+                    )
+                t = float(frame.time) - start if frame.time is not None else (state["decoded"] - 1) / (info.fps or 1.0)
+                if t > settings.max_duration_s:
+                    raise VideoError("too_long", f"{name}: longer than {settings.max_duration_s:g} s")
+                k = state["k"]
+                if k >= len(targets) or t < targets[k] - tol:
+                    continue  # not a sampling point: dropped at once
+                rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+                turns = round((frame.rotation or 0) / 90) % 4  # phones record upright via a display matrix
+                if turns:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+                clip.frames.append(rgb)
+                clip.times_s.append(round(max(t, 0.0), 6))
+                while k < len(targets) and t >= targets[k] - tol:
+                    k += 1  # each frame once: a video slower than the sampling rate gives fewer frames
+                state["k"] = k
+            return state["k"] >= len(targets)
+
+        # Packets are demuxed one by one (compressed: cheap); they are only decoded from the last keyframe
+        # before a sampling point. Between sampling points the packets since the last keyframe (or since the
+        # last decoded one, when no keyframe came) wait compressed in ``pending`` — at most _MAX_PENDING_BYTES,
+        # past which they are decoded and dropped — so a long gap costs demuxing, not decoding.
+        pending, pending_bytes, fresh_gop, decoding, last_t = [], 0, False, False, -math.inf
         try:
-            while k < len(targets):
-                if seek:  # jump to the keyframe before the target instead of decoding the whole gap
-                    container.seek(int((targets[k] + start) / stream.time_base), stream=stream, backward=True)
-                    seek = False
-                for frame in container.decode(stream):
-                    decoded += 1
-                    if decoded > max_decoded:
-                        raise VideoError("corrupt", f"{name}: more frames than its duration allows (broken timestamps)")
-                    if frame.width * frame.height > settings.max_frame_pixels:
-                        raise VideoError(
-                            "too_large",
-                            f"{name}: a frame of {frame.width}×{frame.height} pixels "
-                            f"(at most {settings.max_frame_pixels})",
-                        )
-                    t = float(frame.time) - start if frame.time is not None else (decoded - 1) / (info.fps or 1.0)
-                    if t > settings.max_duration_s:
-                        raise VideoError("too_long", f"{name}: longer than {settings.max_duration_s:g} s")
-                    if t < targets[k] - tol:
-                        continue  # not a sampling point: dropped at once
-                    rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-                    clip.frames.append(rgb)
-                    clip.times_s.append(round(max(t, 0.0), 6))
-                    while k < len(targets) and t >= targets[k] - tol:
-                        k += 1  # each frame once: a video slower than the sampling rate gives fewer frames
-                    if k == len(targets):
+            for packet in container.demux(stream):
+                if packet.size == 0 and packet.pts is None:  # the end: drain the decoder
+                    if decoding and take(packet.decode()):
                         break
-                    if known and targets[k] - t > _SEEK_GAP_S:
-                        seek = True
+                    continue
+                pt = float(packet.pts * packet.time_base) - start if packet.pts is not None else last_t
+                last_t = max(last_t, pt)
+                if not decoding:
+                    if packet.is_keyframe:
+                        pending, pending_bytes, fresh_gop = [], 0, True
+                    pending.append(packet)
+                    pending_bytes += packet.size
+                    due = pt >= targets[state["k"]] - tol - _LOOKAHEAD_S
+                    if not (due or pending_bytes > _MAX_PENDING_BYTES):
+                        continue
+                    if fresh_gop:
+                        ctx.flush_buffers()  # start clean at the keyframe
+                    done = False
+                    for p in pending:
+                        done = take(p.decode()) or done
+                    pending, pending_bytes, fresh_gop, decoding = [], 0, False, True
+                    if done:
                         break
-                else:
-                    break  # end of the stream
+                elif take(packet.decode()):
+                    break
+                if decoding and known and targets[state["k"]] - pt > _SKIP_GAP_S:
+                    decoding = False  # a long gap to the next sampling point: wait for a keyframe
         except av.error.FFmpegError as e:
             raise VideoError("corrupt", f"{name}: damaged video data ({e.strerror or e})") from None
+        decoded = state["decoded"]
+        clip.decoded = decoded
         if not clip.frames:
             if info.frames > 0:
                 raise VideoError(
@@ -378,8 +424,9 @@ def read_frames(src: bytes | str | os.PathLike, settings: VideoSettings = VideoS
         container.close()
 
 
-def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18) -> bytes:
-    """H.264 MP4 (yuv420p) of RGB uint8 frames (H×W×3, all one size, even width and height) at ``fps``."""
+def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18, keyint: int | None = None) -> bytes:
+    """H.264 MP4 (yuv420p) of RGB uint8 frames (H×W×3, all one size, even width and height) at ``fps``;
+    ``keyint``: frames between keyframes (x264's default 250 when None)."""
     import av
 
     rate = Fraction(fps).limit_denominator(1000)
@@ -399,6 +446,8 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 18) -> bytes
                     raise ValueError(f"H.264 (yuv420p) needs an even width and height, got {w}×{h}")
                 stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "medium"})
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if keyint:
+                    stream.codec_context.gop_size = int(keyint)
             elif (h, w) != (stream.height, stream.width):
                 raise ValueError(f"frame {n} is {w}×{h}, the first was {stream.width}×{stream.height}")
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")

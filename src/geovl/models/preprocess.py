@@ -39,10 +39,17 @@ class PreprocessConfig:
     video: dict | None = None
 
     def video_settings(self):
-        """The :class:`~geovl.imagery.video.VideoSettings` to decode videos with (defaults when not recorded)."""
+        """The :class:`~geovl.imagery.video.VideoSettings` to decode videos with (defaults when not recorded);
+        a ``max_pixels`` of None there takes this config's ``max_pixels`` (frames are then no larger than
+        images)."""
+        from dataclasses import replace
+
         from ..imagery.video import VideoSettings
 
-        return VideoSettings.from_dict(self.video)
+        vs = VideoSettings.from_dict(self.video)
+        if vs.max_pixels is None and self.max_pixels is not None:
+            vs = replace(vs, max_pixels=max(int(self.max_pixels), 28 * 28))
+        return vs
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / FILENAME

@@ -17,6 +17,12 @@ The common **chat form** is accepted too: records with only ``messages`` (and op
 is the last assistant turn (which must end the conversation), a missing id becomes ``<file>-L<line>``,
 and a missing qtype is inferred from the last question (``yes_no``, ``count``, ``area``, else
 ``open``; :mod:`geovl.data.qtype`) and marked ``meta.qtype_inferred``; the summary counts them.
+
+Videos: a ``videos`` list (paths, ``data:video/...;base64,`` URIs or raw base64, as geovl's JSONL writer
+stores them) for the ``{"type": "video"}`` parts; in the chat form ``{"type": "video", "video": REF}``
+(or ``"url"``, or ``{"type": "video_url", "video_url": {"url": REF}}``). Each video is checked as
+:func:`geovl.imagery.video.read_frames` reads it; a bad one rejects its record with the video's reason
+(``missing_video``, ``corrupt``, ``not_a_video``, ``too_long``, …).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ...imagery.decode import ImageError, load_image_bytes, resolve_image_path
-from ..convert import ConvertError, ConvertOptions, ImageCache, check_rendered
+from ...imagery.video import VideoError
+from ..convert import ConvertError, ConvertOptions, ImageCache, VideoCache, check_rendered
 from ..io import iter_jsonl_lines
 from ..schema import SampleError
 
@@ -65,22 +72,46 @@ def load_ref(ref, root: Path, cache: ImageCache, max_pixels: int) -> tuple[bytes
     return img.data, img.meta
 
 
+def load_video_ref(ref, root: Path, videos: VideoCache) -> bytes:
+    """The encoded bytes of one video entry of a messages record (checked as ``read_frames`` reads it)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise SampleError("missing_video", f"video entry {ref!r} is not a path or base64 string")
+    data = None
+    if ref.startswith("data:"):
+        head, _, payload = ref.partition(",")
+        if ";base64" not in head or not payload:
+            raise VideoError("corrupt", f"data URI {head[:40]!r} is not base64")
+        data = _b64(payload, "data URI")
+    elif len(ref) >= 64 and _B64.match(ref):
+        data = _b64(ref, "base64 video")
+    if data is not None:
+        return videos.check_bytes(data)
+    try:
+        path = resolve_image_path(root, ref)
+    except ImageError as e:
+        raise SampleError(e.reason if e.reason == "path_escape" else "missing_video", e.detail) from None
+    return videos.load(path)
+
+
 def iter_records(o: ConvertOptions) -> Iterator[tuple[str, object]]:
     path = o.input
     if not path.is_file():
         raise ConvertError(f"{path}: --from messages expects a .jsonl file")
     root = o.images_root or path.parent
     cache = ImageCache(o.pixel_limit, size=16, opts=o)
+    videos = VideoCache()
     for n, obj in iter_jsonl_lines(path):
         source = f"{path.name}#L{n}"
         try:
-            item = obj if isinstance(obj, SampleError) else _build(obj, n, source, root, cache, o.pixel_limit)
-        except (SampleError, ImageError) as e:
+            item = obj if isinstance(obj, SampleError) else _build(obj, n, source, root, cache, o.pixel_limit, videos)
+        except (SampleError, ImageError, VideoError) as e:
             item = e
         yield source, item
 
 
-def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int) -> dict:
+def _build(
+    rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: int, videos: VideoCache | None = None
+) -> dict:
     if not isinstance(rec, dict):
         raise SampleError("bad_schema", f"line {n}: a record must be a JSON object")
     if "images" not in rec and "answer" not in rec and isinstance(rec.get("messages"), list):
@@ -95,6 +126,10 @@ def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: 
         data, meta = load_ref(ref, root, cache, max_pixels)
         images.append(data)
         img_meta.append(meta)
+    vrefs = rec.get("videos") if rec.get("videos") is not None else []
+    if not isinstance(vrefs, list):
+        raise SampleError("bad_schema", f"line {n}: 'videos' must be a list")
+    vids = [load_video_ref(ref, root, videos or VideoCache()) for ref in vrefs]
     meta = rec.get("meta") if rec.get("meta") is not None else {}
     if isinstance(meta, dict) and any(img_meta) and "images_meta" not in meta:
         meta = {**meta, "images_meta": img_meta}
@@ -107,6 +142,8 @@ def _build(rec, n: int, source: str, root: Path, cache: ImageCache, max_pixels: 
         "source": rec.get("source") or source,
         "meta": meta,
     }
+    if vids:
+        sample["videos"] = vids
     return sample  # validated (and duplicate-checked) by the writer
 
 
@@ -118,13 +155,20 @@ def _image_ref(part: dict):
     return part.get("image") if part.get("image") is not None else part.get("url")
 
 
+def _video_ref(part: dict):
+    if part.get("type") == "video_url":
+        ref = part.get("video_url")
+        return ref.get("url") if isinstance(ref, dict) else ref
+    return part.get("video") if part.get("video") is not None else part.get("url")
+
+
 def from_chat_form(rec: dict, n: int, stem: str) -> dict:
     """A chat-form record (inline image references, no ``images`` / ``answer``) → a record of the
     sample schema: images in order, bare image parts, the answer from the last assistant turn, the
     qtype given or inferred from the last question (``meta.qtype_inferred``)."""
     from ..qtype import detect_qtype, is_area_question
 
-    msgs, images = [], []
+    msgs, images, videos = [], [], []
     for i, m in enumerate(rec["messages"]):
         if not isinstance(m, dict) or "content" not in m:
             raise SampleError("bad_schema", f"line {n}: message {i + 1} is not an object with a content")
@@ -147,6 +191,16 @@ def from_chat_form(rec: dict, n: int, stem: str) -> dict:
                     )
                 images.append(ref)
                 parts.append({"type": "image"})
+            elif part.get("type") in ("video", "video_url"):
+                ref = _video_ref(part)
+                if ref is None:
+                    raise SampleError(
+                        "bad_schema",
+                        f"line {n}: message {i + 1}: a video part without its reference "
+                        '(chat form: {"type": "video", "video": PATH})',
+                    )
+                videos.append(ref)
+                parts.append({"type": "video"})
             else:
                 parts.append(part)
         msgs.append({**m, "content": parts})
@@ -181,4 +235,4 @@ def from_chat_form(rec: dict, n: int, stem: str) -> dict:
         "qtype": qtype,
         "answer": answer,
         "meta": meta,
-    }
+    } | ({"videos": videos} if videos else {})
