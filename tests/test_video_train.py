@@ -240,6 +240,8 @@ def test_engine_mixed_batch_equals_one_by_one(tiny_model_dir, family):
     assert batched == alone
     # exact prompt counts (video pads expanded) before generation = what the model saw
     assert [engine.count_prompt_tokens(r) for r in reqs] == [u["prompt_tokens"] for u in usage]
+    # the sort key from the container headers (nothing decoded) agrees for these clips
+    assert [engine.estimate_length(r) for r in reqs] == [u["prompt_tokens"] for u in usage]
     # the video matters: two different clips with the same question give different first-token logits
     with torch.no_grad():
         a, b = (engine.model(**engine.encode([r])).logits[0, -1] for r in (reqs[0], reqs[4]))
@@ -289,3 +291,120 @@ def test_grpo_leaves_video_samples_out_with_the_reason(tiny_model_dir, tmp_path)
     assert s["read"] == 6 and s["kept"] == 3 and s["dropped_by_reason"] == {"video_in_grpo": 3}
     assert sorted(d.id for d in prompts.dropped) == ["v0", "v1", "v2"]
     assert "pixel_values_videos" in prompts.dropped[0].detail
+
+
+def test_infer_cli_asks_about_a_video_and_refuses_a_bad_one(tiny_model_dir, tmp_path, capsys):
+    clip, img = tmp_path / "flight.mp4", tmp_path / "a.png"
+    clip.write_bytes(mp4(6, seed=30))
+    img.write_bytes(png(56, 56, 31))
+    out = tmp_path / "o.jsonl"
+    model = tiny_model_dir("qwen3-vl")
+    args = ["infer", "--model", model, "--max-new-tokens", "3", "-q", "What appears?"]
+    rc, err = run_cli(capsys, *args, "--image", img, "--video", clip, "--out", out)
+    assert rc == 0, err
+    rec = json.loads(out.read_text())
+    assert rec["videos"] == [str(clip)] and rec["images"] == [str(img)] and isinstance(rec["prediction"], str)
+
+    fake = tmp_path / "photo.mp4"
+    fake.write_bytes(png(56, 56, 32))  # an image renamed .mp4
+    rc, err = run_cli(capsys, *args, "--video", fake)
+    assert rc != 0 and "photo.mp4" in err and "Traceback" not in err
+    rc, err = run_cli(capsys, *args, "--video", tmp_path / "missing.mp4")
+    assert rc != 0 and "missing.mp4" in err
+
+
+def test_remote_engine_sends_videos_as_video_url(tmp_path):
+    import base64
+
+    from geovl.inference.engine import ChatRequest, EngineError
+    from geovl.inference.remote import to_openai_messages
+
+    data = mp4(4, seed=40)
+    path = tmp_path / "c.mp4"
+    path.write_bytes(data)
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}, text_part("What changes?")]}]
+    out = to_openai_messages(ChatRequest(msgs, [], [data, path]))
+    parts = out[0]["content"]
+    assert [p["type"] for p in parts] == ["video_url", "video_url", "text"]
+    for p in parts[:2]:
+        head, b64 = p["video_url"]["url"].split(",", 1)
+        assert head == "data:video/mp4;base64" and base64.b64decode(b64) == data
+    with pytest.raises(EngineError, match="not MP4"):
+        to_openai_messages(ChatRequest(msgs, [], [png(8, 8), data]))
+
+
+@pytest.mark.parametrize("bad, named", [("video_fps=0", "video_fps"), ("video_max_frames=1", "video_max_frames")])
+def test_bad_video_recipe_keys_are_named(tiny_model_dir, tmp_path, capsys, bad, named):
+    data = write_dataset(tmp_path / "d.parquet", samples()[:2])
+    rc, err = train(capsys, tiny_model_dir("qwen2-vl"), data, tmp_path / "run", "max_steps=1", bad)
+    assert rc != 0 and named in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_over_budget_video_is_thinned_in_pairs_or_dropped_whole(tiny_model_dir, tmp_path, family):
+    """The one budget rule (geovl.data.video_budget): frames leave in pairs until the sample fits; a sample that
+    does not fit even at two frames is dropped whole; the encoded sample has exactly the measured length."""
+    proc = _processor(tiny_model_dir(family))
+    fam = get_family(family)
+    long = video_sample("long", "What happens?", "A building rises.", [mp4(16, seed=50)])
+    settings = VideoSettings(fps=4.0, max_frames=16)
+    full = SFTDataset(
+        [write_dataset(tmp_path / "a.parquet", [long])], proc, fam, progress=False, video_settings=settings
+    )
+    n_full, vis_full = full.lengths[0], full.video_tokens[0]
+    assert full.video_frames == {} and full.summary()["video_subsampled"] == 0 and vis_full > 0
+    for budget, key in ((vis_full // 2, "max_visual_tokens"), (n_full - vis_full // 3, "max_length")):
+        kw = {key: budget}
+        ds = SFTDataset(
+            [write_dataset(tmp_path / f"{key}.parquet", [long])],
+            proc,
+            fam,
+            progress=False,
+            video_settings=settings,
+            **kw,
+        )
+        assert ds.summary()["kept"] == 1 and ds.summary()["video_subsampled"] == 1
+        frames = ds.video_frames[0][0]
+        assert frames % 2 == 0 and 2 <= frames < 16
+        f = ds[0]
+        assert f["input_ids"].shape[0] == ds.lengths[0] <= (budget if key == "max_length" else n_full)
+        assert ds.video_tokens[0] <= (budget if key == "max_visual_tokens" else vis_full)
+        assert int(f["video_grid_thw"][0][0]) == frames // 2  # the encoded clip has the kept frames
+    tiny = SFTDataset(
+        [write_dataset(tmp_path / "t.parquet", [long])], proc, fam, progress=False, video_settings=settings,
+        max_visual_tokens=1,
+    )  # fmt: skip
+    assert tiny.summary()["kept"] == 0 and tiny.dropped[0].reason == "over_visual_token_budget"
+    assert "even at 2 frames" in tiny.dropped[0].detail
+
+
+def test_grpo_step_on_timeseries_with_video_samples_left_out(tiny_model_dir, tmp_path, capsys):
+    """A GRPO step on time-series samples (images) while the video sample of the same file is left out, recorded."""
+    data = write_dataset(
+        tmp_path / "g.parquet",
+        [timeseries_sample("ts0", seed=60), samples()[0], timeseries_sample("ts1", seed=70)],
+    )
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text("reward_funcs: [rs_reward]\nreport_to: []\n")
+    out = tmp_path / "grpo"
+    rc, err = run_cli(
+        capsys,
+        "train",
+        "grpo",
+        recipe,
+        f"model={tiny_model_dir('qwen2.5-vl')}",
+        f"train_data={data}",
+        f"output_dir={out}",
+        "progress_bar=false",
+        "batch_size=2",
+        "num_generations=2",
+        "max_completion_length=4",
+        "max_steps=1",
+    )
+    assert rc == 0, err[-2000:]
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["reason"]) for d in dropped] == [("v0", "video_in_grpo")]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 1
+    assert (out / "final").is_dir()

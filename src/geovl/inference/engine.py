@@ -344,16 +344,24 @@ class LocalEngine:
             raise EngineError("this model reads hyperspectral cubes through its projector; it cannot take video parts")
         return ChatRequest(request.messages, request.images, [read_clip(v, self.video) for v in request.videos])
 
-    def estimate_length(self, request: ChatRequest, tokenizer=None) -> int:
-        """Prompt tokens after image- and video-pad expansion (text tokenized; images from their headers;
-        videos sampled, then counted with the processor's maths — :func:`~geovl.models.vision_input.video_prompt_tokens`)."""
+    def estimate_length(self, request: ChatRequest, tokenizer=None, exact: bool = False) -> int:
+        """Prompt tokens after image- and video-pad expansion (text tokenized; images from their headers). Videos:
+        ``exact`` — sampled, then counted with the processor's maths
+        (:func:`~geovl.models.vision_input.video_prompt_tokens`); else (for sorting a batch) from the container
+        headers, nothing decoded (:func:`~geovl.data.video_budget.video_cost` of the shape sampling will give)."""
         from ..models.preprocess import PreprocessConfig
         from ..models.vision_input import video_prompt_tokens
 
         tok = tokenizer or self.tokenizer
         n = len(tok(self.prompt_text(request), add_special_tokens=False)["input_ids"])
-        for clip in self.clips(request).videos:
-            n += video_prompt_tokens(self.processor, self.family, clip, tok)[1] - 1
+        if request.videos and (exact or self.spectral is not None):
+            request = self.clips(request)
+        for v in request.videos:
+            n += (
+                video_prompt_tokens(self.processor, self.family, v, tok)[1] - 1
+                if hasattr(v, "frames")
+                else self._video_estimate(v, tok)
+            )
         lo, hi = PreprocessConfig.bounds_of(self.processor)
         for b in request.images:
             size = self.vision_input.image_size(b)  # from the header; None: unknown without reading it (a cube path)
@@ -361,6 +369,18 @@ class LocalEngine:
                 self.family.image_tokens(size[0], size[1], lo, hi) - 1 if size is not None else 1024
             )  # (for sorting only)
         return n
+
+    def _video_estimate(self, item, tok) -> int:
+        """Tokens a video adds beyond its placeholder, from its headers (probe; nothing decoded)."""
+        from ..data.video_budget import VideoShape, video_cost
+        from ..imagery.video import probe, sampled_shape
+        from ..models.registry import video_bounds_of
+
+        info = probe(bytes(item) if isinstance(item, (bytearray, memoryview)) else item, self.video)
+        n, h, w = sampled_shape(info, self.video)
+        count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        shape = VideoShape(n, h, w, self.video.fps)
+        return video_cost(self.family, shape, count_text=count, **video_bounds_of(self.processor))
 
     @property
     def context_length(self) -> int | None:
@@ -379,7 +399,7 @@ class LocalEngine:
         with self._count_lock:
             if self._count_tokenizer is None:
                 self._count_tokenizer = copy.deepcopy(self.tokenizer)
-            return self.estimate_length(request, self._count_tokenizer)
+            return self.estimate_length(request, self._count_tokenizer, exact=True)
 
     def encode(self, requests: list[ChatRequest], texts: list[str] | None = None):
         """Left-padded model inputs for a batch (images flattened in request order); ``texts`` replaces
@@ -463,7 +483,7 @@ class LocalEngine:
         end-of-turn token), ``finish_reason`` ("stop" or "length"). Setting ``cancel`` stops every row
         at its next token (answers are then cut short)."""
         params = params or GenerationParams()
-        requests = [self.clips(r) for r in requests]  # videos decoded once: counted, then encoded
+        requests = list(requests)  # sorted by header estimates; each batch's videos are decoded when it is encoded
         if not requests:
             return []
         lengths = [self.estimate_length(r) for r in requests]

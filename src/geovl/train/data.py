@@ -231,23 +231,48 @@ class MeasuredSamples:
                 raise _Drop("bad_video", f"video {k}{where}: {getattr(e, 'reason', 'bad_video')}: {e}") from None
         return clips
 
-    def _video_tokens(self, videos: list) -> tuple[int, int]:
-        """(visual tokens, sequence tokens added) of a sample's videos: each sampled clip counted with the
-        registry's video maths and the processor's placeholder text
-        (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp and vision start/end
-        per temporal patch); "added" is beyond the one ``<|video_pad|>`` per part."""
-        if not videos:
-            return 0, 0
+    def _fit_videos(self, clips: list, base_vis: int, base_len: int) -> tuple[list[int], int, int]:
+        """(frames per video, visual tokens, sequence length) of a sample with these clips under the run's budgets
+        (``max_visual_tokens``, then ``max_length``), by the one rule of
+        :func:`geovl.data.video_budget.fit_video_budget`: over a budget, frames are taken away in pairs from the
+        costliest video (never below two), else the sample is dropped whole (:class:`_Drop`). Each video is
+        counted exactly on its sampled (and thinned) clip: the registry's video maths and the processor's
+        placeholder text (:func:`geovl.models.vision_input.video_prompt_tokens`; Qwen3-VL adds a timestamp and
+        vision start/end per temporal patch). ``base_*``: the sample without its videos."""
+        from ..data.video_budget import VideoShape, fit_video_budget, subsample_clip
         from ..models.vision_input import video_prompt_tokens
 
-        if self.spectral:
+        if clips and self.spectral:
             raise _Drop("video_in_spectral_run", "a hyperspectral run reads cubes; video parts cannot be used")
-        vis = added = 0
-        for clip in self._clips(videos):
-            v, n = video_prompt_tokens(self.processor, self.family, clip)
-            vis += v
-            added += n - 1
-        return vis, added
+        counted: dict[tuple[int, int], tuple[int, int]] = {}
+        shapes = [VideoShape(len(c.frames), *c.frames[0].shape[:2], c.fps) for c in clips]
+        clip_of = {id(x): k for k, x in enumerate(shapes)}  # a shape (as fit_video_budget passes it) → its clip
+
+        def count(shape, n: int) -> tuple[int, int]:  # (visual tokens, tokens added beyond the placeholder)
+            k = clip_of[id(shape)]
+            if (k, n) not in counted:
+                v, t = video_prompt_tokens(self.processor, self.family, subsample_clip(clips[k], n))
+                counted[(k, n)] = (v, t - 1)
+            return counted[(k, n)]
+
+        fit = fit_video_budget(base_vis, shapes, self.max_visual_tokens, lambda sh, n: count(sh, n)[0])
+        if not fit.kept:
+            raise _Drop(
+                "over_visual_token_budget",
+                f"{fit.tokens} visual tokens > max_visual_tokens={self.max_visual_tokens}"
+                + (" (even at 2 frames per video)" if clips else ""),
+            )
+        thinned = [VideoShape(n, sh.height, sh.width, sh.fps) for sh, n in zip(shapes, fit.frames)]
+        clip_of.update({id(x): k for k, x in enumerate(thinned)})
+        fit2 = fit_video_budget(base_len, thinned, self.max_length, lambda sh, n: count(sh, n)[1])
+        if not fit2.kept:
+            raise _Drop(
+                "over_max_length",
+                f"{fit2.tokens} tokens > max_length={self.max_length}"
+                + (" (even at 2 frames per video)" if clips else ""),
+            )
+        vis = base_vis + sum(count(sh, n)[0] for sh, n in zip(thinned, fit2.frames))
+        return fit2.frames, vis, fit2.tokens
 
     def _visual_tokens(self, sizes: list[tuple[int, int]]) -> int:
         vis = 0
@@ -320,7 +345,10 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
     ``dropped`` lists every sample left out whole, with the reason (``bad_schema``, ``bad_image``,
     ``over_visual_token_budget``, ``over_max_length``, ``no_assistant_tokens``, ``bad_video``; spectral runs
     also ``no_cube``, ``bad_cube``, ``video_in_spectral_run``). Videos are sampled with ``video_settings``
-    (a :class:`~geovl.imagery.video.VideoSettings`; None: its defaults). Counts conserve:
+    (a :class:`~geovl.imagery.video.VideoSettings`; None: its defaults); a video sample over a budget first
+    loses frames in pairs (:func:`geovl.data.video_budget.fit_video_budget`, counted as ``video_subsampled``
+    in :meth:`summary`; ``video_frames`` says how many each video keeps) and is dropped only when two frames
+    per video do not fit. Counts conserve:
     ``read == kept + dropped``."""
 
     def __init__(
@@ -350,10 +378,16 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.newline_led = newline_led_ids(self.tok)
         self.video_tokens: list[int] = []  # visual tokens of each kept sample's videos (the memory guard adds them)
+        self.video_frames: dict[int, list[int]] = {}  # kept sample → frames per video, where the budget thinned them
         self._scan(paths, progress)
 
     def _keep(self, s: dict) -> None:
-        self.video_tokens.append(self._last_video_tokens)
+        self.video_tokens.append(self._last_video[0])
+        if self._last_video[1] is not None:
+            self.video_frames[len(self.index) - 1] = self._last_video[1]
+
+    def summary(self) -> dict:
+        return {**super().summary(), "video_subsampled": len(self.video_frames)}
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
@@ -368,16 +402,12 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         text = self.processor.apply_chat_template(s["messages"], tokenize=False)
         text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
         length = len(text_ids) + vis - len(s["images"])  # each <|image_pad|> placeholder becomes `vis` tokens
-        video_vis, video_added = self._video_tokens(s.get("videos") or [])
-        self._last_video_tokens = video_vis
-        vis += video_vis
-        length += video_added
-        if self.max_visual_tokens is not None and vis > self.max_visual_tokens:
-            raise _Drop("over_visual_token_budget", f"{vis} visual tokens > max_visual_tokens={self.max_visual_tokens}")
-        if self.max_length is not None and length > self.max_length:
-            raise _Drop("over_max_length", f"{length} tokens > max_length={self.max_length}")
+        clips = self._clips(s.get("videos") or [])
+        frames, all_vis, length = self._fit_videos(clips, vis, length)  # images and text only: a plain check
+        thinned = frames != [len(c.frames) for c in clips]
         if not any(assistant_label_mask(text_ids, self.start_marker, self.end_id, self.newline_led)):
             raise _Drop("no_assistant_tokens", "no assistant turn found: nothing to learn in this sample")
+        self._last_video = (all_vis - vis, frames if thinned else None)
         return length
 
     def _family_form(self, s: dict) -> dict:
@@ -386,6 +416,14 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
         from ..data.box_render import render_sample
 
         return render_sample(s, self.family, self.min_pixels, self.max_pixels)
+
+    def _sample_clips(self, i: int, s: dict) -> list:
+        """Kept sample ``i``'s clips, thinned as its budget fit decided."""
+        from ..data.video_budget import subsample_clip
+
+        clips = self._clips(s.get("videos") or [])
+        frames = self.video_frames.get(i)
+        return [subsample_clip(c, n) for c, n in zip(clips, frames)] if frames else clips
 
     def __getitem__(self, i: int) -> dict:
         s = self._family_form(self.sample(i))
@@ -396,7 +434,7 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
                 self.start_marker,
                 self.end_id,
                 self.newline_led,
-                videos=self._clips(s.get("videos") or []) or None,
+                videos=self._sample_clips(i, s) or None,
             )
         from ..spectral.vision_input import PROCESSOR_KWARGS
 

@@ -102,6 +102,7 @@ def preflight(recipe) -> None:
     packing_tokens = getattr(recipe, "packing_tokens", None)  # SFT only
     if packing_tokens is not None and packing_tokens < 1:
         raise RecipeError(f"packing_tokens must be at least 1, got {packing_tokens}")
+    recipe_video_settings(recipe)  # a bad video_fps / video_max_frames is named before any model loads
     from .sharded import check_fsdp
 
     check_fsdp(recipe.fsdp, cuda)
@@ -205,10 +206,10 @@ def train_sft(recipe: SFTRecipe) -> Path:
             _log(f"raster rendering from the conversion summary: rgb_bands={pre.rgb_bands} band_order={pre.band_order}")
     except ValueError as e:
         raise RecipeError(str(e)) from None
-    video = recipe_video_settings(recipe)
-    pre.video = video.to_dict()  # how videos are sampled: inference samples alike
+    pre.video = recipe_video_settings(recipe).to_dict()  # how videos are sampled: inference samples alike
     pre.apply(processor)
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
+    video = pre.video_settings()  # as every inference path reads them (frame size bounded by max_pixels)
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
 
     vision = "spectral" if recipe.spectral else "rgb"  # the vision input kind asked for
