@@ -334,3 +334,24 @@ def test_grounded_extension_refuses_videos_and_the_web_app_asks_through_the_api(
         remote.close()
     assert conv.videos == [video]
     assert history[-1]["content"] == local(setup["engine"], ChatRequest([video_turn(q)], [], [video]))[0]
+
+
+def test_request_settings_keep_the_model_sampling_under_the_server_limits():
+    from geovl.imagery.video import VideoSettings
+    from geovl.serve.videos import SERVER_VIDEO_LIMITS, request_settings, video_code
+
+    model = VideoSettings(fps=4.0, max_frames=32, max_duration_s=7200.0, max_pixels=50176)
+    server = VideoSettings(max_frames=8, max_duration_s=60.0, max_bytes=1000, max_frame_pixels=640 * 480)
+    s = request_settings(model, server)
+    assert (s.fps, s.max_pixels) == (4.0, 50176)  # sampled as the model was trained
+    assert (s.max_frames, s.max_duration_s, s.max_bytes, s.max_frame_pixels) == (8, 60.0, 1000, 640 * 480)
+    assert request_settings(VideoSettings(max_frames=4), server).max_frames == 4  # the cap never raises it
+    # a folder without a frame-size bound: frames resized to the server's bound (memory), defaults otherwise
+    d = request_settings(None)
+    assert d.max_pixels == SERVER_VIDEO_LIMITS.max_pixels == 1280 * 720 and d.fps == VideoSettings().fps
+    assert [video_code(r) for r in ("corrupt", "not_a_video", "no_video_stream", "unsupported_codec")] == [
+        "video_corrupt",
+        "not_a_video",
+        "no_video_stream",
+        "video_unsupported_codec",
+    ]
