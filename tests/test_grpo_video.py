@@ -86,7 +86,8 @@ class Recorder:
             ids, mask = out["prompt_ids"].cpu(), out["prompt_mask"].cpu().bool()
             vin = out.get("video_inputs") or [None] * len(inputs)
             for x, row, m, v in zip(inputs, ids, mask, vin):
-                rec.rows.append((x["id"], row[m].tolist(), v is not None, [len(c.frames) for c in x["videos"]]))
+                has_video = v is not None and "pixel_values_videos" in v  # the row's own video inputs
+                rec.rows.append((x["id"], row[m].tolist(), has_video, [len(c.frames) for c in x["videos"]]))
             return out
 
         monkeypatch.setattr(GeoVLGRPOTrainer, "_generate_and_score_completions", wrapped)
@@ -142,6 +143,7 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
             "lr=1e-3",
             "save_steps=1",
             "max_steps=2",
+            "video_fps=4",  # the 4-frame clips keep their 4 frames (two temporal pairs)
             "video_max_frames=4",
         )
     assert rc == 0, err[-3000:]
@@ -150,7 +152,7 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
     assert summary["prompts"]["read"] == 4 and summary["prompts"]["kept"] == 4 and summary["prompts"]["dropped"] == 0
     assert summary["prompts"]["video_prompts"] == 3
     pre = json.loads((out / "final" / "geovl_preprocess.json").read_text())
-    assert VideoSettings.from_dict(pre["video"]).max_frames == 4
+    assert VideoSettings.from_dict(pre["video"]) == VideoSettings(fps=4.0, max_frames=4)
 
     # the weights changed between the two steps (and away from LoRA's zero start)
     w1, w2 = _weights(out / "checkpoint-1"), _weights(out / "final")
@@ -162,21 +164,22 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
     fam = get_family(family)
     tok = proc.tokenizer
     vpad, ipad = tok.convert_tokens_to_ids("<|video_pad|>"), tok.convert_tokens_to_ids("<|image_pad|>")
-    prompts = GRPOPrompts([data], proc, fam, progress=False, video_settings=VideoSettings(max_frames=4))
+    prompts = GRPOPrompts([data], proc, fam, progress=False, video_settings=VideoSettings(fps=4.0, max_frames=4))
     length = dict(zip(prompts.ids, prompts.lengths))
     bounds = video_bounds_of(proc)
     shapes = {"v0": [(32, 48)], "i0": [], "iv": [(48, 32)], "v2": [(32, 48), (32, 32)]}
     img_tokens = {"i0": fam.image_tokens(56, 56), "iv": fam.image_tokens(84, 56)}
     assert len(rec.rows) == 2 * 8 and {r[0] for r in rec.rows} == set(shapes)
+    assert sorted({(r[0], tuple(r[3])) for r in rec.rows}) == [("i0", ()), ("iv", (4,)), ("v0", (4,)), ("v2", (4, 2))]
     for sid, ids, has_video, frames in rec.rows:
         want = sum(fam.video_tokens(n, h, w, **bounds) for n, (h, w) in zip(frames, shapes[sid]))
         assert ids.count(vpad) == want, sid
         assert (want > 0) == has_video == bool(shapes[sid]), sid
         assert ids.count(ipad) == img_tokens.get(sid, 0), sid
         assert len(ids) == length[sid], sid
-    # the gradient forward saw the video grids (t > 1 temporal patches? t ≥ 1 with two frames per patch)
-    n_video_grids = sum(1 for g in rec.loss_grids if g not in {tuple(fam.grid_thw(56, 56)), tuple(fam.grid_thw(84, 56))})
-    assert n_video_grids >= 2 * 2 * 4  # 2 steps × 2 completions × the 4 videos of the batch
+    # the gradient (loss) forward saw every image and every video: 2 steps × 2 completions × (2 images + 4 videos)
+    assert len(rec.loss_grids) == 2 * 2 * (2 + 4)
+    assert sum(1 for g in rec.loss_grids if g[0] == 2) == 2 * 2 * 3  # the 4-frame videos: two temporal patches
 
 
 def test_budget_subsamples_or_drops_whole_and_counts_conserve(tiny_model_dir, tmp_path):

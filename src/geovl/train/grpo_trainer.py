@@ -33,8 +33,8 @@ from trl import GRPOTrainer
 from ..errors import GeoVLError
 from .trainer import NonFiniteLoss, PartsAndVisionInputMixin, ProgressFileCallback
 
-# per-video model inputs (second_per_grid_ts: Qwen2.5-VL only), as the SFT collator concatenates them
-VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# per-row visual model inputs, concatenated in row order as the SFT collator does (second_per_grid_ts: Qwen2.5-VL)
+VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 NO_SHARED_VIDEO = (
     "share_prompts=true does not take video prompts: shared rollouts (geovl.train.shared_rollout) encode and "
     "prefill images only (pixel_values / image_grid_thw), not pixel_values_videos / video_grid_thw. Set "
@@ -62,8 +62,8 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         self.share_counts = {"rows": 0, "distinct": 0, "loss_images": 0, "loss_images_encoded": 0}
         self.timings = {"generate_s": 0.0, "loss_forward_s": 0.0, "train_step_s": 0.0, "generations": 0, "steps": 0}
         self._in_step = False
-        self._batch_videos = None  # the clips of each row of the batch being generated (None: no video in it)
-        self._video_rows = None  # per row: its video inputs (dict of VIDEO_KEYS tensors) or None
+        self._batch_visuals = None  # (images, clips) of each row of the batch being generated (None: no video in it)
+        self._video_rows = None  # per row of a batch with videos: its visual inputs (dict of VISUAL_KEYS tensors)
         super().__init__(*args, **kwargs)
         if self.accelerator.num_processes > 1:
             # TRL 1.16 gathers the prompt images for its logs (gather_object) only on ranks whose batch has images: with
@@ -95,13 +95,15 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         t0 = time.perf_counter()
         videos = [list(x.get("videos") or []) for x in inputs]
-        self._batch_videos = videos if any(videos) else None
+        if any(videos):  # TRL sees no images here: this trainer feeds each row's images and clips itself
+            self._batch_visuals = [(list(x.get("images") or []), v) for x, v in zip(inputs, videos)]
+            inputs = [{**x, "images": []} for x in inputs]
         try:
             out = super()._generate_and_score_completions(inputs)
-            if self._batch_videos is not None:
+            if self._batch_visuals is not None:
                 out["video_inputs"] = self._video_rows  # a list: TRL shuffles and splits it with the rows
         finally:
-            self._batch_videos = self._video_rows = None
+            self._batch_visuals = self._video_rows = None
         dt = time.perf_counter() - t0
         self.timings["generate_s"] += dt
         self.timings["generations"] += int(out["completion_ids"].size(0))
@@ -110,10 +112,10 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         return out
 
     def _tokenize_prompts(self, prompts: list):
-        if self._batch_videos is not None:
+        if self._batch_visuals is not None:
             if self.share_prompts:
                 raise GeoVLError(NO_SHARED_VIDEO)
-            return self._tokenize_video_prompts(prompts, self._batch_videos)
+            return self._tokenize_video_prompts(prompts, self._batch_visuals)
         if not self.share_prompts:
             return super()._tokenize_prompts(prompts)
         from .shared_rollout import SharedBatch, group_prompts
@@ -157,33 +159,31 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         completions = generate_shared(self, shared, self._tokenizer.pad_token_id, self.eos_token_ids, generation_model)
         return completions, None
 
-    def _tokenize_video_prompts(self, prompts: list, videos: list):
+    def _tokenize_video_prompts(self, prompts: list, visuals: list):
         """TRL's ``_tokenize_prompts`` for a batch with videos: one processor call per prompt with its images and its
-        sampled clips (nothing re-sampled); the prompt ids hold every video's tokens. Remembers each row's video
-        inputs for the forwards that follow."""
-        from trl.data_utils import prepare_multimodal_messages
-
+        sampled clips (nothing re-sampled); the prompt ids hold every image's and video's tokens. Remembers each
+        row's visual inputs for the forwards that follow; TRL gets no images (it would call the processor on the
+        prompts without their videos)."""
         from ..models.vision_input import video_processor_kwargs
 
         proc = self.processing_class
-        prompt_ids, images, rows, mm = [], [], [], []
+        prompt_ids, rows, mm = [], [], []
         fields: dict[str, list] = {}
-        for prompt, clips in zip(prompts, videos, strict=True):
-            prompt = prepare_multimodal_messages(prompt)
-            imgs = [p["image"] for m in prompt if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
-            text = proc.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs)
+        for prompt, (imgs, clips) in zip(prompts, visuals, strict=True):
+            text = proc.apply_chat_template(
+                prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+            )
             enc = proc(text=[text], images=imgs or None, return_tensors="pt", **video_processor_kwargs(clips))
             prompt_ids.append(enc["input_ids"][0].tolist())
             mm.append(self._mm_types(enc["input_ids"][0]).tolist())
-            images.append(imgs or None)
-            for k in ("pixel_values", "image_grid_thw", *VIDEO_KEYS):
-                if k in enc:
-                    fields.setdefault(k, []).append(torch.as_tensor(enc[k]))
-            rows.append({k: torch.as_tensor(enc[k]) for k in VIDEO_KEYS if k in enc} if clips else None)
+            row = {k: torch.as_tensor(enc[k]) for k in VISUAL_KEYS if k in enc}
+            for k, v in row.items():
+                fields.setdefault(k, []).append(v)
+            rows.append(row)
         self._video_rows = rows
         multimodal_fields = {k: torch.cat(v) for k, v in fields.items()}
         multimodal_fields["mm_token_type_ids"] = mm  # per token: TRL left-pads it with the ids
-        return prompt_ids, (images if any(images) else None), multimodal_fields
+        return prompt_ids, None, multimodal_fields
 
     def _mm_types(self, ids: torch.Tensor) -> torch.Tensor:
         """``mm_token_type_ids`` of token ids (Qwen-VL's M-RoPE reads it): 1 on image pads, 2 on video pads."""
@@ -204,58 +204,37 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         batch_size=None,
         compute_entropy=False,
         compute_aux_loss=False,
-        pixel_values=None,
-        image_grid_thw=None,
-        num_images=None,
         mm_token_type_ids=None,
         **others,
     ):
-        """TRL's forward (chunked by ``batch_size`` like TRL's) where rows hold videos: each chunk's images are
-        sliced as TRL slices them and its rows' video inputs reach the model (:class:`_WithVideos`);
-        ``mm_token_type_ids`` is rebuilt from the prompt ids (TRL's comes from a processor call without the
-        videos, so its length does not match)."""
-        extra = [k for k, v in others.items() if v is not None]
+        """TRL's forward, chunked by ``batch_size`` as TRL chunks it, for a batch with videos: each chunk's rows'
+        images and videos reach the model (:class:`_WithVisuals`), with ``mm_token_type_ids`` built from the prompt
+        ids (the completion is text whatever ids were sampled)."""
+        extra = [k for k, v in others.items() if v is not None and k != "num_images"]
         if extra:
-            raise GeoVLError(f"GRPO video prompts support Qwen-VL image inputs only; got {', '.join(sorted(extra))}")
+            raise GeoVLError(f"GRPO with video prompts takes Qwen-VL inputs only; got {', '.join(sorted(extra))}")
         n = input_ids.size(0)
         if len(rows) != n:
-            raise RuntimeError(f"video inputs for {len(rows)} rows, batch of {n}")
+            raise RuntimeError(f"visual inputs for {len(rows)} rows, batch of {n}")
         bs = batch_size or n
         mm = self._mm_types(input_ids)
-        mm[:, input_ids.size(1) - logits_to_keep :] = 0  # completion tokens are text, whatever id was sampled
-        img_rows = None
-        if pixel_values is not None and image_grid_thw is not None and num_images is not None:
-            per_image = image_grid_thw.prod(-1).tolist()
-            starts = [0]
-            for c in num_images:  # first image and first patch row of every sample
-                starts.append(starts[-1] + c)
-            img_rows = [0]
-            for c in per_image:
-                img_rows.append(img_rows[-1] + c)
+        mm[:, input_ids.size(1) - logits_to_keep :] = 0
         logps, ents, aux = [], [], []
         for a in range(0, n, bs):
             b = min(a + bs, n)
-            kw = {}
-            if img_rows is not None and starts[b] > starts[a]:
-                kw = {
-                    "pixel_values": pixel_values[img_rows[starts[a]] : img_rows[starts[b]]],
-                    "image_grid_thw": image_grid_thw[starts[a] : starts[b]],
-                    "num_images": list(num_images[a:b]),
-                }
-            video = {}
-            for k in VIDEO_KEYS:
-                parts = [r[k] for r in rows[a:b] if r is not None and k in r]
+            visual = {}
+            for k in VISUAL_KEYS:
+                parts = [r[k] for r in rows[a:b] if k in r]
                 if parts:
-                    video[k] = torch.cat(parts).to(input_ids.device)
+                    visual[k] = torch.cat(parts).to(input_ids.device)
             lp, en, ax = super()._get_per_token_logps_and_entropies(
-                _WithVideos(model, video) if video else model,
+                _WithVisuals(model, visual) if visual else model,
                 input_ids[a:b],
                 attention_mask[a:b],
                 logits_to_keep,
                 compute_entropy=compute_entropy,
                 compute_aux_loss=compute_aux_loss,
                 mm_token_type_ids=mm[a:b],
-                **kw,
             )
             logps.append(lp)
             ents.append(en)
@@ -267,7 +246,7 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         )
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        if self._video_rows is not None and any(r is not None for r in self._video_rows):
+        if self._video_rows is not None:
             return self._logps_with_videos(
                 model, input_ids, attention_mask, logits_to_keep, self._video_rows, *args, **kwargs
             )
@@ -311,7 +290,7 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         t0 = time.perf_counter()
-        self._video_rows = inputs.get("video_inputs")  # this step's rows' video inputs (None: no video in the batch)
+        self._video_rows = inputs.get("video_inputs")  # this step's rows' visual inputs (None: no video in the batch)
         try:
             loss = super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -328,12 +307,12 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         return loss
 
 
-class _WithVideos:
+class _WithVisuals:
     """Stands in for the model in TRL's forward (``_get_per_token_logps_and_entropies`` only calls it): adds one
-    chunk's video inputs (``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``) to the call."""
+    chunk's image and video inputs (:data:`VISUAL_KEYS`) to the call."""
 
-    def __init__(self, model, video: dict):
-        self.model, self.video = model, video
+    def __init__(self, model, visual: dict):
+        self.model, self.visual = model, visual
 
     def __call__(self, *args, **kwargs):
-        return self.model(*args, **kwargs, **self.video)
+        return self.model(*args, **kwargs, **self.visual)
