@@ -274,8 +274,8 @@ def attached(model) -> VisionInput:
 
 # -- video -----------------------------------------------------------------------------------
 # A video part is sampled into frames by geovl.imagery.video.read_frames with the model folder's video settings
-# (PreprocessConfig.video; training records them) and reaches the processor as a (T, H, W, 3) array with metadata
-# holding the real sample times, so no processor samples or decodes again.
+# (PreprocessConfig.video_settings(); training records them) and reaches the processor as a (T, H, W, 3) array with
+# the clip's metadata (its sampling rate), so no processor samples or decodes again.
 
 
 def video_settings(preprocess=None):
@@ -286,7 +286,7 @@ def video_settings(preprocess=None):
     return preprocess.video_settings() if preprocess is not None else VideoSettings()
 
 
-def read_clip(item, settings, where: str = "<video>"):
+def read_clip(item, settings):
     """A video of a request or sample (encoded bytes, a path, or an already decoded
     :class:`~geovl.imagery.video.Clip`) → its sampled clip; bad input: :class:`~geovl.imagery.video.VideoError`."""
     from ..imagery.video import Clip, read_frames
@@ -298,28 +298,10 @@ def read_clip(item, settings, where: str = "<video>"):
     return read_frames(item, settings)
 
 
-def sampling_rate(clip) -> float:
-    """Frames per second of a sampled clip: its ``fps`` (:func:`~geovl.imagery.video.read_frames` sets the rate
-    it really sampled at — sparser than the settings' fps when ``max_frames`` caps a long video), else from
-    its sample times."""
-    if clip.fps and clip.fps > 0:
-        return float(clip.fps)
-    t = list(clip.times_s)
-    return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 1.0
-
-
-def _clip_metadata(clip, n: int, height: int, width: int):
+def _clip_metadata(clip):
     from transformers.video_utils import VideoMetadata
 
-    rate = sampling_rate(clip)
-    return VideoMetadata(
-        total_num_frames=n,
-        fps=rate,
-        width=int(width),
-        height=int(height),
-        duration=n / rate,
-        frames_indices=[float(t) * rate for t in clip.times_s],  # timestamps = index / fps = the sample times
-    )
+    return VideoMetadata(**clip.processor_metadata())
 
 
 def video_prompt_tokens(processor, family, clip, tokenizer=None) -> tuple[int, int]:
@@ -336,7 +318,7 @@ def video_prompt_tokens(processor, family, clip, tokenizer=None) -> tuple[int, i
     frames = clip.frames
     n, (h, w) = len(frames), frames[0].shape[:2]
     grid = family.video_grid_thw(n, h, w, **video_bounds_of(processor))
-    meta = _clip_metadata(clip, n, h, w)
+    meta = _clip_metadata(clip)
     text = processor.replace_video_token({"video_grid_thw": torch.tensor([grid]), "video_metadata": [meta]}, 0)
     ids = (tokenizer or processor.tokenizer)(text, add_special_tokens=False)["input_ids"]
     return grid[0] * grid[1] * grid[2] // family.merge_size**2, len(ids)
@@ -344,9 +326,9 @@ def video_prompt_tokens(processor, family, clip, tokenizer=None) -> tuple[int, i
 
 def video_processor_kwargs(clips) -> dict:
     """Keyword arguments of a Qwen-VL processor call for decoded clips (empty for none): the frames as
-    ``(T, H, W, 3)`` arrays, ``video_metadata`` whose timestamps are the clip's sample times (Qwen3-VL writes
-    them into the prompt; Qwen2.5-VL's ``second_per_grid_ts`` comes from the sampling rate), and
-    ``do_sample_frames=False``: the clips are already sampled."""
+    ``(T, H, W, 3)`` arrays, ``video_metadata`` of each clip (:meth:`~geovl.imagery.video.Clip.processor_metadata`:
+    Qwen3-VL writes its timestamps from the clip's sampling rate; Qwen2.5-VL's ``second_per_grid_ts`` comes from
+    it too), and ``do_sample_frames=False``: the clips are already sampled."""
     if not clips:
         return {}
     import numpy as np
@@ -354,6 +336,6 @@ def video_processor_kwargs(clips) -> dict:
     videos, meta = [], []
     for c in clips:
         frames = np.stack([np.asarray(f, dtype=np.uint8) for f in c.frames])
-        meta.append(_clip_metadata(c, frames.shape[0], frames.shape[1], frames.shape[2]))
+        meta.append(_clip_metadata(c))
         videos.append(frames)
     return {"videos": videos, "video_metadata": meta, "do_sample_frames": False}

@@ -206,10 +206,10 @@ def train_sft(recipe: SFTRecipe) -> Path:
             _log(f"raster rendering from the conversion summary: rgb_bands={pre.rgb_bands} band_order={pre.band_order}")
     except ValueError as e:
         raise RecipeError(str(e)) from None
-    video = recipe_video_settings(recipe)
-    pre.video = video.to_dict()  # how videos are sampled: inference samples alike
+    pre.video = recipe_video_settings(recipe).to_dict()  # how videos are sampled: inference samples alike
     pre.apply(processor)
     pre.min_pixels, pre.max_pixels = PreprocessConfig.bounds_of(processor)  # record what is actually used
+    video = pre.video_settings()  # as every inference path reads them (frame size bounded by max_pixels)
     _log(f"model {recipe.model}: {family.display}; pixels {pre.min_pixels}..{pre.max_pixels}")
 
     vision = "spectral" if recipe.spectral else "rgb"  # the vision input kind asked for
