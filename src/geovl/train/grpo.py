@@ -180,13 +180,10 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     _log(f"rewards: {', '.join(f'{n}×{w:g}' for n, w in zip(names, weights))}")
 
     spectral = type(si).dataset_kwargs(recipe)  # how the prompts read images
-    if recipe.video_fps is not None or recipe.video_max_frames is not None:
-        video = recipe_video_settings(recipe)
-    else:  # a policy folder's own settings (e.g. an SFT run's), else the defaults
-        from ..imagery.video import VideoSettings
-
-        video = VideoSettings.from_dict(pre.video)
-    pre.video = video.to_dict()  # how videos are sampled: inference samples alike
+    if pre.video is None or recipe.video_fps is not None or recipe.video_max_frames is not None:
+        # how videos are sampled (inference samples alike); unset: the policy folder's (e.g. an SFT run's)
+        pre.video = recipe_video_settings(recipe).to_dict()
+    video = pre.video_settings()  # as every inference path reads them (frame size bounded by max_pixels)
     prompts = GRPOPrompts(
         recipe.train_data,
         processor,

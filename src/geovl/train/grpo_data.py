@@ -162,12 +162,10 @@ class GRPOPrompts(MeasuredSamples):
         by_qtype: dict[str, int] = {}
         for q in self.qtypes:
             by_qtype[q] = by_qtype.get(q, 0) + 1
-        return {
-            **super().summary(),
-            "kept_by_qtype": by_qtype,
-            "video_prompts": self.n_video,
-            "video_subsampled": len(self.video_frames),
-        }
+        out = {**super().summary(), "kept_by_qtype": by_qtype}
+        if self.n_video:  # with video prompts kept: how many, and how many the budget thinned
+            out.update(video_prompts=self.n_video, video_subsampled=len(self.video_frames))
+        return out
 
 
 class _RowTransform:
