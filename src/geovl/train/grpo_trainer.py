@@ -13,13 +13,14 @@ What it adds to TRL's trainer:
   its G completions branch from the shared KV cache (:mod:`geovl.train.shared_rollout`), through TRL's
   ``_tokenize_prompts`` / ``_generate_single_turn`` hooks; ``share_counts`` counts prompts and distinct prompts;
 - video prompts (rows with ``videos``: sampled clips, see :mod:`geovl.train.grpo_data`): TRL 1.16 tokenizes, generates
-  and scores with image inputs only. For a batch with videos, ``_tokenize_prompts`` calls the processor per prompt
-  with its images and its clips (``do_sample_frames=False`` and the clips' sample times, as SFT and the engine), so
-  generation sees ``pixel_values_videos`` / ``video_grid_thw`` (Qwen2.5-VL: ``second_per_grid_ts``) and the prompt
-  ids hold every ``<|video_pad|>``; each row's video inputs ride in the generation batch (``video_inputs``, one
-  entry per row, shuffled and split with it) and every loss, old-policy and reference forward
-  (``_get_per_token_logps_and_entropies``) gets them, with ``mm_token_type_ids`` rebuilt from the prompt ids.
-  ``share_prompts`` does not take video prompts (a :class:`~geovl.errors.GeoVLError`, see :data:`NO_SHARED_VIDEO`).
+  and scores with image inputs only. For a batch with a video, TRL is handed no images and ``_tokenize_prompts``
+  calls the processor per prompt with its images and its clips (``do_sample_frames=False`` and the clips' sample
+  times, as SFT and the engine), so generation sees ``pixel_values_videos`` / ``video_grid_thw`` (Qwen2.5-VL:
+  ``second_per_grid_ts``) and the prompt ids hold every ``<|video_pad|>``; each row's image and video inputs ride
+  in the generation batch (``video_inputs``, one entry per row, shuffled and split with it) and every loss,
+  old-policy and reference forward (``_get_per_token_logps_and_entropies``) gets them, with ``mm_token_type_ids``
+  rebuilt from the prompt ids. Batches without a video take TRL's path unchanged. ``share_prompts`` does not take
+  video prompts (a :class:`~geovl.errors.GeoVLError`, see :data:`NO_SHARED_VIDEO`).
 """
 
 from __future__ import annotations
