@@ -77,7 +77,7 @@ class Recorder:
     def __init__(self, monkeypatch):
         from geovl.train.grpo_trainer import GeoVLGRPOTrainer
 
-        self.rows, self.loss_grids = [], []
+        self.rows, self.eval_rows, self.loss_grids = [], [], []
         orig = GeoVLGRPOTrainer._generate_and_score_completions
         rec = self
 
@@ -87,7 +87,10 @@ class Recorder:
             vin = out.get("video_inputs") or [None] * len(inputs)
             for x, row, m, v in zip(inputs, ids, mask, vin):
                 has_video = v is not None and "pixel_values_videos" in v  # the row's own video inputs
-                rec.rows.append((x["id"], row[m].tolist(), has_video, [len(c.frames) for c in x["videos"]]))
+                frames = [len(c.frames) for c in x["videos"]]
+                (rec.rows if trainer.model.training else rec.eval_rows).append(
+                    (x["id"], row[m].tolist(), has_video, frames)
+                )
             return out
 
         monkeypatch.setattr(GeoVLGRPOTrainer, "_generate_and_score_completions", wrapped)
@@ -151,6 +154,8 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
             "video_fps=4",  # the 4-frame clips keep their 4 frames (two temporal pairs)
             "video_max_frames=4",
             *EXTRA[family],
+            # Qwen2-VL also evaluates the rewards on the video prompts (TRL's prediction step) at step 2
+            *([f"eval_data={data}", "eval_steps=2"] if family == "qwen2-vl" else []),
         )
     assert rc == 0, err[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
@@ -159,6 +164,9 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
     assert summary["prompts"]["video_prompts"] == 3
     pre = json.loads((out / "final" / "geovl_preprocess.json").read_text())
     assert VideoSettings.from_dict(pre["video"]) == VideoSettings(fps=4.0, max_frames=4)
+    if family == "qwen2-vl":
+        logged = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+        assert any("eval_reward" in r for r in logged) and len(rec.eval_rows) == 8
 
     # the weights changed between the two steps (and away from LoRA's zero start)
     w1, w2 = _weights(out / "checkpoint-1"), _weights(out / "final")
@@ -177,7 +185,7 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
     img_tokens = {"i0": fam.image_tokens(56, 56), "iv": fam.image_tokens(84, 56)}
     assert len(rec.rows) == (8 if family == "qwen3-vl" else 16) and {r[0] for r in rec.rows} == set(shapes)
     assert sorted({(r[0], tuple(r[3])) for r in rec.rows}) == [("i0", ()), ("iv", (4,)), ("v0", (4,)), ("v2", (4, 2))]
-    for sid, ids, has_video, frames in rec.rows:
+    for sid, ids, has_video, frames in rec.rows + rec.eval_rows:
         want = sum(fam.video_tokens(n, h, w, **bounds) for n, (h, w) in zip(frames, shapes[sid]))
         assert ids.count(vpad) == want, sid
         assert (want > 0) == has_video == bool(shapes[sid]), sid
