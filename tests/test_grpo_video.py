@@ -198,6 +198,31 @@ def test_grpo_trains_on_video_and_mixed_batches(family, tiny_model_dir, tmp_path
     assert sum(1 for g in rec.loss_grids if g[0] == 2) == rounds * 3
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_token_types_are_the_processors(family, tiny_model_dir):
+    """The loss forwards rebuild ``mm_token_type_ids`` from the ids: equal to what the processor makes."""
+    import io
+
+    from PIL import Image
+
+    from geovl.imagery.video import read_frames
+    from geovl.models.vision_input import video_processor_kwargs
+    from geovl.train.grpo_trainer import mm_token_types
+
+    proc = _processor(tiny_model_dir(family))
+    clip = read_frames(mp4(4, seed=21), VideoSettings(fps=4.0, max_frames=4))
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "video"}, text_part("What changed?")]}]
+    text = proc.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    img = Image.open(io.BytesIO(png(56, 84, 22))).convert("RGB")
+    enc = proc(text=[text], images=[img], return_tensors="pt", **video_processor_kwargs([clip]))
+    tok = proc.tokenizer
+    ours = mm_token_types(
+        enc["input_ids"][0], tok.convert_tokens_to_ids("<|image_pad|>"), tok.convert_tokens_to_ids("<|video_pad|>")
+    )
+    assert torch.equal(ours, torch.as_tensor(enc["mm_token_type_ids"][0]))
+    assert int((ours == 1).sum()) > 0 and int((ours == 2).sum()) > 0
+
+
 def test_budget_subsamples_or_drops_whole_and_counts_conserve(tiny_model_dir, tmp_path):
     from geovl.models.vision_input import video_processor_kwargs
     from geovl.train.grpo_data import GRPOPrompts

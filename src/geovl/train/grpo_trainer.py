@@ -44,6 +44,17 @@ NO_SHARED_VIDEO = (
 )
 
 
+def mm_token_types(ids: torch.Tensor, image_pad: int | None, video_pad: int | None) -> torch.Tensor:
+    """``mm_token_type_ids`` of token ids as the Qwen-VL processors make them (M-RoPE reads them): 1 on image pads,
+    2 on video pads, 0 elsewhere."""
+    mm = torch.zeros_like(ids)
+    if image_pad is not None:
+        mm[ids == image_pad] = 1
+    if video_pad is not None:
+        mm[ids == video_pad] = 2
+    return mm
+
+
 class GRPOProgressCallback(ProgressFileCallback):
     """``progress.jsonl`` lines as in SFT, plus TRL's GRPO metrics: the mean of every reward function
     (``rewards/<name>/mean``), the total ``reward`` and its std, completion lengths, KL and entropy
@@ -172,11 +183,16 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         fields: dict[str, list] = {}
         for prompt, (imgs, clips) in zip(prompts, visuals, strict=True):
             text = proc.apply_chat_template(
-                prompt, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+                prompt,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=True,
+                **self.chat_template_kwargs,
             )
             enc = proc(text=[text], images=imgs or None, return_tensors="pt", **video_processor_kwargs(clips))
             prompt_ids.append(enc["input_ids"][0].tolist())
-            mm.append(self._mm_types(enc["input_ids"][0]).tolist())
+            own = enc.get("mm_token_type_ids")  # the processor's, where it gives them (equal: tests/test_grpo_video.py)
+            mm.append((own[0] if own is not None else self._mm_types(enc["input_ids"][0])).tolist())
             row = {k: torch.as_tensor(enc[k]) for k in VISUAL_KEYS if k in enc}
             for k, v in row.items():
                 fields.setdefault(k, []).append(v)
@@ -187,13 +203,7 @@ class GeoVLGRPOTrainer(PartsAndVisionInputMixin, GRPOTrainer):
         return prompt_ids, None, multimodal_fields
 
     def _mm_types(self, ids: torch.Tensor) -> torch.Tensor:
-        """``mm_token_type_ids`` of token ids (Qwen-VL's M-RoPE reads it): 1 on image pads, 2 on video pads."""
-        mm = torch.zeros_like(ids)
-        if self._image_pad_token_id is not None:
-            mm[ids == self._image_pad_token_id] = 1
-        if self._video_pad_token_id is not None:
-            mm[ids == self._video_pad_token_id] = 2
-        return mm
+        return mm_token_types(ids, self._image_pad_token_id, self._video_pad_token_id)
 
     def _logps_with_videos(
         self,
