@@ -223,3 +223,58 @@ def test_share_prompts_refuses_what_cannot_share(extra, missing, files, tiny_mod
     )  # fmt: skip
     assert rc == 2 and missing in err and "share_prompts=false" in err, err[-2000:]
     assert not (tmp_path / "out" / "final").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_shared_equals_unshared(files, tiny_model_dir, tmp_path):
+    """``torchrun --nproc_per_node 2`` (gloo, CPU): each rank holds one group of the step; the shared run's weights
+    and reward means equal the unshared run's (the loss forward's vision call on the unwrapped model still
+    gets its gradients all-reduced)."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("reward_funcs: [rs_reward]\nreport_to: []\n")
+    finals = {}
+    for share in ("false", "true"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = tmp_path / f"ddp-{share}"
+        cmd = [
+            str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(port), "-m",
+            "geovl", "train", "grpo", str(recipe), f"model={tiny_model_dir('qwen2.5-vl')}", f"train_data={files['data']}",
+            f"output_dir={out}", f"reward_file={files['plugin']}", "max_steps=1", f"batch_size={G}",
+            f"num_generations={G}", f"max_completion_length={COMPLETION}", "temperature=1.0", "lr=1e-3", "seed=5",
+            "progress_bar=false", "logging_steps=1", "save_steps=100", "tune_llm=full", "tune_vision=full",
+            f"share_prompts={share}",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            pytest.fail(f"torchrun did not finish within 300 s (ranks killed):\n{err[-3000:]}")
+        assert proc.returncode == 0, err[-4000:]
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] == 1
+        finals[share] = (load_file(str(out / "final" / "model.safetensors")), summary)
+    (a, sa), (b, sb) = finals["false"], finals["true"]
+    assert sb["share_counts"] == {"rows": G, "distinct": 1, "loss_images": G, "loss_images_encoded": 1}  # rank 0
+    ra, rb = sa["reward_means_first_last"], sb["reward_means_first_last"]
+    assert ra.keys() == rb.keys() and all(ra[k] == pytest.approx(rb[k], abs=1e-6) for k in ra)
+    start = load_file(str(tiny_model_dir("qwen2.5-vl") / "model.safetensors"))
+    assert any(not torch.equal(start[k], a[k]) for k in a if "visual.blocks" in k)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
