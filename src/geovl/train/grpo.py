@@ -202,6 +202,8 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         _log(
             f"train prompts: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}"
         )
+        if s.get("video_prompts"):
+            _log(f"video prompts: {s['video_prompts']} ({s['video_subsampled']} with frames thinned to fit the budget)")
     if len(prompts) == 0:
         raise RecipeError(
             f"no usable prompts in {', '.join(map(str, recipe.train_data))}: {prompts.summary()}; see {out / 'dropped.jsonl'} "
