@@ -8,7 +8,7 @@
   answers every sample of that data with the trained folder;
 - the engine answers a mixed image/video batch exactly as one by one (greedy), applies the folder's video
   settings, and a bad video rejects only its sample;
-- GRPO leaves video samples out with a reason (TRL's GRPOTrainer feeds no video inputs to its loss).
+- GRPO keeps video samples (their training: tests/test_grpo_video.py) next to time-series samples.
 Clips are made with :func:`geovl.imagery.video.encode_mp4` (tiny frames, few of them).
 """
 
@@ -281,16 +281,14 @@ def test_eval_rejects_only_the_bad_video(tiny_model_dir, tmp_path, capsys):
     assert [r["id"] for r in rej] == ["bad"] and rej[0]["reason"] in VideoError.REASONS
 
 
-def test_grpo_leaves_video_samples_out_with_the_reason(tiny_model_dir, tmp_path):
+def test_grpo_keeps_video_samples(tiny_model_dir, tmp_path):
     from geovl.train.grpo_data import GRPOPrompts
 
     proc = _processor(tiny_model_dir("qwen2-vl"))
     data = write_dataset(tmp_path / "d.parquet", samples())
     prompts = GRPOPrompts([data], proc, get_family("qwen2-vl"), progress=False)
     s = prompts.summary()
-    assert s["read"] == 6 and s["kept"] == 3 and s["dropped_by_reason"] == {"video_in_grpo": 3}
-    assert sorted(d.id for d in prompts.dropped) == ["v0", "v1", "v2"]
-    assert "pixel_values_videos" in prompts.dropped[0].detail
+    assert s["read"] == 6 and s["kept"] == 6 and not prompts.dropped and s["video_prompts"] == 3
 
 
 def test_infer_cli_asks_about_a_video_and_refuses_a_bad_one(tiny_model_dir, tmp_path, capsys):
@@ -379,8 +377,8 @@ def test_over_budget_video_is_thinned_in_pairs_or_dropped_whole(tiny_model_dir, 
     assert "even at 2 frames" in tiny.dropped[0].detail
 
 
-def test_grpo_step_on_timeseries_with_video_samples_left_out(tiny_model_dir, tmp_path, capsys):
-    """A GRPO step on time-series samples (images) while the video sample of the same file is left out, recorded."""
+def test_grpo_step_on_timeseries_and_video_samples(tiny_model_dir, tmp_path, capsys):
+    """A GRPO step on time-series samples (images) and a video sample of the same file."""
     data = write_dataset(
         tmp_path / "g.parquet",
         [timeseries_sample("ts0", seed=60), samples()[0], timeseries_sample("ts1", seed=70)],
@@ -404,7 +402,7 @@ def test_grpo_step_on_timeseries_with_video_samples_left_out(tiny_model_dir, tmp
     )
     assert rc == 0, err[-2000:]
     dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
-    assert [(d["id"], d["reason"]) for d in dropped] == [("v0", "video_in_grpo")]
+    assert dropped == []
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 1
+    assert summary["steps"] == 1 and summary["prompts"]["kept"] == 3 and summary["prompts"]["video_prompts"] == 1
     assert (out / "final").is_dir()

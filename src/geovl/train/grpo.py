@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from .recipe import GRPORecipe, RecipeError, save_recipe
-from .sft import _is_main, _log, _tensorboard_into, last_checkpoint, preflight, trainer_args
+from .sft import _is_main, _log, _tensorboard_into, last_checkpoint, preflight, recipe_video_settings, trainer_args
 
 
 def preflight_grpo(recipe: GRPORecipe) -> None:
@@ -180,6 +180,10 @@ def train_grpo(recipe: GRPORecipe) -> Path:
     _log(f"rewards: {', '.join(f'{n}×{w:g}' for n, w in zip(names, weights))}")
 
     spectral = type(si).dataset_kwargs(recipe)  # how the prompts read images
+    if pre.video is None or recipe.video_fps is not None or recipe.video_max_frames is not None:
+        # how videos are sampled (inference samples alike); unset: the policy folder's (e.g. an SFT run's)
+        pre.video = recipe_video_settings(recipe).to_dict()
+    video = pre.video_settings()  # as every inference path reads them (frame size bounded by max_pixels)
     prompts = GRPOPrompts(
         recipe.train_data,
         processor,
@@ -189,6 +193,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         pre.min_pixels,
         pre.max_pixels,
         progress=_is_main() and not recipe.disable_tqdm,
+        video_settings=video,
         **spectral,
     )
     if _is_main():
@@ -197,6 +202,8 @@ def train_grpo(recipe: GRPORecipe) -> Path:
         _log(
             f"train prompts: {s['kept']} kept of {s['read']}; dropped whole (never truncated): {s['dropped']} {s['dropped_by_reason'] or ''}"
         )
+        if s.get("video_prompts"):
+            _log(f"video prompts: {s['video_prompts']} ({s['video_subsampled']} with frames thinned to fit the budget)")
     if len(prompts) == 0:
         raise RecipeError(
             f"no usable prompts in {', '.join(map(str, recipe.train_data))}: {prompts.summary()}; see {out / 'dropped.jsonl'} "
@@ -213,6 +220,7 @@ def train_grpo(recipe: GRPORecipe) -> Path:
             pre.min_pixels,
             pre.max_pixels,
             progress=False,
+            video_settings=video,
             **spectral,
         )
         if len(eval_prompts) == 0:
@@ -220,6 +228,11 @@ def train_grpo(recipe: GRPORecipe) -> Path:
                 f"eval_data {recipe.eval_data}: no usable prompts ({eval_prompts.summary()}); fix the file or remove eval_data"
             )
 
+    if recipe.share_prompts and any(p is not None and p.n_video for p in (prompts, eval_prompts)):
+        from .grpo_trainer import NO_SHARED_VIDEO
+
+        n = prompts.n_video + (eval_prompts.n_video if eval_prompts is not None else 0)
+        raise RecipeError(f"{n} prompt(s) have videos. {NO_SHARED_VIDEO}")
     for p in (prompts, eval_prompts):
         if p is not None:
             si.bind(p)
