@@ -347,7 +347,7 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
     also ``no_cube``, ``bad_cube``, ``video_in_spectral_run``). Videos are sampled with ``video_settings``
     (a :class:`~geovl.imagery.video.VideoSettings`; None: its defaults); a video sample over a budget first
     loses frames in pairs (:func:`geovl.data.video_budget.fit_video_budget`, counted as ``video_subsampled``
-    in :meth:`summary`; ``video_frames`` says how many each video keeps) and is dropped only when two frames
+    in :meth:`summary` when there are video samples; ``video_frames`` says how many each video keeps) and is dropped only when two frames
     per video do not fit. Counts conserve:
     ``read == kept + dropped``."""
 
@@ -387,7 +387,12 @@ class SFTDataset(MeasuredSamples, torch.utils.data.Dataset):
             self.video_frames[len(self.index) - 1] = self._last_video[1]
 
     def summary(self) -> dict:
-        return {**super().summary(), "video_subsampled": len(self.video_frames)}
+        """As :meth:`MeasuredSamples.summary`; with video samples kept, also ``video_subsampled`` (how many the
+        budget thinned)."""
+        out = super().summary()
+        if any(self.video_tokens):
+            out["video_subsampled"] = len(self.video_frames)
+        return out
 
     def _measure(self, s: dict, ti: int, ri: int) -> int:
         """Exact LLM sequence length of a sample, or :class:`_Drop` with the reason."""
