@@ -145,7 +145,7 @@ def synthesize_series(
     """Called by :func:`.write.synthesize` with checked arguments and a prepared ``out``."""
     from tqdm import tqdm
 
-    from .write import GENERATOR, assign_splits, scene_transform
+    from .write import GENERATOR, assign_splits, scene_transform, write_summary
 
     split_of = assign_splits(scenes, splits, seed)
     common = {"generator": GENERATOR, "seed": seed, "size": size, "pixel_size_m": pixel_size, "crs": crs}
@@ -190,41 +190,19 @@ def synthesize_series(
                             if q.qtype in ("yes_no", "date"):
                                 answers.setdefault(q.task, Counter())[q.answer] += 1
 
-    summary = {
-        "generator": GENERATOR,
-        "args": {
-            "scenes": scenes,
-            "dates": n_dates,
-            "seed": seed,
-            "size": size,
-            "langs": list(langs),
-            "pixel_size_m": pixel_size,
-            "questions_per_scene": questions_per_scene,
-            "split": dict(splits),
-            "max_buildings": max_buildings,
-            "crs": crs,
-            "origin": list(origin),
-            "tasks": list(tasks),
-            "format": fmt,
-        },
-        "splits": {
-            name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits
-        },
-        "samples": sum(w.counts.written for w in writers.values()),
-        "by_qtype": dict(sorted(counts["qtype"].items())),
-        "by_task": dict(sorted(counts["task"].items())),
-        "by_lang": dict(sorted(counts["lang"].items())),
-        "answers": {k: dict(sorted(v.items())) for k, v in sorted(answers.items())},
-        "files": {
-            "classes": "classes.json",
-            "scenes_index": "scenes.jsonl",
-            "scene_dir": "scenes",
-            **{name: f"{name}.{fmt}" for name, _ in splits},
-        },
+    args = {
+        "scenes": scenes,
+        "dates": n_dates,
+        "seed": seed,
+        "size": size,
+        "langs": list(langs),
+        "pixel_size_m": pixel_size,
+        "questions_per_scene": questions_per_scene,
+        "split": dict(splits),
+        "max_buildings": max_buildings,
+        "crs": crs,
+        "origin": list(origin),
+        "tasks": list(tasks),
+        "format": fmt,
     }
-    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    summary["out_dir"] = str(out.resolve())
-    summary["paths"] = {k: str((out / v).resolve()) for k, v in summary["files"].items()} | {
-        "summary": str((out / "summary.json").resolve())
-    }
-    return summary
+    return write_summary(out, args, splits, writers, counts, answers, fmt)

@@ -253,6 +253,36 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def write_summary(out: Path, args: dict, splits, writers: dict, counts: dict, answers: dict, fmt: str) -> dict:
+    """Write ``summary.json`` of a synth run (its arguments, counts per split/qtype/task/lang, answer histograms,
+    the files written) and return it with the absolute ``paths`` added; shared by the scene and time-series
+    drivers."""
+    summary = {
+        "generator": GENERATOR,
+        "args": args,
+        "splits": {
+            name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits
+        },
+        "samples": sum(w.counts.written for w in writers.values()),
+        "by_qtype": dict(sorted(counts["qtype"].items())),
+        "by_task": dict(sorted(counts["task"].items())),
+        "by_lang": dict(sorted(counts["lang"].items())),
+        "answers": {k: dict(sorted(v.items())) for k, v in sorted(answers.items())},
+        "files": {
+            "classes": "classes.json",
+            "scenes_index": "scenes.jsonl",
+            "scene_dir": "scenes",
+            **{name: f"{name}.{fmt}" for name, _ in splits},
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    summary["out_dir"] = str(out.resolve())
+    summary["paths"] = {k: str((out / v).resolve()) for k, v in summary["files"].items()} | {
+        "summary": str((out / "summary.json").resolve())
+    }
+    return summary
+
+
 def _synthesize_series(
     out_dir, scenes, dates, seed, size, langs, pixel_size, questions_per_scene, split, max_buildings,
     crs, origin, overwrite, progress, tasks, fmt, presence_classes,
@@ -397,41 +427,19 @@ def synthesize(
                                 key = q.task + (f":{q.gt['class']}" if q.task == "presence" else "")
                                 answers.setdefault(key, Counter())[q.answer] += 1
 
-    summary = {
-        "generator": GENERATOR,
-        "args": {
-            "scenes": scenes,
-            "seed": seed,
-            "size": size,
-            "langs": list(langs),
-            "pixel_size_m": pixel_size,
-            "questions_per_scene": questions_per_scene,
-            "split": dict(splits),
-            "max_buildings": max_buildings,
-            "crs": crs,
-            "origin": list(origin),
-            "tasks": list(tasks),
-            "format": fmt,
-            "presence_classes": list(presence_keys),
-        },
-        "splits": {
-            name: {"scenes": counts["split_scenes"][name], **writers[name].counts.as_dict()} for name, _ in splits
-        },
-        "samples": sum(w.counts.written for w in writers.values()),
-        "by_qtype": dict(sorted(counts["qtype"].items())),
-        "by_task": dict(sorted(counts["task"].items())),
-        "by_lang": dict(sorted(counts["lang"].items())),
-        "answers": {k: dict(sorted(v.items())) for k, v in sorted(answers.items())},
-        "files": {
-            "classes": "classes.json",
-            "scenes_index": "scenes.jsonl",
-            "scene_dir": "scenes",
-            **{name: f"{name}.{fmt}" for name, _ in splits},
-        },
+    args = {
+        "scenes": scenes,
+        "seed": seed,
+        "size": size,
+        "langs": list(langs),
+        "pixel_size_m": pixel_size,
+        "questions_per_scene": questions_per_scene,
+        "split": dict(splits),
+        "max_buildings": max_buildings,
+        "crs": crs,
+        "origin": list(origin),
+        "tasks": list(tasks),
+        "format": fmt,
+        "presence_classes": list(presence_keys),
     }
-    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    summary["out_dir"] = str(out.resolve())
-    summary["paths"] = {k: str((out / v).resolve()) for k, v in summary["files"].items()} | {
-        "summary": str((out / "summary.json").resolve())
-    }
-    return summary
+    return write_summary(out, args, splits, writers, counts, answers, fmt)
