@@ -16,12 +16,9 @@
 from __future__ import annotations
 
 import base64
-import io
 import os
 import threading
-from fractions import Fraction
 
-import av
 import httpx
 import numpy as np
 import openai
@@ -31,6 +28,7 @@ from geovl.imagery.video import encode_mp4
 from geovl.inference import ChatRequest, GenerationParams, LocalEngine
 from geovl.serve.openai_format import APIError
 from serve_util import Server, free_port, png
+from video_util import audio_only_mp4, mp4_declaring, ten_hour_mp4, zero_frame_avi
 
 FAMILY = "qwen2.5-vl"
 MAX = 8
@@ -48,66 +46,6 @@ def clip(seed: int = 0, n: int = 6, w: int = 64, h: int = 48, fps: float = 2.0) 
         f[10:22, x : x + 12] = 250
         frames.append(f)
     return encode_mp4(frames, fps=fps)
-
-
-def audio_only() -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=16000)
-        for _ in range(8):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate = 16000
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return buf.getvalue()
-
-
-def zero_frames() -> bytes:
-    buf = io.BytesIO()  # an AVI with a video stream header and no frame
-    with av.open(buf, "w", format="avi") as c:
-        s = c.add_stream("mpeg4", rate=5)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        c.start_encoding()
-    return buf.getvalue()
-
-
-def ten_hours() -> bytes:
-    buf = io.BytesIO()  # two frames 10 hours apart: a 2 KB file declaring 36001 s
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=1)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.codec_context.time_base = Fraction(1, 1)
-        for pts in (0, 36000):
-            f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-            f.pts, f.time_base = pts, Fraction(1, 1)
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return buf.getvalue()
-
-
-def declaring_huge_frames(side: int = 15000) -> bytes:
-    """A 4-frame 64×48 MJPEG MP4 whose headers declare side×side frames (a decompression bomb)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("mjpeg", rate=5)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
-        for _ in range(4):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    d = bytearray(buf.getvalue())
-    entry = d.find(b"mp4v", d.find(b"stsd"))
-    d[entry + 28 : entry + 32] = side.to_bytes(2, "big") * 2
-    i = 0
-    while (i := d.find(b"\xff\xc0", i)) >= 0:
-        d[i + 5 : i + 9] = side.to_bytes(2, "big") * 2
-        i += 2
-    return bytes(d)
 
 
 def video_uri(b: bytes, mime: str = "video/mp4") -> str:
@@ -255,11 +193,11 @@ def test_bad_videos_are_4xx_with_clear_messages_and_leave_no_temp_files(setup):
     msg = refused(c, video_uri(good[: len(good) // 2]), 400, "video_corrupt")
     assert "truncated" in msg
     assert "PNG image" in refused(c, video_uri(png(1)), 400, "not_a_video")
-    assert "audio" in refused(c, video_uri(audio_only(), "audio/mp4"), 400, "no_video_stream")
-    refused(c, video_uri(zero_frames(), "video/x-msvideo"), 400, "video_zero_frames")
-    msg = refused(c, video_uri(ten_hours()), 400, "video_too_long")
+    assert "audio" in refused(c, video_uri(audio_only_mp4(), "audio/mp4"), 400, "no_video_stream")
+    refused(c, video_uri(zero_frame_avi(), "video/x-msvideo"), 400, "video_zero_frames")
+    msg = refused(c, video_uri(ten_hour_mp4()), 400, "video_too_long")
     assert "36001 s" in msg and "--max-video-seconds" in msg
-    msg = refused(c, video_uri(declaring_huge_frames()), 413, "video_too_large")
+    msg = refused(c, video_uri(mp4_declaring()), 413, "video_too_large")
     assert "15000×15000" in msg and "--max-video-frame-pixels" in msg
     big = np.random.default_rng(0).integers(0, 255, MAX_VIDEO_BYTES + 10, dtype=np.uint8).tobytes()
     assert str(MAX_VIDEO_BYTES) in refused(c, video_uri(big), 413, "video_too_many_bytes")

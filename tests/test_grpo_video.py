@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from conftest import TINY_FAMILIES
-from geovl.data.schema import assistant_turn, make_sample, text_part
+from geovl.data.schema import make_sample, text_part
 from geovl.imagery.video import VideoSettings, encode_mp4
 from geovl.models.registry import get_family, video_bounds_of
 from sft_util import FAST, png, run_cli, write_dataset
+from video_util import video_sample
 
 PLUGIN = """
 def length_reward(completions, **kwargs):
@@ -39,20 +40,6 @@ def mp4(n: int, h: int = 32, w: int = 48, seed: int = 0, fps: float = 4.0) -> by
         f[h // 3 : h // 3 + 8, (i * 5) % (w - 8) : (i * 5) % (w - 8) + 8] = 250
         frames.append(f)
     return encode_mp4(frames, fps)
-
-
-def video_sample(id: str, question: str, answer: str, videos: list[bytes], images: list[bytes] = ()) -> dict:
-    content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos] + [text_part(question)]
-    return {
-        "id": id,
-        "messages": [{"role": "user", "content": content}, assistant_turn(answer)],
-        "images": list(images),
-        "videos": list(videos),
-        "qtype": "open",
-        "answer": answer,
-        "source": f"test#{id}",
-        "meta": {"lang": "en"},
-    }
 
 
 def samples() -> list[dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import resource
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 from geovl.errors import GeoVLError
 from geovl.imagery.video import Clip, VideoError, VideoInfo, VideoSettings, encode_mp4, probe, read_frames
+from video_util import audio_only_mp4, mp4_declaring, ten_hour_mp4, zero_frame_avi
 
 
 def _ramp(n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
@@ -213,74 +213,24 @@ def test_playlist_is_never_followed():
 
 
 def test_audio_only():
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=16000)
-        for _ in range(8):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate = 16000
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    err = _refused(buf.getvalue(), "no_video_stream")
+    err = _refused(audio_only_mp4(), "no_video_stream")
     assert "audio" in str(err)
 
 
 def test_zero_frames():
-    buf = io.BytesIO()  # an AVI with a video stream header and no frame
-    with av.open(buf, "w", format="avi") as c:
-        s = c.add_stream("mpeg4", rate=5)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        c.start_encoding()
-    _refused(buf.getvalue(), "zero_frames")
+    _refused(zero_frame_avi(), "zero_frames")
 
 
 def test_ten_hour_declared_duration_refused_before_decoding():
-    buf = io.BytesIO()  # two frames, 10 hours apart: a 2 KB file declaring 36001 s
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=1)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.codec_context.time_base = Fraction(1, 1)
-        for pts in (0, 36000):
-            f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-            f.pts, f.time_base = pts, Fraction(1, 1)
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    data = buf.getvalue()
+    data = ten_hour_mp4()  # two frames, 10 hours apart: a 2 KB file declaring 36001 s
     assert len(data) < 10_000
     err = _refused(data, "too_long")
     assert "36001 s" in str(err)
     assert probe(data, VideoSettings(max_duration_s=40000)).duration_s == pytest.approx(36001)
 
 
-def _mjpeg_mp4_declaring(side: int) -> bytes:
-    """A 4-frame 64×48 MJPEG MP4 whose sample entry and JPEG headers declare side×side pixels."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("mjpeg", rate=5)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
-        for _ in range(4):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    d = bytearray(buf.getvalue())
-    entry = d.find(b"mp4v", d.find(b"stsd"))
-    assert d[entry + 28 : entry + 32] == bytes([0, 64, 0, 48])  # width, height of the visual sample entry
-    d[entry + 28 : entry + 32] = side.to_bytes(2, "big") * 2
-    i = 0
-    while (i := d.find(b"\xff\xc0", i)) >= 0:  # each JPEG's SOF0: length, precision, height, width
-        assert d[i + 5 : i + 9] == bytes([0, 48, 0, 64])
-        d[i + 5 : i + 9] = side.to_bytes(2, "big") * 2
-        i += 2
-    return bytes(d)
-
-
 def test_decompression_bomb_refused_from_the_header():
-    data = _mjpeg_mp4_declaring(15000)  # 3 KB declaring 15000×15000 (675 MB of RGB per frame)
+    data = mp4_declaring(15000)  # 3 KB declaring 15000×15000 (675 MB of RGB per frame)
     assert len(data) < 10_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     err = _refused(data, "too_large")

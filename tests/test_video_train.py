@@ -22,11 +22,12 @@ import pytest
 import torch
 
 from conftest import TINY_FAMILIES
-from geovl.data.schema import assistant_turn, make_sample, text_part
+from geovl.data.schema import make_sample, text_part
 from geovl.imagery.video import VideoError, VideoSettings, encode_mp4, read_frames
 from geovl.models.registry import get_family
 from geovl.train.data import IGNORE, SFTCollator, SFTDataset
 from sft_util import png, run_cli, train, write_dataset
+from video_util import video_sample
 
 DATES = ["2019-06-01", "2020-06-01", "2021-06-01"]
 
@@ -42,20 +43,6 @@ def mp4(n: int = 6, h: int = 48, w: int = 64, seed: int = 0, fps: float = 4.0) -
         f[h // 3 : h // 3 + 12, x : x + 12] = 250
         frames.append(f)
     return encode_mp4(frames, fps)
-
-
-def video_sample(id: str, question: str, answer: str, videos: list[bytes], images: list[bytes] = ()) -> dict:
-    content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos] + [text_part(question)]
-    return {
-        "id": id,
-        "messages": [{"role": "user", "content": content}, assistant_turn(answer)],
-        "images": list(images),
-        "videos": list(videos),
-        "qtype": "open",
-        "answer": answer,
-        "source": f"test#{id}",
-        "meta": {"lang": "en"},
-    }
 
 
 def timeseries_sample(id: str, seed: int = 0) -> dict:
